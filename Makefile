@@ -1,0 +1,34 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench venv sshd clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The tests start real OpenSSH servers on 127.0.0.1: install sshd when it is missing.
+sshd:
+	@if [ ! -x /usr/sbin/sshd ]; then \
+		echo "installing openssh-server (needed by the SSH tests)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null; \
+	fi
+
+test: $(STAMP) sshd
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/edgekit demo
+
+bench: $(STAMP) sshd
+	$(PY) benchmarks/quantize_vs_ort.py
+
+clean:
+	rm -rf $(VENV) out dist demo-work bench-results

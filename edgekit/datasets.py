@@ -1,0 +1,273 @@
+"""Calibration and evaluation data sets, streamed in batches.
+
+A data set is a ``.npz`` file or a directory with ``dataset.toml`` (``.npy`` arrays, or
+an image folder ``ROOT/<class>/*.png``). Arrays are keyed by the model's input names,
+axis 0 is the sample axis, and an optional ``labels`` array of class ids makes accuracy
+the metric. See calibration/README.md for the format.
+
+Loading never reads a whole set at once: ``.npy`` files and uncompressed ``.npz``
+members are memory-mapped, images are decoded one batch at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Literal, Optional, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgekit._toml import pydantic_error_line, read_toml
+from edgekit.errors import DataError
+
+__all__ = ["Dataset", "InputSpec", "load_dataset", "LABELS"]
+
+LABELS = "labels"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: its name, numpy dtype and shape (None for a dynamic axis)."""
+
+    name: str
+    dtype: str
+    shape: tuple[Optional[int], ...]
+
+
+class _ImageSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    input: str
+    root: str = "."
+    size: list[int] = Field(min_length=2, max_length=2)  # height, width
+    mode: Literal["L", "RGB"] = "RGB"
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    scale: float = 1.0 / 255.0
+    mean: list[float] = [0.0]
+    std: list[float] = [1.0]
+    classes: Optional[list[str]] = None
+
+
+class _DatasetToml(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    format: Literal["npy", "images"]
+    arrays: dict[str, str] = {}
+    images: Optional[_ImageSpec] = None
+
+
+@dataclass
+class Dataset:
+    """A data set on disk: its arrays (memory-mapped where possible) or its images."""
+
+    path: Path
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    images: Optional[tuple[_ImageSpec, list[tuple[Path, int]]]] = None
+    _sha256: Optional[str] = None
+
+    @property
+    def input_names(self) -> list[str]:
+        if self.images:
+            return [self.images[0].input]
+        return [k for k in self.arrays if k != LABELS]
+
+    @property
+    def has_labels(self) -> bool:
+        return LABELS in self.arrays or self.images is not None
+
+    def __len__(self) -> int:
+        if self.images:
+            return len(self.images[1])
+        return len(next(iter(self.arrays.values())))
+
+    @property
+    def sha256(self) -> str:
+        if self._sha256 is None:
+            self._sha256 = _content_hash(self.path)
+        return self._sha256
+
+    def describe(self) -> dict:
+        return {"path": str(self.path), "sha256": self.sha256, "n": len(self)}
+
+    def batches(self, batch_size: int = 64, limit: Optional[int] = None
+                ) -> Iterator[tuple[dict[str, np.ndarray], Optional[np.ndarray]]]:
+        """(inputs, labels) batches; arrays are copied out of the memory map per batch."""
+        n = len(self) if limit is None else min(limit, len(self))
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            if self.images:
+                yield self._image_batch(start, stop)
+            else:
+                inputs = {k: np.ascontiguousarray(v[start:stop]) for k, v in self.arrays.items() if k != LABELS}
+                labels = np.asarray(self.arrays[LABELS][start:stop]) if LABELS in self.arrays else None
+                yield inputs, labels
+
+    def _image_batch(self, start: int, stop: int):
+        spec, items = self.images
+        from PIL import Image  # only image data sets need Pillow
+
+        out, labels = [], []
+        for path, label in items[start:stop]:
+            try:
+                with Image.open(path) as im:
+                    im = im.convert(spec.mode).resize((spec.size[1], spec.size[0]))
+                    arr = np.asarray(im, dtype=np.float32)
+            except OSError as exc:
+                raise DataError(f"{path}: cannot read image: {exc}") from exc
+            if arr.ndim == 2:
+                arr = arr[:, :, None]
+            arr = (arr * spec.scale - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+            out.append(arr.transpose(2, 0, 1) if spec.layout == "NCHW" else arr)
+            labels.append(label)
+        return {spec.input: np.stack(out).astype(np.float32)}, np.asarray(labels, dtype=np.int64)
+
+    def check(self, inputs: Sequence[InputSpec], role: str = "data") -> None:
+        """Raise DataError naming what does not fit the model; scans values in batches."""
+        if len(self) == 0:
+            raise DataError(f"{role} {self.path}: the data set is empty")
+        model_names = [i.name for i in inputs]
+        for spec in inputs:
+            if spec.name not in self.input_names:
+                raise DataError(f"{role} {self.path} lacks input '{spec.name}' "
+                                f"(model inputs: {', '.join(model_names)}; data has: {', '.join(self.input_names) or 'nothing'})")
+        for name in self.input_names:
+            if name not in model_names:
+                raise DataError(f"{role} {self.path}: array '{name}' is not a model input "
+                                f"(model inputs: {', '.join(model_names)})")
+        for inputs_batch, labels in self.batches(256):
+            for spec in inputs:
+                _check_array(self.path, role, spec, inputs_batch[spec.name])
+            if labels is not None and not np.issubdtype(labels.dtype, np.integer):
+                raise DataError(f"{role} {self.path}: 'labels' must be integer class ids, got {labels.dtype}")
+            if not self.images and LABELS in self.arrays and len(self.arrays[LABELS]) != len(self):
+                raise DataError(f"{role} {self.path}: 'labels' has {len(self.arrays[LABELS])} rows, inputs have {len(self)}")
+
+
+def _check_array(path: Path, role: str, spec: InputSpec, arr: np.ndarray) -> None:
+    want_float = np.issubdtype(np.dtype(spec.dtype), np.floating)
+    if want_float != np.issubdtype(arr.dtype, np.floating) or (not want_float and not np.issubdtype(arr.dtype, np.integer)):
+        raise DataError(f"{role} {path}: input '{spec.name}' has dtype {arr.dtype}, the model takes {spec.dtype}")
+    if arr.ndim != len(spec.shape):
+        raise DataError(f"{role} {path}: input '{spec.name}' has shape {tuple(arr.shape)} (samples first), "
+                        f"the model takes {_fmt_shape(spec.shape)}")
+    for axis, (got, want) in enumerate(zip(arr.shape[1:], spec.shape[1:]), start=1):
+        if want is not None and got != want:
+            raise DataError(f"{role} {path}: input '{spec.name}' has shape {tuple(arr.shape)} (samples first), "
+                            f"the model takes {_fmt_shape(spec.shape)} (axis {axis})")
+    if want_float and not np.isfinite(arr).all():
+        raise DataError(f"{role} {path}: input '{spec.name}' contains NaN or Inf values")
+
+
+def _fmt_shape(shape) -> str:
+    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
+
+
+def _content_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def load_dataset(path: str | Path, role: str = "data") -> Dataset:
+    """Open a data set; raises DataError naming the file when it cannot be read."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"{role} {path}: not found (give a .npz file or a directory with dataset.toml)")
+    if path.is_dir():
+        return _load_dir(path, role)
+    if path.suffix == ".npy":
+        return Dataset(path, arrays=_check_lengths(path, role, {"input": _open_npy(path, role)}))
+    return Dataset(path, arrays=_check_lengths(path, role, _open_npz(path, role)))
+
+
+def _check_lengths(path: Path, role: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if not arrays:
+        raise DataError(f"{role} {path}: the data set is empty (no arrays)")
+    lengths = {k: (a.shape[0] if a.ndim else 0) for k, a in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        raise DataError(f"{role} {path}: arrays disagree on the number of samples (axis 0): {lengths}")
+    return arrays
+
+
+def _open_npy(path: Path, role: str) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{role} {path}: not a readable .npy array ({exc})") from exc
+
+
+def _open_npz(path: Path, role: str) -> dict[str, np.ndarray]:
+    """Memory-map stored (uncompressed) members; compressed ones are read whole."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = [i for i in zf.infolist() if i.filename.endswith(".npy")]
+        arrays = {}
+        with np.load(path, allow_pickle=False) as npz:
+            for info in infos:
+                key = info.filename[:-4]
+                if info.compress_type == zipfile.ZIP_STORED:
+                    arrays[key] = _mmap_member(path, info)
+                else:
+                    arrays[key] = npz[key]
+        return arrays
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{role} {path}: not a readable .npz file ({exc})") from exc
+
+
+def _mmap_member(path: Path, info: zipfile.ZipInfo) -> np.ndarray:
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        local = fh.read(30)
+        name_len = int.from_bytes(local[26:28], "little")
+        extra_len = int.from_bytes(local[28:30], "little")
+        start = info.header_offset + 30 + name_len + extra_len
+        fh.seek(start)
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        offset = fh.tell()
+    if dtype.hasobject:
+        raise ValueError(f"member {info.filename} holds Python objects, which are not loaded")
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+
+
+def _load_dir(path: Path, role: str) -> Dataset:
+    toml_path = path / "dataset.toml"
+    if not toml_path.is_file():
+        raise DataError(f"{role} {path}: a data set directory needs a dataset.toml (see calibration/README.md)")
+    try:
+        spec = _DatasetToml.model_validate(read_toml(toml_path, DataError))
+    except ValidationError as exc:
+        raise DataError(pydantic_error_line(toml_path, exc)) from exc
+    if spec.format == "npy":
+        if not spec.arrays:
+            raise DataError(f"{toml_path}: field 'arrays': name at least one input array")
+        arrays = {name: _open_npy(path / rel, role) for name, rel in spec.arrays.items()}
+        return Dataset(path, arrays=_check_lengths(path, role, arrays))
+    if spec.images is None:
+        raise DataError(f"{toml_path}: field 'images': required when format = \"images\"")
+    return Dataset(path, images=(spec.images, _list_images(path, toml_path, spec.images)))
+
+
+def _list_images(path: Path, toml_path: Path, spec: _ImageSpec) -> list[tuple[Path, int]]:
+    root = (path / spec.root).resolve()
+    classes = spec.classes or sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    if not classes:
+        raise DataError(f"{toml_path}: field 'images.root': no class folders under {root}")
+    items = []
+    for idx, cls in enumerate(classes):
+        folder = root / cls
+        if not folder.is_dir():
+            raise DataError(f"{toml_path}: field 'images.classes': no folder {folder}")
+        items += [(p, idx) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    return items
