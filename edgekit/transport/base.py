@@ -1,0 +1,75 @@
+"""The transport seam: a few methods every way of reaching a device implements.
+
+Remote paths are POSIX strings on the device. Commands are argument lists, never shell
+strings: the ssh transport quotes them with shlex.join, the local one runs them directly.
+Implementations translate their own errors (paramiko, socket, OSError) into
+edgekit.errors.TransportError subclasses, in one place.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+class Transport(ABC):
+    """One connection to one device."""
+
+    name: str  # the device's name, for messages
+
+    @abstractmethod
+    def put(self, local: Path, remote: str, *, progress: Optional[Progress] = None) -> None:
+        """Copy a local file to `remote`, resuming from an existing `remote` prefix if the
+        implementation supports it (callers upload to a `.part` name, then rename)."""
+
+    @abstractmethod
+    def get(self, remote: str, local: Path) -> None:
+        """Copy a file from the device."""
+
+    @abstractmethod
+    def run(self, argv: Sequence[str], *, timeout: Optional[float] = None) -> RunResult:
+        """Run a command on the device; a non-zero exit is returned, not raised."""
+
+    @abstractmethod
+    def size(self, remote: str) -> Optional[int]:
+        """The size of a remote file, or None when it does not exist."""
+
+    @abstractmethod
+    def listdir(self, remote: str) -> list[str]:
+        """Names in a remote directory ([] when it does not exist)."""
+
+    @abstractmethod
+    def makedirs(self, remote: str) -> None:
+        """Create a remote directory and its parents."""
+
+    @abstractmethod
+    def rename(self, src: str, dst: str) -> None:
+        """Rename a remote file, replacing `dst`."""
+
+    @abstractmethod
+    def remove(self, remote: str) -> None:
+        """Remove a remote file if it exists."""
+
+    def close(self) -> None:
+        """Release the connection."""
+
+    def __enter__(self) -> "Transport":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
