@@ -1,0 +1,1 @@
+"""The fleet: inventories of devices, and the work fanned out over them."""

@@ -1,0 +1,103 @@
+"""Inventories (`fleet/*.toml`): defaults plus devices, validated on load.
+
+Any device key may be given under [defaults]. A device's transport is `ssh` (the
+default) or `local` (a directory on this machine, for simulation and tests). A relative
+`root` of a local device is taken relative to the inventory file.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgekit._toml import pydantic_error_line, read_toml
+from edgekit.errors import ConfigError
+
+__all__ = ["Device", "Inventory", "load_inventory"]
+
+
+class Device(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: str = Field(min_length=1)
+    transport: Literal["ssh", "local"] = "ssh"
+    host: Optional[str] = None
+    port: Optional[int] = Field(default=None, gt=0, lt=65536)
+    user: Optional[str] = None
+    identity_file: Optional[str] = None
+    proxy_jump: Optional[str] = None
+    root: str = "/opt/edgekit"
+    python: Optional[str] = None
+    target: str
+    tags: list[str] = []
+    connect_timeout: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ssh_needs_host(self) -> "Device":
+        if self.transport == "ssh" and not self.host:
+            raise ValueError("an ssh device needs 'host' (an address or a Host alias from ~/.ssh/config)")
+        return self
+
+    @property
+    def interpreter(self) -> str:
+        """The device's Python: for local devices, this Python unless told otherwise."""
+        if self.python:
+            return self.python
+        return sys.executable if self.transport == "local" else "python3"
+
+
+@dataclass(frozen=True)
+class Inventory:
+    path: Path
+    devices: tuple[Device, ...]
+
+    def select(self, names: Sequence[str] = (), groups: Sequence[str] = ()) -> list[Device]:
+        """Devices named with --device and/or tagged with --group; all when neither is given."""
+        known = {d.name for d in self.devices}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ConfigError(f"--device {unknown[0]}: no such device in {self.path} "
+                              f"(devices: {', '.join(sorted(known))})")
+        if not names and not groups:
+            return list(self.devices)
+        chosen = [d for d in self.devices if d.name in names or set(groups) & set(d.tags)]
+        if not chosen:
+            tags = sorted({t for d in self.devices for t in d.tags})
+            raise ConfigError(f"--group {', '.join(groups)}: no device in {self.path} has that tag "
+                              f"(tags: {', '.join(tags) or 'none'})")
+        return chosen
+
+
+def load_inventory(path: str | Path) -> Inventory:
+    path = Path(path).expanduser()
+    data = read_toml(path)
+    unknown = set(data) - {"defaults", "device"}
+    if unknown:
+        raise ConfigError(f"{path}: field '{sorted(unknown)[0]}': unknown key (expected [defaults] and [[device]])")
+    defaults = data.get("defaults", {})
+    entries = data.get("device", [])
+    if not isinstance(defaults, dict) or not isinstance(entries, list):
+        raise ConfigError(f"{path}: [defaults] must be a table and [[device]] an array of tables")
+    if not entries:
+        raise ConfigError(f"{path}: no [[device]] entries")
+    devices = [_device(path, i, {**defaults, **entry}) for i, entry in enumerate(entries)]
+    names = [d.name for d in devices]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"{path}: device name '{dupes[0]}' is used twice; names must be unique")
+    return Inventory(path, tuple(devices))
+
+
+def _device(path: Path, index: int, raw: dict) -> Device:
+    if raw.get("transport") == "local" and "root" in raw:
+        root = Path(str(raw["root"])).expanduser()
+        raw["root"] = str(root if root.is_absolute() else (path.parent / root).resolve())
+    try:
+        return Device.model_validate(raw)
+    except ValidationError as exc:
+        label = f"device[{index}]" + (f" '{raw['name']}'" if isinstance(raw.get("name"), str) else "")
+        raise ConfigError(pydantic_error_line(path, exc).replace(f"{path}: ", f"{path}: {label}: ", 1)) from exc
