@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import CALIB, EVAL
+from edgekit.datasets import InputSpec, load_dataset
+from edgekit.errors import DataError
+
+DIGITS_INPUT = [InputSpec("input", "float32", (None, 1, 8, 8))]
+
+
+def test_bundled_splits_are_disjoint_and_labelled():
+    calib, ev = load_dataset(CALIB), load_dataset(EVAL)
+    assert len(calib) > 1000 and len(ev) > 700
+    assert calib.has_labels and ev.has_labels
+    a = {bytes(np.asarray(x)) for x in calib.arrays["input"]}
+    b = {bytes(np.asarray(x)) for x in ev.arrays["input"]}
+    assert len(a & b) < 5  # the digits set has a few identical images; the splits are by index
+
+
+def test_npz_is_memory_mapped_and_streams_in_batches():
+    ds = load_dataset(EVAL)
+    assert isinstance(ds.arrays["input"], np.memmap)
+    sizes = [len(labels) for _, labels in ds.batches(100)]
+    assert sum(sizes) == len(ds) and max(sizes) == 100
+    with np.load(EVAL) as ref:
+        first, labels = next(ds.batches(7))
+        assert np.array_equal(first["input"], ref["input"][:7]) and np.array_equal(labels, ref["labels"][:7])
+
+
+def test_content_hash_is_stable_and_content_based(tmp_path):
+    x = np.random.default_rng(0).random((10, 1, 8, 8), dtype=np.float32)
+    np.savez(tmp_path / "a.npz", input=x)
+    np.savez(tmp_path / "b.npz", input=x)
+    np.savez(tmp_path / "c.npz", input=x + 1)
+    h = [load_dataset(tmp_path / f"{n}.npz").sha256 for n in "abc"]
+    assert h[0] == h[1] != h[2]
+
+
+def test_compressed_npz_still_loads(tmp_path):
+    x = np.ones((4, 1, 8, 8), np.float32)
+    np.savez_compressed(tmp_path / "z.npz", input=x, labels=np.arange(4))
+    ds = load_dataset(tmp_path / "z.npz")
+    ds.check(DIGITS_INPUT)
+    assert len(ds) == 4
+
+
+def test_npy_directory(tmp_path):
+    ids = np.random.default_rng(1).integers(0, 100, (6, 16), dtype=np.int64)
+    np.save(tmp_path / "ids.npy", ids)
+    np.save(tmp_path / "mask.npy", np.ones_like(ids))
+    (tmp_path / "dataset.toml").write_text('format = "npy"\n[arrays]\ninput_ids = "ids.npy"\nattention_mask = "mask.npy"\n')
+    ds = load_dataset(tmp_path)
+    assert sorted(ds.input_names) == ["attention_mask", "input_ids"] and not ds.has_labels
+    ds.check([InputSpec("input_ids", "int64", (None, 16)), InputSpec("attention_mask", "int64", (None, 16))])
+    batch, labels = next(ds.batches(4))
+    assert labels is None and np.array_equal(batch["input_ids"], ids[:4])
+
+
+def test_image_folder(tmp_path):
+    for cls, value in (("zero", 0), ("one", 255)):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            Image.new("L", (16, 16), color=value).save(tmp_path / cls / f"{i}.png")
+    (tmp_path / "dataset.toml").write_text(
+        'format = "images"\n[images]\ninput = "input"\nsize = [8, 8]\nmode = "L"\nmean = [0.5]\nstd = [0.5]\n')
+    ds = load_dataset(tmp_path)
+    assert len(ds) == 6 and ds.has_labels
+    ds.check(DIGITS_INPUT)
+    batch, labels = next(ds.batches(6))
+    assert batch["input"].shape == (6, 1, 8, 8)
+    # sorted class folders: "one" is class 0 (white, +1 after normalisation), "zero" class 1 (-1)
+    assert np.allclose(batch["input"][labels == 0], 1.0) and np.allclose(batch["input"][labels == 1], -1.0)
+
+
+@pytest.mark.parametrize("arrays, needle", [
+    ({"other": np.zeros((3, 1, 8, 8), np.float32)}, "lacks input 'input'"),
+    ({"input": np.zeros((3, 8, 8), np.float32)}, "shape"),
+    ({"input": np.zeros((3, 1, 8, 9), np.float32)}, "axis 3"),
+    ({"input": np.zeros((3, 1, 8, 8), np.int32)}, "dtype"),
+    ({"input": np.full((3, 1, 8, 8), np.nan, np.float32)}, "NaN"),
+    ({"input": np.zeros((0, 1, 8, 8), np.float32)}, "empty"),
+    ({"input": np.zeros((3, 1, 8, 8), np.float32), "labels": np.zeros(2, np.int64)}, "axis 0"),
+])
+def test_bad_data_is_named(tmp_path, arrays, needle):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(DataError, match=needle.replace("(", r"\(")) as err:
+        load_dataset(tmp_path / "bad.npz").check(DIGITS_INPUT)
+    assert "bad.npz" in str(err.value)
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        load_dataset(tmp_path / "nope.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="not a readable .npz"):
+        load_dataset(tmp_path / "junk.npz")
+    (tmp_path / "d").mkdir()
+    with pytest.raises(DataError, match="dataset.toml"):
+        load_dataset(tmp_path / "d")
+    (tmp_path / "d" / "dataset.toml").write_text('format = "csv"\n')
+    with pytest.raises(DataError, match="format"):
+        load_dataset(tmp_path / "d")
