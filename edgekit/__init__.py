@@ -4,20 +4,23 @@ Importing edgekit is cheap: torch, onnxruntime and LiteRT are imported only by t
 functions that need them.
 """
 
-from edgekit.errors import (
-    BundleError,
-    ConfigError,
-    ConnectError,
-    DataError,
-    EdgekitError,
-    GateError,
-    HostKeyError,
-    IntegrityError,
-    ModelError,
-    QuantizeError,
-    RemoteCommandError,
-    TransportError,
-)
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgekit.errors import (
+        BundleError,
+        ConfigError,
+        ConnectError,
+        DataError,
+        EdgekitError,
+        GateError,
+        HostKeyError,
+        IntegrityError,
+        ModelError,
+        QuantizeError,
+        RemoteCommandError,
+        TransportError,
+    )
 
 __version__ = "0.1.0"
 
@@ -36,3 +39,13 @@ __all__ = [
     "RemoteCommandError",
     "GateError",
 ]
+
+
+def __getattr__(name: str):
+    # The error types load on first use, so that `python -m edgekit.device.evaluate`
+    # (the device's code, run on the host) imports nothing else of the host package.
+    if name in __all__:
+        import edgekit.errors
+
+        return getattr(edgekit.errors, name)
+    raise AttributeError(f"module 'edgekit' has no attribute {name!r}")
