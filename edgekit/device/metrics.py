@@ -124,7 +124,15 @@ def latency_summary(seconds: List[float]) -> Dict[str, float]:
 
 
 def peak_rss_mb() -> Optional[float]:
-    """This process's peak resident set size in MiB (None where the OS does not say)."""
+    """This process's peak resident set size in MiB (None where the OS does not say).
+
+    On Linux this is VmHWM, the high-water mark of this program's own memory: getrusage's
+    ru_maxrss survives exec, so a process started from a large parent (Python's
+    subprocess uses vfork) would report the parent's peak instead of its own.
+    """
+    hwm = _vm_hwm_kb()
+    if hwm is not None:
+        return hwm / 1024.0
     try:
         import resource
     except ImportError:  # Windows
@@ -132,3 +140,14 @@ def peak_rss_mb() -> Optional[float]:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports kilobytes, macOS bytes.
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
+
+
+def _vm_hwm_kb() -> Optional[int]:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

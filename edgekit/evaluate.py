@@ -1,0 +1,218 @@
+"""Host-side evaluation: prepare an evaluation set once, measure models in fresh processes.
+
+The measuring itself is edgekit.device.evaluate, the code the device runs, started as
+``python -m edgekit.device.evaluate`` in a fresh process so that its peak RSS is that of
+the evaluation alone and its numbers are comparable with a device's.
+
+    prepare_eval_data(data, model, dest, reference=...)  -> dest.npz   (once per data set)
+    measure(model, dest.npz)                              -> metrics    (once per model)
+    evaluate_model(model, data, reference=...)            = both, in a temporary folder
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+
+from edgekit.datasets import Dataset, InputSpec, load_dataset
+from edgekit.errors import ConfigError, DataError, EdgekitError, ModelError
+
+__all__ = ["prepare_eval_data", "measure", "evaluate_model", "REFERENCE", "BATCH"]
+
+REFERENCE = "_reference"  # the key edgekit.device.evaluate reads reference outputs from
+BATCH = 64
+STDERR_TAIL = 600  # characters of the evaluation's stderr quoted in an error
+_ERRORS = {"model": ModelError, "data": DataError, "usage": ConfigError}
+
+
+def prepare_eval_data(data: Dataset, model: Path, dest: Path, *, reference: Optional[Path] = None,
+                      samples: Optional[int] = None) -> Path:
+    """Write `dest` (.npz): the model's inputs in the dtypes it takes, `labels` if the data
+    has them and, with a reference model, its first output as `_reference`. Streams."""
+    from edgekit.models import check_onnx, model_inputs
+
+    _check_options(samples=samples)
+    inputs = model_inputs(check_onnx(Path(model)))
+    data.check(inputs, role="eval data")
+    ref = _open_reference(Path(reference), Path(model), data) if reference is not None else None
+    n = len(data) if samples is None else min(samples, len(data))
+    with _NpzWriter(Path(dest), n) as out:
+        for feeds, labels in data.batches(BATCH, limit=n):
+            feeds = {i.name: np.ascontiguousarray(feeds[i.name], dtype=i.dtype) for i in inputs}
+            out.add(feeds)
+            if labels is not None:
+                out.add({"labels": labels})
+            if ref is not None:
+                out.add({REFERENCE: _reference_outputs(ref, feeds, reference)})
+    return Path(dest)
+
+
+def _open_reference(reference: Path, model: Path, data: Dataset):
+    """The reference model in the device's backend, after checking it fits data and model."""
+    from edgekit.device.backends import ModelLoadError, open_backend
+    from edgekit.models import check_onnx
+
+    _check_same_output(model, reference, _first_output(model), _first_output(check_onnx(reference)))
+    try:
+        backend = open_backend(str(reference))
+    except ModelLoadError as exc:
+        raise ModelError(f"reference model {exc}") from exc
+    data.check([InputSpec(*i) for i in backend.inputs], role="eval data (for the reference model)")
+    return backend
+
+
+def _first_output(path: Path) -> InputSpec:
+    """Name, dtype and shape of a model's first output (what accuracy and fidelity read)."""
+    import onnx
+
+    out = onnx.load(str(path), load_external_data=False).graph.output[0]
+    tt = out.type.tensor_type
+    dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+    return InputSpec(out.name, onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name, dims)
+
+
+def _check_same_output(model: Path, reference: Path, mine: InputSpec, theirs: InputSpec) -> None:
+    same = len(mine.shape) == len(theirs.shape) and all(
+        a is None or b is None or a == b for a, b in zip(mine.shape, theirs.shape))
+    if not same:
+        raise ModelError(f"reference model {reference} gives output '{theirs.name}' of shape {_fmt(theirs.shape)}, "
+                         f"but {model} gives '{mine.name}' of shape {_fmt(mine.shape)}: "
+                         f"give the FP32 model this one was made from as --reference")
+
+
+def _reference_outputs(backend, feeds: dict, reference) -> np.ndarray:
+    from edgekit.device.evaluate import run_batch
+
+    # Same inputs and backend as the device's own run, so only the model differs.
+    try:
+        return np.asarray(run_batch(backend, feeds)[0], dtype=np.float32)
+    except Exception as exc:  # onnxruntime's own error types; the data was checked already
+        raise ModelError(f"reference model {reference} fails on the eval data: {str(exc).splitlines()[0]}") from exc
+
+
+def _fmt(shape) -> str:
+    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
+
+
+class _NpzWriter:
+    """An uncompressed .npz written a batch at a time: each member goes to a memory-mapped
+    .npy beside `dest` first, then all are stored in the zip (as np.savez lays them out)."""
+
+    def __init__(self, dest: Path, n: int):
+        self.dest, self.n = dest, n
+        self.arrays: dict[str, np.memmap] = {}
+        self.filled: dict[str, int] = {}
+
+    def __enter__(self) -> "_NpzWriter":
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=".npz-", dir=self.dest.parent))
+        return self
+
+    def add(self, batch: dict[str, np.ndarray]) -> None:
+        for key, arr in batch.items():
+            if key not in self.arrays:
+                self.arrays[key] = np.lib.format.open_memmap(self.tmp / f"{key}.npy", mode="w+", dtype=arr.dtype,
+                                                             shape=(self.n,) + tuple(arr.shape[1:]))
+            start = self.filled.get(key, 0)
+            self.arrays[key][start:start + len(arr)] = arr
+            self.filled[key] = start + len(arr)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self._write_zip()
+        finally:
+            self.arrays.clear()  # unmap before the files go
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _write_zip(self) -> None:
+        for arr in self.arrays.values():
+            arr.flush()
+        part = self.tmp / "out.npz"
+        with zipfile.ZipFile(part, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for key in self.arrays:
+                zf.write(self.tmp / f"{key}.npy", arcname=f"{key}.npy")
+        os.replace(part, self.dest)
+
+
+def measure(model: Path, prepared_npz: Path, *, threads: int = 0, providers: Optional[list[str]] = None,
+            runs: int = 50, min_seconds: float = 0.5, timeout: float = 600) -> dict:
+    """Evaluate `model` on a prepared .npz in a fresh process (the device's code path)."""
+    _check_options(runs=runs, threads=threads, min_seconds=min_seconds)
+    cmd = [sys.executable, "-m", "edgekit.device.evaluate", str(model), str(prepared_npz),
+           "--threads", str(threads), "--runs", str(runs), "--min-seconds", repr(float(min_seconds))]
+    if providers:
+        cmd += ["--providers", ",".join(providers)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_child_env())
+    except subprocess.TimeoutExpired as exc:
+        raise EdgekitError(f"evaluating {model} took longer than {timeout:g} s (use fewer --samples or --runs)") from exc
+    return _parse_result(model, proc)
+
+
+def _child_env() -> dict:
+    # The child imports this very source tree, installed or not.
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH")
+    return dict(os.environ, PYTHONPATH=root + (os.pathsep + path if path else ""))
+
+
+def _parse_result(model: Path, proc: subprocess.CompletedProcess) -> dict:
+    lines = proc.stdout.strip().splitlines()
+    try:
+        result = json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        result = None
+    if proc.returncode == 0 and isinstance(result, dict) and "error" not in result:
+        return result
+    tail = " | ".join(ln.strip() for ln in proc.stderr.strip().splitlines() if ln.strip())[-STDERR_TAIL:]
+    if isinstance(result, dict) and "error" in result:
+        error = _ERRORS.get(result.get("kind"), EdgekitError)
+        raise error(f"evaluation of {model} failed: {result['error']}" + (f" (stderr: {tail})" if tail else ""))
+    raise EdgekitError(f"evaluation of {model} crashed with exit code {proc.returncode}"
+                       + (f": {tail}" if tail else " and no output"))
+
+
+def evaluate_model(model: Path, data: Union[Dataset, str, Path], *, reference: Optional[Path] = None,
+                   samples: Optional[int] = None, threads: int = 0, providers: Optional[list[str]] = None,
+                   runs: int = 50, min_seconds: float = 0.5,
+                   on_step: Optional[Callable[[str], None]] = None) -> dict:
+    """Prepare the data in a temporary folder and measure the model; with a reference model
+    and labelled data, measure the reference too and report the accuracy drop."""
+    _check_options(samples=samples, runs=runs, threads=threads, min_seconds=min_seconds)
+    step = on_step or (lambda _: None)
+    dataset = data if isinstance(data, Dataset) else load_dataset(data, role="eval data")
+    opts = dict(threads=threads, providers=providers, runs=runs, min_seconds=min_seconds)
+    with tempfile.TemporaryDirectory(prefix="edgekit-evaluate-") as tmp:
+        step("preparing the evaluation data")
+        npz = prepare_eval_data(dataset, Path(model), Path(tmp) / "eval.npz", reference=reference, samples=samples)
+        step(f"measuring {Path(model).name}")
+        result = measure(Path(model), npz, **opts)
+        if reference is not None and result["accuracy"] is not None:
+            step(f"measuring the reference {Path(reference).name}")
+            ref = measure(Path(reference), npz, **opts)
+            result["reference"] = {"model": str(reference), **{k: ref[k] for k in (
+                "accuracy", "latency_ms", "load_ms", "peak_rss_mb", "model_mb")}}
+            result["accuracy_drop"] = ref["accuracy"] - result["accuracy"]
+    result["model"] = str(model)
+    result["data"] = dataset.describe()
+    return result
+
+
+_LOWEST = {"samples": 1, "runs": 1, "threads": 0, "min_seconds": 0}
+
+
+def _check_options(**options) -> None:
+    """ConfigError naming the flag, before any work is done."""
+    for name, value in options.items():
+        if value is not None and value < _LOWEST[name]:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least {_LOWEST[name]}, got {value}")

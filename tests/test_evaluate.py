@@ -1,0 +1,245 @@
+"""`edgekit evaluate` and the evaluation code it shares with devices, on real ONNX Runtime."""
+
+from __future__ import annotations
+
+import math
+import zipfile
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from conftest import EVAL, EXAMPLE_ONNX, assert_clean_error
+from edgekit.datasets import load_dataset
+from edgekit.device import metrics
+from edgekit.device.backends import ModelLoadError, open_backend
+from edgekit.device.evaluate import evaluate, time_runs
+from edgekit.errors import ModelError
+from edgekit.evaluate import evaluate_model, measure, prepare_eval_data
+
+FAST = ("--runs", "5", "--min-seconds", "0.05")
+
+
+def ort_outputs(model, x: np.ndarray, batch: int = 64) -> np.ndarray:
+    """First output in batches of the evaluation's size: dynamic quantization picks its
+    activation scales per batch, so the batching is part of the result."""
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+
+
+def eval_arrays():
+    with np.load(EVAL) as npz:
+        return npz["input"], npz["labels"]
+
+
+@pytest.fixture(scope="module")
+def q_model(tmp_path_factory):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = tmp_path_factory.mktemp("q") / "q.onnx"
+    quantize_dynamic(str(EXAMPLE_ONNX), str(out), weight_type=QuantType.QInt8)
+    return out
+
+
+def fixed_batch_model(path, batch: int, width: int):
+    """y = x for a model that only takes batches of exactly `batch` rows."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, width])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, width])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "fixed", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
+    return path
+
+
+def flatten_model(path):
+    """Takes the digits input, outputs (N, 64): a different output shape than the example's (N, 10)."""
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])
+    y = helper.make_tensor_value_info("flat", TensorProto.FLOAT, ["batch", 64])
+    graph = helper.make_graph([helper.make_node("Flatten", ["input"], ["flat"])], "flat", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
+    return path
+
+
+# -- the acceptance line -------------------------------------------------------------------
+
+def test_evaluate_quantized_against_reference_json(edgekit, q_model):
+    result = edgekit("evaluate", q_model, "--data", EVAL, "--reference", EXAMPLE_ONNX, "--json", *FAST)
+    assert result.code == 0, result.stderr
+    r = result.json()
+    for key in ("accuracy", "fidelity", "latency_ms", "load_ms", "peak_rss_mb", "model_mb", "runtime", "n"):
+        assert key in r, key
+    assert set(r["latency_ms"]) >= {"p50", "p90", "p99", "mean", "n"}
+    assert r["latency_ms"]["n"] >= 5 and 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]
+    x, labels = eval_arrays()
+    assert r["n"] == len(labels)
+    q_out, ref_out = ort_outputs(q_model, x), ort_outputs(EXAMPLE_ONNX, x)
+    # Every metric equals an independent computation with plain onnxruntime and numpy.
+    assert r["accuracy"] == pytest.approx(np.mean(q_out.argmax(1) == labels))
+    assert r["reference"]["accuracy"] == pytest.approx(np.mean(ref_out.argmax(1) == labels))
+    assert r["accuracy_drop"] == pytest.approx(r["reference"]["accuracy"] - r["accuracy"])
+    cos = np.sum(q_out * ref_out, 1) / (np.linalg.norm(q_out, axis=1) * np.linalg.norm(ref_out, axis=1))
+    assert r["fidelity"]["cosine"] == pytest.approx(cos.mean(), abs=1e-5)
+    assert r["fidelity"]["top1_agreement"] == pytest.approx(np.mean(q_out.argmax(1) == ref_out.argmax(1)))
+    sqnr = 10 * np.log10(np.sum(ref_out.astype(np.float64) ** 2) / np.sum((ref_out - q_out).astype(np.float64) ** 2))
+    assert r["fidelity"]["sqnr_db"] == pytest.approx(sqnr, abs=0.01)
+    assert r["model_mb"] == pytest.approx(q_model.stat().st_size / 2**20)
+    assert r["runtime"]["name"] == "onnxruntime" and r["runtime"]["version"] == ort.__version__
+
+
+def test_table_output(edgekit):
+    result = edgekit("evaluate", EXAMPLE_ONNX, "--data", EVAL, "--samples", "50", *FAST)
+    assert result.code == 0, result.stderr
+    assert "accuracy" in result.stdout and "latency p50 ms" in result.stdout and "50 samples" in result.stdout
+
+
+# -- the device code path, in process ------------------------------------------------------
+
+def test_accuracy_equals_plain_onnxruntime():
+    x, labels = eval_arrays()
+    r = evaluate(str(EXAMPLE_ONNX), str(EVAL), runs=3, min_seconds=0.0, warmup=1)
+    assert r["fidelity"] is None and r["n"] == len(labels)
+    assert r["accuracy"] == pytest.approx(np.mean(ort_outputs(EXAMPLE_ONNX, x).argmax(1) == labels))
+
+
+def test_samples_limits_the_set():
+    x, labels = eval_arrays()
+    r = evaluate(str(EXAMPLE_ONNX), str(EVAL), samples=100, batch_size=7, runs=3, min_seconds=0.0)
+    assert r["n"] == 100
+    assert r["accuracy"] == pytest.approx(np.mean(ort_outputs(EXAMPLE_ONNX, x[:100]).argmax(1) == labels[:100]))
+
+
+def test_fixed_batch_model_is_fed_padded_batches(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((10, 5)).astype(np.float32)  # 10 rows for a model taking exactly 4
+    labels = x.argmax(1)
+    labels[:3] = (labels[:3] + 1) % 5  # 3 of 10 wrong
+    np.savez(tmp_path / "d.npz", x=x, labels=labels)
+    model = fixed_batch_model(tmp_path / "fixed.onnx", 4, 5)
+    r = evaluate(str(model), str(tmp_path / "d.npz"), runs=3, min_seconds=0.0)
+    assert r["n"] == 10 and r["accuracy"] == pytest.approx(0.7)
+
+
+def test_latency_runs_at_least_runs_and_min_seconds_and_stops_at_max():
+    backend = open_backend(str(EXAMPLE_ONNX))
+    x, _ = eval_arrays()
+    arrays = {"input": x}
+    assert len(time_runs(backend, arrays, len(x), warmup=0, runs=7, min_seconds=0.0, max_seconds=5)) == 7
+    # min_seconds keeps it going past `runs`; a sub-millisecond model runs many times in 0.1 s.
+    assert len(time_runs(backend, arrays, len(x), warmup=0, runs=1, min_seconds=0.1, max_seconds=5)) > 1
+    capped = time_runs(backend, arrays, len(x), warmup=0, runs=10**9, min_seconds=0.0, max_seconds=0.1)
+    assert 1 < len(capped) < 10**9
+
+
+def test_metrics_match_their_definitions():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((20, 6))
+    out = ref + 0.1 * rng.standard_normal((20, 6))
+    f = metrics.fidelity([out], ref)
+    cos = np.sum(out * ref, 1) / (np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1))
+    assert f["cosine"] == pytest.approx(cos.mean())
+    assert f["top1_agreement"] == pytest.approx(np.mean(out.argmax(1) == ref.argmax(1)))
+    assert f["sqnr_db"] == pytest.approx(10 * np.log10(np.sum(ref**2) / np.sum((ref - out) ** 2)))
+    same = metrics.fidelity(ref, ref)
+    assert same == {"top1_agreement": 1.0, "cosine": pytest.approx(1.0), "sqnr_db": math.inf}
+    labels = ref.argmax(1)
+    labels[:5] = (labels[:5] + 1) % 6
+    assert metrics.accuracy([ref], labels) == pytest.approx(0.75)
+    seconds = list(rng.random(101))
+    lat = metrics.latency_summary(seconds)
+    assert lat["n"] == 101 and lat["p50"] == pytest.approx(np.median(seconds) * 1000)
+    assert lat["mean"] == pytest.approx(np.mean(seconds) * 1000)
+
+
+def test_tflite_model_says_the_backend_is_missing(tmp_path):
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"TFL3")
+    with pytest.raises(ModelLoadError, match="TFLite backend is not available"):
+        open_backend(str(model))
+
+
+# -- the host side -------------------------------------------------------------------------
+
+def test_prepare_writes_inputs_labels_and_reference(tmp_path):
+    data = load_dataset(EVAL)
+    dest = prepare_eval_data(data, EXAMPLE_ONNX, tmp_path / "e.npz", reference=EXAMPLE_ONNX, samples=300)
+    with zipfile.ZipFile(dest) as zf:
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
+    x, labels = eval_arrays()
+    with np.load(dest) as npz:
+        assert sorted(npz.files) == ["_reference", "input", "labels"]
+        assert np.array_equal(npz["input"], x[:300]) and np.array_equal(npz["labels"], labels[:300])
+        np.testing.assert_allclose(npz["_reference"], ort_outputs(EXAMPLE_ONNX, x[:300]), rtol=1e-5, atol=1e-5)
+    assert not [p for p in tmp_path.iterdir() if p.name != "e.npz"]  # its scratch files are gone
+
+
+def test_model_against_itself_is_faithful():
+    r = evaluate_model(EXAMPLE_ONNX, EVAL, reference=EXAMPLE_ONNX, runs=5, min_seconds=0.05)
+    assert r["fidelity"]["top1_agreement"] == 1.0
+    assert r["fidelity"]["cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert r["fidelity"]["sqnr_db"] > 100  # +inf when bit-identical
+    assert r["accuracy_drop"] == 0.0
+    assert r["latency_ms"]["n"] >= 5
+
+
+def test_peak_rss_is_the_evaluation_alone():
+    # A large parent must not leak into the child's figure (ru_maxrss survives exec).
+    ballast = np.ones(400 * 2**20 // 8)
+    r = measure(EXAMPLE_ONNX, EVAL, runs=5, min_seconds=0.0)
+    assert 0 < r["peak_rss_mb"] < 400
+    del ballast
+
+
+def test_measure_of_a_model_that_does_not_load(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage that is not a graph")
+    with pytest.raises(ModelError, match="bad.onnx"):
+        measure(bad, EVAL, runs=1, min_seconds=0.0)
+
+
+# -- bad input -----------------------------------------------------------------------------
+
+def test_data_lacking_an_input(edgekit, tmp_path):
+    x, labels = eval_arrays()
+    np.savez(tmp_path / "d.npz", pixels=x, labels=labels)
+    assert_clean_error(edgekit("evaluate", EXAMPLE_ONNX, "--data", tmp_path / "d.npz"), "d.npz", "lacks input 'input'")
+
+
+def test_data_with_the_wrong_shape(edgekit, tmp_path):
+    np.savez(tmp_path / "d.npz", input=np.zeros((10, 1, 7, 7), np.float32))
+    assert_clean_error(edgekit("evaluate", EXAMPLE_ONNX, "--data", tmp_path / "d.npz"), "d.npz", "shape")
+
+
+def test_data_with_nan(edgekit, tmp_path):
+    x, labels = eval_arrays()
+    x = x.copy()
+    x[3, 0, 2, 2] = np.nan
+    np.savez(tmp_path / "d.npz", input=x, labels=labels)
+    assert_clean_error(edgekit("evaluate", EXAMPLE_ONNX, "--data", tmp_path / "d.npz"), "d.npz", "NaN")
+
+
+def test_missing_model(edgekit, tmp_path):
+    assert_clean_error(edgekit("evaluate", tmp_path / "none.onnx", "--data", EVAL), "none.onnx", "not found")
+
+
+def test_corrupt_model(edgekit, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(EXAMPLE_ONNX.read_bytes()[:500])
+    assert_clean_error(edgekit("evaluate", bad, "--data", EVAL), "bad.onnx")
+
+
+def test_missing_data(edgekit, tmp_path):
+    assert_clean_error(edgekit("evaluate", EXAMPLE_ONNX, "--data", tmp_path / "no.npz"), "no.npz", "not found")
+
+
+def test_reference_with_another_output_shape(edgekit, tmp_path):
+    other = flatten_model(tmp_path / "flat.onnx")
+    result = edgekit("evaluate", EXAMPLE_ONNX, "--data", EVAL, "--reference", other)
+    assert_clean_error(result, "flat.onnx", "model.onnx", "(N, 64)", "(N, 10)")
+
+
+def test_bad_option_values(edgekit):
+    assert_clean_error(edgekit("evaluate", EXAMPLE_ONNX, "--data", EVAL, "--samples", "0"), "--samples")
+    assert_clean_error(edgekit("evaluate", EXAMPLE_ONNX, "--data", EVAL, "--runs", "0"), "--runs")
+    assert_clean_error(edgekit("evaluate", EXAMPLE_ONNX, "--data", EVAL, "--threads", "-1"), "--threads")
