@@ -183,6 +183,24 @@ def test_model_against_itself_is_faithful():
     assert r["latency_ms"]["n"] >= 5
 
 
+def test_encoder_with_integer_inputs_and_no_labels_gets_fidelity(tmp_path):
+    from onnxruntime.quantization import quantize_dynamic
+
+    from encoder import build_encoder, make_encoder_data
+
+    fp32 = build_encoder(tmp_path / "enc.onnx")
+    q = tmp_path / "enc-q.onnx"
+    quantize_dynamic(str(fp32), str(q))
+    data = make_encoder_data(tmp_path / "tokens.npz", 100)
+    r = evaluate_model(q, data, reference=fp32, runs=3, min_seconds=0.0)
+    assert r["accuracy"] is None and "reference" not in r and r["n"] == 100
+    with np.load(data) as npz:
+        batches = [{k: npz[k][i:i + 64] for k in npz.files} for i in range(0, 100, 64)]
+    ref, out = (np.concatenate([ort.InferenceSession(str(m)).run(None, b)[0] for b in batches]) for m in (fp32, q))
+    assert r["fidelity"]["top1_agreement"] == pytest.approx(np.mean(ref.argmax(1) == out.argmax(1)))
+    assert 0.5 < r["fidelity"]["cosine"] <= 1.0 + 1e-9
+
+
 def test_peak_rss_is_the_evaluation_alone():
     # A large parent must not leak into the child's figure (ru_maxrss survives exec).
     ballast = np.ones(400 * 2**20 // 8)
