@@ -1,0 +1,233 @@
+"""Install a bundle: check the upload, extract strictly, verify, rename into bundles/.
+
+Every step before the final rename works on incoming/ and a private staging directory,
+so a failure (or a kill) at any point leaves bundles/ and current/ as they were. On a
+failure the upload is removed, so incoming/ holds only uploads still in flight.
+
+The tar is untrusted: it is never given to extractall. Each member must be a plain
+regular file with a plain relative name; counts and sizes are capped; every file must
+match the manifest's sha256 and size, with nothing extra and nothing missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from typing import Dict, Optional
+
+from .state import Layout, RunnerError, check_name, read_json, utc_now, write_json_atomic
+from .trust import sha256_file, trusted_keys, verify_signature
+
+__all__ = ["install", "MAX_MEMBERS", "MAX_FILE_BYTES", "MAX_TOTAL_BYTES", "META"]
+
+MAX_MEMBERS = 512
+MAX_FILE_BYTES = 4 << 30
+MAX_TOTAL_BYTES = 8 << 30
+MAX_MANIFEST_BYTES = 4 << 20
+META = ".bundle.json"  # written by the runner beside the files; no member may start with "."
+MANIFEST, SIGNATURE = "manifest.json", "manifest.sig"
+_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$")
+# Test hook (documented in the README): sleep this many seconds after the first member is
+# extracted, so a test can kill the runner in the middle of an install.
+PAUSE_ENV = "EDGEKIT_RUNNER_TEST_PAUSE_IN_EXTRACT"
+
+
+def _bad(message: str, kind: str = "bundle") -> RunnerError:
+    return RunnerError(message, kind, 2)
+
+
+def upload_path(layout: Layout, given: str) -> str:
+    """The upload as a path inside incoming/; anything else is refused (we delete it on failure)."""
+    path = os.path.abspath(given if os.path.isabs(given) else os.path.join(layout.root, given))
+    if os.path.dirname(path) != layout.incoming or not _PART.match(os.path.basename(path)):
+        raise RunnerError(f"install takes a file in {layout.incoming}, got {given}", "usage", 2)
+    if not os.path.isfile(path):
+        raise RunnerError(f"{path}: no such upload", "usage", 2)
+    return path
+
+
+def check_upload(path: str, sha256: Optional[str], size: Optional[int]) -> str:
+    """The upload's sha256, after checking its size and hash against what the host sent."""
+    actual = os.path.getsize(path)
+    if size is not None and actual != size:
+        raise _bad(f"upload {os.path.basename(path)} is {actual} bytes, expected {size} "
+                   "(a truncated or overlong upload; push again)", "integrity")
+    digest = sha256_file(path)
+    if sha256 is not None and digest != sha256.lower():
+        raise _bad(f"upload {os.path.basename(path)} has sha256 {digest[:12]}.., expected {sha256[:12]}.. "
+                   "(corrupted in transfer; push again)", "integrity")
+    return digest
+
+
+def _check_member(member: tarfile.TarInfo, seen: Dict[str, dict]) -> str:
+    name = member.name
+    if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE) or member.issparse():
+        kind = "symlink" if member.issym() else "hard link" if member.islnk() else \
+            "directory" if member.isdir() else "device or special file"
+        raise _bad(f"member {name!r} is a {kind}; bundles hold regular files only")
+    if name.startswith("/") or "\\" in name or "\0" in name:
+        raise _bad(f"member {name!r} has an absolute or non-POSIX path")
+    parts = name.split("/")
+    if ".." in parts:
+        raise _bad(f"member {name!r} escapes the bundle ('..' in its path)")
+    if any(not _PART.match(p) for p in parts) or len(parts) > 8:
+        raise _bad(f"member {name!r} is not a plain relative path (letters, digits, . _ + -; no leading dot)")
+    if name in seen:
+        raise _bad(f"member {name!r} appears twice")
+    if len(seen) >= MAX_MEMBERS:
+        raise _bad(f"the bundle has more than {MAX_MEMBERS} members")
+    if member.size > MAX_FILE_BYTES:
+        raise _bad(f"member {name!r} is {member.size} bytes, over the {MAX_FILE_BYTES}-byte limit")
+    return name
+
+
+def extract(bundle: str, staging: str) -> Dict[str, dict]:
+    """Copy each member's bytes into staging by hand; returns {name: {sha256, size}}."""
+    files: Dict[str, dict] = {}
+    total = 0
+    try:
+        with tarfile.open(bundle, mode="r:") as tar:  # plain tar only: no decompression bombs
+            for member in tar:
+                name = _check_member(member, files)
+                total += member.size
+                if total > MAX_TOTAL_BYTES:
+                    raise _bad(f"the bundle unpacks to over {MAX_TOTAL_BYTES} bytes")
+                files[name] = _copy_member(tar, member, os.path.join(staging, *name.split("/")))
+                _test_pause(len(files))
+    except (tarfile.TarError, EOFError) as exc:
+        raise _bad(f"{os.path.basename(bundle)} is not a readable bundle (tar: {exc})") from exc
+    return files
+
+
+def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str) -> dict:
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    source = tar.extractfile(member)
+    h, size = hashlib.sha256(), 0
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "wb") as out:
+        for chunk in iter(lambda: source.read(1 << 20), b""):
+            h.update(chunk)
+            size += len(chunk)
+            out.write(chunk)
+    if size != member.size:
+        raise _bad(f"member {member.name!r} is truncated ({size} of {member.size} bytes)")
+    return {"sha256": h.hexdigest(), "size": size}
+
+
+def _test_pause(count: int) -> None:
+    seconds = os.environ.get(PAUSE_ENV)
+    if seconds and count == 1:
+        sys.stderr.write("edgekit-runner: paused in extraction\n")
+        sys.stderr.flush()
+        time.sleep(float(seconds))
+
+
+def check_manifest(staging: str, files: Dict[str, dict]) -> dict:
+    """The manifest, after checking every extracted file against it."""
+    if MANIFEST not in files:
+        raise _bad("the bundle has no manifest.json")
+    if files[MANIFEST]["size"] > MAX_MANIFEST_BYTES:
+        raise _bad(f"manifest.json is over {MAX_MANIFEST_BYTES} bytes")
+    try:
+        manifest = read_json(os.path.join(staging, MANIFEST), MAX_MANIFEST_BYTES)
+    except RunnerError as exc:
+        raise _bad(f"the bundle's {exc}") from exc
+    if manifest.get("schema") != 1 or not isinstance(manifest.get("files"), dict):
+        raise _bad("manifest.json is not an edgekit bundle manifest (schema 1 with 'files')")
+    label = f"{check_name(manifest.get('name'), 'bundle name')}-{check_name(manifest.get('version'), 'bundle version')}"
+    listed = manifest["files"]
+    present = set(files) - {MANIFEST, SIGNATURE}
+    extra, missing = sorted(present - set(listed)), sorted(set(listed) - present)
+    if extra:
+        raise _bad(f"{extra[0]} in {label} is missing from the manifest", "integrity")
+    if missing:
+        raise _bad(f"{missing[0]} is listed in the manifest of {label} but not in the bundle", "integrity")
+    for name in sorted(listed):
+        want, got = listed[name], files[name]
+        if not isinstance(want, dict) or want.get("sha256") != got["sha256"] or want.get("size") != got["size"]:
+            expected = want.get("sha256", "?") if isinstance(want, dict) else "?"
+            raise _bad(f"sha256 mismatch for {name} in {label}: expected {str(expected)[:12]}.., "
+                       f"got {got['sha256'][:12]}..", "integrity")
+    return manifest
+
+
+def _check_signature(layout: Layout, staging: str, files: Dict[str, dict]) -> Optional[str]:
+    keys = trusted_keys(layout.trust)
+    if not keys:
+        return None  # a device that trusts no key takes unsigned bundles (hashes still checked)
+    sig = os.path.join(staging, SIGNATURE) if SIGNATURE in files else None
+    return verify_signature(os.path.join(staging, MANIFEST), sig, keys)
+
+
+def _place(layout: Layout, staging: str, manifest: dict, meta: dict) -> bool:
+    """Rename staging into bundles/NAME/VERSION; False when that exact bundle is already there."""
+    dest = layout.bundle_dir(manifest["name"], manifest["version"])
+    if os.path.isdir(dest):
+        existing = read_json(os.path.join(dest, META)) or {}
+        if existing.get("sha256") == meta["sha256"]:
+            return False
+        raise _bad(f"{manifest['name']} {manifest['version']} is already installed with different contents "
+                   f"(sha256 {str(existing.get('sha256'))[:12]}..); give the new bundle a new version", "conflict")
+    write_json_atomic(os.path.join(staging, META), meta)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    os.rename(staging, dest)
+    return True
+
+
+def clean_leftovers(layout: Layout) -> None:
+    """What killed runners left behind (we hold the lock, so none of it is live): staging
+    directories, and runner copies from an interrupted runner update."""
+    for entry in os.listdir(layout.bundles):
+        if entry.startswith(".staging-"):
+            shutil.rmtree(os.path.join(layout.bundles, entry), ignore_errors=True)
+    for entry in os.listdir(layout.bin) if os.path.isdir(layout.bin) else []:
+        if entry.startswith("edgekit_device.old-") or entry.startswith("edgekit_device.new-"):
+            shutil.rmtree(os.path.join(layout.bin, entry), ignore_errors=True)
+
+
+def install(layout: Layout, given: str, *, sha256: Optional[str] = None, size: Optional[int] = None) -> dict:
+    """Install the upload `given` (a file in incoming/); see the module docstring.
+
+    Once its size and hash are checked, the upload moves into the staging directory, so
+    a runner killed later leaves incoming/ clean and only a .staging-* behind, which the
+    next install removes."""
+    with layout.locked():
+        path = upload_path(layout, given)
+        clean_leftovers(layout)
+        staging = tempfile.mkdtemp(prefix=".staging-", dir=layout.bundles)
+        try:
+            digest = check_upload(path, sha256, size)
+            tar_path, unpacked = os.path.join(staging, "bundle.tar"), os.path.join(staging, "files")
+            os.rename(path, tar_path)
+            os.mkdir(unpacked)
+            files = extract(tar_path, unpacked)
+            manifest = check_manifest(unpacked, files)
+            signer = _check_signature(layout, unpacked, files)
+            meta = {"sha256": digest, "size": os.path.getsize(tar_path), "signer": signer,
+                    "installed_at": utc_now(), "name": manifest["name"], "version": manifest["version"]}
+            placed = _place(layout, unpacked, manifest, meta)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            if os.path.exists(path):
+                os.unlink(path)  # a rejected upload is not kept: push uploads again
+    return {"name": manifest["name"], "version": manifest["version"], "sha256": digest, "signer": signer,
+            "installed": placed, "already_installed": not placed,
+            "path": layout.bundle_dir(manifest["name"], manifest["version"])}
+
+
+def bundle_manifest(layout: Layout, name: str, version: str) -> dict:
+    """The manifest of an installed bundle."""
+    path = os.path.join(layout.bundle_dir(name, version), MANIFEST)
+    manifest = read_json(path)
+    if manifest is None:
+        raise RunnerError(f"{name} {version} is not installed (installed: {', '.join(layout.versions(name)) or 'none'})",
+                          "state", 2)
+    return manifest
+
+

@@ -1,0 +1,208 @@
+"""edgekit's on-device runner: one command per process, one JSON object on stdout.
+
+    python3 ROOT/bin/edgekit_runner.py [--root ROOT] COMMAND ...
+
+    install FILE [--sha256 H] [--size N]   FILE in ROOT/incoming/; verify, unpack into bundles/
+    activate NAME VERSION                  switch current/NAME atomically
+    rollback NAME                          back to the previous version
+    evaluate NAME [--version V] [--device-name D] [--samples N]
+                                           measure; write reports/NAME/VERSION/RUN_ID.json
+    status                                 what is installed and active, the runner's hash
+    gc --keep K                            remove all but the K newest versions of each model
+                                           (never the current or the previous one)
+
+Success prints {"ok": true, "command": ..., ...} and exits 0. Failure prints
+{"ok": false, "command": ..., "error": "...", "kind": "..."} and exits 2 when the input
+was refused (usage, bundle, integrity, conflict, state) and 1 otherwise.
+
+Standard library only (numpy and the runtime are imported by `evaluate`), Python 3.9.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+from typing import Dict, List, Optional, Sequence
+
+from .install import clean_leftovers, install
+from .report import evaluate_bundle
+from .state import Layout, RunnerError, check_name
+from .trust import trusted_keys, tree_hash
+
+__all__ = ["main", "runner_files", "LAUNCHER_NAME", "LAUNCHER_SOURCE", "PACKAGE_NAME"]
+
+LAUNCHER_NAME = "edgekit_runner.py"
+PACKAGE_NAME = "edgekit_device"
+# bin/edgekit_runner.py as shipped: this package, renamed edgekit_device, sits beside it.
+LAUNCHER_SOURCE = '''#!/usr/bin/env python3
+"""edgekit's on-device runner (see edgekit_device/runner.py): python3 edgekit_runner.py --help"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from edgekit_device.runner import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
+'''
+
+
+def runner_files(package_dir: Optional[str] = None) -> Dict[str, bytes]:
+    """The runner as shipped (relative path -> bytes): the launcher and this package's
+    modules. Host and device both hash this to tell whether bin/ is up to date."""
+    package_dir = package_dir or os.path.dirname(os.path.abspath(__file__))
+    files = {LAUNCHER_NAME: LAUNCHER_SOURCE.encode()}
+    for entry in sorted(os.listdir(package_dir)):
+        if entry.endswith(".py"):
+            with open(os.path.join(package_dir, entry), "rb") as fh:
+                files[f"{PACKAGE_NAME}/{entry}"] = fh.read()
+    return files
+
+
+def cmd_install(layout: Layout, args) -> dict:
+    return install(layout, args.file, sha256=args.sha256, size=args.size)
+
+
+def cmd_activate(layout: Layout, args) -> dict:
+    with layout.locked():
+        before = layout.current_version(args.name)
+        if before == args.version:
+            return {"name": args.name, "current": before, "previous": layout.read_state(args.name)["previous"],
+                    "changed": False}
+        layout.switch(args.name, args.version)
+        state = layout.record(args.name, "activate", args.version, before)
+    return {"name": args.name, "current": state["current"], "previous": state["previous"], "changed": True}
+
+
+def cmd_rollback(layout: Layout, args) -> dict:
+    with layout.locked():
+        state = layout.read_state(args.name)
+        back, now = state["previous"], state["current"]
+        if not back:
+            raise RunnerError(f"{args.name} has no previous version on this device to roll back to", "state", 1)
+        layout.switch(args.name, back)
+        state = layout.record(args.name, "rollback", back, now)
+    return {"name": args.name, "current": state["current"], "previous": state["previous"], "changed": True}
+
+
+def cmd_evaluate(layout: Layout, args) -> dict:
+    report, path = evaluate_bundle(layout, args.name, args.version, device_name=args.device_name,
+                                   samples=args.samples)
+    if report["status"] != "ok":
+        error = RunnerError(f"evaluation of {args.name} {report['bundle']['version']} failed: {report['error']}",
+                            "evaluation", 1)
+        error.extra = {"report": report, "report_path": path}  # type: ignore[attr-defined]
+        raise error
+    return {"report": report, "report_path": path}
+
+
+def _reports(layout: Layout, name: str) -> Dict[str, List[str]]:
+    base = os.path.join(layout.reports, name)
+    if not os.path.isdir(base):
+        return {}
+    return {v: sorted(f for f in os.listdir(os.path.join(base, v)) if f.endswith(".json"))
+            for v in sorted(os.listdir(base)) if os.path.isdir(os.path.join(base, v))}
+
+
+def cmd_status(layout: Layout, args) -> dict:
+    models = {}
+    for name in layout.names():
+        state = layout.read_state(name)
+        models[name] = {"current": state["current"], "previous": state["previous"],
+                        "installed": layout.versions(name), "history": state["history"][-10:],
+                        "reports": _reports(layout, name)}
+    incoming = sorted(os.listdir(layout.incoming)) if os.path.isdir(layout.incoming) else []
+    return {"root": layout.root, "runner_sha256": tree_hash(runner_files()), "python": platform.python_version(),
+            "models": models, "incoming": incoming, "trusted_keys": [p for p, _ in trusted_keys(layout.trust)]}
+
+
+def cmd_gc(layout: Layout, args) -> dict:
+    removed = []
+    with layout.locked():
+        clean_leftovers(layout)
+        for name in layout.names():
+            state = layout.read_state(name)
+            versions = layout.versions(name)  # oldest first
+            keep = set(versions[max(0, len(versions) - args.keep):] if args.keep else []) | {state["current"], state["previous"]}
+            for version in versions:
+                if version not in keep:
+                    # Rename first: a half-deleted bundle never looks installed.
+                    trash = os.path.join(layout.bundles, f".staging-gc-{name}-{version}")
+                    os.rename(layout.bundle_dir(name, version), trash)
+                    shutil.rmtree(trash, ignore_errors=True)
+                    removed.append({"name": name, "version": version})
+    return {"removed": removed, "keep": args.keep}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # JSON on stdout instead of argparse's usage text
+        raise RunnerError(message, "usage", 2)
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="edgekit_runner.py", description="edgekit's on-device runner; prints one JSON object.")
+    p.add_argument("--root", default=None, help="the device root (default: the folder above bin/)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    s = sub.add_parser("install")
+    s.add_argument("file")
+    s.add_argument("--sha256")
+    s.add_argument("--size", type=_non_negative)
+    s = sub.add_parser("activate")
+    s.add_argument("name")
+    s.add_argument("version")
+    sub.add_parser("rollback").add_argument("name")
+    s = sub.add_parser("evaluate")
+    s.add_argument("name")
+    s.add_argument("--version")
+    s.add_argument("--device-name")
+    s.add_argument("--samples", type=_non_negative)
+    sub.add_parser("status")
+    sub.add_parser("gc").add_argument("--keep", type=_non_negative, required=True)
+    return p
+
+
+COMMANDS = {"install": cmd_install, "activate": cmd_activate, "rollback": cmd_rollback,
+            "evaluate": cmd_evaluate, "status": cmd_status, "gc": cmd_gc}
+
+
+def default_root() -> str:
+    """ROOT for ROOT/bin/edgekit_device/runner.py; EDGEKIT_ROOT overrides."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.environ.get("EDGEKIT_ROOT") or os.path.dirname(here)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    command = None
+    try:
+        args = _parser().parse_args(argv)
+        command = args.command
+        for attr in ("name", "version"):
+            if getattr(args, attr, None) is not None:
+                check_name(getattr(args, attr), attr)
+        result = dict(ok=True, command=command, **COMMANDS[command](Layout(args.root or default_root()), args))
+        code = 0
+    except RunnerError as exc:
+        result = dict(ok=False, command=command, error=str(exc), kind=exc.kind, **getattr(exc, "extra", {}))
+        code = exc.exit_code
+    except OSError as exc:  # a full disk, a permission: the host gets it as JSON, not a traceback
+        result, code = dict(ok=False, command=command, error=f"{exc.strerror or exc}: {exc.filename or ''}".strip(": "),
+                            kind="os"), 1
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""The device layout, the writer lock, per-model state and the atomic `current` switch.
+
+    ROOT/bin/edgekit_runner.py         the launcher; bin/edgekit_device/ is this package
+    ROOT/incoming/                     uploads (*.part while in flight)
+    ROOT/bundles/NAME/VERSION/         verified, unpacked bundles (.staging-* while checked)
+    ROOT/current/NAME -> ../bundles/NAME/VERSION
+    ROOT/state/NAME.json               current, previous, history
+    ROOT/reports/NAME/VERSION/*.json   evaluation reports
+    ROOT/trust/*.pub                   keys that bundles must be signed with
+    ROOT/.lock                         one writer at a time (flock)
+
+The `current` link is the truth about what runs; state/NAME.json adds what ran before.
+Both are replaced with rename(2), so a reader sees the old or the new, never a mix.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import secrets
+import time
+from contextlib import contextmanager
+from typing import Iterator, List, Optional
+
+__all__ = ["Layout", "RunnerError", "check_name", "write_json_atomic", "read_json", "utc_now"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+HISTORY_KEPT = 50
+
+
+class RunnerError(Exception):
+    """A command failed; `kind` tells the host what kind (usage, bundle, integrity, state,
+    busy, runtime) and `exit_code` is the runner's exit status."""
+
+    def __init__(self, message: str, kind: str = "runtime", exit_code: int = 1):
+        super().__init__(message)
+        self.kind = kind
+        self.exit_code = exit_code
+
+
+def check_name(value: str, what: str) -> str:
+    """Names and versions become path components: keep them plain."""
+    if not isinstance(value, str) or not _NAME.match(value) or ".." in value:
+        raise RunnerError(f"{what} {value!r} is not a plain name (letters, digits, . _ + -)", "usage", 2)
+    return value
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def read_json(path: str, limit: int = 4 << 20) -> Optional[dict]:
+    """A JSON object from a file, or None when the file does not exist."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+    except FileNotFoundError:
+        return None
+    if len(data) > limit:
+        raise RunnerError(f"{path} is larger than {limit} bytes", "state")
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except ValueError as exc:
+        raise RunnerError(f"{path} is not valid JSON ({exc})", "state") from exc
+    if not isinstance(value, dict):
+        raise RunnerError(f"{path} does not hold a JSON object", "state")
+    return value
+
+
+def write_json_atomic(path: str, value: dict) -> None:
+    tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+    with open(tmp, "w") as fh:
+        json.dump(value, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class Layout:
+    """Paths under one device root, and the operations that keep them consistent."""
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        for sub in ("bin", "incoming", "bundles", "current", "state", "reports", "trust"):
+            setattr(self, sub, os.path.join(self.root, sub))
+        self.lock_path = os.path.join(self.root, ".lock")
+
+    def ensure(self) -> None:
+        for sub in ("incoming", "bundles", "current", "state", "reports", "trust"):
+            os.makedirs(getattr(self, sub), exist_ok=True)
+
+    @contextmanager
+    def locked(self, timeout: float = 30.0) -> Iterator[None]:
+        """Hold ROOT/.lock; the kernel drops it if this process dies, so no stale locks."""
+        self.ensure()
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                        raise RunnerError(f"{self.lock_path} is held by another runner for over {timeout:g}s; "
+                                          "try again when it has finished", "busy") from exc
+                    time.sleep(0.1)
+            yield
+        finally:
+            os.close(fd)
+
+    def bundle_dir(self, name: str, version: str) -> str:
+        return os.path.join(self.bundles, check_name(name, "name"), check_name(version, "version"))
+
+    def versions(self, name: str) -> List[str]:
+        """Installed versions of NAME, oldest install first."""
+        base = os.path.join(self.bundles, check_name(name, "name"))
+        if not os.path.isdir(base):
+            return []
+        found = [v for v in os.listdir(base) if _NAME.match(v) and os.path.isdir(os.path.join(base, v))]
+        return sorted(found, key=lambda v: (os.stat(os.path.join(base, v)).st_mtime, v))
+
+    def names(self) -> List[str]:
+        if not os.path.isdir(self.bundles):
+            return []
+        return sorted(n for n in os.listdir(self.bundles) if _NAME.match(n) and os.path.isdir(os.path.join(self.bundles, n)))
+
+    def current_version(self, name: str) -> Optional[str]:
+        try:
+            target = os.readlink(os.path.join(self.current, check_name(name, "name")))
+        except (FileNotFoundError, OSError):
+            return None
+        return os.path.basename(target.rstrip("/")) or None
+
+    def switch(self, name: str, version: str) -> None:
+        """Point current/NAME at bundles/NAME/VERSION: a new link, renamed over the old."""
+        if not os.path.isdir(self.bundle_dir(name, version)):
+            raise RunnerError(f"{name} {version} is not installed (installed: {', '.join(self.versions(name)) or 'none'})",
+                              "state", 2)
+        os.makedirs(self.current, exist_ok=True)
+        tmp = os.path.join(self.current, f".{name}.tmp-{secrets.token_hex(4)}")
+        os.symlink(os.path.join("..", "bundles", name, version), tmp)
+        try:
+            os.replace(tmp, os.path.join(self.current, name))
+        except OSError:
+            os.unlink(tmp)
+            raise
+        _fsync_dir(self.current)
+
+    def state_path(self, name: str) -> str:
+        return os.path.join(self.state, f"{check_name(name, 'name')}.json")
+
+    def read_state(self, name: str) -> dict:
+        state = read_json(self.state_path(name)) or {}
+        state.setdefault("name", name)
+        state.setdefault("current", None)
+        state.setdefault("previous", None)
+        state.setdefault("history", [])
+        live = self.current_version(name)
+        if state["current"] != live:  # killed between the switch and the state write
+            state["current"] = live
+        return state
+
+    def record(self, name: str, action: str, current: Optional[str], previous: Optional[str]) -> dict:
+        state = self.read_state(name)
+        state.update(current=current, previous=previous, updated_at=utc_now())
+        state["history"] = (state["history"] + [{"action": action, "version": current, "at": utc_now()}])[-HISTORY_KEPT:]
+        os.makedirs(self.state, exist_ok=True)
+        write_json_atomic(self.state_path(name), state)
+        return state
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

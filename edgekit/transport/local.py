@@ -1,0 +1,106 @@
+"""The local transport: a device that is a directory on this machine.
+
+For simulated fleets and tests. Remote paths are absolute paths on this machine (under
+the device's `root`); commands run with the device's interpreter as a child process,
+from argument lists, never through a shell. OSError is translated here, once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence
+
+from edgekit.errors import ConnectError, TransportError
+from edgekit.transport.base import Progress, RunResult, Transport
+
+if TYPE_CHECKING:
+    from edgekit.fleet.inventory import Device
+
+__all__ = ["LocalTransport"]
+
+CHUNK = 1 << 20
+
+
+class LocalTransport(Transport):
+    def __init__(self, device: "Device"):
+        self.name = device.name
+        self.root = device.root
+        try:
+            os.makedirs(device.root, exist_ok=True)
+        except OSError as exc:
+            raise ConnectError(f"device {self.name}: cannot use root {device.root}: {exc.strerror}",
+                               device=self.name) from exc
+
+    def _fail(self, what: str, exc: OSError) -> TransportError:
+        return TransportError(f"device {self.name}: {what}: {exc.strerror or exc}", device=self.name)
+
+    def put(self, local: Path, remote: str, *, progress: Optional[Progress] = None) -> None:
+        """Copy, appending to an existing shorter `remote` (a resumed upload)."""
+        try:
+            total = os.path.getsize(local)
+            done = os.path.getsize(remote) if os.path.exists(remote) else 0
+            if done > total:
+                done = 0  # not a prefix of this file: start over
+            with open(local, "rb") as src, open(remote, "r+b" if done else "wb") as dst:
+                src.seek(done)
+                dst.seek(done)
+                dst.truncate()
+                for chunk in iter(lambda: src.read(CHUNK), b""):
+                    dst.write(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, total)
+        except OSError as exc:
+            raise self._fail(f"cannot upload {local} to {remote}", exc) from exc
+
+    def get(self, remote: str, local: Path) -> None:
+        try:
+            shutil.copyfile(remote, local)
+        except OSError as exc:
+            raise self._fail(f"cannot download {remote}", exc) from exc
+
+    def run(self, argv: Sequence[str], *, timeout: Optional[float] = None) -> RunResult:
+        try:
+            proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL, cwd=self.root)
+        except FileNotFoundError:  # like a shell's "command not found" on a remote device
+            return RunResult(127, "", f"{argv[0]}: command not found")
+        except subprocess.TimeoutExpired as exc:
+            raise TransportError(f"device {self.name}: {argv[0]} did not finish within {timeout:g}s",
+                                 device=self.name) from exc
+        return RunResult(proc.returncode, proc.stdout, proc.stderr)
+
+    def size(self, remote: str) -> Optional[int]:
+        try:
+            return os.path.getsize(remote) if os.path.isfile(remote) else None
+        except OSError as exc:
+            raise self._fail(f"cannot stat {remote}", exc) from exc
+
+    def listdir(self, remote: str) -> list[str]:
+        try:
+            return sorted(os.listdir(remote)) if os.path.isdir(remote) else []
+        except OSError as exc:
+            raise self._fail(f"cannot list {remote}", exc) from exc
+
+    def makedirs(self, remote: str) -> None:
+        try:
+            os.makedirs(remote, exist_ok=True)
+        except OSError as exc:
+            raise self._fail(f"cannot create {remote}", exc) from exc
+
+    def rename(self, src: str, dst: str) -> None:
+        try:
+            os.replace(src, dst)
+        except OSError as exc:
+            raise self._fail(f"cannot rename {src} to {dst}", exc) from exc
+
+    def remove(self, remote: str) -> None:
+        try:
+            os.unlink(remote)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise self._fail(f"cannot remove {remote}", exc) from exc
