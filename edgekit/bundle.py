@@ -1,0 +1,138 @@
+"""Bundle files: written deterministically, read back with the device's own checks.
+
+A bundle (``N-V-T.edgekit``) is a plain tar of regular files, sorted by name, every
+member with the same mtime (the manifest's created_at), uid/gid 0, no owner names and
+mode 0644: the same inputs give the same bytes. The runner ships inside it under
+``runner/`` (the same files push installs as ``bin/``).
+"""
+
+from __future__ import annotations
+
+import calendar
+import io
+import json
+import os
+import tarfile
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+from edgekit.errors import BundleError
+
+__all__ = ["Bundle", "write_tar", "read_bundle", "runner_files", "runner_sha256", "deterministic_npz",
+           "epoch_of", "iso_utc", "manifest_bytes", "MANIFEST", "SIGNATURE", "SUFFIX"]
+
+MANIFEST, SIGNATURE, SUFFIX = "manifest.json", "manifest.sig", ".edgekit"
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip can hold
+Source = Union[Path, bytes]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A bundle on disk and what its manifest says."""
+
+    path: Path
+    sha256: str
+    size: int
+    manifest: dict
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def target(self) -> str:
+        return self.manifest["target"]["name"]
+
+
+def runner_files() -> dict[str, bytes]:
+    """The device runner as shipped: bin/edgekit_runner.py and bin/edgekit_device/*.py."""
+    from edgekit.device.runner import runner_files as device_runner_files
+
+    return device_runner_files(str(Path(__file__).resolve().parent / "device"))
+
+
+def runner_sha256() -> str:
+    from edgekit.device.trust import tree_hash
+
+    return tree_hash(runner_files())
+
+
+def manifest_bytes(manifest: dict) -> bytes:
+    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+
+
+def iso_utc(epoch: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def epoch_of(iso: str) -> int:
+    return calendar.timegm(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+def write_tar(dest: Path, members: dict[str, Source], mtime: int) -> None:
+    """Write `dest` atomically: members (name -> file or bytes) sorted, normalised."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for name in sorted(members):
+                source = members[name]
+                info = tarfile.TarInfo(name)
+                info.size = len(source) if isinstance(source, bytes) else source.stat().st_size
+                info.mtime, info.mode, info.type = mtime, 0o644, tarfile.REGTYPE
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                if isinstance(source, bytes):
+                    tar.addfile(info, io.BytesIO(source))
+                else:
+                    with open(source, "rb") as fh:
+                        tar.addfile(info, fh)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def deterministic_npz(source: Path, dest: Path) -> Path:
+    """Copy an .npz with fixed zip timestamps and modes (np.savez and zipfile stamp the
+    current time), members sorted and stored uncompressed so the device can memory-map."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED, allowZip64=True) as out:
+        for name in sorted(src.namelist()):
+            info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
+            info.compress_type, info.external_attr, info.create_system = zipfile.ZIP_STORED, 0o644 << 16, 3
+            info.file_size = src.getinfo(name).file_size
+            with src.open(name) as fin, out.open(info, "w", force_zip64=info.file_size > (1 << 31)) as fout:
+                for chunk in iter(lambda: fin.read(1 << 20), b""):
+                    fout.write(chunk)
+    return dest
+
+
+def read_bundle(path: Union[str, Path]) -> Bundle:
+    """A bundle's manifest, read from the tar without unpacking it; BundleError if unreadable."""
+    from edgekit.device.trust import sha256_file
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise BundleError(f"bundle {path}: not found")
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            member = tar.getmember(MANIFEST)
+            if not member.isreg() or member.size > (4 << 20):
+                raise BundleError(f"bundle {path}: {MANIFEST} is not a regular file under 4 MiB")
+            manifest = json.loads(tar.extractfile(member).read().decode("utf-8"))
+    except KeyError as exc:
+        raise BundleError(f"bundle {path}: no {MANIFEST} inside (is it an edgekit bundle?)") from exc
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        raise BundleError(f"bundle {path}: not a readable edgekit bundle ({exc})") from exc
+    for key in ("schema", "name", "version", "target", "files"):
+        if key not in manifest:
+            raise BundleError(f"bundle {path}: manifest field '{key}' is missing")
+    return Bundle(path, sha256_file(str(path)), path.stat().st_size, manifest)

@@ -1,0 +1,127 @@
+"""`edgekit push`, `edgekit rollback` and `edgekit fleet status`: work across an inventory.
+
+Each prints one row per device; the exit code is 1 when any device failed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from edgekit.cli._common import JsonFlag, console, print_json, progress
+
+InventoryOpt = Annotated[Path, typer.Option("--inventory", "-i", help="The inventory (fleet/*.toml).")]
+DevicesOpt = Annotated[Optional[list[str]], typer.Option(
+    "--device", "-d", help="Only this device (repeatable).", show_default=False)]
+GroupsOpt = Annotated[Optional[list[str]], typer.Option(
+    "--group", "-g", help="Only devices with this tag (repeatable).", show_default=False)]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Devices worked on at the same time.")]
+TrustNewOpt = Annotated[bool, typer.Option(
+    "--trust-new-hosts", help="Accept and remember SSH host keys not seen before (a changed key is always refused).")]
+
+fleet_app = typer.Typer(help="The fleet: what runs where.", no_args_is_help=True)
+
+
+def _devices(inventory: Path, device: Optional[list[str]], group: Optional[list[str]]):
+    from edgekit.fleet.inventory import load_inventory
+
+    return load_inventory(inventory).select(device or (), group or ())
+
+
+def _finish(result, json: bool, columns: tuple[str, ...]) -> None:
+    """Print the per-device results; exit 1 when any device failed."""
+    if json:
+        print_json(result.record())
+    else:
+        table = Table(title=f"{result.action}: {len(result.succeeded)} ok, {len(result.failed)} failed")
+        for col in ("device", "status", *columns, "error"):
+            table.add_column(col, overflow="fold")
+        for r in result.results:
+            style = {"ok": "green", "failed": "red"}.get(r.status, "yellow")
+            table.add_row(r.device, f"[{style}]{r.status}[/]", *(_cell(r.detail.get(c)) for c in columns), r.error or "")
+        console.print(table)
+    if result.failed:
+        raise typer.Exit(1)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def push_cmd(
+    bundle: Annotated[Path, typer.Argument(help="The bundle (.edgekit) from `edgekit package`.")],
+    inventory: InventoryOpt,
+    device: DevicesOpt = None,
+    group: GroupsOpt = None,
+    activate: Annotated[bool, typer.Option("--activate", help="Switch to the bundle once installed.")] = False,
+    workers: WorkersOpt = 4,
+    trust_new_hosts: TrustNewOpt = False,
+    json: JsonFlag = False,
+) -> None:
+    """Upload and install BUNDLE on the devices of its target (and activate it with --activate).
+    Uploads resume; the device verifies sizes, hashes and signature before anything changes."""
+    from edgekit.bundle import read_bundle
+    from edgekit.fleet.push import push
+
+    found = read_bundle(bundle)
+    devices = _devices(inventory, device, group)
+    with progress() as bar:
+        tasks = {}
+
+        def progress_for(d):
+            tasks[d.name] = bar.add_task(f"{d.name}: upload", total=found.size)
+            return lambda done, total: bar.update(tasks[d.name], completed=done, total=total)
+
+        result = push(devices, found, activate=activate, workers=workers, progress_for=progress_for,
+                      trust_new_hosts=trust_new_hosts)
+    _finish(result, json, ("version", "current", "previous", "runner_updated"))
+
+
+def rollback_cmd(
+    name: Annotated[str, typer.Argument(help="The model's name on the devices.")],
+    inventory: InventoryOpt,
+    device: DevicesOpt = None,
+    group: GroupsOpt = None,
+    workers: WorkersOpt = 4,
+    trust_new_hosts: TrustNewOpt = False,
+    json: JsonFlag = False,
+) -> None:
+    """Switch NAME back to its previous version on each device."""
+    from edgekit.fleet.push import rollback
+
+    result = rollback(_devices(inventory, device, group), name, workers=workers, trust_new_hosts=trust_new_hosts)
+    _finish(result, json, ("current", "previous"))
+
+
+@fleet_app.command("status")
+def status_cmd(
+    inventory: InventoryOpt,
+    device: DevicesOpt = None,
+    group: GroupsOpt = None,
+    workers: WorkersOpt = 4,
+    trust_new_hosts: TrustNewOpt = False,
+    json: JsonFlag = False,
+) -> None:
+    """What runs where: each device's active and previous versions, or why it is unreachable."""
+    from edgekit.fleet.push import status
+
+    result = status(_devices(inventory, device, group), workers=workers, trust_new_hosts=trust_new_hosts)
+    for r in result.results:
+        models = r.detail.get("models") or {}
+        r.detail["running"] = ", ".join(f"{n} {m['current'] or '-'} (prev {m['previous'] or '-'})"
+                                        for n, m in sorted(models.items())) or "nothing installed"
+        r.detail["runner"] = (r.detail.get("runner_sha256") or "")[:12] or None
+    _finish(result, json, ("running", "python", "runner"))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("push")(push_cmd)
+    app.command("rollback")(rollback_cmd)
+    app.add_typer(fleet_app, name="fleet")

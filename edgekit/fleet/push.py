@@ -1,0 +1,237 @@
+"""Push, activate, roll back and ask for status across a fleet, through any Transport.
+
+Every device gets its own worker (a bounded pool) and its own result; one device that
+fails never stops the others. Work on a device is done by its runner
+(ROOT/bin/edgekit_runner.py), which push installs or updates first when its files'
+hash differs from this host's copy. Only Transport methods are used, so the same code
+drives local and SSH devices.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import secrets
+import tempfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from edgekit.bundle import SUFFIX, Bundle, runner_files
+from edgekit.errors import ConfigError, EdgekitError, RemoteCommandError
+from edgekit.fleet.inventory import Device
+from edgekit.transport import Transport, connect
+
+__all__ = ["DeviceResult", "FleetResult", "fan_out", "run_runner", "runner_argv", "ensure_runner",
+           "upload_bundle", "install_bundle", "push", "activate", "rollback", "status", "device_status", "remote_evaluate",
+           "trust_key", "for_target"]
+
+Work = Callable[[Transport, Device], dict]
+RUNNER = "bin/edgekit_runner.py"
+PACKAGE = "edgekit_device"
+
+
+@dataclass
+class DeviceResult:
+    device: str
+    status: str  # "ok" | "failed" | "skipped"
+    detail: dict = field(default_factory=dict)
+    error: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def record(self) -> dict:
+        return {"device": self.device, "status": self.status, "error": self.error, **self.detail}
+
+
+@dataclass
+class FleetResult:
+    action: str
+    results: list[DeviceResult]
+
+    @property
+    def succeeded(self) -> list[DeviceResult]:
+        return [r for r in self.results if r.status == "ok"]
+
+    @property
+    def failed(self) -> list[DeviceResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+    def record(self) -> dict:
+        return {"action": self.action, "ok": not self.failed, "succeeded": len(self.succeeded),
+                "failed": len(self.failed), "devices": [r.record() for r in self.results]}
+
+
+def fan_out(devices: Sequence[Device], work: Work, *, action: str, workers: int = 4,
+            on_done: Optional[Callable[[DeviceResult], None]] = None, **connect_opts) -> FleetResult:
+    """Run `work` on every device with its own transport; programmer errors still raise."""
+    def one(device: Device) -> DeviceResult:
+        try:
+            with connect(device, **connect_opts) as transport:
+                return DeviceResult(device.name, "ok", work(transport, device))
+        except (EdgekitError, OSError) as exc:  # this device failed; the fleet goes on
+            return DeviceResult(device.name, "failed", error=str(exc))
+
+    results: dict[str, DeviceResult] = {}
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(devices) or 1))) as pool:
+        futures = [pool.submit(one, d) for d in devices]
+        for future in as_completed(futures):
+            result = future.result()
+            results[result.device] = result
+            if on_done:
+                on_done(result)
+    return FleetResult(action, [results[d.name] for d in devices])
+
+
+def runner_argv(device: Device, *args: str) -> list[str]:
+    root = device.root.rstrip("/")
+    return [device.interpreter, f"{root}/{RUNNER}", "--root", root, *args]
+
+
+def run_runner(transport: Transport, device: Device, *args: str, timeout: Optional[float] = 1800) -> dict:
+    """Run one runner command; its JSON on success, RemoteCommandError with its words otherwise."""
+    result = transport.run(runner_argv(device, *args), timeout=timeout)
+    lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
+    try:
+        reply = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        reply = None
+    if result.ok and isinstance(reply, dict) and reply.get("ok"):
+        return reply
+    if isinstance(reply, dict) and reply.get("error"):
+        message = f"device {device.name}: {args[0]} failed: {reply['error']}"
+    else:
+        tail = " | ".join(ln.strip() for ln in result.stderr.strip().splitlines()[-3:])
+        message = f"device {device.name}: the runner ({device.interpreter}) exited {result.exit_code}: {tail or 'no output'}"
+    error = RemoteCommandError(message, device=device.name, exit_code=result.exit_code,
+                               stdout=result.stdout[-4000:], stderr=result.stderr[-4000:])
+    error.reply = reply  # type: ignore[attr-defined]  # e.g. a failed evaluation's report
+    raise error
+
+
+def ensure_runner(transport: Transport, device: Device) -> bool:
+    """Install or update ROOT/bin from this host's runner when the hashes differ; True if it did."""
+    from edgekit.device.trust import tree_hash
+
+    files = runner_files()
+    want = tree_hash(files)
+    try:
+        if run_runner(transport, device, "status", timeout=120).get("runner_sha256") == want:
+            return False
+    except RemoteCommandError:
+        pass  # no runner yet, or a broken one: replace it
+    _upload_runner(transport, device.root.rstrip("/") + "/bin", files, want[:12])
+    return True
+
+
+def _upload_runner(transport: Transport, bin_dir: str, files: dict[str, bytes], tag: str) -> None:
+    # The package goes to a new folder that is renamed into place; the launcher last.
+    new = f"{bin_dir}/{PACKAGE}.new-{tag}"
+    transport.makedirs(new)
+    with tempfile.TemporaryDirectory(prefix="edgekit-runner-") as tmp:
+        for rel, data in files.items():
+            local = Path(tmp) / rel.replace("/", "__")
+            local.write_bytes(data)
+            remote = f"{new}/{rel.split('/', 1)[1]}" if rel.startswith(PACKAGE + "/") else f"{bin_dir}/{rel}.part"
+            transport.remove(remote)  # never resume: these are small, and a stale one would be wrong
+            transport.put(local, remote)
+    if PACKAGE in transport.listdir(bin_dir):  # the runner's gc and install remove the .old- folder
+        transport.rename(f"{bin_dir}/{PACKAGE}", f"{bin_dir}/{PACKAGE}.old-{secrets.token_hex(4)}")
+    transport.rename(new, f"{bin_dir}/{PACKAGE}")
+    transport.rename(f"{bin_dir}/edgekit_runner.py.part", f"{bin_dir}/edgekit_runner.py")
+
+
+def upload_bundle(transport: Transport, device: Device, bundle: Bundle,
+                  progress: Optional[Callable[[int, int], None]] = None) -> str:
+    """Upload to ROOT/incoming/<bundle>-<sha12>.edgekit.part, resuming a partial upload
+    of the same bundle; returns the remote path."""
+    incoming = device.root.rstrip("/") + "/incoming"
+    transport.makedirs(incoming)
+    remote = f"{incoming}/{bundle.path.name[:-len(SUFFIX)]}-{bundle.sha256[:12]}{SUFFIX}.part"
+    transport.put(bundle.path, remote, progress=progress)
+    return remote
+
+
+def install_bundle(transport: Transport, device: Device, bundle: Bundle, *, activate: bool = False,
+                   progress: Optional[Callable[[int, int], None]] = None) -> dict:
+    """Runner, upload, install (and activate) on one device."""
+    updated = ensure_runner(transport, device)
+    remote = upload_bundle(transport, device, bundle, progress)
+    installed = run_runner(transport, device, "install", remote, "--sha256", bundle.sha256,
+                           "--size", str(bundle.size))
+    detail = {"name": bundle.name, "version": bundle.version, "runner_updated": updated,
+              "already_installed": installed.get("already_installed", False), "signer": installed.get("signer")}
+    if activate:
+        active = run_runner(transport, device, "activate", bundle.name, bundle.version)
+        detail.update(current=active["current"], previous=active["previous"])
+    return detail
+
+
+def for_target(devices: Sequence[Device], target: str) -> tuple[list[Device], list[DeviceResult]]:
+    """Devices whose target matches, and skipped results for the others."""
+    chosen = [d for d in devices if d.target == target]
+    skipped = [DeviceResult(d.name, "skipped", {"target": d.target}, f"target {d.target}, the bundle is for {target}")
+               for d in devices if d.target != target]
+    if not chosen:
+        targets = ", ".join(sorted({d.target for d in devices}))
+        raise ConfigError(f"no selected device has target {target} (their targets: {targets}); "
+                          "a bundle is only installed on devices of its own target")
+    return chosen, skipped
+
+
+def push(devices: Sequence[Device], bundle: Bundle, *, activate: bool = False, workers: int = 4,
+         on_done=None, progress_for: Optional[Callable[[Device], Callable[[int, int], None]]] = None,
+         **connect_opts) -> FleetResult:
+    chosen, skipped = for_target(devices, bundle.target)
+    work = lambda t, d: install_bundle(t, d, bundle, activate=activate,  # noqa: E731
+                                       progress=progress_for(d) if progress_for else None)
+    result = fan_out(chosen, work, action="push", workers=workers, on_done=on_done, **connect_opts)
+    result.results += skipped
+    return result
+
+
+def activate(devices: Sequence[Device], name: str, version: str, **opts) -> FleetResult:
+    return fan_out(devices, lambda t, d: _strip(run_runner(t, d, "activate", name, version)), action="activate", **opts)
+
+
+def rollback(devices: Sequence[Device], name: str, **opts) -> FleetResult:
+    return fan_out(devices, lambda t, d: _strip(run_runner(t, d, "rollback", name)), action="rollback", **opts)
+
+
+def device_status(transport: Transport, device: Device) -> dict:
+    """The runner's status; a device without a runner is reachable but empty."""
+    if transport.size(f"{device.root.rstrip('/')}/{RUNNER}") is None:
+        return {"models": {}, "runner_sha256": None, "note": "no edgekit runner installed yet"}
+    return _strip(run_runner(transport, device, "status", timeout=120))
+
+
+def status(devices: Sequence[Device], **opts) -> FleetResult:
+    return fan_out(devices, device_status, action="status", **opts)
+
+
+def remote_evaluate(transport: Transport, device: Device, name: str, version: Optional[str] = None, *,
+                    timeout: Optional[float] = 3600) -> dict:
+    """Evaluate on the device; {"report", "report_path"}. A failed evaluation raises
+    RemoteCommandError whose `.reply` still holds the report."""
+    args = ["evaluate", name, "--device-name", device.name] + (["--version", version] if version else [])
+    return _strip(run_runner(transport, device, *args, timeout=timeout))
+
+
+def trust_key(devices: Sequence[Device], public_key: Path, **opts) -> FleetResult:
+    """Copy a public key into each device's trust/: from then on it refuses unsigned bundles."""
+    def work(t: Transport, d: Device) -> dict:
+        trust = d.root.rstrip("/") + "/trust"
+        t.makedirs(trust)
+        remote = posixpath.join(trust, public_key.name)
+        t.remove(remote + ".part")
+        t.put(public_key, remote + ".part")
+        t.rename(remote + ".part", remote)
+        return {"key": public_key.name}
+    return fan_out(devices, work, action="trust", **opts)
+
+
+def _strip(reply: dict) -> dict:
+    return {k: v for k, v in reply.items() if k not in ("ok", "command")}

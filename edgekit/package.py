@@ -1,0 +1,182 @@
+"""`edgekit package`: one signed, deterministic bundle of a model for one target.
+
+The bundle holds the model, an evaluation subset (inputs with labels, or with the FP32
+reference outputs computed here so the device can measure fidelity), the expected host
+metrics, the runner, and a manifest that hashes all of them (see DESIGN.md, Bundle).
+
+Determinism: packaging the same inputs twice gives the same bytes. So created_at is not
+the clock: it is $SOURCE_DATE_EPOCH when set (the reproducible-builds convention), else
+the calibration record's created_at, else the model file's modification time. Expected
+host metrics are either carried from the calibration record (all of them, measured by
+calibrate) or measured now on the bundled subset; measured now, only what the inputs
+decide is recorded (accuracy, fidelity, size), never timings or memory, which differ
+from run to run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+from edgekit.bundle import Bundle, MANIFEST, SIGNATURE, SUFFIX, deterministic_npz, iso_utc, epoch_of, \
+    manifest_bytes, read_bundle, runner_files, write_tar
+from edgekit.datasets import Dataset
+from edgekit.errors import ConfigError, GateError
+from edgekit.manifest import chosen_candidate, detect_precision, eval_indices, expected_from_record, load_record, \
+    measure_expected, runtime_requirements, subset
+from edgekit.targets import Profile
+
+__all__ = ["package", "bundle_filename", "DEFAULT_EVAL_SAMPLES", "RUNTIME_BY_SUFFIX"]
+
+DEFAULT_EVAL_SAMPLES = 1000
+RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".tflite": "tflite"}
+
+
+def bundle_filename(name: str, version: str, target: str) -> str:
+    return f"{name}-{version}-{target}{SUFFIX}"
+
+
+def _check_plain(value: str, flag: str) -> str:
+    from edgekit.device.state import RunnerError, check_name
+
+    try:
+        return check_name(value, flag)
+    except RunnerError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def check_allowed(model: Path, profile: Profile, precision: str, model_mb: float) -> None:
+    """GateError (exit 3) when the target's profile does not allow this model."""
+    runtime = RUNTIME_BY_SUFFIX.get(model.suffix)
+    if runtime is None:
+        raise ConfigError(f"model {model}: unknown kind (bundles take .onnx or .tflite models)")
+    if runtime != profile.runtime:
+        raise GateError(f"target {profile.name} runs {profile.runtime}, but {model.name} is a {runtime} model")
+    if precision not in profile.precisions:
+        raise GateError(f"target {profile.name} allows precisions {', '.join(profile.precisions)}; "
+                        f"{model.name} is {precision}")
+    limit = profile.budgets.max_model_mb
+    if limit is not None and model_mb > limit:
+        raise GateError(f"{model.name} is {model_mb:.3f} MB, over max_model_mb {limit:g} of target {profile.name}")
+
+
+def _created_at(model: Path, record: Optional[dict]) -> int:
+    env = os.environ.get("SOURCE_DATE_EPOCH")
+    if env:
+        try:
+            return int(env)
+        except ValueError as exc:
+            raise ConfigError(f"SOURCE_DATE_EPOCH={env!r}: not a whole number of seconds") from exc
+    if record and isinstance(record.get("created_at"), str):
+        try:
+            return epoch_of(record["created_at"])
+        except ValueError:
+            pass
+    return int(model.stat().st_mtime)
+
+
+def _model_members(model: Path) -> dict[str, Path]:
+    """The model as model.onnx, with its external data files under their own names."""
+    members = {f"model{model.suffix}": model}
+    if model.suffix == ".onnx":
+        from edgekit.models import external_data_files
+
+        for extra in external_data_files(model):
+            if not extra.is_file():
+                raise ConfigError(f"model {model}: its external data file {extra.name} is missing")
+            members[extra.name] = extra
+    return members
+
+
+def _reference(model: Path, precision: str, data: Dataset, reference: Optional[Path],
+               record: Optional[dict]) -> Optional[Path]:
+    """The FP32 model whose outputs the device compares against (None: labels suffice)."""
+    from edgekit.models import check_onnx, model_sha256
+
+    if reference is not None:
+        return check_onnx(Path(reference).expanduser())
+    if data.has_labels:
+        return None
+    source = Path(record["model"]["path"]) if record else None
+    if source is not None and source.is_file() and model_sha256(source) == record["model"].get("sha256"):
+        return source
+    if precision == "fp32":
+        return model
+    raise ConfigError(f"eval data {data.path} has no labels, so the device measures fidelity to the FP32 model: "
+                      "give it with --reference FP32_MODEL")
+
+
+def _sha_size(source) -> dict:
+    from edgekit.device.trust import sha256_file
+
+    if isinstance(source, bytes):
+        return {"sha256": hashlib.sha256(source).hexdigest(), "size": len(source)}
+    return {"sha256": sha256_file(str(source)), "size": source.stat().st_size}
+
+
+def package(model: Path, profile: Profile, eval_data: Dataset, *, name: str, version: str, out_dir: Path,
+            calibration_record: Optional[Path] = None, reference: Optional[Path] = None,
+            sign_key: Optional[Path] = None, eval_samples: Optional[int] = DEFAULT_EVAL_SAMPLES,
+            on_step: Optional[Callable[[str], None]] = None) -> Bundle:
+    """Write OUT_DIR/NAME-VERSION-TARGET.edgekit; see the module docstring."""
+    from edgekit import __version__
+    from edgekit.evaluate import prepare_eval_data
+    from edgekit.models import check_onnx, model_inputs, model_size_mb
+
+    step = on_step or (lambda _: None)
+    _check_plain(name, "--name")
+    _check_plain(version, "--version")
+    if eval_samples is not None and eval_samples < 1:
+        raise ConfigError(f"--eval-samples must be at least 1, got {eval_samples}")
+    model = Path(model).expanduser()
+    if model.suffix == ".onnx":
+        check_onnx(model)
+    elif not model.is_file():
+        raise ConfigError(f"model {model}: not found")
+    record = load_record(calibration_record, profile) if calibration_record else None
+    precision = detect_precision(model, record)
+    check_allowed(model, profile, precision, model_size_mb(model))
+    if model.suffix != ".onnx":  # the seam for the LiteRT backend of a later issue
+        raise ConfigError(f"model {model}: packaging {model.suffix} models needs the LiteRT backend, not built yet")
+    eval_data.check(model_inputs(model), role="eval data")
+    ref = _reference(model, precision, eval_data, reference, record)
+    created = _created_at(model, record)
+    with tempfile.TemporaryDirectory(prefix="edgekit-package-") as tmp:
+        step("preparing the evaluation subset")
+        indices = eval_indices(len(eval_data), eval_samples)
+        raw = prepare_eval_data(subset(eval_data, indices), model, Path(tmp) / "raw.npz", reference=ref)
+        eval_npz = deterministic_npz(raw, Path(tmp) / "eval.npz")
+        step("measuring the expected host metrics")
+        expected = expected_from_record(record) if record else measure_expected(model, eval_npz, profile)
+        members: dict = {**_model_members(model), "eval.npz": eval_npz}
+        members.update({f"runner/{rel}": data for rel, data in runner_files().items()})
+        files = {rel: _sha_size(src) for rel, src in sorted(members.items())}
+        model_file = f"model{model.suffix}"
+        manifest = {
+            "schema": 1, "name": name, "version": version, "target": profile.snapshot(),
+            "precision": precision, "recipe": chosen_candidate(record)["recipe"] if record else {"precision": precision},
+            "runtime": runtime_requirements(model, profile),
+            "model": {"file": model_file, **files[model_file], "source_name": model.name},
+            "files": files,
+            "eval": {"file": "eval.npz", **files["eval.npz"], "n": len(indices),
+                     "metric": "accuracy" if eval_data.has_labels else "fidelity",
+                     "reference": ref is not None, "source": {"sha256": eval_data.sha256, "n": len(eval_data)},
+                     "selection": "all" if len(indices) == len(eval_data) else "evenly spaced indices"},
+            "expected": expected,
+            "calibration": (record or {}).get("data", {}).get("calibration"),
+            "edgekit_version": __version__,
+            "created_at": iso_utc(created),
+        }
+        members[MANIFEST] = manifest_bytes(manifest)
+        if sign_key is not None:
+            from edgekit.keys import sign
+
+            step("signing")
+            members[SIGNATURE] = sign(members[MANIFEST], Path(sign_key))
+        step("writing the bundle")
+        dest = Path(out_dir).expanduser() / bundle_filename(name, version, profile.name)
+        write_tar(dest, members, created)
+    return read_bundle(dest)
