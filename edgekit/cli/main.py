@@ -21,6 +21,9 @@ COMMAND_MODULES = [
     "quantize",
     "evaluate",
     "calibrate",
+    "package",
+    "keys",
+    "fleet",
 ]
 
 app = typer.Typer(
