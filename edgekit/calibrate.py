@@ -1,0 +1,221 @@
+"""The release calibration run: sweep recipes, measure each against FP32, apply budgets.
+
+Every candidate is quantized, then measured in a fresh process on the eval set exactly
+as a device measures it (edgekit.evaluate.measure). A candidate whose recipe fails is
+recorded as failed, never fatal. Among the candidates that meet every budget of the
+target, the objective (latency, size or memory) chooses; when none meets them the run
+still writes its record and raises GateError (exit 3).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from edgekit.datasets import Dataset
+from edgekit.errors import EdgekitError, GateError
+from edgekit.machine import cpu_facts, versions
+from edgekit.recipes import METHODS, Recipe
+from edgekit.targets import Profile
+
+__all__ = ["Candidate", "CalibrationResult", "sweep_recipes", "calibrate", "check_budgets", "SCHEMA"]
+
+SCHEMA = "edgekit.calibration/1"
+OBJECTIVE_KEYS = {"latency": ("latency_ms", "p50"), "size": ("model_mb", None), "memory": ("peak_rss_mb", None)}
+
+
+@dataclass
+class Candidate:
+    id: str
+    recipe: Recipe
+    status: str = "pending"  # ok | failed
+    error: Optional[str] = None
+    passed: bool = False
+    failed_budgets: list[str] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    path: Optional[Path] = None
+
+    def record(self) -> dict:
+        return {"id": self.id, "recipe": self.recipe.record(), "status": self.status, "error": self.error,
+                "passed": self.passed, "failed_budgets": self.failed_budgets, "metrics": self.metrics,
+                "seconds": round(self.seconds, 2)}
+
+
+@dataclass
+class CalibrationResult:
+    record: dict
+    candidates: list[Candidate]
+    chosen: Optional[Candidate]
+    model_path: Optional[Path]
+    record_path: Path
+
+
+def sweep_recipes(profile: Profile, exclude: tuple[str, ...] = (), include: tuple[str, ...] = ()) -> list[Recipe]:
+    """The uniform recipes the target allows, FP32 first as the baseline."""
+    allowed = set(profile.precisions)
+    channels = (False, True) if profile.per_channel else (False,)
+    ranges = (False, True) if profile.reduce_range else (False,)
+    extra = {"exclude": exclude, "include": include}
+    recipes = [Recipe(precision="fp32")]
+    if "fp16" in allowed:
+        recipes.append(Recipe(precision="fp16", exclude=exclude))
+    if "int8-dynamic" in allowed:
+        recipes += [Recipe(precision="int8-dynamic", per_channel=pc, reduce_range=rr, **extra)
+                    for rr in ranges for pc in channels]
+    if "int8-static" in allowed:
+        recipes += [Recipe(precision="int8-static", method=m, per_channel=pc, **extra)
+                    for m in METHODS for pc in channels]
+        if profile.reduce_range:  # the VNNI-less x86 remedy, on the plain calibrator
+            recipes += [Recipe(precision="int8-static", method="minmax", per_channel=pc, reduce_range=True, **extra)
+                        for pc in channels]
+    return recipes
+
+
+def check_budgets(metrics: dict, profile: Profile, has_labels: bool) -> list[str]:
+    """Names of the budgets these metrics break, with the numbers."""
+    b, broken = profile.budgets, []
+    if b.max_model_mb is not None and metrics["model_mb"] > b.max_model_mb:
+        broken.append(f"max_model_mb: {metrics['model_mb']:.3f} > {b.max_model_mb:g}")
+    if b.max_peak_rss_mb is not None and metrics["peak_rss_mb"] > b.max_peak_rss_mb:
+        broken.append(f"max_peak_rss_mb: {metrics['peak_rss_mb']:.1f} > {b.max_peak_rss_mb:g}")
+    p95 = metrics["latency_ms"].get("p95")
+    if b.max_latency_ms_p95 is not None and p95 is not None and p95 > b.max_latency_ms_p95:
+        broken.append(f"max_latency_ms_p95: {p95:.3f} > {b.max_latency_ms_p95:g}")
+    if has_labels and b.max_accuracy_drop is not None and metrics.get("drop") is not None:
+        if metrics["drop"] > b.max_accuracy_drop + 1e-12:
+            broken.append(f"max_accuracy_drop: {metrics['drop']:.4f} > {b.max_accuracy_drop:g}")
+    fid = metrics.get("fidelity") or {}
+    if b.min_fidelity_cosine is not None and fid.get("cosine") is not None and (not has_labels or b.max_accuracy_drop is None):
+        if fid["cosine"] < b.min_fidelity_cosine:
+            broken.append(f"min_fidelity_cosine: {fid['cosine']:.5f} < {b.min_fidelity_cosine:g}")
+    return broken
+
+
+def _objective_value(c: Candidate, objective: str) -> float:
+    key, sub = OBJECTIVE_KEYS[objective]
+    value = c.metrics[key][sub] if sub else c.metrics[key]
+    return float(value)
+
+
+NOISE = 0.05  # objective values within 5% of the best are measurement noise, not a win
+
+
+def choose(candidates: list[Candidate], profile: Profile) -> tuple[Optional[Candidate], str]:
+    """The best passing candidate by the objective; near-ties go to the smaller, then the more
+    accurate model, so that timer noise does not pick a recipe."""
+    passing = [c for c in candidates if c.passed]
+    if not passing:
+        tried = sum(c.status == "ok" for c in candidates)
+        return None, (f"no candidate meets the budgets of {profile.name} "
+                      f"({tried} measured, {len(candidates) - tried} failed)")
+    best_value = min(_objective_value(c, profile.objective) for c in passing)
+    near = [c for c in passing if _objective_value(c, profile.objective) <= best_value * (1 + NOISE)]
+    best = min(near, key=lambda c: (c.metrics["model_mb"], -_quality(c), _objective_value(c, profile.objective)))
+    unit = {"latency": "p50 latency", "size": "model size", "memory": "peak RSS"}[profile.objective]
+    why = (f"objective '{profile.objective}': {len(passing)} of {len(candidates)} candidates meet every budget of "
+           f"{profile.name}; {len(near)} within {NOISE:.0%} of the lowest {unit}")
+    return best, why + (", of which this is the smallest model" if len(near) > 1 else "")
+
+
+def _quality(c: Candidate) -> float:
+    if c.metrics.get("accuracy") is not None:
+        return c.metrics["accuracy"]
+    return (c.metrics.get("fidelity") or {}).get("cosine") or 0.0
+
+
+def _measure_candidate(c: Candidate, fp32: Path, workdir: Path, calibration: Dataset, eval_npz: Path,
+                       profile: Profile, baseline: Optional[dict], measure_opts: dict) -> None:
+    from edgekit.evaluate import measure
+    from edgekit.quantize import quantize
+
+    start = time.perf_counter()
+    try:
+        out = workdir / f"{c.id}.onnx"
+        c.path = quantize(fp32, c.recipe, out, calibration=calibration)
+        m = measure(c.path, eval_npz, threads=profile.threads, providers=profile.providers, **measure_opts)
+        if baseline is not None and m.get("accuracy") is not None and baseline.get("accuracy") is not None:
+            m["drop"] = round(baseline["accuracy"] - m["accuracy"], 6)
+        c.metrics, c.status = m, "ok"
+        c.failed_budgets = check_budgets(m, profile, has_labels=m.get("accuracy") is not None)
+        c.passed = not c.failed_budgets
+    except EdgekitError as exc:
+        if c.recipe.precision == "fp32":
+            raise  # the baseline must measure: the model or the data is at fault, not a recipe
+        c.status, c.error, c.passed = "failed", str(exc), False
+    c.seconds = time.perf_counter() - start
+
+
+def calibrate(model: Path, profile: Profile, calibration: Dataset, eval_data: Dataset, out_dir: Path, *,
+              recipes: Optional[list[Recipe]] = None, eval_samples: Optional[int] = None,
+              measure_opts: Optional[dict] = None,
+              on_candidate: Optional[Callable[[Candidate, int, int], None]] = None) -> CalibrationResult:
+    """Run the release calibration of `model` (ONNX) for `profile`; see the module docstring."""
+    from edgekit.evaluate import prepare_eval_data
+    from edgekit.models import model_inputs, model_sha256
+
+    inputs = model_inputs(model)
+    calibration.check(inputs, role="calibration data")
+    eval_data.check(inputs, role="eval data")
+    recipes = recipes or sweep_recipes(profile)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    candidates = [Candidate(r.id, r) for r in recipes]
+    measure_opts = measure_opts or {}
+    with tempfile.TemporaryDirectory(prefix="edgekit-calibrate-") as tmp:
+        work = Path(tmp)
+        eval_npz = prepare_eval_data(eval_data, model, work / "eval.npz", reference=model, samples=eval_samples)
+        baseline = None
+        for i, c in enumerate(candidates):
+            _measure_candidate(c, model, work, calibration, eval_npz, profile, baseline, measure_opts)
+            if c.recipe.precision == "fp32" and c.status == "ok":
+                baseline = c.metrics
+                c.metrics["drop"] = 0.0 if c.metrics.get("accuracy") is not None else None
+            if on_candidate:
+                on_candidate(c, i + 1, len(candidates))
+        chosen, why = choose(candidates, profile)
+        model_out = None
+        if chosen is not None:
+            model_out = out_dir / "model.onnx"
+            shutil.copyfile(chosen.path, model_out)
+        record = _record(model, model_sha256(model), inputs, profile, calibration, eval_data, eval_npz,
+                         candidates, chosen, why, baseline)
+    record_path = out_dir / "calibration.json"
+    tmp_path = record_path.with_suffix(".json.tmp")
+    tmp_path.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp_path, record_path)
+    return CalibrationResult(record, candidates, chosen, model_out, record_path)
+
+
+def _record(model, sha, inputs, profile, calibration, eval_data, eval_npz, candidates, chosen, why, baseline) -> dict:
+    import numpy as np
+
+    with np.load(eval_npz) as npz:
+        n_eval = int(len(npz[inputs[0].name]))
+    return {
+        "schema": SCHEMA,
+        "model": {"path": str(model), "sha256": sha,
+                  "inputs": [{"name": i.name, "dtype": i.dtype, "shape": list(i.shape)} for i in inputs]},
+        "target": profile.snapshot(),
+        "budgets": profile.budgets.model_dump(),
+        "objective": profile.objective,
+        "metric": "accuracy" if eval_data.has_labels else "fidelity",
+        "baseline": baseline,
+        "data": {"calibration": calibration.describe(), "eval": dict(eval_data.describe(), n_used=n_eval)},
+        "candidates": [c.record() for c in candidates],
+        "chosen": chosen.id if chosen else None,
+        "why": why,
+        "versions": versions("onnxruntime", "onnx", "numpy"),
+        "machine": cpu_facts(),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def raise_if_unmet(result: CalibrationResult) -> None:
+    if result.chosen is None:
+        raise GateError(f"{result.record['why']}; see {result.record_path}", details=result.record)

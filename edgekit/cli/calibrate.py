@@ -1,0 +1,86 @@
+"""`edgekit calibrate`: the release run an ML engineer does before a release."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from edgekit.cli._common import JsonFlag, TargetsDir, console, err_console, print_json, progress
+
+
+def calibrate_cmd(
+    model: Annotated[str, typer.Argument(help="The FP32 model: .onnx, .pt2 or pkg.module:factory.")],
+    target: Annotated[str, typer.Option("--target", "-t", help="Target profile name or path to its TOML.")],
+    calibration: Annotated[Path, typer.Option("--calibration", help="Calibration data set (.npz or directory).")],
+    eval_data: Annotated[Path, typer.Option("--eval", help="Evaluation data set (.npz or directory).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory for model.onnx and calibration.json.")],
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Keep these nodes or op types in float (name, glob or op type; repeatable).")] = None,
+    include: Annotated[Optional[list[str]], typer.Option("--include", help="Quantize only these op types (repeatable).")] = None,
+    eval_samples: Annotated[Optional[int], typer.Option("--eval-samples", min=1, help="Use only the first N eval samples.")] = None,
+    runs: Annotated[int, typer.Option("--runs", min=5, help="Latency runs per candidate (at least).")] = 50,
+    targets_dir: TargetsDir = None,
+    json: JsonFlag = False,
+) -> None:
+    """Sweep the recipes the target allows, measure each against FP32, pick the best that meets
+    the target's budgets. Exit 3 when none does."""
+    from edgekit.calibrate import calibrate, raise_if_unmet, sweep_recipes
+    from edgekit.datasets import load_dataset
+    from edgekit.models import load_model
+    from edgekit.targets import load_profile
+
+    profile = load_profile(target, targets_dir or ())
+    calib = load_dataset(calibration, role="calibration data")
+    evald = load_dataset(eval_data, role="eval data")
+    recipes = sweep_recipes(profile, tuple(exclude or ()), tuple(include or ()))
+    with tempfile.TemporaryDirectory(prefix="edgekit-model-") as tmp, progress() as bar:
+        onnx_model = load_model(model, workdir=Path(tmp), example_data=calib)
+        task = bar.add_task(f"calibrating for {profile.name}", total=len(recipes))
+
+        def step(c, i, n):
+            bar.update(task, advance=1, description=f"{c.id}: {c.status}")
+
+        result = calibrate(onnx_model, profile, calib, evald, out, recipes=recipes, eval_samples=eval_samples,
+                           measure_opts={"runs": runs}, on_candidate=step)
+    if json:
+        print_json(result.record)
+    else:
+        print_table(result.record)
+        where = f"wrote {result.model_path} and {result.record_path}" if result.model_path else f"wrote {result.record_path}"
+        err_console.print(where, highlight=False)
+    raise_if_unmet(result)
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(record: dict) -> None:
+    metric = record["metric"]
+    table = Table(title=f"calibration for {record['target']['name']} (objective: {record['objective']})")
+    for col in ("candidate", metric if metric == "accuracy" else "cosine", "drop" if metric == "accuracy" else "top-1 agr",
+                "MB", "p50 ms", "p95 ms", "RSS MB", "budgets"):
+        table.add_column(col, justify="left" if col in ("candidate", "budgets") else "right",
+                         no_wrap=col == "candidate")
+    for c in record["candidates"]:
+        m = c["metrics"] or {}
+        lat = m.get("latency_ms") or {}
+        fid = m.get("fidelity") or {}
+        first = m.get("accuracy") if metric == "accuracy" else fid.get("cosine")
+        second = m.get("drop") if metric == "accuracy" else fid.get("top1_agreement")
+        if c["status"] == "failed":
+            verdict = f"[red]failed: {c['error'][:60]}[/]"
+        else:
+            verdict = "[green]pass[/]" if c["passed"] else "[yellow]" + "; ".join(c["failed_budgets"]) + "[/]"
+        name = ("★ " if c["id"] == record["chosen"] else "  ") + c["id"]
+        table.add_row(name, _fmt(first, ".4f"), _fmt(second, ".4f"), _fmt(m.get("model_mb"), ".3f"),
+                      _fmt(lat.get("p50"), ".3f"), _fmt(lat.get("p95"), ".3f"), _fmt(m.get("peak_rss_mb"), ".1f"), verdict)
+    console.print(table)
+    console.print(f"chosen: [bold]{record['chosen'] or 'none'}[/] — {record['why']}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("calibrate")(calibrate_cmd)

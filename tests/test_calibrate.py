@@ -1,0 +1,124 @@
+"""The release calibration run, on real quantization and real ONNX Runtime measurements."""
+
+import json
+
+import pytest
+
+from conftest import CALIB, EVAL, EXAMPLE_ONNX, REPO, assert_clean_error
+from encoder import build_encoder, make_encoder_data
+from edgekit.calibrate import calibrate, sweep_recipes
+from edgekit.datasets import load_dataset
+from edgekit.errors import QuantizeError
+from edgekit.targets import load_file, load_profile
+
+FAST = ["--runs", "5"]
+
+
+def _profile(tmp_path, name="small", **changes):
+    text = (REPO / "targets" / "host-cpu.toml").read_text().replace('name = "host-cpu"', f'name = "{name}"')
+    for old, new in changes.items():
+        text = text.replace(old, new)
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def test_calibrate_digits_records_every_candidate_and_a_choice(edgekit, tmp_path):
+    out = tmp_path / "out"
+    result = edgekit("calibrate", EXAMPLE_ONNX, "--target", "host-cpu", "--calibration", CALIB,
+                     "--eval", EVAL, "-o", out, "--json", *FAST)
+    assert result.code == 0, result.stderr
+    record = result.json()
+    assert record == json.loads((out / "calibration.json").read_text())
+    ok = [c for c in record["candidates"] if c["status"] == "ok"]
+    assert len(ok) >= 8
+    for c in ok:
+        m = c["metrics"]
+        assert 0 <= m["accuracy"] <= 1 and m["model_mb"] > 0 and m["peak_rss_mb"] > 0
+        assert m["latency_ms"]["p50"] > 0 and m["latency_ms"]["n"] >= 5
+    precisions = {c["recipe"]["precision"] for c in ok}
+    assert precisions == {"fp32", "fp16", "int8-dynamic", "int8-static"}
+    assert {c["recipe"]["method"] for c in ok} >= {"minmax", "entropy", "percentile"}
+    chosen = next(c for c in record["candidates"] if c["id"] == record["chosen"])
+    assert chosen["passed"] and record["why"]
+    assert (out / "model.onnx").stat().st_size == pytest.approx(chosen["metrics"]["model_mb"] * 2**20, rel=0.01)  # MB are MiB
+    assert record["data"]["calibration"]["sha256"] == load_dataset(CALIB).sha256
+    assert record["data"]["eval"]["n"] == len(load_dataset(EVAL))
+    assert record["versions"]["onnxruntime"] and record["machine"]["cores"] >= 1
+    assert "avx2" in record["machine"]["flags"] or record["machine"]["arch"] != "x86_64"
+    fp32 = next(c for c in ok if c["id"] == "fp32")
+    int8 = [c for c in ok if c["recipe"]["precision"].startswith("int8")]
+    assert all(c["metrics"]["model_mb"] < 0.35 * fp32["metrics"]["model_mb"] for c in int8)
+    assert all(abs(c["metrics"]["drop"] - (fp32["metrics"]["accuracy"] - c["metrics"]["accuracy"])) < 1e-6 for c in int8)
+
+
+def test_unreachable_budget_exits_3_and_still_writes_the_record(edgekit, tmp_path):
+    target = _profile(tmp_path, **{"max_latency_ms_p95 = 1000.0": "max_latency_ms_p95 = 0.000001"})
+    out = tmp_path / "out"
+    result = edgekit("calibrate", EXAMPLE_ONNX, "--target", target, "--calibration", CALIB, "--eval", EVAL,
+                     "-o", out, *FAST)
+    assert result.code == 3, result.stderr
+    assert "no candidate meets the budgets" in result.stderr and "Traceback" not in result.stderr
+    record = json.loads((out / "calibration.json").read_text())
+    assert record["chosen"] is None
+    assert all("max_latency_ms_p95" in c["failed_budgets"][0] for c in record["candidates"] if c["status"] == "ok")
+    assert not (out / "model.onnx").exists()
+
+
+def test_sweep_follows_the_profile():
+    gateway = {r.id for r in sweep_recipes(load_profile("x86-gateway"))}
+    assert "int8-static-minmax-rr" in gateway and "fp16" not in gateway
+    pi4 = {r.id for r in sweep_recipes(load_profile("raspberry-pi-4"))}
+    assert not any(i.endswith("-rr") for i in pi4) and "fp16" not in pi4
+    assert "fp16" in {r.id for r in sweep_recipes(load_profile("jetson-orin-nano"))}
+    assert len(sweep_recipes(load_profile("host-cpu"))) >= 12
+
+
+def test_encoder_with_integer_inputs_calibrates_on_fidelity(tmp_path):
+    model = build_encoder(tmp_path / "encoder.onnx")
+    calib = load_dataset(make_encoder_data(tmp_path / "calib.npz", 64, seed=1))
+    evald = load_dataset(make_encoder_data(tmp_path / "eval.npz", 64, seed=2))
+    profile = load_file(_profile(tmp_path, **{"per_channel = true": "per_channel = false",
+                                              "reduce_range = true": "reduce_range = false"}))
+    result = calibrate(model, profile, calib, evald, tmp_path / "out", measure_opts={"runs": 5, "min_seconds": 0.05})
+    record = result.record
+    assert record["metric"] == "fidelity"
+    ok = [c for c in record["candidates"] if c["status"] == "ok"]
+    assert {c["recipe"]["precision"] for c in ok} >= {"fp32", "int8-dynamic", "int8-static"}
+    for c in ok:
+        fid = c["metrics"]["fidelity"]
+        assert c["metrics"]["accuracy"] is None and -1 <= fid["cosine"] <= 1.0 + 1e-6
+    fp32 = next(c for c in ok if c["id"] == "fp32")
+    assert fp32["metrics"]["fidelity"]["top1_agreement"] == 1.0
+    assert result.chosen is not None and (tmp_path / "out" / "model.onnx").exists()
+
+
+def test_a_failing_recipe_is_recorded_not_fatal(tmp_path, monkeypatch):
+    import edgekit.quantize
+
+    real = edgekit.quantize.quantize
+
+    def flaky(model, recipe, out, **kw):
+        if recipe.method == "entropy":
+            raise QuantizeError(f"{recipe.id}: planted failure")
+        return real(model, recipe, out, **kw)
+
+    monkeypatch.setattr(edgekit.quantize, "quantize", flaky)
+    profile = load_file(_profile(tmp_path, **{"per_channel = true": "per_channel = false",
+                                              "reduce_range = true": "reduce_range = false"}))
+    result = calibrate(EXAMPLE_ONNX, profile, load_dataset(CALIB), load_dataset(EVAL), tmp_path / "out",
+                       eval_samples=200, measure_opts={"runs": 5, "min_seconds": 0.05})
+    failed = [c for c in result.candidates if c.status == "failed"]
+    assert [c.id for c in failed] == ["int8-static-entropy"] and "planted failure" in failed[0].error
+    assert result.chosen is not None and result.chosen.status == "ok"
+
+
+def test_bad_input_is_one_line(edgekit, tmp_path):
+    common = ["--calibration", CALIB, "--eval", EVAL, "-o", tmp_path / "o"]
+    assert_clean_error(edgekit("calibrate", EXAMPLE_ONNX, "--target", "no-such", *common), "no-such")
+    assert_clean_error(edgekit("calibrate", tmp_path / "missing.onnx", "--target", "host-cpu", *common), "missing.onnx")
+    import numpy as np
+    np.savez(tmp_path / "wrong.npz", pixels=np.zeros((4, 1, 8, 8), np.float32))
+    result = edgekit("calibrate", EXAMPLE_ONNX, "--target", "host-cpu", "--calibration", tmp_path / "wrong.npz",
+                     "--eval", EVAL, "-o", tmp_path / "o")
+    assert_clean_error(result, "lacks input 'input'")
