@@ -1,0 +1,272 @@
+"""The ssh transport: one paramiko SSHClient and one SFTP session per device.
+
+Host keys are checked before authentication (see hostkeys.py); commands are argument
+lists quoted with shlex.join for the device's POSIX login shell; every file operation
+is an SFTP request, never a shell command. paramiko, socket and OS errors become
+edgekit errors in one place, `_translated`.
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+import shlex
+import socket
+import stat
+import time
+from contextlib import contextmanager, suppress
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+
+import paramiko
+
+from edgekit.errors import ConnectError, RemoteCommandError, TransportError
+from edgekit.transport.base import Progress, RunResult, Transport
+from edgekit.transport.hostkeys import HostKeyPolicy, edgekit_known_hosts, host_key_name, known_key_types, preferring
+from edgekit.transport.sshconfig import Endpoint, resolve
+
+if TYPE_CHECKING:
+    from edgekit.fleet.inventory import Device
+
+__all__ = ["SSHTransport"]
+
+KEEPALIVE_S = 15
+IO_TIMEOUT_S = 120.0       # an SFTP request unanswered this long means the device is gone
+CHUNK = 1 << 20            # local reads; paramiko splits them into pipelined 32 KiB SFTP writes
+SFTP_WINDOW = 16 << 20     # a wide window keeps the pipe full on slow, far links
+
+
+class SSHTransport(Transport):
+    def __init__(self, device: "Device", *, trust_new_hosts: bool = False, known_hosts: Optional[str] = None):
+        self.name = device.name
+        self._timeout = device.connect_timeout
+        self._own_known = edgekit_known_hosts(known_hosts)
+        self._trust_new = trust_new_hosts
+        self._clients: list[paramiko.SSHClient] = []  # jump hosts first, the device last
+        self._sftp: Optional[paramiko.SFTPClient] = None
+        route = resolve(device)
+        try:
+            self._client = self._connect_route(route.jumps + (route.target,))
+            with self._translated(f"opening SFTP on {route.target.label}", connecting=True):
+                self._sftp = paramiko.SFTPClient.from_transport(self._client.get_transport(),
+                                                                window_size=SFTP_WINDOW)
+                self._sftp.get_channel().settimeout(IO_TIMEOUT_S)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- connecting -------------------------------------------------------------------
+
+    def _connect_route(self, hops: Sequence[Endpoint]) -> paramiko.SSHClient:
+        sock = None
+        if hops[0].proxy_command:
+            with self._translated(f"starting ProxyCommand for {hops[0].label}", connecting=True):
+                sock = paramiko.ProxyCommand(hops[0].proxy_command)
+        for here, there in zip(hops, hops[1:]):
+            client = self._login(here, sock)
+            with self._translated(f"opening a tunnel from {here.label} to {there.label}", connecting=True):
+                sock = client.get_transport().open_channel(
+                    "direct-tcpip", (there.hostname, there.port), ("127.0.0.1", 0), timeout=self._timeout)
+        return self._login(hops[-1], sock)
+
+    def _login(self, end: Endpoint, sock) -> paramiko.SSHClient:
+        missing = [p for p in end.identity_files if not Path(p).is_file()]
+        if missing:
+            raise ConnectError(f"cannot log in to {end.label}: identity file {missing[0]} does not exist; "
+                               f"fix identity_file in the inventory or IdentityFile in the ssh config",
+                               device=self.name)
+        client = paramiko.SSHClient()
+        self._clients.append(client)
+        files = list(end.known_hosts)
+        client.set_missing_host_key_policy(HostKeyPolicy(self.name, files, self._own_known, self._trust_new))
+        known_types = known_key_types(host_key_name(end.hostname, end.port), [*files, self._own_known])
+        t = self._timeout
+        with self._translated(f"connecting to {end.label}", connecting=True):
+            try:
+                client.connect(end.hostname, end.port, username=end.user, sock=sock,
+                               key_filename=list(end.identity_files) or None, look_for_keys=end.look_for_keys,
+                               allow_agent=True, timeout=t, banner_timeout=t + 5, auth_timeout=t, channel_timeout=t,
+                               transport_factory=preferring(known_types))
+            except paramiko.SSHException as exc:
+                transport = client.get_transport()
+                if transport is not None and transport.is_active() and transport.host_key is None:
+                    # paramiko stops waiting for the handshake after `timeout` without saying why (the
+                    # banner timeout is set longer, so that this is the one that fires): it was a timeout
+                    raise TimeoutError(str(exc)) from exc
+                raise
+            client.get_transport().set_keepalive(KEEPALIVE_S)
+        return client
+
+    # -- commands -----------------------------------------------------------------------
+
+    def run(self, argv: Sequence[str], *, timeout: Optional[float] = None) -> RunResult:
+        """Run `argv` on the device; each argument reaches the program as it is given."""
+        command = shlex.join(str(a) for a in argv)
+        with self._translated(f"running {command[:80]}"):
+            chan = self._client.get_transport().open_session(timeout=self._timeout)
+            try:
+                chan.exec_command(command)
+                chan.shutdown_write()  # the command's stdin is empty, not a pipe left open
+                out, err = _drain(chan, timeout)
+                if out is None:
+                    raise RemoteCommandError(f"{command[:80]} did not finish within {timeout:g}s on {self.name}",
+                                             device=self.name, stderr=err.decode(errors="replace")[-2000:])
+                return RunResult(chan.recv_exit_status(), out.decode(errors="replace"), err.decode(errors="replace"))
+            finally:
+                chan.close()
+
+    # -- files ----------------------------------------------------------------------------
+
+    def put(self, local: Path, remote: str, *, progress: Optional[Progress] = None) -> None:
+        """Upload, continuing after an existing shorter `remote` (a cut upload); a longer
+        one is started over. The caller checks the sha256 of the finished file."""
+        local = Path(local)
+        if not local.is_file():
+            raise TransportError(f"cannot upload {local}: no such local file", device=self.name)
+        total = local.stat().st_size
+        hint = "; run it again to resume the upload"
+        with self._translated(f"uploading {local.name} to {remote}", hint=hint):
+            start = self._sftp_size(remote) or 0
+            start = start if start <= total else 0
+            # Writes go to explicit offsets (not O_APPEND): should the device's sftp-server of a
+            # cut session still be flushing, it writes the same bytes at the same places.
+            dst = self._sftp.open(remote, "r+b" if start else "wb", 0)
+            try:
+                dst.set_pipelined(True)  # don't wait for each write's answer: this is what makes it fast
+                with local.open("rb") as src:
+                    src.seek(start)
+                    dst.seek(start)
+                    self._send(src, dst, start, total, progress)
+                dst.close()  # waits for every write's answer: a failed write surfaces here
+            except BaseException:
+                dst.set_pipelined(False)  # the answers may never come: close without waiting for them
+                with suppress(Exception):
+                    dst.close()
+                raise
+
+    @staticmethod
+    def _send(src, dst, done: int, total: int, progress: Optional[Progress]) -> None:
+        if progress:
+            progress(done, total)
+        while chunk := src.read(CHUNK):
+            dst.write(chunk)
+            done += len(chunk)
+            if progress:
+                progress(done, total)
+
+    def get(self, remote: str, local: Path) -> None:
+        with self._translated(f"downloading {remote} to {local}"):
+            with self._sftp.open(remote, "rb") as src:
+                src.prefetch(src.stat().st_size)
+                with open(local, "wb") as dst:
+                    while chunk := src.read(CHUNK):
+                        dst.write(chunk)
+
+    def size(self, remote: str) -> Optional[int]:
+        with self._translated(f"looking at {remote}"):
+            return self._sftp_size(remote)
+
+    def listdir(self, remote: str) -> list[str]:
+        with self._translated(f"listing {remote}"):
+            try:
+                return sorted(self._sftp.listdir(remote))
+            except FileNotFoundError:
+                return []
+
+    def makedirs(self, remote: str) -> None:
+        path = PurePosixPath(remote)
+        with self._translated(f"creating directory {remote}"):
+            for directory in [*reversed(path.parents), path]:
+                if str(directory) in ("/", "."):
+                    continue
+                try:
+                    self._sftp.mkdir(str(directory))
+                except OSError:
+                    # it exists already (or another writer just made it): fine if it is a directory
+                    if not _is_dir(self._sftp.stat(str(directory))):
+                        raise NotADirectoryError(errno.ENOTDIR, f"{directory} exists and is not a directory")
+
+    def rename(self, src: str, dst: str) -> None:
+        with self._translated(f"renaming {src} to {dst}"):
+            self._sftp.posix_rename(src, dst)  # replaces dst atomically, unlike SFTP's plain rename
+
+    def remove(self, remote: str) -> None:
+        with self._translated(f"removing {remote}"):
+            try:
+                self._sftp.remove(remote)
+            except FileNotFoundError:
+                pass
+
+    def close(self) -> None:
+        # Closing a connection that is already gone is not an error worth reporting.
+        sftp, self._sftp = self._sftp, None
+        if sftp is not None:
+            with suppress(paramiko.SSHException, OSError, EOFError):
+                sftp.close()
+        while self._clients:
+            with suppress(paramiko.SSHException, OSError, EOFError):
+                self._clients.pop().close()
+
+    def _sftp_size(self, remote: str) -> Optional[int]:
+        try:
+            return self._sftp.stat(remote).st_size
+        except FileNotFoundError:
+            return None
+
+    # -- errors ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _translated(self, action: str, *, connecting: bool = False, hint: str = "") -> Iterator[None]:
+        """paramiko, socket and OS errors -> ConnectError (while connecting) or TransportError;
+        `hint` is added when the connection was lost."""
+        try:
+            yield
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            if connecting:
+                raise ConnectError(f"{action} on {self.name}: {_why_not_connected(exc, self._timeout)}",
+                                   device=self.name) from exc
+            lost = not isinstance(exc, OSError) or exc.errno is None or isinstance(exc, TimeoutError)
+            why = f"the connection was lost ({exc or type(exc).__name__})" if lost else exc.strerror or str(exc)
+            raise TransportError(f"{action} on {self.name}: {why}{hint if lost else ''}", device=self.name) from exc
+
+
+def _why_not_connected(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, paramiko.PasswordRequiredException):
+        return "the identity file is encrypted; add it to ssh-agent (ssh-add) or use a key without a passphrase"
+    if isinstance(exc, paramiko.AuthenticationException):
+        return (f"authentication failed ({exc}); check the user and identity_file, and that the public key "
+                f"is in the device's authorized_keys")
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name ({exc.strerror}); check host in the inventory or HostName in ssh config"
+    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError
+        return (f"unreachable: no SSH answer within {timeout:g}s; check that the device is on, that the address "
+                f"and port are right and that sshd runs there")
+    if isinstance(exc, (paramiko.ssh_exception.NoValidConnectionsError, ConnectionRefusedError)):
+        return "connection refused: nothing listens on that port; check that sshd runs there and the port is right"
+    if isinstance(exc, paramiko.ChannelException):
+        return f"the jump host could not open the connection ({exc.text})"
+    if isinstance(exc, (paramiko.SSHException, EOFError)):
+        return f"the SSH handshake failed ({exc or type(exc).__name__})"
+    return f"unreachable: {exc.strerror or exc}; check the network path to the device"
+
+
+def _drain(chan: paramiko.Channel, timeout: Optional[float]) -> tuple[Optional[bytes], bytes]:
+    """Read stdout and stderr together until the command exits (reading one stream only
+    could stall the command on a full window of the other). stdout is None on timeout."""
+    out, err = bytearray(), bytearray()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        while chan.recv_ready():
+            out += chan.recv(65536)
+        while chan.recv_stderr_ready():
+            err += chan.recv_stderr(65536)
+        if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+            return bytes(out), bytes(err)
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return None, bytes(err)
+        select.select([chan], [], [], 0.5 if left is None else min(left, 0.5))
+
+
+def _is_dir(attrs: paramiko.SFTPAttributes) -> bool:
+    return stat.S_ISDIR(attrs.st_mode or 0)
