@@ -1,0 +1,78 @@
+"""`edgekit quantize`: one recipe applied to one model."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgekit.cli._common import JsonFlag, console, print_json, progress
+
+PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static")
+
+
+def quantize_cmd(
+    model: Annotated[str, typer.Argument(help="The FP32 model: .onnx, .pt2 or pkg.module:factory.")],
+    precision: Annotated[str, typer.Option("--precision", "-p", help="fp32 | fp16 | int8-dynamic | int8-static.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the quantized ONNX model.")],
+    method: Annotated[Optional[str], typer.Option("--method", help="int8-static calibration: minmax (default) | entropy | percentile.")] = None,
+    per_channel: Annotated[bool, typer.Option("--per-channel", help="One weight scale per output channel.")] = False,
+    reduce_range: Annotated[bool, typer.Option("--reduce-range", help="7-bit weights, for x86 CPUs without VNNI.")] = False,
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Keep these nodes or op types in float (name, glob or op type; repeatable).")] = None,
+    include: Annotated[Optional[list[str]], typer.Option("--include", help="Quantize only these op types (repeatable).")] = None,
+    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="Calibration data set (.npz or directory); int8-static needs one.")] = None,
+    max_samples: Annotated[int, typer.Option("--max-samples", min=1, help="Calibrate on at most this many samples.")] = 512,
+    json: JsonFlag = False,
+) -> None:
+    """Quantize MODEL with one recipe and write it to OUT; prints the sizes before and after."""
+    from edgekit.datasets import load_dataset
+    from edgekit.models import load_model
+    from edgekit.quantize import quantize
+
+    recipe = _recipe(precision, method, per_channel, reduce_range, exclude, include)
+    calib = load_dataset(calibration, role="calibration data") if calibration else None
+    with tempfile.TemporaryDirectory(prefix="edgekit-model-") as tmp, progress() as bar:
+        bar.add_task(f"quantizing {model} ({recipe.id})", total=None)
+        fp32 = load_model(model, workdir=Path(tmp), example_data=calib)
+        written = quantize(fp32, recipe, out, calibration=calib, max_samples=max_samples)
+        result = _result(model, fp32, written, recipe)
+    if json:
+        print_json(result)
+        return
+    size = result["size_mb"]
+    console.print(f"wrote {written} ({recipe.id})", highlight=False)
+    console.print(f"size: {size['before']:.4f} MB -> {size['after']:.4f} MB ({result['ratio']:.3f}x)", highlight=False)
+
+
+def _recipe(precision, method, per_channel, reduce_range, exclude, include):
+    from edgekit.errors import ConfigError
+    from edgekit.recipes import METHODS, Recipe
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision '{precision}': choose one of {', '.join(PRECISIONS)}")
+    if method is not None and method not in METHODS:
+        raise ConfigError(f"--method '{method}': choose one of {', '.join(METHODS)}")
+    if precision == "int8-static" and method is None:
+        method = "minmax"
+    return Recipe(precision=precision, method=method, per_channel=per_channel, reduce_range=reduce_range,
+                  exclude=tuple(exclude or ()), include=tuple(include or ()))
+
+
+def _result(model: str, fp32: Path, written: Path, recipe) -> dict:
+    from edgekit.models import model_sha256, model_size_mb
+
+    before, after = model_size_mb(fp32), model_size_mb(written)
+    return {
+        "model": model,
+        "output": str(written),
+        "sha256": model_sha256(written),
+        "recipe": dict(recipe.record(), id=recipe.id),
+        "size_mb": {"before": round(before, 6), "after": round(after, 6)},
+        "ratio": round(after / before, 4),
+    }
+
+
+def register(app: typer.Typer) -> None:
+    app.command("quantize")(quantize_cmd)

@@ -1,0 +1,272 @@
+"""Quantize an ONNX model by a Recipe, with onnxruntime.quantization.
+
+    fp32          a copy of the model
+    fp16          onnxruntime.transformers.float16, float32 inputs and outputs kept
+    int8-dynamic  quantize_dynamic: weights INT8, activations quantized at run time
+    int8-static   quantize_static, QDQ format, activations calibrated by minmax (default),
+                  entropy or percentile on a calibration data set
+
+The INT8 recipes start with ONNX Runtime's pre-processing (symbolic shape inference,
+basic graph optimisation, ONNX shape inference). When it fails on a model, quantization
+goes on with the model as given, logs a warning and records why in the output model's
+metadata (``edgekit.preprocess``). The shape annotations it adds are dropped again from
+the output (ONNX Runtime infers them on load), so the file holds the model and no more.
+
+Only float tensors are quantized: integer inputs such as token ids and attention masks
+pass through as they are; calibration batches are cast to the model's input dtypes.
+
+Exclusion: each ``recipe.exclude`` entry is an op type of the model (``Softmax``) or an
+fnmatch pattern of node names (``layer1/ffn/*``); ``recipe.include`` lists the op types to
+quantize. An entry that matches nothing is an error rather than a silent no-op. Both reach
+ONNX Runtime as node names (unnamed nodes are named first); quantize_dynamic rewrites a
+Gemm X as MatMul X_MatMul + Add X_Add, and the names follow.
+
+Bounded memory. Calibration reads at most ``max_samples`` samples, ``batch_size`` at a
+time. ONNX Runtime's entropy and percentile calibrators keep every calibrated activation
+of every batch they are fed until the end of one ``collect_data`` call; we make
+quantize_static call it once per chunk of ``CHUNK_BATCHES`` batches (its
+``CalibStridedMinMax`` option, whose loop serves every calibrator), so at most
+``CHUNK_BATCHES * batch_size`` samples' activations (default 8 x 16 = 128) are held at a
+time before they are folded into histograms. MinMax keeps only per-batch minima and
+maxima. ``CalibMaxIntermediateOutputs`` is not used: in onnxruntime 1.32 only the MinMax
+calibrator reads it, and it discards each full chunk without merging its ranges
+(onnxruntime issue 18893), failing outright when the batch count is a multiple of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from edgekit.datasets import Dataset, InputSpec
+from edgekit.errors import ConfigError, EdgekitError, QuantizeError
+from edgekit.models import check_onnx, external_data_files, model_inputs
+from edgekit.recipes import Recipe
+
+__all__ = ["quantize", "CHUNK_BATCHES"]
+
+CHUNK_BATCHES = 8
+log = logging.getLogger(__name__)
+
+
+def quantize(model: Path, recipe: Recipe, out: Path, *, calibration: Optional[Dataset] = None,
+             max_samples: int = 512, batch_size: int = 16) -> Path:
+    """Write `model` quantized by `recipe` to `out` (atomically) and return `out`."""
+    model, out = check_onnx(Path(model)), Path(out)
+    _check_recipe(recipe, calibration, max_samples, batch_size)
+    if recipe.precision == "int8-static":
+        calibration.check(model_inputs(model), role="calibration data")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".edgekit-quantize-", dir=out.parent) as tmp:
+        staged = Path(tmp) / out.name
+        if recipe.precision == "fp32":
+            _copy(model, staged)
+        else:
+            try:
+                with _quiet_ort():
+                    pre_error = _run(model, recipe, staged, Path(tmp), calibration, max_samples, batch_size)
+            except EdgekitError:
+                raise
+            except Exception as exc:  # onnxruntime's errors on a model that passed the checker
+                raise QuantizeError(f"recipe {recipe.id} failed on {model}: {_reason(exc)}") from exc
+            if pre_error:
+                log.warning("pre-processing of %s failed, quantized it as given: %s", model, pre_error)
+        os.replace(staged, out)
+    return out
+
+
+def _check_recipe(recipe: Recipe, calibration: Optional[Dataset], max_samples: int, batch_size: int) -> None:
+    if max_samples < 1 or batch_size < 1:
+        raise ConfigError(f"max_samples ({max_samples}) and batch_size ({batch_size}) must be at least 1")
+    if recipe.method and recipe.precision != "int8-static":
+        raise ConfigError(f"recipe {recipe.id}: --method applies to --precision int8-static only")
+    if recipe.precision == "int8-static" and calibration is None:
+        raise ConfigError(f"recipe {recipe.id}: int8-static needs calibration data: pass --calibration DATA")
+
+
+def _copy(model: Path, dest: Path) -> None:
+    if external_data_files(model):  # one self-contained file, like every other recipe's output
+        import onnx
+
+        onnx.save(onnx.load(str(model)), str(dest))
+    else:
+        shutil.copyfile(model, dest)
+
+
+def _run(model: Path, recipe: Recipe, staged: Path, tmp: Path, calibration: Optional[Dataset],
+         max_samples: int, batch_size: int) -> Optional[str]:
+    """Quantize into `staged`; returns why pre-processing failed, if it did."""
+    if recipe.precision == "fp16":
+        _fp16(model, recipe, staged)
+        _finish(staged, model, preprocess_error=None)
+        return None
+    source, nodes, pre_error = _prepare(model, tmp / "prepared.onnx")
+    included, excluded = _selection(nodes, recipe)
+    if recipe.precision == "int8-dynamic":
+        from onnxruntime.quantization import quantize_dynamic
+
+        quantize_dynamic(source, staged, nodes_to_quantize=included, nodes_to_exclude=excluded,
+                         per_channel=recipe.per_channel, reduce_range=recipe.reduce_range)
+    else:
+        reader = _Reader(calibration, model_inputs(model), batch_size, max_samples)
+        _static(source, recipe, staged, included, excluded, reader)
+    _finish(staged, model, pre_error)
+    return pre_error
+
+
+def _static(source: Path, recipe: Recipe, staged: Path, included, excluded, reader) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[recipe.method or "minmax"]
+    quantize_static(source, staged, reader, quant_format=QuantFormat.QDQ, nodes_to_quantize=included,
+                    nodes_to_exclude=excluded, per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
+                    calibrate_method=method, extra_options={"CalibStridedMinMax": 1})
+
+
+def _fp16(model: Path, recipe: Recipe, staged: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    proto = onnx.load(str(model))
+    nodes, present = proto.graph.node, {n.op_type for n in proto.graph.node}
+    blocked_nodes = _match(nodes, [p for p in recipe.exclude if p not in present], "--exclude")
+    blocked_types = {p for p in recipe.exclude if p in present}
+    if recipe.include:
+        _match(nodes, recipe.include, "--include", types_only=True)
+        blocked_types |= present - set(recipe.include)
+    converted = convert_float_to_float16(proto, keep_io_types=True, node_block_list=blocked_nodes,
+                                         op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | blocked_types))
+    onnx.save(converted, str(staged))
+
+
+def _prepare(model: Path, dest: Path):
+    """ORT's pre-processing into `dest`, and every node named; (path, nodes, why pre-processing failed)."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(model), str(dest))
+        source, error = dest, None
+    except Exception as exc:  # symbolic shape inference gives up on some graphs; ORT's own will do
+        source, error = model, _reason(exc)
+    proto = onnx.load(str(source))
+    if _name_nodes(proto.graph.node):
+        onnx.save(proto, str(dest))
+        source = dest
+    return source, list(proto.graph.node), error
+
+
+def _name_nodes(nodes) -> bool:
+    """Give unnamed nodes unique names, since include and exclude reach ORT as node names."""
+    taken = {n.name for n in nodes}
+    unnamed = [(i, n) for i, n in enumerate(nodes) if not n.name]
+    for i, node in unnamed:
+        name = f"{node.op_type}_{i}"
+        while name in taken:
+            name += "_"
+        node.name = name
+        taken.add(name)
+    return bool(unnamed)
+
+
+def _selection(nodes, recipe: Recipe) -> tuple[Optional[list[str]], list[str]]:
+    """nodes_to_quantize and nodes_to_exclude for ORT, from recipe.include and recipe.exclude."""
+    included = _match(nodes, recipe.include, "--include", types_only=True) if recipe.include else None
+    excluded = _match(nodes, recipe.exclude, "--exclude")
+    if recipe.precision == "int8-dynamic":
+        # quantize_dynamic first rewrites Gemm X into MatMul X_MatMul (+ Add X_Add)
+        gemms = {n.name for n in nodes if n.op_type == "Gemm"}
+        alias = lambda names: names + [f"{g}_{s}" for g in names if g in gemms for s in ("MatMul", "Add")]  # noqa: E731
+        included, excluded = included and alias(included), alias(excluded)
+    return included, excluded
+
+
+def _match(nodes, patterns, flag: str, types_only: bool = False) -> list[str]:
+    """Names of the nodes whose op type is a pattern or (unless types_only) whose name matches one."""
+    present = sorted({n.op_type for n in nodes})
+    names: list[str] = []
+    for pattern in patterns:
+        matched = [n.name for n in nodes
+                   if n.op_type == pattern or (not types_only and n.name and fnmatchcase(n.name, pattern))]
+        if not matched:
+            what = "an op type" if types_only else "a node name or op type"
+            raise ConfigError(f"{flag} '{pattern}' is not {what} of the model (op types: {', '.join(present)})")
+        names += [m for m in matched if m not in names]
+    return names
+
+
+def _finish(staged: Path, source: Path, preprocess_error: Optional[str]) -> None:
+    """Drop the shape annotations that pre-processing added; record a failed pre-processing."""
+    import onnx
+
+    kept = {vi.name for vi in onnx.load(str(source), load_external_data=False).graph.value_info}
+    proto = onnx.load(str(staged))
+    annotations = [vi for vi in proto.graph.value_info if vi.name in kept]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(annotations)
+    if preprocess_error:
+        onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
+                                            "edgekit.preprocess": f"failed: {preprocess_error}"})
+    onnx.save(proto, str(staged))
+
+
+class _Reader:
+    """Calibration batches for quantize_static, one chunk of batches per set_range() unit.
+
+    quantize_static asks for len() units and calls set_range(i, i + 1) then collect_data
+    for each (its CalibStridedMinMax loop); ORT's CalibrationDataReader recognises any class
+    with get_next(), so this needs no ORT import. Chunks are taken in order from one stream of
+    batches; the short last batch gets a chunk of its own because the histogram collector
+    stacks a chunk's batches into one array.
+    """
+
+    def __init__(self, data: Dataset, specs: list[InputSpec], batch_size: int, max_samples: int):
+        n = min(len(data), max_samples)
+        full = n // batch_size
+        self._chunks = [min(CHUNK_BATCHES, full - i) for i in range(0, full, CHUNK_BATCHES)]
+        if n % batch_size:
+            self._chunks.append(1)
+        self._dtypes = {s.name: np.dtype(s.dtype) for s in specs}
+        self._stream = data.batches(batch_size, limit=n)
+        self._left = sum(self._chunks)  # everything, for an onnxruntime that never calls set_range
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._left = sum(self._chunks[start_index:end_index])
+
+    def get_next(self) -> Optional[dict[str, np.ndarray]]:
+        if self._left <= 0:
+            return None
+        self._left -= 1
+        inputs, _ = next(self._stream)
+        return {name: np.ascontiguousarray(inputs[name], dtype=dtype) for name, dtype in self._dtypes.items()}
+
+
+@contextlib.contextmanager
+def _quiet_ort():
+    """onnxruntime.quantization prints progress to stdout and logs on the root logger."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else 'no message'}"
