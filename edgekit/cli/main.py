@@ -10,6 +10,7 @@ import importlib
 import sys
 
 import typer
+from rich.markup import escape
 
 from edgekit import __version__
 from edgekit.cli._common import err_console
@@ -62,7 +63,7 @@ def main() -> None:
     try:
         app()
     except EdgekitError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True, markup=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True, markup=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")
