@@ -59,6 +59,7 @@ def test_files_and_commands_round_trip(fleet, tmp_path):
         tr.remove(f"{root}/incoming/deep er/x")  # absent: no error
         assert tr.size(f"{root}/incoming/deep er/x") is None
         assert tr.listdir(f"{root}/no such dir") == []
+        assert tr.size(f"{root}/incoming") is None  # a directory is not a file
         failing = tr.run(["sh", "-c", "echo out; echo err >&2; exit 7"])
     assert sha256(tmp_path / "back.bin") == sha256(payload)
     assert result.ok and result.stdout.split()[0] == sha256(payload)

@@ -209,9 +209,10 @@ class SSHTransport(Transport):
 
     def _sftp_size(self, remote: str) -> Optional[int]:
         try:
-            return self._sftp.stat(remote).st_size
+            attrs = self._sftp.stat(remote)
         except FileNotFoundError:
             return None
+        return attrs.st_size if stat.S_ISREG(attrs.st_mode or 0) else None  # as the local transport does
 
     # -- errors ---------------------------------------------------------------------------
 
