@@ -54,7 +54,7 @@ def check_allowed(model: Path, profile: Profile, precision: str, model_mb: float
     if runtime is None:
         raise ConfigError(f"model {model}: unknown kind (bundles take .onnx or .tflite models)")
     if runtime != profile.runtime:
-        raise GateError(f"target {profile.name} runs {profile.runtime}, but {model.name} is a {runtime} model")
+        raise GateError(f"target {profile.name} runs {profile.runtime}; {model.name} needs {runtime}")
     if precision not in profile.precisions:
         raise GateError(f"target {profile.name} allows precisions {', '.join(profile.precisions)}; "
                         f"{model.name} is {precision}")

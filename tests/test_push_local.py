@@ -1,0 +1,154 @@
+"""The acceptance path on the simulated fleet (fleet/local.toml): package, push, activate,
+roll back, evaluate on the device; and a fleet that goes on when one device fails."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from localfleet import bundles, install_runner, keys, local_device, runner  # noqa: F401 (fixtures)
+
+from conftest import EVAL, EXAMPLE_ONNX, REPO, assert_clean_error, run_edgekit
+
+REPORT_FIELDS = {
+    "": ("schema", "run_id", "started_at", "finished_at", "status", "error", "device", "bundle", "runtime", "metrics"),
+    "device": ("name", "hostname", "arch", "os", "python", "cpu_count", "mem_total_mb"),
+    "bundle": ("name", "version", "sha256", "target", "precision"),
+    "runtime": ("name", "version", "providers"),
+    "metrics": ("accuracy", "accuracy_expected", "fidelity", "latency_ms", "load_ms", "peak_rss_mb", "model_mb"),
+}
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    """fleet/local.toml as shipped, copied so that its relative roots land in tmp_path/.sim/."""
+    (tmp_path / "fleet").mkdir()
+    inventory = tmp_path / "fleet" / "local.toml"
+    shutil.copy(REPO / "fleet" / "local.toml", inventory)
+    from edgekit.fleet.inventory import load_inventory
+
+    devices = load_inventory(inventory).devices
+    assert len(devices) >= 2 and all(Path(d.root).is_relative_to(tmp_path / ".sim") for d in devices)
+    return inventory, devices
+
+
+def package(out: Path, version: str) -> Path:
+    result = run_edgekit("package", EXAMPLE_ONNX, "--target", "host-cpu", "--eval", EVAL, "--name", "digits",
+                         "--version", version, "-o", out)
+    assert result.code == 0, result.stderr
+    return Path(result.stdout.splitlines()[0])
+
+
+def states(result) -> dict:
+    return {d["device"]: (d["status"], d.get("current"), d.get("previous")) for d in result.json()["devices"]}
+
+
+def test_push_activate_upgrade_rollback_and_status(tmp_path, fleet):
+    inventory, devices = fleet
+    names = [d.name for d in devices]
+    v100, v101 = package(tmp_path / "dist", "1.0.0"), package(tmp_path / "dist", "1.0.1")
+
+    first = run_edgekit("push", v100, "--inventory", inventory, "--activate", "--json")
+    assert first.code == 0, first.stderr
+    assert states(first) == {n: ("ok", "1.0.0", None) for n in names}
+    assert all(d["runner_updated"] for d in first.json()["devices"])
+
+    second = run_edgekit("push", v101, "--inventory", inventory, "--activate", "--json")
+    assert states(second) == {n: ("ok", "1.0.1", "1.0.0") for n in names}
+    assert not any(d["runner_updated"] for d in second.json()["devices"])  # same runner hash: left alone
+
+    back = run_edgekit("rollback", "digits", "--inventory", inventory, "--json")
+    assert back.code == 0, back.stderr
+    assert states(back) == {n: ("ok", "1.0.0", "1.0.1") for n in names}
+    for device in devices:  # the device's own word, not the host's
+        code, status = runner(Path(device.root), "status")
+        assert code == 0 and status["models"]["digits"]["current"] == "1.0.0"
+        assert (Path(device.root) / "current" / "digits").resolve().name == "1.0.0"
+        assert list((Path(device.root) / "incoming").iterdir()) == []
+
+    table = run_edgekit("fleet", "status", "--inventory", inventory)
+    assert table.code == 0 and table.stdout.count("digits 1.0.0 (prev 1.0.1)") == len(devices), table.stdout
+    again = run_edgekit("push", v100, "--inventory", inventory, "--device", names[0], "--json")
+    assert again.json()["devices"][0]["already_installed"] is True
+
+
+def test_on_device_accuracy_matches_the_host_and_the_report_is_complete(tmp_path, fleet):
+    inventory, devices = fleet
+    bundle = package(tmp_path / "dist", "1.0.0")
+    assert run_edgekit("push", bundle, "--inventory", inventory, "--device", devices[0].name, "--activate").code == 0
+    from edgekit.fleet.push import remote_evaluate
+    from edgekit.transport import connect
+
+    with connect(devices[0]) as transport:
+        result = remote_evaluate(transport, devices[0], "digits")
+    report = result["report"]
+    for section, fields in REPORT_FIELDS.items():
+        part = report[section] if section else report
+        assert [f for f in fields if f not in part] == [], section
+    assert report["schema"] == 1 and report["status"] == "ok" and report["device"]["name"] == devices[0].name
+    assert report["bundle"]["sha256"] == __import__("hashlib").sha256(bundle.read_bytes()).hexdigest()
+    assert set(report["metrics"]["latency_ms"]) >= {"p50", "p90", "p99", "mean", "n"}
+    assert report["metrics"]["peak_rss_mb"] > 10 and report["metrics"]["load_ms"] > 0
+    assert Path(result["report_path"]).is_file()
+    assert Path(result["report_path"]).parent == Path(devices[0].root) / "reports" / "digits" / "1.0.0"
+
+    host = run_edgekit("evaluate", EXAMPLE_ONNX, "--data", EVAL, "--json")
+    assert host.code == 0, host.stderr
+    assert abs(report["metrics"]["accuracy"] - host.json()["accuracy"]) <= 0.005
+    assert report["metrics"]["accuracy_expected"] == report["metrics"]["accuracy"]  # same subset, same code
+
+
+def test_a_failing_device_does_not_stop_the_fleet(tmp_path, fleet, bundles):
+    inventory, devices = fleet
+    text = inventory.read_text() + ('\n[[device]]\nname = "broken"\nroot = "../.sim/local/broken"\n'
+                                    'python = "/nonexistent/python3"\n'
+                                    '\n[[device]]\nname = "other-class"\nroot = "../.sim/local/other"\n'
+                                    'target = "raspberry-pi-4"\n')
+    inventory.write_text(text)
+    result = run_edgekit("push", bundles["1.0.0"].path, "--inventory", inventory, "--activate", "--json")
+    assert result.code == 1
+    by_name = {d["device"]: d for d in result.json()["devices"]}
+    assert by_name["broken"]["status"] == "failed" and "/nonexistent/python3" in by_name["broken"]["error"]
+    assert by_name["other-class"]["status"] == "skipped"
+    assert [by_name[d.name]["status"] for d in devices] == ["ok"] * len(devices)
+
+
+def test_a_cut_upload_resumes(tmp_path, bundles):
+    from edgekit.bundle import read_bundle
+    from edgekit.errors import RemoteCommandError
+    from edgekit.fleet.push import install_bundle
+    from edgekit.transport import connect
+
+    device = local_device(tmp_path / "dev")
+    bundle = read_bundle(bundles["1.0.0"].path)
+    data = bundle.path.read_bytes()
+    part = tmp_path / "dev" / "incoming" / f"digits-1.0.0-host-cpu-{bundle.sha256[:12]}.edgekit.part"
+    part.parent.mkdir(parents=True)
+    with connect(device) as transport:
+        # A prefix with wrong bytes proves that push goes on from it rather than starting over;
+        # the device's sha256 check catches it, drops the upload, and the next push succeeds.
+        part.write_bytes(b"\0" * 5000)
+        with pytest.raises(RemoteCommandError, match="corrupted in transfer"):
+            install_bundle(transport, device, bundle)
+        assert not part.exists()
+        part.write_bytes(data[:5000])  # what a dropped connection leaves
+        detail = install_bundle(transport, device, bundle, activate=True)
+    assert detail["current"] == "1.0.0" and not part.exists()
+
+
+def test_a_bundle_for_no_selected_device_is_bad_input(tmp_path, fleet, bundles):
+    inventory, _ = fleet
+    inventory.write_text(inventory.read_text().replace('target = "host-cpu"', 'target = "raspberry-pi-4"'))
+    assert_clean_error(run_edgekit("push", bundles["1.0.0"].path, "--inventory", inventory),
+                       "no selected device has target host-cpu")
+
+
+def test_keys_trust_makes_devices_refuse_unsigned_bundles(tmp_path, fleet, bundles, keys):
+    inventory, devices = fleet
+    trusted = run_edgekit("keys", "trust", keys["trusted"].public, "--inventory", inventory, "--json")
+    assert trusted.code == 0, trusted.stderr
+    unsigned = run_edgekit("push", bundles["1.0.0"].path, "--inventory", inventory, "--json")
+    assert unsigned.code == 1 and all("not signed" in d["error"] for d in unsigned.json()["devices"])
+    signed = run_edgekit("push", bundles["1.0.0-signed"].path, "--inventory", inventory, "--activate", "--json")
+    assert signed.code == 0 and {d["signer"] for d in signed.json()["devices"]} == {"edgekit-bundle"}
