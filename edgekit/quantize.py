@@ -155,7 +155,8 @@ def _prepare(model: Path, dest: Path):
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
-        quant_pre_process(str(model), str(dest))
+        with _cwd(dest.parent):  # symbolic shape inference drops a debug file in the cwd on failure
+            quant_pre_process(str(model.resolve()), str(dest.resolve()))
         source, error = dest, None
     except Exception as exc:  # symbolic shape inference gives up on some graphs; ORT's own will do
         source, error = model, _reason(exc)
@@ -252,6 +253,16 @@ class _Reader:
         self._left -= 1
         inputs, _ = next(self._stream)
         return {name: np.ascontiguousarray(inputs[name], dtype=dtype) for name, dtype in self._dtypes.items()}
+
+
+@contextlib.contextmanager
+def _cwd(path: Path):
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 @contextlib.contextmanager

@@ -166,9 +166,13 @@ def test_unmatched_exclude_is_an_error_and_writes_nothing(tmp_path, calib):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_onnxruntime_failure_is_a_quantize_error(tmp_path):
+def test_onnxruntime_failure_is_a_quantize_error(tmp_path, monkeypatch):
     """A model that passes the checker but that onnxruntime cannot run (an unknown custom op)."""
     from onnx import TensorProto, helper
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
 
     nodes = [helper.make_node("Relu", ["x"], ["y"], name="relu"),
              helper.make_node("Frobnicate", ["y"], ["z"], name="custom", domain="com.example")]
@@ -185,6 +189,7 @@ def test_onnxruntime_failure_is_a_quantize_error(tmp_path):
     out = quantize(model, Recipe(precision="int8-dynamic"), tmp_path / "d.onnx")
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert props["edgekit.preprocess"].startswith("failed: ")
+    assert list(cwd.iterdir()) == []  # nothing left behind where the user stands
 
 
 # -- a transformer encoder with int64 inputs ---------------------------------------------
