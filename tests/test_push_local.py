@@ -152,3 +152,12 @@ def test_keys_trust_makes_devices_refuse_unsigned_bundles(tmp_path, fleet, bundl
     assert unsigned.code == 1 and all("not signed" in d["error"] for d in unsigned.json()["devices"])
     signed = run_edgekit("push", bundles["1.0.0-signed"].path, "--inventory", inventory, "--activate", "--json")
     assert signed.code == 0 and {d["signer"] for d in signed.json()["devices"]} == {"edgekit-bundle"}
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("push", "/nonexistent/x.edgekit", "--inventory", "fleet/local.toml"), "bundle /nonexistent/x.edgekit: not found"),
+    (("rollback", "digits", "--inventory", "/nonexistent/fleet.toml"), "/nonexistent/fleet.toml: file not found"),
+    (("fleet", "status", "--inventory", "fleet/local.toml", "--device", "nope"), "--device nope: no such device"),
+])
+def test_fleet_commands_report_bad_input_in_one_line(args, needle):
+    assert_clean_error(run_edgekit(*args), needle)

@@ -142,6 +142,10 @@ def check_manifest(staging: str, files: Dict[str, dict]) -> dict:
         raise _bad("manifest.json is not an edgekit bundle manifest (schema 1 with 'files')")
     label = f"{check_name(manifest.get('name'), 'bundle name')}-{check_name(manifest.get('version'), 'bundle version')}"
     listed = manifest["files"]
+    for key in ("model", "eval"):  # what evaluate opens must be one of the checked files
+        entry = manifest.get(key)
+        if not isinstance(entry, dict) or entry.get("file") not in listed:
+            raise _bad(f"manifest.json of {label}: field '{key}.file' does not name a file of the bundle")
     present = set(files) - {MANIFEST, SIGNATURE}
     extra, missing = sorted(present - set(listed)), sorted(set(listed) - present)
     if extra:
