@@ -3,11 +3,12 @@ roll back, evaluate on the device; and a fleet that goes on when one device fail
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
 import pytest
-from localfleet import bundles, install_runner, keys, local_device, runner  # noqa: F401 (fixtures)
+from localfleet import bundles, keys, local_device, runner  # noqa: F401 (fixtures)
 
 from conftest import EVAL, EXAMPLE_ONNX, REPO, assert_clean_error, run_edgekit
 
@@ -87,7 +88,7 @@ def test_on_device_accuracy_matches_the_host_and_the_report_is_complete(tmp_path
         part = report[section] if section else report
         assert [f for f in fields if f not in part] == [], section
     assert report["schema"] == 1 and report["status"] == "ok" and report["device"]["name"] == devices[0].name
-    assert report["bundle"]["sha256"] == __import__("hashlib").sha256(bundle.read_bytes()).hexdigest()
+    assert report["bundle"]["sha256"] == hashlib.sha256(bundle.read_bytes()).hexdigest()
     assert set(report["metrics"]["latency_ms"]) >= {"p50", "p90", "p99", "mean", "n"}
     assert report["metrics"]["peak_rss_mb"] > 10 and report["metrics"]["load_ms"] > 0
     assert Path(result["report_path"]).is_file()

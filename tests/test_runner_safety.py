@@ -4,6 +4,7 @@ current/ and state/ unchanged, bundles/ without traces, incoming/ clean."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -68,7 +69,7 @@ def assert_refused(root, before, code, reply, *needles, kind=None):
     assert status["models"]["digits"]["installed"] == ["1.0.0"]
 
 
-def rebuilt(tmp_path, built, change) -> "Path":  # noqa: F821
+def rebuilt(tmp_path, built, change):
     members = tar_members(built.path)
     change(members)
     dest = tmp_path / "broken.edgekit"
@@ -178,7 +179,7 @@ def test_a_runner_killed_during_extraction_leaves_the_device_as_it_was(device, b
     proc = subprocess.Popen([sys.executable, str(device / "bin" / "edgekit_runner.py"), "install",
                              upload(device, built.path), "--sha256", built.sha256, "--size", str(built.path.stat().st_size)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**__import__("os").environ, PAUSE_ENV: "60"})
+                            env={**os.environ, PAUSE_ENV: "60"})
     try:
         assert proc.stderr.readline().strip() == "edgekit-runner: paused in extraction"
         staging = [p for p in (device / "bundles").iterdir() if p.name.startswith(".staging-")]
