@@ -36,4 +36,5 @@ def progress(transient: bool = True) -> Progress:
         TimeElapsedColumn(),
         console=err_console,
         transient=transient,
+        disable=not err_console.is_terminal,
     )

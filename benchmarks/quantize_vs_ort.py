@@ -1,0 +1,110 @@
+"""edgekit calibrate's choice beside ONNX Runtime's plain quantize_dynamic / quantize_static.
+
+For the example digits CNN and a small transformer encoder built here, in one run:
+accuracy (or fidelity), model size and p50 latency, each as a ratio to FP32, measured
+the same way for every contender (a fresh process, edgekit.evaluate.measure).
+
+    python benchmarks/quantize_vs_ort.py [--out bench-results/quantize_vs_ort.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # the encoder builder is shared with the tests
+
+
+class _Reader:
+    """The plain CalibrationDataReader a user would write for quantize_static."""
+
+    def __init__(self, dataset, limit=512):
+        self._batches = ((inp, None) for inp, _ in dataset.batches(16, limit=limit))
+
+    def get_next(self):
+        item = next(self._batches, None)
+        return None if item is None else item[0]
+
+
+def ort_defaults(fp32: Path, calib, work: Path) -> dict[str, Path]:
+    from onnxruntime.quantization import quantize_dynamic, quantize_static
+
+    dyn, sta = work / "ort_dynamic.onnx", work / "ort_static.onnx"
+    quantize_dynamic(fp32, dyn)
+    quantize_static(fp32, sta, _Reader(calib))
+    return {"ort quantize_dynamic": dyn, "ort quantize_static": sta}
+
+
+def measure_all(models: dict[str, Path], eval_npz: Path, has_labels: bool, runs: int) -> list[dict]:
+    from edgekit.evaluate import measure
+
+    rows, base = [], None
+    for name, path in models.items():
+        m = measure(path, eval_npz, runs=runs, min_seconds=1.0)
+        quality = m["accuracy"] if has_labels else m["fidelity"]["cosine"]
+        row = {"contender": name, "quality": quality, "model_mb": m["model_mb"], "p50_ms": m["latency_ms"]["p50"],
+               "top1_agreement": (m.get("fidelity") or {}).get("top1_agreement")}
+        base = base or row
+        row.update(quality_ratio=quality / base["quality"], size_ratio=row["model_mb"] / base["model_mb"],
+                   p50_ratio=row["p50_ms"] / base["p50_ms"])
+        rows.append(row)
+    return rows
+
+
+def bench_model(label: str, fp32: Path, calib_path: Path, eval_path: Path, work: Path, runs: int) -> dict:
+    from edgekit.calibrate import calibrate
+    from edgekit.datasets import load_dataset
+    from edgekit.evaluate import prepare_eval_data
+    from edgekit.targets import load_profile
+
+    calib, evald = load_dataset(calib_path), load_dataset(eval_path)
+    result = calibrate(fp32, load_profile("host-cpu"), calib, evald, work / f"{label}-calibrated",
+                       measure_opts={"runs": 20, "min_seconds": 0.2})
+    models = {"fp32": fp32, **ort_defaults(fp32, calib, work)}
+    if result.model_path:
+        models[f"edgekit calibrate ({result.chosen.id})"] = result.model_path
+    eval_npz = prepare_eval_data(evald, fp32, work / f"{label}-eval.npz", reference=fp32)
+    return {"model": label, "metric": "accuracy" if evald.has_labels else "fidelity cosine",
+            "rows": measure_all(models, eval_npz, evald.has_labels, runs)}
+
+
+def print_table(result: dict) -> None:
+    print(f"\n{result['model']} ({result['metric']}; ratios to FP32)")
+    print(f"{'contender':48} {'quality':>9} {'q/fp32':>7} {'MB':>8} {'size/fp32':>9} {'p50 ms':>8} {'p50/fp32':>8}")
+    for r in result["rows"]:
+        print(f"{r['contender']:48} {r['quality']:9.4f} {r['quality_ratio']:7.3f} {r['model_mb']:8.3f} "
+              f"{r['size_ratio']:9.3f} {r['p50_ms']:8.3f} {r['p50_ratio']:8.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "quantize_vs_ort.json")
+    parser.add_argument("--runs", type=int, default=200)
+    args = parser.parse_args()
+    from encoder import build_encoder, make_encoder_data
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        results.append(bench_model("digits-cnn", REPO / "examples/digits/model.onnx",
+                                   REPO / "calibration/digits/calib.npz", REPO / "calibration/digits/eval.npz", work, args.runs))
+        enc = build_encoder(work / "encoder.onnx")
+        results.append(bench_model("transformer-encoder", enc, make_encoder_data(work / "enc_calib.npz", 256, seed=1),
+                                   make_encoder_data(work / "enc_eval.npz", 256, seed=2), work, args.runs))
+    for r in results:
+        print_table(r)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    from edgekit.machine import cpu_facts, versions
+
+    args.out.write_text(json.dumps({"machine": cpu_facts(), "versions": versions("onnxruntime"), "results": results},
+                                   indent=2, default=float))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
