@@ -61,7 +61,8 @@ log = logging.getLogger(__name__)
 def quantize(model: Path, recipe: Recipe, out: Path, *, calibration: Optional[Dataset] = None,
              max_samples: int = 512, batch_size: int = 16) -> Path:
     """Write `model` quantized by `recipe` to `out` (atomically) and return `out`."""
-    model, out = check_onnx(Path(model)), Path(out)
+    # absolute paths: pre-processing runs in a temporary working directory
+    model, out = check_onnx(Path(model).resolve()), Path(out).resolve()
     _check_recipe(recipe, calibration, max_samples, batch_size)
     if recipe.precision == "int8-static":
         calibration.check(model_inputs(model), role="calibration data")
