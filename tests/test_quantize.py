@@ -273,3 +273,10 @@ def test_bad_input_is_one_line(edgekit, tmp_path, case, needles):
         args += ["--method", "kl"]
     assert_clean_error(edgekit(*args), *needles)
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_relative_output_path_keeps_pre_processing(edgekit, tmp_path):
+    result = edgekit("quantize", EXAMPLE_ONNX, "--precision", "int8-dynamic", "-o", "rel.onnx", cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert "pre-processing" not in result.stderr and (tmp_path / "rel.onnx").is_file()
+    assert not list(tmp_path.glob(".edgekit-quantize-*"))
