@@ -102,8 +102,9 @@ def expected_from_record(record: dict) -> dict:
     candidate = chosen_candidate(record)
     metrics = candidate.get("metrics") or {}
     eval_data = (record.get("data") or {}).get("eval") or {}
+    baseline = record.get("baseline") or {}
     return {"source": "calibration-record", "candidate": candidate["id"],
-            **{k: metrics.get(k) for k in _METRIC_KEYS},
+            **{k: metrics.get(k) for k in _METRIC_KEYS}, "baseline_accuracy": baseline.get("accuracy"),
             "n": eval_data.get("n_used", metrics.get("n")), "data_sha256": eval_data.get("sha256"),
             "machine": record.get("machine"), "versions": record.get("versions")}
 
@@ -121,9 +122,21 @@ def measure_expected(model: Path, eval_npz: Path, profile: Profile) -> dict:
     except (ModelLoadError, DataFormatError) as exc:
         raise ModelError(f"measuring {model} on this host failed: {exc}") from exc
     return {"source": "measured", "candidate": None, "accuracy": measured["accuracy"],
+            "baseline_accuracy": _reference_accuracy(eval_npz),
             "fidelity": measured["fidelity"], "drop": None, "model_mb": measured["model_mb"],
             "latency_ms": None, "peak_rss_mb": None, "load_ms": None, "n": measured["n"], "data_sha256": None,
             "machine": cpu_facts(), "versions": versions("onnxruntime", "numpy")}
+
+
+def _reference_accuracy(eval_npz: Path) -> Optional[float]:
+    """The FP32 reference model's accuracy on the bundled subset: its outputs are in the
+    subset beside the labels, so the drop against FP32 can be gated on the device's numbers."""
+    import numpy as np
+
+    with np.load(eval_npz) as npz:
+        if "labels" not in npz.files or "_reference" not in npz.files:
+            return None
+        return float(np.mean(np.argmax(npz["_reference"], axis=-1) == npz["labels"]))
 
 
 def runtime_requirements(model: Path, profile: Profile) -> dict:
