@@ -209,11 +209,25 @@ def _record(model, sha, inputs, profile, calibration, eval_data, eval_npz, candi
         "data": {"calibration": calibration.describe(), "eval": dict(eval_data.describe(), n_used=n_eval)},
         "candidates": [c.record() for c in candidates],
         "chosen": chosen.id if chosen else None,
+        "output": ({"file": f"model{chosen.path.suffix}", "sha256": _sha256(chosen.path)}
+                   if chosen else None),
         "why": why,
         "versions": versions("onnxruntime", "onnx", "numpy"),
         "machine": cpu_facts(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def _sha256(path: Optional[Path]) -> Optional[str]:
+    import hashlib
+
+    if path is None or not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def raise_if_unmet(result: CalibrationResult) -> None:

@@ -41,6 +41,8 @@ def test_calibrate_digits_records_every_candidate_and_a_choice(edgekit, tmp_path
     assert {c["recipe"]["method"] for c in ok} >= {"minmax", "entropy", "percentile"}
     chosen = next(c for c in record["candidates"] if c["id"] == record["chosen"])
     assert chosen["passed"] and record["why"]
+    import hashlib
+    assert record["output"]["sha256"] == hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
     assert (out / "model.onnx").stat().st_size == pytest.approx(chosen["metrics"]["model_mb"] * 2**20, rel=0.01)  # MB are MiB
     assert record["data"]["calibration"]["sha256"] == load_dataset(CALIB).sha256
     assert record["data"]["eval"]["n"] == len(load_dataset(EVAL))
