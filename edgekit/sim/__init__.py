@@ -1,0 +1,1 @@
+"""Simulated devices on this machine: for the demo and the tests."""
