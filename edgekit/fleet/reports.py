@@ -1,0 +1,159 @@
+"""Device reports (schema 1 of DESIGN.md) read as untrusted input.
+
+A device may be broken, old or hostile, so what it sends is read with a size limit,
+parsed as JSON and checked against the schema before anything else looks at it. A
+report that fails is a failure of that device (DataError, caught by collect), never a
+crash of the host.
+
+Non-finite numbers: JSON has none, but Python's json (which the runner writes with)
+emits `Infinity` for an SQNR of an exact match (no noise) and `-Infinity` for a zero
+signal. `metrics.fidelity.sqnr_db` may therefore be non-finite; it is stored as null
+("not a finite number": the cosine and top-1 agreement still say how close the outputs
+were), so that the store and every `--json` output stay strict JSON. Any other
+non-finite number makes the report bad.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgekit.errors import DataError
+
+__all__ = ["MAX_REPORT_BYTES", "PLAIN", "REPORT_FILE", "parse_report", "validate_report"]
+
+MAX_REPORT_BYTES = 1 << 20
+PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")      # bundle names, versions (as the runner)
+REPORT_FILE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._+-]{0,127})\.json$")
+_TIME = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$"
+NON_FINITE_OK = ("metrics", "fidelity", "sqnr_db")
+
+Plain = Annotated[str, Field(pattern=PLAIN.pattern)]
+Fraction = Annotated[Optional[float], Field(ge=0, le=1)]
+NonNegative = Annotated[Optional[float], Field(ge=0)]
+
+
+class _Part(BaseModel):
+    # Devices may add fields (a newer runner); what we read is typed, the rest is kept as sent.
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+
+
+class _Device(_Part):
+    name: str = Field(max_length=256)
+    hostname: str = Field(max_length=256)
+    arch: str
+    os: str
+    python: str
+    cpu_count: Optional[int] = Field(ge=1)
+    mem_total_mb: Optional[float] = Field(ge=0)
+
+
+class _Bundle(_Part):
+    name: Plain
+    version: Plain
+    sha256: Optional[str] = Field(pattern=r"^[0-9a-f]{64}$")
+    target: Optional[str]
+    precision: Optional[str]
+
+
+class _Runtime(_Part):
+    name: Optional[str]
+    version: Optional[str]
+    providers: list[str]
+
+
+class _Latency(_Part):
+    p50: float = Field(ge=0)
+    p90: float = Field(ge=0)
+    p95: NonNegative = None  # not in DESIGN's list, but the runner sends it and budgets use it
+    p99: float = Field(ge=0)
+    mean: float = Field(ge=0)
+    n: int = Field(ge=1)
+
+
+class _Fidelity(_Part):
+    top1_agreement: float = Field(ge=0, le=1)
+    cosine: float = Field(ge=-1.000001, le=1.000001)  # float rounding of a perfect match
+    sqnr_db: Optional[float]
+
+
+class _Metrics(_Part):
+    accuracy: Fraction = None
+    accuracy_expected: Fraction = None
+    fidelity: Optional[_Fidelity] = None
+    latency_ms: Optional[_Latency] = None
+    load_ms: NonNegative = None
+    peak_rss_mb: NonNegative = None
+    model_mb: NonNegative = None
+
+
+class _Report(_Part):
+    schema_: Literal[1] = Field(alias="schema")
+    run_id: Plain
+    started_at: str = Field(pattern=_TIME)
+    finished_at: Optional[str] = Field(pattern=_TIME)
+    status: Literal["ok", "failed"]
+    error: Optional[str] = Field(max_length=4000)
+    device: _Device
+    bundle: _Bundle
+    runtime: _Runtime
+    metrics: _Metrics
+
+
+def parse_report(data: bytes, source: str) -> dict:
+    """Bytes -> a JSON object, with the size limit; DataError naming `source` otherwise."""
+    if len(data) > MAX_REPORT_BYTES:
+        raise DataError(f"report {source}: {len(data)} bytes, over the {MAX_REPORT_BYTES}-byte limit")
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise DataError(f"report {source}: not valid JSON ({str(exc)[:200]})") from exc
+    if not isinstance(value, dict):
+        raise DataError(f"report {source}: not a JSON object")
+    return value
+
+
+def _finite(value: Any, path: tuple = ()) -> Any:
+    """The same structure with non-finite floats mapped (sqnr_db) or refused (elsewhere)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        if path == NON_FINITE_OK:
+            return None
+        raise ValueError(f"field '{'.'.join(map(str, path))}': {value} is not a finite number")
+    if isinstance(value, dict):
+        return {k: _finite(v, path + (k,)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v, path + (i,)) for i, v in enumerate(value)]
+    return value
+
+
+def _why(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    what = "required field is missing" if first["type"] == "missing" else first["msg"]
+    more = len(exc.errors()) - 1
+    return f"field '{field}': {what}" + (f" (and {more} more)" if more else "")
+
+
+def validate_report(data: bytes, source: str, *, name: Optional[str] = None, version: Optional[str] = None,
+                    run_id: Optional[str] = None) -> dict:
+    """A checked schema-1 report from a device file's bytes; `name`, `version` and `run_id`
+    (from where the file was found) must agree with what it says. DataError otherwise."""
+    report = parse_report(data, source)
+    try:
+        report = _finite(report)
+        _Report.model_validate(report)
+    except ValueError as exc:  # ValidationError is a ValueError
+        why = _why(exc) if isinstance(exc, ValidationError) else str(exc)
+        raise DataError(f"report {source}: {why}") from exc
+    said = {"bundle.name": (report["bundle"]["name"], name), "bundle.version": (report["bundle"]["version"], version),
+            "run_id": (report["run_id"], run_id)}
+    for field, (got, where) in said.items():
+        if where is not None and got != where:
+            raise DataError(f"report {source}: field '{field}' is {got!r}, but the file is filed under {where!r}")
+    if report["status"] == "ok" and report["metrics"].get("latency_ms") is None:
+        raise DataError(f"report {source}: status is ok but field 'metrics.latency_ms' is missing")
+    return report

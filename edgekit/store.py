@@ -1,0 +1,301 @@
+"""The host's store: one SQLite file with devices, device reports and rollouts.
+
+    schema_version    one row: the schema this file has (migrations bring it up to date)
+    devices           every device seen: target, last contact, last error
+    reports           validated device reports, one per (device, run_id): collecting twice adds nothing
+    collect_errors    reports that failed validation, per device and file
+    rollouts          one per `edgekit rollout`: bundle, options, outcome
+    rollout_waves     the waves of a rollout (canary, batch 1, ...) and how each ended
+    rollout_events    what happened to each device in each wave (install, gate, rollback, ...)
+
+The default file is $EDGEKIT_STORE, else $XDG_DATA_HOME/edgekit/edgekit.db, else
+~/.local/share/edgekit/edgekit.db; `--store` overrides both. The file is opened in WAL mode
+so that `edgekit report` can read while a rollout writes. A Store object belongs to one
+thread: fan-out workers hand their findings to the thread that owns it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional, Union
+
+from edgekit.errors import ConfigError
+
+__all__ = ["Store", "open_store", "default_store_path", "utc_now", "SCHEMA_VERSION"]
+
+MIGRATIONS = [
+    """
+    CREATE TABLE devices (
+        name TEXT PRIMARY KEY, target TEXT, transport TEXT, host TEXT,
+        first_seen_at TEXT NOT NULL, last_contact_at TEXT, reachable INTEGER, last_error TEXT
+    );
+    CREATE TABLE reports (
+        device TEXT NOT NULL, run_id TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL,
+        status TEXT NOT NULL, error TEXT, started_at TEXT, finished_at TEXT, collected_at TEXT NOT NULL,
+        target TEXT, precision TEXT, bundle_sha256 TEXT, runtime TEXT, runtime_version TEXT,
+        accuracy REAL, accuracy_expected REAL, cosine REAL,
+        latency_p50 REAL, latency_p95 REAL, peak_rss_mb REAL, model_mb REAL,
+        source TEXT, report TEXT NOT NULL,
+        PRIMARY KEY (device, run_id)
+    );
+    CREATE INDEX reports_by_bundle ON reports (name, version);
+    CREATE TABLE collect_errors (
+        device TEXT NOT NULL, source TEXT NOT NULL, error TEXT NOT NULL,
+        first_seen_at TEXT NOT NULL, last_seen_at TEXT NOT NULL,
+        PRIMARY KEY (device, source, error)
+    );
+    CREATE TABLE rollouts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, version TEXT NOT NULL, target TEXT NOT NULL,
+        bundle_sha256 TEXT NOT NULL, bundle_path TEXT, options TEXT NOT NULL,
+        started_at TEXT NOT NULL, finished_at TEXT, status TEXT NOT NULL, reason TEXT
+    );
+    CREATE TABLE rollout_waves (
+        rollout_id INTEGER NOT NULL REFERENCES rollouts(id), wave INTEGER NOT NULL, kind TEXT NOT NULL,
+        devices TEXT NOT NULL, started_at TEXT NOT NULL, finished_at TEXT, status TEXT NOT NULL, reason TEXT,
+        PRIMARY KEY (rollout_id, wave)
+    );
+    CREATE TABLE rollout_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, rollout_id INTEGER NOT NULL REFERENCES rollouts(id),
+        wave INTEGER NOT NULL, device TEXT NOT NULL, event TEXT NOT NULL, ok INTEGER NOT NULL,
+        detail TEXT NOT NULL, at TEXT NOT NULL
+    );
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+REPORT_COLUMNS = ("device", "run_id", "name", "version", "status", "error", "started_at", "finished_at",
+                  "collected_at", "target", "precision", "bundle_sha256", "runtime", "runtime_version",
+                  "accuracy", "accuracy_expected", "cosine", "latency_p50", "latency_p95", "peak_rss_mb",
+                  "model_mb", "source")
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def default_store_path() -> Path:
+    env = os.environ.get("EDGEKIT_STORE")
+    if env:
+        return Path(env).expanduser()
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home).expanduser() / "edgekit" / "edgekit.db"
+
+
+def _dumps(value: Any) -> str:
+    # Strict JSON: a NaN or Infinity that slipped through would make the column unreadable to jq.
+    return json.dumps(value, sort_keys=True, allow_nan=False)
+
+
+class Store:
+    """An open store; use as a context manager or call close()."""
+
+    def __init__(self, path: Union[str, Path]):
+        self.path = Path(path).expanduser()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"--store {self.path}: not a usable edgekit store ({exc}); "
+                              "give another path with --store or EDGEKIT_STORE") from exc
+        except OSError as exc:
+            raise ConfigError(f"--store {self.path}: cannot create it ({exc.strerror}); "
+                              "give a writable path with --store or EDGEKIT_STORE") from exc
+
+    def _migrate(self) -> None:
+        self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        # The version is read inside the write transaction, so that two edgekit processes
+        # opening a new store at once do not both create its tables.
+        with self._transaction():
+            row = self._db.execute("SELECT version FROM schema_version").fetchone()
+            have = row["version"] if row else 0
+            if have > SCHEMA_VERSION:
+                raise ConfigError(f"--store {self.path} has schema {have}, newer than this edgekit's "
+                                  f"{SCHEMA_VERSION}; upgrade edgekit or use another store")
+            for version in range(have, SCHEMA_VERSION):
+                for statement in MIGRATIONS[version].split(";"):  # our own SQL: no ';' inside strings
+                    if statement.strip():
+                        self._db.execute(statement)
+            if have != SCHEMA_VERSION:
+                self._db.execute("DELETE FROM schema_version")
+                self._db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+
+    def _transaction(self):
+        return _Transaction(self._db)
+
+    def schema_version(self) -> int:
+        return self._db.execute("SELECT version FROM schema_version").fetchone()["version"]
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- devices ----------------------------------------------------------------------
+
+    def touch_device(self, name: str, *, target: Optional[str] = None, transport: Optional[str] = None,
+                     host: Optional[str] = None, reachable: Optional[bool] = None,
+                     error: Optional[str] = None) -> None:
+        """Record that we tried to reach a device (reachable None: we did not try)."""
+        now = utc_now()
+        contact = now if reachable else None
+        self._db.execute(
+            """INSERT INTO devices (name, target, transport, host, first_seen_at, last_contact_at, reachable, last_error)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT(name) DO UPDATE SET
+                 target = excluded.target, transport = excluded.transport, host = excluded.host,
+                 last_contact_at = COALESCE(excluded.last_contact_at, devices.last_contact_at),
+                 reachable = COALESCE(excluded.reachable, devices.reachable),
+                 last_error = CASE WHEN excluded.reachable IS NULL THEN devices.last_error ELSE excluded.last_error END""",
+            (name, target, transport, host, now, contact, None if reachable is None else int(reachable), error))
+
+    def devices(self) -> list[dict]:
+        return [dict(r) for r in self._db.execute("SELECT * FROM devices ORDER BY name")]
+
+    # -- reports ----------------------------------------------------------------------
+
+    def known_run_ids(self, device: str) -> set[str]:
+        return {r[0] for r in self._db.execute("SELECT run_id FROM reports WHERE device = ?", (device,))}
+
+    def add_report(self, device: str, report: dict, *, source: str = "") -> bool:
+        """Insert a validated report; False when (device, run_id) is stored already."""
+        row = _report_row(device, report, source)
+        cur = self._db.execute(
+            f"INSERT OR IGNORE INTO reports ({', '.join(REPORT_COLUMNS)}, report) "
+            f"VALUES ({', '.join('?' * (len(REPORT_COLUMNS) + 1))})",
+            [row[c] for c in REPORT_COLUMNS] + [_dumps(report)])
+        return cur.rowcount == 1
+
+    def add_reports(self, device: str, reports: Iterable[tuple[dict, str]]) -> int:
+        """Insert (report, source) pairs in one transaction; how many were new."""
+        with self._transaction():
+            return sum(self.add_report(device, report, source=source) for report, source in reports)
+
+    def reports(self, *, device: Optional[str] = None, name: Optional[str] = None,
+                version: Optional[str] = None) -> list[dict]:
+        """Stored reports, oldest first; each row's columns plus `report`, the parsed report."""
+        where, args = _where(device=device, name=name, version=version)
+        rows = self._db.execute(f"SELECT * FROM reports{where} ORDER BY finished_at, device, run_id", args)
+        return [{**dict(r), "report": json.loads(r["report"])} for r in rows]
+
+    def report(self, device: str, run_id: str) -> Optional[dict]:
+        row = self._db.execute("SELECT report FROM reports WHERE device = ? AND run_id = ?", (device, run_id)).fetchone()
+        return json.loads(row["report"]) if row else None
+
+    def last_report_times(self) -> dict[str, str]:
+        """device -> the finished_at of its newest stored report."""
+        rows = self._db.execute("SELECT device, MAX(finished_at) AS at FROM reports GROUP BY device")
+        return {r["device"]: r["at"] for r in rows}
+
+    def add_collect_error(self, device: str, source: str, error: str) -> None:
+        now = utc_now()
+        self._db.execute(
+            """INSERT INTO collect_errors (device, source, error, first_seen_at, last_seen_at) VALUES (?, ?, ?, ?, ?)
+               ON CONFLICT(device, source, error) DO UPDATE SET last_seen_at = excluded.last_seen_at""",
+            (device, source, error, now, now))
+
+    def collect_errors(self, device: Optional[str] = None) -> list[dict]:
+        where, args = _where(device=device)
+        return [dict(r) for r in self._db.execute(f"SELECT * FROM collect_errors{where} ORDER BY device, source", args)]
+
+    # -- rollouts ---------------------------------------------------------------------
+
+    def start_rollout(self, *, name: str, version: str, target: str, sha256: str, path: str, options: dict) -> int:
+        cur = self._db.execute(
+            "INSERT INTO rollouts (name, version, target, bundle_sha256, bundle_path, options, started_at, status) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'running')", (name, version, target, sha256, path, _dumps(options), utc_now()))
+        return int(cur.lastrowid)
+
+    def finish_rollout(self, rollout_id: int, status: str, reason: Optional[str] = None) -> None:
+        self._db.execute("UPDATE rollouts SET status = ?, reason = ?, finished_at = ? WHERE id = ?",
+                         (status, reason, utc_now(), rollout_id))
+
+    def start_wave(self, rollout_id: int, wave: int, kind: str, devices: list[str]) -> None:
+        self._db.execute("INSERT INTO rollout_waves (rollout_id, wave, kind, devices, started_at, status) "
+                         "VALUES (?, ?, ?, ?, ?, 'running')", (rollout_id, wave, kind, _dumps(devices), utc_now()))
+
+    def finish_wave(self, rollout_id: int, wave: int, status: str, reason: Optional[str] = None) -> None:
+        self._db.execute("UPDATE rollout_waves SET status = ?, reason = ?, finished_at = ? "
+                         "WHERE rollout_id = ? AND wave = ?", (status, reason, utc_now(), rollout_id, wave))
+
+    def add_event(self, rollout_id: int, wave: int, device: str, event: str, ok: bool, detail: dict) -> None:
+        self._db.execute("INSERT INTO rollout_events (rollout_id, wave, device, event, ok, detail, at) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (rollout_id, wave, device, event, int(ok), _dumps(detail), utc_now()))
+
+    def rollouts(self, *, name: Optional[str] = None) -> list[dict]:
+        where, args = _where(name=name)
+        return [_rollout_dict(r) for r in self._db.execute(f"SELECT * FROM rollouts{where} ORDER BY id", args)]
+
+    def rollout(self, rollout_id: int) -> Optional[dict]:
+        """One rollout with its waves and events."""
+        row = self._db.execute("SELECT * FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
+        if row is None:
+            return None
+        waves = self._db.execute("SELECT * FROM rollout_waves WHERE rollout_id = ? ORDER BY wave", (rollout_id,))
+        events = self._db.execute("SELECT * FROM rollout_events WHERE rollout_id = ? ORDER BY id", (rollout_id,))
+        return {**_rollout_dict(row),
+                "waves": [{**dict(w), "devices": json.loads(w["devices"])} for w in waves],
+                "events": [{**dict(e), "ok": bool(e["ok"]), "detail": json.loads(e["detail"])} for e in events]}
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (autocommit otherwise)."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, *_) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _where(**filters) -> tuple[str, list]:
+    given = {k: v for k, v in filters.items() if v is not None}
+    if not given:
+        return "", []
+    return " WHERE " + " AND ".join(f"{k} = ?" for k in given), list(given.values())
+
+
+def _rollout_dict(row: sqlite3.Row) -> dict:
+    return {**dict(row), "options": json.loads(row["options"])}
+
+
+def _number(value: Any) -> Optional[float]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _report_row(device: str, report: dict, source: str) -> dict:
+    """The columns `edgekit report` sorts and filters on, pulled out of a validated report."""
+    bundle, runtime, metrics = report["bundle"], report.get("runtime") or {}, report.get("metrics") or {}
+    latency = metrics.get("latency_ms") or {}
+    fidelity = metrics.get("fidelity") or {}
+    return {"device": device, "run_id": report["run_id"], "name": bundle["name"], "version": bundle["version"],
+            "status": report["status"], "error": report.get("error"), "started_at": report.get("started_at"),
+            "finished_at": report.get("finished_at"), "collected_at": utc_now(), "target": bundle.get("target"),
+            "precision": bundle.get("precision"), "bundle_sha256": bundle.get("sha256"),
+            "runtime": runtime.get("name"), "runtime_version": runtime.get("version"),
+            "accuracy": _number(metrics.get("accuracy")), "accuracy_expected": _number(metrics.get("accuracy_expected")),
+            "cosine": _number(fidelity.get("cosine")), "latency_p50": _number(latency.get("p50")),
+            "latency_p95": _number(latency.get("p95")), "peak_rss_mb": _number(metrics.get("peak_rss_mb")),
+            "model_mb": _number(metrics.get("model_mb")), "source": source}
+
+
+def open_store(path: Union[str, Path, None] = None) -> Store:
+    """The store at `path`, or at the default place (see the module docstring)."""
+    return Store(Path(path) if path is not None else default_store_path())

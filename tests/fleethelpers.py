@@ -1,0 +1,77 @@
+"""Helpers for the fleet tests (collect, rollout, status, faults): real reports, real bundles,
+and the device's own word about what it runs.
+
+Import the fixtures you use into the test module (pytest finds them there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Optional
+
+import pytest
+from localfleet import build, install, install_runner, runner
+
+from conftest import EVAL, EXAMPLE_ONNX, REPO, run_edgekit
+
+
+@pytest.fixture(scope="session")
+def real_report(tmp_path_factory) -> dict:
+    """A report written by the runner on a local device: digits 1.0.0 installed, activated, evaluated."""
+    base = tmp_path_factory.mktemp("report-device")
+    built = build(base / "dist", "1.0.0", eval_samples=50)
+    root = base / "dev"
+    install_runner(root)
+    assert install(root, built)[0] == 0
+    assert runner(root, "activate", "digits", "1.0.0")[0] == 0
+    code, reply = runner(root, "evaluate", "digits", "--device-name", "dev")
+    assert code == 0, reply
+    return {"report": reply["report"], "bytes": Path(reply["report_path"]).read_bytes(), "manifest": built.manifest}
+
+
+def package_with_budget(out: Path, version: str, targets_dir: Path, **budgets) -> Path:
+    """A bundle of the digits model for host-cpu whose target snapshot carries these budgets
+    (a copy of targets/host-cpu.toml in `targets_dir`, passed with --targets-dir)."""
+    targets_dir.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for line in (REPO / "targets" / "host-cpu.toml").read_text().splitlines():
+        key = line.split("=")[0].strip()
+        lines.append(f"{key} = {budgets[key]!r}" if key in budgets else line)
+    (targets_dir / "host-cpu.toml").write_text("\n".join(lines) + "\n")
+    result = run_edgekit("package", EXAMPLE_ONNX, "--target", "host-cpu", "--targets-dir", targets_dir,
+                         "--eval", EVAL, "--name", "digits", "--version", version, "-o", out, "--eval-samples", "100")
+    assert result.code == 0, result.stderr
+    return Path(result.stdout.splitlines()[0])
+
+
+def device_models(root: Path, python: Optional[str] = None) -> dict:
+    """The runner's own status of a device root: {name: {current, previous, installed}}."""
+    code, reply = runner(Path(root), "status", python=python)
+    assert code == 0, reply
+    return {n: {k: m[k] for k in ("current", "previous", "installed")} for n, m in reply["models"].items()}
+
+
+def running(root: Path) -> Optional[str]:
+    return device_models(root).get("digits", {}).get("current")
+
+
+def ssh_device_runs_checked_version(fleet, index: int) -> Optional[str]:
+    """Over SSH, as the host sees it: the active digits version, and that its files still
+    match their manifest (the runner's install checked them; nothing changed them since)."""
+    from edgekit.fleet.push import device_status
+    from edgekit.transport import connect
+
+    device = fleet.device(index)
+    with connect(device) as t:
+        models = device_status(t, device)["models"]
+    current = (models.get("digits") or {}).get("current")
+    if current is not None:
+        folder = fleet.servers[index].root / "bundles" / "digits" / current
+        manifest = json.loads((folder / "manifest.json").read_text())
+        meta = json.loads((folder / ".bundle.json").read_text())
+        assert meta["version"] == current and meta["sha256"]
+        for rel, want in manifest["files"].items():
+            assert hashlib.sha256((folder / rel).read_bytes()).hexdigest() == want["sha256"], rel
+    return current
