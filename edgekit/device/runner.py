@@ -5,6 +5,9 @@
     install FILE [--sha256 H] [--size N]   FILE in ROOT/incoming/; verify, unpack into bundles/
     activate NAME VERSION                  switch current/NAME atomically
     rollback NAME                          back to the previous version
+    restore NAME [--current V] [--previous V]
+                                           put NAME's current and previous back as they were
+                                           (no --current: nothing active); for a halted rollout
     evaluate NAME [--version V] [--device-name D] [--samples N]
                                            measure; write reports/NAME/VERSION/RUN_ID.json
     status                                 what is installed and active, the runner's hash
@@ -90,6 +93,19 @@ def cmd_rollback(layout: Layout, args) -> dict:
     return {"name": args.name, "current": state["current"], "previous": state["previous"], "changed": True}
 
 
+def cmd_restore(layout: Layout, args) -> dict:
+    with layout.locked():
+        now = layout.current_version(args.name)
+        if args.current:
+            layout.switch(args.name, args.current)
+        else:
+            link = os.path.join(layout.current, args.name)
+            if os.path.lexists(link):
+                os.unlink(link)
+        state = layout.record(args.name, "restore", args.current, args.previous)
+    return {"name": args.name, "current": state["current"], "previous": state["previous"], "changed": now != args.current}
+
+
 def cmd_evaluate(layout: Layout, args) -> dict:
     report, path = evaluate_bundle(layout, args.name, args.version, device_name=args.device_name,
                                    samples=args.samples)
@@ -163,6 +179,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.add_argument("version")
     sub.add_parser("rollback").add_argument("name")
+    s = sub.add_parser("restore")
+    s.add_argument("name")
+    s.add_argument("--current")
+    s.add_argument("--previous")
     s = sub.add_parser("evaluate")
     s.add_argument("name")
     s.add_argument("--version")
@@ -173,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = {"install": cmd_install, "activate": cmd_activate, "rollback": cmd_rollback,
+COMMANDS = {"install": cmd_install, "activate": cmd_activate, "rollback": cmd_rollback, "restore": cmd_restore,
             "evaluate": cmd_evaluate, "status": cmd_status, "gc": cmd_gc}
 
 
@@ -188,7 +208,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = _parser().parse_args(argv)
         command = args.command
-        for attr in ("name", "version"):
+        for attr in ("name", "version", "current", "previous"):
             if getattr(args, attr, None) is not None:
                 check_name(getattr(args, attr), attr)
         result = dict(ok=True, command=command, **COMMANDS[command](Layout(args.root or default_root()), args))
