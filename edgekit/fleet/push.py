@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 import secrets
 import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -150,7 +151,10 @@ def upload_bundle(transport: Transport, device: Device, bundle: Bundle,
     of the same bundle; returns the remote path."""
     incoming = device.root.rstrip("/") + "/incoming"
     transport.makedirs(incoming)
-    remote = f"{incoming}/{bundle.path.name[:-len(SUFFIX)]}-{bundle.sha256[:12]}{SUFFIX}.part"
+    # The runner takes only plain file names in incoming/: a renamed bundle ("my 'v2'.edgekit") is sent as my__v2_.
+    stem = re.sub(r"[^A-Za-z0-9._+-]", "_", bundle.path.name[:-len(SUFFIX)] if bundle.path.name.endswith(SUFFIX)
+                  else bundle.path.name).lstrip(".") or "bundle"
+    remote = f"{incoming}/{stem}-{bundle.sha256[:12]}{SUFFIX}.part"
     transport.put(bundle.path, remote, progress=progress)
     return remote
 
@@ -159,15 +163,43 @@ def install_bundle(transport: Transport, device: Device, bundle: Bundle, *, acti
                    progress: Optional[Callable[[int, int], None]] = None) -> dict:
     """Runner, upload, install (and activate) on one device."""
     updated = ensure_runner(transport, device)
-    remote = upload_bundle(transport, device, bundle, progress)
-    installed = run_runner(transport, device, "install", remote, "--sha256", bundle.sha256,
-                           "--size", str(bundle.size))
+    installed = _installed_meta(transport, device, bundle)
+    if installed is None:
+        remote = upload_bundle(transport, device, bundle, progress)
+        installed = run_runner(transport, device, "install", remote, "--sha256", bundle.sha256,
+                               "--size", str(bundle.size))
     detail = {"name": bundle.name, "version": bundle.version, "runner_updated": updated,
               "already_installed": installed.get("already_installed", False), "signer": installed.get("signer")}
     if activate:
         active = run_runner(transport, device, "activate", bundle.name, bundle.version)
         detail.update(current=active["current"], previous=active["previous"])
     return detail
+
+
+def _installed_meta(transport: Transport, device: Device, bundle: Bundle) -> Optional[dict]:
+    """What the runner recorded when it installed this very bundle (same sha256), or None:
+    a bundle the device already has is not sent again."""
+    from edgekit.device.state import RunnerError, check_name
+
+    try:
+        root = device.root.rstrip("/")
+        remote = f"{root}/bundles/{check_name(bundle.name, 'name')}/{check_name(bundle.version, 'version')}/.bundle.json"
+    except RunnerError:
+        return None  # the runner will refuse it with its own words
+    size = transport.size(remote)
+    if size is None or size > 65536:
+        return None
+    with tempfile.TemporaryDirectory(prefix="edgekit-meta-") as tmp:
+        transport.get(remote, Path(tmp) / "meta.json")
+        try:
+            meta = json.loads((Path(tmp) / "meta.json").read_text())
+        except (ValueError, UnicodeDecodeError):
+            return None
+    if not isinstance(meta, dict) or meta.get("sha256") != bundle.sha256:
+        return None
+    if meta.get("signer") is None and any(n.endswith(".pub") for n in transport.listdir(f"{root}/trust")):
+        return None  # installed before the device trusted keys: the runner checks the signature now
+    return {"already_installed": True, "signer": meta.get("signer")}
 
 
 def for_target(devices: Sequence[Device], target: str) -> tuple[list[Device], list[DeviceResult]]:
