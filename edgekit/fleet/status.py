@@ -1,0 +1,48 @@
+"""`edgekit fleet status`: what each device runs (asked now) and what the store knows of it.
+
+Per device: reachable or not, the current and previous version of every bundle name (from
+the runner's status), the newest stored report's time, and, for a device that does not
+answer, when it last did. Asking updates the store's record of the device.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from edgekit.fleet.inventory import Device
+from edgekit.fleet.push import FleetResult, status
+from edgekit.store import Store
+
+__all__ = ["fleet_status", "running_summary"]
+
+
+def running_summary(models: dict) -> str:
+    """'digits 1.0.1 (prev 1.0.0), kws 2.0 (prev -)' or 'nothing installed'."""
+    return ", ".join(f"{n} {m.get('current') or '-'} (prev {m.get('previous') or '-'})"
+                     for n, m in sorted(models.items())) or "nothing installed"
+
+
+def fleet_status(devices: Sequence[Device], store: Optional[Store] = None, **opts) -> FleetResult:
+    """The runner's status of every device, with reachability and, given a store, the last
+    report and last contact times; one result per device, unreachable ones included."""
+    result = status(devices, **opts)
+    by_name = {d.name: d for d in devices}
+    last_report = store.last_report_times() if store else {}
+    for r in result.results:
+        device = by_name[r.device]
+        reachable = r.ok
+        if store:
+            store.touch_device(device.name, target=device.target, transport=device.transport, host=device.host,
+                               reachable=reachable, error=r.error)
+        models = r.detail.get("models") or {}
+        r.detail["reachable"] = reachable
+        r.detail["versions"] = {n: {"current": m.get("current"), "previous": m.get("previous")}
+                                for n, m in sorted(models.items())}
+        r.detail["running"] = running_summary(models) if reachable else None
+        r.detail["runner"] = (r.detail.get("runner_sha256") or "")[:12] or None
+        r.detail["last_report_at"] = last_report.get(device.name)
+    if store:
+        seen = {d["name"]: d for d in store.devices()}
+        for r in result.results:
+            r.detail["last_contact_at"] = (seen.get(r.device) or {}).get("last_contact_at")
+    return result
