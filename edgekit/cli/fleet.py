@@ -105,20 +105,25 @@ def status_cmd(
     inventory: InventoryOpt,
     device: DevicesOpt = None,
     group: GroupsOpt = None,
+    store: Annotated[Optional[Path], typer.Option(
+        "--store", help="The store, for last report times (default: $EDGEKIT_STORE, else "
+        "~/.local/share/edgekit/edgekit.db, when it exists).", show_default=False)] = None,
     workers: WorkersOpt = 4,
     trust_new_hosts: TrustNewOpt = False,
     json: JsonFlag = False,
 ) -> None:
-    """What runs where: each device's active and previous versions, or why it is unreachable."""
-    from edgekit.fleet.push import status
+    """What runs where: each device's active and previous versions, or why it is unreachable,
+    and the time of its last report in the store."""
+    from edgekit.fleet.status import fleet_status
+    from edgekit.store import default_store_path, open_store
 
-    result = status(_devices(inventory, device, group), workers=workers, trust_new_hosts=trust_new_hosts)
-    for r in result.results:
-        models = r.detail.get("models") or {}
-        r.detail["running"] = ", ".join(f"{n} {m['current'] or '-'} (prev {m['previous'] or '-'})"
-                                        for n, m in sorted(models.items())) or "nothing installed"
-        r.detail["runner"] = (r.detail.get("runner_sha256") or "")[:12] or None
-    _finish(result, json, ("running", "python", "runner"))
+    devices = _devices(inventory, device, group)
+    if store is None and not default_store_path().exists():  # no store yet: nothing to read, nothing made
+        result = fleet_status(devices, None, workers=workers, trust_new_hosts=trust_new_hosts)
+    else:
+        with open_store(store) as db:
+            result = fleet_status(devices, db, workers=workers, trust_new_hosts=trust_new_hosts)
+    _finish(result, json, ("reachable", "running", "last_report_at", "python", "runner"))
 
 
 def register(app: typer.Typer) -> None:

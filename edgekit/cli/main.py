@@ -25,6 +25,8 @@ COMMAND_MODULES = [
     "package",
     "keys",
     "fleet",
+    "collect",
+    "rollout",
 ]
 
 app = typer.Typer(
