@@ -1,8 +1,8 @@
 """The runtime seam: open a model with the runtime its file suffix calls for.
 
 A backend is the only place that touches a runtime, so evaluation code works the same
-on every runtime. ONNX Runtime is here; the LiteRT backend (``.tflite``) is added to
-``BACKENDS`` by a later issue.
+on every runtime. ONNX Runtime is here; the LiteRT backend (``.tflite``) is in
+``backend_tflite``, imported only when a ``.tflite`` model is opened.
 
 Standard library + numpy + the one runtime, Python 3.9 syntax: this runs on devices.
 """
@@ -90,15 +90,16 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def _tflite_unavailable(model_path: str, threads: int = 0, providers=None) -> Backend:
-    raise ModelLoadError(f"{model_path}: the TFLite backend is not available in this edgekit version "
-                         f"(only .onnx models can be evaluated)")
+def _tflite(model_path: str, threads: int = 0, providers=None) -> Backend:
+    from .backend_tflite import TFLiteBackend  # its runtime is imported only for .tflite models
+
+    return TFLiteBackend(model_path, threads=threads, providers=providers)
 
 
 # File suffix -> backend factory. Adding a runtime is adding an entry here.
 BACKENDS: Dict[str, Callable[..., Backend]] = {
     ".onnx": OnnxRuntimeBackend,
-    ".tflite": _tflite_unavailable,
+    ".tflite": _tflite,
 }
 
 
