@@ -38,10 +38,10 @@ def prepare_eval_data(data: Dataset, model: Path, dest: Path, *, reference: Opti
                       samples: Optional[int] = None) -> Path:
     """Write `dest` (.npz): the model's inputs in the dtypes it takes, `labels` if the data
     has them and, with a reference model, its first output as `_reference`. Streams."""
-    from edgekit.models import check_onnx, model_inputs
+    from edgekit.models import check_model, model_inputs
 
     _check_options(samples=samples)
-    inputs = model_inputs(check_onnx(Path(model)))
+    inputs = model_inputs(check_model(Path(model)))
     data.check(inputs, role="eval data")
     ref = _open_reference(Path(reference), Path(model), data) if reference is not None else None
     n = len(data) if samples is None else min(samples, len(data))
@@ -59,9 +59,9 @@ def prepare_eval_data(data: Dataset, model: Path, dest: Path, *, reference: Opti
 def _open_reference(reference: Path, model: Path, data: Dataset):
     """The reference model in the device's backend, after checking it fits data and model."""
     from edgekit.device.backends import ModelLoadError, open_backend
-    from edgekit.models import check_onnx
+    from edgekit.models import check_model
 
-    _check_same_output(model, reference, _first_output(model), _first_output(check_onnx(reference)))
+    _check_same_output(model, reference, _first_output(model), _first_output(check_model(reference)))
     try:
         backend = open_backend(str(reference))
     except ModelLoadError as exc:
@@ -74,6 +74,10 @@ def _first_output(path: Path) -> InputSpec:
     """Name, dtype and shape of a model's first output (what accuracy and fidelity read)."""
     import onnx
 
+    if Path(path).suffix == ".tflite":
+        from edgekit.tflite.convert import tflite_first_output
+
+        return tflite_first_output(Path(path))
     out = onnx.load(str(path), load_external_data=False).graph.output[0]
     tt = out.type.tensor_type
     dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)

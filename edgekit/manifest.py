@@ -39,6 +39,10 @@ def detect_precision(model: Path, record: Optional[dict]) -> str:
     """The model's precision: the calibration record's recipe when given (checked against
     the model's operators for ONNX), else read from the model's operators and weights."""
     detected = _onnx_precision(model) if model.suffix == ".onnx" else None
+    if model.suffix == ".tflite":
+        from edgekit.tflite.convert import tflite_precision
+
+        detected = tflite_precision(model)
     if record is not None:
         said = chosen_candidate(record)["recipe"]["precision"]
         if detected is not None and detected != said:

@@ -31,7 +31,7 @@ import numpy as np
 from edgekit.datasets import Dataset, InputSpec
 from edgekit.errors import ModelError
 
-__all__ = ["load_model", "check_onnx", "model_inputs", "model_outputs", "model_size_mb", "model_sha256",
+__all__ = ["load_model", "check_onnx", "check_model", "model_inputs", "model_outputs", "model_size_mb", "model_sha256",
            "external_data_files", "OPSET", "TORCH_EXTRA"]
 
 OPSET = 17
@@ -72,10 +72,23 @@ def check_onnx(path: Path) -> Path:
     return path
 
 
+def check_model(path: Path) -> Path:
+    """check_onnx, or for a .tflite file: a LiteRT runtime here loads it."""
+    if Path(path).suffix == ".tflite":
+        from edgekit.tflite.convert import check_tflite
+
+        return check_tflite(Path(path))
+    return check_onnx(Path(path))
+
+
 def model_inputs(path: Path) -> list[InputSpec]:
     """The inputs a caller feeds: graph inputs that are not initializers."""
     import onnx
 
+    if Path(path).suffix == ".tflite":
+        from edgekit.tflite.convert import tflite_inputs
+
+        return tflite_inputs(Path(path))
     graph = _load(path).graph
     inits = {i.name for i in graph.initializer}
     specs = []
@@ -107,6 +120,8 @@ def external_data_files(path: Path) -> list[Path]:
 
 def model_size_mb(path: Path) -> float:
     """Size on disk in MiB (2**20 bytes), external data files included."""
+    if Path(path).suffix == ".tflite":  # one self-contained flatbuffer
+        return os.path.getsize(path) / (1024.0 * 1024.0)
     total = os.path.getsize(path) + sum(os.path.getsize(f) for f in external_data_files(path) if f.is_file())
     return total / (1024.0 * 1024.0)
 
@@ -169,6 +184,13 @@ def _load_pt2(torch, spec: str, path: Path, example_data: Optional[Dataset]):
 
 
 def _load_factory(torch, spec: str, _source, example_data: Optional[Dataset]):
+    net, module = _load_factory_module(torch, spec)
+    args, names = _example_args(torch, spec, module, example_data)
+    return _export(torch, spec, net.eval(), args), names
+
+
+def _load_factory_module(torch, spec: str):
+    """(the nn.Module that `pkg.module:factory` returns, the imported module)."""
     module_name, attr = spec.rsplit(":", 1)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # `examples.digits.train:build` from the repository root
@@ -185,8 +207,7 @@ def _load_factory(torch, spec: str, _source, example_data: Optional[Dataset]):
         raise ModelError(f"model {spec}: {attr}() failed: {type(exc).__name__}: {_first_line(exc)}") from exc
     if not isinstance(net, torch.nn.Module):
         raise ModelError(f"model {spec}: {attr}() returned {type(net).__name__}, not a torch.nn.Module")
-    args, names = _example_args(torch, spec, module, example_data)
-    return _export(torch, spec, net.eval(), args), names
+    return net.eval(), module
 
 
 def _example_args(torch, spec: str, module, example_data: Optional[Dataset]):

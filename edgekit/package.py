@@ -94,14 +94,16 @@ def _model_members(model: Path) -> dict[str, Path]:
 def _reference(model: Path, precision: str, data: Dataset, reference: Optional[Path],
                record: Optional[dict]) -> Optional[Path]:
     """The FP32 model whose outputs the device compares against (None: labels suffice)."""
-    from edgekit.models import check_onnx, model_sha256
+    from edgekit.models import check_model, model_sha256
 
     if reference is not None:
-        return check_onnx(Path(reference).expanduser())
+        return check_model(Path(reference).expanduser())
     if data.has_labels:
         return None
     source = Path(record["model"]["path"]) if record else None
-    if source is not None and source.is_file() and model_sha256(source) == record["model"].get("sha256"):
+    # A tflite record's source is the PyTorch model, which no device backend runs.
+    same_kind = source is not None and source.suffix == model.suffix
+    if same_kind and source.is_file() and model_sha256(source) == record["model"].get("sha256"):
         return source
     if precision == "fp32":
         return model
@@ -124,7 +126,7 @@ def package(model: Path, profile: Profile, eval_data: Dataset, *, name: str, ver
     """Write OUT_DIR/NAME-VERSION-TARGET.edgekit; see the module docstring."""
     from edgekit import __version__
     from edgekit.evaluate import prepare_eval_data
-    from edgekit.models import check_onnx, model_inputs, model_size_mb
+    from edgekit.models import check_model, model_inputs, model_size_mb
 
     step = on_step or (lambda _: None)
     _check_plain(name, "--name")
@@ -132,15 +134,13 @@ def package(model: Path, profile: Profile, eval_data: Dataset, *, name: str, ver
     if eval_samples is not None and eval_samples < 1:
         raise ConfigError(f"--eval-samples must be at least 1, got {eval_samples}")
     model = Path(model).expanduser()
-    if model.suffix == ".onnx":
-        check_onnx(model)
+    if model.suffix in RUNTIME_BY_SUFFIX:
+        check_model(model)
     elif not model.is_file():
         raise ConfigError(f"model {model}: not found")
     record = load_record(calibration_record, profile) if calibration_record else None
     precision = detect_precision(model, record)
     check_allowed(model, profile, precision, model_size_mb(model))
-    if model.suffix != ".onnx":  # the seam for the LiteRT backend of a later issue
-        raise ConfigError(f"model {model}: packaging {model.suffix} models needs the LiteRT backend, not built yet")
     eval_data.check(model_inputs(model), role="eval data")
     ref = _reference(model, precision, eval_data, reference, record)
     created = _created_at(model, record)

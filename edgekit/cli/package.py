@@ -11,7 +11,7 @@ from edgekit.cli._common import JsonFlag, TargetsDir, console, print_json, progr
 
 
 def package_cmd(
-    model: Annotated[Path, typer.Argument(help="The model to ship (.onnx), e.g. DIR/model.onnx from calibrate.")],
+    model: Annotated[Path, typer.Argument(help="The model to ship (.onnx or .tflite), e.g. DIR/model.onnx from calibrate.")],
     target: Annotated[str, typer.Option("--target", help="Target profile name, or a path to its TOML file.")],
     eval_data: Annotated[Path, typer.Option("--eval", help="Evaluation data set (.npz or directory).")],
     name: Annotated[str, typer.Option("--name", help="The model's name on devices.")],

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgekit.cli._common import JsonFlag, console, print_json, progress
+from edgekit.cli._common import JsonFlag, TargetsDir, console, print_json, progress
 
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static")
 
@@ -16,7 +16,7 @@ PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static")
 def quantize_cmd(
     model: Annotated[str, typer.Argument(help="The FP32 model: .onnx, .pt2 or pkg.module:factory.")],
     precision: Annotated[str, typer.Option("--precision", "-p", help="fp32 | fp16 | int8-dynamic | int8-static.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the quantized ONNX model.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the quantized model (.onnx, or .tflite for a tflite target).")],
     method: Annotated[Optional[str], typer.Option("--method", help="int8-static calibration: minmax (default) | entropy | percentile.")] = None,
     per_channel: Annotated[bool, typer.Option("--per-channel", help="One weight scale per output channel.")] = False,
     reduce_range: Annotated[bool, typer.Option("--reduce-range", help="7-bit weights, for x86 CPUs without VNNI.")] = False,
@@ -24,6 +24,8 @@ def quantize_cmd(
     include: Annotated[Optional[list[str]], typer.Option("--include", help="Quantize only these op types (repeatable).")] = None,
     calibration: Annotated[Optional[Path], typer.Option("--calibration", help="Calibration data set (.npz or directory); int8-static needs one.")] = None,
     max_samples: Annotated[int, typer.Option("--max-samples", min=1, help="Calibrate on at most this many samples.")] = 512,
+    target: Annotated[Optional[str], typer.Option("--target", "-t", help="Target profile name or TOML: a tflite target gets a .tflite model.")] = None,
+    targets_dir: TargetsDir = None,
     json: JsonFlag = False,
 ) -> None:
     """Quantize MODEL with one recipe and write it to OUT; prints the sizes before and after."""
@@ -33,9 +35,16 @@ def quantize_cmd(
 
     recipe = _recipe(precision, method, per_channel, reduce_range, exclude, include)
     calib = load_dataset(calibration, role="calibration data") if calibration else None
+    tflite = _tflite_output(model, out, target, targets_dir, recipe)
     with tempfile.TemporaryDirectory(prefix="edgekit-model-") as tmp, progress() as bar:
         bar.add_task(f"quantizing {model} ({recipe.id})", total=None)
-        fp32 = load_model(model, workdir=Path(tmp), example_data=calib)
+        if tflite:
+            from edgekit.tflite.convert import load_tflite_model
+            from edgekit.tflite.quantize import quantize_tflite as quantize
+
+            fp32 = load_tflite_model(model, workdir=Path(tmp), example_data=calib)
+        else:
+            fp32 = load_model(model, workdir=Path(tmp), example_data=calib)
         written = quantize(fp32, recipe, out, calibration=calib, max_samples=max_samples)
         result = _result(model, fp32, written, recipe)
     if json:
@@ -58,6 +67,29 @@ def _recipe(precision, method, per_channel, reduce_range, exclude, include):
         method = "minmax"
     return Recipe(precision=precision, method=method, per_channel=per_channel, reduce_range=reduce_range,
                   exclude=tuple(exclude or ()), include=tuple(include or ()))
+
+
+def _tflite_output(model: str, out: Path, target, targets_dir, recipe) -> bool:
+    """Whether to make a .tflite: the target runs tflite, or the model or --out is one."""
+    from edgekit.errors import ConfigError
+
+    profile = None
+    if target is not None:
+        from edgekit.targets import load_profile
+
+        profile = load_profile(target, targets_dir or ())
+    tflite = (profile.runtime == "tflite") if profile else ".tflite" in (Path(model).suffix, out.suffix)
+    if tflite and out.suffix != ".tflite":
+        raise ConfigError(f"--out {out}: a TFLite model is written to a .tflite file")
+    if profile and not tflite and out.suffix == ".tflite":
+        raise ConfigError(f"--out {out}: target {profile.name} runs {profile.runtime}; write a .onnx file")
+    if tflite and profile is not None:
+        from edgekit.tflite.quantize import runtime_refusal
+
+        refusal = runtime_refusal(recipe, profile.runtime_version)
+        if refusal:
+            raise ConfigError(f"--precision {recipe.precision} for target {profile.name}: {refusal}")
+    return tflite
 
 
 def _result(model: str, fp32: Path, written: Path, recipe) -> dict:
