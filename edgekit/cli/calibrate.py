@@ -17,7 +17,7 @@ def calibrate_cmd(
     target: Annotated[str, typer.Option("--target", "-t", help="Target profile name or path to its TOML.")],
     calibration: Annotated[Path, typer.Option("--calibration", help="Calibration data set (.npz or directory).")],
     eval_data: Annotated[Path, typer.Option("--eval", help="Evaluation data set (.npz or directory).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory for model.onnx and calibration.json.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory for model.onnx (model.tflite for tflite targets) and calibration.json.")],
     exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Keep these nodes or op types in float (name, glob or op type; repeatable).")] = None,
     include: Annotated[Optional[list[str]], typer.Option("--include", help="Quantize only these op types (repeatable).")] = None,
     eval_samples: Annotated[Optional[int], typer.Option("--eval-samples", min=1, help="Use only the first N eval samples.")] = None,
@@ -35,15 +35,22 @@ def calibrate_cmd(
     profile = load_profile(target, targets_dir or ())
     calib = load_dataset(calibration, role="calibration data")
     evald = load_dataset(eval_data, role="eval data")
+    if profile.runtime == "tflite":  # LiteRT targets: converted to .tflite, ai-edge-quantizer's recipes
+        from edgekit.tflite.calibrate import calibrate_tflite, sweep_tflite_recipes
+
+        sweep_recipes, calibrate = sweep_tflite_recipes, calibrate_tflite
     recipes = sweep_recipes(profile, tuple(exclude or ()), tuple(include or ()))
     with tempfile.TemporaryDirectory(prefix="edgekit-model-") as tmp, progress() as bar:
-        onnx_model = load_model(model, workdir=Path(tmp), example_data=calib)
+        if profile.runtime == "tflite":
+            source = model  # calibrate_tflite converts it itself
+        else:
+            source = load_model(model, workdir=Path(tmp), example_data=calib)
         task = bar.add_task(f"calibrating for {profile.name}", total=len(recipes))
 
         def step(c, i, n):
             bar.update(task, advance=1, description=f"{c.id}: {c.status}")
 
-        result = calibrate(onnx_model, profile, calib, evald, out, recipes=recipes, eval_samples=eval_samples,
+        result = calibrate(source, profile, calib, evald, out, recipes=recipes, eval_samples=eval_samples,
                            measure_opts={"runs": runs}, on_candidate=step)
     if json:
         print_json(result.record)
