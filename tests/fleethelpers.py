@@ -47,7 +47,10 @@ def package_with_budget(out: Path, version: str, targets_dir: Path, **budgets) -
 
 
 def device_models(root: Path, python: Optional[str] = None) -> dict:
-    """The runner's own status of a device root: {name: {current, previous, installed}}."""
+    """The runner's own status of a device root: {name: {current, previous, installed}}
+    ({} for a device without a runner, on which nothing was ever installed)."""
+    if not (Path(root) / "bin" / "edgekit_runner.py").exists():
+        return {}
     code, reply = runner(Path(root), "status", python=python)
     assert code == 0, reply
     return {n: {k: m[k] for k in ("current", "previous", "installed")} for n, m in reply["models"].items()}
@@ -75,3 +78,45 @@ def ssh_device_runs_checked_version(fleet, index: int) -> Optional[str]:
         for rel, want in manifest["files"].items():
             assert hashlib.sha256((folder / rel).read_bytes()).hexdigest() == want["sha256"], rel
     return current
+
+
+def write_inventory(path: Path, entries: list[dict]) -> Path:
+    """A fleet TOML with exactly these device entries (JSON string escapes are valid TOML)."""
+    path.write_text("".join("[[device]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in e.items()) + "\n"
+                            for e in entries))
+    return path
+
+
+def wide_digits_model(path: Path, megabytes: float) -> Path:
+    """An fp32 model that takes the digits data (input [N,1,8,8] -> logits [N,10]) with about
+    `megabytes` of seeded random weights: a bundle big enough to cut in the middle."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    hidden = max(16, int(megabytes * (1 << 20) / (4 * (64 + 10))))
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array((rng.standard_normal((64, hidden)) / 8).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array((rng.standard_normal((hidden, 10)) / np.sqrt(hidden)).astype(np.float32), "w2")
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "w1"], ["h"]),
+         helper.make_node("Relu", ["h"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["logits"])],
+        "wide_digits", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], initializer=[w1, w2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def big_bundle(tmp_path_factory) -> Path:
+    """digits-wide 2.0.0 for host-cpu: about 3 MB."""
+    from edgekit.datasets import load_dataset
+    from edgekit.package import package
+    from edgekit.targets import load_profile
+
+    base = tmp_path_factory.mktemp("big")
+    model = wide_digits_model(base / "wide.onnx", 3)
+    return package(model, load_profile("host-cpu"), load_dataset(EVAL), name="digits", version="2.0.0",
+                   out_dir=base / "dist", eval_samples=50).path

@@ -1,0 +1,140 @@
+"""The acceptance path over real OpenSSH: push, a staged rollout with gates, rollback, collect
+and fleet status, on three sshd devices, one of them running Python 3.9 with an older
+onnxruntime (the device venv)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+
+import pytest
+from fleethelpers import device_models, ssh_device_runs_checked_version
+from localfleet import bundles, device_python, keys  # noqa: F401 (fixtures)
+from sshd import free_port, sshd_fleet  # noqa: F401 (fixture)
+
+from conftest import run_edgekit
+
+pytestmark = pytest.mark.ssh
+
+
+def by_device(result) -> dict:
+    return {d["device"]: d for d in result.json()["devices"]}
+
+
+@pytest.fixture
+def in_fleet_env(monkeypatch):
+    """Point this process (not only the edgekit commands it runs) at a fleet's ssh files."""
+    def use(fleet):
+        for key, value in fleet.env.items():
+            monkeypatch.setenv(key, value)
+        return fleet
+    return use
+
+
+def test_push_rollout_rollback_collect_and_status_over_ssh(tmp_path, sshd_fleet, in_fleet_env, bundles, device_python):
+    fleet = in_fleet_env(sshd_fleet(3, pythons=[sys.executable, device_python, sys.executable]))
+    inventory = fleet.write_inventory()
+    store = tmp_path / "store.db"
+    names = [s.name for s in fleet.servers]
+
+    pushed = run_edgekit("push", bundles["1.0.0"].path, "--inventory", inventory, "--activate", "--json", env=fleet.env)
+    assert pushed.code == 0, pushed.stderr
+    assert {n: d["current"] for n, d in by_device(pushed).items()} == {n: "1.0.0" for n in names}
+
+    rolled = run_edgekit("rollout", bundles["1.0.1"].path, "--inventory", inventory, "--canary", "1", "--batch", "50%",
+                         "--store", store, "--json", env=fleet.env)
+    assert rolled.code == 0, rolled.stderr
+    record = rolled.json()
+    assert record["outcome"] == "completed" and record["breaches"] == []
+    assert [(w["kind"], [d["device"] for d in w["devices"]]) for w in record["waves"]] == \
+        [("canary", names[:1]), ("batch 1", names[1:3])]  # 50% of 3 devices, rounded up
+    rows = {d["device"]: d for w in record["waves"] for d in w["devices"]}
+    assert {n: (r["status"], r["before"]["current"]) for n, r in rows.items()} == {n: ("ok", "1.0.0") for n in names}
+    for i, server in enumerate(fleet.servers):
+        assert ssh_device_runs_checked_version(fleet, i) == "1.0.1"
+        assert device_models(server.root, python=server.python)["digits"]["previous"] == "1.0.0"
+
+    db = sqlite3.connect(store)
+    reports = db.execute("SELECT device, version, status, latency_p95, report FROM reports ORDER BY device").fetchall()
+    assert [(r[0], r[1], r[2]) for r in reports] == [(n, "1.0.1", "ok") for n in sorted(names)]
+    for device, _, _, p95, text in reports:  # the store holds what the device measured, as it said it
+        report = json.loads(text)
+        assert report["run_id"] == rows[device]["report"]["run_id"] and p95 == rows[device]["report"]["latency_p95"]
+    old_device = json.loads(reports[sorted(names).index(names[1])][4])
+    assert old_device["device"]["python"].startswith("3.9") and old_device["runtime"]["version"] != \
+        json.loads(reports[0][4])["runtime"]["version"]  # really another interpreter and onnxruntime
+    assert db.execute("SELECT status, name, version FROM rollouts").fetchall() == [("completed", "digits", "1.0.1")]
+    assert db.execute("SELECT COUNT(*) FROM rollout_events WHERE event = 'deploy' AND ok = 1").fetchone()[0] == 3
+
+    back = run_edgekit("rollback", "digits", "--inventory", inventory, "--json", env=fleet.env)
+    assert back.code == 0, back.stderr
+    assert {n: (d["current"], d["previous"]) for n, d in by_device(back).items()} == {n: ("1.0.0", "1.0.1") for n in names}
+
+    again = run_edgekit("collect", "--inventory", inventory, "--store", store, "--json", env=fleet.env)
+    assert again.code == 0, again.stderr
+    assert {n: d["new"] for n, d in by_device(again).items()} == {n: 0 for n in names}  # the rollout collected them
+
+    status = run_edgekit("fleet", "status", "--inventory", inventory, "--store", store, "--json", env=fleet.env)
+    assert status.code == 0, status.stderr
+    finished = dict(db.execute("SELECT device, MAX(finished_at) FROM reports GROUP BY device").fetchall())
+    for name, row in by_device(status).items():
+        assert row["reachable"] is True and row["versions"] == {"digits": {"current": "1.0.0", "previous": "1.0.1"}}
+        assert row["last_report_at"] == finished[name]
+    table = run_edgekit("fleet", "status", "--inventory", inventory, "--store", store, env=fleet.env)
+    assert table.stdout.count("digits 1.0.0 (prev 1.0.1)") == 3
+
+
+def test_collect_is_idempotent_and_a_bad_or_unreachable_device_is_its_own_failure(tmp_path, sshd_fleet, in_fleet_env,
+                                                                                   bundles):
+    fleet = in_fleet_env(sshd_fleet(2, pythons=[sys.executable] * 2))
+    offline = {"name": "offline 'x'", "host": "127.0.0.1", "port": free_port(), "target": "host-cpu",
+               "identity_file": str(fleet.client_key), "connect_timeout": 2.0}
+    inventory = fleet.write_inventory(extra=[offline])
+    store = tmp_path / "store.db"
+    for i in range(2):
+        pushed = run_edgekit("push", bundles["1.0.0"].path, "--inventory", inventory, "--device", fleet.servers[i].name,
+                             "--activate", env=fleet.env)
+        assert pushed.code == 0, pushed.stderr
+    from edgekit.fleet.push import remote_evaluate
+    from edgekit.transport import connect
+
+    good = []
+    for i in range(2):
+        with connect(fleet.device(i)) as t:
+            good.append(remote_evaluate(t, fleet.device(i), "digits")["report"])
+    folder = fleet.servers[1].root / "reports" / "digits" / "1.0.0"
+    planted = dict(good[1], run_id="20260101T000000Z-bad001", schema=7)
+    (folder / "20260101T000000Z-bad001.json").write_text(json.dumps(planted))
+    (folder / "20260101T000000Z-bad002.json").write_bytes(b"{" + b" " * (2 << 20))
+    (folder / "not a report.json").write_text("{}")
+    infinite = json.loads(json.dumps(good[1]))
+    infinite.update(run_id="20260101T000000Z-inf001")
+    infinite["metrics"]["fidelity"] = {"top1_agreement": 1.0, "cosine": 1.0, "sqnr_db": float("inf")}
+    (folder / "20260101T000000Z-inf001.json").write_text(json.dumps(infinite))
+
+    first = run_edgekit("collect", "--inventory", inventory, "--store", store, "--json", env=fleet.env)
+    assert first.code == 1 and "Traceback" not in first.stderr
+    rows = by_device(first)
+    dev1, dev2 = (fleet.servers[i].name for i in range(2))
+    assert (rows[dev1]["status"], rows[dev1]["new"]) == ("ok", 1)
+    assert (rows[dev2]["status"], rows[dev2]["new"]) == ("failed", 2)  # its good reports are kept all the same
+    bad = "\n".join(rows[dev2]["bad"])
+    assert "bad001.json: field 'schema'" in bad and "over the 1048576-byte limit" in bad
+    assert "not a report.json: not a report file name" in bad
+    assert rows["offline 'x'"]["status"] == "failed" and "connection refused" in rows["offline 'x'"]["error"]
+    assert rows["offline 'x'"]["reachable"] is False
+
+    second = run_edgekit("collect", "--inventory", inventory, "--store", store, "--json", env=fleet.env)
+    assert {n: d["new"] for n, d in by_device(second).items()} == {dev1: 0, dev2: 0, "offline 'x'": 0}
+    assert by_device(second)[dev1]["fetched"] == 0  # known run ids are not even downloaded again
+    db = sqlite3.connect(store)
+    assert db.execute("SELECT device, COUNT(*) FROM reports GROUP BY device ORDER BY device").fetchall() == \
+        [(dev1, 1), (dev2, 2)]
+    assert db.execute("SELECT COUNT(*) FROM collect_errors WHERE device = ?", (dev2,)).fetchone()[0] == 3
+    assert db.execute("SELECT reachable FROM devices WHERE name = ?", ("offline 'x'",)).fetchone() == (0,)
+
+    status = run_edgekit("fleet", "status", "--inventory", inventory, "--store", store, "--json", env=fleet.env)
+    assert status.code == 1
+    offline_row = by_device(status)["offline 'x'"]
+    assert offline_row["status"] == "failed" and offline_row.get("reachable") is False
