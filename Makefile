@@ -29,6 +29,7 @@ demo: $(STAMP)
 
 bench: $(STAMP) sshd
 	$(PY) benchmarks/quantize_vs_ort.py
+	$(PY) benchmarks/push_vs_scp.py
 
 clean:
 	rm -rf $(VENV) out dist demo-work bench-results

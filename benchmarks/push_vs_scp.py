@@ -1,0 +1,224 @@
+"""edgekit push beside scp and Ansible: one bundle of about 50 MB to 8 loopback sshd devices.
+
+    python benchmarks/push_vs_scp.py [--devices 8] [--mb 50] [--out bench-results/push_vs_scp.json]
+
+In one run, against the same servers (real OpenSSH, one per device, edgekit.sim.sshd):
+
+    edgekit push          upload over SFTP + on-device sha256, unpack and checks (fresh devices,
+                          so the runner is installed too), 8 devices in parallel
+    scp loop              plain `scp` of the bundle file, one device after the other
+    scp parallel          8 `scp` processes at once
+    ansible copy          ansible-core's copy module, 8 forks (in its own venv, made if missing)
+    edgekit re-push       the same bundle again: the devices have it, nothing is sent
+    ansible copy again    the same, for Ansible (it compares checksums)
+
+Every copy is checked afterwards (sha256 on the device). Ratios are each method's wall time
+over edgekit push's; > 1 means slower than edgekit. Results go to JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # the wide model builder is shared with the tests
+ANSIBLE_VENV = REPO / "bench-results" / ".venv-ansible"
+
+
+def build_bundle(work: Path, megabytes: float):
+    from widemodel import wide_digits_model
+
+    from edgekit.datasets import load_dataset
+    from edgekit.package import package
+    from edgekit.targets import load_profile
+
+    model = wide_digits_model(work / "wide.onnx", megabytes)
+    return package(model, load_profile("host-cpu"), load_dataset(REPO / "calibration" / "digits" / "eval.npz"),
+                   name="wide", version="1.0.0", out_dir=work / "dist", eval_samples=100)
+
+
+def timed(argv: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    start = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    return time.perf_counter() - start, proc
+
+
+def ssh_opts(fleet) -> list[str]:
+    return ["-F", "/dev/null", "-i", str(fleet.client_key), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={fleet.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null"]
+
+
+def scp_argv(fleet, server, bundle: Path, dest: str) -> list[str]:
+    return ["scp", "-q", *ssh_opts(fleet), "-P", str(server.port), str(bundle), f"root@127.0.0.1:{server.root}/{dest}"]
+
+
+def edgekit_push(fleet, inventory: Path, bundle: Path, devices: int) -> tuple[float, dict]:
+    seconds, proc = timed([sys.executable, "-m", "edgekit.cli.main", "push", str(bundle), "--inventory", str(inventory),
+                           "--workers", str(devices), "--json"], env=fleet.env)
+    if proc.returncode != 0:
+        raise SystemExit(f"edgekit push failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return seconds, json.loads(proc.stdout)
+
+
+def scp_loop(fleet, bundle: Path) -> float:
+    start = time.perf_counter()
+    for server in fleet.servers:
+        subprocess.run(scp_argv(fleet, server, bundle, "scp-loop.edgekit"), check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def scp_parallel(fleet, bundle: Path) -> float:
+    start = time.perf_counter()
+    procs = [subprocess.Popen(scp_argv(fleet, s, bundle, "scp-parallel.edgekit"), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE) for s in fleet.servers]
+    for proc in procs:
+        if proc.wait() != 0:
+            raise SystemExit(f"scp failed: {proc.stderr.read().decode()[-2000:]}")
+    return time.perf_counter() - start
+
+
+def ansible_bin() -> tuple[Path | None, str]:
+    """ansible in its own venv (ansible-core from PyPI), made on first use; (None, why) if it cannot be."""
+    ansible = ANSIBLE_VENV / "bin" / "ansible"
+    if not ansible.exists():
+        print(f"installing ansible-core into {ANSIBLE_VENV} (once)", flush=True)
+        made = subprocess.run([sys.executable, "-m", "venv", "--clear", str(ANSIBLE_VENV)], capture_output=True, text=True)
+        pip = made.returncode == 0 and subprocess.run(
+            [str(ANSIBLE_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", "ansible-core"],
+            capture_output=True, text=True, timeout=600)
+        if not pip or pip.returncode != 0 or not ansible.exists():
+            why = (pip.stderr if pip else made.stderr).strip().splitlines()[-1:] or ["unknown"]
+            return None, f"ansible-core could not be installed ({why[0]})"
+    version = subprocess.run([str(ansible), "--version"], capture_output=True, text=True,
+                             env=_ansible_env(ANSIBLE_VENV.parent)).stdout.splitlines()
+    return ansible, (version[0] if version else "ansible")
+
+
+def _ansible_env(work: Path) -> dict:
+    return {"LC_ALL": "C.UTF-8", "ANSIBLE_HOME": str(work / "ansible-home"), "ANSIBLE_CONFIG": str(work / "none.cfg"),
+            "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp"), "ANSIBLE_HOST_KEY_CHECKING": "True",
+            "ANSIBLE_NOCOLOR": "1", "ANSIBLE_PYTHON_INTERPRETER": "auto_silent"}
+
+
+def ansible_inventory(fleet, work: Path) -> Path:
+    lines = ["[devices]"]
+    for s in fleet.servers:
+        lines.append(f"{s.name} ansible_host=127.0.0.1 ansible_port={s.port} dest={s.root}/ansible.edgekit")
+    common = " ".join(ssh_opts(fleet)[2:])  # the same host-key checking as scp; the key is given below
+    lines += ["[devices:vars]", "ansible_user=root", f"ansible_ssh_private_key_file={fleet.client_key}",
+              f"ansible_ssh_common_args='{common}'", f"ansible_remote_tmp={work / 'ansible-remote-tmp'}",
+              f"ansible_python_interpreter={shutil.which('python3') or sys.executable}"]
+    path = work / "ansible.ini"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def ansible_copy(ansible: Path, inventory: Path, bundle: Path, work: Path, forks: int) -> tuple[float, int]:
+    """Seconds, and how many hosts reported a change."""
+    seconds, proc = timed([str(ansible), "devices", "-i", str(inventory), "-m", "ansible.builtin.copy",
+                           "-a", f"src={bundle} dest={{{{ dest }}}} mode=0644", "-f", str(forks), "-o"],
+                          env=_ansible_env(work))
+    if proc.returncode != 0:
+        raise SystemExit(f"ansible failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return seconds, proc.stdout.count('"changed": true')
+
+
+def check_copies(fleet, name: str, sha256: str) -> None:
+    for server in fleet.servers:
+        got = hashlib.sha256((server.root / name).read_bytes()).hexdigest()
+        if got != sha256:
+            raise SystemExit(f"{name} on {server.name} is corrupt: {got} != {sha256}")
+        (server.root / name).unlink()  # room for the next method
+
+
+def versions(ansible_version: str | None) -> dict:
+    import paramiko
+
+    from edgekit import __version__
+
+    ssh = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
+    return {"edgekit": __version__, "paramiko": paramiko.__version__, "openssh": ssh, "ansible": ansible_version,
+            "python": sys.version.split()[0]}
+
+
+def run(devices: int, megabytes: float, work: Path) -> dict:
+    from edgekit.machine import cpu_facts
+    from edgekit.sim.sshd import start_fleet
+
+    print(f"building a bundle of about {megabytes:g} MB", flush=True)
+    bundle = build_bundle(work, megabytes)
+    size_mb = bundle.size / 1e6
+    ansible, ansible_why = ansible_bin()
+    fleet = start_fleet(work / "fleet", devices, pythons=[sys.executable] * devices)
+    try:
+        inventory = fleet.write_inventory()
+        total_mb = size_mb * devices
+        results: dict[str, float] = {}
+        print(f"{devices} devices, bundle {size_mb:.1f} MB ({total_mb:.0f} MB in all)", flush=True)
+        results["edgekit push"], pushed = edgekit_push(fleet, inventory, bundle.path, devices)
+        assert pushed["succeeded"] == devices and not any(d["already_installed"] for d in pushed["devices"])
+        results["scp loop"] = scp_loop(fleet, bundle.path)
+        check_copies(fleet, "scp-loop.edgekit", bundle.sha256)
+        results["scp parallel"] = scp_parallel(fleet, bundle.path)
+        check_copies(fleet, "scp-parallel.edgekit", bundle.sha256)
+        skipped = {}
+        if ansible is not None:
+            inv = ansible_inventory(fleet, work)
+            results["ansible copy"], changed = ansible_copy(ansible, inv, bundle.path, work, devices)
+            assert changed == devices, f"ansible changed {changed} of {devices} hosts"
+            results["ansible copy again (unchanged)"], changed = ansible_copy(ansible, inv, bundle.path, work, devices)
+            assert changed == 0
+            check_copies(fleet, "ansible.edgekit", bundle.sha256)
+        else:
+            print(f"{ansible_why}: skipped", flush=True)
+            skipped["ansible copy"] = ansible_why
+        results["edgekit re-push (unchanged)"], again = edgekit_push(fleet, inventory, bundle.path, devices)
+        assert all(d["already_installed"] for d in again["devices"])
+    finally:
+        fleet.stop()
+    base = results["edgekit push"]
+    rows = [{"method": m, "seconds": round(s, 3), "mb_per_s": round(total_mb / s, 1), "ratio_to_edgekit_push": round(s / base, 3)}
+            for m, s in results.items()]
+    return {"benchmark": "push_vs_scp", "devices": devices,
+            "bundle": {"name": bundle.path.name, "size_mb": round(size_mb, 2), "sha256": bundle.sha256},
+            "results": rows, "skipped": skipped, "versions": versions(ansible_why if ansible else None),
+            "machine": cpu_facts(),
+            "notes": ["edgekit push also installs: sha256 and manifest checks, unpacking, and (fresh devices) the runner",
+                      "all servers are on 127.0.0.1: this measures protocol and CPU cost, not a network",
+                      "mb_per_s is the bundle size times the devices over the wall time"]}
+
+
+def show(record: dict) -> None:
+    print(f"\n{record['bundle']['name']}: {record['bundle']['size_mb']} MB to {record['devices']} loopback sshd devices")
+    print(f"{'method':32} {'seconds':>9} {'MB/s':>8} {'x edgekit push':>15}")
+    for row in record["results"]:
+        print(f"{row['method']:32} {row['seconds']:9.2f} {row['mb_per_s']:8.1f} {row['ratio_to_edgekit_push']:15.2f}")
+    for method, why in record["skipped"].items():
+        print(f"{method:32} skipped: {why}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=8)
+    parser.add_argument("--mb", type=float, default=50.0, help="model weights in MB (the bundle is a little larger)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "push_vs_scp.json")
+    args = parser.parse_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="push-vs-scp-", dir=args.out.parent) as tmp:
+        record = run(args.devices, args.mb, Path(tmp))
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    show(record)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
