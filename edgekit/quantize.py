@@ -52,7 +52,7 @@ from edgekit.errors import ConfigError, EdgekitError, QuantizeError
 from edgekit.models import check_onnx, external_data_files, model_inputs
 from edgekit.recipes import Recipe
 
-__all__ = ["quantize", "CHUNK_BATCHES"]
+__all__ = ["quantize", "prepared", "CHUNK_BATCHES"]
 
 CHUNK_BATCHES = 8
 log = logging.getLogger(__name__)
@@ -148,6 +148,12 @@ def _fp16(model: Path, recipe: Recipe, staged: Path) -> None:
     converted = convert_float_to_float16(proto, keep_io_types=True, node_block_list=blocked_nodes,
                                          op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | blocked_types))
     onnx.save(converted, str(staged))
+
+
+def prepared(model: Path, dest: Path) -> Path:
+    """The graph the INT8 recipes quantize (pre-processed, every node named): the node names
+    that recipe.exclude refers to. Written to `dest` unless the model is used as given."""
+    return _prepare(Path(model).resolve(), Path(dest))[0]  # _prepare changes the cwd
 
 
 def _prepare(model: Path, dest: Path):
