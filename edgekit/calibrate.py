@@ -21,6 +21,7 @@ from typing import Callable, Optional
 from edgekit.datasets import Dataset
 from edgekit.errors import EdgekitError, GateError
 from edgekit.machine import cpu_facts, versions
+from edgekit.mixed import SearchOptions
 from edgekit.recipes import METHODS, Recipe
 from edgekit.targets import Profile
 
@@ -58,12 +59,13 @@ class CalibrationResult:
 
 
 def sweep_recipes(profile: Profile, exclude: tuple[str, ...] = (), include: tuple[str, ...] = ()) -> list[Recipe]:
-    """The uniform recipes the target allows, FP32 first as the baseline."""
+    """The uniform recipes the target allows, FP32 first when it is allowed (calibrate measures
+    the FP32 baseline either way)."""
     allowed = set(profile.precisions)
     channels = (False, True) if profile.per_channel else (False,)
     ranges = (False, True) if profile.reduce_range else (False,)
     extra = {"exclude": exclude, "include": include}
-    recipes = [Recipe(precision="fp32")]
+    recipes = [Recipe(precision="fp32")] if "fp32" in allowed else []
     if "fp16" in allowed:
         recipes.append(Recipe(precision="fp16", exclude=exclude))
     if "int8-dynamic" in allowed:
@@ -105,11 +107,12 @@ def _objective_value(c: Candidate, objective: str) -> float:
 
 
 NOISE = 0.05  # objective values within 5% of the best are measurement noise, not a win
+QUALITY_DIGITS = 4  # accuracy or cosine differences below 1e-4 do not decide a near-tie
 
 
 def choose(candidates: list[Candidate], profile: Profile) -> tuple[Optional[Candidate], str]:
-    """The best passing candidate by the objective; near-ties go to the smaller, then the more
-    accurate model, so that timer noise does not pick a recipe."""
+    """The best passing candidate by the objective; near-ties go to the more accurate (to
+    QUALITY_DIGITS decimals), then the smaller model, so that timer noise does not pick a recipe."""
     passing = [c for c in candidates if c.passed]
     if not passing:
         tried = sum(c.status == "ok" for c in candidates)
@@ -117,11 +120,12 @@ def choose(candidates: list[Candidate], profile: Profile) -> tuple[Optional[Cand
                       f"({tried} measured, {len(candidates) - tried} failed)")
     best_value = min(_objective_value(c, profile.objective) for c in passing)
     near = [c for c in passing if _objective_value(c, profile.objective) <= best_value * (1 + NOISE)]
-    best = min(near, key=lambda c: (c.metrics["model_mb"], -_quality(c), _objective_value(c, profile.objective)))
+    best = min(near, key=lambda c: (-round(_quality(c), QUALITY_DIGITS), c.metrics["model_mb"],
+                                    _objective_value(c, profile.objective)))
     unit = {"latency": "p50 latency", "size": "model size", "memory": "peak RSS"}[profile.objective]
     why = (f"objective '{profile.objective}': {len(passing)} of {len(candidates)} candidates meet every budget of "
            f"{profile.name}; {len(near)} within {NOISE:.0%} of the lowest {unit}")
-    return best, why + (", of which this is the smallest model" if len(near) > 1 else "")
+    return best, why + (", of which this is the most accurate, then smallest model" if len(near) > 1 else "")
 
 
 def _quality(c: Candidate) -> float:
@@ -155,11 +159,13 @@ def _measure_candidate(c: Candidate, fp32: Path, workdir: Path, calibration: Dat
 def calibrate(model: Path, profile: Profile, calibration: Dataset, eval_data: Dataset, out_dir: Path, *,
               recipes: Optional[list[Recipe]] = None, eval_samples: Optional[int] = None,
               measure_opts: Optional[dict] = None,
-              on_candidate: Optional[Callable[[Candidate, int, int], None]] = None) -> CalibrationResult:
+              on_candidate: Optional[Callable[[Candidate, int, int], None]] = None,
+              search: Optional[SearchOptions] = SearchOptions()) -> CalibrationResult:
     """Run the release calibration of `model` (ONNX) for `profile`; see the module docstring."""
     from edgekit.evaluate import prepare_eval_data
     from edgekit.models import model_inputs, model_sha256
 
+    started = time.monotonic()
     inputs = model_inputs(model)
     calibration.check(inputs, role="calibration data")
     eval_data.check(inputs, role="eval data")
@@ -171,6 +177,8 @@ def calibrate(model: Path, profile: Profile, calibration: Dataset, eval_data: Da
         work = Path(tmp)
         eval_npz = prepare_eval_data(eval_data, model, work / "eval.npz", reference=model, samples=eval_samples)
         baseline = None
+        if not any(c.recipe.precision == "fp32" for c in candidates):  # a baseline, not a candidate
+            baseline = _measure_baseline(model, eval_npz, profile, measure_opts)
         for i, c in enumerate(candidates):
             _measure_candidate(c, model, work, calibration, eval_npz, profile, baseline, measure_opts)
             if c.recipe.precision == "fp32" and c.status == "ok":
@@ -178,13 +186,24 @@ def calibrate(model: Path, profile: Profile, calibration: Dataset, eval_data: Da
                 c.metrics["drop"] = 0.0 if c.metrics.get("accuracy") is not None else None
             if on_candidate:
                 on_candidate(c, i + 1, len(candidates))
+        search_record = None
+        if search is not None:
+            from edgekit.mixed import SearchContext, run_search
+
+            ctx = SearchContext(model, calibration, work, baseline, started, on_candidate, measure=lambda c: (
+                _measure_candidate(c, model, work, calibration, eval_npz, profile, baseline, measure_opts)))
+            found, search_record = run_search(search, candidates, ctx)
+            candidates += found
         chosen, why = choose(candidates, profile)
+        if chosen is None and search_record and search_record["stopped"] not in ("off", "not-needed"):
+            why += f"; mixed-precision search: {search_record['why']}"
         model_out = None
         if chosen is not None:
             model_out = out_dir / "model.onnx"
             shutil.copyfile(chosen.path, model_out)
         record = _record(model, model_sha256(model), inputs, profile, calibration, eval_data, eval_npz,
                          candidates, chosen, why, baseline)
+        record["search"] = search_record
     record_path = out_dir / "calibration.json"
     tmp_path = record_path.with_suffix(".json.tmp")
     tmp_path.write_text(json.dumps(record, indent=2) + "\n")
@@ -228,6 +247,14 @@ def _sha256(path: Optional[Path]) -> Optional[str]:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _measure_baseline(model: Path, eval_npz: Path, profile: Profile, measure_opts: dict) -> dict:
+    from edgekit.evaluate import measure
+
+    m = measure(model, eval_npz, threads=profile.threads, providers=profile.providers, **measure_opts)
+    m["drop"] = 0.0 if m.get("accuracy") is not None else None
+    return m
 
 
 def raise_if_unmet(result: CalibrationResult) -> None:

@@ -22,6 +22,9 @@ def calibrate_cmd(
     include: Annotated[Optional[list[str]], typer.Option("--include", help="Quantize only these op types (repeatable).")] = None,
     eval_samples: Annotated[Optional[int], typer.Option("--eval-samples", min=1, help="Use only the first N eval samples.")] = None,
     runs: Annotated[int, typer.Option("--runs", min=5, help="Latency runs per candidate (at least).")] = 50,
+    search: Annotated[str, typer.Option("--search", help="Mixed precision: auto (when no uniform recipe meets the budgets) | always | off.")] = "auto",
+    max_float_nodes: Annotated[int, typer.Option("--max-float-nodes", min=1, help="Nodes the search may keep in float.")] = 8,
+    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", min=0.0, help="Stop the search once the run has taken this long; the best passing candidate is still written.")] = None,
     targets_dir: TargetsDir = None,
     json: JsonFlag = False,
 ) -> None:
@@ -40,6 +43,7 @@ def calibrate_cmd(
 
         sweep_recipes, calibrate = sweep_tflite_recipes, calibrate_tflite
     recipes = sweep_recipes(profile, tuple(exclude or ()), tuple(include or ()))
+    search_kw = _search_options(profile, search, max_float_nodes, max_minutes)
     with tempfile.TemporaryDirectory(prefix="edgekit-model-") as tmp, progress() as bar:
         if profile.runtime == "tflite":
             source = model  # calibrate_tflite converts it itself
@@ -48,17 +52,56 @@ def calibrate_cmd(
         task = bar.add_task(f"calibrating for {profile.name}", total=len(recipes))
 
         def step(c, i, n):
-            bar.update(task, advance=1, description=f"{c.id}: {c.status}")
+            bar.update(task, advance=1, total=max(n, len(recipes)), description=f"{c.id}: {c.status}")
 
         result = calibrate(source, profile, calib, evald, out, recipes=recipes, eval_samples=eval_samples,
-                           measure_opts={"runs": runs}, on_candidate=step)
+                           measure_opts={"runs": runs}, on_candidate=step, **search_kw)
     if json:
         print_json(result.record)
     else:
         print_table(result.record)
+        print_search(result.record.get("search"))
         where = f"wrote {result.model_path} and {result.record_path}" if result.model_path else f"wrote {result.record_path}"
         err_console.print(where, highlight=False)
     raise_if_unmet(result)
+
+
+def _search_options(profile, mode: str, max_float_nodes: int, max_minutes: Optional[float]) -> dict:
+    """calibrate()'s search keyword (ONNX targets only)."""
+    from edgekit.errors import ConfigError
+    from edgekit.mixed import MODES, SearchOptions
+
+    if mode not in MODES:
+        raise ConfigError(f"--search '{mode}': choose one of {', '.join(MODES)}")
+    if profile.runtime == "tflite":
+        return {}
+    return {"search": SearchOptions(mode=mode, max_float_nodes=max_float_nodes, max_minutes=max_minutes)}
+
+
+def print_search(search: Optional[dict]) -> None:
+    """The mixed-precision search: its steps, the top of the ranking, why it stopped."""
+    if not search or search["stopped"] in ("off", "not-needed"):
+        return
+    if search["steps"]:
+        table = Table(title=f"mixed-precision search from {search['base']}")
+        for col in ("step", "candidate", "kept in float", "quality", "MB", "budgets"):
+            table.add_column(col, justify="right" if col in ("step", "quality", "MB") else "left")
+        for s in search["steps"]:
+            kept = f"every op but {', '.join(s['include'])}" if s["kind"] == "op-types" else ", ".join(s["float_nodes"])
+            quality = s["accuracy"] if s["accuracy"] is not None else s["cosine"]
+            table.add_row(str(s["step"]), s["candidate"], kept, _fmt(quality, ".4f"), _fmt(s["model_mb"], ".3f"),
+                          _verdict(s))
+        console.print(table)
+    top = ", ".join(f"{'+'.join(r['nodes'])} ({r['score']:.2g})" for r in search["ranking"][:5])
+    if top:
+        console.print(f"most sensitive nodes (noise added): {top}", highlight=False)
+    console.print(f"search stopped: {search['why']}", highlight=False)
+
+
+def _verdict(item: dict) -> str:
+    if item["status"] == "failed":
+        return f"[red]failed: {(item['error'] or '')[:60]}[/]"
+    return "[green]pass[/]" if item["passed"] else "[yellow]" + "; ".join(item["failed_budgets"]) + "[/]"
 
 
 def _fmt(value, spec: str) -> str:
