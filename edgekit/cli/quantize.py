@@ -83,9 +83,11 @@ def _tflite_output(model: str, out: Path, target, targets_dir, recipe) -> bool:
         raise ConfigError(f"--out {out}: a TFLite model is written to a .tflite file")
     if profile and not tflite and out.suffix == ".tflite":
         raise ConfigError(f"--out {out}: target {profile.name} runs {profile.runtime}; write a .onnx file")
-    if tflite and profile is not None:
-        from edgekit.tflite.quantize import runtime_refusal
+    if tflite:
+        from edgekit.tflite.quantize import check_tflite_recipe, runtime_refusal
 
+        check_tflite_recipe(recipe)  # before the conversion, not after it
+    if tflite and profile is not None:
         refusal = runtime_refusal(recipe, profile.runtime_version)
         if refusal:
             raise ConfigError(f"--precision {recipe.precision} for target {profile.name}: {refusal}")
