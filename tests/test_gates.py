@@ -100,3 +100,16 @@ def test_bad_batch_values_are_refused(text):
 def test_bad_rollout_flags_are_one_line_errors(tmp_path, bundles, flags, needle):
     result = run_edgekit("rollout", bundles["1.0.0"].path, "--inventory", "fleet/local.toml", "--store", tmp_path / "s.db", *flags)
     assert_clean_error(result, needle)
+
+
+def test_accuracy_is_also_gated_against_the_fp32_baseline(real_report):
+    report, manifest = copy.deepcopy(real_report["report"]), copy.deepcopy(real_report["manifest"])
+    budget = manifest["target"]["budgets"]["max_accuracy_drop"]
+    got = report["metrics"]["accuracy"]
+    manifest["expected"]["accuracy"] = got  # the host measured this very model: no drift
+    manifest["expected"]["baseline_accuracy"] = got + budget / 2
+    assert check_report("cam-1", report, manifest) == []
+    manifest["expected"]["baseline_accuracy"] = got + 3 * budget
+    (breach,) = check_report("cam-1", report, manifest)
+    assert breach.gate == "drop_vs_fp32" and breach.measured == pytest.approx(3 * budget)
+    assert f"(device {got:.4f}, FP32 {got + 3 * budget:.4f})" in breach.message

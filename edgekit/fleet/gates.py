@@ -7,6 +7,9 @@ trusted, the device's report is only measurements.
 
     evaluation      the evaluation failed on the device (the model did not load or run)
     accuracy_drop   expected host accuracy - device accuracy  >  max_accuracy_drop
+    drop_vs_fp32    FP32 baseline accuracy - device accuracy  >  max_accuracy_drop (when the
+                    manifest knows the baseline: a model quantized carelessly by hand and
+                    packaged without calibrate still has to keep the target's budget)
     fidelity_cosine device cosine to the FP32 outputs           <  min_fidelity_cosine
     latency_p95     device p95 latency (ms)                    >  max_latency_ms_p95
     peak_rss_mb     device peak resident memory (MiB)          >  max_peak_rss_mb
@@ -68,6 +71,12 @@ def check_report(device: str, report: dict, manifest: dict) -> list[Breach]:
             breach = Breach(device, "accuracy_drop", drop, drop_limit,
                             f"{breach.message} (device {got:.4f}, host {want_acc:.4f})")
         found.append(breach)
+    baseline = _num(expected.get("baseline_accuracy"))
+    if baseline is not None and drop_limit is not None and _num(metrics.get("accuracy")) is not None:
+        got = _num(metrics["accuracy"])
+        breach = _over(device, "drop_vs_fp32", baseline - got, drop_limit, "", "accuracy drop against FP32")
+        found.append(breach and Breach(device, "drop_vs_fp32", baseline - got, drop_limit,
+                                       f"{breach.message} (device {got:.4f}, FP32 {baseline:.4f})"))
     cosine_min = _num(budgets.get("min_fidelity_cosine"))
     if want_acc is None and cosine_min is not None and expected.get("fidelity") is not None:
         cosine = _num((metrics.get("fidelity") or {}).get("cosine"))
