@@ -147,6 +147,11 @@ def _fp16(model: Path, recipe: Recipe, staged: Path) -> None:
         blocked_types |= present - set(recipe.include)
     converted = convert_float_to_float16(proto, keep_io_types=True, node_block_list=blocked_nodes,
                                          op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | blocked_types))
+    # keep_io_types appends its Cast nodes after their consumers: ONNX Runtime does not mind,
+    # but the ONNX checker (and so `edgekit package`) requires topological order
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    OnnxModel(converted).topological_sort()
     onnx.save(converted, str(staged))
 
 

@@ -79,6 +79,7 @@ def test_fp16_is_at_most_055_and_keeps_float32_io(edgekit, tmp_path, fp32_accura
     assert [i.type for i in session.get_inputs() + session.get_outputs()] == ["tensor(float)"] * 2
     assert any(w.dtype == np.float16 for w in _inits(out).values())
     assert _accuracy(out) >= fp32_accuracy - 0.01
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)  # what `edgekit package` requires
 
 
 def test_int8_dynamic(edgekit, tmp_path, fp32_accuracy):
