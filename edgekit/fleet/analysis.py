@@ -1,0 +1,304 @@
+"""Fleet analysis: what the stored device reports say per device, per cohort and per version.
+
+Pure functions over plain data, so that they can be tried on reports without a store:
+
+    reports   [{"device", "report", "collected_at"?}]   validated schema-1 reports
+    devices   [{"name", "target", "reachable", "last_contact_at", "last_error"}]
+    rollouts  [{"id", "name", "version", "target", "status", "reason", ..., "waves", "events"}]
+    budgets   {target: {"max_latency_ms_p95": ..., "max_peak_rss_mb": ...}}
+
+A cohort is the devices that ran the same bundle (name, target, version): they should
+measure alike. Drift is a device that does not: its accuracy (or fidelity) differs from
+what the host measured for that bundle by more than a tolerance, or its latency or memory
+is an outlier among its siblings by a robust score on the cohort's median and MAD. Every
+flag carries its reason with the numbers. edgekit.fleet.fleetdata reads these from the store.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from statistics import median
+from typing import Iterable, Optional
+
+__all__ = ["DriftRules", "METRICS", "device_rows", "cohort_summaries", "find_drift", "robust_scores",
+           "compare_versions", "running_versions", "analyse"]
+
+# The per-device numbers that cohorts summarise and --compare compares, in display order.
+METRICS = ("accuracy", "drop", "top1_agreement", "cosine", "latency_p50", "latency_p95", "peak_rss_mb",
+           "load_ms", "model_mb")
+MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
+
+
+@dataclass(frozen=True)
+class DriftRules:
+    """When a device counts as drifting. A device that evaluated the host's samples must match
+    the host's accuracy (or top-1 agreement) within the tolerance: same data, same code, so any
+    more is the device. One that evaluated fewer gets `sigmas` standard errors of that subset
+    on top, so that it is not flagged for sampling noise."""
+
+    accuracy_tolerance: float = 0.01
+    sigmas: float = 3.0
+    cosine_tolerance: float = 0.01
+    outlier_score: float = 3.5
+    min_cohort: int = 3
+    # The spread never counts as smaller than this (relative to the median, absolute), so that
+    # identical siblings do not make a timer's jitter an outlier.
+    latency_floor: tuple[float, float] = (0.15, 0.01)    # fraction of the median, ms
+    memory_floor: tuple[float, float] = (0.05, 1.0)      # fraction of the median, MiB
+
+
+def _when(report: dict) -> str:
+    return report.get("finished_at") or report.get("started_at") or ""
+
+
+def _num(value) -> Optional[float]:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def running_versions(reports: Iterable[dict], rollouts: Iterable[dict] = ()) -> dict[tuple[str, str], str]:
+    """(device, bundle name) -> the version it runs: the latest of its reports (a device
+    evaluates what it activated) and of the rollouts' deploys and restores."""
+    seen: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def note(at: str, device: str, name: str, version: Optional[str]) -> None:
+        if version and at >= seen.get((device, name), ("", ""))[0]:
+            seen[(device, name)] = (at, version)
+
+    for item in reports:
+        bundle = item["report"]["bundle"]
+        note(_when(item["report"]), item["device"], bundle["name"], bundle["version"])
+    for r in rollouts:
+        for e in r.get("events") or ():
+            detail = e.get("detail") or {}
+            if e["event"] == "deploy" and e.get("ok"):
+                note(e["at"], e["device"], r["name"], r["version"])
+            elif e["event"] == "restore" and e.get("ok"):
+                note(e["at"], e["device"], r["name"], (detail.get("to") or {}).get("current"))
+    return {key: version for key, (_, version) in seen.items()}
+
+
+def _row(item: dict, runs: int, device: dict, budget: dict) -> dict:
+    r = item["report"]
+    b, m = r["bundle"], r.get("metrics") or {}
+    lat, fid, fexp = m.get("latency_ms") or {}, m.get("fidelity") or {}, m.get("fidelity_expected") or {}
+    acc, expected = _num(m.get("accuracy")), _num(m.get("accuracy_expected"))
+    measured_at = _when(r)
+    return {
+        "device": item["device"], "name": b["name"], "target": b.get("target") or device.get("target"),
+        "version": b["version"], "current": False, "precision": b.get("precision"),
+        "runtime": (r.get("runtime") or {}).get("name"), "runtime_version": (r.get("runtime") or {}).get("version"),
+        "arch": (r.get("device") or {}).get("arch"), "python": (r.get("device") or {}).get("python"),
+        "status": r.get("status"), "error": r.get("error"),
+        "accuracy": acc, "accuracy_expected": expected,
+        "drop": None if acc is None or expected is None else expected - acc,
+        "top1_agreement": _num(fid.get("top1_agreement")), "top1_expected": _num(fexp.get("top1_agreement")),
+        "cosine": _num(fid.get("cosine")), "cosine_expected": _num(fexp.get("cosine")),
+        "n": m.get("n"), "n_expected": (m.get("expected") or {}).get("n"),
+        "latency_p50": _num(lat.get("p50")), "latency_p95": _num(lat.get("p95")),
+        "latency_budget_p95": _num(budget.get("max_latency_ms_p95")),
+        "peak_rss_mb": _num(m.get("peak_rss_mb")), "rss_budget_mb": _num(budget.get("max_peak_rss_mb")),
+        "load_ms": _num(m.get("load_ms")), "model_mb": _num(m.get("model_mb")),
+        "runs": runs, "run_id": r.get("run_id"), "measured_at": measured_at,
+        "last_seen": max(measured_at, device.get("last_contact_at") or ""),
+        "over_budget": [], "flags": [],
+    }
+
+
+def _over_budget(row: dict) -> list[str]:
+    out = []
+    if None not in (row["latency_p95"], row["latency_budget_p95"]) and row["latency_p95"] > row["latency_budget_p95"]:
+        out.append(f"latency p95 {row['latency_p95']:.4g} ms > budget {row['latency_budget_p95']:g} ms")
+    if None not in (row["peak_rss_mb"], row["rss_budget_mb"]) and row["peak_rss_mb"] > row["rss_budget_mb"]:
+        out.append(f"peak RSS {row['peak_rss_mb']:.1f} MiB > budget {row['rss_budget_mb']:g} MiB")
+    return out
+
+
+def device_rows(reports: Iterable[dict], devices: Iterable[dict] = (), budgets: Optional[dict] = None,
+                running: Optional[dict] = None) -> list[dict]:
+    """One row per device and bundle version, from its newest report of that version."""
+    reports = list(reports)
+    newest: dict[tuple, dict] = {}
+    runs: dict[tuple, int] = defaultdict(int)
+    for item in reports:
+        b = item["report"]["bundle"]
+        key = (item["device"], b["name"], b["version"])
+        runs[key] += 1
+        if key not in newest or _when(item["report"]) >= _when(newest[key]["report"]):
+            newest[key] = item
+    info = {d["name"]: d for d in devices}
+    running = running_versions(reports) if running is None else running
+    rows = []
+    for key, item in newest.items():
+        device = info.get(item["device"], {})
+        target = item["report"]["bundle"].get("target") or device.get("target")
+        row = _row(item, runs[key], device, (budgets or {}).get(target) or {})
+        row["current"] = running.get((row["device"], row["name"])) == row["version"]
+        row["over_budget"] = _over_budget(row)
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["name"], r["target"] or "", r["version"], r["device"]))
+
+
+def _cohort_key(row: dict) -> tuple:
+    return (row["name"], row["target"] or "", row["version"])
+
+
+def _spread(values: list[float]) -> dict:
+    return {"median": median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def cohort_summaries(rows: Iterable[dict]) -> list[dict]:
+    """Per (name, target, version): devices, how many measured, median/min/max of each metric."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[_cohort_key(row)].append(row)
+    out = []
+    for (name, target, version), members in sorted(groups.items()):
+        ok = [r for r in members if r["status"] == "ok"]
+        metrics = {}
+        for metric in METRICS:
+            values = [r[metric] for r in ok if r[metric] is not None]
+            if values:
+                metrics[metric] = _spread(values)
+        out.append({"name": name, "target": target, "version": version, "devices": len(members),
+                    "ok": len(ok), "failed": len(members) - len(ok),
+                    "accuracy_expected": next((r["accuracy_expected"] for r in members
+                                               if r["accuracy_expected"] is not None), None),
+                    "metrics": metrics})
+    return out
+
+
+def robust_scores(values: list[float], rel_floor: float, abs_floor: float) -> tuple[float, float, list[float]]:
+    """(median, scale, scores): score = (x - median) / scale with scale = 1.4826 MAD, but never
+    below rel_floor * |median| nor abs_floor."""
+    med = median(values)
+    mad = median(abs(v - med) for v in values)
+    scale = max(MAD_TO_SIGMA * mad, rel_floor * abs(med), abs_floor)
+    return med, scale, [(v - med) / scale for v in values]
+
+
+def _flag(row: dict, kind: str, value: float, reference: float, reason: str, **extra) -> dict:
+    return {"device": row["device"], "name": row["name"], "target": row["target"], "version": row["version"],
+            "kind": kind, "value": value, "reference": reference, "reason": reason, **extra}
+
+
+def _proportion_drift(row: dict, metric: str, expected_key: str, label: str, rules: DriftRules) -> Optional[dict]:
+    value, expected = row[metric], row[expected_key]
+    if value is None or expected is None:
+        return None
+    n, total = row["n"], row["n_expected"]
+    noise = 0.0
+    if isinstance(n, int) and n > 0 and (not isinstance(total, int) or n < total):
+        # A subset of the host's samples: allow its sampling error (finite population when known).
+        shrink = (total - n) / (total - 1) if isinstance(total, int) and total > 1 else 1.0
+        noise = rules.sigmas * math.sqrt(expected * (1 - expected) / n * shrink)
+    tolerance = max(rules.accuracy_tolerance, noise)
+    delta = value - expected
+    if abs(delta) <= tolerance:
+        return None
+    where = "below" if delta < 0 else "above"
+    reason = (f"{label} {value:.2%} is {abs(delta) * 100:.1f} pp {where} the host's {expected:.2%} "
+              f"(tolerance {tolerance * 100:.1f} pp" + (f", {n} of the host's {total} samples)" if noise else ")"))
+    return _flag(row, metric, value, expected, reason, delta=delta, limit=tolerance)
+
+
+def _cosine_drift(row: dict, rules: DriftRules) -> Optional[dict]:
+    value, expected = row["cosine"], row["cosine_expected"]
+    if value is None or expected is None or expected - value <= rules.cosine_tolerance:
+        return None
+    reason = (f"fidelity cosine {value:.4f} is {expected - value:.4f} below the host's {expected:.4f} "
+              f"(tolerance {rules.cosine_tolerance:g})")
+    return _flag(row, "cosine", value, expected, reason, delta=value - expected, limit=rules.cosine_tolerance)
+
+
+_OUTLIER_METRICS = (("latency_p50", "latency", "latency p50", "ms", "latency_floor"),
+                    ("peak_rss_mb", "memory", "peak RSS", "MiB", "memory_floor"))
+
+
+def _outliers(members: list[dict], rules: DriftRules) -> list[dict]:
+    flags = []
+    for metric, kind, label, unit, floor in _OUTLIER_METRICS:
+        rows = [r for r in members if r[metric] is not None]
+        if len(rows) < rules.min_cohort:
+            continue
+        med, scale, scores = robust_scores([r[metric] for r in rows], *getattr(rules, floor))
+        for row, score in zip(rows, scores):
+            if abs(score) > rules.outlier_score:
+                ratio = row[metric] / med if med else math.inf
+                reason = (f"{label} {row[metric]:.4g} {unit} is {ratio:.2f}x the median {med:.4g} {unit} "
+                          f"of the {len(rows)} devices of its cohort (robust score {score:+.1f}, limit {rules.outlier_score:g})")
+                flags.append(_flag(row, kind, row[metric], med, reason, score=score, limit=rules.outlier_score))
+    return flags
+
+
+def find_drift(rows: list[dict], rules: DriftRules = DriftRules()) -> list[dict]:
+    """Every drift flag, and each row's `flags` filled with its reasons."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    flags = []
+    for row in ok:
+        for found in (_proportion_drift(row, "accuracy", "accuracy_expected", "accuracy", rules),
+                      _proportion_drift(row, "top1_agreement", "top1_expected", "top-1 agreement", rules),
+                      _cosine_drift(row, rules)):
+            if found:
+                flags.append(found)
+    cohorts: dict[tuple, list[dict]] = defaultdict(list)
+    for row in ok:
+        cohorts[_cohort_key(row)].append(row)
+    for members in cohorts.values():
+        flags += _outliers(members, rules)
+    for row in rows:
+        row["flags"] = [f["reason"] for f in flags if (f["device"], f["name"], f["version"]) ==
+                        (row["device"], row["name"], row["version"])]
+    return sorted(flags, key=lambda f: (f["name"], f["target"] or "", f["version"], f["device"], f["kind"]))
+
+
+def compare_versions(cohorts: list[dict], v1: str, v2: str) -> list[dict]:
+    """Per (name, target) with both versions: each metric's cohort median before and after."""
+    by_key = {(c["name"], c["target"], c["version"]): c for c in cohorts}
+    out = []
+    for name, target in sorted({(c["name"], c["target"]) for c in cohorts}):
+        a, b = by_key.get((name, target, v1)), by_key.get((name, target, v2))
+        if not a or not b:
+            continue
+        for metric in METRICS:
+            x, y = (a["metrics"].get(metric) or {}).get("median"), (b["metrics"].get(metric) or {}).get("median")
+            if x is None and y is None:
+                continue
+            change = None if x is None or y is None else y - x
+            out.append({"name": name, "target": target, "metric": metric, "v1": v1, "v2": v2,
+                        "before": x, "after": y, "change": change,
+                        "change_pct": None if change is None or not x else 100 * change / abs(x),
+                        "devices_before": a["ok"], "devices_after": b["ok"]})
+    return out
+
+
+def _select(items: Iterable[dict], **given) -> list[dict]:
+    wanted = {k: v for k, v in given.items() if v is not None}
+    return [i for i in items if all(i.get(k) == v for k, v in wanted.items())]
+
+
+def analyse(reports: list[dict], devices: list[dict] = (), rollouts: list[dict] = (), *,
+            budgets: Optional[dict] = None, collect_errors: list[dict] = (), rules: DriftRules = DriftRules(),
+            name: Optional[str] = None, version: Optional[str] = None, target: Optional[str] = None,
+            compare: Optional[tuple[str, str]] = None) -> dict:
+    """Everything `edgekit report` shows: rows, cohorts, drift, health (and compare), for the
+    reports of bundle `name`, `version` and `target` when given. What runs where is worked out
+    from all reports and rollouts, so that a filter does not make an old version look current."""
+    from edgekit.fleet.health import rollout_health
+
+    every = device_rows(reports, devices, budgets, running_versions(reports, rollouts))
+    rows = _select(every, name=name, version=None if compare else version, target=target)
+    drift = find_drift(rows, rules)
+    cohorts = cohort_summaries(rows)
+    in_scope = _select(devices, target=target)
+    scope_names = {d["name"] for d in in_scope}
+    health = rollout_health(rows, in_scope, _select(rollouts, name=name, version=version, target=target),
+                            [e for e in collect_errors if target is None or e["device"] in scope_names],
+                            reported={r["device"] for r in _select(every, name=name)})
+    result = {"rows": rows, "cohorts": cohorts, "drift": drift, "health": health,
+              "known": {key: sorted({r[key] or "" for r in every}) for key in ("name", "version", "target")}}
+    if compare:
+        result["compare"] = compare_versions(cohorts, *compare)
+    return result

@@ -1,0 +1,75 @@
+"""What `edgekit report` reads: the store's reports, devices and rollouts as plain data,
+the inventory's devices (so that one never heard of shows as never reported), and the
+budgets of each target profile.
+
+A report must not create or silently change a store it was only asked to read: a missing
+file is bad input, and a file that is not an edgekit store (or one written by an older
+layout that cannot be migrated) is one line that names it, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Optional, Sequence
+
+from edgekit.errors import ConfigError, EdgekitError
+
+__all__ = ["load_fleet", "budgets_for", "is_empty"]
+
+
+def budgets_for(targets: set[str], targets_dirs: Sequence[Path] = ()) -> dict[str, dict]:
+    """target -> its profile's budgets, for the targets that have a profile here."""
+    from edgekit.targets import load_profile
+
+    out = {}
+    for name in sorted(t for t in targets if t):
+        try:
+            out[name] = load_profile(name, targets_dirs).budgets.model_dump()
+        except ConfigError:  # a device class this host has no profile for: no budget lines
+            continue
+    return out
+
+
+def _inventory_devices(path: Path) -> list[dict]:
+    from edgekit.fleet.inventory import load_inventory
+
+    return [{"name": d.name, "target": d.target, "reachable": None, "last_contact_at": None, "last_error": None}
+            for d in load_inventory(path).devices]
+
+
+def _merge_devices(stored: list[dict], listed: list[dict]) -> list[dict]:
+    known = {d["name"]: d for d in listed}
+    known.update({d["name"]: d for d in stored})  # the store knows more than the inventory's name
+    return sorted(known.values(), key=lambda d: d["name"])
+
+
+def load_fleet(store_path: Path, *, inventory: Optional[Path] = None, targets_dirs: Sequence[Path] = ()) -> dict:
+    """{store, reports, devices, rollouts, collect_errors, budgets} from the store at `store_path`."""
+    from edgekit.store import Store
+
+    path = Path(store_path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"--store {path}: no store there; run `edgekit collect --inventory FILE --store {path}` "
+                          "first, or give the store with --store or EDGEKIT_STORE")
+    try:
+        with Store(path) as store:
+            reports = [{"device": r["device"], "report": r["report"], "collected_at": r["collected_at"]}
+                       for r in store.reports()]
+            data = {"store": str(path), "reports": reports, "devices": store.devices(),
+                    "rollouts": [store.rollout(r["id"]) for r in store.rollouts()],
+                    "collect_errors": store.collect_errors()}
+    except EdgekitError:
+        raise
+    except (sqlite3.Error, KeyError, TypeError, ValueError) as exc:  # a layout this edgekit does not know
+        raise ConfigError(f"--store {path}: cannot read it as an edgekit store ({exc}); it may come from an "
+                          "older edgekit: collect into a new store with --store") from exc
+    if inventory is not None:
+        data["devices"] = _merge_devices(data["devices"], _inventory_devices(inventory))
+    targets = {(r["report"]["bundle"].get("target") or "") for r in reports} | {d.get("target") or "" for d in data["devices"]}
+    data["budgets"] = budgets_for(targets, targets_dirs)
+    return data
+
+
+def is_empty(data: dict) -> bool:
+    return not (data["reports"] or data["devices"] or data["rollouts"])

@@ -1,0 +1,128 @@
+"""Flat tables of a fleet analysis and of a calibration record.
+
+csv writes one of these tables, the terminal shows them, json holds the same rows: each
+section is a list of flat dicts whose keys are its columns.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from edgekit.errors import ConfigError
+from edgekit.fleet.analysis import METRICS
+
+__all__ = ["SECTIONS", "sections", "health_items", "cohort_flat", "to_csv", "load_calibration",
+           "calibration_rows", "quality_key"]
+
+SECTIONS = ("rows", "cohorts", "drift", "health", "rollouts", "compare")
+
+
+def cohort_flat(cohort: dict) -> dict:
+    out = {k: cohort[k] for k in ("name", "target", "version", "devices", "ok", "failed", "accuracy_expected")}
+    for metric in METRICS:
+        spread = cohort["metrics"].get(metric) or {}
+        for stat in ("median", "min", "max"):
+            out[f"{metric}_{stat}"] = spread.get(stat)
+    return out
+
+
+def _item(category: str, device=None, name=None, target=None, version=None, detail=None, at=None) -> dict:
+    return {"category": category, "device": device, "name": name, "target": target, "version": version,
+            "detail": detail, "at": at}
+
+
+def health_items(health: dict) -> list[dict]:
+    """Rollout health as one table: what runs where, then everything that needs a look."""
+    out = [_item("runs", ", ".join(v["devices"]), v["name"], v["target"], v["version"], f"{v['count']} device(s)")
+           for v in health["versions"]]
+    out += [_item("failed evaluation", e["device"], e["name"], None, e["version"], e["error"], e["measured_at"])
+            for e in health["failed_evaluations"]]
+    out += [_item("unreachable", d["device"], target=d["target"], detail=d["error"], at=d["last_contact_at"])
+            for d in health["unreachable"]]
+    out += [_item("never reported", d["device"], target=d["target"],
+                  detail="unreachable" if d["reachable"] == 0 else "no report collected yet") for d in health["never_reported"]]
+    out += [_item("bad report", e["device"], detail=f"{e['source']}: {e['error']}", at=e["last_seen_at"])
+            for e in health["bad_reports"]]
+    out += [_item("failed gate", g["device"], g["name"], g["target"], g["version"],
+                  f"rollout {g['rollout']} wave {g['wave']}: {g['message']}", g["at"]) for g in health["failed_gates"]]
+    return out
+
+
+def _rollout_flat(r: dict) -> dict:
+    return {**r, "devices_failed": ", ".join(r["devices_failed"])}
+
+
+def _row_flat(row: dict) -> dict:
+    return {**row, "over_budget": "; ".join(row["over_budget"]), "flags": "; ".join(row["flags"])}
+
+
+def sections(result: dict) -> dict[str, list[dict]]:
+    """section name -> flat rows, for every section the analysis has."""
+    out = {"rows": [_row_flat(r) for r in result["rows"]],
+           "cohorts": [cohort_flat(c) for c in result["cohorts"]],
+           "drift": list(result["drift"]),
+           "health": health_items(result["health"]),
+           "rollouts": [_rollout_flat(r) for r in result["health"]["rollouts"]]}
+    if "compare" in result:
+        out["compare"] = list(result["compare"])
+    return out
+
+
+def to_csv(items: list[dict]) -> str:
+    """CSV with a header of every key, in first-seen order; lists and dicts as JSON."""
+    columns: dict[str, None] = {}
+    for item in items:
+        columns.update(dict.fromkeys(item))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    for item in items:
+        writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in item.items()})
+    return buf.getvalue()
+
+
+# -- calibration records ------------------------------------------------------------------
+
+
+def load_calibration(path: Path) -> dict:
+    """A calibration.json written by `edgekit calibrate`; ConfigError naming the file otherwise."""
+    path = Path(path).expanduser()
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"--calibration {path}: not found (it is the calibration.json that "
+                          "`edgekit calibrate -o DIR` writes)") from exc
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"--calibration {path}: not a readable JSON file ({exc})") from exc
+    schema = record.get("schema") if isinstance(record, dict) else None
+    if not (isinstance(schema, str) and schema.startswith("edgekit.calibration/")):
+        raise ConfigError(f"--calibration {path}: field 'schema' is {schema!r}, not a calibration record "
+                          "of `edgekit calibrate`")
+    candidates = record.get("candidates")
+    if not isinstance(candidates, list) or not all(isinstance(c, dict) and "id" in c for c in candidates):
+        raise ConfigError(f"--calibration {path}: field 'candidates' must be a list of candidates with an 'id'")
+    return record
+
+
+def quality_key(record: dict) -> tuple[str, str]:
+    """(flat column, label) of the quality a record measured: accuracy, else fidelity cosine."""
+    return ("accuracy", "accuracy") if record.get("metric") == "accuracy" else ("cosine", "fidelity cosine")
+
+
+def calibration_rows(record: dict) -> list[dict]:
+    """One flat row per candidate: recipe, verdict and measurements."""
+    out = []
+    for no, c in enumerate(record["candidates"], start=1):
+        recipe, m = c.get("recipe") or {}, c.get("metrics") or {}
+        lat, fid = m.get("latency_ms") or {}, m.get("fidelity") or {}
+        out.append({"no": no, "id": c["id"], "chosen": c["id"] == record.get("chosen"), "precision": recipe.get("precision"),
+                    "method": recipe.get("method"), "per_channel": recipe.get("per_channel"),
+                    "reduce_range": recipe.get("reduce_range"), "status": c.get("status"), "passed": c.get("passed"),
+                    "failed_budgets": "; ".join(c.get("failed_budgets") or ()), "accuracy": m.get("accuracy"),
+                    "drop": m.get("drop"), "top1_agreement": fid.get("top1_agreement"), "cosine": fid.get("cosine"),
+                    "model_mb": m.get("model_mb"), "latency_p50": lat.get("p50"), "latency_p95": lat.get("p95"),
+                    "peak_rss_mb": m.get("peak_rss_mb"), "load_ms": m.get("load_ms"), "error": c.get("error")})
+    return out
