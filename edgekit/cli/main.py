@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "fleet",
     "collect",
     "rollout",
+    "report",
 ]
 
 app = typer.Typer(

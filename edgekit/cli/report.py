@@ -1,0 +1,180 @@
+"""`edgekit report`: the fleet comparison from the store, or a calibration record, as a
+table, JSON, CSV or one self-contained HTML file."""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from edgekit.cli._common import JsonFlag, TargetsDir, console, err_console
+from edgekit.errors import ConfigError
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+    html = "html"
+
+
+class Section(str, Enum):
+    all = "all"
+    rows = "rows"
+    cohorts = "cohorts"
+    drift = "drift"
+    health = "health"
+    rollouts = "rollouts"
+    compare = "compare"
+
+
+StoreOpt = Annotated[Optional[Path], typer.Option(
+    "--store", help="The SQLite store (default: $EDGEKIT_STORE, else ~/.local/share/edgekit/edgekit.db).",
+    show_default=False)]
+
+
+def report_cmd(
+    store: StoreOpt = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Only this bundle name.")] = None,
+    version: Annotated[Optional[str], typer.Option("--version", help="Only this bundle version.")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", help="Only this target.")] = None,
+    format: Annotated[Optional[Format], typer.Option("--format", "-f", help="table, json, csv or html (default: from -o's suffix, else table).", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
+    compare: Annotated[Optional[tuple[str, str]], typer.Option("--compare", help="V1 V2: per target, the change of each metric from V1 to V2.", show_default=False)] = None,
+    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="Show this calibration.json (from `edgekit calibrate`) instead of the store.")] = None,
+    section: Annotated[Section, typer.Option("--section", help="Only this part (csv holds one part: rows by default).")] = Section.all,
+    inventory: Annotated[Optional[Path], typer.Option("--inventory", "-i", help="Also list this inventory's devices, so that silent ones show as never reported.")] = None,
+    tolerance: Annotated[float, typer.Option("--tolerance", min=0, max=1, help="Accuracy difference from the host's expectation that counts as drift (fraction; sampling noise is added).")] = 0.01,
+    targets_dir: TargetsDir = None,
+    json: JsonFlag = False,
+) -> None:
+    """Compare the fleet: one row per device and bundle version, cohort summaries per target and
+    version, drift (off the host's expectation, or an outlier among siblings), rollout health.
+    An empty store prints how to fill it and exits 0."""
+    fmt = _format(format, output, json)
+    if calibration is not None:
+        _emit(_calibration(calibration, fmt, section), fmt, output)
+        return
+    _check_compare(compare, version)
+    from edgekit.fleet.analysis import DriftRules, analyse
+    from edgekit.fleet.fleetdata import is_empty, load_fleet
+    from edgekit.store import default_store_path
+
+    path = Path(store) if store is not None else default_store_path()
+    data = load_fleet(path, inventory=inventory, targets_dirs=targets_dir or ())
+    if is_empty(data):
+        err_console.print(f"no reports yet in {escape(str(path))}: run `edgekit collect --inventory FILE "
+                          f"--store {escape(str(path))}` (or `edgekit rollout`) first", highlight=False, soft_wrap=True)
+        return
+    result = analyse(data["reports"], data["devices"], data["rollouts"], budgets=data["budgets"],
+                     collect_errors=data["collect_errors"], rules=DriftRules(accuracy_tolerance=tolerance),
+                     name=name, version=version, target=target, compare=tuple(compare) if compare else None)
+    _check_filters(result, path, name=name, version=version, target=target, compare=compare)
+    filters = {"name": name, "version": version, "target": target}
+    _emit(_fleet(result, fmt, section, str(path), data["budgets"], filters), fmt, output)
+
+
+def _format(given: Optional[Format], output: Optional[Path], json: bool) -> Format:
+    if json:
+        return Format.json
+    if given is not None:
+        return given
+    suffix = output.suffix.lower().lstrip(".") if output else ""
+    return Format(suffix) if suffix in {f.value for f in Format} - {"table"} else Format.table
+
+
+def _check_compare(compare, version) -> None:
+    if compare and version:
+        raise ConfigError("--compare V1 V2 and --version: give one of them")
+    if compare and compare[0] == compare[1]:
+        raise ConfigError(f"--compare {compare[0]} {compare[1]}: give two different versions")
+
+
+def _check_filters(result: dict, path: Path, *, compare, **given) -> None:
+    for key, value in given.items():
+        if value is not None and value not in result["known"][key]:
+            there = ", ".join(result["known"][key]) or "none"
+            raise ConfigError(f"--{key} {value}: no reports of it in {path} ({key}s there: {there})")
+    if compare and not result["compare"]:
+        there = ", ".join(result["known"]["version"])
+        raise ConfigError(f"--compare {compare[0]} {compare[1]}: no target has reports of both versions in {path} "
+                          f"(versions there: {there})")
+
+
+def _emit(render, fmt: Format, output: Optional[Path]) -> None:
+    """`render` is text, or for tables a function that prints on a console."""
+    if output is None:
+        if callable(render):
+            render(console)
+        else:
+            typer.echo(render, nl=False)
+        return
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with open(output, "w", encoding="utf-8") as fh:
+            if callable(render):
+                render(Console(file=fh, width=200, no_color=True))
+            else:
+                fh.write(render)
+    except OSError as exc:
+        raise ConfigError(f"-o {output}: cannot write it ({exc.strerror})") from exc
+    err_console.print(f"wrote {escape(str(output))} ({fmt.value})", highlight=False, soft_wrap=True)
+
+
+def _dump(obj) -> str:
+    import json
+
+    return json.dumps(obj, indent=2, default=str) + "\n"
+
+
+def _fleet(result: dict, fmt: Format, section: Section, store: str, budgets: dict, filters: dict):
+    from edgekit.fleet.views import sections, to_csv
+
+    if section == Section.compare and "compare" not in result:
+        raise ConfigError("--section compare: give --compare V1 V2 as well")
+    if fmt == Format.html:
+        from edgekit.fleet.html import render_fleet
+
+        return render_fleet(result, store=store, budgets=budgets, filters=filters)
+    if fmt == Format.csv:
+        if section == Section.all:
+            section = Section.rows
+        return to_csv(sections(result)[section.value])
+    if fmt == Format.json:
+        whole = {"store": store, "filters": filters, "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 **{k: v for k, v in result.items() if k != "known"}}
+        if section != Section.all:
+            part = result["health"]["rollouts"] if section == Section.rollouts else result[section.value]
+            return _dump(part)
+        return _dump(whole)
+    from edgekit.cli._report_tables import print_fleet
+
+    return lambda out: print_fleet(out, result, section.value)
+
+
+def _calibration(path: Path, fmt: Format, section: Section):
+    from edgekit.fleet.views import calibration_rows, load_calibration, to_csv
+
+    record = load_calibration(path)
+    rows = calibration_rows(record)
+    if fmt == Format.html:
+        from edgekit.fleet.html import render_calibration
+
+        return render_calibration(record, rows, str(path))
+    if fmt == Format.csv:
+        return to_csv(rows)
+    if fmt == Format.json:
+        keep = ("schema", "target", "budgets", "objective", "metric", "chosen", "why", "created_at")
+        return _dump({**{k: record.get(k) for k in keep}, "source": str(path), "candidates": rows})
+    from edgekit.cli._report_tables import print_calibration
+
+    return lambda out: print_calibration(out, record, rows)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report_cmd)
