@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench venv sshd clean
+.PHONY: demo test bench venv sshd browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,16 @@ sshd:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null; \
 	fi
 
-test: $(STAMP) sshd
+# The HTML report tests render pages in headless Chromium: install Debian's when it is missing
+# (without apt or root, those tests are skipped and say why).
+browser:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		echo "installing chromium (needed by the HTML report tests)"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| echo "could not install chromium: the tests that render HTML in it will be skipped"; \
+	fi
+
+test: $(STAMP) sshd browser
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
