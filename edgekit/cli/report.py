@@ -38,18 +38,36 @@ StoreOpt = Annotated[Optional[Path], typer.Option(
     show_default=False)]
 
 
+NameOpt = Annotated[Optional[str], typer.Option("--name", help="Only this bundle name.")]
+VersionOpt = Annotated[Optional[str], typer.Option("--version", help="Only this bundle version.")]
+TargetOpt = Annotated[Optional[str], typer.Option("--target", help="Only this target.")]
+FormatOpt = Annotated[Optional[Format], typer.Option(
+    "--format", "-f", help="table, json, csv or html (default: from -o's suffix, else table).", show_default=False)]
+OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file instead of stdout.")]
+CompareOpt = Annotated[Optional[tuple[str, str]], typer.Option(
+    "--compare", help="V1 V2: per target, the change of each metric from V1 to V2.", show_default=False)]
+CalibrationOpt = Annotated[Optional[Path], typer.Option(
+    "--calibration", help="Show this calibration.json (from `edgekit calibrate`) instead of the store.")]
+SectionOpt = Annotated[Section, typer.Option("--section", help="Only this part (csv holds one part: rows by default).")]
+InventoryOpt = Annotated[Optional[Path], typer.Option(
+    "--inventory", "-i", help="Also list this inventory's devices, so that silent ones show as never reported.")]
+ToleranceOpt = Annotated[float, typer.Option(
+    "--tolerance", min=0, max=1,
+    help="Accuracy difference from the host's expectation that counts as drift (fraction; sampling noise is added).")]
+
+
 def report_cmd(
     store: StoreOpt = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Only this bundle name.")] = None,
-    version: Annotated[Optional[str], typer.Option("--version", help="Only this bundle version.")] = None,
-    target: Annotated[Optional[str], typer.Option("--target", help="Only this target.")] = None,
-    format: Annotated[Optional[Format], typer.Option("--format", "-f", help="table, json, csv or html (default: from -o's suffix, else table).", show_default=False)] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
-    compare: Annotated[Optional[tuple[str, str]], typer.Option("--compare", help="V1 V2: per target, the change of each metric from V1 to V2.", show_default=False)] = None,
-    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="Show this calibration.json (from `edgekit calibrate`) instead of the store.")] = None,
-    section: Annotated[Section, typer.Option("--section", help="Only this part (csv holds one part: rows by default).")] = Section.all,
-    inventory: Annotated[Optional[Path], typer.Option("--inventory", "-i", help="Also list this inventory's devices, so that silent ones show as never reported.")] = None,
-    tolerance: Annotated[float, typer.Option("--tolerance", min=0, max=1, help="Accuracy difference from the host's expectation that counts as drift (fraction; sampling noise is added).")] = 0.01,
+    name: NameOpt = None,
+    version: VersionOpt = None,
+    target: TargetOpt = None,
+    format: FormatOpt = None,
+    output: OutputOpt = None,
+    compare: CompareOpt = None,
+    calibration: CalibrationOpt = None,
+    section: SectionOpt = Section.all,
+    inventory: InventoryOpt = None,
+    tolerance: ToleranceOpt = 0.01,
     targets_dir: TargetsDir = None,
     json: JsonFlag = False,
 ) -> None:
@@ -58,7 +76,7 @@ def report_cmd(
     An empty store prints how to fill it and exits 0."""
     fmt = _format(format, output, json)
     if calibration is not None:
-        _emit(_calibration(calibration, fmt, section), fmt, output)
+        _emit(_calibration(calibration, fmt), fmt, output)
         return
     _check_compare(compare, version)
     from edgekit.fleet.analysis import DriftRules, analyse
@@ -157,7 +175,7 @@ def _fleet(result: dict, fmt: Format, section: Section, store: str, budgets: dic
     return lambda out: print_fleet(out, result, section.value)
 
 
-def _calibration(path: Path, fmt: Format, section: Section):
+def _calibration(path: Path, fmt: Format):
     from edgekit.fleet.views import calibration_rows, load_calibration, to_csv
 
     record = load_calibration(path)

@@ -114,7 +114,9 @@ def triangle_chart(title: str, cohorts: list[dict], rows: list[dict], flagged: s
     each device as a small dot of its version's marker, drifting ones ringed in red and named."""
     fig = _figure(10, 4.8)
     ax = fig.add_subplot()
-    measured = [r for r in rows if r["latency_p95"] is not None and r["peak_rss_mb"] is not None]
+    # Runners older than the p95 field send p50, p90 and p99: then the chart shows p50, without the p95 budget.
+    lat = "latency_p95" if all(r["latency_p95"] is not None for r in rows if r["latency_p50"] is not None) else "latency_p50"
+    measured = [r for r in rows if r[lat] is not None and r["peak_rss_mb"] is not None]
     qualities = [q for q in (quality_of(r)[0] for r in measured) if q is not None]
     norm = _norm(qualities)
     qname = next((quality_of(r)[1] for r in measured if quality_of(r)[0] is not None), "quality")
@@ -124,9 +126,9 @@ def triangle_chart(title: str, cohorts: list[dict], rows: list[dict], flagged: s
         marker = MARKERS[i % len(MARKERS)]
         members = [r for r in measured if r["version"] == c["version"]]
         m = c["metrics"]
-        x, y = m["latency_p95"]["median"], m["peak_rss_mb"]["median"]
+        x, y = m[lat]["median"], m["peak_rss_mb"]["median"]
         q = (m.get("accuracy") or m.get("top1_agreement") or m.get("cosine") or {}).get("median")
-        ax.errorbar(x, y, xerr=[[x - m["latency_p95"]["min"]], [m["latency_p95"]["max"] - x]],
+        ax.errorbar(x, y, xerr=[[x - m[lat]["min"]], [m[lat]["max"] - x]],
                     yerr=[[y - m["peak_rss_mb"]["min"]], [m["peak_rss_mb"]["max"] - y]],
                     fmt="none", ecolor="#888888", elinewidth=1, capsize=3, zorder=1)
         ax.scatter([x], [y], s=300, c=[q if q is not None else norm.vmin], cmap=_CMAP, norm=norm, marker=marker,
@@ -134,23 +136,24 @@ def triangle_chart(title: str, cohorts: list[dict], rows: list[dict], flagged: s
         label = f"{c['version']}" + (f"  {q:.1%}" if q is not None else "") + f"  ({c['ok']} dev.)"
         ax.annotate(label, (x, y), xytext=(14, 10 if i % 2 == 0 else -18), textcoords="offset points", fontsize=9,
                     weight="bold")
-        dots = ax.scatter([r["latency_p95"] for r in members], [r["peak_rss_mb"] for r in members],
+        dots = ax.scatter([r[lat] for r in members], [r["peak_rss_mb"] for r in members],
                           c=[quality_of(r)[0] if quality_of(r)[0] is not None else norm.vmin for r in members],
                           cmap=_CMAP, norm=norm, s=28, marker=marker, alpha=0.85, zorder=2, edgecolors="#333333",
                           linewidths=0.4)
     for r in measured:
         if (r["device"], r["version"]) in flagged:
-            ax.scatter([r["latency_p95"]], [r["peak_rss_mb"]], s=180, facecolors="none", edgecolors=DRIFT,
+            ax.scatter([r[lat]], [r["peak_rss_mb"]], s=180, facecolors="none", edgecolors=DRIFT,
                        linewidths=2, zorder=4)
-            ax.annotate(f"{r['device']} ({r['version']})", (r["latency_p95"], r["peak_rss_mb"]), xytext=(8, -14),
+            ax.annotate(f"{r['device']} ({r['version']})", (r[lat], r["peak_rss_mb"]), xytext=(8, -14),
                         textcoords="offset points", fontsize=8, color=DRIFT)
-    xs, ys = [r["latency_p95"] for r in measured], [r["peak_rss_mb"] for r in measured]
+    xs, ys = [r[lat] for r in measured], [r["peak_rss_mb"] for r in measured]
     _limits(ax, xs, ys)
-    _budget_lines(ax, xs, ys, budget.get("max_latency_ms_p95"), budget.get("max_peak_rss_mb"), "p95", "RSS")
+    _budget_lines(ax, xs, ys, budget.get("max_latency_ms_p95") if lat == "latency_p95" else None,
+                  budget.get("max_peak_rss_mb"), "p95", "RSS")
     if dots is not None:
         fig.colorbar(dots, ax=ax, label=qname, format=lambda v, _: f"{v:.1%}" if qname != "cosine" else f"{v:.4f}")
         _version_legend(fig, [(c["version"], MARKERS[i % len(MARKERS)]) for i, c in enumerate(shown)])
-    ax.set(xlabel="latency p95 (ms)", ylabel="peak RSS (MiB)", title=title)
+    ax.set(xlabel=f"latency {lat[-3:]} (ms)", ylabel="peak RSS (MiB)", title=title)
     ax.grid(alpha=0.3)
     return to_svg(fig)
 
