@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.table import Table
 
 from edgekit.cli._common import JsonFlag, TargetsDir, console, err_console, print_json, progress
@@ -110,26 +111,34 @@ def _fmt(value, spec: str) -> str:
 
 def print_table(record: dict) -> None:
     metric = record["metric"]
-    table = Table(title=f"calibration for {record['target']['name']} (objective: {record['objective']})")
-    for col in ("candidate", metric if metric == "accuracy" else "cosine", "drop" if metric == "accuracy" else "top-1 agr",
-                "MB", "p50 ms", "p95 ms", "RSS MB", "budgets"):
-        table.add_column(col, justify="left" if col in ("candidate", "budgets") else "right",
-                         no_wrap=col == "candidate")
-    for c in record["candidates"]:
-        m = c["metrics"] or {}
-        lat = m.get("latency_ms") or {}
-        fid = m.get("fidelity") or {}
-        first = m.get("accuracy") if metric == "accuracy" else fid.get("cosine")
-        second = m.get("drop") if metric == "accuracy" else fid.get("top1_agreement")
-        if c["status"] == "failed":
-            verdict = f"[red]failed: {c['error'][:60]}[/]"
-        else:
-            verdict = "[green]pass[/]" if c["passed"] else "[yellow]" + "; ".join(c["failed_budgets"]) + "[/]"
-        name = ("★ " if c["id"] == record["chosen"] else "  ") + c["id"]
-        table.add_row(name, _fmt(first, ".4f"), _fmt(second, ".4f"), _fmt(m.get("model_mb"), ".3f"),
-                      _fmt(lat.get("p50"), ".3f"), _fmt(lat.get("p95"), ".3f"), _fmt(m.get("peak_rss_mb"), ".1f"), verdict)
+    headers = ["candidate", "acc" if metric == "accuracy" else "cosine", "drop" if metric == "accuracy" else "top1",
+               "MiB", "p50", "p95", "RSS", "ok"]
+    rows = [_row(c, record, metric) for c in record["candidates"]]
+    table = Table(title=f"calibration for {record['target']['name']} (objective: {record['objective']}; "
+                        "ms, MiB)", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False,
+                  collapse_padding=True)
+    for i, header in enumerate(headers):
+        table.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
+    for c in record["candidates"]:  # the reasons, below the table so that it fits 80 columns
+        if c["status"] == "failed":
+            console.print(f"  {c['id']}: {c['error']}", style="red", highlight=False, markup=False)
+        elif not c["passed"]:
+            console.print(f"  {c['id']}: " + "; ".join(c["failed_budgets"]), style="yellow", highlight=False)
     console.print(f"chosen: [bold]{record['chosen'] or 'none'}[/] — {record['why']}", highlight=False)
+
+
+def _row(c: dict, record: dict, metric: str) -> list[str]:
+    m = c["metrics"] or {}
+    lat, fid = m.get("latency_ms") or {}, m.get("fidelity") or {}
+    first = m.get("accuracy") if metric == "accuracy" else fid.get("cosine")
+    second = m.get("drop") if metric == "accuracy" else fid.get("top1_agreement")
+    verdict = ("[red]error[/]" if c["status"] == "failed" else "[green]✓[/]" if c["passed"] else "[yellow]✗[/]")
+    name = ("★ " if c["id"] == record["chosen"] else "  ") + c["id"]
+    return [name, _fmt(first, ".4f"), _fmt(second, ".4f"), _fmt(m.get("model_mb"), ".3f"),
+            _fmt(lat.get("p50"), ".3f"), _fmt(lat.get("p95"), ".3f"), _fmt(m.get("peak_rss_mb"), ".0f"), verdict]
 
 
 def register(app: typer.Typer) -> None:
