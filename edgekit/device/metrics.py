@@ -90,12 +90,11 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(both_zero, 1.0, np.where(norms > 0, dots / safe, 0.0))
 
 
-def _sqnr_db(signal: float, noise: float) -> float:
-    """10 log10(signal / noise); an exact match is +inf, a zero signal with noise -inf."""
-    if noise == 0.0:
-        return math.inf
-    if signal == 0.0:
-        return -math.inf
+def _sqnr_db(signal: float, noise: float) -> Optional[float]:
+    """10 log10(signal / noise). An exact match (no noise) or a zero signal has no finite
+    SQNR: None, so that reports stay strict JSON (cosine and top-1 still tell the story)."""
+    if noise == 0.0 or signal == 0.0:
+        return None
     return 10.0 * math.log10(signal / noise)
 
 
