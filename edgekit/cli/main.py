@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "collect",
     "rollout",
     "report",
+    "demo",
 ]
 
 app = typer.Typer(

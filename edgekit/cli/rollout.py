@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -45,23 +46,34 @@ def _cell(value, digits: int = 4) -> str:
 
 def _print(result) -> None:
     table = Table(title=f"rollout {result.rollout_id}: {result.bundle['name']} {result.bundle['version']} "
-                        f"({result.bundle['target']}): {result.outcome}")
-    for col in ("wave", "device", "status", "before", "now", "accuracy", "p95 ms", "peak MiB", "error"):
-        table.add_column(col, overflow="fold")
+                        f"({result.bundle['target']}): {result.outcome}",
+                  box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
+    for col in ("wave", "device", "status", "before", "now", "accuracy", "p95 ms", "peak MiB"):
+        table.add_column(col, no_wrap=col not in ("device",), overflow="fold",
+                         justify="right" if col in ("accuracy", "p95 ms", "peak MiB") else "left")
+    notes = []
     for wave in result.waves:
         for row in wave["devices"]:
             report = row.get("report") or {}
             before = row.get("before") or {}
             now = (row.get("after") or {}).get("current", "-") if "restored" in row else (
                 result.bundle["version"] if row["status"] == "ok" else before.get("current"))
-            status = row["status"] + (" (restored)" if row.get("restored") else "")
+            status = row["status"] + (" ↩" if row.get("restored") else "")
             table.add_row(f"{wave['wave']} {wave['kind']}", escape(row["device"]),
                           f"[{STYLE.get(row['status'], 'yellow')}]{status}[/]", _cell(before.get("current")),
                           _cell(now), _cell(report.get("accuracy")), _cell(report.get("latency_p95")),
-                          _cell(report.get("peak_rss_mb")), escape(row.get("error") or row.get("restore_error") or ""))
-    for skipped in result.skipped:
-        table.add_row("-", escape(skipped.device), "[yellow]skipped[/]", "-", "-", "-", "-", "-", escape(skipped.error or ""))
+                          _cell(report.get("peak_rss_mb")))
+            error = row.get("error") or row.get("restore_error")
+            if error:
+                notes.append(f"{row['device']}: {error}")
     console.print(table)
+    if any(row.get("restored") for wave in result.waves for row in wave["devices"]):
+        console.print("↩ restored to what it ran before the rollout", style="dim")
+    for note in notes:
+        console.print(f"  {escape(note)}", style="yellow", highlight=False, soft_wrap=True)
+    if result.skipped:
+        names = ", ".join(s.device for s in result.skipped)
+        console.print(f"  skipped (another target): {escape(names)}", style="dim", highlight=False, soft_wrap=True)
     for breach in result.breaches:
         err_console.print(f"[red]gate broken:[/] {escape(breach.message)}", highlight=False, soft_wrap=True)
 
