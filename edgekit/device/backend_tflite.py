@@ -113,7 +113,7 @@ class TFLiteBackend(Backend):
                                  f"{_first_line(exc)}") from exc
         self.load_ms = (time.perf_counter() - start) * 1000.0
         self._in, self._out = _io_tensors(self._interp)
-        self.signature_keys = list(self._interp.get_signature_list()) if hasattr(self._interp, "get_signature_list") else []
+        self.signature_keys = list(_signatures(self._interp))
         self.inputs = [(t.name, t.outer_dtype, t.shape) for t in self._in]
         self.output_names = [t.name for t in self._out]
         self.output_specs = [(t.name, t.outer_dtype, t.shape) for t in self._out]
@@ -148,7 +148,7 @@ class TFLiteBackend(Backend):
 
 def _io_tensors(interp) -> Tuple[List[_Tensor], List[_Tensor]]:
     """Inputs and outputs, named by the (single) signature when the model has one."""
-    signatures = interp.get_signature_list() if hasattr(interp, "get_signature_list") else {}
+    signatures = _signatures(interp)
     if len(signatures) == 1:
         runner = interp.get_signature_runner(next(iter(signatures)))
         ins, outs = runner.get_input_details(), runner.get_output_details()
@@ -158,6 +158,11 @@ def _io_tensors(interp) -> Tuple[List[_Tensor], List[_Tensor]]:
         inputs = [_Tensor(d["name"], d) for d in interp.get_input_details()]
         outputs = [_Tensor(d["name"], d) for d in interp.get_output_details()]
     return inputs, outputs
+
+
+def _signatures(interp) -> dict:
+    # Runtimes before TensorFlow 2.5 have no signatures: tensor names serve.
+    return interp.get_signature_list() if hasattr(interp, "get_signature_list") else {}
 
 
 def _detail(interp, index: int) -> dict:
