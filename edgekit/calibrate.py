@@ -14,9 +14,10 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from edgekit.datasets import Dataset
 from edgekit.errors import EdgekitError, GateError
@@ -136,24 +137,39 @@ def _quality(c: Candidate) -> float:
 
 def _measure_candidate(c: Candidate, fp32: Path, workdir: Path, calibration: Dataset, eval_npz: Path,
                        profile: Profile, baseline: Optional[dict], measure_opts: dict) -> None:
-    from edgekit.evaluate import measure
     from edgekit.quantize import quantize
 
+    with attempt(c):
+        c.path = quantize(fp32, c.recipe, workdir / f"{c.id}.onnx", calibration=calibration)
+        score(c, eval_npz, profile, baseline, measure_opts, providers=profile.providers)
+
+
+@contextmanager
+def attempt(c: Candidate) -> Iterator[None]:
+    """Time a candidate; a recipe that fails is recorded as failed, never fatal (but the
+    FP32 baseline must measure: if it cannot, the model or the data is at fault)."""
     start = time.perf_counter()
     try:
-        out = workdir / f"{c.id}.onnx"
-        c.path = quantize(fp32, c.recipe, out, calibration=calibration)
-        m = measure(c.path, eval_npz, threads=profile.threads, providers=profile.providers, **measure_opts)
-        if baseline is not None and m.get("accuracy") is not None and baseline.get("accuracy") is not None:
-            m["drop"] = round(baseline["accuracy"] - m["accuracy"], 6)
-        c.metrics, c.status = m, "ok"
-        c.failed_budgets = check_budgets(m, profile, has_labels=m.get("accuracy") is not None)
-        c.passed = not c.failed_budgets
+        yield
     except EdgekitError as exc:
         if c.recipe.precision == "fp32":
-            raise  # the baseline must measure: the model or the data is at fault, not a recipe
+            raise
         c.status, c.error, c.passed = "failed", str(exc), False
-    c.seconds = time.perf_counter() - start
+    finally:
+        c.seconds = time.perf_counter() - start
+
+
+def score(c: Candidate, eval_npz: Path, profile: Profile, baseline: Optional[dict], measure_opts: dict,
+          providers: Optional[list[str]]) -> None:
+    """Measure c.path as a device would (a fresh process) and judge it against the budgets."""
+    from edgekit.evaluate import measure
+
+    m = measure(c.path, eval_npz, threads=profile.threads, providers=providers, **measure_opts)
+    if baseline is not None and m.get("accuracy") is not None and baseline.get("accuracy") is not None:
+        m["drop"] = round(baseline["accuracy"] - m["accuracy"], 6)
+    c.metrics, c.status = m, "ok"
+    c.failed_budgets = check_budgets(m, profile, has_labels=m.get("accuracy") is not None)
+    c.passed = not c.failed_budgets
 
 
 def calibrate(model: Path, profile: Profile, calibration: Dataset, eval_data: Dataset, out_dir: Path, *,

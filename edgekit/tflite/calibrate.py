@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from edgekit.calibrate import SCHEMA, CalibrationResult, Candidate, check_budgets, choose
+from edgekit.calibrate import SCHEMA, CalibrationResult, Candidate, attempt, choose, score
 from edgekit.datasets import Dataset
-from edgekit.errors import EdgekitError
 from edgekit.recipes import Recipe
 from edgekit.targets import Profile
 
@@ -92,28 +91,15 @@ def calibrate_tflite(model: str | Path, profile: Profile, calibration: Dataset, 
 
 def _measure(c: Candidate, fp32: Path, work: Path, calibration: Dataset, eval_npz: Path, profile: Profile,
              baseline: Optional[dict], measure_opts: dict) -> None:
-    from edgekit.evaluate import measure
     from edgekit.tflite.quantize import quantize_tflite, runtime_refusal
 
-    start = time.perf_counter()
-    try:
-        refusal = runtime_refusal(c.recipe, profile.runtime_version)
-        if refusal:
-            c.status, c.error = "failed", f"not offered: {refusal}"
-            return
+    refusal = runtime_refusal(c.recipe, profile.runtime_version)
+    if refusal:
+        c.status, c.error = "failed", f"not offered: {refusal}"
+        return
+    with attempt(c):
         c.path = quantize_tflite(fp32, c.recipe, work / f"{c.id}.tflite", calibration=calibration)
-        m = measure(c.path, eval_npz, threads=profile.threads, providers=None, **measure_opts)
-        if baseline is not None and m.get("accuracy") is not None and baseline.get("accuracy") is not None:
-            m["drop"] = round(baseline["accuracy"] - m["accuracy"], 6)
-        c.metrics, c.status = m, "ok"
-        c.failed_budgets = check_budgets(m, profile, has_labels=m.get("accuracy") is not None)
-        c.passed = not c.failed_budgets
-    except EdgekitError as exc:
-        if c.recipe.precision == "fp32":
-            raise  # the baseline must measure: the model or the data is at fault, not a recipe
-        c.status, c.error, c.passed = "failed", str(exc), False
-    finally:
-        c.seconds = time.perf_counter() - start
+        score(c, eval_npz, profile, baseline, measure_opts, providers=None)
 
 
 def _record(model, fp32: Path, inputs, profile, calibration, eval_data, eval_npz, candidates, chosen, why,
