@@ -1,97 +1,148 @@
-"""The terminal tables of `edgekit report`: the same rows as its json and csv."""
+"""The terminal tables of `edgekit report`: the same rows as its json and csv, laid out to fit
+the console (80 columns shows every table whole; a wider one adds columns). Long text, such
+as reasons, errors and gate messages, goes below a table as notes; json, csv and html keep
+every field and every digit."""
 
 from __future__ import annotations
 
+from itertools import groupby
+
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
+from edgekit.cli._common import (Col, fit_columns, fit_table, fits, fmt_mib, fmt_ms, fmt_pct, fmt_pp, fmt_sig,
+                                 fmt_time, print_notes, titled)
 from edgekit.fleet.views import health_items
 
 
-def _n(value, spec: str = ".4g") -> str:
-    return "-" if value is None else format(value, spec)
+def _budget_title(name: str, target: str, p95, rss) -> str:
+    budgets = ([f"p95 {p95:g} ms"] if p95 is not None else []) + ([f"RSS {rss:g} MiB"] if rss is not None else [])
+    return f"{escape(name)} on {escape(target)}" + (f" (budgets: {', '.join(budgets)})" if budgets else "")
 
 
-def _pct(value) -> str:
-    return "-" if value is None else f"{value:.2%}"
+def _over(text: str, value, budget) -> str:
+    return f"[red]{text}[/]" if None not in (value, budget) and value > budget else text
 
 
-def _with_budget(value, budget) -> str:
-    text = _n(value)
-    if value is not None and budget is not None:
-        over = value > budget
-        text = f"{'[red]' if over else ''}{text}[dim]/{budget:g}[/]{'[/]' if over else ''}"
-    return text
+# -- devices ---------------------------------------------------------------------------------
+
+ROW_COLS = (Col("device", "left"), Col("version", "left"), Col("runtime", "left", drop=1), Col("arch", "left", drop=1),
+            Col("acc"), Col("host", drop=3), Col("drop"), Col("cos", drop=4), Col("p50", drop=4), Col("p95"),
+            Col("RSS"), Col("load", drop=2), Col("last seen", drop=2), Col("status", "left"))
 
 
-NAMES = ("device", "candidate", "bundle", "version")  # never broken over lines
+def _row_cells(r: dict) -> list:
+    status = "[green]ok[/]" if r["status"] == "ok" else f"[red]{escape(r['status'] or '?')}[/]"
+    status += " [bold red]DRIFT[/]" if r["flags"] else ""
+    status += " [red]over[/]" if r["over_budget"] else ""
+    runtime = f"{r['runtime'] or '?'} {r['runtime_version'] or ''}".strip()
+    return [escape(r["device"]), escape(r["version"]) + (" *" if r["current"] else ""), escape(runtime),
+            escape(r["arch"] or "-"), fmt_pct(r["accuracy"]), fmt_pct(r["accuracy_expected"]), fmt_pp(r["drop"]),
+            fmt_sig(r["cosine"], 4), fmt_ms(r["latency_p50"]),
+            _over(fmt_ms(r["latency_p95"]), r["latency_p95"], r["latency_budget_p95"]),
+            _over(fmt_mib(r["peak_rss_mb"]), r["peak_rss_mb"], r["rss_budget_mb"]), fmt_ms(r["load_ms"]),
+            fmt_time(r["last_seen"]), status]
 
 
-def _table(title: str, columns: tuple[str, ...], left: tuple[str, ...] = ()) -> Table:
-    table = Table(title=title, title_justify="left")
-    for col in columns:
-        table.add_column(col, justify="left" if col in left else "right", overflow="fold", no_wrap=col in NAMES)
-    return table
+def _row_notes(rows: list[dict]) -> list[tuple[str, str]]:
+    notes = []
+    for r in rows:
+        for text in ([r["error"]] if r["status"] != "ok" and r["error"] else []) + r["over_budget"]:
+            notes.append((f"{r['device']} {r['version']}:", text))
+    return notes
 
 
 def _rows(out: Console, result: dict) -> None:
-    table = _table("devices (one row per device and version; * = runs it now)",
-                   ("device", "target", "version", "runtime", "arch", "accuracy", "host", "drop pp", "cosine",
-                    "p50 ms", "p95 ms/budget", "RSS MiB/budget", "load ms", "last seen", "status"),
-                   ("device", "target", "version", "runtime", "arch", "last seen", "status"))
-    for r in result["rows"]:
-        status = "[green]ok[/]" if r["status"] == "ok" else f"[red]{escape(r['status'] or '?')}[/]"
-        if r["flags"]:
-            status += " [bold red]DRIFT[/]"
-        if r["over_budget"]:
-            status += " [red]over budget[/]"
-        runtime = f"{r['runtime'] or '?'} {r['runtime_version'] or ''}".strip()
-        table.add_row(escape(r["device"]), escape(r["target"] or "-"), escape(r["version"]) + (" *" if r["current"] else ""),
-                      escape(runtime), escape(r["arch"] or "-"), _pct(r["accuracy"]), _pct(r["accuracy_expected"]),
-                      _n(None if r["drop"] is None else r["drop"] * 100, "+.2f"), _n(r["cosine"], ".4f"),
-                      _n(r["latency_p50"]), _with_budget(r["latency_p95"], r["latency_budget_p95"]),
-                      _with_budget(r["peak_rss_mb"], r["rss_budget_mb"]), _n(r["load_ms"], ".3g"),
-                      r["last_seen"] or "-", status)
-    out.print(table)
+    rows = result["rows"]
+    out.print("devices (* = runs it now; drop: pp below the host's accuracy; ms, MiB)", highlight=False)
+    cells = [_row_cells(r) for r in rows]
+    keep = fit_columns(out, ROW_COLS, cells)  # one layout for every target's table
+    at = 0  # the rows come sorted by bundle name and target
+    for (name, target), group in groupby(rows, key=lambda r: (r["name"], r["target"] or "-")):
+        group = list(group)
+        title = _budget_title(name, target, group[0]["latency_budget_p95"], group[0]["rss_budget_mb"])
+        out.print(fit_table(out, title, ROW_COLS, cells[at:at + len(group)], keep))
+        print_notes(out, _row_notes(group), style="red")
+        at += len(group)
 
 
-def _spread(cohort: dict, metric: str, fmt=_n) -> str:
+# -- cohorts ---------------------------------------------------------------------------------
+
+COHORT_COLS = (Col("bundle", "left"), Col("target", "left"), Col("version", "left"), Col("ok"), Col("acc"),
+               Col("p50"), Col("p95"), Col("RSS"), Col("load", drop=1))
+COHORT_METRICS = (("accuracy", fmt_pct), ("latency_p50", fmt_ms), ("latency_p95", fmt_ms), ("peak_rss_mb", fmt_mib),
+                  ("load_ms", fmt_ms))
+
+
+def _spread(cohort: dict, metric: str, fmt, sep: str) -> str:
     s = cohort["metrics"].get(metric)
-    return "-" if not s else f"{fmt(s['median'])} [dim]{fmt(s['min'])}–{fmt(s['max'])}[/]"
+    if not s:
+        return "-"
+    low, high = fmt(s["min"]), fmt(s["max"])
+    return fmt(s["median"]) + ("" if low == high else f"{sep}[dim]{low}–{high}[/]")
+
+
+NARROW_COHORT_COLS = (Col("cohort", "left"), *COHORT_COLS[3:])
+
+
+def _spreads(c: dict, sep: str) -> list[str]:
+    return [_spread(c, metric, fmt, sep) for metric, fmt in COHORT_METRICS]
 
 
 def _cohorts(out: Console, result: dict) -> None:
-    table = _table("cohorts (median, min–max over the devices that measured)",
-                   ("bundle", "target", "version", "devices", "failed", "accuracy", "p50 ms", "p95 ms", "RSS MiB",
-                    "load ms"), ("bundle", "target", "version"))
-    for c in result["cohorts"]:
-        table.add_row(escape(c["name"]), escape(c["target"]), escape(c["version"]), str(c["devices"]), str(c["failed"]),
-                      _spread(c, "accuracy", _pct), _spread(c, "latency_p50"), _spread(c, "latency_p95"),
-                      _spread(c, "peak_rss_mb"), _spread(c, "load_ms"))
-    out.print(table)
+    """Each median with its spread beside it when the table fits so, else the spread below the
+    median and the version below the target, a blank line between cohorts."""
+    cohorts = result["cohorts"]
+    one = len({c["name"] for c in cohorts}) == 1  # one bundle: its name goes in the title
+    title = (f"{escape(cohorts[0]['name'])} " if one else "") + \
+        "cohorts: median, min–max over the devices that measured (ok/devices; ms, MiB)"
+    cols = COHORT_COLS[one:]
+    cells = [[escape(c["name"]), escape(c["target"]), escape(c["version"]), f"{c['ok']}/{c['devices']}",
+              *_spreads(c, " ")][one:] for c in cohorts]
+    table = fit_table(out, None, cols, cells, keep=list(range(len(cols))))
+    if not fits(out, table):
+        cells = [["\n".join(((f"{escape(c['name'])} " if not one else "") + escape(c["target"]),
+                              escape(c["version"]))), f"{c['ok']}/{c['devices']}", *_spreads(c, "\n")]
+                 for c in cohorts]
+        table = fit_table(out, None, NARROW_COHORT_COLS, cells, show_lines=True)
+    out.print(titled(title, table))
+
+
+# -- drift, health, rollouts -----------------------------------------------------------------
 
 
 def _drift(out: Console, result: dict) -> None:
     if not result["drift"]:
         out.print("drift: [green]none[/] (every device within tolerance of the host and of its siblings)")
         return
-    table = _table(f"drift: {len(result['drift'])} flag(s)", ("device", "target", "version", "kind", "reason"),
-                   ("device", "target", "version", "kind", "reason"))
-    for f in result["drift"]:
-        table.add_row(escape(f["device"]), escape(f["target"] or "-"), escape(f["version"]), f["kind"],
-                      f"[red]{escape(f['reason'])}[/]")
-    out.print(table)
+    out.print(f"drift: {len(result['drift'])} flag(s)", style="red", highlight=False)
+    print_notes(out, [(f"{f['device']} ({f['target'] or '-'} {f['version']}):", f["reason"]) for f in result["drift"]])
+
+
+RUNS_COLS = (Col("bundle", "left"), Col("version", "left"), Col("target", "left"), Col("n"),
+             Col("devices", "left", wrap=30))
 
 
 def _health(out: Console, result: dict) -> None:
-    table = _table(f"rollout health ({result['health']['devices']} devices known)",
-                   ("what", "device", "bundle", "version", "detail", "at"), ("what", "device", "bundle", "version", "detail"))
-    for i in health_items(result["health"]):
-        what = i["category"] if i["category"] == "runs" else f"[red]{i['category']}[/]"
-        table.add_row(what, escape(i["device"] or "-"), escape(i["name"] or "-"), escape(i["version"] or "-"),
-                      escape(str(i["detail"] or "")), i["at"] or "")
-    out.print(table)
+    health = result["health"]
+    runs = [[escape(v["name"]), escape(v["version"]), escape(v["target"] or "-"), str(v["count"]),
+             escape(", ".join(v["devices"]))] for v in health["versions"]]
+    out.print(fit_table(out, f"rollout health ({health['devices']} devices known): what runs where", RUNS_COLS, runs))
+    problems = [i for i in health_items(health) if i["category"] != "runs"]
+    if problems:
+        out.print("needs a look:", style="red", highlight=False)
+    print_notes(out, [(f"{i['category']} {i['device'] or '-'}:", _problem(i)) for i in problems])
+
+
+def _problem(item: dict) -> str:
+    what = " ".join(x for x in (item["name"], item["version"]) if x)
+    when = f"at {fmt_time(item['at'])}" if item["at"] else ""
+    head = ", ".join(x for x in (what, when) if x)
+    return f"({head}) {item['detail'] or ''}".strip() if head else str(item["detail"] or "")
+
+
+ROLLOUT_COLS = (Col("#"), Col("bundle", "left"), Col("target", "left"), Col("outcome", "left"), Col("waves", drop=1),
+                Col("ok"), Col("failed", "left", wrap=24), Col("started", "left", drop=2))
 
 
 def _rollouts(out: Console, result: dict) -> None:
@@ -99,27 +150,48 @@ def _rollouts(out: Console, result: dict) -> None:
     if not rollouts:
         out.print("rollouts: none recorded in this store")
         return
-    table = _table("last rollouts", ("#", "bundle", "version", "target", "outcome", "waves", "ok", "failed", "started",
-                                     "reason"), ("bundle", "version", "target", "outcome", "failed", "started", "reason"))
+    rows = []
     for r in rollouts:
         colour = "green" if r["status"] == "completed" else "red"
-        table.add_row(str(r["id"]), escape(r["name"]), escape(r["version"]), escape(r["target"]),
-                      f"[{colour}]{escape(r['status'])}[/]", str(r["waves"]), str(r["devices_ok"]),
-                      escape(", ".join(r["devices_failed"]) or "-"), r["started_at"] or "", escape(r["reason"] or ""))
-    out.print(table)
+        rows.append([str(r["id"]), escape(f"{r['name']} {r['version']}"), escape(r["target"]),
+                     f"[{colour}]{escape(r['status'])}[/]", str(r["waves"]), str(r["devices_ok"]),
+                     escape(", ".join(r["devices_failed"]) or "-"), fmt_time(r["started_at"])])
+    out.print(fit_table(out, "last rollouts", ROLLOUT_COLS, rows))
+    print_notes(out, [(f"#{r['id']}:", r["reason"]) for r in rollouts if r["reason"]])
+
+
+# -- compare ---------------------------------------------------------------------------------
+
+def _percent(v) -> str:
+    return "-" if v is None else f"{v * 100:.2f}"
+
+
+def _signed(v) -> str:
+    return fmt_sig(v, 3, "+")
+
+
+# metric -> (label, value format, change format); a fraction shows in %, its change in pp
+COMPARED = {"accuracy": ("acc %", _percent, fmt_pp), "drop": ("drop %", _percent, fmt_pp),
+            "top1_agreement": ("top-1 %", _percent, fmt_pp), "cosine": ("cosine", lambda v: fmt_sig(v, 4), _signed),
+            "latency_p50": ("p50 ms", fmt_ms, _signed), "latency_p95": ("p95 ms", fmt_ms, _signed),
+            "peak_rss_mb": ("RSS MiB", fmt_mib, lambda v: "-" if v is None else f"{v:+.1f}"),
+            "load_ms": ("load ms", fmt_ms, _signed), "model_mb": ("model MiB", fmt_sig, _signed)}
+COMPARE_COLS = (Col("bundle", "left"), Col("target", "left"), Col("metric", "left"), Col("v1"), Col("v2"),
+                Col("change"), Col("%", drop=1))
 
 
 def _compare(out: Console, result: dict) -> None:
     rows = result.get("compare") or []
     if not rows:
         return
-    table = _table(f"{rows[0]['v1']} -> {rows[0]['v2']} (cohort medians)",
-                   ("bundle", "target", "metric", rows[0]["v1"], rows[0]["v2"], "change", "change %"),
-                   ("bundle", "target", "metric"))
+    v1, v2 = rows[0]["v1"], rows[0]["v2"]
+    cols = COMPARE_COLS[:3] + (Col(escape(v1)), Col(escape(v2))) + COMPARE_COLS[5:]
+    cells = []
     for r in rows:
-        table.add_row(escape(r["name"]), escape(r["target"]), r["metric"], _n(r["before"]), _n(r["after"]),
-                      _n(r["change"], "+.4g"), _n(r["change_pct"], "+.1f"))
-    out.print(table)
+        label, fmt, change = COMPARED.get(r["metric"], (r["metric"], fmt_sig, _signed))
+        cells.append([escape(r["name"]), escape(r["target"]), label, fmt(r["before"]), fmt(r["after"]),
+                      change(r["change"]), "-" if r["change_pct"] is None else f"{r['change_pct']:+.1f}"])
+    out.print(fit_table(out, f"{escape(v1)} -> {escape(v2)} (cohort medians; change of a % in pp)", cols, cells))
 
 
 PARTS = {"rows": _rows, "cohorts": _cohorts, "drift": _drift, "health": _health, "rollouts": _rollouts,
@@ -132,20 +204,31 @@ def print_fleet(out: Console, result: dict, section: str) -> None:
             part(out, result)
 
 
+# -- a calibration record --------------------------------------------------------------------
+
+CALIBRATION_COLS = (Col("#", drop=1), Col("candidate", "left"), Col("quality"), Col("MiB"), Col("p50", drop=2),
+                    Col("p95"), Col("RSS"), Col("ok", "left"))
+
+
 def print_calibration(out: Console, record: dict, rows: list[dict]) -> None:
     quality = "accuracy" if record.get("metric") == "accuracy" else "cosine"
     budgets = record.get("budgets") or {}
-    table = _table(f"calibration for {(record.get('target') or {}).get('name', '?')} (objective: {record.get('objective')})",
-                   ("#", "candidate", quality, "MiB", "p50 ms", f"p95 ms/{_n(budgets.get('max_latency_ms_p95'), 'g')}",
-                    f"RSS MiB/{_n(budgets.get('max_peak_rss_mb'), 'g')}", "verdict"), ("candidate", "verdict"))
+    limits = ", ".join(f"{k} {budgets[k]:g}" for k in budgets if budgets[k] is not None)
+    title = (f"calibration for {escape((record.get('target') or {}).get('name', '?'))} (objective: "
+             f"{escape(str(record.get('objective')))}; {quality}, MiB, ms)")
+    cols = CALIBRATION_COLS[:2] + (Col("acc" if quality == "accuracy" else "cosine"),) + CALIBRATION_COLS[3:]
+    cells = []
     for r in rows:
-        if r["status"] != "ok":
-            verdict = f"[red]failed: {escape((r['error'] or '')[:80])}[/]"
-        else:
-            verdict = "[green]pass[/]" if r["passed"] else f"[yellow]{escape(r['failed_budgets'])}[/]"
-        table.add_row(str(r["no"]), ("★ " if r["chosen"] else "") + escape(r["id"]),
-                      _pct(r[quality]) if quality == "accuracy" else _n(r[quality], ".5f"), _n(r["model_mb"]),
-                      _n(r["latency_p50"]), _n(r["latency_p95"]), _n(r["peak_rss_mb"]), verdict)
-    out.print(table)
+        verdict = "[red]error[/]" if r["status"] != "ok" else "[green]✓[/]" if r["passed"] else "[yellow]✗[/]"
+        cells.append([str(r["no"]), ("★ " if r["chosen"] else "  ") + escape(r["id"]),
+                      fmt_pct(r[quality]) if quality == "accuracy" else fmt_sig(r[quality], 5),
+                      fmt_sig(r["model_mb"]), fmt_ms(r["latency_p50"]), fmt_ms(r["latency_p95"]),
+                      fmt_mib(r["peak_rss_mb"]), verdict])
+    out.print(fit_table(out, title, cols, cells))
+    if limits:
+        out.print(f"budgets: {escape(limits)}", style="dim", highlight=False)
+    print_notes(out, [(f"{r['id']}:", r["error"] or "failed") for r in rows if r["status"] != "ok"], style="red")
+    print_notes(out, [(f"{r['id']}:", r["failed_budgets"]) for r in rows if r["status"] == "ok" and not r["passed"]],
+                style="yellow")
     out.print(f"chosen: [bold]{escape(record.get('chosen') or 'none')}[/] — {escape(str(record.get('why') or ''))}",
               highlight=False)
