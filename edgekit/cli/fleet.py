@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
-from edgekit.cli._common import JsonFlag, console, print_json, progress
+from edgekit.cli._common import Col, JsonFlag, console, fit_table, fmt_time, print_json, print_notes, progress
 
 InventoryOpt = Annotated[Path, typer.Option("--inventory", "-i", help="The inventory (fleet/*.toml).")]
 DevicesOpt = Annotated[Optional[list[str]], typer.Option(
@@ -31,28 +31,53 @@ def _devices(inventory: Path, device: Optional[list[str]], group: Optional[list[
     return load_inventory(inventory).select(device or (), group or ())
 
 
+# The per-device details a table may show, as columns; a narrow console drops them in `drop` order.
+FIELDS = {
+    "version": Col("version", "left"), "current": Col("active", "left", drop=2),
+    "previous": Col("previous", "left", drop=2), "runner_updated": Col("new runner", "left", drop=1),
+    "reachable": Col("reachable", "left", drop=3), "running": Col("running", "left", wrap=30),
+    "last_report_at": Col("last report", "left", drop=4), "python": Col("python", "left", drop=1),
+    "runner": Col("runner", "left", drop=2), "new": Col("new"), "fetched": Col("fetched", drop=1),
+}
+STATUS_STYLE = {"ok": "green", "failed": "red"}
+
+
 def _finish(result, json: bool, columns: tuple[str, ...]) -> None:
     """Print the per-device results; exit 1 when any device failed."""
     if json:
         print_json(result.record())
     else:
-        table = Table(title=f"{result.action}: {len(result.succeeded)} ok, {len(result.failed)} failed")
-        for col in ("device", "status", *columns, "error"):
-            table.add_column(col, overflow="fold")
-        for r in result.results:
-            style = {"ok": "green", "failed": "red"}.get(r.status, "yellow")
-            table.add_row(r.device, f"[{style}]{r.status}[/]", *(_cell(r.detail.get(c)) for c in columns), r.error or "")
-        console.print(table)
+        _print_results(result, columns)
     if result.failed:
         raise typer.Exit(1)
 
 
-def _cell(value) -> str:
+def _print_results(result, columns: tuple[str, ...]) -> None:
+    """One row per device with the `columns` of its detail; errors below the table."""
+    cols = (Col("device", "left"), Col("status", "left"), *(FIELDS[c] for c in columns))
+    rows = [[escape(r.device), f"[{STATUS_STYLE.get(r.status, 'yellow')}]{r.status}[/]",
+             *(_cell(c, r.detail.get(c)) for c in columns)] for r in result.results]
+    skipped = len(result.results) - len(result.succeeded) - len(result.failed)
+    title = f"{result.action}: {len(result.succeeded)} ok, {len(result.failed)} failed" + \
+        (f", {skipped} skipped" if skipped else "")
+    console.print(fit_table(console, title, cols, rows))
+    for status, style in (("failed", "red"), ("skipped", "yellow")):
+        print_notes(console, [(f"{r.device}:", _error(r)) for r in result.results if r.error and r.status == status],
+                    style=style)
+
+
+def _cell(key: str, value) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    return str(value)
+    return fmt_time(value) if key.endswith("_at") else escape(str(value))
+
+
+def _error(r) -> str:
+    """The device's error, and when it last answered when that is known."""
+    last = r.detail.get("last_contact_at")
+    return r.error + (f" (last answered {fmt_time(last)})" if last and r.status == "failed" else "")
 
 
 def push_cmd(
