@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
-from edgekit.cli._common import JsonFlag, console, print_json, progress
+from edgekit.cli._common import (JsonFlag, compact_table, console, fmt_mib, fmt_ms, fmt_pct, fmt_pp, fmt_sig,
+                                 print_json, progress, titled)
 
 
 def evaluate_cmd(
@@ -39,32 +40,52 @@ def evaluate_cmd(
         print_table(result)
 
 
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+def _count(value) -> str:
+    return "-" if value is None else str(value)
+
+
+# (label, key in the result, format): measured on the model, and on the reference when given
+MEASURES = (("accuracy", "accuracy", fmt_pct), ("model MiB", "model_mb", fmt_sig), ("load ms", "load_ms", fmt_ms),
+            ("peak RSS MiB", "peak_rss_mb", fmt_mib),
+            *((f"latency {p} ms", f"latency_ms.{p}", fmt_ms) for p in ("p50", "p90", "p99", "mean")),
+            ("latency runs", "latency_ms.n", _count))
+FIDELITY = {"top1_agreement": ("top-1 agreement", fmt_pct), "cosine": ("cosine", lambda v: fmt_sig(v, 6)),
+            "sqnr_db": ("SQNR dB", lambda v: "-" if v is None else f"{v:.1f}")}
+
+
+def _get(result: dict, key: str):
+    for part in key.split("."):
+        result = (result or {}).get(part)
+    return result
+
+
+def _rows(r: dict, ref: Optional[dict]) -> list[list[str]]:
+    """(metric, value[, reference]) rows; the accuracy drop and fidelity are against the reference."""
+    rows = [[label, fmt(_get(r, key)), *([fmt(_get(ref, key))] if ref else [])] for label, key, fmt in MEASURES]
+    if r.get("accuracy_drop") is not None:
+        rows.append(["accuracy drop pp", fmt_pp(r["accuracy_drop"]), *(["-"] if ref else [])])
+    for key, value in (r.get("fidelity") or {}).items():
+        label, fmt = FIDELITY.get(key, (key, lambda v: fmt_sig(v, 4)))
+        rows.append([f"fidelity {label}", fmt(value), *(["-"] if ref else [])])
+    return rows
 
 
 def print_table(r: dict) -> None:
-    table = Table(title=f"{Path(r['model']).name} on {Path(r['data']['path']).name} ({r['n']} samples)")
-    table.add_column("metric", style="bold")
-    table.add_column("value", justify="right")
     ref = r.get("reference")
+    table = compact_table()
+    table.add_column("metric", justify="left", no_wrap=True)
+    table.add_column("value", justify="right", no_wrap=True)
     if ref:
-        table.add_column("reference", justify="right")
-    rows = [("accuracy", "accuracy", ".4f"), ("model MB", "model_mb", ".3f"), ("load ms", "load_ms", ".1f"),
-            ("peak RSS MB", "peak_rss_mb", ".1f")]
-    for label, key, spec in rows:
-        table.add_row(label, _fmt(r.get(key), spec), *([_fmt(ref.get(key), spec)] if ref else []))
-    for p in ("p50", "p90", "p99", "mean"):
-        table.add_row(f"latency {p} ms", _fmt(r["latency_ms"][p], ".3f"),
-                      *([_fmt(ref["latency_ms"][p], ".3f")] if ref else []))
-    table.add_row("latency runs", str(r["latency_ms"]["n"]), *([str(ref["latency_ms"]["n"])] if ref else []))
-    if r.get("accuracy_drop") is not None:
-        table.add_row("accuracy drop", _fmt(r["accuracy_drop"], ".4f"), *([""] if ref else []))
-    for key, value in (r.get("fidelity") or {}).items():
-        table.add_row(f"fidelity {key}", _fmt(value, ".4f"), *([""] if ref else []))
+        table.add_column("reference", justify="right", no_wrap=True)
+    for row in _rows(r, ref):
+        table.add_row(*row)
+    console.print(titled(escape(f"{Path(r['model']).name} on {Path(r['data']['path']).name} ({r['n']} samples)"),
+                         table))
+    if ref:
+        console.print(f"reference: {escape(str(ref.get('model') or '-'))}", highlight=False)
     rt = r["runtime"]
-    table.add_row("runtime", f"{rt['name']} {rt['version']} ({', '.join(rt['providers'])})", *([""] if ref else []))
-    console.print(table)
+    console.print(f"runtime: {escape(rt['name'])} {escape(rt['version'])} ({escape(', '.join(rt['providers']))})",
+                  highlight=False)
 
 
 def register(app: typer.Typer) -> None:

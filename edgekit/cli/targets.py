@@ -5,13 +5,22 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
-from edgekit.cli._common import JsonFlag, TargetsDir, console, print_json
+from edgekit.cli._common import Col, JsonFlag, TargetsDir, compact_table, console, fit_table, print_json, titled
 from edgekit.targets import list_profiles, load_profile
 
 targets_app = typer.Typer(help="Target-device profiles: what each device class runs and its budgets.",
                           no_args_is_help=True)
+
+BUDGETS = ("max_model_mb", "max_peak_rss_mb", "max_latency_ms_p95", "max_accuracy_drop", "min_fidelity_cosine")
+LIST_COLS = (Col("name", "left"), Col("arch", "left", drop=2), Col("runtime", "left"),
+             Col("precisions", "left", wrap=12), Col("RAM MB", drop=1), Col("objective", "left", drop=3),
+             Col("model"), Col("RSS"), Col("p95"), Col("drop"), Col("cos"))
+
+
+def _budget(value) -> str:
+    return "-" if value is None else f"{value:g}"
 
 
 @targets_app.command("list")
@@ -21,13 +30,10 @@ def list_cmd(targets_dir: TargetsDir = None, json: JsonFlag = False) -> None:
     if json:
         print_json([dict(profile.snapshot(), path=str(path)) for path, profile in found])
         return
-    table = Table(title="target profiles")
-    for col in ("name", "arch", "runtime", "precisions", "RAM MB", "objective", "budgets"):
-        table.add_column(col)
-    for _, p in found:
-        budgets = ", ".join(f"{k}={v:g}" for k, v in p.budgets.model_dump().items() if v is not None)
-        table.add_row(p.name, p.arch, p.runtime, " ".join(p.precisions), str(p.memory_mb), p.objective, budgets)
-    console.print(table)
+    rows = [[escape(p.name), escape(p.arch), escape(p.runtime), " ".join(p.precisions), str(p.memory_mb),
+             escape(p.objective), *(_budget(getattr(p.budgets, key)) for key in BUDGETS)] for _, p in found]
+    console.print(fit_table(console, "target profiles (budgets: model and peak RSS in MiB, p95 latency in ms, "
+                                     "accuracy drop, fidelity cosine)", LIST_COLS, rows))
 
 
 @targets_app.command("show")
@@ -41,16 +47,17 @@ def show_cmd(
     if json:
         print_json(profile.snapshot())
         return
-    table = Table(title=profile.name, show_header=False)
-    table.add_column("key", style="bold")
+    table = compact_table(show_header=False)
+    table.add_column("key", style="bold", no_wrap=True)
     table.add_column("value")
     for key, value in profile.snapshot().items():
         if key == "budgets":
             for bk, bv in value.items():
                 table.add_row(f"budgets.{bk}", "-" if bv is None else f"{bv:g}")
         else:
-            table.add_row(key, " ".join(value) if isinstance(value, list) else str(value))
-    console.print(table)
+            text = " ".join(value) if isinstance(value, list) else "" if value is None else str(value)
+            table.add_row(key, escape(text) or "-")
+    console.print(titled(escape(profile.name), table))
 
 
 def register(app: typer.Typer) -> None:
