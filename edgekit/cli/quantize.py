@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgekit.cli._common import JsonFlag, TargetsDir, console, print_json, progress
+from edgekit.cli._common import JsonFlag, TargetsDir, console, fmt_sig, print_json, progress
 
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static")
 
@@ -51,8 +51,9 @@ def quantize_cmd(
         print_json(result)
         return
     size = result["size_mb"]
-    console.print(f"wrote {written} ({recipe.id})", highlight=False)
-    console.print(f"size: {size['before']:.4f} MB -> {size['after']:.4f} MB ({result['ratio']:.3f}x)", highlight=False)
+    console.print(f"wrote {written} ({recipe.id})", highlight=False, markup=False, soft_wrap=True)  # path unbroken
+    console.print(f"size: {fmt_sig(size['before'])} MiB -> {fmt_sig(size['after'])} MiB ({result['ratio']:.3f}x)",
+                  highlight=False)
 
 
 def _recipe(precision, method, per_channel, reduce_range, exclude, include):
