@@ -137,10 +137,16 @@ def _quality(c: Candidate) -> float:
 
 def _measure_candidate(c: Candidate, fp32: Path, workdir: Path, calibration: Dataset, eval_npz: Path,
                        profile: Profile, baseline: Optional[dict], measure_opts: dict) -> None:
+    from edgekit.onnx_compat import check_target, target_refusal
     from edgekit.quantize import quantize
 
+    check_target(profile)  # a bad runtime_version is bad input, not a failed candidate
     with attempt(c):
         c.path = quantize(fp32, c.recipe, workdir / f"{c.id}.onnx", calibration=calibration)
+        refusal = target_refusal(c.path, profile)
+        if refusal:  # the device's onnxruntime cannot load it: never measured, never chosen
+            c.status, c.error = "failed", f"not offered: {refusal}"
+            return
         score(c, eval_npz, profile, baseline, measure_opts, providers=profile.providers)
 
 

@@ -61,6 +61,11 @@ def check_allowed(model: Path, profile: Profile, precision: str, model_mb: float
     limit = profile.budgets.max_model_mb
     if limit is not None and model_mb > limit:
         raise GateError(f"{model.name} is {model_mb:.3f} MB, over max_model_mb {limit:g} of target {profile.name}")
+    from edgekit.onnx_compat import target_refusal
+
+    refusal = target_refusal(model, profile, what=model.name)
+    if refusal:
+        raise GateError(f"target {profile.name}: {refusal}")
 
 
 def _created_at(model: Path, record: Optional[dict]) -> int:

@@ -46,6 +46,8 @@ def quantize_cmd(
         else:
             fp32 = load_model(model, workdir=Path(tmp), example_data=calib)
         written = quantize(fp32, recipe, out, calibration=calib, max_samples=max_samples)
+        if not tflite:
+            _refuse_unrunnable(written, target, targets_dir, recipe)
         result = _result(model, fp32, written, recipe)
     if json:
         print_json(result)
@@ -76,9 +78,11 @@ def _tflite_output(model: str, out: Path, target, targets_dir, recipe) -> bool:
 
     profile = None
     if target is not None:
+        from edgekit.onnx_compat import check_target
         from edgekit.targets import load_profile
 
         profile = load_profile(target, targets_dir or ())
+        check_target(profile)  # a bad onnxruntime runtime_version is reported before any work
     tflite = (profile.runtime == "tflite") if profile else ".tflite" in (Path(model).suffix, out.suffix)
     if tflite and out.suffix != ".tflite":
         raise ConfigError(f"--out {out}: a TFLite model is written to a .tflite file")
@@ -93,6 +97,23 @@ def _tflite_output(model: str, out: Path, target, targets_dir, recipe) -> bool:
         if refusal:
             raise ConfigError(f"--precision {recipe.precision} for target {profile.name}: {refusal}")
     return tflite
+
+
+def _refuse_unrunnable(written: Path, target, targets_dir, recipe) -> None:
+    """Remove an ONNX model that the target's runtime_version cannot load, and say why (exit 2)."""
+    if target is None:
+        return
+    from edgekit.errors import ConfigError
+    from edgekit.models import external_data_files
+    from edgekit.onnx_compat import target_refusal
+    from edgekit.targets import load_profile
+
+    profile = load_profile(target, targets_dir or ())
+    refusal = target_refusal(written, profile)
+    if refusal:
+        for path in [*external_data_files(written), written]:
+            path.unlink(missing_ok=True)
+        raise ConfigError(f"--precision {recipe.precision} for target {profile.name}: {refusal}")
 
 
 def _result(model: str, fp32: Path, written: Path, recipe) -> dict:
