@@ -19,6 +19,14 @@ LIST_COLS = (Col("name", "left"), Col("arch", "left", drop=2), Col("runtime", "l
              Col("model"), Col("RSS"), Col("p95"), Col("drop"), Col("cos"))
 
 
+SHORT = {"int8-dynamic": "i8dyn", "int8-static": "i8st"}
+
+
+def _precisions(precisions) -> str:
+    """Short enough for an 80-column table; the title says what i8dyn and i8st are."""
+    return " ".join(SHORT.get(p, p) for p in precisions)
+
+
 def _budget(value) -> str:
     return "-" if value is None else f"{value:g}"
 
@@ -30,10 +38,10 @@ def list_cmd(targets_dir: TargetsDir = None, json: JsonFlag = False) -> None:
     if json:
         print_json([dict(profile.snapshot(), path=str(path)) for path, profile in found])
         return
-    rows = [[escape(p.name), escape(p.arch), escape(p.runtime), " ".join(p.precisions), str(p.memory_mb),
+    rows = [[escape(p.name), escape(p.arch), escape(p.runtime), _precisions(p.precisions), str(p.memory_mb),
              escape(p.objective), *(_budget(getattr(p.budgets, key)) for key in BUDGETS)] for _, p in found]
     console.print(fit_table(console, "target profiles (budgets: model and peak RSS in MiB, p95 latency in ms, "
-                                     "accuracy drop, fidelity cosine)", LIST_COLS, rows))
+                                     "accuracy drop, fidelity cosine; i8dyn, i8st: INT8 dynamic, static)", LIST_COLS, rows))
 
 
 @targets_app.command("show")
