@@ -259,3 +259,34 @@ def test_fixture_inventory_loads_with_awkward_names(fleet):
     assert list(inventory.devices[:1]) == fleet.devices()
     assert inventory.devices[0].root == str(fleet.servers[0].root) and "'single'" in inventory.devices[0].root
     assert inventory.devices[1].name == 'offline "x"'
+
+
+def test_uploads_prefer_aes_gcm_and_send_one_packet_per_write(fleet, tmp_path):
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(os.urandom(1 << 20))
+    remote = f"{fleet.servers[0].root}/payload.part"
+    with connect(fleet.device(0)) as tr:
+        ssh = tr._client.get_transport()
+        assert ssh.local_cipher == ssh.remote_cipher == "aes128-gcm@openssh.com"
+        sent = []
+        send = ssh.packetizer.send_message
+        ssh.packetizer.send_message = lambda message: (sent.append(1), send(message))[1]
+        tr.put(payload, remote)
+        ssh.packetizer.send_message = send
+    # 32 KiB writes (paramiko's default) went out as two packets each: 64 and more for 1 MiB
+    assert sha256(Path(remote)) == sha256(payload)
+    assert len(sent) <= (1 << 20) // 32000 + 4, len(sent)
+
+
+def test_a_server_without_aes_gcm_still_takes_uploads(fleet, tmp_path):
+    server = fleet.servers[0]
+    server.stop()
+    config = server.dir / "sshd_config"
+    config.write_text(config.read_text() + "Ciphers aes128-ctr\n")
+    server.start()
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(os.urandom((1 << 20) + 17))
+    with connect(fleet.device(0)) as tr:
+        assert tr._client.get_transport().local_cipher == "aes128-ctr"
+        tr.put(payload, f"{server.root}/payload.part")
+    assert sha256(server.root / "payload.part") == sha256(payload)
