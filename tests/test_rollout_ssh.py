@@ -138,3 +138,25 @@ def test_collect_is_idempotent_and_a_bad_or_unreachable_device_is_its_own_failur
     assert status.code == 1
     offline_row = by_device(status)["offline 'x'"]
     assert offline_row["status"] == "failed" and offline_row.get("reachable") is False
+
+
+def test_push_starts_one_runner_per_device_and_still_repairs_a_changed_runner(sshd_fleet, in_fleet_env, bundles):
+    fleet = in_fleet_env(sshd_fleet(1, pythons=[sys.executable]))
+    server, inventory = fleet.servers[0], fleet.write_inventory()
+
+    def push() -> tuple[dict, int]:
+        before = server.log.read_text().count("Starting session: command")
+        result = run_edgekit("push", bundles["1.0.0"].path, "--inventory", inventory, "--json", env=fleet.env)
+        assert result.code == 0, result.stderr
+        return by_device(result)[server.name], server.log.read_text().count("Starting session: command") - before
+
+    fresh, commands = push()  # no runner yet: it is uploaded without asking a runner that is not there
+    assert (fresh["runner_updated"], fresh["already_installed"], commands) == (True, False, 1)
+    again, commands = push()  # the runner's status only: its hash matches, the bundle is there
+    assert (again["runner_updated"], again["already_installed"], commands) == (False, True, 1)
+    module = server.root / "bin" / "edgekit_device" / "install.py"
+    shipped = module.read_bytes()
+    module.write_bytes(shipped + b"# changed on the device\n")
+    repaired, commands = push()
+    assert (repaired["runner_updated"], repaired["already_installed"], commands) == (True, True, 1)
+    assert module.read_bytes() == shipped

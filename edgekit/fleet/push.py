@@ -119,11 +119,13 @@ def ensure_runner(transport: Transport, device: Device) -> bool:
 
     files = runner_files()
     want = tree_hash(files)
-    try:
-        if run_runner(transport, device, "status", timeout=120).get("runner_sha256") == want:
-            return False
-    except RemoteCommandError:
-        pass  # no runner yet, or a broken one: replace it
+    # A fresh device has no launcher: one SFTP stat instead of a runner process that fails.
+    if transport.size(f"{device.root.rstrip('/')}/{RUNNER}") is not None:
+        try:
+            if run_runner(transport, device, "status", timeout=120).get("runner_sha256") == want:
+                return False
+        except RemoteCommandError:
+            pass  # a broken runner: replace it
     _upload_runner(transport, device.root.rstrip("/") + "/bin", files, want[:12])
     return True
 
