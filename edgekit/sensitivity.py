@@ -17,6 +17,13 @@ QDQ drops a Relu or Clip that follows a quantized node (the QuantizeLinear clips
 and its producer then writes the activation's output: such a pair is ranked as one entry
 of two nodes, since only keeping both in float brings the activation back.
 
+Noise can hide: where a few outlier channels carry most of a tensor's energy, the other
+channels' noise barely moves the NSR, until a later node scales the outliers down and
+the noise shows. When that later node is the one quantized, the score blames it; once it
+is kept in float (``kept``: the nodes a search keeps in float on purpose), the noise its
+output gains cannot be its own, and is traced back to the nearest quantized nodes
+upstream (``traced``, part of their score).
+
 Scores are relative noise powers, not dB: an SQNR drop of 30 dB down to 25 dB adds far
 less noise than one of 20 dB down to 5 dB, and the ranking should say so.
 
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -39,6 +47,7 @@ __all__ = ["NodeSensitivity", "rank_nodes"]
 _SAVED = "_ReshapedSavedOutput"  # qdq_loss_debug's suffix for an augmented model's extra outputs
 _MIN_SCORE = 1e-9  # below this a node adds no noise worth keeping it in float for
 _FOLDABLE = ("Relu", "Clip")  # activations that QDQ folds into the QuantizeLinear before them
+_TRACE_DEPTH = 4  # nodes a kept node's noise is traced back through (bias Add, Relu, Reshape, ...)
 
 
 @dataclass(frozen=True)
@@ -47,17 +56,19 @@ class NodeSensitivity:
     op_type: str
     score: float  # relative noise power the node adds (NSR of its output minus its inputs')
     sqnr_db: float  # its output against the float model's
+    traced: float = 0.0  # the part of score that showed up later, in a node kept in float
 
     def record(self) -> dict:
         return {"nodes": list(self.nodes), "op_type": self.op_type, "score": round(self.score, 8),
-                "sqnr_db": round(self.sqnr_db, 2)}
+                "traced": round(self.traced, 8), "sqnr_db": round(self.sqnr_db, 2)}
 
 
 def rank_nodes(float_model: Path, quantized: Path, calibration: Dataset, workdir: Path, *,
-               samples: int = 32, batch_size: int = 8) -> list[NodeSensitivity]:
+               samples: int = 32, batch_size: int = 8, kept: Iterable[str] = ()) -> list[NodeSensitivity]:
     """The nodes `quantized` quantizes, most harmful first (those that add no noise left out).
 
-    `float_model` is the graph the recipe quantized, as edgekit.quantize.prepared gives it."""
+    `float_model` is the graph the recipe quantized, as edgekit.quantize.prepared gives it;
+    `kept` names nodes `quantized` keeps in float, whose noise is traced back (module docstring)."""
     import onnx
 
     from edgekit.models import model_inputs
@@ -69,7 +80,8 @@ def rank_nodes(float_model: Path, quantized: Path, calibration: Dataset, workdir
     feeds = _feeds(calibration, model_inputs(float_model), samples, batch_size)
     nsr = _noise_ratios(Path(float_model), Path(quantized), _visible(q_graph), feeds, workdir)
     producers = {o: n for n in nodes for o in n.output}
-    scored = (_score(unit, nsr, producers) for unit in units)
+    traced = _traced([n for n in nodes if n.name in set(kept)], units, nsr, producers)
+    scored = (_score(unit, nsr, producers, traced.get(unit[0].name, 0.0)) for unit in units)
     return sorted((s for s in scored if s is not None and s.score > _MIN_SCORE), key=lambda s: -s.score)
 
 
@@ -152,15 +164,50 @@ def _saved_outputs(session) -> dict[str, str]:
     return {o.name[:-len(_SAVED)]: o.name for o in session.get_outputs() if o.name.endswith(_SAVED)}
 
 
-def _score(unit: list, nsr: dict[str, float], producers: dict):
-    """Noise added between the unit's inputs and its (last node's) outputs."""
+def _score(unit: list, nsr: dict[str, float], producers: dict, traced: float = 0.0):
+    """Noise added between the unit's inputs and its (last node's) outputs, plus what was traced to it."""
+    added = _added(unit, nsr, producers)
+    if added is None:
+        return None
+    own, out = added
+    sqnr = -10 * float(np.log10(out)) if out > 0 else 999.0
+    return NodeSensitivity(tuple(n.name for n in unit), unit[0].op_type, own + traced, sqnr, traced)
+
+
+def _added(unit: list, nsr: dict[str, float], producers: dict):
+    """(NSR of the unit's output minus its inputs', NSR of its output), or None if not measured."""
     outputs = [nsr[o] for o in unit[-1].output if o in nsr]
     if not outputs:
         return None
     out = max(outputs)
-    added = out - max((_input_nsr(i, nsr, producers) for i in unit[0].input), default=0.0)
-    sqnr = -10 * float(np.log10(out)) if out > 0 else 999.0
-    return NodeSensitivity(tuple(n.name for n in unit), unit[0].op_type, added, sqnr)
+    return out - max((_input_nsr(i, nsr, producers) for i in unit[0].input), default=0.0), out
+
+
+def _traced(kept: list, units: list[list], nsr: dict[str, float], producers: dict) -> dict[str, float]:
+    """Unit head name -> the noise that kept float nodes downstream of it gained."""
+    heads = {n.name: unit[0].name for unit in units for n in unit}
+    blame: dict[str, float] = {}
+    for node in kept:
+        added = _added([node], nsr, producers)
+        if added is None or added[0] <= _MIN_SCORE:
+            continue
+        for head in _upstream(node, heads, producers, _TRACE_DEPTH):
+            blame[head] = blame.get(head, 0.0) + added[0]
+    return blame
+
+
+def _upstream(node, heads: dict[str, str], producers: dict, depth: int) -> set[str]:
+    """The nearest quantized units feeding `node`, through at most `depth` float nodes."""
+    found: set[str] = set()
+    for tensor in node.input:
+        source = producers.get(tensor)
+        if source is None:
+            continue  # a graph input or a weight
+        if source.name in heads:
+            found.add(heads[source.name])
+        elif depth > 1:
+            found |= _upstream(source, heads, producers, depth - 1)
+    return found
 
 
 def _input_nsr(tensor: str, nsr: dict[str, float], producers: dict, depth: int = 3) -> float:
