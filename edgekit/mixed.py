@@ -6,27 +6,48 @@ budget. edgekit.sensitivity ranks the nodes the base quantizes by the noise each
 adds. The search then measures, with the same measure() as every candidate:
 
     1. per-operator-type recipes: the base recipe quantizing only MatMul/Gemm/Conv
-    2. the base recipe keeping the top 1, 2, 4, 8, ... ranked entries in float
+    2. growing: the base recipe keeping 1, 2, 4, 8, ... ranked entries in float
+    3. pruning: from the best passing growing step, each kept entry in turn (least
+       sensitive first) goes back to INT8, and stays there if the candidate still meets
+       every budget (mode "always": and its quality, rounded to 4 decimals as choose()
+       rounds it, is still that of the step pruning started from)
 
-and stops at the first step that meets every budget (mode "auto"), at --max-float-nodes,
-when a step breaks a budget that more float cannot mend (size, latency, memory), when a
-step matches the FP32 quality, or at --max-minutes. The time is checked between steps
-and counted from the start of the calibrate run (the uniform sweep always completes).
-Ctrl-C stops the search the same way. Every step is an ordinary candidate, so the best
-candidate that meets the budgets is chosen and written whatever stopped the search.
+Growing stops at the first step that meets every budget (mode "auto"), at
+--max-float-nodes, when a step breaks a budget that more float cannot mend (size,
+latency, memory), or when a step matches the FP32 quality; pruning then runs. The ranking
+cannot tell which kept nodes the others made unneeded (on the outlier test encoder, the
+fc1 that crushes the outlier channels fixes what fc2 was blamed for), so growing keeps
+more than needed and pruning gives the rest back. A recipe measured before is not
+measured again. --max-minutes (counted from the start of the calibrate run; the uniform
+sweep always completes) and Ctrl-C stop either phase between steps. Every measured step
+is an ordinary candidate, so the best candidate that meets the budgets is chosen and
+written whatever stopped the search; `result` names where the search itself ended.
+
+Re-ranking: after a failing growing step, the nodes are ranked again on that step's
+model, with the kept nodes in float, so that the noise they now show is traced back to the
+quantized nodes that feed them (edgekit.sensitivity's `kept`). It pays when one ranking
+costs less than the steps it may save. Measured on the outlier test encoder (64 samples,
+2 cores): a ranking takes 0.02-0.05 s, a step (quantize, then measure in a fresh process)
+0.2 s, and one re-ranking after the first failing step finds fc1 at once: 3 measured node
+steps (2 growing, 1 pruning) instead of 6 (3 and 3). On larger models both costs grow with
+the graph, the ranking with 32 calibration samples and every activation of two models,
+the step with the eval set and the latency runs, and not in step. So the run decides on
+its own clock: it re-ranks when its first ranking took no longer than its mean measured
+step (SearchOptions.rerank forces it on or off), and records both times in `rerank`.
 
 Modes: "auto" searches only when no uniform recipe meets the budgets; "always" also
-tries to improve on the passing ones (and then runs every step up to the limits);
+tries to improve on the passing ones (and then grows up to the limits before pruning);
 "off" never searches. The user's --exclude and --include stay in every recipe tried.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from edgekit._mixed_steps import (State, Stop, baseline_quality, first_line, nodes, now, out_of_time, prune,
+                                  quality, step)
 from edgekit.recipes import Recipe
 
 __all__ = ["SearchOptions", "SearchContext", "run_search", "MODES"]
@@ -36,6 +57,7 @@ QUALITY_BUDGETS = ("max_accuracy_drop", "min_fidelity_cosine")
 LINEAR_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")  # where the weights, and the INT8 savings, are
 INT8 = ("int8-dynamic", "int8-static")
 RANKING_KEPT = 50  # ranking entries written to calibration.json
+RERANK_TOP = 5  # entries of each re-ranking written
 _EPS = 1e-6
 
 
@@ -45,6 +67,7 @@ class SearchOptions:
     max_float_nodes: int = 8  # nodes the search keeps in float, beyond the user's --exclude
     max_minutes: Optional[float] = None  # of the whole calibrate run
     ranking_samples: int = 32  # calibration samples the sensitivity ranking runs on
+    rerank: Optional[bool] = None  # after failing steps; None: when a ranking costs no more than a step
 
 
 @dataclass
@@ -62,63 +85,58 @@ class SearchContext:
     count: int = 0  # candidates so far, for on_candidate
 
 
-def _now() -> float:
-    return time.monotonic()
-
-
 def run_search(opts: SearchOptions, uniform: list, ctx: SearchContext) -> tuple[list, dict]:
     """The search's candidates and its record (see the module docstring)."""
     ctx.deadline = None if opts.max_minutes is None else ctx.started + 60 * opts.max_minutes
     ctx.count = len(uniform)
     record = {"mode": opts.mode, "max_float_nodes": opts.max_float_nodes, "max_minutes": opts.max_minutes,
-              "base": None, "ranking": [], "ranked": 0, "steps": [], "stopped": None, "why": None, "seconds": 0.0}
-    start = _now()
-    found: list = []
+              "base": None, "ranking": [], "ranked": 0, "rerank": None, "reranks": [], "steps": [],
+              "pruning": None, "result": None, "stopped": None, "why": None, "seconds": 0.0}
+    start = now()
+    s = State(opts, ctx, record, [], {c.recipe: c for c in uniform})
     try:
-        _search(opts, uniform, ctx, record, found)
+        _search(s, uniform)
+    except Stop as stop:
+        _stop(record, stop.reason, stop.why)
     except KeyboardInterrupt:  # keep what was measured; the run still writes its result
         _stop(record, "interrupted", "interrupted (Ctrl-C); the candidates measured so far are kept")
-    record["seconds"] = round(_now() - start, 2)
-    return found, record
+    record["seconds"] = round(now() - start, 2)
+    return s.found, record
 
 
 def _stop(record: dict, reason: str, why: str) -> None:
     record["stopped"], record["why"] = reason, why
 
 
-def _search(opts: SearchOptions, uniform: list, ctx: SearchContext, record: dict, found: list) -> None:
+def _search(s: State, uniform: list) -> None:
+    opts, record = s.opts, s.record
     if opts.mode == "off":
-        return _stop(record, "off", "the search is off (--search off)")
+        raise Stop("off", "the search is off (--search off)")
     if opts.mode == "auto" and any(c.passed for c in uniform):
-        return _stop(record, "not-needed", "a uniform recipe meets every budget (--search always improves on it)")
-    base = _base(uniform)
-    if base is None:
-        return _stop(record, "no-base", "no INT8 candidate misses only the accuracy or fidelity budget, "
-                                        "so keeping nodes in float cannot help")
-    record["base"] = base.id
-    if _quality(base.metrics) >= _baseline_quality(ctx.baseline) - _EPS:
-        return _stop(record, "fp32-quality", f"{base.id} already matches the FP32 quality")
-    if _out_of_time(ctx):
-        return _stop(record, "time", "--max-minutes was reached before the search began")
-    ranked = _rank(base, opts, ctx, record)
-    if ranked is None:
-        return
-    ranking, float_model = ranked
-    taken = {c.recipe for c in uniform}
-    for step, (kind, recipe, float_nodes) in enumerate(_plan(base.recipe, ranking, opts, float_model), start=1):
-        if _out_of_time(ctx):
-            return _stop(record, "time", f"--max-minutes was reached after {step - 1} step(s)")
-        if recipe in taken:
-            continue
-        taken.add(recipe)
-        c = _measure(recipe, ctx)
-        found.append(c)
-        record["steps"].append(_step_record(step, kind, c, float_nodes))
-        if _stops_here(c, kind, opts, ctx, record):
-            return
-    _stop(record, "max-float-nodes" if _ranked_nodes(ranking) > opts.max_float_nodes else "ranking-exhausted",
-          f"tried every step up to {min(opts.max_float_nodes, _ranked_nodes(ranking))} node(s) in float"
-          + ("" if any(c.passed for c in found) else " without meeting the budgets"))
+        raise Stop("not-needed", "a uniform recipe meets every budget (--search always improves on it)")
+    s.base = _base(uniform)
+    if s.base is None:
+        raise Stop("no-base", "no INT8 candidate misses only the accuracy or fidelity budget, "
+                              "so keeping nodes in float cannot help")
+    record["base"] = s.base.id
+    if quality(s.base.metrics) >= baseline_quality(s.ctx.baseline) - _EPS:
+        raise Stop("fp32-quality", f"{s.base.id} already matches the FP32 quality")
+    if out_of_time(s.ctx):
+        raise Stop("time", "--max-minutes was reached before the search began")
+    _first_ranking(s)
+    linear = _linear_ops(s.float_model, s.base.recipe)
+    if linear:
+        c = step(s, "op-types", s.base.recipe.model_copy(update={"include": linear}), ())
+        if c.passed and opts.mode == "auto":
+            record["result"] = c.id
+            raise Stop("budget", f"{c.id} meets every budget")
+    try:
+        _grow(s)
+    except Stop as stop:
+        if stop.reason == "time":
+            raise
+        _stop(record, stop.reason, stop.why)
+    prune(s)
 
 
 def _base(uniform: list):
@@ -128,36 +146,111 @@ def _base(uniform: list):
 
     pool = [c for c in uniform if c.recipe.precision in INT8 and c.path is not None
             and Path(c.path).suffix == ".onnx" and mendable(c)]
-    return max(pool, key=lambda c: (_quality(c.metrics), -c.metrics["model_mb"]), default=None)
+    return max(pool, key=lambda c: (quality(c.metrics), -c.metrics["model_mb"]), default=None)
 
 
-def _rank(base, opts: SearchOptions, ctx: SearchContext, record: dict):
+def _first_ranking(s: State) -> None:
     from edgekit.quantize import prepared
+
+    workdir = s.ctx.workdir / "sensitivity"
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        s.float_model = prepared(s.ctx.model, workdir / "float.onnx")
+    except Exception as exc:
+        _guard(exc)
+        raise Stop("ranking-failed", f"the sensitivity ranking of {s.base.id} failed: {first_line(exc)}")
+    start = now()
+    s.ranking = _ranked(s, s.base, workdir, ())
+    s.rank_seconds = now() - start
+    s.record["ranking"] = [e.record() for e in s.ranking[:RANKING_KEPT]]
+    s.record["ranked"] = len(s.ranking)
+
+
+def _ranked(s: State, candidate, workdir: Path, kept: tuple[str, ...]) -> list:
     from edgekit.sensitivity import rank_nodes
 
-    workdir = ctx.workdir / "sensitivity"
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        float_model = prepared(ctx.model, workdir / "float.onnx")
-        ranking = rank_nodes(float_model, base.path, ctx.calibration, workdir, samples=opts.ranking_samples)
-    except (TypeError, AttributeError, AssertionError, NameError):
-        raise  # our bug, not the model's
+        return rank_nodes(s.float_model, candidate.path, s.ctx.calibration, workdir,
+                           samples=s.opts.ranking_samples, kept=kept)
     except Exception as exc:  # onnxruntime's errors on a graph it quantized but cannot augment
-        _stop(record, "ranking-failed", f"the sensitivity ranking of {base.id} failed: {_first_line(exc)}")
-        return None
-    record["ranking"] = [s.record() for s in ranking[:RANKING_KEPT]]
-    record["ranked"] = len(ranking)
-    return ranking, float_model
+        _guard(exc)
+        raise Stop("ranking-failed", f"the sensitivity ranking of {candidate.id} failed: {first_line(exc)}")
 
 
-def _plan(base: Recipe, ranking: list, opts: SearchOptions, model: Path):
-    """(kind, recipe, nodes kept in float by the search) for each step, in order."""
-    linear = _linear_ops(model, base)
-    if linear:
-        yield "op-types", base.model_copy(update={"include": linear}), []
-    for count in _entry_counts(ranking, opts.max_float_nodes):
-        nodes = [n for s in ranking[:count] for n in s.nodes]
-        yield "nodes", base.model_copy(update={"exclude": tuple(base.exclude) + tuple(nodes)}), nodes
+def _guard(exc: Exception) -> None:
+    if isinstance(exc, (TypeError, AttributeError, AssertionError, NameError)):
+        raise exc  # our bug, not the model's
+
+
+def _grow(s: State) -> None:
+    """Keep more ranked entries in float until a step passes (mode auto) or a limit is met."""
+    while True:
+        added = _next_entries(s.ranking, s.kept, s.opts.max_float_nodes)
+        if not added:
+            raise _limit_reached(s)
+        s.kept = s.kept + added
+        c = step(s, "nodes", s.recipe(s.kept), nodes(s.kept))
+        s.grown.append((c, list(s.kept)))
+        _check_growing(c, s)
+        if not c.passed and c.status == "ok" and _wants_rerank(s):
+            _rerank(s, c)
+
+
+def _next_entries(ranking: list, kept: list, max_nodes: int) -> list:
+    """The entries that double what is kept (1 to begin), as far as max_nodes allows."""
+    taken = set(nodes(kept))
+    used, out = len(taken), []
+    for e in (e for e in ranking if not taken.intersection(e.nodes)):
+        if len(kept) + len(out) >= max(1, 2 * len(kept)) or used + len(e.nodes) > max_nodes:
+            break
+        out.append(e)
+        used += len(e.nodes)
+    return out
+
+
+def _limit_reached(s: State) -> Stop:
+    taken = set(nodes(s.kept))
+    left = [e for e in s.ranking if not taken.intersection(e.nodes)]
+    why = (f"tried every step up to {len(taken)} node(s) in float"
+           + ("" if any(c.passed for c, _ in s.grown) else " without meeting the budgets"))
+    return Stop("max-float-nodes" if left else "ranking-exhausted", why)
+
+
+def _check_growing(c, s: State) -> None:
+    if c.passed and s.opts.mode == "auto":
+        raise Stop("budget", f"{c.id} meets every budget")
+    broken = [b for b in c.failed_budgets if b.split(":")[0] not in QUALITY_BUDGETS]
+    if broken:
+        raise Stop("budget-broken", f"{c.id} breaks {broken[0]}; more nodes in float would not mend it")
+    if c.status == "ok" and quality(c.metrics) >= baseline_quality(s.ctx.baseline) - _EPS:
+        raise Stop("fp32-quality", f"{c.id} matches the FP32 quality")
+
+
+def _wants_rerank(s: State) -> bool:
+    """Decided once, at the first failing step: forced by the options, else by the measured costs."""
+    if s.rerank is None:
+        steps = [c.seconds for c in s.found if c.status == "ok"]
+        step_seconds = sum(steps) / len(steps) if steps else 0.0
+        if s.opts.rerank is not None:
+            s.rerank, why = s.opts.rerank, "set by the caller"
+        else:
+            s.rerank = s.rank_seconds <= step_seconds
+            why = f"a ranking took {s.rank_seconds:.2f} s, a step {step_seconds:.2f} s"
+        s.record["rerank"] = {"enabled": s.rerank, "rank_seconds": round(s.rank_seconds, 3),
+                              "step_seconds": round(step_seconds, 3), "why": why}
+    return s.rerank
+
+
+def _rerank(s: State, c) -> None:
+    if out_of_time(s.ctx):
+        raise Stop("time", f"--max-minutes was reached after {len(s.record['steps'])} step(s)")
+    start, done = now(), {"after": c.id}
+    try:
+        s.ranking = _ranked(s, c, s.ctx.workdir / "sensitivity" / f"rerank-{len(s.record['steps'])}", nodes(s.kept))
+        done["top"] = [e.record() for e in s.ranking[:RERANK_TOP]]
+    except Stop as failed:  # grow on the ranking we have
+        s.rerank, done["error"] = False, failed.why
+    s.record["reranks"].append(dict(done, seconds=round(now() - start, 3)))
 
 
 def _linear_ops(model: Path, base: Recipe) -> tuple[str, ...]:
@@ -171,73 +264,3 @@ def _linear_ops(model: Path, base: Recipe) -> tuple[str, ...]:
     return linear if linear and set(linear) != wanted else ()
 
 
-def _entry_counts(ranking: list, max_nodes: int) -> list[int]:
-    """1, 2, 4, ... ranking entries, as long as their nodes stay within max_nodes."""
-    counts, k = [], 1
-    while k <= len(ranking):
-        if sum(len(s.nodes) for s in ranking[:k]) > max_nodes:
-            break
-        counts.append(k)
-        k *= 2
-    last = max((n for n in range(1, len(ranking) + 1) if sum(len(s.nodes) for s in ranking[:n]) <= max_nodes),
-               default=0)
-    return counts + ([last] if last and (not counts or last > counts[-1]) else [])
-
-
-def _ranked_nodes(ranking: list) -> int:
-    return sum(len(s.nodes) for s in ranking)
-
-
-def _measure(recipe: Recipe, ctx: SearchContext):
-    from edgekit.calibrate import Candidate
-
-    c = Candidate(recipe.id, recipe)
-    ctx.measure(c)
-    ctx.count += 1
-    if ctx.on_candidate:
-        ctx.on_candidate(c, ctx.count, ctx.count)
-    return c
-
-
-def _stops_here(c, kind: str, opts: SearchOptions, ctx: SearchContext, record: dict) -> bool:
-    if c.passed and opts.mode == "auto":
-        _stop(record, "budget", f"{c.id} meets every budget")
-        return True
-    broken = [b for b in c.failed_budgets if b.split(":")[0] not in QUALITY_BUDGETS]
-    if kind == "nodes" and broken:
-        _stop(record, "budget-broken", f"{c.id} breaks {broken[0]}; more nodes in float would not mend it")
-        return True
-    if kind == "nodes" and c.status == "ok" and _quality(c.metrics) >= _baseline_quality(ctx.baseline) - _EPS:
-        _stop(record, "fp32-quality", f"{c.id} matches the FP32 quality")
-        return True
-    return False
-
-
-def _step_record(step: int, kind: str, c, float_nodes: list[str]) -> dict:
-    m = c.metrics or {}
-    return {"step": step, "kind": kind, "candidate": c.id, "float_nodes": float_nodes,
-            "include": list(c.recipe.include), "status": c.status, "error": c.error,
-            "accuracy": m.get("accuracy"), "cosine": (m.get("fidelity") or {}).get("cosine"),
-            "model_mb": m.get("model_mb"), "p50_ms": (m.get("latency_ms") or {}).get("p50"),
-            "passed": c.passed, "failed_budgets": c.failed_budgets}
-
-
-def _quality(metrics: dict) -> float:
-    if not metrics:
-        return float("-inf")
-    if metrics.get("accuracy") is not None:
-        return metrics["accuracy"]
-    return (metrics.get("fidelity") or {}).get("cosine") or float("-inf")
-
-
-def _baseline_quality(baseline: Optional[dict]) -> float:
-    return _quality(baseline) if baseline else 1.0
-
-
-def _out_of_time(ctx: SearchContext) -> bool:
-    return ctx.deadline is not None and _now() >= ctx.deadline
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else 'no message'}"

@@ -1,0 +1,148 @@
+"""The mixed-precision search's bookkeeping and its pruning pass (internal to edgekit.mixed).
+
+A step measures one recipe as an ordinary candidate and records it in the search record;
+a recipe measured before (a uniform one, an earlier step) gives its candidate again and
+is not recorded twice. Candidate ids are recipe ids; a step whose recipe id is taken (the
+same number of nodes in float, other nodes) is named `<recipe id>-s<step>`, so that every
+candidate, and its model file, stays apart.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from edgekit.recipes import Recipe
+
+if TYPE_CHECKING:
+    from edgekit.mixed import SearchContext, SearchOptions
+
+QUALITY_DIGITS = 4  # as calibrate.choose: quality differences below 1e-4 do not count
+
+
+class Stop(Exception):
+    """Ends the search: record["stopped"] and record["why"]."""
+
+    def __init__(self, reason: str, why: str):
+        super().__init__(why)
+        self.reason, self.why = reason, why
+
+
+@dataclass
+class State:
+    """One search: what it measured, its ranking, and the ranking entries it keeps in float."""
+
+    opts: SearchOptions
+    ctx: SearchContext
+    record: dict
+    found: list
+    measured: dict  # Recipe -> Candidate, the uniform ones too
+    base: object = None
+    float_model: Optional[Path] = None
+    ranking: list = field(default_factory=list)  # edgekit.sensitivity.NodeSensitivity, current
+    kept: list = field(default_factory=list)  # entries of the rankings, in the order they were added
+    grown: list = field(default_factory=list)  # (candidate, entries) of each growing step
+    rank_seconds: float = 0.0
+    rerank: Optional[bool] = None  # decided at the first failing step
+
+    def recipe(self, entries: list) -> Recipe:
+        return self.base.recipe.model_copy(update={"exclude": tuple(self.base.recipe.exclude) + nodes(entries)})
+
+
+def now() -> float:
+    return time.monotonic()
+
+
+def step(s: State, kind: str, recipe: Recipe, float_nodes: tuple[str, ...], **extra):
+    """Measure `recipe` as the next step; a recipe measured before gives its candidate again, unrecorded."""
+    if recipe in s.measured:
+        return s.measured[recipe]
+    if out_of_time(s.ctx):
+        when = "while pruning" if kind == "prune" else f"after {len(s.record['steps'])} step(s)"
+        raise Stop("time", f"--max-minutes was reached {when}")
+    number = len(s.record["steps"]) + 1
+    taken = {c.id for c in s.measured.values()}
+    c = measure(recipe, recipe.id if recipe.id not in taken else f"{recipe.id}-s{number}", s.ctx)
+    s.measured[recipe] = c
+    s.found.append(c)
+    s.record["steps"].append(step_record(number, kind, c, list(float_nodes), **extra))
+    return c
+
+
+def nodes(entries: list) -> tuple[str, ...]:
+    return tuple(n for e in entries for n in e.nodes)
+
+
+def measure(recipe: Recipe, cid: str, ctx: SearchContext):
+    from edgekit.calibrate import Candidate
+
+    c = Candidate(cid, recipe)
+    ctx.measure(c)
+    ctx.count += 1
+    if ctx.on_candidate:
+        ctx.on_candidate(c, ctx.count, ctx.count)
+    return c
+
+
+def step_record(number: int, kind: str, c, float_nodes: list[str], **extra) -> dict:
+    m = c.metrics or {}
+    return {"step": number, "kind": kind, "candidate": c.id, "float_nodes": float_nodes,
+            "include": list(c.recipe.include), **extra, "status": c.status, "error": c.error,
+            "accuracy": m.get("accuracy"), "cosine": (m.get("fidelity") or {}).get("cosine"),
+            "model_mb": m.get("model_mb"), "p50_ms": (m.get("latency_ms") or {}).get("p50"),
+            "passed": c.passed, "failed_budgets": c.failed_budgets}
+
+
+def prune(s: State) -> None:
+    """From the best passing growing step, give each kept entry back to INT8 if it is not needed."""
+    passing = [(c, entries) for c, entries in s.grown if c.passed]
+    if not passing:
+        return
+    start, entries = max(passing, key=lambda p: (round(quality(p[0].metrics), QUALITY_DIGITS), -len(p[1]),
+                                                  -p[0].metrics["model_mb"]))
+    floor = round(quality(start.metrics), QUALITY_DIGITS) if s.opts.mode == "always" else None
+    pruning = {"from": start.id, "result": start.id, "float_nodes": list(nodes(entries)), "returned": [],
+               "quality_floor": floor}
+    s.record["pruning"], s.record["result"] = pruning, start.id
+    for entry in sorted(entries, key=lambda e: e.score):
+        trial = [e for e in entries if e is not entry]
+        c = step(s, "prune", s.recipe(trial), nodes(trial), returned=list(entry.nodes))
+        good = still_good(c, floor)
+        if s.record["steps"][-1]["candidate"] == c.id:  # measured now, not before
+            s.record["steps"][-1]["accepted"] = good
+        if good:
+            entries = trial
+            pruning.update(result=c.id, float_nodes=list(nodes(entries)))
+            pruning["returned"] += list(entry.nodes)
+            s.record["result"] = c.id
+    kept, was = len(pruning["float_nodes"]), len(pruning["float_nodes"]) + len(pruning["returned"])
+    s.record["why"] += f"; pruning kept {kept} of {was} node(s) in float ({s.record['result']})"
+
+
+def still_good(c, floor: Optional[float]) -> bool:
+    if not c.passed:
+        return False
+    return floor is None or round(quality(c.metrics), QUALITY_DIGITS) >= floor
+
+
+def quality(metrics: dict) -> float:
+    if not metrics:
+        return float("-inf")
+    if metrics.get("accuracy") is not None:
+        return metrics["accuracy"]
+    return (metrics.get("fidelity") or {}).get("cosine") or float("-inf")
+
+
+def baseline_quality(baseline: Optional[dict]) -> float:
+    return quality(baseline) if baseline else 1.0
+
+
+def out_of_time(ctx: SearchContext) -> bool:
+    return ctx.deadline is not None and now() >= ctx.deadline
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else 'no message'}"
