@@ -10,7 +10,8 @@ import typer
 from rich import box
 from rich.table import Table
 
-from edgekit.cli._common import JsonFlag, TargetsDir, console, err_console, print_json, progress
+from edgekit.cli._common import (JsonFlag, TargetsDir, compact_table, console, err_console, print_json,
+                                 print_notes, progress, titled)
 
 
 def calibrate_cmd(
@@ -80,29 +81,62 @@ def _search_options(profile, mode: str, max_float_nodes: int, max_minutes: Optio
 
 
 def print_search(search: Optional[dict]) -> None:
-    """The mixed-precision search: its steps, the top of the ranking, why it stopped."""
+    """The mixed-precision search: its steps (a compact table, the nodes and budgets below it),
+    the top of the ranking, the re-rankings, where it ended and why it stopped."""
     if not search or search["stopped"] in ("off", "not-needed"):
         return
-    if search["steps"]:
-        table = Table(title=f"mixed-precision search from {search['base']}")
-        for col in ("step", "candidate", "kept in float", "quality", "MB", "budgets"):
-            table.add_column(col, justify="right" if col in ("step", "quality", "MB") else "left")
-        for s in search["steps"]:
-            kept = f"every op but {', '.join(s['include'])}" if s["kind"] == "op-types" else ", ".join(s["float_nodes"])
+    steps = search["steps"]
+    if steps:
+        metric = "acc" if any(s["accuracy"] is not None for s in steps) else "cosine"
+        table = compact_table(padding=(0, 1))
+        for i, header in enumerate(("#", "step", "candidate", "float", metric, "MiB", "ok")):
+            table.add_column(header, justify="left" if i in (1, 2) else "right", no_wrap=True)
+        for s in steps:
             quality = s["accuracy"] if s["accuracy"] is not None else s["cosine"]
-            table.add_row(str(s["step"]), s["candidate"], kept, _fmt(quality, ".4f"), _fmt(s["model_mb"], ".3f"),
-                          _verdict(s))
-        console.print(table)
-    top = ", ".join(f"{'+'.join(r['nodes'])} ({r['score']:.2g})" for r in search["ranking"][:5])
-    if top:
-        console.print(f"most sensitive nodes (noise added): {top}", highlight=False)
-    console.print(f"search stopped: {search['why']}", highlight=False)
+            float_count = "-" if s["kind"] == "op-types" else str(len(s["float_nodes"]))
+            table.add_row(str(s["step"]), _KINDS.get(s["kind"], s["kind"]), s["candidate"], float_count,
+                          _fmt(quality, ".4f"), _fmt(s["model_mb"], ".3f"), _mark(s))
+        console.print(titled(f"mixed-precision search from {search['base']} (MiB)", table))
+        floor = (search.get("pruning") or {}).get("quality_floor")
+        print_notes(console, [(f"{s['step']}.", _step_note(s, metric, floor)) for s in steps])
+    notes = [("most sensitive:", _entries(search["ranking"]))] if search["ranking"] else []
+    notes += [(f"re-ranked after {r['after']}:", r.get("error") or _entries(r["top"]))
+              for r in search.get("reranks", [])]
+    if search.get("rerank"):
+        notes.append(("re-ranking:", ("on" if search["rerank"]["enabled"] else "off") + f" ({search['rerank']['why']})"))
+    if search.get("pruning"):
+        p = search["pruning"]
+        notes.append(("result:", f"{p['result']} (pruned from {p['from']}), in float: "
+                                 f"{', '.join(p['float_nodes']) or 'none'}"))
+    for note in notes + [("search stopped:", search["why"])]:
+        print_notes(console, [note], indent=0)
 
 
-def _verdict(item: dict) -> str:
-    if item["status"] == "failed":
-        return f"[red]failed: {(item['error'] or '')[:60]}[/]"
-    return "[green]pass[/]" if item["passed"] else "[yellow]" + "; ".join(item["failed_budgets"]) + "[/]"
+_KINDS = {"op-types": "op types", "nodes": "grow", "prune": "prune"}
+
+
+def _mark(step: dict) -> str:
+    return "[red]error[/]" if step["status"] == "failed" else "[green]✓[/]" if step["passed"] else "[yellow]✗[/]"
+
+
+def _step_note(step: dict, metric: str, floor: Optional[float]) -> str:
+    """What a step kept in float (or gave back to INT8) and why it failed (plain text)."""
+    if step["kind"] == "op-types":
+        what = f"quantizes only {', '.join(step['include'])}"
+    elif step["kind"] == "prune":
+        what = f"without {', '.join(step['returned'])}: " + ("not needed" if step.get("accepted") else "needed")
+    else:
+        what = f"in float: {', '.join(step['float_nodes'])}"
+    if step["status"] == "failed":
+        return f"{what}; failed: {step['error']}"
+    if step["kind"] == "prune" and step["passed"] and not step.get("accepted") and floor is not None:
+        quality = step["accuracy"] if step["accuracy"] is not None else step["cosine"]
+        return f"{what}; {metric} {quality:.4f} is below {floor:.4f}"
+    return "; ".join([what, *step["failed_budgets"]])
+
+
+def _entries(ranking: list[dict], top: int = 5) -> str:
+    return ", ".join(f"{'+'.join(r['nodes'])} ({r['score']:.2g})" for r in ranking[:top])
 
 
 def _fmt(value, spec: str) -> str:
