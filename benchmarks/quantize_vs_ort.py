@@ -78,7 +78,9 @@ def bench_model(label: str, fp32: Path, calib_path: Path, eval_path: Path, work:
         models[f"edgekit calibrate ({result.chosen.id})"] = result.model_path
     mixed = best_mixed(result)
     if mixed is not None and mixed is not result.chosen:
-        models[f"edgekit mixed ({mixed.id})"] = quantize(fp32, mixed.recipe, work / f"{label}-mixed.onnx", calibration=calib)
+        kept = len(mixed.recipe.exclude)  # the search's nodes: the benchmark passes no --exclude
+        models[f"edgekit mixed ({mixed.id}, {kept} in float)"] = quantize(fp32, mixed.recipe, work / f"{label}-mixed.onnx",
+                                                                          calibration=calib)
     eval_npz = prepare_eval_data(evald, fp32, work / f"{label}-eval.npz", reference=fp32)
     return {"model": label, "metric": "accuracy" if evald.has_labels else "fidelity cosine",
             "rows": measure_all(models, eval_npz, evald.has_labels, runs)}
@@ -86,7 +88,7 @@ def bench_model(label: str, fp32: Path, calib_path: Path, eval_path: Path, work:
 
 def best_mixed(result):
     """The most faithful passing candidate of the mixed-precision search (to 4 decimals, then
-    the smallest), if any."""
+    the smallest: a pruned step where one of the same fidelity keeps fewer nodes), if any."""
     ids = {s["candidate"] for s in (result.record.get("search") or {}).get("steps", [])}
     found = [c for c in result.candidates if c.id in ids and c.passed]
     quality = lambda c: c.metrics["accuracy"] if c.metrics.get("accuracy") is not None else c.metrics["fidelity"]["cosine"]  # noqa: E731
@@ -95,9 +97,9 @@ def best_mixed(result):
 
 def print_table(result: dict) -> None:
     print(f"\n{result['model']} ({result['metric']}; ratios to FP32)")
-    print(f"{'contender':48} {'quality':>9} {'q/fp32':>7} {'MB':>8} {'size/fp32':>9} {'p50 ms':>8} {'p50/fp32':>8}")
+    print(f"{'contender':56} {'quality':>9} {'q/fp32':>7} {'MB':>8} {'size/fp32':>9} {'p50 ms':>8} {'p50/fp32':>8}")
     for r in result["rows"]:
-        print(f"{r['contender']:48} {r['quality']:9.4f} {r['quality_ratio']:7.3f} {r['model_mb']:8.3f} "
+        print(f"{r['contender']:56} {r['quality']:9.4f} {r['quality_ratio']:7.3f} {r['model_mb']:8.3f} "
               f"{r['size_ratio']:9.3f} {r['p50_ms']:8.3f} {r['p50_ratio']:8.3f}")
 
 
