@@ -86,7 +86,7 @@ def push_cmd(
     device: DevicesOpt = None,
     group: GroupsOpt = None,
     activate: Annotated[bool, typer.Option("--activate", help="Switch to the bundle once installed.")] = False,
-    workers: WorkersOpt = 4,
+    workers: WorkersOpt = 8,
     trust_new_hosts: TrustNewOpt = False,
     json: JsonFlag = False,
 ) -> None:
@@ -114,7 +114,7 @@ def rollback_cmd(
     inventory: InventoryOpt,
     device: DevicesOpt = None,
     group: GroupsOpt = None,
-    workers: WorkersOpt = 4,
+    workers: WorkersOpt = 8,
     trust_new_hosts: TrustNewOpt = False,
     json: JsonFlag = False,
 ) -> None:
@@ -133,7 +133,7 @@ def status_cmd(
     store: Annotated[Optional[Path], typer.Option(
         "--store", help="The store, for last report times (default: $EDGEKIT_STORE, else "
         "~/.local/share/edgekit/edgekit.db, when it exists).", show_default=False)] = None,
-    workers: WorkersOpt = 4,
+    workers: WorkersOpt = 8,
     trust_new_hosts: TrustNewOpt = False,
     json: JsonFlag = False,
 ) -> None:

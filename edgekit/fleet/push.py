@@ -26,9 +26,12 @@ from edgekit.transport import Transport, connect
 
 __all__ = ["DeviceResult", "FleetResult", "fan_out", "run_runner", "runner_argv", "ensure_runner",
            "upload_bundle", "install_bundle", "push", "activate", "rollback", "status", "device_status", "remote_evaluate",
-           "trust_key", "for_target"]
+           "trust_key", "for_target", "WORKERS"]
 
 Work = Callable[[Transport, Device], dict]
+# Devices at a time. Most of a device's time is waiting (network, its own CPU), so more
+# than the host's cores pays: 8 loopback devices took 3.4 s with 4 workers, 2.6 s with 8.
+WORKERS = 8
 RUNNER = "bin/edgekit_runner.py"
 PACKAGE = "edgekit_device"
 
@@ -66,7 +69,7 @@ class FleetResult:
                 "failed": len(self.failed), "devices": [r.record() for r in self.results]}
 
 
-def fan_out(devices: Sequence[Device], work: Work, *, action: str, workers: int = 4,
+def fan_out(devices: Sequence[Device], work: Work, *, action: str, workers: int = WORKERS,
             on_done: Optional[Callable[[DeviceResult], None]] = None, **connect_opts) -> FleetResult:
     """Run `work` on every device with its own transport; programmer errors still raise."""
     def one(device: Device) -> DeviceResult:
@@ -216,7 +219,7 @@ def for_target(devices: Sequence[Device], target: str) -> tuple[list[Device], li
     return chosen, skipped
 
 
-def push(devices: Sequence[Device], bundle: Bundle, *, activate: bool = False, workers: int = 4,
+def push(devices: Sequence[Device], bundle: Bundle, *, activate: bool = False, workers: int = WORKERS,
          on_done=None, progress_for: Optional[Callable[[Device], Callable[[int, int], None]]] = None,
          **connect_opts) -> FleetResult:
     chosen, skipped = for_target(devices, bundle.target)
