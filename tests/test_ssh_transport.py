@@ -290,3 +290,18 @@ def test_a_server_without_aes_gcm_still_takes_uploads(fleet, tmp_path):
         assert tr._client.get_transport().local_cipher == "aes128-ctr"
         tr.put(payload, f"{server.root}/payload.part")
     assert sha256(server.root / "payload.part") == sha256(payload)
+
+
+def test_makedirs_asks_once_for_a_directory_that_exists_and_makes_only_what_is_missing(fleet):
+    root = fleet.servers[0].root
+    with connect(fleet.device(0)) as tr:
+        calls = []
+        for name in ("stat", "mkdir"):
+            real = getattr(tr._sftp, name)
+            setattr(tr._sftp, name, lambda path, *a, _real=real, _name=name: (calls.append((_name, path)), _real(path, *a))[1])
+        tr.makedirs(f"{root}/a/b/c")
+        made = [path for name, path in calls if name == "mkdir"]
+        calls.clear()
+        tr.makedirs(f"{root}/a/b/c")
+    assert made == [f"{root}/a", f"{root}/a/b", f"{root}/a/b/c"] and (root / "a" / "b" / "c").is_dir()
+    assert calls == [("stat", f"{root}/a/b/c")]  # round trips matter on a far link

@@ -179,17 +179,26 @@ class SSHTransport(Transport):
                 return []
 
     def makedirs(self, remote: str) -> None:
-        path = PurePosixPath(remote)
         with self._translated(f"creating directory {remote}"):
-            for directory in [*reversed(path.parents), path]:
-                if str(directory) in ("/", "."):
-                    continue
-                try:
-                    self._sftp.mkdir(str(directory))
-                except OSError:
-                    # it exists already (or another writer just made it): fine if it is a directory
-                    if not _is_dir(self._sftp.stat(str(directory))):
-                        raise NotADirectoryError(errno.ENOTDIR, f"{directory} exists and is not a directory")
+            self._makedirs(PurePosixPath(remote))
+
+    def _makedirs(self, path: PurePosixPath) -> None:
+        # Look before making, from the end: a directory that exists costs one round trip, a
+        # new one two per level made (trying mkdir from / cost two for every level of the path).
+        try:
+            if not _is_dir(self._sftp.stat(str(path))):
+                raise NotADirectoryError(errno.ENOTDIR, f"{path} exists and is not a directory")
+            return
+        except FileNotFoundError:
+            pass
+        if path.parent != path:
+            self._makedirs(path.parent)
+        try:
+            self._sftp.mkdir(str(path))
+        except OSError:
+            # another writer just made it: fine if it is a directory
+            if not _is_dir(self._sftp.stat(str(path))):
+                raise NotADirectoryError(errno.ENOTDIR, f"{path} exists and is not a directory")
 
     def rename(self, src: str, dst: str) -> None:
         with self._translated(f"renaming {src} to {dst}"):
