@@ -134,16 +134,20 @@ def ensure_runner(transport: Transport, device: Device) -> bool:
 
 
 def _upload_runner(transport: Transport, bin_dir: str, files: dict[str, bytes], tag: str) -> None:
-    # The package goes to a new folder that is renamed into place; the launcher last.
-    new = f"{bin_dir}/{PACKAGE}.new-{tag}"
+    # The package goes to a new folder that is renamed into place; the launcher last. The
+    # folder's name is new every time, so nothing in it is stale (a cut update leaves a
+    # .new- folder, which the runner's gc and install remove) and no file needs removing first.
+    new = f"{bin_dir}/{PACKAGE}.new-{tag}-{secrets.token_hex(4)}"
     transport.makedirs(new)
     with tempfile.TemporaryDirectory(prefix="edgekit-runner-") as tmp:
         for rel, data in files.items():
             local = Path(tmp) / rel.replace("/", "__")
             local.write_bytes(data)
-            remote = f"{new}/{rel.split('/', 1)[1]}" if rel.startswith(PACKAGE + "/") else f"{bin_dir}/{rel}.part"
-            transport.remove(remote)  # never resume: these are small, and a stale one would be wrong
-            transport.put(local, remote)
+            if rel.startswith(PACKAGE + "/"):
+                transport.put(local, f"{new}/{rel.split('/', 1)[1]}")
+            else:
+                transport.remove(f"{bin_dir}/{rel}.part")  # never resume: small, and a stale one would be wrong
+                transport.put(local, f"{bin_dir}/{rel}.part")
     if PACKAGE in transport.listdir(bin_dir):  # the runner's gc and install remove the .old- folder
         transport.rename(f"{bin_dir}/{PACKAGE}", f"{bin_dir}/{PACKAGE}.old-{secrets.token_hex(4)}")
     transport.rename(new, f"{bin_dir}/{PACKAGE}")
