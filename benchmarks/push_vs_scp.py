@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -132,6 +133,13 @@ def ansible_copy(ansible: Path, inventory: Path, bundle: Path, work: Path, forks
     return seconds, proc.stdout.count('"changed": true')
 
 
+def phase_medians(record: dict) -> dict:
+    """The median over devices of each step's seconds that push reports per device."""
+    steps = {step for d in record["devices"] for step in d["seconds"]}
+    return {step: round(statistics.median(d["seconds"][step] for d in record["devices"] if step in d["seconds"]), 3)
+            for step in sorted(steps)}
+
+
 def check_copies(fleet, name: str, sha256: str) -> None:
     for server in fleet.servers:
         got = hashlib.sha256((server.root / name).read_bytes()).hexdigest()
@@ -183,6 +191,7 @@ def run(devices: int, megabytes: float, work: Path) -> dict:
             skipped["ansible copy"] = ansible_why
         results["edgekit re-push (unchanged)"], again = edgekit_push(fleet, inventory, bundle.path, devices)
         assert all(d["already_installed"] for d in again["devices"])
+        phases = {"edgekit push": phase_medians(pushed), "edgekit re-push (unchanged)": phase_medians(again)}
     finally:
         fleet.stop()
     base = results["edgekit push"]
@@ -190,11 +199,15 @@ def run(devices: int, megabytes: float, work: Path) -> dict:
             for m, s in results.items()]
     return {"benchmark": "push_vs_scp", "devices": devices,
             "bundle": {"name": bundle.path.name, "size_mb": round(size_mb, 2), "sha256": bundle.sha256},
-            "results": rows, "skipped": skipped, "versions": versions(ansible_why if ansible else None),
+            "results": rows, "edgekit_phases_median_s": phases, "skipped": skipped,
+            "versions": versions(ansible_why if ansible else None),
             "machine": cpu_facts(),
             "notes": ["edgekit push also installs: sha256 and manifest checks, unpacking, and (fresh devices) the runner",
                       "all servers are on 127.0.0.1: this measures protocol and CPU cost, not a network",
-                      "mb_per_s is the bundle size times the devices over the wall time"]}
+                      "mb_per_s is the bundle size times the devices over the wall time",
+                      "edgekit_phases_median_s: the median over devices of the seconds push reports for each step on "
+                      "a device (runner: check or update it, look for the bundle; upload; install: the device's checks "
+                      "and unpacking); devices run at the same time, and connecting and the CLI's start are not in them"]}
 
 
 def show(record: dict) -> None:
@@ -204,6 +217,8 @@ def show(record: dict) -> None:
         print(f"{row['method']:32} {row['seconds']:9.2f} {row['mb_per_s']:8.1f} {row['ratio_to_edgekit_push']:15.2f}")
     for method, why in record["skipped"].items():
         print(f"{method:32} skipped: {why}")
+    for method, steps in record["edgekit_phases_median_s"].items():
+        print(f"{method}, median per device: " + ", ".join(f"{step} {sec:.2f} s" for step, sec in steps.items()))
 
 
 def main() -> None:

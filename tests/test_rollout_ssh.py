@@ -152,8 +152,10 @@ def test_push_starts_one_runner_per_device_and_still_repairs_a_changed_runner(ss
 
     fresh, commands = push()  # no runner yet: it is uploaded without asking a runner that is not there
     assert (fresh["runner_updated"], fresh["already_installed"], commands) == (True, False, 1)
+    assert set(fresh["seconds"]) == {"runner", "upload", "install"} and min(fresh["seconds"].values()) > 0
     again, commands = push()  # the runner's status only: its hash matches, the bundle is there
     assert (again["runner_updated"], again["already_installed"], commands) == (False, True, 1)
+    assert list(again["seconds"]) == ["runner"]
     module = server.root / "bin" / "edgekit_device" / "install.py"
     shipped = module.read_bytes()
     module.write_bytes(shipped + b"# changed on the device\n")

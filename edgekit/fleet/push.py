@@ -14,10 +14,12 @@ import posixpath
 import re
 import secrets
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from edgekit.bundle import SUFFIX, Bundle, runner_files
 from edgekit.errors import ConfigError, EdgekitError, RemoteCommandError
@@ -170,19 +172,32 @@ def upload_bundle(transport: Transport, device: Device, bundle: Bundle,
 
 def install_bundle(transport: Transport, device: Device, bundle: Bundle, *, activate: bool = False,
                    progress: Optional[Callable[[int, int], None]] = None) -> dict:
-    """Runner, upload, install (and activate) on one device."""
-    updated = ensure_runner(transport, device)
-    installed = _installed_meta(transport, device, bundle)
+    """Runner, upload, install (and activate) on one device; `seconds` says where the time went."""
+    seconds: dict[str, float] = {}
+    with _timed(seconds, "runner"):
+        updated = ensure_runner(transport, device)
+        installed = _installed_meta(transport, device, bundle)
     if installed is None:
-        remote = upload_bundle(transport, device, bundle, progress)
-        installed = run_runner(transport, device, "install", remote, "--sha256", bundle.sha256,
-                               "--size", str(bundle.size))
+        with _timed(seconds, "upload"):
+            remote = upload_bundle(transport, device, bundle, progress)
+        with _timed(seconds, "install"):
+            installed = run_runner(transport, device, "install", remote, "--sha256", bundle.sha256,
+                                   "--size", str(bundle.size))
     detail = {"name": bundle.name, "version": bundle.version, "runner_updated": updated,
-              "already_installed": installed.get("already_installed", False), "signer": installed.get("signer")}
+              "already_installed": installed.get("already_installed", False), "signer": installed.get("signer"),
+              "seconds": seconds}
     if activate:
-        active = run_runner(transport, device, "activate", bundle.name, bundle.version)
+        with _timed(seconds, "activate"):
+            active = run_runner(transport, device, "activate", bundle.name, bundle.version)
         detail.update(current=active["current"], previous=active["previous"])
     return detail
+
+
+@contextmanager
+def _timed(into: dict[str, float], step: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    into[step] = round(time.perf_counter() - start, 3)
 
 
 def _installed_meta(transport: Transport, device: Device, bundle: Bundle) -> Optional[dict]:
