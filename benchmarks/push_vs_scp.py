@@ -205,9 +205,9 @@ def run(devices: int, megabytes: float, work: Path) -> dict:
             "notes": ["edgekit push also installs: sha256 and manifest checks, unpacking, and (fresh devices) the runner",
                       "all servers are on 127.0.0.1: this measures protocol and CPU cost, not a network",
                       "mb_per_s is the bundle size times the devices over the wall time",
-                      "edgekit_phases_median_s: the median over devices of the seconds push reports for each step on "
-                      "a device (runner: check or update it, look for the bundle; upload; install: the device's checks "
-                      "and unpacking); devices run at the same time, and connecting and the CLI's start are not in them"]}
+                      ("edgekit_phases_median_s: the median over devices of the seconds push reports for each step on "
+                       "a device (runner: check or update it, look for the bundle; upload; install: the device's checks "
+                       "and unpacking); devices run at the same time, and connecting and the CLI's start are not in them")]}
 
 
 def show(record: dict) -> None:
