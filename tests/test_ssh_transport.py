@@ -305,3 +305,19 @@ def test_makedirs_asks_once_for_a_directory_that_exists_and_makes_only_what_is_m
         tr.makedirs(f"{root}/a/b/c")
     assert made == [f"{root}/a", f"{root}/a/b", f"{root}/a/b/c"] and (root / "a" / "b" / "c").is_dir()
     assert calls == [("stat", f"{root}/a/b/c")]  # round trips matter on a far link
+
+
+def test_an_upload_survives_rekeying_with_aes_gcm(fleet, tmp_path):
+    # paramiko rekeys every 512 MiB; a bundle that big would rekey mid-upload. Rekey every MiB here.
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(os.urandom(5 << 20))
+    remote = fleet.servers[0].root / "payload.part"
+    with connect(fleet.device(0)) as tr:
+        ssh = tr._client.get_transport()
+        ssh.packetizer.REKEY_BYTES = 1 << 20
+        kex_inits = []
+        send_kex_init = ssh._send_kex_init
+        ssh._send_kex_init = lambda: (kex_inits.append(1), send_kex_init())[1]
+        tr.put(payload, str(remote))
+        assert tr.run(["true"]).ok and ssh.local_cipher == "aes128-gcm@openssh.com"
+    assert len(kex_inits) >= 3 and sha256(remote) == sha256(payload)
