@@ -20,7 +20,7 @@ def collect_cmd(
     device: DevicesOpt = None,
     group: GroupsOpt = None,
     store: StoreOpt = None,
-    workers: WorkersOpt = 4,
+    workers: WorkersOpt = 8,
     trust_new_hosts: TrustNewOpt = False,
     json: JsonFlag = False,
 ) -> None:

@@ -91,7 +91,7 @@ def rollout_cmd(
         "--eval-samples", min=1, help="Evaluate on the first N samples of the bundled eval set (default: all).",
         show_default=False)] = None,
     store: StoreOpt = None,
-    workers: WorkersOpt = 4,
+    workers: WorkersOpt = 8,
     trust_new_hosts: TrustNewOpt = False,
     json: JsonFlag = False,
 ) -> None:

@@ -15,7 +15,7 @@ from typing import Callable, Optional, Sequence
 
 from edgekit.errors import DataError, EdgekitError
 from edgekit.fleet.inventory import Device
-from edgekit.fleet.push import DeviceResult, FleetResult, fan_out
+from edgekit.fleet.push import WORKERS, DeviceResult, FleetResult, fan_out
 from edgekit.fleet.reports import MAX_REPORT_BYTES, PLAIN, REPORT_FILE, validate_report
 from edgekit.store import Store
 from edgekit.transport import Transport
@@ -99,7 +99,7 @@ def _failure(summary: dict, error: Optional[str]) -> Optional[str]:
     return head + "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
 
 
-def collect(devices: Sequence[Device], store: Store, *, workers: int = 4,
+def collect(devices: Sequence[Device], store: Store, *, workers: int = WORKERS,
             on_done: Optional[Callable[[DeviceResult], None]] = None, **connect_opts) -> FleetResult:
     """Pull every device's new reports into `store`; one result per device."""
     known = {d.name: store.known_run_ids(d.name) for d in devices}

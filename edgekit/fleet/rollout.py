@@ -30,7 +30,7 @@ from edgekit.errors import ConfigError, EdgekitError, RemoteCommandError
 from edgekit.fleet.collect import pull_reports, store_pulled
 from edgekit.fleet.gates import Breach, check_report
 from edgekit.fleet.inventory import Device
-from edgekit.fleet.push import DeviceResult, device_status, fan_out, for_target, install_bundle, run_runner
+from edgekit.fleet.push import WORKERS, DeviceResult, device_status, fan_out, for_target, install_bundle, run_runner
 from edgekit.store import Store
 from edgekit.transport import Transport
 
@@ -224,7 +224,7 @@ def _record_rows(store: Store, rollout_id: int, index: int, rows: list[dict]) ->
 
 
 def rollout(bundle: Bundle, devices: Sequence[Device], store: Store, *, canary: int = 1, batch: str = "25%",
-            max_failures: int = 0, samples: Optional[int] = None, workers: int = 4, step: Optional[Step] = None,
+            max_failures: int = 0, samples: Optional[int] = None, workers: int = WORKERS, step: Optional[Step] = None,
             on_wave: Optional[Callable[[int, str, list[str]], None]] = None, **connect_opts) -> RolloutResult:
     """Roll `bundle` out to the devices of its target; see the module docstring."""
     if max_failures < 0:
