@@ -12,7 +12,6 @@ members are memory-mapped, images are decoded one batch at a time.
 from __future__ import annotations
 
 import hashlib
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal, Optional, Sequence
@@ -206,39 +205,12 @@ def _open_npy(path: Path, role: str) -> np.ndarray:
 
 def _open_npz(path: Path, role: str) -> dict[str, np.ndarray]:
     """Memory-map stored (uncompressed) members; compressed ones are read whole."""
+    from edgekit.device.npz import NpzError, load_npz  # the device's reader: one code path
+
     try:
-        with zipfile.ZipFile(path) as zf:
-            infos = [i for i in zf.infolist() if i.filename.endswith(".npy")]
-        arrays = {}
-        with np.load(path, allow_pickle=False) as npz:
-            for info in infos:
-                key = info.filename[:-4]
-                if info.compress_type == zipfile.ZIP_STORED:
-                    arrays[key] = _mmap_member(path, info)
-                else:
-                    arrays[key] = npz[key]
-        return arrays
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{role} {path}: not a readable .npz file ({exc})") from exc
-
-
-def _mmap_member(path: Path, info: zipfile.ZipInfo) -> np.ndarray:
-    with open(path, "rb") as fh:
-        fh.seek(info.header_offset)
-        local = fh.read(30)
-        name_len = int.from_bytes(local[26:28], "little")
-        extra_len = int.from_bytes(local[28:30], "little")
-        start = info.header_offset + 30 + name_len + extra_len
-        fh.seek(start)
-        version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-        offset = fh.tell()
-    if dtype.hasobject:
-        raise ValueError(f"member {info.filename} holds Python objects, which are not loaded")
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+        return load_npz(str(path))
+    except NpzError as exc:
+        raise DataError(f"{role} {exc}") from exc
 
 
 def _load_dir(path: Path, role: str) -> Dataset:

@@ -22,12 +22,12 @@ import json
 import os
 import sys
 import time
-import zipfile
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from .backends import Backend, ModelLoadError, open_backend
+from .npz import NpzError, load_npz
 from .metrics import AccuracyAccumulator, FidelityAccumulator, latency_summary, peak_rss_mb
 
 __all__ = ["evaluate", "main", "load_npz", "run_batch", "DataFormatError", "UsageError", "LABELS", "REFERENCE"]
@@ -43,42 +43,6 @@ class DataFormatError(ValueError):
 
 class UsageError(ValueError):
     """A setting (a flag, a keyword) is out of range."""
-
-
-def load_npz(path: str) -> Dict[str, np.ndarray]:
-    """The arrays of an .npz: stored members memory-mapped, compressed ones read whole."""
-    try:
-        arrays = {}
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                if not info.filename.endswith(".npy"):
-                    continue
-                if info.compress_type == zipfile.ZIP_STORED:
-                    arrays[info.filename[:-4]] = _mmap_member(path, info)
-                else:
-                    with zf.open(info) as fh:
-                        arrays[info.filename[:-4]] = np.lib.format.read_array(fh, allow_pickle=False)
-        return arrays
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise DataFormatError(f"{path}: not a readable .npz file ({exc})") from exc
-
-
-def _mmap_member(path: str, info: zipfile.ZipInfo) -> np.ndarray:
-    with open(path, "rb") as fh:
-        fh.seek(info.header_offset)
-        local = fh.read(30)  # the zip local file header; the member's bytes follow it
-        if local[:4] != b"PK\x03\x04":
-            raise ValueError(f"bad local header for {info.filename}")
-        fh.seek(info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little"))
-        version = np.lib.format.read_magic(fh)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(fh)
-        offset = fh.tell()
-    if dtype.hasobject:
-        raise ValueError(f"member {info.filename} holds Python objects, which are not loaded")
-    if int(np.prod(shape)) == 0:
-        return np.empty(shape, dtype=dtype)  # mmap cannot map zero bytes
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
 
 
 def fixed_batch(backend: Backend) -> Optional[int]:
@@ -185,7 +149,10 @@ def evaluate(model_path: str, data_path: str, *, threads: int = 0, providers: Op
     backend = open_backend(model_path, threads=threads, providers=providers)
     if not os.path.isfile(data_path):
         raise DataFormatError(f"{data_path}: evaluation data not found")
-    arrays = load_npz(data_path)
+    try:
+        arrays = load_npz(data_path)
+    except NpzError as exc:
+        raise DataFormatError(str(exc)) from exc
     n = check_data(backend, arrays, data_path)
     n = n if samples is None else min(n, samples)
     result = score(backend, arrays, n, batch_size)
