@@ -234,14 +234,26 @@ def calibrate(model: Path, profile: Profile, calibration: Dataset, eval_data: Da
 
 
 def _record(model, sha, inputs, profile, calibration, eval_data, eval_npz, candidates, chosen, why, baseline) -> dict:
+    model_info = {"path": str(model), "sha256": sha, "inputs": input_specs(inputs)}
+    return build_record(model_info, profile, calibration, eval_data, eval_npz, inputs, candidates, chosen, why, baseline,
+                  versions("onnxruntime", "onnx", "numpy"))
+
+
+def input_specs(inputs) -> list[dict]:
+    return [{"name": i.name, "dtype": i.dtype, "shape": list(i.shape)} for i in inputs]
+
+
+def build_record(model_info: dict, profile: Profile, calibration: Dataset, eval_data: Dataset, eval_npz: Path, inputs,
+                 candidates: list[Candidate], chosen: Optional[Candidate], why: str, baseline: Optional[dict],
+                 versions_used: dict) -> dict:
+    """calibration.json, the same for every runtime (see DESIGN.md's calibration record)."""
     import numpy as np
 
     with np.load(eval_npz) as npz:
         n_eval = int(len(npz[inputs[0].name]))
     return {
         "schema": SCHEMA,
-        "model": {"path": str(model), "sha256": sha,
-                  "inputs": [{"name": i.name, "dtype": i.dtype, "shape": list(i.shape)} for i in inputs]},
+        "model": model_info,
         "target": profile.snapshot(),
         "budgets": profile.budgets.model_dump(),
         "objective": profile.objective,
@@ -253,7 +265,7 @@ def _record(model, sha, inputs, profile, calibration, eval_data, eval_npz, candi
         "output": ({"file": f"model{chosen.path.suffix}", "sha256": _sha256(chosen.path)}
                    if chosen else None),
         "why": why,
-        "versions": versions("onnxruntime", "onnx", "numpy"),
+        "versions": versions_used,
         "machine": cpu_facts(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

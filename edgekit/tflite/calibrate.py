@@ -16,11 +16,10 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from edgekit.calibrate import SCHEMA, CalibrationResult, Candidate, attempt, choose, score
+from edgekit.calibrate import CalibrationResult, Candidate, attempt, build_record, choose, input_specs, score
 from edgekit.datasets import Dataset
 from edgekit.recipes import Recipe
 from edgekit.targets import Profile
@@ -104,34 +103,16 @@ def _measure(c: Candidate, fp32: Path, work: Path, calibration: Dataset, eval_np
 
 def _record(model, fp32: Path, inputs, profile, calibration, eval_data, eval_npz, candidates, chosen, why,
             baseline) -> dict:
-    import numpy as np
-
-    from edgekit.machine import cpu_facts, versions
+    from edgekit.machine import versions
     from edgekit.models import model_sha256
     from edgekit.tflite.convert import source_kind
 
-    with np.load(eval_npz) as npz:
-        n_eval = int(len(npz[inputs[0].name]))
     source, kind = Path(str(model)).expanduser(), source_kind(str(model))
-    specs = [{"name": i.name, "dtype": i.dtype, "shape": list(i.shape)} for i in inputs]
-    return {
-        "schema": SCHEMA,
-        "model": {"path": str(model), "sha256": model_sha256(source) if source.is_file() else None,
+    specs = input_specs(inputs)
+    model_info = {"path": str(model), "sha256": model_sha256(source) if source.is_file() else None,
                   "format": kind, "inputs": specs,
                   "converted": {"format": "tflite", "converter": None if kind == "tflite" else "litert-torch",
                                 "sha256": model_sha256(fp32),
-                                "size_mb": round(fp32.stat().st_size / 2 ** 20, 6), "inputs": specs}},
-        "target": profile.snapshot(),
-        "budgets": profile.budgets.model_dump(),
-        "objective": profile.objective,
-        "metric": "accuracy" if eval_data.has_labels else "fidelity",
-        "baseline": baseline,
-        "data": {"calibration": calibration.describe(), "eval": dict(eval_data.describe(), n_used=n_eval)},
-        "candidates": [c.record() for c in candidates],
-        "chosen": chosen.id if chosen else None,
-        "output": {"file": "model.tflite", "sha256": model_sha256(chosen.path)} if chosen else None,
-        "why": why,
-        "versions": versions("litert-torch", "ai-edge-quantizer", "ai-edge-litert", "torch", "numpy"),
-        "machine": cpu_facts(),
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+                                "size_mb": round(fp32.stat().st_size / 2 ** 20, 6), "inputs": specs}}
+    return build_record(model_info, profile, calibration, eval_data, eval_npz, inputs, candidates, chosen, why, baseline,
+                  versions("litert-torch", "ai-edge-quantizer", "ai-edge-litert", "torch", "numpy"))
