@@ -249,6 +249,8 @@ def build_record(model_info: dict, profile: Profile, calibration: Dataset, eval_
     """calibration.json, the same for every runtime (see DESIGN.md's calibration record)."""
     import numpy as np
 
+    from edgekit.models import model_sha256
+
     with np.load(eval_npz) as npz:
         n_eval = int(len(npz[inputs[0].name]))
     return {
@@ -262,25 +264,13 @@ def build_record(model_info: dict, profile: Profile, calibration: Dataset, eval_
         "data": {"calibration": calibration.describe(), "eval": dict(eval_data.describe(), n_used=n_eval)},
         "candidates": [c.record() for c in candidates],
         "chosen": chosen.id if chosen else None,
-        "output": ({"file": f"model{chosen.path.suffix}", "sha256": _sha256(chosen.path)}
+        "output": ({"file": f"model{chosen.path.suffix}", "sha256": model_sha256(chosen.path)}
                    if chosen else None),
         "why": why,
         "versions": versions_used,
         "machine": cpu_facts(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-
-
-def _sha256(path: Optional[Path]) -> Optional[str]:
-    import hashlib
-
-    if path is None or not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _measure_baseline(model: Path, eval_npz: Path, profile: Profile, measure_opts: dict) -> dict:

@@ -15,7 +15,6 @@ example data (the calibration set), whose array names then become the ONNX input
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import io
 import logging
@@ -127,12 +126,11 @@ def model_size_mb(path: Path) -> float:
 
 
 def model_sha256(path: Path) -> str:
-    """sha256 of the model file's bytes (what a bundle manifest records)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """sha256 of the model file's bytes (what a bundle manifest records), computed as the
+    device computes it."""
+    from edgekit.device.trust import sha256_file
+
+    return sha256_file(str(path))
 
 
 def _load(path: Path):
