@@ -149,6 +149,8 @@ def test_keys_trust_makes_devices_refuse_unsigned_bundles(tmp_path, fleet, bundl
     inventory, devices = fleet
     trusted = run_edgekit("keys", "trust", keys["trusted"].public, "--inventory", inventory, "--json")
     assert trusted.code == 0, trusted.stderr
+    table = run_edgekit("keys", "trust", keys["trusted"].public, "--inventory", inventory)  # the table path too
+    assert table.code == 0 and "Traceback" not in table.stderr, table.stderr
     unsigned = run_edgekit("push", bundles["1.0.0"].path, "--inventory", inventory, "--json")
     assert unsigned.code == 1 and all("not signed" in d["error"] for d in unsigned.json()["devices"])
     signed = run_edgekit("push", bundles["1.0.0-signed"].path, "--inventory", inventory, "--activate", "--json")

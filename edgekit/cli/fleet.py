@@ -38,6 +38,7 @@ FIELDS = {
     "reachable": Col("reachable", "left", drop=3), "running": Col("running", "left", wrap=30),
     "last_report_at": Col("last report", "left", drop=4), "python": Col("python", "left", drop=1),
     "runner": Col("runner", "left", drop=2), "new": Col("new"), "fetched": Col("fetched", drop=1),
+    "key": Col("key", "left", wrap=40),
 }
 STATUS_STYLE = {"ok": "green", "failed": "red"}
 
