@@ -9,6 +9,8 @@ Standard library + numpy + the one runtime, Python 3.9 syntax: this runs on devi
 
 from __future__ import annotations
 
+import abc
+
 import os
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -32,7 +34,7 @@ class ModelLoadError(ValueError):
     """The model file is missing, of an unknown kind, or the runtime refuses it."""
 
 
-class Backend:
+class Backend(abc.ABC):
     """A loaded model. Subclasses fill the attributes and implement ``run``."""
 
     name = ""        # "onnxruntime" | "ai-edge-litert" | "tflite-runtime"
@@ -42,8 +44,9 @@ class Backend:
     output_names: List[str] = []
     load_ms = 0.0    # time to create the session, measured
 
+    @abc.abstractmethod
     def run(self, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
-        raise NotImplementedError
+        """The model's outputs for one batch of inputs keyed by input name."""
 
     def describe(self) -> dict:
         return {"name": self.name, "version": self.version, "providers": list(self.providers)}
