@@ -162,3 +162,17 @@ def test_push_starts_one_runner_per_device_and_still_repairs_a_changed_runner(ss
     repaired, commands = push()
     assert (repaired["runner_updated"], repaired["already_installed"], commands) == (True, True, 1)
     assert module.read_bytes() == shipped
+
+
+def test_a_rollout_asks_each_device_for_its_status_once(tmp_path, sshd_fleet, in_fleet_env, bundles):
+    fleet = in_fleet_env(sshd_fleet(1, pythons=[sys.executable]))
+    server, inventory = fleet.servers[0], fleet.write_inventory()
+    first = run_edgekit("push", bundles["1.0.0"].path, "--inventory", inventory, "--activate", env=fleet.env)
+    assert first.code == 0, first.stderr
+    before = server.log.read_text().count("Starting session: command")
+    result = run_edgekit("rollout", bundles["1.0.1"].path, "--inventory", inventory, "--store", tmp_path / "s.db",
+                         "--json", env=fleet.env)
+    assert result.code == 0, result.stderr
+    # status, install, activate, evaluate: the status taken before the install also tells
+    # whether the runner is current, so it is not asked for twice
+    assert server.log.read_text().count("Starting session: command") - before == 4

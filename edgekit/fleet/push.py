@@ -118,14 +118,17 @@ def run_runner(transport: Transport, device: Device, *args: str, timeout: Option
     raise error
 
 
-def ensure_runner(transport: Transport, device: Device) -> bool:
-    """Install or update ROOT/bin from this host's runner when the hashes differ; True if it did."""
+def ensure_runner(transport: Transport, device: Device, status: Optional[dict] = None) -> bool:
+    """Install or update ROOT/bin from this host's runner when the hashes differ; True if it did.
+    `status` is the runner's status when the caller has just asked for it (no second run)."""
     from edgekit.device.trust import tree_hash
 
     files = runner_files()
     want = tree_hash(files)
+    if status is not None and status.get("runner_sha256") == want:
+        return False
     # A fresh device has no launcher: one SFTP stat instead of a runner process that fails.
-    if transport.size(f"{device.root.rstrip('/')}/{RUNNER}") is not None:
+    if status is None and transport.size(f"{device.root.rstrip('/')}/{RUNNER}") is not None:
         try:
             if run_runner(transport, device, "status", timeout=120).get("runner_sha256") == want:
                 return False
@@ -171,11 +174,12 @@ def upload_bundle(transport: Transport, device: Device, bundle: Bundle,
 
 
 def install_bundle(transport: Transport, device: Device, bundle: Bundle, *, activate: bool = False,
-                   progress: Optional[Callable[[int, int], None]] = None) -> dict:
-    """Runner, upload, install (and activate) on one device; `seconds` says where the time went."""
+                   progress: Optional[Callable[[int, int], None]] = None, status: Optional[dict] = None) -> dict:
+    """Runner, upload, install (and activate) on one device; `seconds` says where the time went.
+    `status`: the runner's status, when the caller already has it."""
     seconds: dict[str, float] = {}
     with _timed(seconds, "runner"):
-        updated = ensure_runner(transport, device)
+        updated = ensure_runner(transport, device, status)
         installed = _installed_meta(transport, device, bundle)
     if installed is None:
         with _timed(seconds, "upload"):

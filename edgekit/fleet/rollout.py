@@ -95,11 +95,12 @@ def _deploy(t: Transport, d: Device, bundle: Bundle, known: set[str], samples: O
     out: dict = {"before": None, "activated": False, "run_id": None, "pulled": None, "stage": "status", "error": None}
     try:
         step(d.name, "status", None, None)
-        model = (device_status(t, d).get("models") or {}).get(bundle.name) or {}
+        status = device_status(t, d)
+        model = (status.get("models") or {}).get(bundle.name) or {}
         out["before"] = {"current": model.get("current"), "previous": model.get("previous")}
         out["stage"] = "install"
         step(d.name, "upload", 0, bundle.size)
-        install_bundle(t, d, bundle, progress=lambda done, total: step(d.name, "upload", done, total))
+        install_bundle(t, d, bundle, progress=lambda done, total: step(d.name, "upload", done, total), status=status)
         out["stage"], out["activated"] = "activate", True  # from here on it may run the new version
         step(d.name, "activate", None, None)
         run_runner(t, d, "activate", bundle.name, bundle.version, timeout=120)
