@@ -65,6 +65,7 @@ class Dataset:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     images: Optional[tuple[_ImageSpec, list[tuple[Path, int]]]] = None
     _sha256: Optional[str] = None
+    _fits: set = field(default_factory=set, repr=False)  # input specs already checked: a scan is I/O
 
     @property
     def input_names(self) -> list[str]:
@@ -123,7 +124,10 @@ class Dataset:
         return {spec.input: np.stack(out).astype(np.float32)}, np.asarray(labels, dtype=np.int64)
 
     def check(self, inputs: Sequence[InputSpec], role: str = "data") -> None:
-        """Raise DataError naming what does not fit the model; scans values in batches."""
+        """Raise DataError naming what does not fit the model; scans values in batches, once
+        per model signature (calibrate checks the same set for every recipe)."""
+        if tuple(inputs) in self._fits:
+            return
         if len(self) == 0:
             raise DataError(f"{role} {self.path}: the data set is empty")
         model_names = [i.name for i in inputs]
@@ -142,6 +146,7 @@ class Dataset:
                 raise DataError(f"{role} {self.path}: 'labels' must be integer class ids, got {labels.dtype}")
             if not self.images and LABELS in self.arrays and len(self.arrays[LABELS]) != len(self):
                 raise DataError(f"{role} {self.path}: 'labels' has {len(self.arrays[LABELS])} rows, inputs have {len(self)}")
+        self._fits.add(tuple(inputs))
 
 
 def _check_array(path: Path, role: str, spec: InputSpec, arr: np.ndarray) -> None:

@@ -101,3 +101,16 @@ def test_missing_and_corrupt_files(tmp_path):
     (tmp_path / "d" / "dataset.toml").write_text('format = "csv"\n')
     with pytest.raises(DataError, match="format"):
         load_dataset(tmp_path / "d")
+
+
+def test_a_set_is_scanned_once_per_model_signature(tmp_path, monkeypatch):
+    np.savez(tmp_path / "d.npz", input=np.zeros((5, 1, 8, 8), np.float32))
+    ds = load_dataset(tmp_path / "d.npz")
+    scans = []
+    real = ds.batches
+    monkeypatch.setattr(ds, "batches", lambda *a, **k: (scans.append(1), real(*a, **k))[1])
+    ds.check(DIGITS_INPUT)
+    ds.check(DIGITS_INPUT, role="calibration data")
+    assert len(scans) == 1
+    with pytest.raises(DataError):  # another signature is checked afresh
+        ds.check([InputSpec("input", "float32", (None, 1, 8, 9))])
