@@ -14,6 +14,7 @@ if TYPE_CHECKING:
         DataError,
         EdgekitError,
         GateError,
+        Interrupted,
         HostKeyError,
         IntegrityError,
         ModelError,
@@ -38,6 +39,7 @@ __all__ = [
     "HostKeyError",
     "RemoteCommandError",
     "GateError",
+    "Interrupted",
 ]
 
 

@@ -11,7 +11,8 @@
     │   ├── ConnectError         the device is unreachable or refused us
     │   ├── HostKeyError         the host key is unknown or changed
     │   └── RemoteCommandError   a command on the device failed
-    └── GateError                exit 3: a budget gate was not met
+    ├── GateError                exit 3: a budget gate was not met
+    └── Interrupted              exit 130: Ctrl-C or SIGTERM stopped the work
 
 Third-party errors (paramiko, socket, OS, onnxruntime) are translated into these in
 one place each, with ``raise X(msg) from exc``; the CLI catches ``EdgekitError`` once
@@ -33,6 +34,7 @@ __all__ = [
     "HostKeyError",
     "RemoteCommandError",
     "GateError",
+    "Interrupted",
 ]
 
 
@@ -97,3 +99,9 @@ class GateError(EdgekitError):
     def __init__(self, message: str, *, details: object = None):
         super().__init__(message)
         self.details = details
+
+
+class Interrupted(EdgekitError):
+    """The user stopped the work (Ctrl-C, SIGTERM): no new step was started after it."""
+
+    exit_code = 130

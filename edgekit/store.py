@@ -7,11 +7,15 @@
     rollouts          one per `edgekit rollout`: bundle, options, outcome
     rollout_waves     the waves of a rollout (canary, batch 1, ...) and how each ended
     rollout_events    what happened to each device in each wave (install, gate, rollback, ...)
+    device_models     what the store believes runs where: per device and bundle name, the
+                      current and previous versions, from the last command that changed or saw them
+    device_events     every change of what a device runs (push --activate, rollback, restore,
+                      gc, a rollout's deploy and restore), with where it came from
 
 The default file is $EDGEKIT_STORE, else $XDG_DATA_HOME/edgekit/edgekit.db, else
 ~/.local/share/edgekit/edgekit.db; `--store` overrides both. The file is opened in WAL mode
-so that `edgekit report` can read while a rollout writes. A Store object belongs to one
-thread: fan-out workers hand their findings to the thread that owns it.
+so that `edgekit report` can read while a rollout writes. A Store may be shared by the
+fan-out's worker threads: every statement, and every transaction as a whole, holds its lock.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ import json
 import math
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 from edgekit.errors import ConfigError
 
@@ -65,6 +70,18 @@ MIGRATIONS = [
         detail TEXT NOT NULL, at TEXT NOT NULL
     );
     """,
+    """
+    CREATE TABLE device_models (
+        device TEXT NOT NULL, name TEXT NOT NULL, current TEXT, previous TEXT, installed TEXT,
+        gated INTEGER NOT NULL, good TEXT, source TEXT NOT NULL, updated_at TEXT NOT NULL,
+        PRIMARY KEY (device, name)
+    );
+    CREATE TABLE device_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL, name TEXT NOT NULL, action TEXT NOT NULL,
+        ok INTEGER NOT NULL, before TEXT, after TEXT, rollout_id INTEGER, detail TEXT NOT NULL, at TEXT NOT NULL
+    );
+    CREATE INDEX device_events_by_device ON device_events (device, name)
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 REPORT_COLUMNS = ("device", "run_id", "name", "version", "status", "error", "started_at", "finished_at",
@@ -97,8 +114,8 @@ class Store:
         self.path = Path(path).expanduser()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            self._db.row_factory = sqlite3.Row
+            self._db = _LockedConnection(sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                                         check_same_thread=False))
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
@@ -163,6 +180,94 @@ class Store:
     def devices(self) -> list[dict]:
         return [dict(r) for r in self._db.execute("SELECT * FROM devices ORDER BY name")]
 
+    def forget_device(self, name: str) -> dict:
+        """Remove a retired device: its record, reports, collect errors and what it runs.
+        Rollout history keeps its events. How many rows of each went."""
+        gone = {}
+        with self._transaction():
+            for table, column in (("devices", "name"), ("reports", "device"), ("collect_errors", "device"),
+                                  ("device_models", "device"), ("device_events", "device")):
+                gone[table] = self._db.execute(f"DELETE FROM {table} WHERE {column} = ?", (name,)).rowcount
+        return gone
+
+    # -- what runs where ----------------------------------------------------------------
+    # `gated` says whether the current version is trusted: it passed its rollout gates, a
+    # person chose it (push --activate, rollback, restore) or it was seen there before a
+    # rollout touched the device. A rollout that activates a version marks it not gated
+    # until its report passes; `good` is the last trusted {current, previous}, where a
+    # device goes back to (see last_good).
+
+    def models(self, device: Optional[str] = None) -> list[dict]:
+        """What the store believes each device runs: one row per (device, bundle name)."""
+        where, args = _where(device=device)
+        rows = self._db.execute(f"SELECT * FROM device_models{where} ORDER BY device, name", args)
+        return [_model_dict(r) for r in rows]
+
+    def model(self, device: str, name: str) -> Optional[dict]:
+        row = self._db.execute("SELECT * FROM device_models WHERE device = ? AND name = ?", (device, name)).fetchone()
+        return _model_dict(row) if row else None
+
+    def observe(self, device: str, models: dict, *, source: str = "status") -> None:
+        """The device's own word (the runner's status: {name: {current, previous, installed}}):
+        what it runs replaces what the store believed. A version the store knows as not yet
+        gated stays so while it is still the one that runs."""
+        with self._transaction():
+            known = {m["name"]: m for m in self.models(device)}
+            for name in sorted(set(known) | set(models)):
+                live = models.get(name) or {}
+                state = {"current": live.get("current"), "previous": live.get("previous")}
+                old = known.get(name)
+                same = old is not None and old["current"] == state["current"]
+                gated = old["gated"] if same else True
+                good = old["good"] if same and not gated else state
+                self._put_model(device, name, state, live.get("installed"), gated, good, source)
+
+    def record_change(self, device: str, name: str, action: str, *, ok: bool, before: Optional[dict],
+                      after: Optional[dict], gated: bool = True, installed: Optional[list] = None,
+                      rollout_id: Optional[int] = None, detail: Optional[dict] = None) -> None:
+        """A command changed (or tried to change) what NAME is on a device: an event, and when
+        `after` is known, the store's belief. gated=False: a rollout activated a version whose
+        report has not passed its gates yet; the last good state stays what it was."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO device_events (device, name, action, ok, before, after, rollout_id, detail, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (device, name, action, int(ok), _dumps(before), _dumps(after), rollout_id, _dumps(detail or {}),
+                 utc_now()))
+            if after is None:
+                return
+            old = self.model(device, name)
+            state = {"current": after.get("current"), "previous": after.get("previous")}
+            good = state if gated else (_state(before) if before is not None else (old or {}).get("good"))
+            self._put_model(device, name, state, installed if installed is not None else (old or {}).get("installed"),
+                            gated, good, action if rollout_id is None else f"rollout {rollout_id}")
+
+    def last_good(self, device: str, name: str, live: dict) -> dict:
+        """Where NAME on a device goes back to: its live state ({current, previous}), unless the
+        version it runs is one a rollout activated and never saw pass its gates; then the
+        state it had before that rollout."""
+        row = self.model(device, name)
+        if row and not row["gated"] and row["current"] == live.get("current") and row["good"] is not None:
+            return dict(row["good"])
+        return _state(live)
+
+    def device_events(self, device: Optional[str] = None, rollout_id: Optional[int] = None) -> list[dict]:
+        where, args = _where(device=device, rollout_id=rollout_id)
+        rows = self._db.execute(f"SELECT * FROM device_events{where} ORDER BY id", args)
+        return [{**dict(r), "ok": bool(r["ok"]), "before": json.loads(r["before"]), "after": json.loads(r["after"]),
+                 "detail": json.loads(r["detail"])} for r in rows]
+
+    def _put_model(self, device: str, name: str, state: dict, installed: Optional[list], gated: bool,
+                   good: Optional[dict], source: str) -> None:
+        self._db.execute(
+            """INSERT INTO device_models (device, name, current, previous, installed, gated, good, source, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT(device, name) DO UPDATE SET current = excluded.current, previous = excluded.previous,
+                 installed = excluded.installed, gated = excluded.gated, good = excluded.good,
+                 source = excluded.source, updated_at = excluded.updated_at""",
+            (device, name, state.get("current"), state.get("previous"), _dumps(installed), int(gated),
+             _dumps(_state(good) if good is not None else None), source, utc_now()))
+
     # -- reports ----------------------------------------------------------------------
 
     def known_run_ids(self, device: str) -> set[str]:
@@ -222,8 +327,14 @@ class Store:
                          (status, reason, utc_now(), rollout_id))
 
     def start_wave(self, rollout_id: int, wave: int, kind: str, devices: list[str]) -> None:
+        """A wave starts (or, in a resumed rollout, starts again: running, no reason)."""
         self._db.execute("INSERT INTO rollout_waves (rollout_id, wave, kind, devices, started_at, status) "
-                         "VALUES (?, ?, ?, ?, ?, 'running')", (rollout_id, wave, kind, _dumps(devices), utc_now()))
+                         "VALUES (?, ?, ?, ?, ?, 'running') ON CONFLICT(rollout_id, wave) DO UPDATE SET "
+                         "status = 'running', reason = NULL, finished_at = NULL",
+                         (rollout_id, wave, kind, _dumps(devices), utc_now()))
+
+    def resume_rollout(self, rollout_id: int) -> None:
+        self._db.execute("UPDATE rollouts SET status = 'running', finished_at = NULL WHERE id = ?", (rollout_id,))
 
     def finish_wave(self, rollout_id: int, wave: int, status: str, reason: Optional[str] = None) -> None:
         self._db.execute("UPDATE rollout_waves SET status = ?, reason = ?, finished_at = ? "
@@ -250,17 +361,43 @@ class Store:
                 "events": [{**dict(e), "ok": bool(e["ok"]), "detail": json.loads(e["detail"])} for e in events]}
 
 
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (autocommit otherwise)."""
+class _LockedConnection:
+    """A connection that one thread at a time uses: a statement, or a whole transaction."""
 
     def __init__(self, db: sqlite3.Connection):
+        db.row_factory = sqlite3.Row
+        self._conn = db
+        self.lock = threading.RLock()
+
+    def execute(self, sql: str, args: Sequence = ()) -> sqlite3.Cursor:
+        with self.lock:
+            return self._conn.execute(sql, args)
+
+    def close(self) -> None:
+        with self.lock:
+            self._conn.close()
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (autocommit otherwise); the
+    connection's lock is held throughout, so another thread's statement waits."""
+
+    def __init__(self, db: _LockedConnection):
         self._db = db
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        self._db.lock.acquire()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._db.lock.release()
+            raise
 
     def __exit__(self, exc_type, *_) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        try:
+            self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self._db.lock.release()
 
 
 def _where(**filters) -> tuple[str, list]:
@@ -268,6 +405,16 @@ def _where(**filters) -> tuple[str, list]:
     if not given:
         return "", []
     return " WHERE " + " AND ".join(f"{k} = ?" for k in given), list(given.values())
+
+
+def _state(value: Optional[dict]) -> dict:
+    value = value or {}
+    return {"current": value.get("current"), "previous": value.get("previous")}
+
+
+def _model_dict(row: sqlite3.Row) -> dict:
+    return {**dict(row), "gated": bool(row["gated"]), "installed": json.loads(row["installed"]),
+            "good": json.loads(row["good"]) if row["good"] else None}
 
 
 def _rollout_dict(row: sqlite3.Row) -> dict:

@@ -37,6 +37,12 @@ def run_edgekit(*args, cwd: Path | None = None, env: dict | None = None, timeout
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_default_store(tmp_path_factory):
+    """Commands run without --store write to a store of this test session, never the user's."""
+    os.environ["EDGEKIT_STORE"] = str(tmp_path_factory.mktemp("default-store") / "edgekit.db")
+
+
 @pytest.fixture
 def edgekit():
     return run_edgekit

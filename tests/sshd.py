@@ -20,6 +20,7 @@ import hashlib
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -64,11 +65,13 @@ def sshd_fleet(tmp_path):
 
 class DroppingProxy:
     """A loopback TCP proxy 127.0.0.1:`port` -> 127.0.0.1:`target_port` that counts bytes
-    and, when `drop_after` is set, cuts the connection once that many bytes went upstream."""
+    and, when `drop_after` is set, cuts the connection once that many bytes went upstream;
+    `throttle` (bytes/s) makes the upstream a slow link."""
 
-    def __init__(self, target_port: int, drop_after: Optional[int] = None):
+    def __init__(self, target_port: int, drop_after: Optional[int] = None, throttle: Optional[float] = None):
         self.target_port = target_port
         self.drop_after = drop_after
+        self.throttle = throttle
         self.bytes_up = 0      # client -> server, over all connections
         self.dropped = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -101,6 +104,8 @@ class DroppingProxy:
                         dst.sendall(data)
                         self._cut(src, dst)
                         return
+                    if self.throttle:
+                        time.sleep(len(data) / self.throttle)
                 dst.sendall(data)
         except OSError:
             pass

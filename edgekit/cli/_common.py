@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Optional, Sequence
+from typing import Annotated, Any, Iterable, Iterator, Optional, Sequence
 
 import typer
 from rich import box
@@ -46,6 +50,36 @@ def progress(transient: bool = True) -> Progress:
         transient=transient,
         disable=not err_console.is_terminal,
     )
+
+
+@contextmanager
+def interrupts(what: str) -> Iterator[threading.Event]:
+    """The first Ctrl-C or SIGTERM sets the event (the work starts no new device step and
+    brings the devices it touched to a consistent state); the second raises
+    KeyboardInterrupt, which stops at once."""
+    cancel = threading.Event()
+
+    def handler(signum, _frame) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        # os.write, not the console: a signal handler may run while the console holds its lock
+        os.write(2, (f"\n{signal.Signals(signum).name}: stopping {what}: no new device step starts; devices "
+                     "touched are brought to a consistent state (interrupt again to stop at once)\n").encode())
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield cancel
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
+def exit_now(code: int) -> None:
+    """Leave without waiting for worker threads still talking to devices (a second Ctrl-C)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 # -- tables that fit the terminal ------------------------------------------------------------

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Optional
 
 import typer
 
 from edgekit.cli._common import JsonFlag, err_console, progress
-from edgekit.cli.fleet import DevicesOpt, GroupsOpt, InventoryOpt, TrustNewOpt, WorkersOpt, _devices, _finish
-
-StoreOpt = Annotated[Optional[Path], typer.Option(
-    "--store", help="The SQLite store (default: $EDGEKIT_STORE, else ~/.local/share/edgekit/edgekit.db).",
-    show_default=False)]
+from edgekit.cli.fleet import DevicesOpt, GroupsOpt, InventoryOpt, StoreOpt, TrustNewOpt, WorkersOpt, _devices, _finish
 
 
 def collect_cmd(

@@ -11,7 +11,8 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from edgekit.cli._common import Col, JsonFlag, console, fit_table, fmt_time, print_json, print_notes, progress
+from edgekit.cli._common import (Col, JsonFlag, console, err_console, exit_now, fit_table, fmt_time, interrupts,
+                                 print_json, print_notes, progress)
 
 InventoryOpt = Annotated[Path, typer.Option("--inventory", "-i", help="The inventory (fleet/*.toml).")]
 DevicesOpt = Annotated[Optional[list[str]], typer.Option(
@@ -21,6 +22,9 @@ GroupsOpt = Annotated[Optional[list[str]], typer.Option(
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Devices worked on at the same time.")]
 TrustNewOpt = Annotated[bool, typer.Option(
     "--trust-new-hosts", help="Accept and remember SSH host keys not seen before (a changed key is always refused).")]
+StoreOpt = Annotated[Optional[Path], typer.Option(
+    "--store", help="The SQLite store (default: $EDGEKIT_STORE, else ~/.local/share/edgekit/edgekit.db).",
+    show_default=False)]
 
 fleet_app = typer.Typer(help="The fleet: what runs where.", no_args_is_help=True)
 
@@ -38,7 +42,7 @@ FIELDS = {
     "reachable": Col("reachable", "left", drop=3), "running": Col("running", "left", wrap=30),
     "last_report_at": Col("last report", "left", drop=4), "python": Col("python", "left", drop=1),
     "runner": Col("runner", "left", drop=2), "new": Col("new"), "fetched": Col("fetched", drop=1),
-    "key": Col("key", "left", wrap=40),
+    "key": Col("key", "left", wrap=40), "removed_versions": Col("removed", "left", wrap=40),
 }
 STATUS_STYLE = {"ok": "green", "failed": "red"}
 
@@ -87,27 +91,63 @@ def push_cmd(
     device: DevicesOpt = None,
     group: GroupsOpt = None,
     activate: Annotated[bool, typer.Option("--activate", help="Switch to the bundle once installed.")] = False,
+    store: StoreOpt = None,
     workers: WorkersOpt = 8,
     trust_new_hosts: TrustNewOpt = False,
     json: JsonFlag = False,
 ) -> None:
     """Upload and install BUNDLE on the devices of its target (and activate it with --activate).
-    Uploads resume; the device verifies sizes, hashes and signature before anything changes."""
+    Uploads resume; the device verifies sizes, hashes and signature before anything changes.
+    What each device runs afterwards is recorded in the store. Ctrl-C stops starting new
+    steps: devices already switched stay switched (a push is not gated), the rest stay as
+    they were, a cut upload resumes next time; it lists what each device runs, exit 130."""
     from edgekit.bundle import read_bundle
+    from edgekit.fleet.ledger import note_push, recorder
     from edgekit.fleet.push import push
+    from edgekit.store import open_store
 
     found = read_bundle(bundle)
     devices = _devices(inventory, device, group)
-    with progress() as bar:
+    with open_store(store) as db, progress() as bar, interrupts("the push") as cancel:
         tasks = {}
 
         def progress_for(d):
             tasks[d.name] = bar.add_task(f"{d.name}: upload", total=found.size)
             return lambda done, total: bar.update(tasks[d.name], completed=done, total=total)
 
-        result = push(devices, found, activate=activate, workers=workers, progress_for=progress_for,
-                      trust_new_hosts=trust_new_hosts)
+        try:
+            result = push(devices, found, activate=activate, workers=workers, progress_for=progress_for,
+                          cancel=cancel, on_done=recorder(db, devices, note_push), trust_new_hosts=trust_new_hosts)
+        except KeyboardInterrupt:
+            err_console.print("interrupted at once: devices still at work finish their step on their own; "
+                              "see `edgekit fleet status`", highlight=False, soft_wrap=True)
+            exit_now(130)
+    if cancel.is_set():
+        _interrupted_push(result, found.version, json)
     _finish(result, json, ("version", "current", "previous", "runner_updated"))
+
+
+def _runs_now(r) -> str:
+    d = r.detail
+    if d.get("activated"):
+        return f"runs {d['current']} (switched)"
+    before = (d.get("before") or {}).get("current")
+    state = "as before" if d else "unchanged, not reached"
+    return f"runs {before or 'nothing'} ({state})" if d else state
+
+
+def _interrupted_push(result, version: str, json: bool) -> None:
+    """One line per device with what it runs now, then `interrupted: ...`; exit 130."""
+    if json:
+        print_json({**result.record(), "interrupted": True})
+    for r in result.results:
+        if r.status == "skipped" and not r.detail.get("interrupted"):
+            continue  # another target
+        console.print(f"{escape(r.device)}: {escape(_runs_now(r))}", highlight=False, soft_wrap=True)
+    switched = sum(1 for r in result.results if r.detail.get("activated"))
+    err_console.print(f"interrupted: {switched} device(s) switched to {version}; the others run what they ran "
+                      "before (push again to finish; a cut upload resumes)", highlight=False, soft_wrap=True)
+    raise typer.Exit(130)
 
 
 def rollback_cmd(
@@ -115,15 +155,75 @@ def rollback_cmd(
     inventory: InventoryOpt,
     device: DevicesOpt = None,
     group: GroupsOpt = None,
+    store: StoreOpt = None,
     workers: WorkersOpt = 8,
     trust_new_hosts: TrustNewOpt = False,
     json: JsonFlag = False,
 ) -> None:
-    """Switch NAME back to its previous version on each device."""
+    """Switch NAME back to its previous version on each device; the store records it."""
+    from edgekit.fleet.ledger import note_rollback, recorder
     from edgekit.fleet.push import rollback
+    from edgekit.store import open_store
 
-    result = rollback(_devices(inventory, device, group), name, workers=workers, trust_new_hosts=trust_new_hosts)
+    devices = _devices(inventory, device, group)
+    with open_store(store) as db:
+        result = rollback(devices, name, workers=workers, on_done=recorder(db, devices, note_rollback(name)),
+                          trust_new_hosts=trust_new_hosts)
     _finish(result, json, ("current", "previous"))
+
+
+@fleet_app.command("gc")
+def gc_cmd(
+    inventory: InventoryOpt,
+    keep: Annotated[int, typer.Option("--keep", min=0, help="Installed versions of each model to keep (the current "
+                                      "and the previous one are always kept).")] = 2,
+    device: DevicesOpt = None,
+    group: GroupsOpt = None,
+    store: StoreOpt = None,
+    workers: WorkersOpt = 8,
+    trust_new_hosts: TrustNewOpt = False,
+    json: JsonFlag = False,
+) -> None:
+    """Free device space: remove all but the KEEP newest installed versions of each model (never
+    the current or previous one) and what interrupted work left behind."""
+    from edgekit.fleet.ledger import note_gc, recorder
+    from edgekit.fleet.push import gc
+    from edgekit.store import open_store
+
+    devices = _devices(inventory, device, group)
+    with open_store(store) as db:
+        result = gc(devices, keep, workers=workers, on_done=recorder(db, devices, note_gc),
+                    trust_new_hosts=trust_new_hosts)
+    for r in result.results:
+        r.detail["removed_versions"] = ", ".join(f"{x['name']} {x['version']}" for x in r.detail.get("removed") or ()) \
+            or "nothing"
+    _finish(result, json, ("removed_versions",))
+
+
+@fleet_app.command("forget")
+def forget_cmd(
+    name: Annotated[str, typer.Argument(help="The retired device's name.")],
+    store: StoreOpt = None,
+    json: JsonFlag = False,
+) -> None:
+    """Forget a retired device: its record, reports and state leave the store (rollout history
+    keeps its events), so that it stops filling the report's "needs a look"."""
+    from edgekit.errors import ConfigError
+    from edgekit.store import default_store_path, open_store
+
+    path = Path(store) if store is not None else default_store_path()
+    if not path.is_file():
+        raise ConfigError(f"--store {path}: no store there; give the store with --store or EDGEKIT_STORE")
+    with open_store(path) as db:
+        known = {d["name"] for d in db.devices()} | {r["device"] for r in db.reports()}
+        if name not in known:
+            raise ConfigError(f"device {name}: not in {path} (devices there: {', '.join(sorted(known)) or 'none'})")
+        gone = db.forget_device(name)
+    if json:
+        print_json({"device": name, "removed": gone})
+    else:
+        console.print(f"forgot {escape(name)}: {gone['reports']} report(s) and its state removed from "
+                      f"{escape(str(path))}", highlight=False, soft_wrap=True)
 
 
 @fleet_app.command("status")

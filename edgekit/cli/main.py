@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 
 from edgekit import __version__
-from edgekit.cli._common import err_console
+from edgekit.cli._common import err_console, exit_now
 from edgekit.errors import EdgekitError
 
 # Each module defines register(app). Heavy libraries are imported inside the commands.
@@ -69,9 +69,9 @@ def main() -> None:
     except EdgekitError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True, markup=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a second Ctrl-C, or one where no work handles it: stop at once
         err_console.print("interrupted")
-        sys.exit(130)
+        exit_now(130)
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def report_cmd(
         err_console.print(f"no reports yet in {escape(str(path))}: run `edgekit collect --inventory FILE "
                           f"--store {escape(str(path))}` (or `edgekit rollout`) first", highlight=False, soft_wrap=True)
         return
-    result = analyse(data["reports"], data["devices"], data["rollouts"], budgets=data["budgets"],
+    result = analyse(data["reports"], data["devices"], data["rollouts"], models=data["models"], budgets=data["budgets"],
                      collect_errors=data["collect_errors"], rules=DriftRules(accuracy_tolerance=tolerance),
                      name=name, version=version, target=target, compare=tuple(compare) if compare else None)
     _check_filters(result, path, name=name, version=version, target=target, compare=compare)

@@ -58,9 +58,12 @@ def _num(value) -> Optional[float]:
     return float(value) if ok else None
 
 
-def running_versions(reports: Iterable[dict], rollouts: Iterable[dict] = ()) -> dict[tuple[str, str], str]:
-    """(device, bundle name) -> the version it runs: the latest of its reports (a device
-    evaluates what it activated) and of the rollouts' deploys and restores."""
+def running_versions(reports: Iterable[dict], rollouts: Iterable[dict] = (),
+                     models: Iterable[dict] = ()) -> dict[tuple[str, str], Optional[str]]:
+    """(device, bundle name) -> the version it runs: what the store was last told by a
+    command that changed or saw it (`models`: the store's device_models rows), else the
+    latest of its reports (a device evaluates what it activated) and of the rollouts'
+    deploys and restores (a store written before it kept device_models)."""
     seen: dict[tuple[str, str], tuple[str, str]] = {}
 
     def note(at: str, device: str, name: str, version: Optional[str]) -> None:
@@ -77,7 +80,9 @@ def running_versions(reports: Iterable[dict], rollouts: Iterable[dict] = ()) -> 
                 note(e["at"], e["device"], r["name"], r["version"])
             elif e["event"] == "restore" and e.get("ok"):
                 note(e["at"], e["device"], r["name"], (detail.get("to") or {}).get("current"))
-    return {key: version for key, (_, version) in seen.items()}
+    running: dict[tuple[str, str], Optional[str]] = {key: version for key, (_, version) in seen.items()}
+    running.update({(m["device"], m["name"]): m["current"] for m in models})
+    return running
 
 
 def _row(item: dict, runs: int, device: dict, budget: dict) -> dict:
@@ -279,8 +284,18 @@ def _select(items: Iterable[dict], **given) -> list[dict]:
     return [i for i in items if all(i.get(k) == v for k, v in wanted.items())]
 
 
+def _running_rows(running: dict, rows: list[dict], devices: Iterable[dict], *, name: Optional[str],
+                  target: Optional[str]) -> list[dict]:
+    """[{device, name, target, version}] of what runs where, reported or not."""
+    targets = {d["name"]: d.get("target") for d in devices}
+    targets.update({r["device"]: r["target"] for r in rows if r["target"]})
+    out = [{"device": d, "name": n, "target": targets.get(d), "version": v}
+           for (d, n), v in sorted(running.items()) if v]
+    return _select(out, name=name, target=target)
+
+
 def analyse(reports: list[dict], devices: list[dict] = (), rollouts: list[dict] = (), *,
-            budgets: Optional[dict] = None, collect_errors: list[dict] = (), rules: DriftRules = DriftRules(),
+            models: list[dict] = (), budgets: Optional[dict] = None, collect_errors: list[dict] = (), rules: DriftRules = DriftRules(),
             name: Optional[str] = None, version: Optional[str] = None, target: Optional[str] = None,
             compare: Optional[tuple[str, str]] = None) -> dict:
     """Everything `edgekit report` shows: rows, cohorts, drift, health (and compare), for the
@@ -288,7 +303,8 @@ def analyse(reports: list[dict], devices: list[dict] = (), rollouts: list[dict] 
     from all reports and rollouts, so that a filter does not make an old version look current."""
     from edgekit.fleet.health import rollout_health
 
-    every = device_rows(reports, devices, budgets, running_versions(reports, rollouts))
+    running = running_versions(reports, rollouts, models)
+    every = device_rows(reports, devices, budgets, running)
     rows = _select(every, name=name, version=None if compare else version, target=target)
     drift = find_drift(rows, rules)
     cohorts = cohort_summaries(rows)
@@ -296,7 +312,8 @@ def analyse(reports: list[dict], devices: list[dict] = (), rollouts: list[dict] 
     scope_names = {d["name"] for d in in_scope}
     health = rollout_health(rows, in_scope, _select(rollouts, name=name, version=version, target=target),
                             [e for e in collect_errors if target is None or e["device"] in scope_names],
-                            reported={r["device"] for r in _select(every, name=name)})
+                            reported={r["device"] for r in _select(every, name=name)},
+                            running=_running_rows(running, every, devices, name=name, target=target))
     result = {"rows": rows, "cohorts": cohorts, "drift": drift, "health": health,
               "known": {key: sorted({r[key] or "" for r in every}) for key in ("name", "version", "target")}}
     if compare:

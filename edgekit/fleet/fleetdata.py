@@ -45,7 +45,7 @@ def _merge_devices(stored: list[dict], listed: list[dict]) -> list[dict]:
 
 
 def load_fleet(store_path: Path, *, inventory: Optional[Path] = None, targets_dirs: Sequence[Path] = ()) -> dict:
-    """{store, reports, devices, rollouts, collect_errors, budgets} from the store at `store_path`."""
+    """{store, reports, devices, rollouts, collect_errors, models, budgets} from the store at `store_path`."""
     from edgekit.store import Store
 
     path = Path(store_path).expanduser()
@@ -58,7 +58,7 @@ def load_fleet(store_path: Path, *, inventory: Optional[Path] = None, targets_di
                        for r in store.reports()]
             data = {"store": str(path), "reports": reports, "devices": store.devices(),
                     "rollouts": [store.rollout(r["id"]) for r in store.rollouts()],
-                    "collect_errors": store.collect_errors()}
+                    "collect_errors": store.collect_errors(), "models": store.models()}
     except EdgekitError:
         raise
     except (sqlite3.Error, KeyError, TypeError, ValueError) as exc:  # a layout this edgekit does not know

@@ -14,11 +14,10 @@ __all__ = ["rollout_health", "LAST_ROLLOUTS"]
 LAST_ROLLOUTS = 5
 
 
-def _versions(rows: list[dict]) -> list[dict]:
+def _versions(running_rows: list[dict]) -> list[dict]:
     running: dict[tuple, list[str]] = defaultdict(list)
-    for row in rows:
-        if row["current"]:
-            running[(row["name"], row["target"] or "", row["version"])].append(row["device"])
+    for row in running_rows:
+        running[(row["name"], row["target"] or "", row["version"])].append(row["device"])
     return [{"name": n, "target": t, "version": v, "count": len(d), "devices": sorted(d)}
             for (n, t, v), d in sorted(running.items())]
 
@@ -47,15 +46,16 @@ def _breaches(rollouts: Iterable[dict]) -> list[dict]:
 
 def rollout_health(rows: list[dict], devices: Iterable[dict] = (), rollouts: Iterable[dict] = (),
                    collect_errors: Iterable[dict] = (), *, reported: Optional[set] = None,
-                   last: int = LAST_ROLLOUTS) -> dict:
-    """Versions in use, failed evaluations, unreachable and silent devices (none of their
-    reports in `reported`, by default the rows' devices), bad report files, broken gates,
-    and the last `last` rollouts with their outcomes."""
+                   running: Optional[list[dict]] = None, last: int = LAST_ROLLOUTS) -> dict:
+    """Versions in use (`running`: [{device, name, target, version}], by default the rows that
+    run now), failed evaluations, unreachable and silent devices (none of their reports in
+    `reported`, by default the rows' devices), bad report files, broken gates, and the last
+    `last` rollouts with their outcomes."""
     devices, rollouts = list(devices), sorted(rollouts, key=lambda r: r["id"])
     reported = {r["device"] for r in rows} if reported is None else reported
     return {
         "devices": len({d["name"] for d in devices} | reported),
-        "versions": _versions(rows),
+        "versions": _versions(running if running is not None else [r for r in rows if r["current"]]),
         "failed_evaluations": [{"device": r["device"], "name": r["name"], "version": r["version"],
                                 "error": r["error"], "measured_at": r["measured_at"]}
                                for r in rows if r["current"] and r["status"] != "ok"],

@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 from edgekit.bundle import SUFFIX, Bundle, runner_files
-from edgekit.errors import ConfigError, EdgekitError, RemoteCommandError
+from edgekit.errors import ConfigError, EdgekitError, Interrupted, RemoteCommandError
 from edgekit.fleet.inventory import Device
 from edgekit.transport import Transport, connect
+from edgekit.transport.base import Cancel
 
 __all__ = ["DeviceResult", "FleetResult", "fan_out", "run_runner", "runner_argv", "ensure_runner",
            "upload_bundle", "install_bundle", "push", "activate", "rollback", "status", "device_status", "remote_evaluate",
-           "trust_key", "for_target", "WORKERS"]
+           "trust_key", "for_target", "WORKERS", "check_cancel", "model_state", "gc"]
 
 Work = Callable[[Transport, Device], dict]
 # Devices at a time. Most of a device's time is waiting (network, its own CPU), so more
@@ -72,24 +73,44 @@ class FleetResult:
 
 
 def fan_out(devices: Sequence[Device], work: Work, *, action: str, workers: int = WORKERS,
-            on_done: Optional[Callable[[DeviceResult], None]] = None, **connect_opts) -> FleetResult:
-    """Run `work` on every device with its own transport; programmer errors still raise."""
+            on_done: Optional[Callable[[DeviceResult], None]] = None, cancel: Optional[Cancel] = None,
+            **connect_opts) -> FleetResult:
+    """Run `work` on every device with its own transport; programmer errors still raise.
+    Once `cancel` is set, devices not started yet are not started ("skipped", interrupted);
+    a KeyboardInterrupt (a second Ctrl-C) leaves at once, without waiting for the workers."""
     def one(device: Device) -> DeviceResult:
+        if cancel is not None and cancel.is_set():
+            return DeviceResult(device.name, "skipped", {"interrupted": True}, "interrupted before it started")
         try:
             with connect(device, **connect_opts) as transport:
                 return DeviceResult(device.name, "ok", work(transport, device))
+        except Interrupted as exc:
+            return DeviceResult(device.name, "interrupted", getattr(exc, "detail", {}), str(exc))
         except (EdgekitError, OSError) as exc:  # this device failed; the fleet goes on
             return DeviceResult(device.name, "failed", error=str(exc))
 
     results: dict[str, DeviceResult] = {}
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(devices) or 1))) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(devices) or 1)))
+    try:
         futures = [pool.submit(one, d) for d in devices]
         for future in as_completed(futures):
             result = future.result()
             results[result.device] = result
             if on_done:
                 on_done(result)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     return FleetResult(action, [results[d.name] for d in devices])
+
+
+def check_cancel(cancel: Optional[Cancel], device: Device, step: str, detail: Optional[dict] = None) -> None:
+    """Interrupted (carrying `detail`) when the user has stopped the work: `step` does not start."""
+    if cancel is not None and cancel.is_set():
+        error = Interrupted(f"device {device.name}: interrupted before {step}")
+        error.detail = dict(detail or {})  # type: ignore[attr-defined]
+        raise error
 
 
 def runner_argv(device: Device, *args: str) -> list[str]:
@@ -97,9 +118,11 @@ def runner_argv(device: Device, *args: str) -> list[str]:
     return [device.interpreter, f"{root}/{RUNNER}", "--root", root, *args]
 
 
-def run_runner(transport: Transport, device: Device, *args: str, timeout: Optional[float] = 1800) -> dict:
-    """Run one runner command; its JSON on success, RemoteCommandError with its words otherwise."""
-    result = transport.run(runner_argv(device, *args), timeout=timeout)
+def run_runner(transport: Transport, device: Device, *args: str, timeout: Optional[float] = 1800,
+               cancel: Optional[Cancel] = None) -> dict:
+    """Run one runner command; its JSON on success, RemoteCommandError with its words otherwise.
+    `cancel`: stop waiting when set (only for commands that may be abandoned: evaluate)."""
+    result = transport.run(runner_argv(device, *args), timeout=timeout, cancel=cancel)
     lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
     try:
         reply = json.loads(lines[-1]) if lines else None
@@ -174,27 +197,57 @@ def upload_bundle(transport: Transport, device: Device, bundle: Bundle,
 
 
 def install_bundle(transport: Transport, device: Device, bundle: Bundle, *, activate: bool = False,
-                   progress: Optional[Callable[[int, int], None]] = None, status: Optional[dict] = None) -> dict:
-    """Runner, upload, install (and activate) on one device; `seconds` says where the time went.
-    `status`: the runner's status, when the caller already has it."""
+                   progress: Optional[Callable[[int, int], None]] = None, status: Optional[dict] = None,
+                   cancel: Optional[Cancel] = None) -> dict:
+    """Runner, upload, install (and activate) on one device; `seconds` says where the time went,
+    `before` what NAME was before. `status`: the runner's status, when the caller has it.
+    Once `cancel` is set no further step starts (an upload stops between chunks, its .part
+    kept for the next try) and Interrupted carries what was done."""
     seconds: dict[str, float] = {}
     with _timed(seconds, "runner"):
+        status = device_status(transport, device) if status is None else status
+        before = model_state(status, bundle.name)
+        check_cancel(cancel, device, "the runner update", {"before": before})
         updated = ensure_runner(transport, device, status)
         installed = _installed_meta(transport, device, bundle)
+    detail = {"name": bundle.name, "version": bundle.version, "before": before, "runner_updated": updated,
+              "seconds": seconds}
     if installed is None:
+        check_cancel(cancel, device, "the upload", detail)
         with _timed(seconds, "upload"):
-            remote = upload_bundle(transport, device, bundle, progress)
+            remote = upload_bundle(transport, device, bundle, _cancellable(progress, cancel, device, detail))
+        check_cancel(cancel, device, "the install", detail)
         with _timed(seconds, "install"):
             installed = run_runner(transport, device, "install", remote, "--sha256", bundle.sha256,
                                    "--size", str(bundle.size))
-    detail = {"name": bundle.name, "version": bundle.version, "runner_updated": updated,
-              "already_installed": installed.get("already_installed", False), "signer": installed.get("signer"),
-              "seconds": seconds}
+    detail.update(already_installed=installed.get("already_installed", False), signer=installed.get("signer"),
+                  installed=True)
     if activate:
+        check_cancel(cancel, device, "the activation", detail)
         with _timed(seconds, "activate"):
             active = run_runner(transport, device, "activate", bundle.name, bundle.version)
-        detail.update(current=active["current"], previous=active["previous"])
+        detail.update(current=active["current"], previous=active["previous"], activated=True)
     return detail
+
+
+def model_state(status: dict, name: str) -> dict:
+    """{current, previous} of bundle NAME in a runner's status."""
+    model = (status.get("models") or {}).get(name) or {}
+    return {"current": model.get("current"), "previous": model.get("previous")}
+
+
+def _cancellable(progress, cancel: Optional[Cancel], device: Device, detail: dict):
+    """An upload progress callback that stops the upload (Interrupted) once `cancel` is set."""
+    if cancel is None:
+        return progress
+
+    def report(done: int, total: int) -> None:
+        if cancel.is_set():
+            check_cancel(cancel, device, f"the rest of the upload ({done} of {total} bytes sent, kept for the "
+                                         "next try)", detail)
+        if progress:
+            progress(done, total)
+    return report
 
 
 @contextmanager
@@ -244,11 +297,11 @@ def for_target(devices: Sequence[Device], target: str) -> tuple[list[Device], li
 
 def push(devices: Sequence[Device], bundle: Bundle, *, activate: bool = False, workers: int = WORKERS,
          on_done=None, progress_for: Optional[Callable[[Device], Callable[[int, int], None]]] = None,
-         **connect_opts) -> FleetResult:
+         cancel: Optional[Cancel] = None, **connect_opts) -> FleetResult:
     chosen, skipped = for_target(devices, bundle.target)
-    work = lambda t, d: install_bundle(t, d, bundle, activate=activate,  # noqa: E731
+    work = lambda t, d: install_bundle(t, d, bundle, activate=activate, cancel=cancel,  # noqa: E731
                                        progress=progress_for(d) if progress_for else None)
-    result = fan_out(chosen, work, action="push", workers=workers, on_done=on_done, **connect_opts)
+    result = fan_out(chosen, work, action="push", workers=workers, on_done=on_done, cancel=cancel, **connect_opts)
     result.results += skipped
     return result
 
@@ -259,6 +312,17 @@ def activate(devices: Sequence[Device], name: str, version: str, **opts) -> Flee
 
 def rollback(devices: Sequence[Device], name: str, **opts) -> FleetResult:
     return fan_out(devices, lambda t, d: _strip(run_runner(t, d, "rollback", name)), action="rollback", **opts)
+
+
+def gc(devices: Sequence[Device], keep: int, **opts) -> FleetResult:
+    """The runner's gc on each device (all but the KEEP newest versions of each model, never
+    the current or previous one, and what killed runners left), then its status."""
+    def work(t: Transport, d: Device) -> dict:
+        if t.size(f"{d.root.rstrip('/')}/{RUNNER}") is None:
+            return {"removed": [], "models": {}, "note": "no edgekit runner installed yet"}
+        removed = _strip(run_runner(t, d, "gc", "--keep", str(keep), timeout=600))
+        return {**removed, "models": device_status(t, d).get("models") or {}}
+    return fan_out(devices, work, action="gc", **opts)
 
 
 def device_status(transport: Transport, device: Device) -> dict:
@@ -273,11 +337,11 @@ def status(devices: Sequence[Device], **opts) -> FleetResult:
 
 
 def remote_evaluate(transport: Transport, device: Device, name: str, version: Optional[str] = None, *,
-                    timeout: Optional[float] = 3600) -> dict:
+                    timeout: Optional[float] = 3600, cancel: Optional[Cancel] = None) -> dict:
     """Evaluate on the device; {"report", "report_path"}. A failed evaluation raises
     RemoteCommandError whose `.reply` still holds the report."""
     args = ["evaluate", name, "--device-name", device.name] + (["--version", version] if version else [])
-    return _strip(run_runner(transport, device, *args, timeout=timeout))
+    return _strip(run_runner(transport, device, *args, timeout=timeout, cancel=cancel))
 
 
 def trust_key(devices: Sequence[Device], public_key: Path, **opts) -> FleetResult:

@@ -2,19 +2,29 @@
 
     wave 1 (canary): the first N devices      then batches of SIZE devices (or PCT% of them)
 
-For every device of a wave, in parallel: note what runs now (the runner's status), update
-the runner, upload and install the bundle, activate it, evaluate it on the device, and
-fetch the report into the store. Then the wave's gates (edgekit.fleet.gates) are applied
-to the reports, and failures (unreachable devices, refused installs, bad reports) are
-counted against --max-failures over the whole rollout.
+For every device of a wave, in parallel (edgekit.fleet.deploy): note what runs now and
+where the device would go back to, update the runner, upload and install the bundle,
+activate it, evaluate it on the device, and fetch the report into the store. Then the
+wave's gates (edgekit.fleet.gates) are applied to the reports, and failures (unreachable
+devices, refused installs, bad reports) are counted against --max-failures over the
+whole rollout.
 
 A broken gate, too many failures, or a canary with no device checked halts the rollout:
-every device of that wave goes back to exactly what it ran before (the runner's `restore`:
-its current and previous versions as they were, and nothing active where nothing was).
-The new version stays installed there, inactive, for inspection, until `gc`. Earlier
-waves passed their gates and keep the new version. A device that failed while failures
-are tolerated is restored the same way, so every device either runs the new version,
-installed and checked, or what it ran before. Every rollout, wave and device event is
+every device of that wave goes back to its last good state (the runner's `restore`: its
+current and previous versions as they were, and nothing active where nothing was). The
+new version stays installed there, inactive, for inspection, until `gc`. Earlier waves
+passed their gates and keep the new version. A device that failed while failures are
+tolerated is restored the same way, so every device either runs the new version,
+installed and checked, or what it ran before.
+
+"Before" is the device's last good state from the store (Store.last_good), never a
+version that failed a gate or was activated and never gated: re-running a rollout that
+was interrupted or halted does not take a failing version for the old one.
+
+Interrupted (the first Ctrl-C or SIGTERM sets `cancel`): no device step starts after it,
+an evaluation in progress is abandoned, every device whose new version was not yet gated
+is restored, and the rollout is recorded as `interrupted`; `resume` goes on with it,
+`abort` puts every device it touched back. Every rollout, wave and device event is
 recorded in the store.
 """
 
@@ -25,19 +35,20 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
-from edgekit.bundle import Bundle
-from edgekit.errors import ConfigError, EdgekitError, RemoteCommandError
-from edgekit.fleet.collect import pull_reports, store_pulled
-from edgekit.fleet.gates import Breach, check_report
+from edgekit.bundle import Bundle, read_bundle
+from edgekit.errors import BundleError, ConfigError
+from edgekit.fleet.deploy import Step, deploy, judge, restore
+from edgekit.fleet.gates import Breach
 from edgekit.fleet.inventory import Device
-from edgekit.fleet.push import WORKERS, DeviceResult, device_status, fan_out, for_target, install_bundle, run_runner
+from edgekit.fleet.push import WORKERS, DeviceResult, fan_out, for_target
 from edgekit.store import Store
-from edgekit.transport import Transport
+from edgekit.transport.base import Cancel
 
-__all__ = ["RolloutResult", "parse_batch", "plan_waves", "rollout", "restore"]
+__all__ = ["RolloutResult", "parse_batch", "plan_waves", "rollout", "resume", "restore", "stored_rollout",
+           "stored_devices", "FAILED"]
 
-Step = Callable[[str, str, Optional[int], Optional[int]], None]  # (device, stage, done, total)
 _BATCH = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
+FAILED = ("failed", "unreachable")  # device failures, counted against --max-failures
 
 
 def parse_batch(text: str) -> tuple[Optional[int], Optional[float]]:
@@ -71,11 +82,13 @@ def plan_waves(devices: Sequence[Device], canary: int, batch: str) -> list[tuple
 class RolloutResult:
     rollout_id: int
     bundle: dict
-    outcome: str = "running"  # "completed" | "completed-with-failures" | "halted"
+    outcome: str = "running"  # completed | completed-with-failures | halted | interrupted | failed
     reason: Optional[str] = None
     waves: list[dict] = field(default_factory=list)
     skipped: list[DeviceResult] = field(default_factory=list)
     breaches: list[Breach] = field(default_factory=list)
+    resumed: bool = False
+    not_started: list[str] = field(default_factory=list)  # devices of waves never started (halted, interrupted)
 
     @property
     def devices(self) -> list[dict]:
@@ -83,93 +96,33 @@ class RolloutResult:
 
     def record(self) -> dict:
         return {"rollout_id": self.rollout_id, "bundle": self.bundle, "outcome": self.outcome, "reason": self.reason,
-                "breaches": [b.record() for b in self.breaches], "waves": self.waves,
-                "skipped": [r.record() for r in self.skipped]}
+                "resumed": self.resumed, "breaches": [b.record() for b in self.breaches], "waves": self.waves,
+                "not_started": self.not_started, "skipped": [r.record() for r in self.skipped]}
 
 
-# -- one device ------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """What a rollout carries from wave to wave."""
 
+    bundle: Bundle
+    store: Store
+    result: RolloutResult
+    devices: dict[str, Device]
+    max_failures: int
+    samples: Optional[int]
+    step: Step
+    on_wave: Optional[Callable[[int, str, list[str]], None]]
+    cancel: Optional[Cancel]
+    opts: dict
+    failures: int = 0
+    done: set = field(default_factory=set)  # devices that need no more work (a resumed rollout)
 
-def _deploy(t: Transport, d: Device, bundle: Bundle, known: set[str], samples: Optional[int], step: Step) -> dict:
-    """Install, activate, evaluate, fetch the report; never raises for the device's failures."""
-    out: dict = {"before": None, "activated": False, "run_id": None, "pulled": None, "stage": "status", "error": None}
-    try:
-        step(d.name, "status", None, None)
-        status = device_status(t, d)
-        model = (status.get("models") or {}).get(bundle.name) or {}
-        out["before"] = {"current": model.get("current"), "previous": model.get("previous")}
-        out["stage"] = "install"
-        step(d.name, "upload", 0, bundle.size)
-        install_bundle(t, d, bundle, progress=lambda done, total: step(d.name, "upload", done, total), status=status)
-        out["stage"], out["activated"] = "activate", True  # from here on it may run the new version
-        step(d.name, "activate", None, None)
-        run_runner(t, d, "activate", bundle.name, bundle.version, timeout=120)
-        out["stage"] = "evaluate"
-        step(d.name, "evaluate", None, None)
-        out["run_id"] = _evaluate(t, d, bundle, samples)
-        out["stage"] = "collect"
-        step(d.name, "collect", None, None)
-        out["pulled"] = pull_reports(t, d, known, name=bundle.name, version=bundle.version)
-        out["stage"] = None
-    except (EdgekitError, OSError) as exc:
-        out["error"] = str(exc)
-    return out
-
-
-def _evaluate(t: Transport, d: Device, bundle: Bundle, samples: Optional[int]) -> Optional[str]:
-    """The run id of the device's evaluation; a failed evaluation still wrote a report."""
-    args = ["evaluate", bundle.name, "--version", bundle.version, "--device-name", d.name]
-    try:
-        reply = run_runner(t, d, *args, *(["--samples", str(samples)] if samples else []), timeout=3600)
-    except RemoteCommandError as exc:
-        reply = getattr(exc, "reply", None)
-        if not (isinstance(reply, dict) and isinstance(reply.get("report"), dict)):
-            raise
-    run_id = reply["report"].get("run_id")
-    return run_id if isinstance(run_id, str) else None
-
-
-def _restore_argv(name: str, before: dict) -> list[str]:
-    argv = ["restore", name]
-    for key in ("current", "previous"):
-        if before.get(key):
-            argv += [f"--{key}", before[key]]
-    return argv
-
-
-def restore(devices: Sequence[Device], name: str, before: dict[str, dict], **opts):
-    """Put NAME back to `before[device]` ({current, previous}) on each device."""
-    return fan_out(devices, lambda t, d: run_runner(t, d, *_restore_argv(name, before[d.name]), timeout=120),
-                   action="restore", **opts)
+    @property
+    def rollout_id(self) -> int:
+        return self.result.rollout_id
 
 
 # -- one wave --------------------------------------------------------------------------------
-
-
-def _judge(store: Store, d: Device, r: DeviceResult, bundle: Bundle) -> dict:
-    """What happened on one device: {device, status, stage, error, before, report, breaches}."""
-    row: dict = {"device": d.name, "status": "ok", "stage": None, "error": None, "before": None, "report": None,
-                 "breaches": [], "activated": False}
-    if r.status != "ok":  # fan_out could not connect
-        store.touch_device(d.name, target=d.target, transport=d.transport, host=d.host, reachable=False, error=r.error)
-        return {**row, "status": "unreachable", "stage": "connect", "error": r.error}
-    out = r.detail
-    store.touch_device(d.name, target=d.target, transport=d.transport, host=d.host, reachable=True)
-    row.update(before=out["before"], activated=out["activated"], stage=out["stage"], error=out["error"])
-    pulled = store_pulled(store, d, out["pulled"]) if out["pulled"] else None
-    if out["error"]:
-        return {**row, "status": "failed"}
-    report = store.report(d.name, out["run_id"]) if out["run_id"] else None
-    if report is None:
-        bad = "; ".join(pulled["bad"]) if pulled and pulled["bad"] else "no such file"
-        return {**row, "status": "failed", "stage": "collect",
-                "error": f"{d.name}: no valid report of run {out['run_id']}: {bad}"}
-    breaches = check_report(d.name, report, bundle.manifest)
-    metrics = report["metrics"]
-    row["report"] = {"run_id": report["run_id"], "status": report["status"], "accuracy": metrics.get("accuracy"),
-                     "cosine": (metrics.get("fidelity") or {}).get("cosine"),
-                     "latency_p95": (metrics.get("latency_ms") or {}).get("p95"), "peak_rss_mb": metrics.get("peak_rss_mb")}
-    return {**row, "status": "breached" if breaches else "ok", "breaches": breaches}
 
 
 def _halt_reason(rows: list[dict], kind: str, failures: int, max_failures: int) -> Optional[str]:
@@ -177,48 +130,71 @@ def _halt_reason(rows: list[dict], kind: str, failures: int, max_failures: int) 
     if breaches:
         return "; ".join(b.message for b in breaches)
     if failures > max_failures:
-        failed = [f"{r['device']}: {r['error']}" for r in rows if r["status"] in ("failed", "unreachable")]
+        failed = [f"{r['device']}: {r['error']}" for r in rows if r["status"] in FAILED]
         return (f"{failures} device failure(s), more than --max-failures {max_failures}: " + "; ".join(failed[:3]))
-    if kind == "canary" and not any(r["status"] == "ok" for r in rows):
+    if kind == "canary" and rows and not any(r["status"] in ("ok", "interrupted", "not started") for r in rows):
         return "no canary device could be checked"
     return None
 
 
-def _restore_rows(rows: list[dict], chosen: list[dict], devices: dict[str, Device], bundle: Bundle,
-                  opts: dict) -> None:
-    todo = [r for r in chosen if r["activated"] and r["before"] is not None]
+def _restore_rows(run: _Run, index: int, todo: list[dict]) -> None:
+    """Put each row's device back to its `before`, and tell the store."""
+    todo = [r for r in todo if r["activated"] and r["before"] is not None]
     if not todo:
         return
-    result = restore([devices[r["device"]] for r in todo], bundle.name, {r["device"]: r["before"] for r in todo},
-                     **opts)
-    by_name = {x.device: x for x in result.results}
+    name = run.bundle.name
+    done = restore([run.devices[r["device"]] for r in todo], name, {r["device"]: r["before"] for r in todo},
+                   **run.opts)
+    by_name = {x.device: x for x in done.results}
     for row in todo:
-        done = by_name[row["device"]]
-        row["restored"] = done.ok
-        row["restore_error"] = done.error
-        row["after"] = {"current": done.detail.get("current"), "previous": done.detail.get("previous")} if done.ok else None
+        back = by_name[row["device"]]
+        row["restored"] = back.ok
+        row["restore_error"] = back.error
+        after = {"current": back.detail.get("current"), "previous": back.detail.get("previous")} if back.ok else None
+        row["after"] = after
+        run.store.record_change(row["device"], name, "restore", ok=back.ok, before=None, after=after,
+                                rollout_id=run.rollout_id, detail={"to": row["before"], "error": back.error})
+        run.store.add_event(run.rollout_id, index, row["device"], "restore", back.ok,
+                            {"to": row["before"], "error": back.error})
 
 
-def _wave(store: Store, rollout_id: int, index: int, kind: str, devices: list[Device], bundle: Bundle, *,
-          samples: Optional[int], step: Step, opts: dict) -> list[dict]:
-    store.start_wave(rollout_id, index, kind, [d.name for d in devices])
-    known = {d.name: store.known_run_ids(d.name) for d in devices}
-    work = lambda t, d: _deploy(t, d, bundle, known[d.name], samples, step)  # noqa: E731
-    result = fan_out(devices, work, action=kind, **opts)
-    rows = [_judge(store, d, r, bundle) for d, r in zip(devices, result.results)]
-    for d, row in zip(devices, rows):
-        step(d.name, row["status"], None, None)
-    return rows
-
-
-def _record_rows(store: Store, rollout_id: int, index: int, rows: list[dict]) -> None:
+def _record_rows(run: _Run, index: int, rows: list[dict]) -> None:
     for row in rows:
         detail = {k: v for k, v in row.items() if k not in ("device", "breaches")}
         detail["breaches"] = [b.record() for b in row["breaches"]]
-        store.add_event(rollout_id, index, row["device"], "deploy", row["status"] == "ok", detail)
-        if "restored" in row:
-            store.add_event(rollout_id, index, row["device"], "restore", row["restored"],
-                            {"to": row["before"], "error": row.get("restore_error")})
+        run.store.add_event(run.rollout_id, index, row["device"], "deploy", row["status"] == "ok", detail)
+        if row["status"] == "ok" and "restored" not in row:  # passed its gates and keeps the new version
+            before = row["before"] or {}
+            run.store.record_change(row["device"], run.bundle.name, "deploy", ok=True, before=before, gated=True,
+                                    rollout_id=run.rollout_id,
+                                    after={"current": run.bundle.version, "previous": before.get("current")})
+
+
+def _wave(run: _Run, index: int, kind: str, members: list[Device]) -> Optional[str]:
+    """Deploy, judge, restore and record one wave; the halt reason, or None."""
+    todo = [d for d in members if d.name not in run.done]
+    run.store.start_wave(run.rollout_id, index, kind, [d.name for d in members])
+    if run.on_wave:
+        run.on_wave(index, kind, [d.name for d in todo])
+    known = {d.name: run.store.known_run_ids(d.name) for d in todo}
+    work = lambda t, d: deploy(t, d, run.bundle, run.store, run.rollout_id, known[d.name],  # noqa: E731
+                               run.samples, run.step, run.cancel)
+    result = fan_out(todo, work, action=kind, cancel=run.cancel, **run.opts)
+    rows = [judge(run.store, d, r, run.bundle) for d, r in zip(todo, result.results)]
+    for row in rows:
+        run.step(row["device"], row["status"], None, None)
+    run.failures += sum(r["status"] in FAILED for r in rows)
+    reason = _halt_reason(rows, kind, run.failures, run.max_failures)
+    interrupted = run.cancel is not None and run.cancel.is_set()
+    # Halted: the whole wave goes back. Otherwise every device whose new version is not
+    # checked (failed, interrupted) goes back, and those that passed keep it.
+    _restore_rows(run, index, rows if reason else [r for r in rows if r["status"] != "ok"])
+    _record_rows(run, index, rows)
+    run.result.breaches += [b for r in rows for b in r["breaches"]]
+    status = "halted" if reason else "interrupted" if interrupted else "passed"
+    run.result.waves.append({"wave": index, "kind": kind, "status": status, "devices": [_public(r) for r in rows]})
+    run.store.finish_wave(run.rollout_id, index, status, reason or ("interrupted" if interrupted else None))
+    return reason
 
 
 # -- the rollout -----------------------------------------------------------------------------
@@ -226,7 +202,8 @@ def _record_rows(store: Store, rollout_id: int, index: int, rows: list[dict]) ->
 
 def rollout(bundle: Bundle, devices: Sequence[Device], store: Store, *, canary: int = 1, batch: str = "25%",
             max_failures: int = 0, samples: Optional[int] = None, workers: int = WORKERS, step: Optional[Step] = None,
-            on_wave: Optional[Callable[[int, str, list[str]], None]] = None, **connect_opts) -> RolloutResult:
+            on_wave: Optional[Callable[[int, str, list[str]], None]] = None, cancel: Optional[Cancel] = None,
+            **connect_opts) -> RolloutResult:
     """Roll `bundle` out to the devices of its target; see the module docstring."""
     if max_failures < 0:
         raise ConfigError(f"--max-failures {max_failures}: must be 0 or more")
@@ -236,44 +213,112 @@ def rollout(bundle: Bundle, devices: Sequence[Device], store: Store, *, canary: 
                "devices": [d.name for d in chosen]}
     rollout_id = store.start_rollout(name=bundle.name, version=bundle.version, target=bundle.target,
                                      sha256=bundle.sha256, path=str(bundle.path), options=options)
-    result = RolloutResult(rollout_id, {"name": bundle.name, "version": bundle.version, "target": bundle.target,
-                                        "sha256": bundle.sha256}, skipped=skipped)
-    step = step or (lambda *_: None)
-    opts = {"workers": workers, **connect_opts}
-    by_name = {d.name: d for d in chosen}
-    failures = 0
+    result = RolloutResult(rollout_id, _bundle_info(bundle), skipped=skipped)
+    run = _Run(bundle, store, result, {d.name: d for d in chosen}, max_failures, samples, step or (lambda *_: None),
+               on_wave, cancel, {"workers": workers, **connect_opts})
+    return _go(run, waves)
+
+
+def resume(rollout_id: int, devices: Sequence[Device], store: Store, *, workers: int = WORKERS,
+           step: Optional[Step] = None, on_wave: Optional[Callable[[int, str, list[str]], None]] = None,
+           cancel: Optional[Cancel] = None, **connect_opts) -> RolloutResult:
+    """Go on with an interrupted rollout: the same bundle and waves; devices done are skipped."""
+    record, bundle = _stored(store, rollout_id, "--resume", ("interrupted",))
+    options = record["options"]
+    chosen = stored_devices(record, devices, "--resume")
+    waves = plan_waves(chosen, options["canary"], options["batch"])
+    result = RolloutResult(rollout_id, _bundle_info(bundle), resumed=True)
+    run = _Run(bundle, store, result, {d.name: d for d in chosen}, options["max_failures"], options.get("samples"),
+               step or (lambda *_: None), on_wave, cancel, {"workers": workers, **connect_opts})
+    finished = {w["wave"] for w in record["waves"] if w["status"] == "passed"}
+    last = {e["device"]: e for e in record["events"] if e["event"] == "deploy"}
+    run.done = {d for w in record["waves"] if w["wave"] in finished for d in w["devices"]} | \
+        {d for d, e in last.items() if e["ok"]}
+    run.failures = sum(1 for e in record["events"] if e["event"] == "deploy" and e["wave"] in finished
+                       and e["detail"].get("status") in FAILED)
+    store.resume_rollout(rollout_id)
+    return _go(run, waves)
+
+
+def _go(run: _Run, waves: list[tuple[str, list[Device]]]) -> RolloutResult:
+    result, bundle = run.result, run.bundle
     try:
         for index, (kind, members) in enumerate(waves, start=1):
-            if on_wave:
-                on_wave(index, kind, [d.name for d in members])
-            rows = _wave(store, rollout_id, index, kind, members, bundle, samples=samples, step=step, opts=opts)
-            failures += sum(r["status"] in ("failed", "unreachable") for r in rows)
-            reason = _halt_reason(rows, kind, failures, max_failures)
-            _restore_rows(rows, rows if reason else [r for r in rows if r["status"] != "ok"], by_name, bundle, opts)
-            _record_rows(store, rollout_id, index, rows)
-            result.breaches += [b for r in rows for b in r["breaches"]]
-            result.waves.append({"wave": index, "kind": kind, "status": "halted" if reason else "passed",
-                                 "devices": [_public(r) for r in rows]})
-            store.finish_wave(rollout_id, index, "halted" if reason else "passed", reason)
+            if all(d.name in run.done for d in members):
+                continue
+            reason = _wave(run, index, kind, members)
+            rows = result.waves[-1]["devices"]
             if reason:
                 result.outcome = "halted"
                 result.reason = (f"rollout of {bundle.name} {bundle.version} halted at wave {index} ({kind}): {reason}; "
                                  + _restored_summary(rows))
+            elif run.cancel is not None and run.cancel.is_set():
+                result.outcome = "interrupted"
+                result.reason = (f"rollout {run.rollout_id} of {bundle.name} {bundle.version} interrupted in wave "
+                                 f"{index} ({kind}); " + _restored_summary(rows))
+            if result.outcome in ("halted", "interrupted"):
+                result.not_started = [d.name for _, later in waves[index:] for d in later if d.name not in run.done]
                 break
         else:
-            result.outcome = "completed-with-failures" if failures else "completed"
-    except BaseException as exc:
-        store.finish_rollout(rollout_id, "aborted", f"{type(exc).__name__}: {exc}")
+            reached = {d["device"] for d in result.devices if d["status"] == "ok"} | run.done
+            result.outcome = ("failed" if not reached else "completed-with-failures" if run.failures else "completed")
+            if not reached:
+                result.reason = f"rollout of {bundle.name} {bundle.version} reached no device"
+    except KeyboardInterrupt:  # a second interrupt: stop at once, say what is known
+        run.store.finish_rollout(run.rollout_id, "interrupted", "stopped at once by a second interrupt; devices "
+                                 "still at work may run the new version unchecked: resume or abort this rollout")
         raise
-    store.finish_rollout(rollout_id, result.outcome, result.reason)
+    run.store.finish_rollout(run.rollout_id, result.outcome, result.reason)
     return result
 
 
+# -- reading a rollout back from the store ---------------------------------------------------
+
+
+def stored_rollout(store: Store, rollout_id: int, flag: str, statuses: tuple[str, ...]) -> dict:
+    """The store's record of a rollout in one of `statuses`; ConfigError naming `flag` otherwise."""
+    record = store.rollout(rollout_id)
+    if record is None:
+        known = ", ".join(str(r["id"]) for r in store.rollouts()[-5:]) or "none"
+        raise ConfigError(f"{flag} {rollout_id}: no such rollout in {store.path} (latest: {known})")
+    if record["status"] not in statuses:
+        raise ConfigError(f"{flag} {rollout_id}: the rollout is {record['status']}; {flag} takes an "
+                          f"{' or '.join(statuses)} rollout")
+    return record
+
+
+def _stored(store: Store, rollout_id: int, flag: str, statuses: tuple[str, ...]) -> tuple[dict, Bundle]:
+    record = stored_rollout(store, rollout_id, flag, statuses)
+    try:
+        bundle = read_bundle(record["bundle_path"])
+    except BundleError as exc:
+        raise ConfigError(f"{flag} {rollout_id}: its bundle cannot be read ({exc}); put it back where it was") from exc
+    if bundle.sha256 != record["bundle_sha256"]:
+        raise ConfigError(f"{flag} {rollout_id}: {record['bundle_path']} changed since the rollout started "
+                          f"(sha256 {bundle.sha256[:12]}.., was {record['bundle_sha256'][:12]}..)")
+    return record, bundle
+
+
+def stored_devices(record: dict, devices: Sequence[Device], flag: str) -> list[Device]:
+    by_name = {d.name: d for d in devices}
+    names = record["options"]["devices"]
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise ConfigError(f"{flag} {record['id']}: device {missing[0]} of the rollout is not in the inventory "
+                          "given; give the inventory the rollout was started with")
+    return [by_name[n] for n in names]
+
+
+def _bundle_info(bundle: Bundle) -> dict:
+    return {"name": bundle.name, "version": bundle.version, "target": bundle.target, "sha256": bundle.sha256}
+
+
 def _restored_summary(rows: list[dict]) -> str:
-    back = [f"{r['device']} -> {r['before']['current'] or 'nothing active'}" for r in rows if r.get("restored")]
+    back = [f"{r['device']} -> {(r['before'] or {}).get('current') or 'nothing active'}"
+            for r in rows if r.get("restored")]
     stuck = [f"{r['device']} ({r['restore_error']})" for r in rows if r.get("restored") is False]
-    text = f"rolled back: {', '.join(back)}" if back else "nothing to roll back"
-    return text + (f"; ROLLBACK FAILED on {', '.join(stuck)}: run `edgekit rollback` when they are back" if stuck else "")
+    text = f"rolled back: {', '.join(back)}" if back else "no device needed rolling back"
+    return text + (f"; ROLLBACK FAILED on {', '.join(stuck)}" if stuck else "")
 
 
 def _public(row: dict) -> dict:

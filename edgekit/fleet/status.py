@@ -34,6 +34,8 @@ def fleet_status(devices: Sequence[Device], store: Optional[Store] = None, **opt
         if store:
             store.touch_device(device.name, target=device.target, transport=device.transport, host=device.host,
                                reachable=reachable, error=r.error)
+            if reachable:  # the device's own word replaces what the store believed it runs
+                store.observe(device.name, r.detail.get("models") or {}, source="status")
         models = r.detail.get("models") or {}
         r.detail["reachable"] = reachable
         r.detail["versions"] = {n: {"current": m.get("current"), "previous": m.get("previous")}

@@ -11,9 +11,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Protocol, Sequence
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+
+
+class Cancel(Protocol):
+    """Set when the user interrupted (a threading.Event): stop waiting for the command."""
+
+    def is_set(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -42,8 +48,11 @@ class Transport(ABC):
         """Copy a file from the device."""
 
     @abstractmethod
-    def run(self, argv: Sequence[str], *, timeout: Optional[float] = None) -> RunResult:
-        """Run a command on the device; a non-zero exit is returned, not raised."""
+    def run(self, argv: Sequence[str], *, timeout: Optional[float] = None,
+            cancel: Optional[Cancel] = None) -> RunResult:
+        """Run a command on the device; a non-zero exit is returned, not raised. When `cancel`
+        is set while it runs, stop waiting for it and raise edgekit.errors.Interrupted (give
+        it only to commands that may be abandoned: an evaluation, never an install)."""
 
     @abstractmethod
     def size(self, remote: str) -> Optional[int]:

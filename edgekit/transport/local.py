@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from edgekit.errors import ConnectError, TransportError
-from edgekit.transport.base import Progress, RunResult, Transport
+from edgekit.errors import ConnectError, Interrupted, TransportError
+from edgekit.transport.base import Cancel, Progress, RunResult, Transport
 
 if TYPE_CHECKING:
     from edgekit.fleet.inventory import Device
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["LocalTransport"]
 
 CHUNK = 1 << 20
+POLL_S = 0.2
 
 
 class LocalTransport(Transport):
@@ -62,16 +64,29 @@ class LocalTransport(Transport):
         except OSError as exc:
             raise self._fail(f"cannot download {remote}", exc) from exc
 
-    def run(self, argv: Sequence[str], *, timeout: Optional[float] = None) -> RunResult:
+    def run(self, argv: Sequence[str], *, timeout: Optional[float] = None,
+            cancel: Optional[Cancel] = None) -> RunResult:
+        # A session of its own: a Ctrl-C at the terminal reaches edgekit, which decides what
+        # to stop, not the device's runner in the middle of an install.
         try:
-            proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                                  stdin=subprocess.DEVNULL, cwd=self.root)
+            proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    stdin=subprocess.DEVNULL, cwd=self.root, start_new_session=True)
         except FileNotFoundError:  # like a shell's "command not found" on a remote device
             return RunResult(127, "", f"{argv[0]}: command not found")
-        except subprocess.TimeoutExpired as exc:
-            raise TransportError(f"device {self.name}: {argv[0]} did not finish within {timeout:g}s",
-                                 device=self.name) from exc
-        return RunResult(proc.returncode, proc.stdout, proc.stderr)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                out, err = proc.communicate(timeout=POLL_S)
+                return RunResult(proc.returncode, out, err)
+            except subprocess.TimeoutExpired:
+                pass
+            if cancel is not None and cancel.is_set():
+                _stop(proc)
+                raise Interrupted(f"device {self.name}: stopped waiting for {argv[0]}: interrupted")
+            if deadline is not None and time.monotonic() > deadline:
+                _stop(proc)
+                raise TransportError(f"device {self.name}: {argv[0]} did not finish within {timeout:g}s",
+                                     device=self.name)
 
     def size(self, remote: str) -> Optional[int]:
         try:
@@ -104,3 +119,8 @@ class LocalTransport(Transport):
             pass
         except OSError as exc:
             raise self._fail(f"cannot remove {remote}", exc) from exc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.kill()
+    proc.communicate()

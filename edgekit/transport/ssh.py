@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import paramiko
 
-from edgekit.errors import ConnectError, RemoteCommandError, TransportError
-from edgekit.transport.base import Progress, RunResult, Transport
+from edgekit.errors import ConnectError, Interrupted, RemoteCommandError, TransportError
+from edgekit.transport.base import Cancel, Progress, RunResult, Transport
 from edgekit.transport.hostkeys import HostKeyPolicy, edgekit_known_hosts, host_key_name, known_key_types, preferring
 from edgekit.transport.sshconfig import Endpoint, resolve
 
@@ -103,7 +103,8 @@ class SSHTransport(Transport):
 
     # -- commands -----------------------------------------------------------------------
 
-    def run(self, argv: Sequence[str], *, timeout: Optional[float] = None) -> RunResult:
+    def run(self, argv: Sequence[str], *, timeout: Optional[float] = None,
+            cancel: Optional[Cancel] = None) -> RunResult:
         """Run `argv` on the device; each argument reaches the program as it is given."""
         command = shlex.join(str(a) for a in argv)
         with self._translated(f"running {command[:80]}"):
@@ -111,7 +112,9 @@ class SSHTransport(Transport):
             try:
                 chan.exec_command(command)
                 chan.shutdown_write()  # the command's stdin is empty, not a pipe left open
-                out, err = _drain(chan, timeout)
+                out, err = _drain(chan, timeout, cancel)
+                if cancel is not None and cancel.is_set() and out is None:
+                    raise Interrupted(f"device {self.name}: stopped waiting for {argv[0]}: interrupted")
                 if out is None:
                     raise RemoteCommandError(f"{command[:80]} did not finish within {timeout:g}s on {self.name}",
                                              device=self.name, stderr=err.decode(errors="replace")[-2000:])
@@ -289,9 +292,11 @@ def _why_not_connected(exc: BaseException, timeout: float) -> str:
     return f"unreachable: {exc.strerror or exc}; check the network path to the device"
 
 
-def _drain(chan: paramiko.Channel, timeout: Optional[float]) -> tuple[Optional[bytes], bytes]:
+def _drain(chan: paramiko.Channel, timeout: Optional[float],
+           cancel: Optional[Cancel] = None) -> tuple[Optional[bytes], bytes]:
     """Read stdout and stderr together until the command exits (reading one stream only
-    could stall the command on a full window of the other). stdout is None on timeout."""
+    could stall the command on a full window of the other). stdout is None on timeout
+    or when `cancel` is set."""
     out, err = bytearray(), bytearray()
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
@@ -302,7 +307,7 @@ def _drain(chan: paramiko.Channel, timeout: Optional[float]) -> tuple[Optional[b
         if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
             return bytes(out), bytes(err)
         left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
+        if (left is not None and left <= 0) or (cancel is not None and cancel.is_set()):
             return None, bytes(err)
         select.select([chan], [], [], 0.5 if left is None else min(left, 0.5))
 

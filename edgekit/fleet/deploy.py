@@ -1,0 +1,133 @@
+"""One device in a rollout: deploy the bundle, judge its report, put it back when it must.
+
+    status -> (runner update, upload, install) -> activate -> evaluate -> fetch the report
+
+`deploy` runs in a fan-out worker and never raises for the device's own failures: what
+happened is a dict that the wave judges in the calling thread (`judge`). Before the
+activation it tells the store that the device is about to run a version that has not
+passed its gates, so that whatever happens next (a failure, Ctrl-C, a killed host) the
+store knows where the device must go back to: its last good state (Store.last_good).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+from edgekit.bundle import Bundle
+from edgekit.errors import EdgekitError, Interrupted, RemoteCommandError
+from edgekit.fleet.collect import pull_reports, store_pulled
+from edgekit.fleet.gates import check_report
+from edgekit.fleet.inventory import Device
+from edgekit.fleet.push import DeviceResult, check_cancel, device_status, fan_out, install_bundle, model_state, \
+    run_runner
+from edgekit.store import Store
+from edgekit.transport import Transport
+from edgekit.transport.base import Cancel
+
+__all__ = ["Step", "deploy", "judge", "restore", "restore_argv", "EVALUATE_TIMEOUT_S"]
+
+Step = Callable[[str, str, Optional[int], Optional[int]], None]  # (device, stage, done, total)
+EVALUATE_TIMEOUT_S = 3600
+
+
+def deploy(t: Transport, d: Device, bundle: Bundle, store: Store, rollout_id: int, known: set[str],
+           samples: Optional[int], step: Step, cancel: Optional[Cancel]) -> dict:
+    """Install, activate, evaluate, fetch the report; never raises for the device's failures."""
+    out: dict = {"before": None, "live": None, "activated": False, "run_id": None, "pulled": None,
+                 "stage": "status", "error": None, "interrupted": False}
+    try:
+        check_cancel(cancel, d, "the status")
+        step(d.name, "status", None, None)
+        status = device_status(t, d)
+        out["live"] = model_state(status, bundle.name)
+        out["before"] = store.last_good(d.name, bundle.name, out["live"])
+        out["stage"] = "install"
+        step(d.name, "upload", 0, bundle.size)
+        install_bundle(t, d, bundle, progress=lambda done, total: step(d.name, "upload", done, total), status=status,
+                       cancel=cancel)
+        out["stage"] = "activate"
+        check_cancel(cancel, d, "the activation")
+        _activate(t, d, bundle, store, rollout_id, out)
+        out["stage"] = "evaluate"
+        check_cancel(cancel, d, "the evaluation")
+        step(d.name, "evaluate", None, None)
+        out["run_id"] = _evaluate(t, d, bundle, samples, cancel)
+        out["stage"] = "collect"
+        step(d.name, "collect", None, None)
+        out["pulled"] = pull_reports(t, d, known, name=bundle.name, version=bundle.version)
+        out["stage"] = None
+    except Interrupted as exc:
+        out["error"], out["interrupted"] = str(exc), True
+    except (EdgekitError, OSError) as exc:
+        out["error"] = str(exc)
+    return out
+
+
+def _activate(t: Transport, d: Device, bundle: Bundle, store: Store, rollout_id: int, out: dict) -> None:
+    # The store hears of it first: if this host dies during the switch, it still knows that
+    # the device may run a version that never passed its gates, and where it came from.
+    before = out["before"]
+    store.record_change(d.name, bundle.name, "activate", ok=True, before=before, gated=False, rollout_id=rollout_id,
+                        after={"current": bundle.version, "previous": before["current"]})
+    out["activated"] = True  # from here on it may run the new version
+    run_runner(t, d, "activate", bundle.name, bundle.version, timeout=120)
+
+
+def _evaluate(t: Transport, d: Device, bundle: Bundle, samples: Optional[int],
+              cancel: Optional[Cancel]) -> Optional[str]:
+    """The run id of the device's evaluation; a failed evaluation still wrote a report."""
+    args = ["evaluate", bundle.name, "--version", bundle.version, "--device-name", d.name]
+    try:
+        reply = run_runner(t, d, *args, *(["--samples", str(samples)] if samples else []),
+                           timeout=EVALUATE_TIMEOUT_S, cancel=cancel)
+    except RemoteCommandError as exc:
+        reply = getattr(exc, "reply", None)
+        if not (isinstance(reply, dict) and isinstance(reply.get("report"), dict)):
+            raise
+    run_id = reply["report"].get("run_id")
+    return run_id if isinstance(run_id, str) else None
+
+
+def judge(store: Store, d: Device, r: DeviceResult, bundle: Bundle) -> dict:
+    """What happened on one device: {device, status, stage, error, before, report, breaches, ...}.
+    status: ok, breached, failed, unreachable, interrupted or "not started"."""
+    row: dict = {"device": d.name, "status": "ok", "stage": None, "error": None, "before": None, "report": None,
+                 "breaches": [], "activated": False}
+    if r.status == "skipped":  # interrupted before its turn
+        return {**row, "status": "not started", "error": r.error}
+    if r.status != "ok":  # fan_out could not connect
+        store.touch_device(d.name, target=d.target, transport=d.transport, host=d.host, reachable=False, error=r.error)
+        return {**row, "status": "unreachable", "stage": "connect", "error": r.error}
+    out = r.detail
+    store.touch_device(d.name, target=d.target, transport=d.transport, host=d.host, reachable=True)
+    row.update(before=out["before"], activated=out["activated"], stage=out["stage"], error=out["error"])
+    pulled = store_pulled(store, d, out["pulled"]) if out["pulled"] else None
+    if out["interrupted"]:
+        return {**row, "status": "interrupted"}
+    if out["error"]:
+        return {**row, "status": "failed"}
+    report = store.report(d.name, out["run_id"]) if out["run_id"] else None
+    if report is None:
+        bad = "; ".join(pulled["bad"]) if pulled and pulled["bad"] else "no such file"
+        return {**row, "status": "failed", "stage": "collect",
+                "error": f"{d.name}: no valid report of run {out['run_id']}: {bad}"}
+    breaches = check_report(d.name, report, bundle.manifest)
+    metrics = report["metrics"]
+    row["report"] = {"run_id": report["run_id"], "status": report["status"], "accuracy": metrics.get("accuracy"),
+                     "cosine": (metrics.get("fidelity") or {}).get("cosine"),
+                     "latency_p95": (metrics.get("latency_ms") or {}).get("p95"), "peak_rss_mb": metrics.get("peak_rss_mb")}
+    return {**row, "status": "breached" if breaches else "ok", "breaches": breaches}
+
+
+def restore_argv(name: str, before: dict) -> list[str]:
+    argv = ["restore", name]
+    for key in ("current", "previous"):
+        if before.get(key):
+            argv += [f"--{key}", before[key]]
+    return argv
+
+
+def restore(devices: Sequence[Device], name: str, before: dict[str, dict], **opts):
+    """Put NAME back to `before[device]` ({current, previous}) on each device."""
+    return fan_out(devices, lambda t, d: run_runner(t, d, *restore_argv(name, before[d.name]), timeout=120),
+                   action="restore", **opts)
