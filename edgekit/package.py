@@ -156,6 +156,8 @@ def package(model: Path, profile: Profile, eval_data: Dataset, *, name: str, ver
         eval_npz = deterministic_npz(raw, Path(tmp) / "eval.npz")
         step("measuring the expected host metrics")
         expected = expected_from_record(record) if record else measure_expected(model, eval_npz, profile)
+        if expected.get("baseline_accuracy") is None and precision == "fp32":
+            expected["baseline_accuracy"] = expected.get("accuracy")  # an FP32 model is its own baseline
         members: dict = {**_model_members(model), "eval.npz": eval_npz}
         members.update({f"runner/{rel}": data for rel, data in runner_files().items()})
         files = {rel: _sha_size(src) for rel, src in sorted(members.items())}

@@ -27,7 +27,7 @@ def _over(text: str, value, budget) -> str:
 # -- devices ---------------------------------------------------------------------------------
 
 ROW_COLS = (Col("device", "left"), Col("version", "left"), Col("runtime", "left", drop=1), Col("arch", "left", drop=1),
-            Col("acc"), Col("host", drop=3), Col("drop"), Col("cos", drop=4), Col("p50", drop=4), Col("p95"),
+            Col("acc"), Col("host", drop=3), Col("drop"), Col("fp32", drop=1), Col("cos", drop=4), Col("p50", drop=4), Col("p95"),
             Col("RSS"), Col("load", drop=2), Col("last seen", drop=2), Col("status", "left"))
 
 
@@ -38,6 +38,7 @@ def _row_cells(r: dict) -> list:
     runtime = f"{r['runtime'] or '?'} {r['runtime_version'] or ''}".strip()
     return [escape(r["device"]), escape(r["version"]) + (" *" if r["current"] else ""), escape(runtime),
             escape(r["arch"] or "-"), fmt_pct(r["accuracy"]), fmt_pct(r["accuracy_expected"]), fmt_pp(r["drop"]),
+            fmt_pp(r["drop_fp32"]),
             fmt_sig(r["cosine"], 4), fmt_ms(r["latency_p50"]),
             _over(fmt_ms(r["latency_p95"]), r["latency_p95"], r["latency_budget_p95"]),
             _over(fmt_mib(r["peak_rss_mb"]), r["peak_rss_mb"], r["rss_budget_mb"]), fmt_ms(r["load_ms"]),
@@ -54,7 +55,7 @@ def _row_notes(rows: list[dict]) -> list[tuple[str, str]]:
 
 def _rows(out: Console, result: dict) -> None:
     rows = result["rows"]
-    out.print("devices (* = runs it now; drop: pp below the host's accuracy; ms, MiB)", highlight=False)
+    out.print("devices (* = runs it now; drop, fp32: pp below the host's and FP32's accuracy; ms, MiB)", highlight=False)
     cells = [_row_cells(r) for r in rows]
     keep = fit_columns(out, ROW_COLS, cells)  # one layout for every target's table
     at = 0  # the rows come sorted by bundle name and target

@@ -23,12 +23,15 @@ from statistics import median
 from typing import Iterable, Optional
 
 __all__ = ["DriftRules", "METRICS", "device_rows", "cohort_summaries", "find_drift", "robust_scores",
-           "compare_versions", "running_versions", "analyse"]
+           "compare_versions", "running_versions", "gate_verdicts", "analyse", "MEASURED"]
 
 # The per-device numbers that cohorts summarise and --compare compares, in display order.
-METRICS = ("accuracy", "drop", "top1_agreement", "cosine", "latency_p50", "latency_p95", "peak_rss_mb",
+METRICS = ("accuracy", "drop", "drop_fp32", "top1_agreement", "cosine", "latency_p50", "latency_p95", "peak_rss_mb",
            "load_ms", "model_mb")
-MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
+MAD_TO_SIGMA = 1.4826
+# Rows whose evaluation ran: their numbers count in cohorts and drift (a version that broke a
+# gate measured what it measured; the gate judged the numbers, not the run).
+MEASURED = ("ok", "gate failed")  # MAD of a normal distribution times this is its standard deviation
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ def _row(item: dict, runs: int, device: dict, budget: dict) -> dict:
     b, m = r["bundle"], r.get("metrics") or {}
     lat, fid, fexp = m.get("latency_ms") or {}, m.get("fidelity") or {}, m.get("fidelity_expected") or {}
     acc, expected = _num(m.get("accuracy")), _num(m.get("accuracy_expected"))
+    baseline = _num((m.get("expected") or {}).get("baseline_accuracy"))
     measured_at = _when(r)
     return {
         "device": item["device"], "name": b["name"], "target": b.get("target") or device.get("target"),
@@ -99,6 +103,7 @@ def _row(item: dict, runs: int, device: dict, budget: dict) -> dict:
         "status": r.get("status"), "error": r.get("error"),
         "accuracy": acc, "accuracy_expected": expected,
         "drop": None if acc is None or expected is None else expected - acc,
+        "baseline_accuracy": baseline, "drop_fp32": None if acc is None or baseline is None else baseline - acc,
         "top1_agreement": _num(fid.get("top1_agreement")), "top1_expected": _num(fexp.get("top1_agreement")),
         "cosine": _num(fid.get("cosine")), "cosine_expected": _num(fexp.get("cosine")),
         "n": m.get("n"), "n_expected": (m.get("expected") or {}).get("n"),
@@ -121,9 +126,27 @@ def _over_budget(row: dict) -> list[str]:
     return out
 
 
+def gate_verdicts(rollouts: Iterable[dict]) -> dict[tuple[str, str, str], list[str]]:
+    """(device, name, version) -> the gate messages of its latest rollout deploy ([] when it
+    passed): a version whose report broke a gate is a failed version there, whatever the
+    device said of its own run."""
+    latest: dict[tuple[str, str, str], tuple[str, int, list[str]]] = {}
+    for r in rollouts:
+        for e in r.get("events") or ():
+            detail = e.get("detail") or {}
+            if e["event"] != "deploy" or detail.get("status") not in ("ok", "breached"):
+                continue
+            key = (e["device"], r["name"], r["version"])
+            stamp = (e.get("at") or "", e.get("id") or 0)
+            if key not in latest or stamp >= latest[key][:2]:
+                latest[key] = (*stamp, [b.get("message") or b.get("gate") for b in detail.get("breaches") or ()])
+    return {key: messages for key, (_, _, messages) in latest.items()}
+
+
 def device_rows(reports: Iterable[dict], devices: Iterable[dict] = (), budgets: Optional[dict] = None,
-                running: Optional[dict] = None) -> list[dict]:
-    """One row per device and bundle version, from its newest report of that version."""
+                running: Optional[dict] = None, gates: Optional[dict] = None) -> list[dict]:
+    """One row per device and bundle version, from its newest report of that version;
+    status `gate failed` where the version's latest rollout judged it over its budgets."""
     reports = list(reports)
     newest: dict[tuple, dict] = {}
     runs: dict[tuple, int] = defaultdict(int)
@@ -142,6 +165,9 @@ def device_rows(reports: Iterable[dict], devices: Iterable[dict] = (), budgets: 
         row = _row(item, runs[key], device, (budgets or {}).get(target) or {})
         row["current"] = running.get((row["device"], row["name"])) == row["version"]
         row["over_budget"] = _over_budget(row)
+        broken = (gates or {}).get((row["device"], row["name"], row["version"]))
+        if broken and row["status"] == "ok":  # a failed evaluation stays `failed`, with the device's error
+            row["status"], row["error"] = "gate failed", "; ".join(broken)
         rows.append(row)
     return sorted(rows, key=lambda r: (r["name"], r["target"] or "", r["version"], r["device"]))
 
@@ -155,13 +181,14 @@ def _spread(values: list[float]) -> dict:
 
 
 def cohort_summaries(rows: Iterable[dict]) -> list[dict]:
-    """Per (name, target, version): devices, how many measured, median/min/max of each metric."""
+    """Per (name, target, version): devices, how many measured (`ok`, those that broke a gate
+    included and also counted in `gate_failed`), median/min/max of each metric."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         groups[_cohort_key(row)].append(row)
     out = []
     for (name, target, version), members in sorted(groups.items()):
-        ok = [r for r in members if r["status"] == "ok"]
+        ok = [r for r in members if r["status"] in MEASURED]
         metrics = {}
         for metric in METRICS:
             values = [r[metric] for r in ok if r[metric] is not None]
@@ -169,6 +196,7 @@ def cohort_summaries(rows: Iterable[dict]) -> list[dict]:
                 metrics[metric] = _spread(values)
         out.append({"name": name, "target": target, "version": version, "devices": len(members),
                     "ok": len(ok), "failed": len(members) - len(ok),
+                    "gate_failed": sum(r["status"] == "gate failed" for r in members),
                     "accuracy_expected": next((r["accuracy_expected"] for r in members
                                                if r["accuracy_expected"] is not None), None),
                     "metrics": metrics})
@@ -240,7 +268,7 @@ def _outliers(members: list[dict], rules: DriftRules) -> list[dict]:
 
 def find_drift(rows: list[dict], rules: DriftRules = DriftRules()) -> list[dict]:
     """Every drift flag, and each row's `flags` filled with its reasons."""
-    ok = [r for r in rows if r["status"] == "ok"]
+    ok = [r for r in rows if r["status"] in MEASURED]
     flags = []
     for row in ok:
         for found in (_proportion_drift(row, "accuracy", "accuracy_expected", "accuracy", rules),
@@ -304,7 +332,7 @@ def analyse(reports: list[dict], devices: list[dict] = (), rollouts: list[dict] 
     from edgekit.fleet.health import rollout_health
 
     running = running_versions(reports, rollouts, models)
-    every = device_rows(reports, devices, budgets, running)
+    every = device_rows(reports, devices, budgets, running, gate_verdicts(rollouts))
     rows = _select(every, name=name, version=None if compare else version, target=target)
     drift = find_drift(rows, rules)
     cohorts = cohort_summaries(rows)

@@ -90,7 +90,8 @@ def _row_columns(budget: dict) -> list[tuple[str, str, str]]:
     p95, rss = budget.get("max_latency_ms_p95"), budget.get("max_peak_rss_mb")
     return [("device", "device", "l"), ("version", "version", "l"), ("current", "runs it", ""),
             ("runtime_version", "runtime", "l"), ("arch", "arch", "l"), ("accuracy", "accuracy", "pct"),
-            ("accuracy_expected", "host", "pct"), ("drop", "drop", "pp"), ("cosine", "cosine", ""),
+            ("accuracy_expected", "host", "pct"), ("drop", "drop vs host", "pp"),
+            ("drop_fp32", "drop vs FP32", "pp"), ("cosine", "cosine", ""),
             ("latency_p50", "p50 ms", ""), ("latency_p95", "p95 ms" + (f" (≤{p95:g})" if p95 else ""), ""),
             ("peak_rss_mb", "RSS MiB" + (f" (≤{rss:g})" if rss else ""), ""), ("load_ms", "load ms", ""),
             ("last_seen", "last seen (UTC)", "time"), ("status", "status", "wrap"), ("flags", "drift", "l")]

@@ -21,7 +21,8 @@ SECTIONS = ("rows", "cohorts", "drift", "health", "rollouts", "compare")
 
 
 def cohort_flat(cohort: dict) -> dict:
-    out = {k: cohort[k] for k in ("name", "target", "version", "devices", "ok", "failed", "accuracy_expected")}
+    out = {k: cohort[k] for k in ("name", "target", "version", "devices", "ok", "failed", "gate_failed",
+                                 "accuracy_expected")}
     for metric in METRICS:
         spread = cohort["metrics"].get(metric) or {}
         for stat in ("median", "min", "max"):
