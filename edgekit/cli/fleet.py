@@ -138,12 +138,13 @@ def _runs_now(r) -> str:
 
 def _interrupted_push(result, version: str, json: bool) -> None:
     """One line per device with what it runs now, then `interrupted: ...`; exit 130."""
+    out = err_console if json else console
     if json:
         print_json({**result.record(), "interrupted": True})
     for r in result.results:
         if r.status == "skipped" and not r.detail.get("interrupted"):
             continue  # another target
-        console.print(f"{escape(r.device)}: {escape(_runs_now(r))}", highlight=False, soft_wrap=True)
+        out.print(f"{escape(r.device)}: {escape(_runs_now(r))}", highlight=False, soft_wrap=True)
     switched = sum(1 for r in result.results if r.detail.get("activated"))
     err_console.print(f"interrupted: {switched} device(s) switched to {version}; the others run what they ran "
                       "before (push again to finish; a cut upload resumes)", highlight=False, soft_wrap=True)

@@ -160,7 +160,7 @@ def _finish(result, json: bool) -> None:
     else:
         _print(result)
     if result.outcome == "interrupted":
-        _print_interrupted(result)
+        _print_interrupted(result, err_console if json else console)
         raise typer.Exit(130)
     if result.outcome == "halted":
         raise GateError(result.reason, details=result.record())
@@ -183,12 +183,13 @@ def _runs_now(row: dict, version: str) -> str:
     return f"runs {before or 'nothing'} (unchanged)" if row.get("before") else "unchanged"
 
 
-def _print_interrupted(result) -> None:
+def _print_interrupted(result, out) -> None:
+    """One line per device with what it runs now (on stderr under --json), then `interrupted: ...`."""
     version = result.bundle["version"]
     for row in result.devices:
-        console.print(f"{escape(row['device'])}: {escape(_runs_now(row, version))}", highlight=False, soft_wrap=True)
+        out.print(f"{escape(row['device'])}: {escape(_runs_now(row, version))}", highlight=False, soft_wrap=True)
     for name in result.not_started:
-        console.print(f"{escape(name)}: unchanged (its wave did not start)", highlight=False, soft_wrap=True)
+        out.print(f"{escape(name)}: unchanged (its wave did not start)", highlight=False, soft_wrap=True)
     rid = result.rollout_id
     err_console.print(f"interrupted: {escape(result.reason or '')}; go on with `edgekit rollout --resume {rid} -i "
                       f"INVENTORY` or undo it with `edgekit rollout --abort {rid} -i INVENTORY`",
