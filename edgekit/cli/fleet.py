@@ -22,6 +22,10 @@ GroupsOpt = Annotated[Optional[list[str]], typer.Option(
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Devices worked on at the same time.")]
 TrustNewOpt = Annotated[bool, typer.Option(
     "--trust-new-hosts", help="Accept and remember SSH host keys not seen before (a changed key is always refused).")]
+StepTimeoutOpt = Annotated[Optional[float], typer.Option(
+    "--step-timeout", min=1, metavar="SECONDS", show_default=False,
+    help="Give up on a device whose install or evaluation takes longer (it counts as that device's failure; "
+         "default: the profile's step_timeout_s, else sized to the model, at least 300).")]
 StoreOpt = Annotated[Optional[Path], typer.Option(
     "--store", help="The SQLite store (default: $EDGEKIT_STORE, else ~/.local/share/edgekit/edgekit.db).",
     show_default=False)]
@@ -43,6 +47,7 @@ FIELDS = {
     "last_report_at": Col("last report", "left", drop=4), "python": Col("python", "left", drop=1),
     "runner": Col("runner", "left", drop=2), "new": Col("new"), "fetched": Col("fetched", drop=1),
     "key": Col("key", "left", wrap=40), "removed_versions": Col("removed", "left", wrap=40),
+    "fixed_what": Col("fixed", "left", wrap=60),
 }
 STATUS_STYLE = {"ok": "green", "failed": "red"}
 
@@ -91,6 +96,7 @@ def push_cmd(
     device: DevicesOpt = None,
     group: GroupsOpt = None,
     activate: Annotated[bool, typer.Option("--activate", help="Switch to the bundle once installed.")] = False,
+    step_timeout: StepTimeoutOpt = None,
     store: StoreOpt = None,
     workers: WorkersOpt = 8,
     trust_new_hosts: TrustNewOpt = False,
@@ -117,7 +123,8 @@ def push_cmd(
 
         try:
             result = push(devices, found, activate=activate, workers=workers, progress_for=progress_for,
-                          cancel=cancel, on_done=recorder(db, devices, note_push), trust_new_hosts=trust_new_hosts)
+                          cancel=cancel, on_done=recorder(db, devices, note_push), step_timeout=step_timeout,
+                          trust_new_hosts=trust_new_hosts)
         except KeyboardInterrupt:
             err_console.print("interrupted at once: devices still at work finish their step on their own; "
                               "see `edgekit fleet status`", highlight=False, soft_wrap=True)
@@ -199,6 +206,33 @@ def gc_cmd(
         r.detail["removed_versions"] = ", ".join(f"{x['name']} {x['version']}" for x in r.detail.get("removed") or ()) \
             or "nothing"
     _finish(result, json, ("removed_versions",))
+
+
+@fleet_app.command("repair")
+def repair_cmd(
+    inventory: InventoryOpt,
+    device: DevicesOpt = None,
+    group: GroupsOpt = None,
+    store: StoreOpt = None,
+    workers: WorkersOpt = 8,
+    trust_new_hosts: TrustNewOpt = False,
+    json: JsonFlag = False,
+) -> None:
+    """Repair devices' own records: rebuild state files from what is installed and active,
+    remove what interrupted work left behind, and name installed bundles whose files changed
+    since install. Safe to run at any time; the store learns what each device runs."""
+    from edgekit.fleet.push import repair
+    from edgekit.store import open_store
+
+    devices = _devices(inventory, device, group)
+    with open_store(store) as db:
+        def note(r) -> None:
+            if r.ok:
+                db.observe(r.device, r.detail.get("models") or {}, source="repair")
+        result = repair(devices, workers=workers, on_done=note, trust_new_hosts=trust_new_hosts)
+    for r in result.results:
+        r.detail["fixed_what"] = "; ".join(r.detail.get("fixed") or ()) or "nothing needed fixing"
+    _finish(result, json, ("fixed_what",))
 
 
 @fleet_app.command("forget")

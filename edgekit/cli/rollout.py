@@ -11,7 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgekit.cli._common import JsonFlag, console, err_console, exit_now, interrupts, print_json, progress
-from edgekit.cli.fleet import DevicesOpt, GroupsOpt, InventoryOpt, StoreOpt, TrustNewOpt, WorkersOpt, _devices
+from edgekit.cli.fleet import (DevicesOpt, GroupsOpt, InventoryOpt, StepTimeoutOpt, StoreOpt, TrustNewOpt, WorkersOpt,
+                               _devices)
 
 STYLE = {"ok": "green", "breached": "red", "failed": "red", "unreachable": "red", "interrupted": "yellow",
          "not started": "dim"}
@@ -56,24 +57,36 @@ def _print(result) -> None:
         for row in wave["devices"]:
             report = row.get("report") or {}
             before = row.get("before") or {}
-            now = (row.get("after") or {}).get("current", "-") if "restored" in row else (
-                result.bundle["version"] if row["status"] == "ok" else before.get("current"))
+            now = row.get("now") or {}
             status = row["status"] + (" ↩" if row.get("restored") else "")
             table.add_row(f"{wave['wave']} {wave['kind']}", escape(row["device"]),
                           f"[{STYLE.get(row['status'], 'yellow')}]{status}[/]", _cell(before.get("current")),
-                          _cell(now), _cell(report.get("accuracy")), _cell(report.get("latency_p95")),
+                          _cell(now.get("runs")), _cell(report.get("accuracy")), _cell(report.get("latency_p95")),
                           _cell(report.get("peak_rss_mb")))
-            error = row.get("error") or row.get("restore_error")
-            if error:
-                notes.append(f"{row['device']}: {error}")
+            if row.get("error") or now.get("fix"):
+                notes.append(row)
     console.print(table)
     if any(row.get("restored") for wave in result.waves for row in wave["devices"]):
-        console.print("↩ restored to what it ran before the rollout", style="dim")
-    for note in notes:
-        console.print(f"  {escape(note)}", style="yellow", highlight=False, soft_wrap=True)
+        console.print("↩ put back on what it ran before the rollout", style="dim")
+    for row in notes:
+        _print_failure(row, result.bundle["version"])
     _print_skipped([s.record() for s in result.skipped])
     for breach in result.breaches:
         err_console.print(f"[red]gate broken:[/] {escape(breach.message)}", highlight=False, soft_wrap=True)
+
+
+def _print_failure(row: dict, version: str) -> None:
+    """The device's error, then what it runs now, whether edgekit changed it, and the fix."""
+    now = row.get("now") or {}
+    runs = now.get("runs")
+    state = (f"runs {runs}" if runs and not runs.endswith("?") else
+             f"may run {runs[:-1]} unchecked" if runs else "runs what it ran before")
+    if row.get("error"):
+        console.print(f"  {escape(row['device'])}: {escape(row['error'])}", style="yellow", highlight=False,
+                      soft_wrap=True)
+    console.print(f"    now: {escape(state)} ({escape(now.get('changed') or '')})", highlight=False, soft_wrap=True)
+    if now.get("fix"):
+        console.print(f"    fix: {escape(now['fix'])}", style="bold", highlight=False, soft_wrap=True)
 
 
 def rollout_cmd(
@@ -89,6 +102,7 @@ def rollout_cmd(
     eval_samples: Annotated[Optional[int], typer.Option(
         "--eval-samples", min=1, help="Evaluate on the first N samples of the bundled eval set (default: all).",
         show_default=False)] = None,
+    step_timeout: StepTimeoutOpt = None,
     check: Annotated[bool, typer.Option(
         "--check", help="Dry run: print the waves and what each device would go from and to; change nothing.")] = False,
     resume: Annotated[Optional[int], typer.Option(
@@ -132,7 +146,7 @@ def rollout_cmd(
             return
         found = None if resume is not None else read_bundle(bundle)
         result = _run(found, devices, db, resume, opts, canary=canary, batch=batch, max_failures=max_failures,
-                      samples=eval_samples)
+                      samples=eval_samples, step_timeout=step_timeout)
     _finish(result, json)
 
 
@@ -171,7 +185,6 @@ def _finish(result, json: bool) -> None:
 
 
 def _runs_now(row: dict, version: str) -> str:
-    before = (row.get("before") or {}).get("current")
     if "restored" in row:
         if row["restored"]:
             return f"runs {(row.get('after') or {}).get('current') or 'nothing'} (put back: {version} not gated)"
@@ -180,7 +193,8 @@ def _runs_now(row: dict, version: str) -> str:
         return f"runs {version} (passed its gates)"
     if row["status"] == "not started":
         return "unchanged (not started)"
-    return f"runs {before or 'nothing'} (unchanged)" if row.get("before") else "unchanged"
+    runs = (row.get("now") or {}).get("runs")
+    return f"runs {runs} (unchanged)" if runs else "unchanged"
 
 
 def _print_interrupted(result, out) -> None:

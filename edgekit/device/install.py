@@ -19,17 +19,19 @@ import sys
 import tarfile
 import tempfile
 import time
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from .state import Layout, RunnerError, check_name, read_json, utc_now, write_json_atomic
 from .trust import sha256_file, trusted_keys, verify_signature
 
-__all__ = ["install", "MAX_MEMBERS", "MAX_FILE_BYTES", "MAX_TOTAL_BYTES", "META"]
+__all__ = ["install", "clean_leftovers", "clean_parts", "MAX_MEMBERS", "MAX_FILE_BYTES", "MAX_TOTAL_BYTES", "META",
+           "PART_MAX_AGE_S"]
 
 MAX_MEMBERS = 512
 MAX_FILE_BYTES = 4 << 30
 MAX_TOTAL_BYTES = 8 << 30
 MAX_MANIFEST_BYTES = 4 << 20
+PART_MAX_AGE_S = 24 * 3600  # an upload untouched for a day is removed by the next install
 META = ".bundle.json"  # written by the runner beside the files; no member may start with "."
 MANIFEST, SIGNATURE = "manifest.json", "manifest.sig"
 _PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$")
@@ -195,6 +197,27 @@ def clean_leftovers(layout: Layout) -> None:
             shutil.rmtree(os.path.join(layout.bin, entry), ignore_errors=True)
 
 
+def clean_parts(layout: Layout, idle: float, keep: Optional[str] = None) -> List[tuple]:
+    """Remove uploads in incoming/ that nothing has written to for `idle` seconds (an upload
+    in flight writes every moment; the host gives up on a stalled one long before):
+    [(file name, bytes freed)]."""
+    if not os.path.isdir(layout.incoming):
+        return []
+    gone, now = [], time.time()
+    for entry in sorted(os.listdir(layout.incoming)):
+        path = os.path.join(layout.incoming, entry)
+        if entry == keep:
+            continue
+        try:
+            st = os.lstat(path)
+            if now - st.st_mtime >= idle:
+                os.unlink(path)
+                gone.append((entry, st.st_size))
+        except FileNotFoundError:
+            continue
+    return gone
+
+
 def install(layout: Layout, given: str, *, sha256: Optional[str] = None, size: Optional[int] = None) -> dict:
     """Install the upload `given` (a file in incoming/); see the module docstring.
 
@@ -204,6 +227,7 @@ def install(layout: Layout, given: str, *, sha256: Optional[str] = None, size: O
     with layout.locked():
         path = upload_path(layout, given)
         clean_leftovers(layout)
+        clean_parts(layout, PART_MAX_AGE_S, keep=os.path.basename(path))
         staging = tempfile.mkdtemp(prefix=".staging-", dir=layout.bundles)
         try:
             digest = check_upload(path, sha256, size)

@@ -95,6 +95,18 @@ def _metrics(measured: Optional[dict], expected: dict) -> dict:
     }
 
 
+_OUT_OF_MEMORY = ("cannot allocate memory", "failed to map segment", "bad_alloc", "out of memory")
+
+
+def failure_text(exc: BaseException) -> str:
+    """The exception, said plainly: a runtime that could not load for lack of memory (an
+    ImportError of a shared object, a std::bad_alloc) is `out of memory`, not an import error."""
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, MemoryError) or any(s in text.lower() for s in _OUT_OF_MEMORY):
+        return f"out of memory ({text})"
+    return text
+
+
 def evaluate_bundle(layout: Layout, name: str, version: Optional[str] = None, *, device_name: Optional[str] = None,
                     samples: Optional[int] = None) -> Tuple[dict, str]:
     """Measure NAME (its current version unless `version`); returns (report, report path)."""
@@ -111,7 +123,7 @@ def evaluate_bundle(layout: Layout, name: str, version: Optional[str] = None, *,
         measured = _measure(layout, manifest, samples)
         report["runtime"] = measured["runtime"]
     except Exception as exc:  # noqa: BLE001 - any failure of the model here is the report's news
-        report["status"], report["error"] = "failed", f"{type(exc).__name__}: {exc}"[:2000]
+        report["status"], report["error"] = "failed", failure_text(exc)[:2000]
     report["metrics"] = _metrics(measured, manifest.get("expected") or {})
     report["finished_at"] = utc_now()
     folder = os.path.join(layout.reports, name, version)

@@ -10,9 +10,14 @@
                                            (no --current: nothing active); for a halted rollout
     evaluate NAME [--version V] [--device-name D] [--samples N]
                                            measure; write reports/NAME/VERSION/RUN_ID.json
-    status                                 what is installed and active, the runner's hash
-    gc --keep K                            remove all but the K newest versions of each model
-                                           (never the current or the previous one)
+    status                                 what is installed and active, the runner's hash,
+                                           free disk space and the device's clock
+    gc --keep K [--part-idle S]            remove all but the K newest versions of each model
+                                           (never the current or the previous one), and
+                                           uploads not written to for S seconds (a day)
+    repair                                 rebuild state files from what is installed and
+                                           active, remove what interrupted work left, and
+                                           name bundles whose files changed since install
 
 Success prints {"ok": true, "command": ..., ...} and exits 0. Failure prints
 {"ok": false, "command": ..., "error": "...", "kind": "..."} and exits 2 when the input
@@ -24,14 +29,17 @@ Standard library only (numpy and the runtime are imported by `evaluate`), Python
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import platform
 import shutil
 import sys
+import threading
+import time
 from typing import Dict, List, Optional, Sequence
 
-from .install import clean_leftovers, install
+from .install import clean_leftovers, clean_parts, install
 from .report import evaluate_bundle
 from .state import Layout, RunnerError, check_name
 from .trust import trusted_keys, tree_hash
@@ -73,40 +81,33 @@ def cmd_install(layout: Layout, args) -> dict:
 
 def cmd_activate(layout: Layout, args) -> dict:
     with layout.locked():
-        before = layout.current_version(args.name)
-        if before == args.version:
-            return {"name": args.name, "current": before, "previous": layout.read_state(args.name)["previous"],
-                    "changed": False}
-        layout.switch(args.name, args.version)
-        state = layout.record(args.name, "activate", args.version, before)
+        state = layout.read_state(args.name, repair=True)
+        if state["current"] == args.version:
+            return {"name": args.name, "current": state["current"], "previous": state["previous"], "changed": False}
+        state = layout.transition(args.name, "activate", args.version, state["current"])
     return {"name": args.name, "current": state["current"], "previous": state["previous"], "changed": True}
 
 
 def cmd_rollback(layout: Layout, args) -> dict:
     with layout.locked():
-        state = layout.read_state(args.name)
+        state = layout.read_state(args.name, repair=True)
         back, now = state["previous"], state["current"]
         if not back:
-            raise RunnerError(f"{args.name} has no previous version on this device to roll back to", "state", 1)
-        layout.switch(args.name, back)
-        state = layout.record(args.name, "rollback", back, now)
+            raise RunnerError(f"{args.name} has no previous version on this device to roll back to "
+                              f"(it runs {now or 'nothing'}); nothing was changed", "state", 1)
+        state = layout.transition(args.name, "rollback", back, now)
     return {"name": args.name, "current": state["current"], "previous": state["previous"], "changed": True}
 
 
 def cmd_restore(layout: Layout, args) -> dict:
     with layout.locked():
-        now = layout.current_version(args.name)
-        if args.current:
-            layout.switch(args.name, args.current)
-        else:
-            link = os.path.join(layout.current, args.name)
-            if os.path.lexists(link):
-                os.unlink(link)
-        state = layout.record(args.name, "restore", args.current, args.previous)
+        now = layout.read_state(args.name, repair=True)["current"]
+        state = layout.transition(args.name, "restore", args.current, args.previous)
     return {"name": args.name, "current": state["current"], "previous": state["previous"], "changed": now != args.current}
 
 
 def cmd_evaluate(layout: Layout, args) -> dict:
+    watch_parent()
     report, path = evaluate_bundle(layout, args.name, args.version, device_name=args.device_name,
                                    samples=args.samples)
     if report["status"] != "ok":
@@ -115,6 +116,20 @@ def cmd_evaluate(layout: Layout, args) -> dict:
         error.extra = {"report": report, "report_path": path}  # type: ignore[attr-defined]
         raise error
     return {"report": report, "report_path": path}
+
+
+def watch_parent(every: float = 2.0) -> None:
+    """Stop this process when the one that started it is gone (the host's connection died:
+    sshd's session ended, or the local edgekit was killed): an evaluation nobody will read
+    must not hold the device's CPU and memory."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(every)
+            if os.getppid() != parent:
+                os._exit(3)
+    threading.Thread(target=watch, name="edgekit-watch-parent", daemon=True).start()
 
 
 def _reports(layout: Layout, name: str) -> Dict[str, List[str]]:
@@ -134,15 +149,25 @@ def cmd_status(layout: Layout, args) -> dict:
                         "reports": _reports(layout, name)}
     incoming = sorted(os.listdir(layout.incoming)) if os.path.isdir(layout.incoming) else []
     return {"root": layout.root, "runner_sha256": tree_hash(runner_files()), "python": platform.python_version(),
-            "models": models, "incoming": incoming, "trusted_keys": [p for p, _ in trusted_keys(layout.trust)]}
+            "models": models, "incoming": incoming, "trusted_keys": [p for p, _ in trusted_keys(layout.trust)],
+            "disk_free_bytes": disk_free(layout.root), "now": time.time()}
+
+
+def disk_free(path: str) -> Optional[int]:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def cmd_gc(layout: Layout, args) -> dict:
     removed = []
     with layout.locked():
         clean_leftovers(layout)
+        parts = clean_parts(layout, args.part_idle)
         for name in layout.names():
-            state = layout.read_state(name)
+            state = layout.read_state(name, repair=True)
             versions = layout.versions(name)  # oldest first
             keep = set(versions[max(0, len(versions) - args.keep):] if args.keep else []) | {state["current"], state["previous"]}
             for version in versions:
@@ -152,7 +177,50 @@ def cmd_gc(layout: Layout, args) -> dict:
                     os.rename(layout.bundle_dir(name, version), trash)
                     shutil.rmtree(trash, ignore_errors=True)
                     removed.append({"name": name, "version": version})
-    return {"removed": removed, "keep": args.keep}
+    return {"removed": removed, "keep": args.keep, "parts_removed": [p for p, _ in parts],
+            "freed_bytes": sum(n for _, n in parts)}
+
+
+def cmd_repair(layout: Layout, args) -> dict:
+    """Bring the device's own records back in line with what is installed and active."""
+    fixed = []
+    with layout.locked():
+        clean_leftovers(layout)
+        for entry in os.listdir(layout.current) if os.path.isdir(layout.current) else []:
+            if entry.startswith("."):  # a link switch killed half-way
+                os.unlink(os.path.join(layout.current, entry))
+                fixed.append(f"removed current/{entry}, left by an interrupted switch")
+        for name in layout.names():
+            live = layout.current_version(name)
+            if live is not None and not os.path.isdir(layout.bundle_dir(name, live)):
+                layout.unlink_current(name)
+                fixed.append(f"current/{name} pointed at {live}, which is not installed: {name} runs nothing now")
+            layout.read_state(name, repair=True)
+            broken = corrupted_files(layout, name)
+            fixed += [f"{name} {v}: {why}; install it again (push) or gc it" for v, why in broken]
+    fixed += layout.warnings
+    layout.warnings = []
+    return {"fixed": fixed, "models": cmd_status(layout, args)["models"]}
+
+
+def corrupted_files(layout: Layout, name: str) -> List[tuple]:
+    """(version, what is wrong) for installed versions whose files no longer match their manifest."""
+    from .install import bundle_manifest
+    from .trust import sha256_file
+
+    out = []
+    for version in layout.versions(name):
+        try:
+            manifest = bundle_manifest(layout, name, version)
+        except RunnerError as exc:
+            out.append((version, str(exc)))
+            continue
+        for rel, want in sorted((manifest.get("files") or {}).items()):
+            path = os.path.join(layout.bundle_dir(name, version), rel)
+            if not os.path.isfile(path) or sha256_file(path) != want.get("sha256"):
+                out.append((version, f"{rel} is missing or changed since install"))
+                break
+    return out
 
 
 class _Parser(argparse.ArgumentParser):
@@ -189,12 +257,27 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device-name")
     s.add_argument("--samples", type=_non_negative)
     sub.add_parser("status")
-    sub.add_parser("gc").add_argument("--keep", type=_non_negative, required=True)
+    s = sub.add_parser("gc")
+    s.add_argument("--keep", type=_non_negative, required=True)
+    s.add_argument("--part-idle", type=_non_negative, default=24 * 3600,
+                   help="remove uploads in incoming/ not written to for this many seconds")
+    sub.add_parser("repair")
     return p
 
 
 COMMANDS = {"install": cmd_install, "activate": cmd_activate, "rollback": cmd_rollback, "restore": cmd_restore,
-            "evaluate": cmd_evaluate, "status": cmd_status, "gc": cmd_gc}
+            "evaluate": cmd_evaluate, "status": cmd_status, "gc": cmd_gc, "repair": cmd_repair}
+
+
+PLAIN_ERRNO = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+               errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.ENOMEM: "out of memory"}
+
+
+def os_error_text(exc: OSError) -> str:
+    """'disk full (No space left on device): ROOT/bundles/.staging-x/files/model.onnx'."""
+    plain = PLAIN_ERRNO.get(exc.errno or 0)
+    what = f"{plain} ({exc.strerror})" if plain and exc.strerror else exc.strerror or str(exc)
+    return f"{what}: {exc.filename}" if exc.filename else what
 
 
 def default_root() -> str:
@@ -211,14 +294,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for attr in ("name", "version", "current", "previous"):
             if getattr(args, attr, None) is not None:
                 check_name(getattr(args, attr), attr)
-        result = dict(ok=True, command=command, **COMMANDS[command](Layout(args.root or default_root()), args))
+        layout = Layout(args.root or default_root())
+        result = dict(ok=True, command=command, **COMMANDS[command](layout, args))
+        if layout.warnings:
+            result["warnings"] = layout.warnings
         code = 0
     except RunnerError as exc:
         result = dict(ok=False, command=command, error=str(exc), kind=exc.kind, **getattr(exc, "extra", {}))
         code = exc.exit_code
     except OSError as exc:  # a full disk, a permission: the host gets it as JSON, not a traceback
-        result, code = dict(ok=False, command=command, error=f"{exc.strerror or exc}: {exc.filename or ''}".strip(": "),
-                            kind="os"), 1
+        result, code = dict(ok=False, command=command, error=os_error_text(exc), kind="os",
+                            errno=errno.errorcode.get(exc.errno or 0)), 1
+    except MemoryError:
+        result, code = dict(ok=False, command=command, error="out of memory", kind="memory"), 1
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
     return code

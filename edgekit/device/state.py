@@ -10,7 +10,13 @@
     ROOT/.lock                         one writer at a time (flock)
 
 The `current` link is the truth about what runs; state/NAME.json adds what ran before.
-Both are replaced with rename(2), so a reader sees the old or the new, never a mix.
+Both are replaced with rename(2), so a reader sees the old or the new, never a mix, and
+they change as one record (`transition`): the state file first says what is about to
+happen (`pending`), then the link switches, then the state file says it happened. Every
+reader trusts the link and repairs the state file from it (`read_state`): a pending
+change whose link did not switch is dropped, one whose link did is completed, and a
+missing or unreadable state file is rebuilt from the link and the installed bundles,
+with a warning, instead of locking the device out.
 """
 
 from __future__ import annotations
@@ -85,6 +91,7 @@ class Layout:
 
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
+        self.warnings: List[str] = []  # repairs made while reading, for the command's reply
         for sub in ("bin", "incoming", "bundles", "current", "state", "reports", "trust"):
             setattr(self, sub, os.path.join(self.root, sub))
         self.lock_path = os.path.join(self.root, ".lock")
@@ -151,27 +158,86 @@ class Layout:
             raise
         _fsync_dir(self.current)
 
+    def unlink_current(self, name: str) -> None:
+        link = os.path.join(self.current, check_name(name, "name"))
+        if os.path.lexists(link):
+            os.unlink(link)
+            _fsync_dir(self.current)
+
     def state_path(self, name: str) -> str:
         return os.path.join(self.state, f"{check_name(name, 'name')}.json")
 
-    def read_state(self, name: str) -> dict:
-        state = read_json(self.state_path(name)) or {}
-        state.setdefault("name", name)
-        state.setdefault("current", None)
-        state.setdefault("previous", None)
-        state.setdefault("history", [])
-        live = self.current_version(name)
-        if state["current"] != live:  # killed between the switch and the state write
-            state["current"] = live
+    def read_state(self, name: str, *, repair: bool = False) -> dict:
+        """NAME's state as the link says it is. With `repair` (the caller holds the lock) a
+        state file that disagreed with the link is rewritten; either way it is a warning."""
+        try:
+            stored = read_json(self.state_path(name))
+            problem = None if stored is not None or not self.versions(name) else "is missing"
+        except RunnerError as exc:
+            stored, problem = None, f"could not be read ({exc})"
+        state, note = _reconciled(name, stored or {}, self.current_version(name))
+        if problem:
+            note = f"{self.state_path(name)} {problem}: rebuilt from current/{name} (previous version unknown)"
+            state["history"] = state["history"] + [{"action": "rebuilt", "version": state["current"], "at": utc_now()}]
+        if note:
+            self.warnings.append(note)
+            if repair:
+                self._write_state(name, state)
         return state
 
-    def record(self, name: str, action: str, current: Optional[str], previous: Optional[str]) -> dict:
-        state = self.read_state(name)
-        state.update(current=current, previous=previous, updated_at=utc_now())
-        state["history"] = (state["history"] + [{"action": action, "version": current, "at": utc_now()}])[-HISTORY_KEPT:]
+    def transition(self, name: str, action: str, current: Optional[str], previous: Optional[str]) -> dict:
+        """Make NAME run `current` (None: nothing) with `previous` as its previous version, as
+        one record with the state file. Hold the lock. A state file that cannot be written
+        before the switch stops the change; one that cannot be written after it is a warning
+        (the link switched: readers complete the change from it)."""
+        state = self.read_state(name, repair=True)
+        if current is not None and not os.path.isdir(self.bundle_dir(name, current)):
+            raise RunnerError(f"{name} {current} is not installed (installed: {', '.join(self.versions(name)) or 'none'})",
+                              "state", 2)
+        self._write_state(name, {**state, "pending": {"current": current, "previous": previous, "action": action}})
+        try:
+            self.switch(name, current) if current is not None else self.unlink_current(name)
+        except OSError:
+            try:
+                self._write_state(name, state)  # nothing switched: nothing pending
+            except OSError:
+                pass  # the next reader drops the pending change: the link did not move
+            raise
+        done = {**state, "current": current, "previous": previous, "updated_at": utc_now(),
+                "history": (state["history"] + [{"action": action, "version": current, "at": utc_now()}])[-HISTORY_KEPT:]}
+        try:
+            self._write_state(name, done)
+        except OSError as exc:
+            self.warnings.append(f"{name} now runs {current or 'nothing'}, but {self.state_path(name)} could not be "
+                                 f"updated ({exc.strerror}); it is completed from current/{name} when next read")
+        return done
+
+    def _write_state(self, name: str, state: dict) -> None:
         os.makedirs(self.state, exist_ok=True)
-        write_json_atomic(self.state_path(name), state)
-        return state
+        write_json_atomic(self.state_path(name), {k: v for k, v in state.items() if v is not None or k != "pending"})
+
+
+def _reconciled(name: str, stored: dict, live: Optional[str]) -> tuple:
+    """(state, repair note or None): a stored state made to agree with the live link."""
+    history = stored.get("history") if isinstance(stored.get("history"), list) else []
+    current, previous = stored.get("current"), stored.get("previous")
+    pending, note = stored.get("pending"), None
+    if isinstance(pending, dict):
+        if pending.get("current") == live:  # the link switched: the change happened
+            current, previous = live, pending.get("previous")
+            history = history + [{"action": pending.get("action"), "version": live, "at": utc_now()}]
+            note = f"{name}: completed an interrupted {pending.get('action')} (current/{name} had switched)"
+        else:
+            note = f"{name}: dropped an interrupted {pending.get('action')} (current/{name} had not switched)"
+    if current != live:  # changed behind the state file's back: the link is the truth
+        note = note or f"{name}: state said {current or 'nothing'} runs, current/{name} says {live or 'nothing'}; " \
+                       "the link wins"
+        current, previous = live, current if current != live else previous
+    if previous == current:
+        previous = None
+    state = {"name": name, "current": current, "previous": previous, "history": history[-HISTORY_KEPT:],
+             "updated_at": stored.get("updated_at")}
+    return state, note
 
 
 def _fsync_dir(path: str) -> None:

@@ -18,40 +18,41 @@ from edgekit.errors import EdgekitError, Interrupted, RemoteCommandError
 from edgekit.fleet.collect import pull_reports, store_pulled
 from edgekit.fleet.gates import check_report
 from edgekit.fleet.inventory import Device
-from edgekit.fleet.push import DeviceResult, check_cancel, device_status, fan_out, install_bundle, model_state, \
-    run_runner
+from edgekit.fleet.push import SHORT_STEP_S, DeviceResult, check_cancel, device_status, fan_out, install_bundle, \
+    model_state, run_runner
 from edgekit.store import Store
 from edgekit.transport import Transport
 from edgekit.transport.base import Cancel
 
-__all__ = ["Step", "deploy", "judge", "restore", "restore_argv", "EVALUATE_TIMEOUT_S"]
+__all__ = ["Step", "deploy", "judge", "restore", "restore_argv", "aftermath"]
 
 Step = Callable[[str, str, Optional[int], Optional[int]], None]  # (device, stage, done, total)
-EVALUATE_TIMEOUT_S = 3600
 
 
 def deploy(t: Transport, d: Device, bundle: Bundle, store: Store, rollout_id: int, known: set[str],
-           samples: Optional[int], step: Step, cancel: Optional[Cancel]) -> dict:
-    """Install, activate, evaluate, fetch the report; never raises for the device's failures."""
+           samples: Optional[int], step: Step, cancel: Optional[Cancel], step_timeout: float) -> dict:
+    """Install, activate, evaluate, fetch the report; never raises for the device's failures.
+    Every runner step is bounded by `step_timeout` (status and activation by less)."""
+    short = min(SHORT_STEP_S, step_timeout)
     out: dict = {"before": None, "live": None, "activated": False, "run_id": None, "pulled": None,
                  "stage": "status", "error": None, "interrupted": False}
     try:
         check_cancel(cancel, d, "the status")
         step(d.name, "status", None, None)
-        status = device_status(t, d)
+        status = device_status(t, d, timeout=short)
         out["live"] = model_state(status, bundle.name)
         out["before"] = store.last_good(d.name, bundle.name, out["live"])
         out["stage"] = "install"
         step(d.name, "upload", 0, bundle.size)
         install_bundle(t, d, bundle, progress=lambda done, total: step(d.name, "upload", done, total), status=status,
-                       cancel=cancel)
+                       cancel=cancel, step_timeout=step_timeout)
         out["stage"] = "activate"
         check_cancel(cancel, d, "the activation")
-        _activate(t, d, bundle, store, rollout_id, out)
+        _activate(t, d, bundle, store, rollout_id, out, short)
         out["stage"] = "evaluate"
         check_cancel(cancel, d, "the evaluation")
         step(d.name, "evaluate", None, None)
-        out["run_id"] = _evaluate(t, d, bundle, samples, cancel)
+        out["run_id"] = _evaluate(t, d, bundle, samples, cancel, step_timeout)
         out["stage"] = "collect"
         step(d.name, "collect", None, None)
         out["pulled"] = pull_reports(t, d, known, name=bundle.name, version=bundle.version)
@@ -63,23 +64,24 @@ def deploy(t: Transport, d: Device, bundle: Bundle, store: Store, rollout_id: in
     return out
 
 
-def _activate(t: Transport, d: Device, bundle: Bundle, store: Store, rollout_id: int, out: dict) -> None:
+def _activate(t: Transport, d: Device, bundle: Bundle, store: Store, rollout_id: int, out: dict,
+              timeout: float) -> None:
     # The store hears of it first: if this host dies during the switch, it still knows that
     # the device may run a version that never passed its gates, and where it came from.
     before = out["before"]
     store.record_change(d.name, bundle.name, "activate", ok=True, before=before, gated=False, rollout_id=rollout_id,
                         after={"current": bundle.version, "previous": before["current"]})
     out["activated"] = True  # from here on it may run the new version
-    run_runner(t, d, "activate", bundle.name, bundle.version, timeout=120)
+    run_runner(t, d, "activate", bundle.name, bundle.version, timeout=timeout)
 
 
-def _evaluate(t: Transport, d: Device, bundle: Bundle, samples: Optional[int],
-              cancel: Optional[Cancel]) -> Optional[str]:
+def _evaluate(t: Transport, d: Device, bundle: Bundle, samples: Optional[int], cancel: Optional[Cancel],
+              timeout: float) -> Optional[str]:
     """The run id of the device's evaluation; a failed evaluation still wrote a report."""
     args = ["evaluate", bundle.name, "--version", bundle.version, "--device-name", d.name]
     try:
         reply = run_runner(t, d, *args, *(["--samples", str(samples)] if samples else []),
-                           timeout=EVALUATE_TIMEOUT_S, cancel=cancel)
+                           timeout=timeout, cancel=cancel)
     except RemoteCommandError as exc:
         reply = getattr(exc, "reply", None)
         if not (isinstance(reply, dict) and isinstance(reply.get("report"), dict)):
@@ -100,7 +102,8 @@ def judge(store: Store, d: Device, r: DeviceResult, bundle: Bundle) -> dict:
         return {**row, "status": "unreachable", "stage": "connect", "error": r.error}
     out = r.detail
     store.touch_device(d.name, target=d.target, transport=d.transport, host=d.host, reachable=True)
-    row.update(before=out["before"], activated=out["activated"], stage=out["stage"], error=out["error"])
+    row.update(before=out["before"], live=out["live"], activated=out["activated"], stage=out["stage"],
+               error=out["error"])
     pulled = store_pulled(store, d, out["pulled"]) if out["pulled"] else None
     if out["interrupted"]:
         return {**row, "status": "interrupted"}
@@ -119,6 +122,27 @@ def judge(store: Store, d: Device, r: DeviceResult, bundle: Bundle) -> dict:
     return {**row, "status": "breached" if breaches else "ok", "breaches": breaches}
 
 
+def aftermath(row: dict, version: str, rollout_id: int) -> dict:
+    """What a device runs after its wave, said from its real state: {runs, changed, fix}.
+    `runs` may end in '?' when edgekit cannot know; `fix` is the one command a person must
+    run, or None when nothing needs doing."""
+    before = (row.get("before") or {}).get("current")
+    live = (row.get("live") or {}).get("current", before)
+    if "restored" in row:
+        if row["restored"]:
+            return {"runs": (row.get("after") or {}).get("current"), "changed": "put back by edgekit", "fix": None}
+        return {"runs": f"{version}?", "changed": f"switched by edgekit and not put back ({row.get('restore_error')})",
+                "fix": f"edgekit rollout --abort {rollout_id} -i INVENTORY  (when it answers)"}
+    if row["status"] == "ok":
+        return {"runs": version, "changed": "switched by edgekit; passed its gates", "fix": None}
+    if row["status"] in ("unreachable", "not started") or row.get("before") is None:
+        return {"runs": None, "changed": "not changed by edgekit", "fix": None}
+    if row.get("activated"):  # failed after the switch, and nothing was tried to put it back
+        return {"runs": f"{version}?", "changed": "switched by edgekit, not checked",
+                "fix": f"edgekit rollout --abort {rollout_id} -i INVENTORY"}
+    return {"runs": live, "changed": "not changed by edgekit", "fix": None}
+
+
 def restore_argv(name: str, before: dict) -> list[str]:
     argv = ["restore", name]
     for key in ("current", "previous"):
@@ -129,5 +153,5 @@ def restore_argv(name: str, before: dict) -> list[str]:
 
 def restore(devices: Sequence[Device], name: str, before: dict[str, dict], **opts):
     """Put NAME back to `before[device]` ({current, previous}) on each device."""
-    return fan_out(devices, lambda t, d: run_runner(t, d, *restore_argv(name, before[d.name]), timeout=120),
+    return fan_out(devices, lambda t, d: run_runner(t, d, *restore_argv(name, before[d.name]), timeout=SHORT_STEP_S),
                    action="restore", **opts)

@@ -27,9 +27,8 @@ def recorder(store: Optional[Store], devices: list[Device], note: Note,
     def done(r: DeviceResult) -> None:
         device = by_name.get(r.device)
         if store is not None and device is not None and r.status != "skipped":
-            reached = r.status != "failed" or bool(r.detail)
             store.touch_device(device.name, target=device.target, transport=device.transport, host=device.host,
-                               reachable=reached, error=None if reached else r.error)
+                               reachable=r.reached, error=r.error)
             note(store, device, r)
         if then:
             then(r)

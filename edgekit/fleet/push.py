@@ -13,6 +13,7 @@ import json
 import posixpath
 import re
 import secrets
+import signal
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -22,14 +23,16 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 from edgekit.bundle import SUFFIX, Bundle, runner_files
-from edgekit.errors import ConfigError, EdgekitError, Interrupted, RemoteCommandError
+from edgekit.errors import ConfigError, EdgekitError, Interrupted, RemoteCommandError, TransportError
 from edgekit.fleet.inventory import Device
 from edgekit.transport import Transport, connect
 from edgekit.transport.base import Cancel
 
 __all__ = ["DeviceResult", "FleetResult", "fan_out", "run_runner", "runner_argv", "ensure_runner",
            "upload_bundle", "install_bundle", "push", "activate", "rollback", "status", "device_status", "remote_evaluate",
-           "trust_key", "for_target", "WORKERS", "check_cancel", "model_state", "gc"]
+           "trust_key", "for_target", "WORKERS", "check_cancel", "model_state", "gc",
+           "step_timeout_for", "SHORT_STEP_S", "repair",
+           "upload_path", "space_needed"]
 
 Work = Callable[[Transport, Device], dict]
 # Devices at a time. Most of a device's time is waiting (network, its own CPU), so more
@@ -45,13 +48,15 @@ class DeviceResult:
     status: str  # "ok" | "failed" | "skipped"
     detail: dict = field(default_factory=dict)
     error: Optional[str] = None
+    reached: bool = True  # False: no connection (unreachable); a device that answered with an error is reached
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
     def record(self) -> dict:
-        return {"device": self.device, "status": self.status, "error": self.error, **self.detail}
+        return {"device": self.device, "status": self.status, "error": self.error, "reached": self.reached,
+                **self.detail}
 
 
 @dataclass
@@ -82,7 +87,11 @@ def fan_out(devices: Sequence[Device], work: Work, *, action: str, workers: int 
         if cancel is not None and cancel.is_set():
             return DeviceResult(device.name, "skipped", {"interrupted": True}, "interrupted before it started")
         try:
-            with connect(device, **connect_opts) as transport:
+            transport = connect(device, **connect_opts)
+        except (EdgekitError, OSError) as exc:
+            return DeviceResult(device.name, "failed", error=str(exc), reached=False)
+        try:
+            with transport:
                 return DeviceResult(device.name, "ok", work(transport, device))
         except Interrupted as exc:
             return DeviceResult(device.name, "interrupted", getattr(exc, "detail", {}), str(exc))
@@ -105,6 +114,28 @@ def fan_out(devices: Sequence[Device], work: Work, *, action: str, workers: int 
     return FleetResult(action, [results[d.name] for d in devices])
 
 
+SHORT_STEP_S = 120  # status, activate, restore: a runner that needs longer is stuck
+
+
+def step_timeout_for(bundle: Bundle) -> float:
+    """The default bound of one device step (an install, an evaluation) for this bundle: the
+    target profile's `step_timeout_s` when it has one, else sized to the model from what the
+    host measured (load plus every bundled sample at p95, times 30 for a slower device CPU,
+    plus a minute), never under 5 minutes."""
+    target = bundle.manifest.get("target") or {}
+    given = target.get("step_timeout_s") if isinstance(target, dict) else None
+    if isinstance(given, (int, float)) and given > 0:
+        return float(given)
+    expected = bundle.manifest.get("expected") or {}
+    latency = (expected.get("latency_ms") or {}).get("p95") if isinstance(expected.get("latency_ms"), dict) else None
+    n = expected.get("n") or 0
+    if isinstance(latency, (int, float)) and isinstance(n, int):
+        host_s = ((expected.get("load_ms") or 0) + n * latency) / 1000
+    else:  # packaged without timings: a second per MiB of model stands in for them
+        host_s = bundle.size / (1 << 20)
+    return max(300.0, 60 + 30 * host_s)
+
+
 def check_cancel(cancel: Optional[Cancel], device: Device, step: str, detail: Optional[dict] = None) -> None:
     """Interrupted (carrying `detail`) when the user has stopped the work: `step` does not start."""
     if cancel is not None and cancel.is_set():
@@ -120,9 +151,17 @@ def runner_argv(device: Device, *args: str) -> list[str]:
 
 def run_runner(transport: Transport, device: Device, *args: str, timeout: Optional[float] = 1800,
                cancel: Optional[Cancel] = None) -> dict:
-    """Run one runner command; its JSON on success, RemoteCommandError with its words otherwise.
-    `cancel`: stop waiting when set (only for commands that may be abandoned: evaluate)."""
-    result = transport.run(runner_argv(device, *args), timeout=timeout, cancel=cancel)
+    """Run one runner command; its JSON on success, RemoteCommandError naming the device, the
+    step (the command) and the cause otherwise. `cancel`: stop waiting when set (only for
+    commands that may be abandoned: evaluate)."""
+    step = args[0]
+    try:
+        result = transport.run(runner_argv(device, *args), timeout=timeout, cancel=cancel)
+    except Interrupted:
+        raise
+    except TransportError as exc:  # no answer: timed out, or the connection went
+        raise RemoteCommandError(f"device {device.name}: {step}: {_transport_cause(exc, timeout)}",
+                                 device=device.name) from exc
     lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
     try:
         reply = json.loads(lines[-1]) if lines else None
@@ -131,14 +170,49 @@ def run_runner(transport: Transport, device: Device, *args: str, timeout: Option
     if result.ok and isinstance(reply, dict) and reply.get("ok"):
         return reply
     if isinstance(reply, dict) and reply.get("error"):
-        message = f"device {device.name}: {args[0]} failed: {reply['error']}"
+        message = f"device {device.name}: {step}: {reply['error']}"
     else:
-        tail = " | ".join(ln.strip() for ln in result.stderr.strip().splitlines()[-3:])
-        message = f"device {device.name}: the runner ({device.interpreter}) exited {result.exit_code}: {tail or 'no output'}"
+        message = f"device {device.name}: {step}: {exit_cause(result.exit_code, result.stderr, device.interpreter)}"
     error = RemoteCommandError(message, device=device.name, exit_code=result.exit_code,
                                stdout=result.stdout[-4000:], stderr=result.stderr[-4000:])
     error.reply = reply  # type: ignore[attr-defined]  # e.g. a failed evaluation's report
     raise error
+
+
+def exit_cause(code: int, stderr: str, interpreter: str) -> str:
+    """Why the runner ended without its JSON answer, in plain words."""
+    tail = " | ".join(ln.strip() for ln in stderr.strip().splitlines()[-3:])
+    said = f" ({tail})" if tail else ""
+    signal_no = -code if code < 0 and code != -1 else code - 128 if 128 < code <= 128 + 64 else None
+    if code == -1:
+        return "connection lost: the device closed the session without an exit status" + said
+    if signal_no:
+        name = _signal_name(signal_no)
+        oom = "; the kernel's out-of-memory killer sends it: the device may be out of memory" \
+            if signal_no == signal.SIGKILL else ""
+        return f"killed by signal {signal_no} ({name}){oom}" + said
+    low = stderr.lower()
+    if "memoryerror" in low or "cannot allocate memory" in low or "bad_alloc" in low:
+        return "out of memory" + said
+    if code == 127:
+        return f"{interpreter}: command not found on the device" + said
+    return f"the runner ({interpreter}) exited {code}" + (said or " with no output")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown signal"
+
+
+def _transport_cause(exc: TransportError, timeout: Optional[float]) -> str:
+    text = str(exc)
+    if "did not finish within" in text:
+        return f"timed out after {timeout:g} s"
+    if "connection was lost" in text or "closed" in text.lower():
+        return "connection lost (" + text.split(": ", 1)[-1] + ")"
+    return text.split(": ", 1)[-1] if text.startswith("device ") else text
 
 
 def ensure_runner(transport: Transport, device: Device, status: Optional[dict] = None) -> bool:
@@ -182,30 +256,35 @@ def _upload_runner(transport: Transport, bin_dir: str, files: dict[str, bytes], 
     transport.rename(f"{bin_dir}/edgekit_runner.py.part", f"{bin_dir}/edgekit_runner.py")
 
 
+def upload_path(device: Device, bundle: Bundle) -> str:
+    """ROOT/incoming/<bundle>-<sha12>.edgekit.part: the runner takes only plain file names
+    in incoming/, so a renamed bundle ("my 'v2'.edgekit") is sent as my__v2_."""
+    name = bundle.path.name
+    stem = re.sub(r"[^A-Za-z0-9._+-]", "_", name[:-len(SUFFIX)] if name.endswith(SUFFIX) else name).lstrip(".")
+    return f"{device.root.rstrip('/')}/incoming/{stem or 'bundle'}-{bundle.sha256[:12]}{SUFFIX}.part"
+
+
 def upload_bundle(transport: Transport, device: Device, bundle: Bundle,
                   progress: Optional[Callable[[int, int], None]] = None) -> str:
-    """Upload to ROOT/incoming/<bundle>-<sha12>.edgekit.part, resuming a partial upload
-    of the same bundle; returns the remote path."""
-    incoming = device.root.rstrip("/") + "/incoming"
-    transport.makedirs(incoming)
-    # The runner takes only plain file names in incoming/: a renamed bundle ("my 'v2'.edgekit") is sent as my__v2_.
-    stem = re.sub(r"[^A-Za-z0-9._+-]", "_", bundle.path.name[:-len(SUFFIX)] if bundle.path.name.endswith(SUFFIX)
-                  else bundle.path.name).lstrip(".") or "bundle"
-    remote = f"{incoming}/{stem}-{bundle.sha256[:12]}{SUFFIX}.part"
+    """Upload to upload_path(), resuming a partial upload of the same bundle; returns the remote path."""
+    remote = upload_path(device, bundle)
+    transport.makedirs(posixpath.dirname(remote))
     transport.put(bundle.path, remote, progress=progress)
     return remote
 
 
 def install_bundle(transport: Transport, device: Device, bundle: Bundle, *, activate: bool = False,
                    progress: Optional[Callable[[int, int], None]] = None, status: Optional[dict] = None,
-                   cancel: Optional[Cancel] = None) -> dict:
+                   cancel: Optional[Cancel] = None, step_timeout: Optional[float] = None) -> dict:
     """Runner, upload, install (and activate) on one device; `seconds` says where the time went,
     `before` what NAME was before. `status`: the runner's status, when the caller has it.
     Once `cancel` is set no further step starts (an upload stops between chunks, its .part
     kept for the next try) and Interrupted carries what was done."""
     seconds: dict[str, float] = {}
+    step_timeout = step_timeout or step_timeout_for(bundle)
+    short = min(SHORT_STEP_S, step_timeout)
     with _timed(seconds, "runner"):
-        status = device_status(transport, device) if status is None else status
+        status = device_status(transport, device, timeout=short) if status is None else status
         before = model_state(status, bundle.name)
         check_cancel(cancel, device, "the runner update", {"before": before})
         updated = ensure_runner(transport, device, status)
@@ -214,20 +293,50 @@ def install_bundle(transport: Transport, device: Device, bundle: Bundle, *, acti
               "seconds": seconds}
     if installed is None:
         check_cancel(cancel, device, "the upload", detail)
+        _check_room(transport, device, bundle, status)
         with _timed(seconds, "upload"):
-            remote = upload_bundle(transport, device, bundle, _cancellable(progress, cancel, device, detail))
+            try:
+                remote = upload_bundle(transport, device, bundle, _cancellable(progress, cancel, device, detail))
+            except TransportError as exc:
+                if "No space left" not in str(exc):
+                    raise
+                raise TransportError(f"device {device.name}: upload: disk full: {_room_text(bundle, status)}; the "
+                                     "partial upload stays in incoming/ to resume (`edgekit fleet gc` removes it)",
+                                     device=device.name) from exc
         check_cancel(cancel, device, "the install", detail)
         with _timed(seconds, "install"):
             installed = run_runner(transport, device, "install", remote, "--sha256", bundle.sha256,
-                                   "--size", str(bundle.size))
+                                   "--size", str(bundle.size), timeout=step_timeout)
     detail.update(already_installed=installed.get("already_installed", False), signer=installed.get("signer"),
                   installed=True)
     if activate:
         check_cancel(cancel, device, "the activation", detail)
         with _timed(seconds, "activate"):
-            active = run_runner(transport, device, "activate", bundle.name, bundle.version)
+            active = run_runner(transport, device, "activate", bundle.name, bundle.version, timeout=short)
         detail.update(current=active["current"], previous=active["previous"], activated=True)
     return detail
+
+
+def space_needed(bundle: Bundle) -> int:
+    """Bytes a device needs free to install the bundle: the upload, and its files unpacked."""
+    files = bundle.manifest.get("files") or {}
+    unpacked = sum(int(f.get("size") or 0) for f in files.values() if isinstance(f, dict))
+    return bundle.size + unpacked
+
+
+def _room_text(bundle: Bundle, status: dict) -> str:
+    free = status.get("disk_free_bytes")
+    have = f", the device has {free / (1 << 20):.1f} MiB free" if isinstance(free, int) else ""
+    return f"the bundle needs {space_needed(bundle) / (1 << 20):.1f} MiB (upload and unpacked){have}"
+
+
+def _check_room(transport: Transport, device: Device, bundle: Bundle, status: dict) -> None:
+    """Refuse before uploading what cannot fit (a full disk would stop the device's other work)."""
+    free = status.get("disk_free_bytes")
+    sent = transport.size(upload_path(device, bundle)) or 0  # a cut upload resumes: its bytes are there
+    if isinstance(free, int) and free + min(sent, bundle.size) < space_needed(bundle):
+        raise TransportError(f"device {device.name}: upload: disk full: {_room_text(bundle, status)}; free space "
+                             "(`edgekit fleet gc -i INVENTORY --keep 1`) and push again", device=device.name)
 
 
 def model_state(status: dict, name: str) -> dict:
@@ -297,10 +406,10 @@ def for_target(devices: Sequence[Device], target: str) -> tuple[list[Device], li
 
 def push(devices: Sequence[Device], bundle: Bundle, *, activate: bool = False, workers: int = WORKERS,
          on_done=None, progress_for: Optional[Callable[[Device], Callable[[int, int], None]]] = None,
-         cancel: Optional[Cancel] = None, **connect_opts) -> FleetResult:
+         cancel: Optional[Cancel] = None, step_timeout: Optional[float] = None, **connect_opts) -> FleetResult:
     chosen, skipped = for_target(devices, bundle.target)
     work = lambda t, d: install_bundle(t, d, bundle, activate=activate, cancel=cancel,  # noqa: E731
-                                       progress=progress_for(d) if progress_for else None)
+                                       progress=progress_for(d) if progress_for else None, step_timeout=step_timeout)
     result = fan_out(chosen, work, action="push", workers=workers, on_done=on_done, cancel=cancel, **connect_opts)
     result.results += skipped
     return result
@@ -325,11 +434,21 @@ def gc(devices: Sequence[Device], keep: int, **opts) -> FleetResult:
     return fan_out(devices, work, action="gc", **opts)
 
 
-def device_status(transport: Transport, device: Device) -> dict:
+def repair(devices: Sequence[Device], **opts) -> FleetResult:
+    """The runner's repair on each device: {fixed: [...], models}."""
+    def work(t: Transport, d: Device) -> dict:
+        if t.size(f"{d.root.rstrip('/')}/{RUNNER}") is None:
+            return {"fixed": [], "models": {}, "note": "no edgekit runner installed yet"}
+        ensure_runner(t, d)  # an old runner has no repair
+        return _strip(run_runner(t, d, "repair", timeout=600))
+    return fan_out(devices, work, action="repair", **opts)
+
+
+def device_status(transport: Transport, device: Device, timeout: float = SHORT_STEP_S) -> dict:
     """The runner's status; a device without a runner is reachable but empty."""
     if transport.size(f"{device.root.rstrip('/')}/{RUNNER}") is None:
         return {"models": {}, "runner_sha256": None, "note": "no edgekit runner installed yet"}
-    return _strip(run_runner(transport, device, "status", timeout=120))
+    return _strip(run_runner(transport, device, "status", timeout=timeout))
 
 
 def status(devices: Sequence[Device], **opts) -> FleetResult:

@@ -37,10 +37,10 @@ from typing import Callable, Optional, Sequence
 
 from edgekit.bundle import Bundle, read_bundle
 from edgekit.errors import BundleError, ConfigError
-from edgekit.fleet.deploy import Step, deploy, judge, restore
+from edgekit.fleet.deploy import Step, aftermath, deploy, judge, restore
 from edgekit.fleet.gates import Breach
 from edgekit.fleet.inventory import Device
-from edgekit.fleet.push import WORKERS, DeviceResult, fan_out, for_target
+from edgekit.fleet.push import WORKERS, DeviceResult, fan_out, for_target, step_timeout_for
 from edgekit.store import Store
 from edgekit.transport.base import Cancel
 
@@ -114,6 +114,7 @@ class _Run:
     on_wave: Optional[Callable[[int, str, list[str]], None]]
     cancel: Optional[Cancel]
     opts: dict
+    step_timeout: float = 300.0
     failures: int = 0
     done: set = field(default_factory=set)  # devices that need no more work (a resumed rollout)
 
@@ -178,7 +179,7 @@ def _wave(run: _Run, index: int, kind: str, members: list[Device]) -> Optional[s
         run.on_wave(index, kind, [d.name for d in todo])
     known = {d.name: run.store.known_run_ids(d.name) for d in todo}
     work = lambda t, d: deploy(t, d, run.bundle, run.store, run.rollout_id, known[d.name],  # noqa: E731
-                               run.samples, run.step, run.cancel)
+                               run.samples, run.step, run.cancel, run.step_timeout)
     result = fan_out(todo, work, action=kind, cancel=run.cancel, **run.opts)
     rows = [judge(run.store, d, r, run.bundle) for d, r in zip(todo, result.results)]
     for row in rows:
@@ -191,6 +192,8 @@ def _wave(run: _Run, index: int, kind: str, members: list[Device]) -> Optional[s
     _restore_rows(run, index, rows if reason else [r for r in rows if r["status"] != "ok"])
     _record_rows(run, index, rows)
     run.result.breaches += [b for r in rows for b in r["breaches"]]
+    for row in rows:
+        row["now"] = aftermath(row, run.bundle.version, run.rollout_id)
     status = "halted" if reason else "interrupted" if interrupted else "passed"
     run.result.waves.append({"wave": index, "kind": kind, "status": status, "devices": [_public(r) for r in rows]})
     run.store.finish_wave(run.rollout_id, index, status, reason or ("interrupted" if interrupted else None))
@@ -203,19 +206,22 @@ def _wave(run: _Run, index: int, kind: str, members: list[Device]) -> Optional[s
 def rollout(bundle: Bundle, devices: Sequence[Device], store: Store, *, canary: int = 1, batch: str = "25%",
             max_failures: int = 0, samples: Optional[int] = None, workers: int = WORKERS, step: Optional[Step] = None,
             on_wave: Optional[Callable[[int, str, list[str]], None]] = None, cancel: Optional[Cancel] = None,
-            **connect_opts) -> RolloutResult:
-    """Roll `bundle` out to the devices of its target; see the module docstring."""
+            step_timeout: Optional[float] = None, **connect_opts) -> RolloutResult:
+    """Roll `bundle` out to the devices of its target; see the module docstring. A device
+    step that takes longer than `step_timeout` (default: step_timeout_for(bundle)) is a
+    failure of that device."""
     if max_failures < 0:
         raise ConfigError(f"--max-failures {max_failures}: must be 0 or more")
     chosen, skipped = for_target(devices, bundle.target)
     waves = plan_waves(chosen, canary, batch)
+    step_timeout = step_timeout or step_timeout_for(bundle)
     options = {"canary": canary, "batch": batch, "max_failures": max_failures, "samples": samples,
-               "devices": [d.name for d in chosen]}
+               "step_timeout": step_timeout, "devices": [d.name for d in chosen]}
     rollout_id = store.start_rollout(name=bundle.name, version=bundle.version, target=bundle.target,
                                      sha256=bundle.sha256, path=str(bundle.path), options=options)
     result = RolloutResult(rollout_id, _bundle_info(bundle), skipped=skipped)
     run = _Run(bundle, store, result, {d.name: d for d in chosen}, max_failures, samples, step or (lambda *_: None),
-               on_wave, cancel, {"workers": workers, **connect_opts})
+               on_wave, cancel, {"workers": workers, **connect_opts}, step_timeout)
     return _go(run, waves)
 
 
@@ -229,7 +235,8 @@ def resume(rollout_id: int, devices: Sequence[Device], store: Store, *, workers:
     waves = plan_waves(chosen, options["canary"], options["batch"])
     result = RolloutResult(rollout_id, _bundle_info(bundle), resumed=True)
     run = _Run(bundle, store, result, {d.name: d for d in chosen}, options["max_failures"], options.get("samples"),
-               step or (lambda *_: None), on_wave, cancel, {"workers": workers, **connect_opts})
+               step or (lambda *_: None), on_wave, cancel, {"workers": workers, **connect_opts},
+               options.get("step_timeout") or step_timeout_for(bundle))
     finished = {w["wave"] for w in record["waves"] if w["status"] == "passed"}
     last = {e["device"]: e for e in record["events"] if e["event"] == "deploy"}
     run.done = {d for w in record["waves"] if w["wave"] in finished for d in w["devices"]} | \
@@ -316,9 +323,9 @@ def _bundle_info(bundle: Bundle) -> dict:
 def _restored_summary(rows: list[dict]) -> str:
     back = [f"{r['device']} -> {(r['before'] or {}).get('current') or 'nothing active'}"
             for r in rows if r.get("restored")]
-    stuck = [f"{r['device']} ({r['restore_error']})" for r in rows if r.get("restored") is False]
-    text = f"rolled back: {', '.join(back)}" if back else "no device needed rolling back"
-    return text + (f"; ROLLBACK FAILED on {', '.join(stuck)}" if stuck else "")
+    stuck = [r["device"] for r in rows if r.get("restored") is False]
+    text = f"put back: {', '.join(back)}" if back else "no device ran the new version"
+    return text + (f"; could not put back {', '.join(stuck)} (see each device's line)" if stuck else "")
 
 
 def _public(row: dict) -> dict:

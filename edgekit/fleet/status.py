@@ -30,17 +30,17 @@ def fleet_status(devices: Sequence[Device], store: Optional[Store] = None, **opt
     last_report = store.last_report_times() if store else {}
     for r in result.results:
         device = by_name[r.device]
-        reachable = r.ok
+        reachable = r.reached  # a device whose runner failed still answered
         if store:
             store.touch_device(device.name, target=device.target, transport=device.transport, host=device.host,
                                reachable=reachable, error=r.error)
-            if reachable:  # the device's own word replaces what the store believed it runs
+            if r.ok:  # the device's own word replaces what the store believed it runs
                 store.observe(device.name, r.detail.get("models") or {}, source="status")
         models = r.detail.get("models") or {}
         r.detail["reachable"] = reachable
         r.detail["versions"] = {n: {"current": m.get("current"), "previous": m.get("previous")}
                                 for n, m in sorted(models.items())}
-        r.detail["running"] = running_summary(models) if reachable else None
+        r.detail["running"] = running_summary(models) if r.ok else None
         r.detail["runner"] = (r.detail.get("runner_sha256") or "")[:12] or None
         r.detail["last_report_at"] = last_report.get(device.name)
     if store:

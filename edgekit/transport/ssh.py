@@ -13,6 +13,7 @@ import select
 import shlex
 import socket
 import stat
+import threading
 import time
 from contextlib import contextmanager, suppress
 from pathlib import Path, PurePosixPath
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
 
 __all__ = ["SSHTransport"]
 
-KEEPALIVE_S = 15
+KEEPALIVE_S = 10          # a probe every 10 s that the device must answer ...
+KEEPALIVE_ANSWER_S = 20   # ... within 20 s: a frozen or vanished device is noticed within 30 s
 IO_TIMEOUT_S = 120.0       # an SFTP request unanswered this long means the device is gone
 CHUNK = 1 << 20            # local reads; split into pipelined SFTP writes of _write_size()
 SFTP_WINDOW = 16 << 20     # a wide window keeps the pipe full on slow, far links
@@ -48,6 +50,7 @@ class SSHTransport(Transport):
         self._trust_new = trust_new_hosts
         self._clients: list[paramiko.SSHClient] = []  # jump hosts first, the device last
         self._sftp: Optional[paramiko.SFTPClient] = None
+        self._lost: Optional[str] = None  # why the watchdog closed the connection
         route = resolve(device)
         try:
             self._client = self._connect_route(route.jumps + (route.target,))
@@ -98,15 +101,17 @@ class SSHTransport(Transport):
                     # banner timeout is set longer, so that this is the one that fires): it was a timeout
                     raise TimeoutError(str(exc)) from exc
                 raise
-            client.get_transport().set_keepalive(KEEPALIVE_S)
+            _Watchdog(self, client.get_transport()).start()
         return client
 
     # -- commands -----------------------------------------------------------------------
 
     def run(self, argv: Sequence[str], *, timeout: Optional[float] = None,
             cancel: Optional[Cancel] = None) -> RunResult:
-        """Run `argv` on the device; each argument reaches the program as it is given."""
-        command = shlex.join(str(a) for a in argv)
+        """Run `argv` on the device; each argument reaches the program as it is given. A
+        program killed by a signal exits 128 + the signal's number (sshd's exit-signal,
+        which paramiko drops, would leave -1: the same as a lost connection)."""
+        command = shlex.join(["sh", "-c", '"$@"; exit $?', "edgekit", *(str(a) for a in argv)])
         with self._translated(f"running {command[:80]}"):
             chan = self._client.get_transport().open_session(timeout=self._timeout)
             try:
@@ -115,6 +120,9 @@ class SSHTransport(Transport):
                 out, err = _drain(chan, timeout, cancel)
                 if cancel is not None and cancel.is_set() and out is None:
                     raise Interrupted(f"device {self.name}: stopped waiting for {argv[0]}: interrupted")
+                if out is None and not chan.get_transport().is_active():
+                    raise TransportError(f"running {argv[0]} on {self.name}: the connection was lost "
+                                         f"({self._lost or 'closed'})", device=self.name)
                 if out is None:
                     raise RemoteCommandError(f"{command[:80]} did not finish within {timeout:g}s on {self.name}",
                                              device=self.name, stderr=err.decode(errors="replace")[-2000:])
@@ -248,6 +256,31 @@ class SSHTransport(Transport):
             raise TransportError(f"{action} on {self.name}: {why}{hint if lost else ''}", device=self.name) from exc
 
 
+class _Watchdog(threading.Thread):
+    """Asks the device every KEEPALIVE_S whether it is there (a global request it must answer:
+    TCP alone keeps a frozen sshd's connection open for hours) and closes the connection
+    when no answer comes within KEEPALIVE_ANSWER_S, so that no wait on it lasts."""
+
+    def __init__(self, owner: "SSHTransport", transport: paramiko.Transport):
+        super().__init__(name=f"edgekit-keepalive-{owner.name}", daemon=True)
+        self._owner, self._transport = owner, transport
+
+    def run(self) -> None:
+        while self._transport.is_active():
+            time.sleep(KEEPALIVE_S)
+            answered = threading.Event()
+            threading.Thread(target=self._ask, args=(answered,), daemon=True).start()
+            if not answered.wait(KEEPALIVE_ANSWER_S) and self._transport.is_active():
+                self._owner._lost = f"no answer to a keepalive within {KEEPALIVE_ANSWER_S} s"
+                self._transport.close()
+                return
+
+    def _ask(self, answered: threading.Event) -> None:
+        with suppress(Exception):
+            self._transport.global_request("keepalive@openssh.com", wait=True)  # OpenSSH answers with a failure
+            answered.set()
+
+
 def _fast_ciphers(factory):
     """A Transport factory that offers FAST_CIPHERS first; SSH takes the client's first cipher
     that the server also has, so a server without GCM gets aes-ctr as before."""
@@ -308,6 +341,8 @@ def _drain(chan: paramiko.Channel, timeout: Optional[float],
             return bytes(out), bytes(err)
         left = None if deadline is None else deadline - time.monotonic()
         if (left is not None and left <= 0) or (cancel is not None and cancel.is_set()):
+            return None, bytes(err)
+        if not chan.get_transport().is_active():  # the watchdog closed a frozen connection
             return None, bytes(err)
         select.select([chan], [], [], 0.5 if left is None else min(left, 0.5))
 
