@@ -80,7 +80,8 @@ MIGRATIONS = [
         id INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL, name TEXT NOT NULL, action TEXT NOT NULL,
         ok INTEGER NOT NULL, before TEXT, after TEXT, rollout_id INTEGER, detail TEXT NOT NULL, at TEXT NOT NULL
     );
-    CREATE INDEX device_events_by_device ON device_events (device, name)
+    CREATE INDEX device_events_by_device ON device_events (device, name);
+    ALTER TABLE devices ADD COLUMN clock_skew_s REAL
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -163,8 +164,9 @@ class Store:
 
     def touch_device(self, name: str, *, target: Optional[str] = None, transport: Optional[str] = None,
                      host: Optional[str] = None, reachable: Optional[bool] = None,
-                     error: Optional[str] = None) -> None:
-        """Record that we tried to reach a device (reachable None: we did not try)."""
+                     error: Optional[str] = None, clock_skew_s: Optional[float] = None) -> None:
+        """Record that we tried to reach a device (reachable None: we did not try), and how far
+        its clock is from this host's when it said (seconds, + ahead)."""
         now = utc_now()
         contact = now if reachable else None
         self._db.execute(
@@ -176,6 +178,8 @@ class Store:
                  reachable = COALESCE(excluded.reachable, devices.reachable),
                  last_error = CASE WHEN excluded.reachable IS NULL THEN devices.last_error ELSE excluded.last_error END""",
             (name, target, transport, host, now, contact, None if reachable is None else int(reachable), error))
+        if clock_skew_s is not None:
+            self._db.execute("UPDATE devices SET clock_skew_s = ? WHERE name = ?", (round(clock_skew_s, 1), name))
 
     def devices(self) -> list[dict]:
         return [dict(r) for r in self._db.execute("SELECT * FROM devices ORDER BY name")]
@@ -289,9 +293,10 @@ class Store:
 
     def reports(self, *, device: Optional[str] = None, name: Optional[str] = None,
                 version: Optional[str] = None) -> list[dict]:
-        """Stored reports, oldest first; each row's columns plus `report`, the parsed report."""
+        """Stored reports, in the order this host received them; each row's columns plus
+        `report`, the parsed report."""
         where, args = _where(device=device, name=name, version=version)
-        rows = self._db.execute(f"SELECT * FROM reports{where} ORDER BY finished_at, device, run_id", args)
+        rows = self._db.execute(f"SELECT * FROM reports{where} ORDER BY collected_at, finished_at, device, run_id", args)
         return [{**dict(r), "report": json.loads(r["report"])} for r in rows]
 
     def report(self, device: str, run_id: str) -> Optional[dict]:
@@ -299,8 +304,8 @@ class Store:
         return json.loads(row["report"]) if row else None
 
     def last_report_times(self) -> dict[str, str]:
-        """device -> the finished_at of its newest stored report."""
-        rows = self._db.execute("SELECT device, MAX(finished_at) AS at FROM reports GROUP BY device")
+        """device -> when this host received its newest report (the host's clock)."""
+        rows = self._db.execute("SELECT device, MAX(collected_at) AS at FROM reports GROUP BY device")
         return {r["device"]: r["at"] for r in rows}
 
     def add_collect_error(self, device: str, source: str, error: str) -> None:

@@ -95,7 +95,7 @@ def test_an_unreachable_device_counts_against_max_failures(tmp_path, fleet_of, b
     halted = run_edgekit("rollout", bundles["1.0.1"].path, "-i", inventory, "--batch", "2", "--store", store,
                          env=fleet.env)
     assert_clean_error(halted, "halted at wave 2 (batch 1): 1 device failure(s), more than --max-failures 0",
-                       "offline", f"rolled back: {dev2} -> 1.0.0", code=3)
+                       "offline", f"put back: {dev2} -> 1.0.0", code=3)
     assert ssh_device_runs_checked_version(fleet, 0) == "1.0.1"  # the canary passed its gates: it keeps 1.0.1
     assert ssh_device_runs_checked_version(fleet, 1) == "1.0.0"
     assert device_models(fleet.servers[1].root)["digits"]["previous"] is None  # exactly as before
@@ -136,7 +136,7 @@ def test_a_budget_breaking_bundle_stops_at_the_canary_and_every_device_keeps_wha
 
     result = run_edgekit("rollout", slow, "-i", inventory, "--canary", "2", "--store", store, "--json", env=fleet.env)
     assert_clean_error(result, "halted at wave 1 (canary)", f"{first.name}: latency_p95: p95 latency",
-                       "ms > budget 1e-06 ms", f"rolled back: {first.name} -> 1.0.0, {fresh.name} -> nothing active",
+                       "ms > budget 1e-06 ms", f"put back: {first.name} -> 1.0.0, {fresh.name} -> nothing active",
                        code=3)
     record = result.json()
     assert [w["kind"] for w in record["waves"]] == ["canary"]

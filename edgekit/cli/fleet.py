@@ -47,7 +47,8 @@ FIELDS = {
     "last_report_at": Col("last report", "left", drop=4), "python": Col("python", "left", drop=1),
     "runner": Col("runner", "left", drop=2), "new": Col("new"), "fetched": Col("fetched", drop=1),
     "key": Col("key", "left", wrap=40), "removed_versions": Col("removed", "left", wrap=40),
-    "fixed_what": Col("fixed", "left", wrap=60),
+    "fixed_what": Col("fixed", "left", wrap=60), "clock": Col("clock", "left", drop=1),
+    "uploads": Col("uploads removed", "left"),
 }
 STATUS_STYLE = {"ok": "green", "failed": "red"}
 
@@ -185,6 +186,10 @@ def gc_cmd(
     inventory: InventoryOpt,
     keep: Annotated[int, typer.Option("--keep", min=0, help="Installed versions of each model to keep (the current "
                                       "and the previous one are always kept).")] = 2,
+    part_idle: Annotated[float, typer.Option(
+        "--part-idle", min=0, metavar="SECONDS",
+        help="Remove uploads in incoming/ that nothing has written to for this long (an upload in "
+             "progress writes every moment; a cut one resumes only if pushed again).")] = 600,
     device: DevicesOpt = None,
     group: GroupsOpt = None,
     store: StoreOpt = None,
@@ -200,12 +205,14 @@ def gc_cmd(
 
     devices = _devices(inventory, device, group)
     with open_store(store) as db:
-        result = gc(devices, keep, workers=workers, on_done=recorder(db, devices, note_gc),
+        result = gc(devices, keep, part_idle, workers=workers, on_done=recorder(db, devices, note_gc),
                     trust_new_hosts=trust_new_hosts)
     for r in result.results:
         r.detail["removed_versions"] = ", ".join(f"{x['name']} {x['version']}" for x in r.detail.get("removed") or ()) \
             or "nothing"
-    _finish(result, json, ("removed_versions",))
+        freed = r.detail.get("freed_bytes") or 0
+        r.detail["uploads"] = f"{len(r.detail.get('parts_removed') or ())} ({freed / (1 << 20):.1f} MiB freed)"
+    _finish(result, json, ("removed_versions", "uploads"))
 
 
 @fleet_app.command("repair")
@@ -284,7 +291,7 @@ def status_cmd(
     else:
         with open_store(store) as db:
             result = fleet_status(devices, db, workers=workers, trust_new_hosts=trust_new_hosts)
-    _finish(result, json, ("reachable", "running", "last_report_at", "python", "runner"))
+    _finish(result, json, ("reachable", "running", "last_report_at", "clock", "python", "runner"))
 
 
 def register(app: typer.Typer) -> None:

@@ -63,7 +63,7 @@ def _print(result) -> None:
                           f"[{STYLE.get(row['status'], 'yellow')}]{status}[/]", _cell(before.get("current")),
                           _cell(now.get("runs")), _cell(report.get("accuracy")), _cell(report.get("latency_p95")),
                           _cell(report.get("peak_rss_mb")))
-            if row.get("error") or now.get("fix"):
+            if row["status"] != "ok" or now.get("fix"):
                 notes.append(row)
     console.print(table)
     if any(row.get("restored") for wave in result.waves for row in wave["devices"]):

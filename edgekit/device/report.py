@@ -95,15 +95,17 @@ def _metrics(measured: Optional[dict], expected: dict) -> dict:
     }
 
 
-_OUT_OF_MEMORY = ("cannot allocate memory", "failed to map segment", "bad_alloc", "out of memory")
+OUT_OF_MEMORY = ("cannot allocate memory", "failed to map segment", "bad_alloc", "out of memory",
+                 "memory allocation", "memoryerror")
 
 
 def failure_text(exc: BaseException) -> str:
     """The exception, said plainly: a runtime that could not load for lack of memory (an
     ImportError of a shared object, a std::bad_alloc) is `out of memory`, not an import error."""
     text = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, MemoryError) or any(s in text.lower() for s in _OUT_OF_MEMORY):
-        return f"out of memory ({text})"
+    if isinstance(exc, MemoryError) or any(s in text.lower() for s in OUT_OF_MEMORY):
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        return f"out of memory ({type(exc).__name__}{': ' + lines[-1] if lines else ''})"
     return text
 
 

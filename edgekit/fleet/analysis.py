@@ -52,8 +52,12 @@ class DriftRules:
     memory_floor: tuple[float, float] = (0.05, 1.0)      # fraction of the median, MiB
 
 
-def _when(report: dict) -> str:
-    return report.get("finished_at") or report.get("started_at") or ""
+def _when(item: dict) -> str:
+    """When the host received a report (its clock, never the device's: a device clock a year
+    ahead must not make an old run look new); the device's time only for reports that came
+    without it."""
+    report = item["report"]
+    return item.get("collected_at") or report.get("finished_at") or report.get("started_at") or ""
 
 
 def _num(value) -> Optional[float]:
@@ -75,7 +79,7 @@ def running_versions(reports: Iterable[dict], rollouts: Iterable[dict] = (),
 
     for item in reports:
         bundle = item["report"]["bundle"]
-        note(_when(item["report"]), item["device"], bundle["name"], bundle["version"])
+        note(_when(item), item["device"], bundle["name"], bundle["version"])
     for r in rollouts:
         for e in r.get("events") or ():
             detail = e.get("detail") or {}
@@ -94,7 +98,7 @@ def _row(item: dict, runs: int, device: dict, budget: dict) -> dict:
     lat, fid, fexp = m.get("latency_ms") or {}, m.get("fidelity") or {}, m.get("fidelity_expected") or {}
     acc, expected = _num(m.get("accuracy")), _num(m.get("accuracy_expected"))
     baseline = _num((m.get("expected") or {}).get("baseline_accuracy"))
-    measured_at = _when(r)
+    measured_at = _when(item)
     return {
         "device": item["device"], "name": b["name"], "target": b.get("target") or device.get("target"),
         "version": b["version"], "current": False, "precision": b.get("precision"),
@@ -111,7 +115,7 @@ def _row(item: dict, runs: int, device: dict, budget: dict) -> dict:
         "latency_budget_p95": _num(budget.get("max_latency_ms_p95")),
         "peak_rss_mb": _num(m.get("peak_rss_mb")), "rss_budget_mb": _num(budget.get("max_peak_rss_mb")),
         "load_ms": _num(m.get("load_ms")), "model_mb": _num(m.get("model_mb")),
-        "runs": runs, "run_id": r.get("run_id"), "measured_at": measured_at,
+        "runs": runs, "run_id": r.get("run_id"), "measured_at": measured_at, "device_time": r.get("finished_at"),
         "last_seen": max(measured_at, device.get("last_contact_at") or ""),
         "over_budget": [], "flags": [],
     }
@@ -154,7 +158,7 @@ def device_rows(reports: Iterable[dict], devices: Iterable[dict] = (), budgets: 
         b = item["report"]["bundle"]
         key = (item["device"], b["name"], b["version"])
         runs[key] += 1
-        if key not in newest or _when(item["report"]) >= _when(newest[key]["report"]):
+        if key not in newest or _when(item) >= _when(newest[key]):
             newest[key] = item
     info = {d["name"]: d for d in devices}
     running = running_versions(reports) if running is None else running

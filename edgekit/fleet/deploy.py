@@ -40,7 +40,7 @@ def deploy(t: Transport, d: Device, bundle: Bundle, store: Store, rollout_id: in
         check_cancel(cancel, d, "the status")
         step(d.name, "status", None, None)
         status = device_status(t, d, timeout=short)
-        out["live"] = model_state(status, bundle.name)
+        out["live"], out["clock_skew_s"] = model_state(status, bundle.name), status.get("clock_skew_s")
         out["before"] = store.last_good(d.name, bundle.name, out["live"])
         out["stage"] = "install"
         step(d.name, "upload", 0, bundle.size)
@@ -101,7 +101,8 @@ def judge(store: Store, d: Device, r: DeviceResult, bundle: Bundle) -> dict:
         store.touch_device(d.name, target=d.target, transport=d.transport, host=d.host, reachable=False, error=r.error)
         return {**row, "status": "unreachable", "stage": "connect", "error": r.error}
     out = r.detail
-    store.touch_device(d.name, target=d.target, transport=d.transport, host=d.host, reachable=True)
+    store.touch_device(d.name, target=d.target, transport=d.transport, host=d.host, reachable=True,
+                       clock_skew_s=out.get("clock_skew_s"))
     row.update(before=out["before"], live=out["live"], activated=out["activated"], stage=out["stage"],
                error=out["error"])
     pulled = store_pulled(store, d, out["pulled"]) if out["pulled"] else None

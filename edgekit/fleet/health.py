@@ -12,6 +12,7 @@ from typing import Iterable, Optional
 __all__ = ["rollout_health", "LAST_ROLLOUTS"]
 
 LAST_ROLLOUTS = 5
+CLOCK_SKEW_S = 60  # a device clock further off than this is shown (this host's clock orders everything)
 
 
 def _versions(running_rows: list[dict]) -> list[dict]:
@@ -63,6 +64,8 @@ def rollout_health(rows: list[dict], devices: Iterable[dict] = (), rollouts: Ite
                          "error": d.get("last_error")} for d in devices if d.get("reachable") == 0],
         "never_reported": [{"device": d["name"], "target": d.get("target"), "reachable": d.get("reachable"),
                             "error": d.get("last_error")} for d in devices if d["name"] not in reported],
+        "clock_skew": [{"device": d["name"], "target": d.get("target"), "skew_s": d["clock_skew_s"]}
+                       for d in devices if abs(d.get("clock_skew_s") or 0) > CLOCK_SKEW_S],
         "bad_reports": [{"device": e["device"], "source": e["source"], "error": e["error"],
                          "last_seen_at": e.get("last_seen_at")} for e in collect_errors],
         "failed_gates": _breaches(rollouts),

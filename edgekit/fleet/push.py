@@ -191,8 +191,9 @@ def exit_cause(code: int, stderr: str, interpreter: str) -> str:
         oom = "; the kernel's out-of-memory killer sends it: the device may be out of memory" \
             if signal_no == signal.SIGKILL else ""
         return f"killed by signal {signal_no} ({name}){oom}" + said
-    low = stderr.lower()
-    if "memoryerror" in low or "cannot allocate memory" in low or "bad_alloc" in low:
+    from edgekit.device.report import OUT_OF_MEMORY
+
+    if any(marker in stderr.lower() for marker in OUT_OF_MEMORY):
         return "out of memory" + said
     if code == 127:
         return f"{interpreter}: command not found on the device" + said
@@ -210,8 +211,8 @@ def _transport_cause(exc: TransportError, timeout: Optional[float]) -> str:
     text = str(exc)
     if "did not finish within" in text:
         return f"timed out after {timeout:g} s"
-    if "connection was lost" in text or "closed" in text.lower():
-        return "connection lost (" + text.split(": ", 1)[-1] + ")"
+    if "connection was lost" in text:
+        return "connection lost" + text.split("connection was lost", 1)[1]
     return text.split(": ", 1)[-1] if text.startswith("device ") else text
 
 
@@ -423,13 +424,16 @@ def rollback(devices: Sequence[Device], name: str, **opts) -> FleetResult:
     return fan_out(devices, lambda t, d: _strip(run_runner(t, d, "rollback", name)), action="rollback", **opts)
 
 
-def gc(devices: Sequence[Device], keep: int, **opts) -> FleetResult:
+def gc(devices: Sequence[Device], keep: int, part_idle: float = 600, **opts) -> FleetResult:
     """The runner's gc on each device (all but the KEEP newest versions of each model, never
-    the current or previous one, and what killed runners left), then its status."""
+    the current or previous one; uploads nothing wrote to for `part_idle` seconds; what
+    killed runners left), then its status."""
     def work(t: Transport, d: Device) -> dict:
         if t.size(f"{d.root.rstrip('/')}/{RUNNER}") is None:
             return {"removed": [], "models": {}, "note": "no edgekit runner installed yet"}
-        removed = _strip(run_runner(t, d, "gc", "--keep", str(keep), timeout=600))
+        ensure_runner(t, d)  # an old runner keeps uploads
+        removed = _strip(run_runner(t, d, "gc", "--keep", str(keep), "--part-idle", str(int(part_idle)),
+                                    timeout=600))
         return {**removed, "models": device_status(t, d).get("models") or {}}
     return fan_out(devices, work, action="gc", **opts)
 
@@ -448,7 +452,12 @@ def device_status(transport: Transport, device: Device, timeout: float = SHORT_S
     """The runner's status; a device without a runner is reachable but empty."""
     if transport.size(f"{device.root.rstrip('/')}/{RUNNER}") is None:
         return {"models": {}, "runner_sha256": None, "note": "no edgekit runner installed yet"}
-    return _strip(run_runner(transport, device, "status", timeout=timeout))
+    asked = time.time()
+    reply = _strip(run_runner(transport, device, "status", timeout=timeout))
+    answered = time.time()
+    if isinstance(reply.get("now"), (int, float)):  # its clock against ours, at the middle of the exchange
+        reply["clock_skew_s"] = reply["now"] - (asked + answered) / 2
+    return reply
 
 
 def status(devices: Sequence[Device], **opts) -> FleetResult:

@@ -13,13 +13,25 @@ from edgekit.fleet.inventory import Device
 from edgekit.fleet.push import FleetResult, status
 from edgekit.store import Store
 
-__all__ = ["fleet_status", "running_summary"]
+__all__ = ["fleet_status", "running_summary", "skew_text", "SKEW_SHOWN_S"]
 
 
 def running_summary(models: dict) -> str:
     """'digits 1.0.1 (prev 1.0.0), kws 2.0 (prev -)' or 'nothing installed'."""
     return ", ".join(f"{n} {m.get('current') or '-'} (prev {m.get('previous') or '-'})"
                      for n, m in sorted(models.items())) or "nothing installed"
+
+
+SKEW_SHOWN_S = 60
+
+
+def skew_text(skew: Optional[float]) -> Optional[str]:
+    """'+365.0 d ahead' when a device's clock is more than a minute off this host's, else None."""
+    if skew is None or abs(skew) <= SKEW_SHOWN_S:
+        return None
+    size, unit = next((abs(skew) / n, u) for n, u in ((86400, "d"), (3600, "h"), (60, "min"))
+                      if abs(skew) >= n)
+    return f"{size:.1f} {unit} {'ahead' if skew > 0 else 'behind'}"
 
 
 def fleet_status(devices: Sequence[Device], store: Optional[Store] = None, **opts) -> FleetResult:
@@ -33,7 +45,7 @@ def fleet_status(devices: Sequence[Device], store: Optional[Store] = None, **opt
         reachable = r.reached  # a device whose runner failed still answered
         if store:
             store.touch_device(device.name, target=device.target, transport=device.transport, host=device.host,
-                               reachable=reachable, error=r.error)
+                               reachable=reachable, error=r.error, clock_skew_s=r.detail.get("clock_skew_s"))
             if r.ok:  # the device's own word replaces what the store believed it runs
                 store.observe(device.name, r.detail.get("models") or {}, source="status")
         models = r.detail.get("models") or {}
@@ -43,6 +55,7 @@ def fleet_status(devices: Sequence[Device], store: Optional[Store] = None, **opt
         r.detail["running"] = running_summary(models) if r.ok else None
         r.detail["runner"] = (r.detail.get("runner_sha256") or "")[:12] or None
         r.detail["last_report_at"] = last_report.get(device.name)
+        r.detail["clock"] = skew_text(r.detail.get("clock_skew_s"))
     if store:
         seen = {d["name"]: d for d in store.devices()}
         for r in result.results:

@@ -45,6 +45,10 @@ def health_items(health: dict) -> list[dict]:
             for d in health["unreachable"]]
     out += [_item("never reported", d["device"], target=d["target"],
                   detail="unreachable" if d["reachable"] == 0 else "no report collected yet") for d in health["never_reported"]]
+    out += [_item("clock skew", d["device"], target=d["target"],
+                  detail=f"its clock is {abs(d['skew_s']):.0f} s {'ahead of' if d['skew_s'] > 0 else 'behind'} this "
+                         "host's; reports are ordered by when this host received them")
+            for d in health.get("clock_skew", ())]
     out += [_item("bad report", e["device"], detail=f"{e['source']}: {e['error']}", at=e["last_seen_at"])
             for e in health["bad_reports"]]
     out += [_item("failed gate", g["device"], g["name"], g["target"], g["version"],

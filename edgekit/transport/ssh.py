@@ -126,7 +126,11 @@ class SSHTransport(Transport):
                 if out is None:
                     raise RemoteCommandError(f"{command[:80]} did not finish within {timeout:g}s on {self.name}",
                                              device=self.name, stderr=err.decode(errors="replace")[-2000:])
-                return RunResult(chan.recv_exit_status(), out.decode(errors="replace"), err.decode(errors="replace"))
+                code = chan.recv_exit_status()
+                if code == -1 and self._lost:  # closed by the watchdog, not by the command's end
+                    raise TransportError(f"running {argv[0]} on {self.name}: the connection was lost ({self._lost})",
+                                         device=self.name)
+                return RunResult(code, out.decode(errors="replace"), err.decode(errors="replace"))
             finally:
                 chan.close()
 
