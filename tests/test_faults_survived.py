@@ -312,3 +312,18 @@ def test_a_frozen_or_killed_connection_is_noticed_and_the_device_restored(tmp_pa
     every_device_safe(store, roots, "1.0.0", "1.0.1")
     store_agrees_with_devices(store, plain, env=ssh.env)
     gc_leaves_incoming_empty(plain, roots, store, env=ssh.env)
+
+
+def test_the_runner_stops_its_own_evaluation_when_its_connection_is_gone(tmp_path):
+    """What `evaluate` does first: a process that watches its parent and its stdout (sshd's
+    end of the session) stops itself, within seconds, once the reader is gone."""
+    from conftest import REPO
+
+    script = tmp_path / "long.py"
+    script.write_text(f"import sys, time\nsys.path.insert(0, {str(REPO)!r})\n"
+                      "from edgekit.device.runner import watch_parent\nwatch_parent(0.2)\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE)
+    time.sleep(1.0)
+    assert proc.poll() is None  # alive while someone reads its output
+    proc.stdout.close()  # the connection goes
+    assert proc.wait(timeout=10) == 3

@@ -33,6 +33,7 @@ import errno
 import json
 import os
 import platform
+import select
 import shutil
 import sys
 import threading
@@ -119,16 +120,25 @@ def cmd_evaluate(layout: Layout, args) -> dict:
 
 
 def watch_parent(every: float = 2.0) -> None:
-    """Stop this process when the one that started it is gone (the host's connection died:
-    sshd's session ended, or the local edgekit was killed): an evaluation nobody will read
-    must not hold the device's CPU and memory."""
+    """Stop this process when whoever started it is gone (the host's connection died: sshd's
+    session ended and closed our stdout, or the local edgekit was killed): an evaluation
+    nobody will read must not hold the device's CPU and memory."""
     parent = os.getppid()
+    poller = select.poll()
+    poller.register(sys.stdout.fileno(), 0)  # POLLERR/POLLHUP are always reported
+
+    def gone() -> bool:
+        if os.getppid() != parent:
+            return True
+        try:
+            return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+        except (OSError, ValueError):
+            return False
 
     def watch() -> None:
-        while True:
+        while not gone():
             time.sleep(every)
-            if os.getppid() != parent:
-                os._exit(3)
+        os._exit(3)
     threading.Thread(target=watch, name="edgekit-watch-parent", daemon=True).start()
 
 
