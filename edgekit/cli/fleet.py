@@ -11,7 +11,8 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from edgekit.cli._common import Col, JsonFlag, console, fit_table, fmt_time, print_json, print_notes, progress
+from edgekit.cli._common import (Col, JsonFlag, TargetsDir, console, fit_table, fmt_time, print_json, print_notes,
+                                 progress)
 
 InventoryOpt = Annotated[Path, typer.Option("--inventory", "-i", help="The inventory (fleet/*.toml).")]
 DevicesOpt = Annotated[Optional[list[str]], typer.Option(
@@ -25,10 +26,12 @@ TrustNewOpt = Annotated[bool, typer.Option(
 fleet_app = typer.Typer(help="The fleet: what runs where.", no_args_is_help=True)
 
 
-def _devices(inventory: Path, device: Optional[list[str]], group: Optional[list[str]]):
+def _devices(inventory: Path, device: Optional[list[str]], group: Optional[list[str]],
+             targets_dir: Optional[list[Path]] = None):
+    """The selected devices; every device's target must name a profile (here or in --targets-dir)."""
     from edgekit.fleet.inventory import load_inventory
 
-    return load_inventory(inventory).select(device or (), group or ())
+    return load_inventory(inventory, targets_dir or ()).select(device or (), group or ())
 
 
 # The per-device details a table may show, as columns; a narrow console drops them in `drop` order.
@@ -89,6 +92,7 @@ def push_cmd(
     activate: Annotated[bool, typer.Option("--activate", help="Switch to the bundle once installed.")] = False,
     workers: WorkersOpt = 8,
     trust_new_hosts: TrustNewOpt = False,
+    targets_dir: TargetsDir = None,
     json: JsonFlag = False,
 ) -> None:
     """Upload and install BUNDLE on the devices of its target (and activate it with --activate).
@@ -97,7 +101,7 @@ def push_cmd(
     from edgekit.fleet.push import push
 
     found = read_bundle(bundle)
-    devices = _devices(inventory, device, group)
+    devices = _devices(inventory, device, group, targets_dir)
     with progress() as bar:
         tasks = {}
 
@@ -117,12 +121,14 @@ def rollback_cmd(
     group: GroupsOpt = None,
     workers: WorkersOpt = 8,
     trust_new_hosts: TrustNewOpt = False,
+    targets_dir: TargetsDir = None,
     json: JsonFlag = False,
 ) -> None:
     """Switch NAME back to its previous version on each device."""
     from edgekit.fleet.push import rollback
 
-    result = rollback(_devices(inventory, device, group), name, workers=workers, trust_new_hosts=trust_new_hosts)
+    devices = _devices(inventory, device, group, targets_dir)
+    result = rollback(devices, name, workers=workers, trust_new_hosts=trust_new_hosts)
     _finish(result, json, ("current", "previous"))
 
 
@@ -136,6 +142,7 @@ def status_cmd(
         "~/.local/share/edgekit/edgekit.db, when it exists).", show_default=False)] = None,
     workers: WorkersOpt = 8,
     trust_new_hosts: TrustNewOpt = False,
+    targets_dir: TargetsDir = None,
     json: JsonFlag = False,
 ) -> None:
     """What runs where: each device's active and previous versions, or why it is unreachable,
@@ -143,7 +150,7 @@ def status_cmd(
     from edgekit.fleet.status import fleet_status
     from edgekit.store import default_store_path, open_store
 
-    devices = _devices(inventory, device, group)
+    devices = _devices(inventory, device, group, targets_dir)
     if store is None and not default_store_path().exists():  # no store yet: nothing to read, nothing made
         result = fleet_status(devices, None, workers=workers, trust_new_hosts=trust_new_hosts)
     else:

@@ -10,7 +10,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from edgekit.cli._common import JsonFlag, console, err_console, print_json, progress
+from edgekit.cli._common import JsonFlag, TargetsDir, console, err_console, print_json, progress
 from edgekit.cli.collect import StoreOpt
 from edgekit.cli.fleet import DevicesOpt, GroupsOpt, InventoryOpt, TrustNewOpt, WorkersOpt, _devices
 
@@ -93,6 +93,7 @@ def rollout_cmd(
     store: StoreOpt = None,
     workers: WorkersOpt = 8,
     trust_new_hosts: TrustNewOpt = False,
+    targets_dir: TargetsDir = None,
     json: JsonFlag = False,
 ) -> None:
     """Roll BUNDLE out to the devices of its target: the canary wave first, then batches. Each
@@ -106,7 +107,7 @@ def rollout_cmd(
     from edgekit.store import open_store
 
     found = read_bundle(bundle)
-    devices = _devices(inventory, device, group)
+    devices = _devices(inventory, device, group, targets_dir)
     with open_store(store) as db, progress() as bar:
         step, on_wave = _progress_hooks(bar, found.size)
         result = rollout(found, devices, db, canary=canary, batch=batch, max_failures=max_failures,
