@@ -285,7 +285,7 @@ def test_reference_may_be_a_module_factory(edgekit, tmp_path):
             return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     """))
     result = edgekit("evaluate", EXAMPLE_ONNX, "--data", EVAL, "--reference", "refpkg.nets:build", "--json", *FAST,
-                     cwd=tmp_path)
+                     env={"PYTHONPATH": str(tmp_path)})  # importable from there; edgekit from the repository
     assert result.code == 0, result.stderr
     r = result.json()
     x, labels = eval_arrays()
