@@ -26,6 +26,21 @@ def read_toml(path: Path, error: type[Exception] = ConfigError) -> dict[str, Any
         raise error(f"{path}: cannot read: {exc.strerror}") from exc
 
 
+class Invalid(ValueError):
+    """A validator's error: what is wrong with the value, and apart from it what to do (the
+    hint that ConfigError appends and --json reports on its own)."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+
+def pydantic_error_hint(exc: Exception) -> str | None:
+    """The hint of the first error, when a validator raised Invalid with one."""
+    first = exc.errors()[0]  # type: ignore[attr-defined]
+    return getattr((first.get("ctx") or {}).get("error"), "hint", None)
+
+
 def pydantic_error_line(path: Path, exc: Exception) -> str:
     """One line naming the file, the field and what is wrong, from a pydantic ValidationError."""
     first = exc.errors()[0]  # type: ignore[attr-defined]
@@ -35,6 +50,8 @@ def pydantic_error_line(path: Path, exc: Exception) -> str:
         what = "unknown key"
     elif kind == "missing":
         what = "required key is missing"
+    elif kind == "value_error":  # our own validators' messages say what was given and what to do
+        what = str(first["ctx"]["error"])
     else:
         what = f"{first['msg']} (got {first.get('input')!r})"
     more = len(exc.errors()) - 1  # type: ignore[attr-defined]

@@ -66,6 +66,7 @@ class Dataset:
     images: Optional[tuple[_ImageSpec, list[tuple[Path, int]]]] = None
     _sha256: Optional[str] = None
     _fits: set = field(default_factory=set, repr=False)  # input specs already checked: a scan is I/O
+    _label_span: Optional[tuple[int, int]] = None  # found by check()'s scan, or by label_span
 
     @property
     def input_names(self) -> list[str]:
@@ -87,6 +88,27 @@ class Dataset:
         if self._sha256 is None:
             self._sha256 = _content_hash(self.path)
         return self._sha256
+
+    @property
+    def label_span(self) -> Optional[tuple[int, int]]:
+        """(lowest, highest) label, None without labels. check() finds it in its scan; otherwise
+        only the labels are read (an image folder's come from its listing)."""
+        if self._label_span is None and self.has_labels:
+            if self.images:
+                batches = [np.asarray([label for _, label in self.images[1]])]
+            else:
+                labels = self.arrays[LABELS]
+                batches = (np.asarray(labels[i:i + 65536]) for i in range(0, len(labels), 65536))
+            self._label_span = _span(None, batches)
+        return self._label_span
+
+    def check_labels(self, classes: int, model: str, role: str = "data") -> None:
+        """DataError unless every label is a class id of a model with `classes` outputs;
+        `model` says which model and output (for the message)."""
+        span = self.label_span
+        if span is not None and (span[0] < 0 or span[1] >= classes):
+            raise DataError(f"{role} {self.path}: labels span {span[0]}..{span[1]} but {model}",
+                            hint=f"labels must be class indices 0..{classes - 1}")
 
     def describe(self) -> dict:
         return {"path": str(self.path), "sha256": self.sha256, "n": len(self)}
@@ -139,6 +161,7 @@ class Dataset:
             if name not in model_names:
                 raise DataError(f"{role} {self.path}: array '{name}' is not a model input "
                                 f"(model inputs: {', '.join(model_names)})")
+        span = None
         for inputs_batch, labels in self.batches(256):
             for spec in inputs:
                 _check_array(self.path, role, spec, inputs_batch[spec.name])
@@ -146,7 +169,18 @@ class Dataset:
                 raise DataError(f"{role} {self.path}: 'labels' must be integer class ids, got {labels.dtype}")
             if not self.images and LABELS in self.arrays and len(self.arrays[LABELS]) != len(self):
                 raise DataError(f"{role} {self.path}: 'labels' has {len(self.arrays[LABELS])} rows, inputs have {len(self)}")
+            span = _span(span, [labels]) if labels is not None else span
+        self._label_span = self._label_span or span
         self._fits.add(tuple(inputs))
+
+
+def _span(span: Optional[tuple[int, int]], batches) -> Optional[tuple[int, int]]:
+    """`span` widened by the lowest and highest value of each non-empty batch."""
+    for batch in batches:
+        if batch.size:
+            low, high = int(batch.min()), int(batch.max())
+            span = (low, high) if span is None else (min(span[0], low), max(span[1], high))
+    return span
 
 
 def _check_array(path: Path, role: str, spec: InputSpec, arr: np.ndarray) -> None:

@@ -17,6 +17,11 @@
 Third-party errors (paramiko, socket, OS, onnxruntime) are translated into these in
 one place each, with ``raise X(msg) from exc``; the CLI catches ``EdgekitError`` once
 and prints its message as one line.
+
+An error says what to do next: ``X(problem, hint="what to do")`` reads as one line,
+"problem; what to do", and keeps the hint apart for ``--json`` (``{"error", "exit_code",
+"hint"}``). Without one, the class's ``HINT`` is the hint (None when there is nothing
+general to say).
 """
 
 from __future__ import annotations
@@ -42,37 +47,48 @@ class EdgekitError(Exception):
     """Base of every error edgekit raises on purpose."""
 
     exit_code = 1
+    HINT: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(f"{message}; {hint}" if hint else message)
+        self.hint = hint or self.HINT
 
 
 class ConfigError(EdgekitError):
     exit_code = 2
+    HINT = "fix the file, field or flag it names (edgekit COMMAND --help lists the flags)"
 
 
 class ModelError(EdgekitError):
     exit_code = 2
+    HINT = "give a model that loads: .onnx, .pt2, pkg.module:factory (or .tflite where a TFLite model is taken)"
 
 
 class DataError(EdgekitError):
     exit_code = 2
+    HINT = "fix the data set it names; calibration/README.md describes the format"
 
 
 class QuantizeError(EdgekitError):
     exit_code = 1
+    HINT = "try another recipe (--precision, --method) or keep the failing nodes in float (--exclude)"
 
 
 class BundleError(EdgekitError):
     exit_code = 2
+    HINT = "make the bundle again with `edgekit package`"
 
 
 class IntegrityError(BundleError):
-    pass
+    HINT = "the bundle changed after it was made: make it again, or copy an intact one"
 
 
 class TransportError(EdgekitError):
     exit_code = 1
+    HINT = "check the device with `edgekit fleet status --inventory F`"
 
-    def __init__(self, message: str, *, device: str | None = None):
-        super().__init__(message)
+    def __init__(self, message: str, *, device: str | None = None, hint: str | None = None):
+        super().__init__(message, hint=hint)
         self.device = device
 
 
@@ -81,13 +97,14 @@ class ConnectError(TransportError):
 
 
 class HostKeyError(TransportError):
-    pass
+    HINT = ("a new device: pass --trust-new-hosts once; a changed key: check the device, then remove "
+            "the old line from the known_hosts file it names")
 
 
 class RemoteCommandError(TransportError):
     def __init__(self, message: str, *, device: str | None = None, exit_code: int | None = None,
-                 stdout: str = "", stderr: str = ""):
-        super().__init__(message, device=device)
+                 stdout: str = "", stderr: str = "", hint: str | None = None):
+        super().__init__(message, device=device, hint=hint)
         self.remote_exit_code = exit_code
         self.stdout = stdout
         self.stderr = stderr
@@ -95,9 +112,10 @@ class RemoteCommandError(TransportError):
 
 class GateError(EdgekitError):
     exit_code = 3
+    HINT = "the record or report names each broken budget: loosen the target's budgets or try other recipes"
 
-    def __init__(self, message: str, *, details: object = None):
-        super().__init__(message)
+    def __init__(self, message: str, *, details: object = None, hint: str | None = None):
+        super().__init__(message, hint=hint)
         self.details = details
 
 

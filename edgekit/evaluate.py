@@ -46,8 +46,10 @@ def prepare_eval_data(data: Dataset, model: Path, dest: Path, *, reference: Opti
     ref = _open_reference(Path(reference), Path(model), data) if reference is not None else None
     n = len(data) if samples is None else min(samples, len(data))
     with _NpzWriter(Path(dest), n) as out:
-        for feeds, labels in data.batches(BATCH, limit=n):
+        for index, (feeds, labels) in enumerate(data.batches(BATCH, limit=n)):
             feeds = {i.name: np.ascontiguousarray(feeds[i.name], dtype=i.dtype) for i in inputs}
+            if index == 0 and data.has_labels:
+                _check_label_classes(data, Path(model), feeds)
             out.add(feeds)
             if labels is not None:
                 out.add({"labels": labels})
@@ -82,6 +84,33 @@ def _first_output(path: Path) -> InputSpec:
     tt = out.type.tensor_type
     dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
     return InputSpec(out.name, onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name, dims)
+
+
+def _check_label_classes(data: Dataset, model: Path, first_feeds: dict) -> None:
+    """Labels must be class ids of the model's first output (accuracy takes the argmax of its
+    last axis): else accuracy is 0 and every drop is 0. A dynamic class axis is measured on
+    the first batch. The whole set's labels are checked (data.check found their span)."""
+    out = _first_output(model)
+    if len(out.shape) < 2:  # no class axis: the evaluation's own shape check says so
+        return
+    classes = out.shape[-1]
+    if classes is None:
+        classes = int(_run_first_output(model, first_feeds).shape[-1])
+    shape = _fmt(out.shape[:-1] + (classes,)) + (" on the first batch" if out.shape[-1] is None else "")
+    data.check_labels(classes, f"{model.name} outputs {classes} classes (output '{out.name}' {shape})",
+                      role="eval data")
+
+
+def _run_first_output(model: Path, feeds: dict) -> np.ndarray:
+    from edgekit.device.backends import ModelLoadError, open_backend
+    from edgekit.device.evaluate import run_batch
+
+    try:
+        return np.asarray(run_batch(open_backend(str(model)), feeds)[0])
+    except ModelLoadError as exc:
+        raise ModelError(f"model {exc}") from exc
+    except Exception as exc:  # the runtime's own error types; the data was checked already
+        raise ModelError(f"model {model} fails on the eval data: {str(exc).splitlines()[0]}") from exc
 
 
 def _check_same_output(model: Path, reference: Path, mine: InputSpec, theirs: InputSpec) -> None:

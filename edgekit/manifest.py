@@ -63,14 +63,15 @@ def eval_indices(n: int, samples: Optional[int]) -> np.ndarray:
 
 
 def subset(data: Dataset, indices: np.ndarray) -> Dataset:
-    """The same data set restricted to `indices` (arrays are copied, images listed)."""
+    """The same data set restricted to `indices` (arrays are copied, images listed). Its labels
+    are judged as the whole file's: a wrong label outside the subset is still a wrong file."""
     if len(indices) == len(data):
         return data
+    kept = dict(_sha256=data.sha256, _label_span=data.label_span)
     if data.images is not None:
         spec, items = data.images
-        return Dataset(data.path, images=(spec, [items[i] for i in indices]), _sha256=data.sha256)
-    return Dataset(data.path, arrays={k: np.asarray(v[indices]) for k, v in data.arrays.items()},
-                   _sha256=data.sha256)
+        return Dataset(data.path, images=(spec, [items[i] for i in indices]), **kept)
+    return Dataset(data.path, arrays={k: np.asarray(v[indices]) for k, v in data.arrays.items()}, **kept)
 
 
 def load_record(path: Path, profile: Profile) -> dict:

@@ -10,6 +10,7 @@ Conversion needs the torch extra (torch and onnxscript) and writes ONNX opset 17
 dynamic batch axis into the caller's work directory. A factory's example inputs come from
 its module's ``example_inputs()`` when it has one, else from the first samples of the
 example data (the calibration set), whose array names then become the ONNX input names.
+With example data, a one-input model (.pt2 or factory) takes the data set's input name.
 """
 
 from __future__ import annotations
@@ -210,7 +211,10 @@ def _load_factory_module(torch, spec: str):
 
 def _example_args(torch, spec: str, module, example_data: Optional[Dataset]):
     if hasattr(module, "example_inputs"):
-        return tuple(module.example_inputs()), None
+        args = tuple(module.example_inputs())
+        # A one-input model takes the data set's name for its input, as a .pt2 does.
+        one = example_data is not None and len(args) == 1 == len(example_data.input_names)
+        return args, (example_data.input_names if one else None)
     if example_data is None or len(example_data) == 0:
         raise ModelError(f"model {spec}: needs example inputs: define example_inputs() in "
                          f"{module.__name__}, or give data (--calibration) to take them from")

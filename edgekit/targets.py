@@ -10,12 +10,12 @@ import os
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from edgekit._toml import pydantic_error_line, read_toml
+from edgekit._toml import Invalid, pydantic_error_hint, pydantic_error_line, read_toml
 from edgekit.errors import ConfigError
 
-__all__ = ["Budgets", "Profile", "PRECISIONS", "load_profile", "list_profiles", "search_dirs"]
+__all__ = ["Budgets", "Profile", "PRECISIONS", "load_profile", "list_profiles", "profile_names", "search_dirs"]
 
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static")
 Precision = Literal["fp32", "fp16", "int8-dynamic", "int8-static"]
@@ -28,11 +28,39 @@ class _Strict(BaseModel):
 
 
 class Budgets(_Strict):
-    max_model_mb: Optional[float] = Field(default=None, gt=0)
-    max_peak_rss_mb: Optional[float] = Field(default=None, gt=0)
-    max_latency_ms_p95: Optional[float] = Field(default=None, gt=0)
-    max_accuracy_drop: Optional[float] = Field(default=None, ge=0, le=1)
-    min_fidelity_cosine: Optional[float] = Field(default=None, ge=-1, le=1)
+    """Every budget is optional; each must mean something in its unit (see _check_budget)."""
+
+    max_model_mb: Optional[float] = None          # MiB on disk
+    max_peak_rss_mb: Optional[float] = None       # MiB of peak resident memory
+    max_latency_ms_p95: Optional[float] = None    # milliseconds, 95th percentile of one sample
+    max_accuracy_drop: Optional[float] = None     # fraction of 1, absolute, against FP32
+    min_fidelity_cosine: Optional[float] = None   # cosine of the outputs to FP32's, at most 1
+
+    @field_validator("*")
+    @classmethod
+    def _meaningful(cls, value: Optional[float], info: ValidationInfo) -> Optional[float]:
+        if value is not None:
+            _check_budget(info.field_name, value)
+        return value
+
+
+MAX_ACCURACY_DROP = 0.5  # a larger drop gates nothing: it reads as percentage points meant as a fraction
+_SIZES = {"max_model_mb": "a size in MiB", "max_peak_rss_mb": "a memory size in MiB",
+          "max_latency_ms_p95": "a p95 latency in milliseconds"}
+
+
+def _check_budget(name: str, value: float) -> None:
+    """Invalid naming the budget's unit, when a value cannot mean what was meant."""
+    shown = f"{name} = {value:g}"
+    if name in _SIZES and not value > 0:
+        raise Invalid(f"{shown} is {_SIZES[name]} and can never be met",
+                      hint="give a positive number, or leave the budget out")
+    if name == "max_accuracy_drop" and not 0 <= value <= MAX_ACCURACY_DROP:
+        raise Invalid(f"{shown} is a fraction of 1 (0.01 = 1 percentage point)",
+                      hint=f"give 0 to {MAX_ACCURACY_DROP:g}, e.g. 0.01 for a drop of at most 1 pp")
+    if name == "min_fidelity_cosine" and not 0 < value <= 1:
+        raise Invalid(f"{shown} is a cosine similarity to the FP32 outputs (1: the same direction, "
+                      "0: unrelated)", hint="give more than 0 and at most 1, e.g. 0.99")
 
 
 class Profile(_Strict):
@@ -76,7 +104,7 @@ def load_file(path: Path) -> Profile:
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(pydantic_error_line(path, exc)) from exc
+        raise ConfigError(pydantic_error_line(path, exc), hint=pydantic_error_hint(exc)) from exc
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -95,7 +123,7 @@ def load_profile(spec: str | Path, targets_dirs: list[Path] | tuple[Path, ...] =
         candidate = d / f"{spec}.toml"
         if candidate.is_file():
             return load_file(candidate)
-    known = ", ".join(sorted(p.stem for p in _profile_files(targets_dirs))) or "none"
+    known = ", ".join(profile_names(targets_dirs)) or "none"
     raise ConfigError(f"unknown target '{spec}' (known: {known}; or give a path to a .toml file)")
 
 
@@ -105,6 +133,11 @@ def _profile_files(targets_dirs) -> list[Path]:
         for p in sorted(d.glob("*.toml")):
             seen.setdefault(p.stem, p)
     return list(seen.values())
+
+
+def profile_names(targets_dirs: list[Path] | tuple[Path, ...] = ()) -> list[str]:
+    """The names load_profile finds (file stems in the search folders), sorted; files are not read."""
+    return sorted(p.stem for p in _profile_files(targets_dirs))
 
 
 def list_profiles(targets_dirs: list[Path] | tuple[Path, ...] = ()) -> list[tuple[Path, Profile]]:

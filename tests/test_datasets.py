@@ -114,3 +114,48 @@ def test_a_set_is_scanned_once_per_model_signature(tmp_path, monkeypatch):
     assert len(scans) == 1
     with pytest.raises(DataError):  # another signature is checked afresh
         ds.check([InputSpec("input", "float32", (None, 1, 8, 9))])
+
+
+def test_the_label_span_comes_from_the_same_scan(tmp_path, monkeypatch):
+    labels = np.array([3, 0, 7, 2, 12])
+    np.savez(tmp_path / "d.npz", input=np.zeros((5, 1, 8, 8), np.float32), labels=labels)
+    ds = load_dataset(tmp_path / "d.npz")
+    scans = []
+    real = ds.batches
+    monkeypatch.setattr(ds, "batches", lambda *a, **k: (scans.append(1), real(*a, **k))[1])
+    ds.check(DIGITS_INPUT)
+    assert ds.label_span == (0, 12) and len(scans) == 1
+    ds.check_labels(13, "m.onnx outputs 13 classes")
+    with pytest.raises(DataError, match=r"d.npz: labels span 0..12 but m.onnx outputs 10 classes; "
+                                        r"labels must be class indices 0..9") as err:
+        ds.check_labels(10, "m.onnx outputs 10 classes")
+    assert err.value.hint == "labels must be class indices 0..9"
+    assert len(scans) == 1
+
+
+def test_label_span_without_a_check_and_without_labels(tmp_path):
+    np.savez(tmp_path / "d.npz", input=np.zeros((3, 1, 8, 8), np.float32), labels=np.array([-2, 1, 0]))
+    assert load_dataset(tmp_path / "d.npz").label_span == (-2, 1)
+    np.savez(tmp_path / "n.npz", input=np.zeros((3, 1, 8, 8), np.float32))
+    unlabelled = load_dataset(tmp_path / "n.npz")
+    assert unlabelled.label_span is None
+    unlabelled.check_labels(1, "any model")  # nothing to check
+
+
+def test_an_image_folders_labels_are_its_class_indices(tmp_path):
+    for cls in ("a", "b", "c"):
+        (tmp_path / cls).mkdir()
+        Image.new("L", (8, 8)).save(tmp_path / cls / "0.png")
+    (tmp_path / "dataset.toml").write_text('format = "images"\n[images]\ninput = "input"\nsize = [8, 8]\nmode = "L"\n')
+    ds = load_dataset(tmp_path)
+    assert ds.label_span == (0, 2)
+    with pytest.raises(DataError, match="labels span 0..2"):
+        ds.check_labels(2, "a two-class model")
+
+
+def test_a_subset_is_judged_by_the_whole_files_labels(tmp_path):
+    from edgekit.manifest import subset
+
+    np.savez(tmp_path / "d.npz", input=np.zeros((4, 1, 8, 8), np.float32), labels=np.array([0, 1, 2, 30]))
+    part = subset(load_dataset(tmp_path / "d.npz"), np.array([0, 1]))
+    assert part.label_span == (0, 30)

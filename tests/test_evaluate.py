@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 import zipfile
 
 import numpy as np
@@ -10,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from conftest import EVAL, EXAMPLE_ONNX, assert_clean_error
+from conftest import EVAL, EXAMPLE_ONNX, EXAMPLE_PT2, assert_clean_error
 from edgekit.datasets import load_dataset
 from edgekit.device import metrics
 from edgekit.device.backends import ModelLoadError, open_backend
@@ -255,6 +256,53 @@ def test_reference_with_another_output_shape(edgekit, tmp_path):
     other = flatten_model(tmp_path / "flat.onnx")
     result = edgekit("evaluate", EXAMPLE_ONNX, "--data", EVAL, "--reference", other)
     assert_clean_error(result, "flat.onnx", "model.onnx", "(N, 64)", "(N, 10)")
+
+
+# -- the reference, as quantize takes models ------------------------------------------------
+
+def test_reference_may_be_a_pt2(edgekit):
+    pytest.importorskip("torch")
+    result = edgekit("evaluate", EXAMPLE_ONNX, "--data", EVAL, "--reference", EXAMPLE_PT2, "--json", *FAST)
+    assert result.code == 0, result.stderr
+    r = result.json()
+    x, labels = eval_arrays()
+    # model.pt2 is the function model.onnx was exported from: the same accuracy, the same outputs.
+    assert r["reference"]["model"] == str(EXAMPLE_PT2)
+    assert r["reference"]["accuracy"] == pytest.approx(np.mean(ort_outputs(EXAMPLE_ONNX, x).argmax(1) == labels))
+    assert r["fidelity"]["top1_agreement"] == 1.0 and r["fidelity"]["cosine"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_reference_may_be_a_module_factory(edgekit, tmp_path):
+    torch = pytest.importorskip("torch")
+    (tmp_path / "refpkg").mkdir()
+    (tmp_path / "refpkg" / "__init__.py").write_text("")
+    (tmp_path / "refpkg" / "nets.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+        def build():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    """))
+    result = edgekit("evaluate", EXAMPLE_ONNX, "--data", EVAL, "--reference", "refpkg.nets:build", "--json", *FAST,
+                     env={"PYTHONPATH": str(tmp_path)})  # importable from there; edgekit from the repository
+    assert result.code == 0, result.stderr
+    r = result.json()
+    x, labels = eval_arrays()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)).numpy()
+    assert r["reference"]["model"] == "refpkg.nets:build"
+    assert r["reference"]["accuracy"] == pytest.approx(np.mean(ref.argmax(1) == labels))
+    assert r["fidelity"]["top1_agreement"] == pytest.approx(np.mean(ref.argmax(1) == ort_outputs(EXAMPLE_ONNX, x).argmax(1)))
+
+
+def test_a_reference_that_is_no_model(edgekit, tmp_path):
+    assert_clean_error(edgekit("evaluate", EXAMPLE_ONNX, "--data", EVAL, "--reference", tmp_path / "none.pt2"),
+                       "none.pt2", "not found")
+    assert_clean_error(edgekit("evaluate", EXAMPLE_ONNX, "--data", EVAL, "--reference", "model.h5"),
+                       "model.h5", "not a model")
 
 
 def test_bad_option_values(edgekit):

@@ -143,6 +143,12 @@ def test_example_factory_uses_its_example_inputs(tmp_path):
     assert _run(onnx_path, {spec.name: np.load(EVAL)["input"][:3]}).shape == (3, 10)
 
 
+def test_a_one_input_factory_takes_the_data_sets_name(tmp_path):
+    pytest.importorskip("torch")  # as a .pt2 does, so that the data fits it (evaluate --reference)
+    onnx_path = load_model("examples.digits.train:build", workdir=tmp_path, example_data=load_dataset(CALIB))
+    assert [i.name for i in model_inputs(onnx_path)] == ["input"]
+
+
 @pytest.mark.parametrize("model", [EXAMPLE_PT2, "examples.digits.train:build"])
 def test_without_torch_the_error_names_the_extra(edgekit, tmp_path, model):
     blocker = tmp_path / "blocker"

@@ -33,9 +33,14 @@ TargetsDir = Annotated[
 ]
 
 
+json_printed = False  # whether this run printed its JSON result (main adds no error object then)
+
+
 def print_json(obj: Any) -> None:
+    global json_printed
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
     sys.stdout.flush()
+    json_printed = True
 
 
 def progress(transient: bool = True) -> Progress:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from edgekit.cli._common import JsonFlag, err_console, progress
+from edgekit.cli._common import JsonFlag, TargetsDir, err_console, progress
 from edgekit.cli.fleet import DevicesOpt, GroupsOpt, InventoryOpt, StoreOpt, TrustNewOpt, WorkersOpt, _devices, _finish
 
 
@@ -16,6 +16,7 @@ def collect_cmd(
     store: StoreOpt = None,
     workers: WorkersOpt = 8,
     trust_new_hosts: TrustNewOpt = False,
+    targets_dir: TargetsDir = None,
     json: JsonFlag = False,
 ) -> None:
     """Fetch each device's new reports (ROOT/reports/NAME/VERSION/*.json), check them, and add
@@ -24,7 +25,7 @@ def collect_cmd(
     from edgekit.fleet.collect import collect
     from edgekit.store import open_store
 
-    devices = _devices(inventory, device, group)
+    devices = _devices(inventory, device, group, targets_dir)
     with open_store(store) as db, progress() as bar:
         task = bar.add_task("collecting reports", total=len(devices))
         result = collect(devices, db, workers=workers, trust_new_hosts=trust_new_hosts,

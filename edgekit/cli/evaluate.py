@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,8 +16,9 @@ from edgekit.cli._common import (JsonFlag, compact_table, console, fmt_mib, fmt_
 def evaluate_cmd(
     model: Annotated[Path, typer.Argument(help="The model to measure (.onnx).")],
     data: Annotated[Path, typer.Option("--data", help="Evaluation data set (.npz or directory).")],
-    reference: Annotated[Optional[Path], typer.Option(
-        "--reference", help="The FP32 model this one was made from: fidelity to it, and its accuracy beside.")] = None,
+    reference: Annotated[Optional[str], typer.Option(
+        "--reference", help="The FP32 model this one was made from (.onnx, .pt2, pkg.module:factory or .tflite): "
+        "fidelity to it, and its accuracy beside.")] = None,
     samples: Annotated[Optional[int], typer.Option("--samples", help="Use only the first N samples.")] = None,
     threads: Annotated[int, typer.Option("--threads", help="Intra-op threads (0: the runtime's default).")] = 0,
     providers: Annotated[Optional[list[str]], typer.Option(
@@ -27,17 +29,34 @@ def evaluate_cmd(
 ) -> None:
     """Measure MODEL on this machine with the code devices run: accuracy (data with labels) or
     fidelity to --reference, model size, single-sample latency, load time and peak RSS."""
+    from edgekit.datasets import load_dataset
     from edgekit.evaluate import evaluate_model
 
-    with progress() as bar:
+    dataset = load_dataset(data, role="eval data")
+    with tempfile.TemporaryDirectory(prefix="edgekit-model-") as tmp, progress() as bar:
         task = bar.add_task("evaluating", total=None)
-        result = evaluate_model(model, data, reference=reference, samples=samples, threads=threads,
+        if reference is not None:
+            bar.update(task, description=f"loading the reference {reference}")
+        ref = _load_reference(reference, Path(tmp), dataset) if reference is not None else None
+        result = evaluate_model(model, dataset, reference=ref, samples=samples, threads=threads,
                                 providers=providers, runs=runs, min_seconds=min_seconds,
                                 on_step=lambda what: bar.update(task, description=what))
+    if "reference" in result:
+        result["reference"]["model"] = reference  # as given, not the converted copy that is gone now
     if json:
         print_json(result)
     else:
         print_table(result)
+
+
+def _load_reference(spec: str, workdir: Path, data) -> Path:
+    """The reference as a file a backend opens: an .onnx or .tflite as is, a .pt2 or
+    pkg.module:factory converted to ONNX (as quantize takes them; inputs named after the data)."""
+    from edgekit.models import load_model
+
+    if Path(spec).suffix == ".tflite":
+        return Path(spec).expanduser()
+    return load_model(spec, workdir=workdir, example_data=data)
 
 
 def _count(value) -> str:

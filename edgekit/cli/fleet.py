@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from edgekit.cli._common import (Col, JsonFlag, console, err_console, exit_now, fit_table, fmt_time, interrupts,
+from edgekit.cli._common import (Col, JsonFlag, TargetsDir, console, err_console, exit_now, fit_table, fmt_time, interrupts,
                                  print_json, print_notes, progress)
 
 InventoryOpt = Annotated[Path, typer.Option("--inventory", "-i", help="The inventory (fleet/*.toml).")]
@@ -33,10 +33,12 @@ StoreOpt = Annotated[Optional[Path], typer.Option(
 fleet_app = typer.Typer(help="The fleet: what runs where.", no_args_is_help=True)
 
 
-def _devices(inventory: Path, device: Optional[list[str]], group: Optional[list[str]]):
+def _devices(inventory: Path, device: Optional[list[str]], group: Optional[list[str]],
+             targets_dir: Optional[list[Path]] = None):
+    """The selected devices; every device's target must name a profile (here or in --targets-dir)."""
     from edgekit.fleet.inventory import load_inventory
 
-    return load_inventory(inventory).select(device or (), group or ())
+    return load_inventory(inventory, targets_dir or ()).select(device or (), group or ())
 
 
 # The per-device details a table may show, as columns; a narrow console drops them in `drop` order.
@@ -101,6 +103,7 @@ def push_cmd(
     store: StoreOpt = None,
     workers: WorkersOpt = 8,
     trust_new_hosts: TrustNewOpt = False,
+    targets_dir: TargetsDir = None,
     json: JsonFlag = False,
 ) -> None:
     """Upload and install BUNDLE on the devices of its target (and activate it with --activate).
@@ -114,7 +117,7 @@ def push_cmd(
     from edgekit.store import open_store
 
     found = read_bundle(bundle)
-    devices = _devices(inventory, device, group)
+    devices = _devices(inventory, device, group, targets_dir)
     with open_store(store) as db, progress() as bar, interrupts("the push") as cancel:
         tasks = {}
 
@@ -167,6 +170,7 @@ def rollback_cmd(
     store: StoreOpt = None,
     workers: WorkersOpt = 8,
     trust_new_hosts: TrustNewOpt = False,
+    targets_dir: TargetsDir = None,
     json: JsonFlag = False,
 ) -> None:
     """Switch NAME back to its previous version on each device; the store records it."""
@@ -174,7 +178,7 @@ def rollback_cmd(
     from edgekit.fleet.push import rollback
     from edgekit.store import open_store
 
-    devices = _devices(inventory, device, group)
+    devices = _devices(inventory, device, group, targets_dir)
     with open_store(store) as db:
         result = rollback(devices, name, workers=workers, on_done=recorder(db, devices, note_rollback(name)),
                           trust_new_hosts=trust_new_hosts)
@@ -195,6 +199,7 @@ def gc_cmd(
     store: StoreOpt = None,
     workers: WorkersOpt = 8,
     trust_new_hosts: TrustNewOpt = False,
+    targets_dir: TargetsDir = None,
     json: JsonFlag = False,
 ) -> None:
     """Free device space: remove all but the KEEP newest installed versions of each model (never
@@ -203,7 +208,7 @@ def gc_cmd(
     from edgekit.fleet.push import gc
     from edgekit.store import open_store
 
-    devices = _devices(inventory, device, group)
+    devices = _devices(inventory, device, group, targets_dir)
     with open_store(store) as db:
         result = gc(devices, keep, part_idle, workers=workers, on_done=recorder(db, devices, note_gc),
                     trust_new_hosts=trust_new_hosts)
@@ -223,6 +228,7 @@ def repair_cmd(
     store: StoreOpt = None,
     workers: WorkersOpt = 8,
     trust_new_hosts: TrustNewOpt = False,
+    targets_dir: TargetsDir = None,
     json: JsonFlag = False,
 ) -> None:
     """Repair devices' own records: rebuild state files from what is installed and active,
@@ -231,7 +237,7 @@ def repair_cmd(
     from edgekit.fleet.push import repair
     from edgekit.store import open_store
 
-    devices = _devices(inventory, device, group)
+    devices = _devices(inventory, device, group, targets_dir)
     with open_store(store) as db:
         def note(r) -> None:
             if r.ok:
@@ -278,6 +284,7 @@ def status_cmd(
         "~/.local/share/edgekit/edgekit.db, when it exists).", show_default=False)] = None,
     workers: WorkersOpt = 8,
     trust_new_hosts: TrustNewOpt = False,
+    targets_dir: TargetsDir = None,
     json: JsonFlag = False,
 ) -> None:
     """What runs where: each device's active and previous versions, or why it is unreachable,
@@ -285,7 +292,7 @@ def status_cmd(
     from edgekit.fleet.status import fleet_status
     from edgekit.store import default_store_path, open_store
 
-    devices = _devices(inventory, device, group)
+    devices = _devices(inventory, device, group, targets_dir)
     if store is None and not default_store_path().exists():  # no store yet: nothing to read, nothing made
         result = fleet_status(devices, None, workers=workers, trust_new_hosts=trust_new_hosts)
     else:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgekit.cli._common import JsonFlag, console, print_json
+from edgekit.cli._common import JsonFlag, TargetsDir, console, print_json
 
 keys_app = typer.Typer(help="Signing keys for bundles (Ed25519, via OpenSSH's ssh-keygen).", no_args_is_help=True)
 
@@ -40,6 +40,7 @@ def trust_cmd(
     group: Annotated[Optional[list[str]], typer.Option("--group", "-g", help="Only devices with this tag (repeatable).",
                                                        show_default=False)] = None,
     trust_new_hosts: Annotated[bool, typer.Option("--trust-new-hosts", help="Accept SSH host keys not seen before.")] = False,
+    targets_dir: TargetsDir = None,
     json: JsonFlag = False,
 ) -> None:
     """Copy PUBLIC_KEY into each device's trust/: from then on the device refuses bundles that
@@ -51,7 +52,8 @@ def trust_cmd(
     public_key = public_key.expanduser()
     if not public_key.is_file() or public_key.suffix != ".pub":
         raise ConfigError(f"{public_key}: give an existing public key file ending in .pub")
-    result = trust_key(_devices(inventory, device, group), public_key, trust_new_hosts=trust_new_hosts)
+    devices = _devices(inventory, device, group, targets_dir)
+    result = trust_key(devices, public_key, trust_new_hosts=trust_new_hosts)
     _finish(result, json, ("key",))
 
 

@@ -1,7 +1,10 @@
 """The `edgekit` command: registers the command groups and maps errors to exit codes.
 
 EdgekitError is caught here and only here: it is printed as one line on stderr and
-becomes the exit code it carries (1 work failed, 2 bad input, 3 gate not met).
+becomes the exit code it carries (1 work failed, 2 bad input, 3 gate not met). A command
+given --json also gets the error as one JSON object on stdout, {"error", "exit_code",
+"hint"}, unless it printed its JSON result already (calibrate's record, when no
+candidate passes); so do usage errors (a missing or wrong flag), which typer prints.
 """
 
 from __future__ import annotations
@@ -13,8 +16,14 @@ import typer
 from rich.markup import escape
 
 from edgekit import __version__
+from edgekit.cli import _common
 from edgekit.cli._common import err_console, exit_now
 from edgekit.errors import EdgekitError
+
+try:  # typer 0.2x carries its own copy of click
+    from typer._click.exceptions import ClickException
+except ImportError:  # older typer runs on click itself
+    from click.exceptions import ClickException
 
 # Each module defines register(app). Heavy libraries are imported inside the commands.
 COMMAND_MODULES = [
@@ -63,15 +72,43 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
-    """Run the CLI; typer handles usage errors (exit 2), we handle EdgekitError."""
+    """Run the CLI: typer parses and runs the command; errors become one line, an exit code
+    and, under --json, one JSON object."""
     try:
-        app()
+        code = app(standalone_mode=False)  # returns the code of a typer.Exit
     except EdgekitError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True, markup=True)
+        _json_error(str(exc), exc.exit_code, exc.hint)
         sys.exit(exc.exit_code)
+    except ClickException as exc:  # a usage error: typer's own rendering, as in standalone mode
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(exc)
+        _json_error(exc.format_message(), exc.exit_code, _usage_hint(exc))
+        sys.exit(exc.exit_code)
+    except typer.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+            err_console.print("interrupted")
+            exit_now(130)
+        err_console.print("Aborted!")
+        sys.exit(1)
     except KeyboardInterrupt:  # a second Ctrl-C, or one where no work handles it: stop at once
         err_console.print("interrupted")
         exit_now(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _json_error(message: str, exit_code: int, hint: str | None) -> None:
+    """The error as one JSON object on stdout, when --json was asked for and no result was printed."""
+    args = sys.argv[1:]
+    asked = "--json" in (args[:args.index("--")] if "--" in args else args)
+    if asked and not _common.json_printed:
+        _common.print_json({"error": message, "exit_code": exit_code, "hint": hint})
+
+
+def _usage_hint(exc: ClickException) -> str:
+    ctx = getattr(exc, "ctx", None)
+    return f"see `{ctx.command_path} --help`" if ctx is not None else "see `edgekit --help`"
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from edgekit.cli._common import JsonFlag, console, err_console, exit_now, interrupts, print_json, progress
+from edgekit.cli._common import JsonFlag, TargetsDir, console, err_console, exit_now, interrupts, print_json, progress
 from edgekit.cli.fleet import (DevicesOpt, GroupsOpt, InventoryOpt, StepTimeoutOpt, StoreOpt, TrustNewOpt, WorkersOpt,
                                _devices)
 
@@ -114,6 +114,7 @@ def rollout_cmd(
     store: StoreOpt = None,
     workers: WorkersOpt = 8,
     trust_new_hosts: TrustNewOpt = False,
+    targets_dir: TargetsDir = None,
     json: JsonFlag = False,
 ) -> None:
     """Roll BUNDLE out to the devices of its target: the canary wave first, then batches. Each
@@ -135,7 +136,7 @@ def rollout_cmd(
         raise ConfigError(f"{chosen[0]} takes the bundle from the store: give no BUNDLE with it")
     if resume is None and abort is None and bundle is None:
         raise ConfigError("give the BUNDLE to roll out (or --resume ID / --abort ID)")
-    devices = _devices(inventory, device, group)
+    devices = _devices(inventory, device, group, targets_dir)
     opts = {"workers": workers, "trust_new_hosts": trust_new_hosts}
     if check:
         _check(read_bundle(bundle), devices, store, canary, batch, opts, json)

@@ -31,11 +31,11 @@ def budgets_for(targets: set[str], targets_dirs: Sequence[Path] = ()) -> dict[st
     return out
 
 
-def _inventory_devices(path: Path) -> list[dict]:
+def _inventory_devices(path: Path, targets_dirs: Sequence[Path]) -> list[dict]:
     from edgekit.fleet.inventory import load_inventory
 
     return [{"name": d.name, "target": d.target, "reachable": None, "last_contact_at": None, "last_error": None}
-            for d in load_inventory(path).devices]
+            for d in load_inventory(path, targets_dirs).devices]
 
 
 def _merge_devices(stored: list[dict], listed: list[dict]) -> list[dict]:
@@ -65,7 +65,7 @@ def load_fleet(store_path: Path, *, inventory: Optional[Path] = None, targets_di
         raise ConfigError(f"--store {path}: cannot read it as an edgekit store ({exc}); it may come from an "
                           "older edgekit: collect into a new store with --store") from exc
     if inventory is not None:
-        data["devices"] = _merge_devices(data["devices"], _inventory_devices(inventory))
+        data["devices"] = _merge_devices(data["devices"], _inventory_devices(inventory, targets_dirs))
     targets = {(r["report"]["bundle"].get("target") or "") for r in reports} | {d.get("target") or "" for d in data["devices"]}
     data["budgets"] = budgets_for(targets, targets_dirs)
     return data

@@ -2,11 +2,14 @@
 
 Any device key may be given under [defaults]. A device's transport is `ssh` (the
 default) or `local` (a directory on this machine, for simulation and tests). A relative
-`root` of a local device is taken relative to the inventory file.
+`root` of a local device is taken relative to the inventory file. Every device's `target`
+must name a profile (in targets/, $EDGEKIT_TARGETS_DIR or the folders given): a typo would
+otherwise leave the device out of every rollout without a word.
 """
 
 from __future__ import annotations
 
+import difflib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +75,9 @@ class Inventory:
         return chosen
 
 
-def load_inventory(path: str | Path) -> Inventory:
+def load_inventory(path: str | Path, targets_dirs: Sequence[Path] = ()) -> Inventory:
+    """The inventory at `path`, validated; `targets_dirs` are the folders of profiles besides
+    the shipped ones (--targets-dir), where each device's target must be found."""
     path = Path(path).expanduser()
     data = read_toml(path)
     unknown = set(data) - {"defaults", "device"}
@@ -89,7 +94,27 @@ def load_inventory(path: str | Path) -> Inventory:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"{path}: device name '{dupes[0]}' is used twice; names must be unique")
+    _check_targets(path, devices, targets_dirs)
     return Inventory(path, tuple(devices))
+
+
+def _check_targets(path: Path, devices: list[Device], targets_dirs: Sequence[Path]) -> None:
+    from edgekit.targets import profile_names
+
+    known = profile_names(tuple(targets_dirs))
+    for device in devices:
+        if device.target not in known:
+            raise ConfigError(f"{path}: device '{device.name}': target '{device.target}' names no profile",
+                              hint=_target_hint(device.target, known))
+
+
+def _target_hint(target: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(target, known, n=3, cutoff=0.6)
+    elsewhere = "give the folder of its profile with --targets-dir"
+    if not close:
+        return f"the profiles here are {', '.join(known) or 'none'}; or {elsewhere}"
+    others = f" (or {', '.join(close[1:])})" if close[1:] else ""
+    return f"did you mean {close[0]}{others}? or {elsewhere}"
 
 
 def _device(path: Path, index: int, raw: dict) -> Device:
