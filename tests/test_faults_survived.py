@@ -327,3 +327,19 @@ def test_the_runner_stops_its_own_evaluation_when_its_connection_is_gone(tmp_pat
     assert proc.poll() is None  # alive while someone reads its output
     proc.stdout.close()  # the connection goes
     assert proc.wait(timeout=10) == 3
+
+
+@pytest.mark.parametrize("twins", [
+    [{"transport": "local", "root": "devs/a"}, {"transport": "local", "root": "devs/./a/"}],
+    [{"host": "10.0.0.5", "root": "/opt/edgekit"}, {"host": "10.0.0.5", "port": 22, "root": "/opt/edgekit/"}],
+], ids=["local", "ssh"])
+def test_two_inventory_entries_for_one_device_are_bad_input(tmp_path, twins):
+    from conftest import assert_clean_error
+
+    entries = [{"name": f"cam-{i}", "target": "host-cpu", **t} for i, t in enumerate(twins)]
+    inventory = write_inventory(tmp_path / "fleet.toml", entries)
+    assert_clean_error(run_edgekit("fleet", "status", "-i", inventory), "devices 'cam-0' and 'cam-1' are the same device")
+    other = write_inventory(tmp_path / "ok.toml", [entries[0], {**entries[1], "root": "/opt/other", "name": "cam-1"}])
+    from edgekit.fleet.inventory import load_inventory
+
+    assert len(load_inventory(other).devices) == 2  # another root: two devices

@@ -10,6 +10,7 @@ otherwise leave the device out of every rollout without a word.
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,29 @@ def load_inventory(path: str | Path, targets_dirs: Sequence[Path] = ()) -> Inven
     if dupes:
         raise ConfigError(f"{path}: device name '{dupes[0]}' is used twice; names must be unique")
     _check_targets(path, devices, targets_dirs)
+    _check_places(path, devices)
     return Inventory(path, tuple(devices))
+
+
+def _place(device: Device) -> tuple:
+    """Where a device keeps its files: two entries with the same place are one device."""
+    root = device.root.rstrip("/") or "/"
+    if device.transport == "local":
+        return ("local", os.path.realpath(os.path.expanduser(root)))
+    return ("ssh", (device.host or "").lower(), device.port or 22, os.path.normpath(root))
+
+
+def _check_places(path: Path, devices: list[Device]) -> None:
+    """Two entries that reach the same folder would race on one device and file each other's
+    reports under the wrong name."""
+    seen: dict[tuple, Device] = {}
+    for device in devices:
+        other = seen.setdefault(_place(device), device)
+        if other is not device:
+            where = (f"root {device.root}" if device.transport == "local" else
+                     f"host {device.host}, port {device.port or 22}, root {device.root}")
+            raise ConfigError(f"{path}: devices '{other.name}' and '{device.name}' are the same device ({where})",
+                              hint="give each its own root, or remove one of them")
 
 
 def _check_targets(path: Path, devices: list[Device], targets_dirs: Sequence[Path]) -> None:
