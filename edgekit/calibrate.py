@@ -203,7 +203,7 @@ def calibrate(model: Path, profile: Profile, calibration: Dataset, eval_data: Da
     measure_opts = measure_opts or {}
     with tempfile.TemporaryDirectory(prefix="edgekit-calibrate-") as tmp:
         work = Path(tmp)
-        notify(within(on_step, phase="prepare"), "eval data", "the FP32 model's outputs, for fidelity")
+        notify(within(on_step, phase="prepare"), "eval data", "FP32 reference outputs")
         eval_npz = prepare_eval_data(eval_data, model, work / "eval.npz", reference=model, samples=eval_samples)
         baseline = None
         if not any(c.recipe.precision == "fp32" for c in candidates):  # a baseline, not a candidate

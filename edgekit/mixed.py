@@ -156,7 +156,7 @@ def _first_ranking(s: State) -> None:
 
     workdir = s.ctx.workdir / "sensitivity"
     workdir.mkdir(parents=True, exist_ok=True)
-    notify(within(s.ctx.on_step, candidate=s.base.id), "sensitivity", "pre-processing the float model")
+    notify(within(s.ctx.on_step, candidate=s.base.id), "sensitivity", "pre-processing")
     try:
         s.float_model = prepared(s.ctx.model, workdir / "float.onnx")
     except Exception as exc:

@@ -11,7 +11,7 @@ third candidate of a sweep.
     i, n      the candidate of the sweep, or the step of the search, counted from 1; in the
               search n is an upper bound (the search stops when a budget is met)
     what      convert | eval data | quantize | evaluate | sensitivity | package, ...
-    detail    where inside that stage: "calibration batch 3 of 8"
+    detail    where inside that stage: "calibration 3/8" (batches)
 """
 
 from __future__ import annotations

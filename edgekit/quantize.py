@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 def quantize(model: Path, recipe: Recipe, out: Path, *, calibration: Optional[Dataset] = None,
              max_samples: int = 512, batch_size: int = 16, on_step: Optional[OnStep] = None) -> Path:
     """Write `model` quantized by `recipe` to `out` (atomically) and return `out`; on_step
-    hears of each stage ("quantize": pre-processing, calibration batch k of n, ...)."""
+    hears of each stage ("quantize": pre-processing, calibration k/n batches, ...)."""
     # absolute paths: pre-processing runs in a temporary working directory
     model, out = check_onnx(Path(model).resolve()), Path(out).resolve()
     _check_recipe(recipe, calibration, max_samples, batch_size)
@@ -110,7 +110,7 @@ def _run(model: Path, recipe: Recipe, staged: Path, tmp: Path, calibration: Opti
          max_samples: int, batch_size: int, on_step: Optional[OnStep]) -> Optional[str]:
     """Quantize into `staged`; returns why pre-processing failed, if it did."""
     if recipe.precision == "fp16":
-        notify(on_step, "quantize", "converting to FP16")
+        notify(on_step, "quantize", "to FP16")
         _fp16(model, recipe, staged)
         _finish(staged, model, preprocess_error=None)
         return None
@@ -120,7 +120,7 @@ def _run(model: Path, recipe: Recipe, staged: Path, tmp: Path, calibration: Opti
     if recipe.precision == "int8-dynamic":
         from onnxruntime.quantization import quantize_dynamic
 
-        notify(on_step, "quantize", "quantizing the weights")
+        notify(on_step, "quantize", "INT8 weights")
         quantize_dynamic(source, staged, nodes_to_quantize=included, nodes_to_exclude=excluded,
                          per_channel=recipe.per_channel, reduce_range=recipe.reduce_range)
     else:
@@ -271,11 +271,11 @@ class _Reader:
         if self._left <= 0:
             if self._given == self._total:  # ORT now computes the ranges and writes the model
                 self._given += 1
-                notify(self._on_step, "quantize", "quantizing with the calibrated ranges")
+                notify(self._on_step, "quantize", "applying the ranges")
             return None
         self._left -= 1
         self._given += 1
-        notify(self._on_step, "quantize", f"calibration batch {self._given} of {self._total}")
+        notify(self._on_step, "quantize", f"calibration {self._given}/{self._total}")
         inputs, _ = next(self._stream)
         return {name: np.ascontiguousarray(inputs[name], dtype=dtype) for name, dtype in self._dtypes.items()}
 

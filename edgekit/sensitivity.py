@@ -80,7 +80,7 @@ def rank_nodes(float_model: Path, quantized: Path, calibration: Dataset, workdir
     q_graph = onnx.load(str(quantized), load_external_data=False).graph
     units = _units(nodes, q_graph)
     feeds = _feeds(calibration, model_inputs(float_model), samples, batch_size, on_step)
-    notify(on_step, "sensitivity", "augmenting both models to output every activation")
+    notify(on_step, "sensitivity", "augmenting the models")
     nsr = _noise_ratios(Path(float_model), Path(quantized), _visible(q_graph), feeds, workdir)
     producers = {o: n for n in nodes for o in n.output}
     traced = _traced([n for n in nodes if n.name in set(kept)], units, nsr, producers)

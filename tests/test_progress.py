@@ -11,8 +11,6 @@ import sys
 import threading
 from itertools import groupby
 
-import pytest
-
 from conftest import CALIB, EVAL, EXAMPLE_ONNX, REPO, run_edgekit
 from encoder import build_encoder, make_encoder_data
 from edgekit.calibrate import calibrate
@@ -40,12 +38,12 @@ def test_calibrate_reports_each_candidate_i_of_n_and_its_stages(tmp_path):
     assert _stages(steps, "sweep") == [(i + 1, 3, cid, what) for i, cid in enumerate(ids)
                                        for what in ("quantize", "evaluate")]
     details = [s.detail for s in steps if s.candidate == "int8-static-minmax" and s.what == "quantize"]
-    batches = [d for d in details if d.startswith("calibration batch")]
-    assert details[1] == "pre-processing" and details[-1] == "quantizing with the calibrated ranges"
-    total = int(batches[0].rsplit(" ", 1)[1])  # at most 512 samples, 16 a batch
-    assert batches == [f"calibration batch {k} of {total}" for k in range(1, total + 1)]
+    batches = [d for d in details if d.startswith("calibration ")]
+    assert details[1] == "pre-processing" and details[-1] == "applying the ranges"
+    total = int(batches[0].rsplit("/", 1)[1])  # at most 512 samples, 16 a batch
+    assert batches == [f"calibration {k}/{total}" for k in range(1, total + 1)]
     assert [s.detail for s in steps if s.candidate == "int8-dynamic" and s.what == "quantize"] == [
-        "", "pre-processing", "quantizing the weights"]
+        "", "pre-processing", "INT8 weights"]
 
 
 def test_a_profile_without_fp32_reports_the_baseline_first(tmp_path):
@@ -73,14 +71,16 @@ def test_the_search_reports_its_ranking_and_each_step_of_at_most_n(tmp_path):
     """The outlier encoder: no uniform INT8 recipe meets cosine 0.99, so the search ranks the
     nodes (sensitivity, batch by batch) and measures its steps, each as quantize + evaluate."""
     model = build_encoder(tmp_path / "encoder.onnx", outlier_layer=True)
-    calib, evald = make_encoder_data(tmp_path / "calib.npz", 64, seed=1), make_encoder_data(tmp_path / "eval.npz", 64, seed=2)
+    calib = make_encoder_data(tmp_path / "calib.npz", 64, seed=1)
+    evald = make_encoder_data(tmp_path / "eval.npz", 64, seed=2)
     steps: list[Step] = []
     result = calibrate(model, _int8_profile(tmp_path), load_dataset(calib), load_dataset(evald), tmp_path / "out",
                        measure_opts=FAST, search=SearchOptions(rerank=False), on_step=steps.append)
     search = result.record["search"]
     assert search["steps"], search["why"]
     ranking = [s for s in steps if s.phase == "search" and s.i is None]
-    assert ranking and {s.what for s in ranking} == {"sensitivity"} and {s.candidate for s in ranking} == {search["base"]}
+    assert ranking and {s.what for s in ranking} == {"sensitivity"}
+    assert {s.candidate for s in ranking} == {search["base"]}  # re-ranking is off
     assert [s.detail for s in ranking][-4:] == [f"batch {k} of 4" for k in (1, 2, 3, 4)]  # 32 samples, 8 a batch
     first_step = next(k for k, s in enumerate(steps) if s.phase == "search" and s.i is not None)
     assert steps.index(ranking[-1]) < first_step
@@ -108,11 +108,11 @@ def test_the_eta_is_the_mean_time_of_finished_candidates_times_those_left(monkey
         display(Step("quantize", phase="sweep", i=i, n=5, candidate=f"c{i}"))
     clock[0] = 133.0
     task = bar.tasks[0]
-    assert task.description == "candidate 3 of 5 (c3): quantize" and task.completed == 2 and task.total == 5
-    assert times.render(task).plain.endswith(", ETA 0:00:42")  # 15 s a candidate x 3 left, less 3 s under way
+    assert task.description == "candidate 3 of 5: quantize (c3)" and task.completed == 2 and task.total == 5
+    assert times.render(task).plain.endswith(", ETA 0:42")  # 15 s a candidate x 3 left, less 3 s under way
     display(Step("evaluate", phase="search", i=1, n=14, candidate="c3-x1"))
-    assert bar.tasks[0].description == "search step 1 of at most 14 (c3-x1): evaluate"
-    assert ", ETA up to " in times.render(bar.tasks[0]).plain
+    assert bar.tasks[0].description == "search step 1 of at most 14: evaluate (c3-x1)"
+    assert times.render(bar.tasks[0]).plain.endswith(", ETA up to 2:34")  # 33 s for 3 candidates, 14 left
 
 
 # -- the command line: on a terminal, and not ---------------------------------------------------
@@ -166,11 +166,11 @@ def _run_on_a_terminal(*args) -> tuple[int, str, str]:
 def test_calibrate_on_a_terminal_shows_candidate_i_of_n_the_step_elapsed_and_eta(tmp_path):
     code, stdout, shown = _run_on_a_terminal(*_calibrate_args(tmp_path))
     assert code == 0, shown
-    for text in ("eval data", "candidate 1 of 2 (fp32): quantize", "candidate 1 of 2 (fp32): evaluate",
-                 "candidate 2 of 2 (int8-dynamic): quantize, pre-processing",
-                 "candidate 2 of 2 (int8-dynamic): evaluate", "elapsed"):
+    for text in ("eval data", "candidate 1 of 2: quantize (fp32)", "candidate 1 of 2: evaluate (fp32)",
+                 "candidate 2 of 2: quantize, pre-processing (int8-dynamic)",
+                 "candidate 2 of 2: evaluate (int8-dynamic)", "elapsed"):
         assert text in shown, (text, shown)
-    assert re.search(r"0:00:\d\d elapsed, ETA 0:\d\d:\d\d", shown), shown  # once the first candidate is done
+    assert re.search(r"\d+:\d\d elapsed, ETA \d+:\d\d", shown), shown  # once the first candidate is done
     assert "calibration for raspberry-pi-4-short" in stdout and "candidate 1 of 2" not in stdout
 
 
@@ -190,7 +190,7 @@ def test_quantize_on_a_terminal_shows_its_stage(tmp_path):
     code, _, shown = _run_on_a_terminal("quantize", EXAMPLE_ONNX, "-p", "int8-static", "--calibration", CALIB,
                                         "-o", tmp_path / "q.onnx")
     assert code == 0, shown
-    assert "int8-static-minmax: quantize, calibration batch 1 of" in shown, shown
+    assert re.search(r"quantize, calibration 1/\d+ \(int8-static-minmax\)", shown), shown
     code, _, shown = _run_on_a_terminal("quantize", EXAMPLE_ONNX, "-p", "int8-dynamic", "-o", tmp_path / "d.onnx",
                                         "--json")
     assert code == 0 and "quantize" not in shown, shown

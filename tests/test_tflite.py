@@ -258,7 +258,7 @@ def test_calibrate_tflite_reports_each_candidate_and_says_it_measured_on_the_hos
     sweep = [key for key, _ in groupby((s.i, s.n, s.candidate, s.what) for s in steps if s.phase == "sweep")]
     assert sweep == [(i + 1, 2, r.id, what) for i, r in enumerate(recipes) for what in ("quantize", "evaluate")]
     details = [s.detail for s in steps if s.candidate == "int8-static-minmax" and s.what == "quantize"]
-    assert details[1].startswith("calibration: sample 1 of ") and details[-1] == "ai-edge-quantizer"
+    assert details[1].startswith("calibration sample 1/") and details[-1] == "ai-edge-quantizer"
     place = result.record["measured_on"]
     assert place["kind"] == "host" and not place["matches_target"]
     assert place["note"].endswith("not on raspberry-pi-zero-2w (aarch64, Cortex-A53 x4 @ 1 GHz, NEON)")

@@ -1,21 +1,21 @@
 """A progress line for the library's Steps (edgekit.progress), on stderr.
 
-    ⠼ candidate 3 of 13 (int8-static-minmax): quantize, calibration batch 3 of 8 ━━━╺━━━ 0:00:12 elapsed, ETA 0:00:40
+    ⠼ 0:12 elapsed, ETA 0:40 candidate 3 of 13: quantize, calibration 3/8 (int8-static-minmax)
 
 Shown only when stderr is a terminal and the command prints no --json. The estimate is
 the mean time of the candidates finished so far times those left, less the time the
 current one has run; in the mixed-precision search, whose step count is only bounded,
-it is counted on that bound ("ETA up to").
+it is counted on that bound ("ETA up to"). The line ends with the candidate's name, so
+that a narrow terminal cuts that rather than the stage.
 """
 
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from datetime import timedelta
 from typing import Iterator, Optional
 
-from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, Task, TextColumn
+from rich.progress import Progress, ProgressColumn, SpinnerColumn, Task, TextColumn
 from rich.table import Column
 from rich.text import Text
 
@@ -27,20 +27,22 @@ now = time.monotonic  # the clock of the estimates (a test sets it)
 
 
 def describe(step: Step) -> str:
-    """One Step as text: "candidate 3 of 13 (int8-dynamic): quantize, pre-processing"."""
+    """One Step as text: "candidate 3 of 13: quantize, pre-processing (int8-dynamic)"."""
     where = {"baseline": "FP32 baseline", "search": "search"}.get(step.phase, "")
     if step.phase in PHASES and step.i is not None:
         where = f"{PHASES[step.phase]} {step.i}"
         if step.n is not None:
             where += f" of at most {step.n}" if step.phase == "search" else f" of {step.n}"
-    if step.candidate and step.phase != "baseline":
-        where = f"{where} ({step.candidate})" if where else step.candidate
     what = f"{step.what}, {step.detail}" if step.detail else step.what
-    return f"{where}: {what}" if where else what
+    text = f"{where}: {what}" if where else what
+    return f"{text} ({step.candidate})" if step.candidate and step.phase != "baseline" else text
 
 
 def clock(seconds: float) -> str:
-    return str(timedelta(seconds=int(seconds)))
+    """1:05 under an hour, 1:02:03 from an hour on."""
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
 class _Times(ProgressColumn):
@@ -81,12 +83,11 @@ class StepDisplay:
 
 def step_progress(enabled: bool = True) -> Progress:
     """A transient progress line for Steps on stderr; disabled under --json or off a terminal."""
-    return Progress(
+    return Progress(  # no bar: "i of n" says as much, and 80 columns need the room
         SpinnerColumn(),
+        _Times(),
         TextColumn("{task.description}", markup=False, style="progress.description",
                    table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
-        BarColumn(bar_width=20),
-        _Times(),
         console=err_console,
         transient=True,
         expand=True,

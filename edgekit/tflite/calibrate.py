@@ -64,12 +64,12 @@ def calibrate_tflite(model: str | Path, profile: Profile, calibration: Dataset, 
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgekit-calibrate-") as tmp:
         work = Path(tmp)
-        notify(within(on_step, phase="prepare"), "convert", "to an FP32 .tflite (litert-torch)")
+        notify(within(on_step, phase="prepare"), "convert", "to FP32 .tflite")
         fp32 = load_tflite_model(model, workdir=work / "fp32", example_data=calibration)
         inputs = tflite_inputs(fp32)
         calibration.check(inputs, role="calibration data")
         eval_data.check(inputs, role="eval data")
-        notify(within(on_step, phase="prepare"), "eval data", "the FP32 model's outputs, for fidelity")
+        notify(within(on_step, phase="prepare"), "eval data", "FP32 reference outputs")
         eval_npz = prepare_eval_data(eval_data, fp32, work / "eval.npz", reference=fp32, samples=eval_samples)
         baseline = None
         for i, c in enumerate(candidates):

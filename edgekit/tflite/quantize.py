@@ -154,7 +154,7 @@ def _calibrate(q, model: Path, data: Dataset, max_samples: int, on_step: Optiona
     ranges, chunk, n = None, [], min(len(data), max_samples)
     for k, (batch, _) in enumerate(data.batches(rows, limit=n)):
         if k * rows % CHUNK_SAMPLES == 0:
-            notify(on_step, "quantize", f"calibration: sample {k * rows + 1} of {n}")
+            notify(on_step, "quantize", f"calibration sample {k * rows + 1}/{n}")
         if len(next(iter(batch.values()))) < rows:
             break  # a short last batch does not fit a fixed-batch model
         chunk.append({name: np.ascontiguousarray(batch[name], dtype=dt) for name, dt in dtypes.items()})
