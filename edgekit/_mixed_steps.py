@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from edgekit.progress import within
 from edgekit.recipes import Recipe
 
 if TYPE_CHECKING:
@@ -64,7 +65,8 @@ def step(s: State, kind: str, recipe: Recipe, float_nodes: tuple[str, ...], **ex
         raise Stop("time", f"--max-minutes was reached {when}")
     number = len(s.record["steps"]) + 1
     taken = {c.id for c in s.measured.values()}
-    c = measure(recipe, recipe.id if recipe.id not in taken else f"{recipe.id}-s{number}", s.ctx)
+    c = measure(recipe, recipe.id if recipe.id not in taken else f"{recipe.id}-s{number}", s.ctx,
+                max(number, most_steps(s)), number)
     s.measured[recipe] = c
     s.found.append(c)
     s.record["steps"].append(step_record(number, kind, c, list(float_nodes), **extra))
@@ -75,15 +77,24 @@ def nodes(entries: list) -> tuple[str, ...]:
     return tuple(n for e in entries for n in e.nodes)
 
 
-def measure(recipe: Recipe, cid: str, ctx: SearchContext):
+def measure(recipe: Recipe, cid: str, ctx: SearchContext, most: int, number: int):
     from edgekit.calibrate import Candidate
 
     c = Candidate(cid, recipe)
-    ctx.measure(c)
+    ctx.measure(c, within(ctx.on_step, i=number, n=most, candidate=cid))
     ctx.count += 1
     if ctx.on_candidate:
         ctx.on_candidate(c, ctx.count, ctx.count)
     return c
+
+
+def most_steps(s: State) -> int:
+    """At most this many steps, for progress: one per-operator-type step; growing steps, whose
+    entries double up to max_float_nodes (log2 of it, and one step that fills what is left);
+    one pruning step per kept entry."""
+    ranked = sum(len(e.nodes) for e in s.ranking) if s.ranking else s.opts.max_float_nodes
+    most_nodes = min(s.opts.max_float_nodes, ranked)
+    return 1 + most_nodes.bit_length() + 1 + most_nodes
 
 
 def step_record(number: int, kind: str, c, float_nodes: list[str], **extra) -> dict:

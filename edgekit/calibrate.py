@@ -21,8 +21,9 @@ from typing import Callable, Iterator, Optional
 
 from edgekit.datasets import Dataset
 from edgekit.errors import EdgekitError, GateError
-from edgekit.machine import cpu_facts, versions
+from edgekit.machine import cpu_facts, measured_on_host, versions
 from edgekit.mixed import SearchOptions
+from edgekit.progress import OnStep, notify, within
 from edgekit.recipes import METHODS, Recipe
 from edgekit.targets import Profile
 
@@ -136,18 +137,20 @@ def _quality(c: Candidate) -> float:
 
 
 def _measure_candidate(c: Candidate, fp32: Path, workdir: Path, calibration: Dataset, eval_npz: Path,
-                       profile: Profile, baseline: Optional[dict], measure_opts: dict) -> None:
+                       profile: Profile, baseline: Optional[dict], measure_opts: dict,
+                       on_step: Optional[OnStep] = None) -> None:
     from edgekit.onnx_compat import check_target, target_refusal
     from edgekit.quantize import quantize
 
     check_target(profile)  # a bad runtime_version is bad input, not a failed candidate
     with attempt(c):
-        c.path = quantize(fp32, c.recipe, workdir / f"{c.id}.onnx", calibration=calibration)
+        notify(on_step, "quantize")
+        c.path = quantize(fp32, c.recipe, workdir / f"{c.id}.onnx", calibration=calibration, on_step=on_step)
         refusal = target_refusal(c.path, profile)
         if refusal:  # the device's onnxruntime cannot load it: never measured, never chosen
             c.status, c.error = "failed", f"not offered: {refusal}"
             return
-        score(c, eval_npz, profile, baseline, measure_opts, providers=profile.providers)
+        score(c, eval_npz, profile, baseline, measure_opts, providers=profile.providers, on_step=on_step)
 
 
 @contextmanager
@@ -166,10 +169,11 @@ def attempt(c: Candidate) -> Iterator[None]:
 
 
 def score(c: Candidate, eval_npz: Path, profile: Profile, baseline: Optional[dict], measure_opts: dict,
-          providers: Optional[list[str]]) -> None:
+          providers: Optional[list[str]], on_step: Optional[OnStep] = None) -> None:
     """Measure c.path as a device would (a fresh process) and judge it against the budgets."""
     from edgekit.evaluate import measure
 
+    notify(on_step, "evaluate")
     m = measure(c.path, eval_npz, threads=profile.threads, providers=providers, **measure_opts)
     if baseline is not None and m.get("accuracy") is not None and baseline.get("accuracy") is not None:
         m["drop"] = round(baseline["accuracy"] - m["accuracy"], 6)
@@ -182,8 +186,10 @@ def calibrate(model: Path, profile: Profile, calibration: Dataset, eval_data: Da
               recipes: Optional[list[Recipe]] = None, eval_samples: Optional[int] = None,
               measure_opts: Optional[dict] = None,
               on_candidate: Optional[Callable[[Candidate, int, int], None]] = None,
-              search: Optional[SearchOptions] = SearchOptions()) -> CalibrationResult:
-    """Run the release calibration of `model` (ONNX) for `profile`; see the module docstring."""
+              search: Optional[SearchOptions] = SearchOptions(),
+              on_step: Optional[OnStep] = None) -> CalibrationResult:
+    """Run the release calibration of `model` (ONNX) for `profile`; see the module docstring.
+    on_candidate hears of each measured candidate, on_step of each stage (edgekit.progress)."""
     from edgekit.evaluate import prepare_eval_data
     from edgekit.models import model_inputs, model_sha256
 
@@ -197,12 +203,15 @@ def calibrate(model: Path, profile: Profile, calibration: Dataset, eval_data: Da
     measure_opts = measure_opts or {}
     with tempfile.TemporaryDirectory(prefix="edgekit-calibrate-") as tmp:
         work = Path(tmp)
+        notify(within(on_step, phase="prepare"), "eval data", "FP32 reference outputs")
         eval_npz = prepare_eval_data(eval_data, model, work / "eval.npz", reference=model, samples=eval_samples)
         baseline = None
         if not any(c.recipe.precision == "fp32" for c in candidates):  # a baseline, not a candidate
+            notify(within(on_step, phase="baseline", candidate="fp32"), "evaluate")
             baseline = _measure_baseline(model, eval_npz, profile, measure_opts)
         for i, c in enumerate(candidates):
-            _measure_candidate(c, model, work, calibration, eval_npz, profile, baseline, measure_opts)
+            _measure_candidate(c, model, work, calibration, eval_npz, profile, baseline, measure_opts,
+                               within(on_step, phase="sweep", i=i + 1, n=len(candidates), candidate=c.id))
             if c.recipe.precision == "fp32" and c.status == "ok":
                 baseline = c.metrics
                 c.metrics["drop"] = 0.0 if c.metrics.get("accuracy") is not None else None
@@ -212,8 +221,9 @@ def calibrate(model: Path, profile: Profile, calibration: Dataset, eval_data: Da
         if search is not None:
             from edgekit.mixed import SearchContext, run_search
 
-            ctx = SearchContext(model, calibration, work, baseline, started, on_candidate, measure=lambda c: (
-                _measure_candidate(c, model, work, calibration, eval_npz, profile, baseline, measure_opts)))
+            ctx = SearchContext(model, calibration, work, baseline, started, on_candidate, measure=lambda c, step: (
+                _measure_candidate(c, model, work, calibration, eval_npz, profile, baseline, measure_opts, step)),
+                on_step=within(on_step, phase="search"))
             found, search_record = run_search(search, candidates, ctx)
             candidates += found
         chosen, why = choose(candidates, profile)
@@ -269,6 +279,7 @@ def build_record(model_info: dict, profile: Profile, calibration: Dataset, eval_
         "why": why,
         "versions": versions_used,
         "machine": cpu_facts(),
+        "measured_on": measured_on_host(profile),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

@@ -1,4 +1,11 @@
-"""Facts about the measuring machine, recorded beside every measurement."""
+"""Facts about the measuring machine, recorded beside every measurement.
+
+``measured_on`` says where calibrate's timings and memory were measured: today always this
+host (``{"kind": "host", "cpu", "cores", "arch"}``; --measure-on DEVICE will add the device
+kind). A target profile's ``cpu = "host"`` says its devices are this machine (the simulated
+fleets); any other profile describes another CPU, so its latency and memory budgets were
+judged on the host, not on the device, and ``note`` says so.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +38,33 @@ def cpu_facts() -> dict:
         "vnni": bool({"avx512_vnni", "avx_vnni", "asimddp"} & flags),
         "cores": os.cpu_count(),
     }
+
+
+_ARCHES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}  # what platforms call the profile arches
+HOST_CPU = "host"  # a profile's cpu for devices that are this machine
+
+
+def host_arch() -> str:
+    machine = platform.machine().lower()
+    return _ARCHES.get(machine, machine)
+
+
+def measured_on_host(profile) -> dict:
+    """Where calibrate measured (this host) and, when the target is another CPU, a note that says so."""
+    facts = cpu_facts()
+    place = {"kind": "host", "cpu": facts["cpu"], "cores": facts["cores"], "arch": host_arch()}
+    return dict(place, matches_target=_matches(profile, place["arch"]), note=_note(profile, place["arch"]))
+
+
+def _matches(profile, arch: str) -> bool:
+    return profile.arch == arch and profile.cpu == HOST_CPU
+
+
+def _note(profile, arch: str):
+    if _matches(profile, arch):
+        return None
+    device = ", ".join(x for x in (profile.arch, profile.cpu) if x)
+    return f"latency and memory budgets judged on this host, not on {profile.name} ({device})"
 
 
 def versions(*packages: str) -> dict:

@@ -1,5 +1,5 @@
-"""What a bundle manifest says about its model: precision, runtime needs, eval subset,
-and the host metrics the device's own measurements are compared with."""
+"""What a bundle manifest says about its model: precision, runtime needs, and the host
+metrics the device's own measurements are compared with (the eval subset: edgekit.eval_subset)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,11 @@ import json
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
-from edgekit.datasets import Dataset
 from edgekit.errors import ConfigError, GateError, ModelError
 from edgekit.targets import Profile
 
-__all__ = ["detect_precision", "eval_indices", "subset", "load_record", "chosen_candidate",
-           "expected_from_record", "measure_expected", "runtime_requirements"]
+__all__ = ["detect_precision", "load_record", "chosen_candidate", "expected_from_record", "measure_expected",
+           "runtime_requirements"]
 
 _DYNAMIC_OPS = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul"}
 _STATIC_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm"}
@@ -52,26 +49,6 @@ def detect_precision(model: Path, record: Optional[dict]) -> str:
     if detected is None:
         raise ConfigError(f"model {model}: cannot tell its precision; give --calibration-record")
     return detected
-
-
-def eval_indices(n: int, samples: Optional[int]) -> np.ndarray:
-    """Which samples go into the bundle: all, or `samples` evenly spaced over the set (so a
-    set sorted by class keeps every class), the same every time."""
-    if samples is None or samples >= n:
-        return np.arange(n)
-    return np.unique(np.linspace(0, n - 1, samples).round().astype(np.int64))
-
-
-def subset(data: Dataset, indices: np.ndarray) -> Dataset:
-    """The same data set restricted to `indices` (arrays are copied, images listed). Its labels
-    are judged as the whole file's: a wrong label outside the subset is still a wrong file."""
-    if len(indices) == len(data):
-        return data
-    kept = dict(_sha256=data.sha256, _label_span=data.label_span)
-    if data.images is not None:
-        spec, items = data.images
-        return Dataset(data.path, images=(spec, [items[i] for i in indices]), **kept)
-    return Dataset(data.path, arrays={k: np.asarray(v[indices]) for k, v in data.arrays.items()}, **kept)
 
 
 def load_record(path: Path, profile: Profile) -> dict:

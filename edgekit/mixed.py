@@ -48,6 +48,7 @@ from typing import Callable, Optional
 
 from edgekit._mixed_steps import (State, Stop, baseline_quality, first_line, nodes, now, out_of_time, prune,
                                   quality, step)
+from edgekit.progress import OnStep, notify, within
 from edgekit.recipes import Recipe
 
 __all__ = ["SearchOptions", "SearchContext", "run_search", "MODES"]
@@ -80,9 +81,10 @@ class SearchContext:
     baseline: Optional[dict]  # the FP32 metrics
     started: float  # time.monotonic() at the start of the run
     on_candidate: Optional[Callable]  # on_candidate(candidate, i, n), as calibrate's
-    measure: Callable  # measure(candidate): quantize, measure, check budgets, in place
+    measure: Callable  # measure(candidate, on_step): quantize, measure, check budgets, in place
     deadline: Optional[float] = None  # set by run_search from --max-minutes
     count: int = 0  # candidates so far, for on_candidate
+    on_step: Optional[OnStep] = None  # progress (edgekit.progress), phase "search"
 
 
 def run_search(opts: SearchOptions, uniform: list, ctx: SearchContext) -> tuple[list, dict]:
@@ -154,6 +156,7 @@ def _first_ranking(s: State) -> None:
 
     workdir = s.ctx.workdir / "sensitivity"
     workdir.mkdir(parents=True, exist_ok=True)
+    notify(within(s.ctx.on_step, candidate=s.base.id), "sensitivity", "pre-processing")
     try:
         s.float_model = prepared(s.ctx.model, workdir / "float.onnx")
     except Exception as exc:
@@ -171,7 +174,8 @@ def _ranked(s: State, candidate, workdir: Path, kept: tuple[str, ...]) -> list:
 
     try:
         return rank_nodes(s.float_model, candidate.path, s.ctx.calibration, workdir,
-                           samples=s.opts.ranking_samples, kept=kept)
+                          samples=s.opts.ranking_samples, kept=kept,
+                          on_step=within(s.ctx.on_step, candidate=candidate.id))
     except Exception as exc:  # onnxruntime's errors on a graph it quantized but cannot augment
         _guard(exc)
         raise Stop("ranking-failed", f"the sensitivity ranking of {candidate.id} failed: {first_line(exc)}")

@@ -19,19 +19,20 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from edgekit.bundle import Bundle, MANIFEST, SIGNATURE, SUFFIX, deterministic_npz, iso_utc, epoch_of, \
     manifest_bytes, read_bundle, runner_files, write_tar
 from edgekit.datasets import Dataset
 from edgekit.errors import ConfigError, GateError
-from edgekit.manifest import chosen_candidate, detect_precision, eval_indices, expected_from_record, load_record, \
-    measure_expected, runtime_requirements, subset
+from edgekit.eval_subset import default_samples, eval_indices, size_warning, subset
+from edgekit.manifest import chosen_candidate, detect_precision, expected_from_record, load_record, \
+    measure_expected, runtime_requirements
+from edgekit.progress import OnStep, notify
 from edgekit.targets import Profile
 
-__all__ = ["package", "bundle_filename", "DEFAULT_EVAL_SAMPLES", "RUNTIME_BY_SUFFIX"]
+__all__ = ["package", "bundle_filename", "bundle_warning", "RUNTIME_BY_SUFFIX"]
 
-DEFAULT_EVAL_SAMPLES = 1000
 RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".tflite": "tflite"}
 
 
@@ -124,16 +125,40 @@ def _sha_size(source) -> dict:
     return {"sha256": sha256_file(str(source)), "size": source.stat().st_size}
 
 
+def _default_samples(data: Dataset, model: Path, ref: Optional[Path], tmp: Path) -> int:
+    """edgekit.eval_subset's default, from the bytes one prepared sample takes in eval.npz."""
+    import numpy as np
+
+    from edgekit.eval_subset import FLOOR
+    from edgekit.evaluate import prepare_eval_data
+
+    if len(data) <= FLOOR:
+        return len(data)
+    probe = prepare_eval_data(subset(data, eval_indices(len(data), 1)), model, tmp / "probe.npz", reference=ref)
+    with np.load(probe) as npz:
+        sample_bytes = sum(npz[k].nbytes for k in npz.files)
+    model_bytes = sum(p.stat().st_size for p in _model_members(model).values())
+    return default_samples(len(data), sample_bytes, model_bytes)
+
+
+def bundle_warning(bundle: Bundle) -> Optional[str]:
+    """One line when the bundle is mostly evaluation data (edgekit.eval_subset), else None."""
+    return size_warning(bundle.manifest, bundle.size)
+
+
 def package(model: Path, profile: Profile, eval_data: Dataset, *, name: str, version: str, out_dir: Path,
             calibration_record: Optional[Path] = None, reference: Optional[Path] = None,
-            sign_key: Optional[Path] = None, eval_samples: Optional[int] = DEFAULT_EVAL_SAMPLES,
-            on_step: Optional[Callable[[str], None]] = None) -> Bundle:
-    """Write OUT_DIR/NAME-VERSION-TARGET.edgekit; see the module docstring."""
+            sign_key: Optional[Path] = None, eval_samples: Optional[int] = None,
+            on_step: Optional[OnStep] = None) -> Bundle:
+    """Write OUT_DIR/NAME-VERSION-TARGET.edgekit; see the module docstring. eval_samples None:
+    as many as edgekit.eval_subset.default_samples says; on_step hears of each stage."""
     from edgekit import __version__
     from edgekit.evaluate import prepare_eval_data
     from edgekit.models import check_model, model_inputs, model_size_mb
 
-    step = on_step or (lambda _: None)
+    def step(what: str) -> None:
+        notify(on_step, "package", what)
+
     _check_plain(name, "--name")
     _check_plain(version, "--version")
     if eval_samples is not None and eval_samples < 1:
@@ -151,6 +176,8 @@ def package(model: Path, profile: Profile, eval_data: Dataset, *, name: str, ver
     created = _created_at(model, record)
     with tempfile.TemporaryDirectory(prefix="edgekit-package-") as tmp:
         step("preparing the evaluation subset")
+        if eval_samples is None:
+            eval_samples = _default_samples(eval_data, model, ref, Path(tmp))
         indices = eval_indices(len(eval_data), eval_samples)
         raw = prepare_eval_data(subset(eval_data, indices), model, Path(tmp) / "raw.npz", reference=ref)
         eval_npz = deterministic_npz(raw, Path(tmp) / "eval.npz")

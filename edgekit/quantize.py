@@ -50,6 +50,7 @@ import numpy as np
 from edgekit.datasets import Dataset, InputSpec
 from edgekit.errors import ConfigError, EdgekitError, QuantizeError
 from edgekit.models import check_onnx, external_data_files, model_inputs
+from edgekit.progress import OnStep, notify
 from edgekit.recipes import Recipe
 
 __all__ = ["quantize", "prepared", "CHUNK_BATCHES"]
@@ -59,8 +60,9 @@ log = logging.getLogger(__name__)
 
 
 def quantize(model: Path, recipe: Recipe, out: Path, *, calibration: Optional[Dataset] = None,
-             max_samples: int = 512, batch_size: int = 16) -> Path:
-    """Write `model` quantized by `recipe` to `out` (atomically) and return `out`."""
+             max_samples: int = 512, batch_size: int = 16, on_step: Optional[OnStep] = None) -> Path:
+    """Write `model` quantized by `recipe` to `out` (atomically) and return `out`; on_step
+    hears of each stage ("quantize": pre-processing, calibration k/n batches, ...)."""
     # absolute paths: pre-processing runs in a temporary working directory
     model, out = check_onnx(Path(model).resolve()), Path(out).resolve()
     _check_recipe(recipe, calibration, max_samples, batch_size)
@@ -74,7 +76,8 @@ def quantize(model: Path, recipe: Recipe, out: Path, *, calibration: Optional[Da
         else:
             try:
                 with _quiet_ort():
-                    pre_error = _run(model, recipe, staged, Path(tmp), calibration, max_samples, batch_size)
+                    pre_error = _run(model, recipe, staged, Path(tmp), calibration, max_samples, batch_size,
+                                     on_step)
             except EdgekitError:
                 raise
             except Exception as exc:  # onnxruntime's errors on a model that passed the checker
@@ -104,21 +107,24 @@ def _copy(model: Path, dest: Path) -> None:
 
 
 def _run(model: Path, recipe: Recipe, staged: Path, tmp: Path, calibration: Optional[Dataset],
-         max_samples: int, batch_size: int) -> Optional[str]:
+         max_samples: int, batch_size: int, on_step: Optional[OnStep]) -> Optional[str]:
     """Quantize into `staged`; returns why pre-processing failed, if it did."""
     if recipe.precision == "fp16":
+        notify(on_step, "quantize", "to FP16")
         _fp16(model, recipe, staged)
         _finish(staged, model, preprocess_error=None)
         return None
+    notify(on_step, "quantize", "pre-processing")
     source, nodes, pre_error = _prepare(model, tmp / "prepared.onnx")
     included, excluded = _selection(nodes, recipe)
     if recipe.precision == "int8-dynamic":
         from onnxruntime.quantization import quantize_dynamic
 
+        notify(on_step, "quantize", "INT8 weights")
         quantize_dynamic(source, staged, nodes_to_quantize=included, nodes_to_exclude=excluded,
                          per_channel=recipe.per_channel, reduce_range=recipe.reduce_range)
     else:
-        reader = _Reader(calibration, model_inputs(model), batch_size, max_samples)
+        reader = _Reader(calibration, model_inputs(model), batch_size, max_samples, on_step)
         _static(source, recipe, staged, included, excluded, reader)
     _finish(staged, model, pre_error)
     return pre_error
@@ -243,7 +249,8 @@ class _Reader:
     stacks a chunk's batches into one array.
     """
 
-    def __init__(self, data: Dataset, specs: list[InputSpec], batch_size: int, max_samples: int):
+    def __init__(self, data: Dataset, specs: list[InputSpec], batch_size: int, max_samples: int,
+                 on_step: Optional[OnStep] = None):
         n = min(len(data), max_samples)
         full = n // batch_size
         self._chunks = [min(CHUNK_BATCHES, full - i) for i in range(0, full, CHUNK_BATCHES)]
@@ -252,6 +259,7 @@ class _Reader:
         self._dtypes = {s.name: np.dtype(s.dtype) for s in specs}
         self._stream = data.batches(batch_size, limit=n)
         self._left = sum(self._chunks)  # everything, for an onnxruntime that never calls set_range
+        self._total, self._given, self._on_step = sum(self._chunks), 0, on_step
 
     def __len__(self) -> int:
         return len(self._chunks)
@@ -261,8 +269,13 @@ class _Reader:
 
     def get_next(self) -> Optional[dict[str, np.ndarray]]:
         if self._left <= 0:
+            if self._given == self._total:  # ORT now computes the ranges and writes the model
+                self._given += 1
+                notify(self._on_step, "quantize", "applying the ranges")
             return None
         self._left -= 1
+        self._given += 1
+        notify(self._on_step, "quantize", f"calibration {self._given}/{self._total}")
         inputs, _ = next(self._stream)
         return {name: np.ascontiguousarray(inputs[name], dtype=dtype) for name, dtype in self._dtypes.items()}
 

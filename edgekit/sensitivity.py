@@ -36,11 +36,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 import numpy as np
 
 from edgekit.datasets import Dataset
+from edgekit.progress import OnStep, notify
 
 __all__ = ["NodeSensitivity", "rank_nodes"]
 
@@ -64,7 +65,8 @@ class NodeSensitivity:
 
 
 def rank_nodes(float_model: Path, quantized: Path, calibration: Dataset, workdir: Path, *,
-               samples: int = 32, batch_size: int = 8, kept: Iterable[str] = ()) -> list[NodeSensitivity]:
+               samples: int = 32, batch_size: int = 8, kept: Iterable[str] = (),
+               on_step: Optional[OnStep] = None) -> list[NodeSensitivity]:
     """The nodes `quantized` quantizes, most harmful first (those that add no noise left out).
 
     `float_model` is the graph the recipe quantized, as edgekit.quantize.prepared gives it;
@@ -77,7 +79,8 @@ def rank_nodes(float_model: Path, quantized: Path, calibration: Dataset, workdir
     nodes = list(onnx.load(str(float_model), load_external_data=False).graph.node)
     q_graph = onnx.load(str(quantized), load_external_data=False).graph
     units = _units(nodes, q_graph)
-    feeds = _feeds(calibration, model_inputs(float_model), samples, batch_size)
+    feeds = _feeds(calibration, model_inputs(float_model), samples, batch_size, on_step)
+    notify(on_step, "sensitivity", "augmenting the models")
     nsr = _noise_ratios(Path(float_model), Path(quantized), _visible(q_graph), feeds, workdir)
     producers = {o: n for n in nodes for o in n.output}
     traced = _traced([n for n in nodes if n.name in set(kept)], units, nsr, producers)
@@ -122,9 +125,11 @@ def _visible(q_graph) -> dict[str, str]:
     return seen
 
 
-def _feeds(data: Dataset, specs, samples: int, batch_size: int):
+def _feeds(data: Dataset, specs, samples: int, batch_size: int, on_step: Optional[OnStep]):
     dtypes = {s.name: np.dtype(s.dtype) for s in specs}
-    for inputs, _ in data.batches(batch_size, limit=min(samples, len(data))):
+    n = min(samples, len(data))
+    for k, (inputs, _) in enumerate(data.batches(batch_size, limit=n)):
+        notify(on_step, "sensitivity", f"batch {k + 1} of {-(-n // batch_size)}")
         yield {name: np.ascontiguousarray(inputs[name], dtype=dtype) for name, dtype in dtypes.items()}
 
 

@@ -154,7 +154,7 @@ def test_an_image_folders_labels_are_its_class_indices(tmp_path):
 
 
 def test_a_subset_is_judged_by_the_whole_files_labels(tmp_path):
-    from edgekit.manifest import subset
+    from edgekit.eval_subset import subset
 
     np.savez(tmp_path / "d.npz", input=np.zeros((4, 1, 8, 8), np.float32), labels=np.array([0, 1, 2, 30]))
     part = subset(load_dataset(tmp_path / "d.npz"), np.array([0, 1]))

@@ -239,3 +239,26 @@ def test_no_litert_runtime_is_a_load_error_that_names_the_packages(fp32):
             "    print(exc)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert "no LiteRT runtime imports" in proc.stdout and "tflite-runtime" in proc.stdout, proc.stderr
+
+
+def test_calibrate_tflite_reports_each_candidate_and_says_it_measured_on_the_host(fp32, tmp_path):
+    from itertools import groupby
+
+    from edgekit.datasets import load_dataset
+    from edgekit.recipes import Recipe
+    from edgekit.targets import load_profile
+    from edgekit.tflite.calibrate import calibrate_tflite
+
+    steps = []
+    recipes = [Recipe(precision="fp32"), Recipe(precision="int8-static", method="minmax")]
+    result = calibrate_tflite(fp32, load_profile(TARGET), load_dataset(CALIB), load_dataset(EVAL), tmp_path / "out",
+                              recipes=recipes, eval_samples=100, measure_opts={"runs": 5, "min_seconds": 0.05},
+                              on_step=steps.append)
+    assert [(s.phase, s.what) for s in steps[:2]] == [("prepare", "convert"), ("prepare", "eval data")]
+    sweep = [key for key, _ in groupby((s.i, s.n, s.candidate, s.what) for s in steps if s.phase == "sweep")]
+    assert sweep == [(i + 1, 2, r.id, what) for i, r in enumerate(recipes) for what in ("quantize", "evaluate")]
+    details = [s.detail for s in steps if s.candidate == "int8-static-minmax" and s.what == "quantize"]
+    assert details[1].startswith("calibration sample 1/") and details[-1] == "ai-edge-quantizer"
+    place = result.record["measured_on"]
+    assert place["kind"] == "host" and not place["matches_target"]
+    assert place["note"].endswith("not on raspberry-pi-zero-2w (aarch64, Cortex-A53 x4 @ 1 GHz, NEON)")

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 from conftest import CALIB, EVAL, EXAMPLE_ONNX, EXAMPLE_PT2, REPO, assert_clean_error
 from edgekit.errors import ConfigError
 from edgekit.fleet.inventory import load_inventory
-from edgekit.manifest import eval_indices
+from edgekit.eval_subset import eval_indices
 
 FAST = ("--runs", "5", "--min-seconds", "0.05")
 

@@ -43,8 +43,9 @@ def print_json(obj: Any) -> None:
     json_printed = True
 
 
-def progress(transient: bool = True) -> Progress:
-    """A progress display on stderr, so that --json output on stdout stays clean."""
+def progress(transient: bool = True, enabled: bool = True) -> Progress:
+    """A progress display on stderr, so that --json output on stdout stays clean; shown only on
+    a terminal, and not at all when enabled is False (pass `enabled=not json`)."""
     return Progress(
         SpinnerColumn(),
         TextColumn("[progress.description]{task.description}"),
@@ -53,7 +54,7 @@ def progress(transient: bool = True) -> Progress:
         TimeElapsedColumn(),
         console=err_console,
         transient=transient,
-        disable=not err_console.is_terminal,
+        disable=not enabled or not err_console.is_terminal,
     )
 
 

@@ -11,7 +11,8 @@ from rich import box
 from rich.table import Table
 
 from edgekit.cli._common import (JsonFlag, TargetsDir, compact_table, console, err_console, print_json,
-                                 print_notes, progress, titled)
+                                 print_notes, titled)
+from edgekit.cli._progress import showing_steps
 
 
 def calibrate_cmd(
@@ -35,6 +36,7 @@ def calibrate_cmd(
     from edgekit.calibrate import calibrate, raise_if_unmet, sweep_recipes
     from edgekit.datasets import load_dataset
     from edgekit.models import load_model
+    from edgekit.progress import Step
     from edgekit.targets import load_profile
 
     profile = load_profile(target, targets_dir or ())
@@ -46,18 +48,16 @@ def calibrate_cmd(
         sweep_recipes, calibrate = sweep_tflite_recipes, calibrate_tflite
     recipes = sweep_recipes(profile, tuple(exclude or ()), tuple(include or ()))
     search_kw = _search_options(profile, search, max_float_nodes, max_minutes)
-    with tempfile.TemporaryDirectory(prefix="edgekit-model-") as tmp, progress() as bar:
+    with tempfile.TemporaryDirectory(prefix="edgekit-model-") as tmp, \
+            showing_steps(f"calibrating for {profile.name}", enabled=not json) as on_step:
         if profile.runtime == "tflite":
             source = model  # calibrate_tflite converts it itself
         else:
+            on_step(Step("checking the model" if model.endswith(".onnx") else "converting the model to ONNX",
+                         phase="prepare"))
             source = load_model(model, workdir=Path(tmp), example_data=calib)
-        task = bar.add_task(f"calibrating for {profile.name}", total=len(recipes))
-
-        def step(c, i, n):
-            bar.update(task, advance=1, total=max(n, len(recipes)), description=f"{c.id}: {c.status}")
-
         result = calibrate(source, profile, calib, evald, out, recipes=recipes, eval_samples=eval_samples,
-                           measure_opts={"runs": runs}, on_candidate=step, **search_kw)
+                           measure_opts={"runs": runs}, on_step=on_step, **search_kw)
     if json:
         print_json(result.record)
     else:
@@ -161,7 +161,19 @@ def print_table(record: dict) -> None:
             console.print(f"  {c['id']}: {c['error']}", style="red", highlight=False, markup=False)
         elif not c["passed"]:
             console.print(f"  {c['id']}: " + "; ".join(c["failed_budgets"]), style="yellow", highlight=False)
+    print_measured_on(record.get("measured_on"))
     console.print(f"chosen: [bold]{record['chosen'] or 'none'}[/] — {record['why']}", highlight=False)
+
+
+def print_measured_on(place: Optional[dict]) -> None:
+    """Where the timings and memory were measured, and whether that is the target's CPU."""
+    if not place:  # a record from before edgekit recorded it
+        return
+    where = "this host" if place["kind"] == "host" else place.get("name", place["kind"])
+    console.print(f"timings measured on {where}: {place['cpu']}, {place['cores']} cores ({place['arch']})",
+                  style="dim", highlight=False, markup=False)
+    if place.get("note"):
+        console.print(place["note"], style="yellow", highlight=False, markup=False)
 
 
 def _row(c: dict, record: dict, metric: str) -> list[str]:

@@ -68,6 +68,7 @@ def demo_cmd(
                 continue
             bundles[target] = d.package_release(run, target, cal, keys)
             console.print(f"  {bundles[target].path.name}  sha256 {bundles[target].sha256[:16]}…", highlight=False)
+            _warn_if_big(bundles[target])
 
         for target, bundle in bundles.items():
             _step(5, f"rollout of {bundle.name} {bundle.version} to the {target} devices",
@@ -81,6 +82,7 @@ def demo_cmd(
         _step(6, "the safety net: a careless variant (INT8 calibrated on 16 under-exposed images)",
               f"edgekit rollout {workdir / 'dist' / f'{d.NAME}-{d.CARELESS}-{d.TARGETS[0]}.edgekit'} --inventory {inv} --canary 1")
         careless = d.package_careless(run, keys)
+        _warn_if_big(careless)
         with progress() as bar:
             step, on_wave = _progress_hooks(bar, careless.size)
             result = d.roll_out(run, careless, [x for x in fleet if x.target == careless.target], step=step,
@@ -98,6 +100,16 @@ def demo_cmd(
     finally:
         d.stop_fleet(run)
     _closing(run, html, time.perf_counter() - started)
+
+
+def _warn_if_big(bundle) -> None:
+    """As `edgekit package` does: one line when a bundle is mostly evaluation data."""
+    from edgekit.cli.package import print_warning
+    from edgekit.package import bundle_warning
+
+    warning = bundle_warning(bundle)
+    if warning:
+        print_warning(warning)
 
 
 def _report(run) -> Path:

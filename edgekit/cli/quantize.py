@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgekit.cli._common import JsonFlag, TargetsDir, console, fmt_sig, print_json, progress
+from edgekit.cli._common import JsonFlag, TargetsDir, console, fmt_sig, print_json
+from edgekit.cli._progress import showing_steps
 
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static")
 
@@ -31,13 +32,16 @@ def quantize_cmd(
     """Quantize MODEL with one recipe and write it to OUT; prints the sizes before and after."""
     from edgekit.datasets import load_dataset
     from edgekit.models import load_model
+    from edgekit.progress import notify, within
     from edgekit.quantize import quantize
 
     recipe = _recipe(precision, method, per_channel, reduce_range, exclude, include)
     calib = load_dataset(calibration, role="calibration data") if calibration else None
     tflite = _tflite_output(model, out, target, targets_dir, recipe)
-    with tempfile.TemporaryDirectory(prefix="edgekit-model-") as tmp, progress() as bar:
-        bar.add_task(f"quantizing {model} ({recipe.id})", total=None)
+    with tempfile.TemporaryDirectory(prefix="edgekit-model-") as tmp, \
+            showing_steps(f"quantizing {model}", enabled=not json) as display:
+        on_step = within(display, candidate=recipe.id)
+        notify(on_step, "checking the model" if model.endswith((".onnx", ".tflite")) else "converting the model")
         if tflite:
             from edgekit.tflite.convert import load_tflite_model
             from edgekit.tflite.quantize import quantize_tflite as quantize
@@ -45,7 +49,7 @@ def quantize_cmd(
             fp32 = load_tflite_model(model, workdir=Path(tmp), example_data=calib)
         else:
             fp32 = load_model(model, workdir=Path(tmp), example_data=calib)
-        written = quantize(fp32, recipe, out, calibration=calib, max_samples=max_samples)
+        written = quantize(fp32, recipe, out, calibration=calib, max_samples=max_samples, on_step=on_step)
         if not tflite:
             _refuse_unrunnable(written, target, targets_dir, recipe)
         result = _result(model, fp32, written, recipe)

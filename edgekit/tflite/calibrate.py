@@ -21,6 +21,7 @@ from typing import Callable, Optional
 
 from edgekit.calibrate import CalibrationResult, Candidate, attempt, build_record, choose, input_specs, score
 from edgekit.datasets import Dataset
+from edgekit.progress import OnStep, notify, within
 from edgekit.recipes import Recipe
 from edgekit.targets import Profile
 
@@ -49,9 +50,11 @@ def sweep_tflite_recipes(profile: Profile, exclude: tuple[str, ...] = (), includ
 def calibrate_tflite(model: str | Path, profile: Profile, calibration: Dataset, eval_data: Dataset,
                      out_dir: Path, *, recipes: Optional[list[Recipe]] = None, eval_samples: Optional[int] = None,
                      measure_opts: Optional[dict] = None,
-                     on_candidate: Optional[Callable[[Candidate, int, int], None]] = None) -> CalibrationResult:
+                     on_candidate: Optional[Callable[[Candidate, int, int], None]] = None,
+                     on_step: Optional[OnStep] = None) -> CalibrationResult:
     """Convert `model` (.pt2, pkg.module:factory or FP32 .tflite), sweep, measure, choose;
-    writes OUT_DIR/model.tflite (when a candidate passes) and OUT_DIR/calibration.json."""
+    writes OUT_DIR/model.tflite (when a candidate passes) and OUT_DIR/calibration.json.
+    on_step hears of each stage (edgekit.progress)."""
     from edgekit.evaluate import prepare_eval_data
     from edgekit.tflite.convert import load_tflite_model, tflite_inputs
 
@@ -61,14 +64,17 @@ def calibrate_tflite(model: str | Path, profile: Profile, calibration: Dataset, 
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgekit-calibrate-") as tmp:
         work = Path(tmp)
+        notify(within(on_step, phase="prepare"), "convert", "to FP32 .tflite")
         fp32 = load_tflite_model(model, workdir=work / "fp32", example_data=calibration)
         inputs = tflite_inputs(fp32)
         calibration.check(inputs, role="calibration data")
         eval_data.check(inputs, role="eval data")
+        notify(within(on_step, phase="prepare"), "eval data", "FP32 reference outputs")
         eval_npz = prepare_eval_data(eval_data, fp32, work / "eval.npz", reference=fp32, samples=eval_samples)
         baseline = None
         for i, c in enumerate(candidates):
-            _measure(c, fp32, work, calibration, eval_npz, profile, baseline, measure_opts or {})
+            _measure(c, fp32, work, calibration, eval_npz, profile, baseline, measure_opts or {},
+                     within(on_step, phase="sweep", i=i + 1, n=len(candidates), candidate=c.id))
             if c.recipe.precision == "fp32" and c.status == "ok":
                 baseline = c.metrics
                 c.metrics["drop"] = 0.0 if c.metrics.get("accuracy") is not None else None
@@ -89,7 +95,7 @@ def calibrate_tflite(model: str | Path, profile: Profile, calibration: Dataset, 
 
 
 def _measure(c: Candidate, fp32: Path, work: Path, calibration: Dataset, eval_npz: Path, profile: Profile,
-             baseline: Optional[dict], measure_opts: dict) -> None:
+             baseline: Optional[dict], measure_opts: dict, on_step: Optional[OnStep]) -> None:
     from edgekit.tflite.quantize import quantize_tflite, runtime_refusal
 
     refusal = runtime_refusal(c.recipe, profile.runtime_version)
@@ -97,8 +103,9 @@ def _measure(c: Candidate, fp32: Path, work: Path, calibration: Dataset, eval_np
         c.status, c.error = "failed", f"not offered: {refusal}"
         return
     with attempt(c):
-        c.path = quantize_tflite(fp32, c.recipe, work / f"{c.id}.tflite", calibration=calibration)
-        score(c, eval_npz, profile, baseline, measure_opts, providers=None)
+        notify(on_step, "quantize")
+        c.path = quantize_tflite(fp32, c.recipe, work / f"{c.id}.tflite", calibration=calibration, on_step=on_step)
+        score(c, eval_npz, profile, baseline, measure_opts, providers=None, on_step=on_step)
 
 
 def _record(model, fp32: Path, inputs, profile, calibration, eval_data, eval_npz, candidates, chosen, why,

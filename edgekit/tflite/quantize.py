@@ -38,6 +38,7 @@ import numpy as np
 
 from edgekit.datasets import Dataset
 from edgekit.errors import ConfigError, EdgekitError, QuantizeError
+from edgekit.progress import OnStep, notify
 from edgekit.recipes import Recipe
 
 __all__ = ["quantize_tflite", "check_tflite_recipe", "runtime_refusal", "OLD_RUNTIMES"]
@@ -80,8 +81,9 @@ def runtime_refusal(recipe: Recipe, runtime_version: Optional[str]) -> Optional[
 
 
 def quantize_tflite(model: Path, recipe: Recipe, out: Path, *, calibration: Optional[Dataset] = None,
-                    max_samples: int = 512, batch_size: int = 16) -> Path:
-    """Write `model` (FP32 .tflite) quantized by `recipe` to `out` (atomically); returns `out`."""
+                    max_samples: int = 512, batch_size: int = 16, on_step: Optional[OnStep] = None) -> Path:
+    """Write `model` (FP32 .tflite) quantized by `recipe` to `out` (atomically); returns `out`.
+    on_step hears of each stage (edgekit.progress)."""
     from edgekit.tflite.convert import check_tflite, tflite_inputs
 
     model, out = check_tflite(Path(model)), Path(out)
@@ -98,19 +100,21 @@ def quantize_tflite(model: Path, recipe: Recipe, out: Path, *, calibration: Opti
         if recipe.precision == "fp32":
             shutil.copyfile(model, staged)
         else:
-            _run(model, recipe, staged, calibration, max_samples)
+            _run(model, recipe, staged, calibration, max_samples, on_step)
         check_tflite(staged)
         os.replace(staged, out)
     return out
 
 
-def _run(model: Path, recipe: Recipe, staged: Path, calibration: Optional[Dataset], max_samples: int) -> None:
+def _run(model: Path, recipe: Recipe, staged: Path, calibration: Optional[Dataset], max_samples: int,
+         on_step: Optional[OnStep]) -> None:
     from edgekit.tflite.convert import _silenced
 
     try:
         with _silenced():  # the quantizer's progress bars and the interpreter's C++ logs
             q = _quantizer(model, recipe)
-            ranges = _calibrate(q, model, calibration, max_samples) if q.need_calibration else None
+            ranges = _calibrate(q, model, calibration, max_samples, on_step) if q.need_calibration else None
+            notify(on_step, "quantize", "ai-edge-quantizer")
             staged.write_bytes(bytes(q.quantize(ranges, enable_progress_report=False).quantized_model))
     except EdgekitError:
         raise
@@ -134,7 +138,7 @@ def _quantizer(model: Path, recipe: Recipe):
     return q
 
 
-def _calibrate(q, model: Path, data: Dataset, max_samples: int):
+def _calibrate(q, model: Path, data: Dataset, max_samples: int, on_step: Optional[OnStep] = None):
     """Activation ranges from at most max_samples samples, CHUNK_SAMPLES at a time: the
     quantizer lists its whole data set before it runs, so it gets one chunk per call and
     carries the ranges over (its min/max moving average goes on as in one call)."""
@@ -147,8 +151,10 @@ def _calibrate(q, model: Path, data: Dataset, max_samples: int):
                             f"{len(backend.signature_keys)} (convert it with edgekit from the PyTorch model)")
     dtypes = {name: np.dtype(dtype) for name, dtype, _ in backend.inputs}
     rows = fixed_batch(backend) or 1
-    ranges, chunk = None, []
-    for batch, _ in data.batches(rows, limit=min(len(data), max_samples)):
+    ranges, chunk, n = None, [], min(len(data), max_samples)
+    for k, (batch, _) in enumerate(data.batches(rows, limit=n)):
+        if k * rows % CHUNK_SAMPLES == 0:
+            notify(on_step, "quantize", f"calibration sample {k * rows + 1}/{n}")
         if len(next(iter(batch.values()))) < rows:
             break  # a short last batch does not fit a fixed-batch model
         chunk.append({name: np.ascontiguousarray(batch[name], dtype=dt) for name, dt in dtypes.items()})
