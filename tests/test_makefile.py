@@ -16,7 +16,8 @@ FULL = "-e '.[dev,tflite]'"
 
 
 def _would_run(goal: str, venv) -> str:
-    proc = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(REPO), f"VENV={venv}", goal], capture_output=True, text=True)
+    proc = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(REPO), f"VENV={venv}", goal],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
