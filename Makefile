@@ -2,17 +2,28 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+# Two installs, one stamp each: the demo needs only the core package (ONNX Runtime), the
+# tests every extra (torch, LiteRT). The full install is a superset, so it also stamps the
+# core one: `make demo` after `make test` installs nothing, `make test` after `make demo`
+# adds the extras.
+CORE_STAMP := $(VENV)/.installed-core
+FULL_STAMP := $(VENV)/.installed-full
 
 .PHONY: demo test bench venv sshd browser clean
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(PY):
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,tflite]'
-	touch $(STAMP)
 
-venv: $(STAMP)
+$(CORE_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(FULL_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[dev,tflite]'
+	touch $@ $(CORE_STAMP)
+
+venv: $(FULL_STAMP)
 
 # The tests start real OpenSSH servers on 127.0.0.1: install sshd when it is missing.
 sshd:
@@ -30,13 +41,13 @@ browser:
 		|| echo "could not install chromium: the tests that render HTML in it will be skipped"; \
 	fi
 
-test: $(STAMP) sshd browser
+test: $(FULL_STAMP) sshd browser
 	$(PY) -m pytest -q
 
-demo: $(STAMP)
+demo: $(CORE_STAMP)
 	$(VENV)/bin/edgekit demo
 
-bench: $(STAMP) sshd
+bench: $(FULL_STAMP) sshd
 	$(PY) benchmarks/quantize_vs_ort.py
 	$(PY) benchmarks/push_vs_scp.py
 

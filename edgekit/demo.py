@@ -52,6 +52,14 @@ class Demo:
     def store_path(self) -> Path:
         return self.workdir / "store.db"
 
+    @property
+    def careless_calibration(self) -> Path:
+        return self.workdir / "careless-calib.npz"
+
+    @property
+    def careless_model(self) -> Path:
+        return self.workdir / "careless" / "model.onnx"
+
     def env(self) -> dict:
         return dict(self._fleet.env) if self._fleet is not None else {}
 
@@ -91,11 +99,10 @@ def stop_fleet(demo: Demo) -> None:
         demo._fleet = None
 
 
-def careless_calibration(workdir: Path) -> Path:
+def write_careless_calibration(path: Path) -> Path:
     """16 under-exposed samples: the calibration data of someone who forgot the normalisation."""
     with np.load(CALIB) as data:
         dark = data["input"][:16] * 0.25
-    path = workdir / "careless-calib.npz"
     np.savez(path, input=dark)
     return path
 
@@ -154,9 +161,9 @@ def package_careless(demo: Demo, keys):
     from edgekit.recipes import Recipe
     from edgekit.targets import load_profile
 
-    model = demo.workdir / "careless" / "model.onnx"
+    model = demo.careless_model
     quantize(MODEL, Recipe(precision="int8-static", method="minmax"), model,
-             calibration=load_dataset(careless_calibration(demo.workdir), role="calibration data"))
+             calibration=load_dataset(write_careless_calibration(demo.careless_calibration), role="calibration data"))
     return package(model, load_profile(TARGETS[0]), load_dataset(EVAL, role="eval data"), name=NAME,
                    version=CARELESS, out_dir=demo.workdir / "dist", reference=MODEL, sign_key=keys.private)
 

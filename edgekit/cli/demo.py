@@ -1,22 +1,56 @@
-"""`edgekit demo`: the whole chain on a simulated fleet (see edgekit/demo.py)."""
+"""`edgekit demo`: the whole chain on a simulated fleet (see edgekit/demo.py).
+
+Every step shows the command that does the same by hand, and the demo ends with commands to
+try next. Both are printed whole on one line (never wrapped by rich, whatever the width), so
+that a line pasted into a shell is the command; the closing ones work after the demo has
+ended, so with --ssh, whose servers stop with the demo, only those that read its files.
+"""
 
 from __future__ import annotations
 
+import shlex
 import time
+from itertools import count
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.panel import Panel
 from rich.rule import Rule
 
 from edgekit.cli._common import console, progress
 
 
-def _step(n: int, title: str, command: str) -> None:
-    console.print(Rule(f"[bold]{n}. {title}[/]", align="left"))
-    console.print(f"[dim]$ {escape(command)}[/]", highlight=False, soft_wrap=True)
+def _arg(value) -> str:
+    """A path relative to the working directory when it lies inside it (shorter to read), else absolute."""
+    if isinstance(value, Path):
+        try:
+            value = value.relative_to(Path.cwd())
+        except ValueError:
+            pass
+    return str(value)
+
+
+def command(*args) -> str:
+    """One shell command line, quoted where a path or value needs it."""
+    return shlex.join(_arg(a) for a in args)
+
+
+def _line(text: str, style: str = "") -> None:
+    # soft_wrap: rich never breaks the line, so a terminal that wraps it still copies it whole
+    console.print(f"[{style}]{escape(text)}[/]" if style else escape(text), highlight=False, soft_wrap=True)
+
+
+class _Steps:
+    """Numbered step headers, each with the commands that do the same by hand."""
+
+    def __init__(self) -> None:
+        self._number = count(1)
+
+    def __call__(self, title: str, *commands: str) -> None:
+        console.print(Rule(f"[bold]{next(self._number)}. {escape(title)}[/]", align="left"))
+        for line in commands:
+            _line(f"$ {line}", "dim")
 
 
 def demo_cmd(
@@ -28,78 +62,85 @@ def demo_cmd(
     classes, package signed bundles, roll them out with a canary, stop a careless variant at
     its canary, collect the reports and write the fleet report."""
     from edgekit import demo as d
-    from edgekit.cli.calibrate import print_table
-    from edgekit.cli.rollout import _print as print_rollout, _progress_hooks
 
     started = time.perf_counter()
     d._check_inputs()
     workdir = workdir.expanduser().resolve()
     d.reset(workdir)
     run = d.Demo(workdir, devices=devices, ssh=ssh)
+    step = _Steps()
     try:
-        kind = "real sshd servers on 127.0.0.1" if ssh else "local folders"
-        _step(1, f"a simulated fleet: {devices} devices as {kind}", f"cat {workdir / 'fleet.toml'}")
-        fleet = d.make_fleet(run)
-        for dev in fleet:
-            where = f"127.0.0.1:{dev.port}" if dev.transport == "ssh" else dev.root
-            console.print(f"  {dev.name:8} {dev.target:12} {escape(str(where))}", highlight=False)
-        inv = run.inventory
-
-        _step(2, "a signing key; every device trusts it", f"edgekit keys init --out {workdir / 'keys'}")
-        keys = d.trust(run, fleet)
-        console.print(f"  key {keys.fingerprint}", highlight=False)
-
-        calibrations = {}
-        for target in d.TARGETS:
-            _step(3, f"release calibration for {target}",
-                  f"edgekit calibrate {d.MODEL.relative_to(d.REPO)} --target {target} --calibration "
-                  f"{d.CALIB.relative_to(d.REPO)} --eval {d.EVAL.relative_to(d.REPO)} -o {workdir / 'calibrated' / target}")
-            with progress() as bar:
-                task = bar.add_task(f"calibrating for {target}", total=None)
-                calibrations[target] = d.calibrate_target(
-                    run, target, on_candidate=lambda c, i, n: bar.update(task, total=n, completed=i, description=c.id))
-            print_table(calibrations[target].record)
-
-        bundles = {}
-        _step(4, "one signed bundle per target", f"edgekit package ... --calibration-record ... --sign-key {keys.private}")
-        for target, cal in calibrations.items():
-            if cal.model_path is None:
-                console.print(f"  [yellow]{target}: no recipe met the budgets; nothing to package[/]")
-                continue
-            bundles[target] = d.package_release(run, target, cal, keys)
-            console.print(f"  {bundles[target].path.name}  sha256 {bundles[target].sha256[:16]}…", highlight=False)
-            _warn_if_big(bundles[target])
-
-        for target, bundle in bundles.items():
-            _step(5, f"rollout of {bundle.name} {bundle.version} to the {target} devices",
-                  f"edgekit rollout {bundle.path} --inventory {inv} --canary 1 --batch 50% --store {run.store_path}")
-            with progress() as bar:
-                step, on_wave = _progress_hooks(bar, bundle.size)
-                result = d.roll_out(run, bundle, [x for x in fleet if x.target == target], step=step, on_wave=on_wave)
-            print_rollout(result)
-            run.outcomes.append(result)
-
-        _step(6, "the safety net: a careless variant (INT8 calibrated on 16 under-exposed images)",
-              f"edgekit rollout {workdir / 'dist' / f'{d.NAME}-{d.CARELESS}-{d.TARGETS[0]}.edgekit'} --inventory {inv} --canary 1")
-        careless = d.package_careless(run, keys)
-        _warn_if_big(careless)
-        with progress() as bar:
-            step, on_wave = _progress_hooks(bar, careless.size)
-            result = d.roll_out(run, careless, [x for x in fleet if x.target == careless.target], step=step,
-                                on_wave=on_wave)
-        print_rollout(result)
-        run.outcomes.append(result)
-        if result.outcome == "halted":
-            console.print(f"[green]stopped as it should be:[/] {escape(result.reason)}", highlight=False, soft_wrap=True)
-        else:
-            console.print(f"[red]the careless variant was not stopped ({result.outcome})[/]")
-
-        _step(7, "collect the reports and compare the fleet", f"edgekit collect --inventory {inv} --store {run.store_path}")
+        fleet, keys = _fleet_and_keys(run, step)
+        calibrations = _calibrate(run, step)
+        bundles = _package(run, step, calibrations, keys)
+        _roll_out(run, step, fleet, bundles)
+        _safety_net(run, step, fleet, keys)
+        step("collect the reports and compare the fleet",
+             command("edgekit", "collect", "--inventory", run.inventory, "--store", run.store_path),
+             command("edgekit", "report", "--store", run.store_path, "--inventory", run.inventory),
+             command("edgekit", "report", "--store", run.store_path, "--inventory", run.inventory,
+                     "-o", run.workdir / "fleet.html"))
         d.collect_reports(run, fleet)
         html = _report(run)
     finally:
         d.stop_fleet(run)
     _closing(run, html, time.perf_counter() - started)
+
+
+def _fleet_and_keys(run, step):
+    from edgekit import demo as d
+
+    kind = "real sshd servers on 127.0.0.1" if run.ssh else "local folders"
+    step(f"a simulated fleet: {run.devices} devices as {kind}", command("cat", run.workdir / "fleet.toml"))
+    fleet = d.make_fleet(run)
+    for dev in fleet:
+        where = f"127.0.0.1:{dev.port}" if dev.transport == "ssh" else dev.root
+        _line(f"  {dev.name:8} {dev.target:12} {where}")
+    if run.ssh:  # the device commands below find these servers' host keys only through it
+        console.print("  while the demo runs, the commands it shows reach these servers after:", highlight=False)
+        _line("  export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in run.env().items()))
+    step("a signing key; every device trusts it",
+         command("edgekit", "keys", "init", "--out", run.workdir / "keys"),
+         command("edgekit", "keys", "trust", run.workdir / "keys" / "edgekit-bundle.pub", "--inventory", run.inventory))
+    keys = d.trust(run, fleet)
+    _line(f"  key {keys.fingerprint}")
+    return fleet, keys
+
+
+def _calibrate(run, step) -> dict:
+    from edgekit import demo as d
+    from edgekit.cli.calibrate import print_table
+
+    calibrations = {}
+    for target in d.TARGETS:
+        step(f"release calibration for {target}",
+             command("edgekit", "calibrate", d.MODEL, "--target", target, "--calibration", d.CALIB, "--eval", d.EVAL,
+                     "-o", run.workdir / "calibrated" / target))
+        with progress() as bar:
+            task = bar.add_task(f"calibrating for {target}", total=None)
+            calibrations[target] = d.calibrate_target(
+                run, target, on_candidate=lambda c, i, n: bar.update(task, total=n, completed=i, description=c.id))
+        print_table(calibrations[target].record)
+    return calibrations
+
+
+def _package(run, step, calibrations: dict, keys) -> dict:
+    from edgekit import demo as d
+
+    chosen = {t: cal for t, cal in calibrations.items() if cal.model_path is not None}
+    step("one signed bundle per target", *[
+        command("edgekit", "package", cal.model_path, "--target", target, "--eval", d.EVAL, "--calibration-record",
+                cal.record_path, "--name", d.NAME, "--version", d.GOOD, "--sign-key", keys.private,
+                "-o", run.workdir / "dist") for target, cal in chosen.items()])
+    bundles = {}
+    for target in calibrations:
+        if target not in chosen:
+            console.print(f"  [yellow]{target}: no recipe met the budgets; nothing to package[/]")
+            continue
+        bundles[target] = d.package_release(run, target, chosen[target], keys)
+        _line(f"  {bundles[target].path.name}  sha256 {bundles[target].sha256[:16]}…")
+        _warn_if_big(bundles[target])
+    return bundles
 
 
 def _warn_if_big(bundle) -> None:
@@ -112,6 +153,50 @@ def _warn_if_big(bundle) -> None:
         print_warning(warning)
 
 
+def _rollout_command(run, bundle_path: Path) -> str:
+    return command("edgekit", "rollout", bundle_path, "--inventory", run.inventory, "--canary", "1", "--batch", "50%",
+                   "--max-failures", "0", "--store", run.store_path)
+
+
+def _roll_out(run, step, fleet: list, bundles: dict) -> None:
+    for target, bundle in bundles.items():
+        step(f"rollout of {bundle.name} {bundle.version} to the {target} devices", _rollout_command(run, bundle.path))
+        _rollout_with_progress(run, bundle, fleet)
+
+
+def _rollout_with_progress(run, bundle, fleet: list):
+    from edgekit import demo as d
+    from edgekit.cli.rollout import _print as print_rollout, _progress_hooks
+
+    with progress() as bar:
+        hooks, on_wave = _progress_hooks(bar, bundle.size)
+        result = d.roll_out(run, bundle, [x for x in fleet if x.target == bundle.target], step=hooks, on_wave=on_wave)
+    print_rollout(result)
+    run.outcomes.append(result)
+    return result
+
+
+def _safety_net(run, step, fleet: list, keys) -> None:
+    from edgekit import demo as d
+
+    calib, model = run.careless_calibration, run.careless_model
+    step("the safety net: a careless INT8 variant",
+         command("edgekit", "quantize", d.MODEL, "--precision", "int8-static", "--method", "minmax",
+                 "--calibration", calib, "-o", model),
+         command("edgekit", "package", model, "--target", d.TARGETS[0], "--eval", d.EVAL, "--reference", d.MODEL,
+                 "--name", d.NAME, "--version", d.CARELESS, "--sign-key", keys.private, "-o", run.workdir / "dist"),
+         _rollout_command(run, run.workdir / "dist" / f"{d.NAME}-{d.CARELESS}-{d.TARGETS[0]}.edgekit"))
+    console.print("  INT8 calibrated on 16 under-exposed images and packaged without calibrate: its canary "
+                  "must stop it", highlight=False)
+    careless = d.package_careless(run, keys)
+    _warn_if_big(careless)
+    result = _rollout_with_progress(run, careless, fleet)
+    if result.outcome == "halted":
+        _line(f"stopped as it should be: {result.reason}", "green")
+    else:
+        console.print(f"[red]the careless variant was not stopped ({result.outcome})[/]")
+
+
 def _report(run) -> Path:
     """The same code as `edgekit report`: the fleet tables here, the HTML report to a file."""
     from edgekit.cli.report import Format, report_cmd
@@ -122,17 +207,35 @@ def _report(run) -> Path:
     return html
 
 
+def suggestions(run) -> list[tuple[str, str]]:
+    """(what it shows, command) to try after the demo; with --ssh only those that need no device,
+    since the demo's servers stop with it."""
+    from edgekit import demo as d
+
+    store, inv = run.store_path, run.inventory
+    cal = run.workdir / "calibrated" / d.TARGETS[0] / "calibration.json"
+    live = [("what runs where, asked of the devices",
+             command("edgekit", "fleet", "status", "--inventory", inv, "--store", store))]
+    offline = [(f"how {d.CARELESS} compares with {d.GOOD}, per target",
+                command("edgekit", "report", "--store", store, "--compare", d.GOOD, d.CARELESS)),
+               (f"the calibration for {d.TARGETS[0]} as a page: every candidate against the budgets",
+                command("edgekit", "report", "--calibration", cal, "-o", run.workdir / "calibration.html"))]
+    if run.ssh:
+        return offline
+    sibling = run.workdir.with_name(run.workdir.name + "-ssh")
+    return live + offline + [("the same demo over real sshd servers on 127.0.0.1",
+                              command("edgekit", "demo", "--ssh", "--workdir", sibling))]
+
+
 def _closing(run, html: Path, seconds: float) -> None:
-    inv, store = run.inventory, run.store_path
-    console.print(Panel.fit(
-        f"[bold]done in {seconds:.0f} s.[/] Open the fleet report:\n  {html}\n\n"
-        f"Try next:\n"
-        f"  edgekit fleet status --inventory {inv}\n"
-        f"  edgekit report --store {store} --compare {run.outcomes[0].bundle['version'] if run.outcomes else '1.0.0'} 1.1.0\n"
-        f"  edgekit report --calibration {run.workdir / 'calibrated' / 'host-cpu' / 'calibration.json'} --format html -o calibration.html\n"
-        f"  edgekit rollback digits --inventory {inv}\n"
-        f"  edgekit demo --ssh            the same over real sshd servers",
-        title="edgekit demo"), highlight=False)
+    console.print(Rule(f"[bold]done in {seconds:.0f} s[/]", align="left"))
+    _line("the fleet report, to open in a browser:")
+    _line(f"  {_arg(html)}")
+    if run.ssh:
+        _line("the demo's sshd servers have stopped; these read what it wrote:")
+    for what, line in suggestions(run):
+        _line(f"{what}:")
+        _line(f"  {line}", "bold")
 
 
 def register(app: typer.Typer) -> None:

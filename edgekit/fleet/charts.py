@@ -1,9 +1,10 @@
 """The memory-compute-accuracy pictures, drawn with matplotlib and returned as inline SVG.
 
-Each chart puts latency (p95, what budgets gate on) across and memory up, with quality
-(accuracy, else top-1 agreement or cosine) as colour, and draws the target's budgets as
-lines with the region beyond them shaded; a budget far outside the data is named in a
-corner instead, so that it does not squash the points into one pixel.
+Each chart puts p95 latency (what budgets gate on) across and peak memory or model size
+up, with quality (accuracy, else top-1 agreement or cosine) as colour. Every budgeted axis
+draws or states its budget and the headroom (edgekit.fleet.chartaxes); tick labels are
+thinned until they do not touch and point labels placed where they cover nothing
+(edgekit.fleet.chartlayout).
 
 The SVG is made to live inside an HTML page: no XML prolog or DOCTYPE (whose DTD is a
 URL), no namespace declarations (the HTML parser supplies them), ids salted per chart so
@@ -14,21 +15,28 @@ from __future__ import annotations
 
 import io
 import re
-from collections import defaultdict
 from itertools import count
 from typing import Optional
 
-__all__ = ["to_svg", "triangle_chart", "device_chart", "calibration_chart", "quality_of"]
+from edgekit.fleet.chartaxes import DRIFT, QUALITY_AXIS, budget_axis, quality_format
+from edgekit.fleet.chartlayout import Label, fit_axis_labels, freeze_layout, marker_box, place_labels, thin_ticks
 
-DRIFT = "#d62728"
+__all__ = ["to_svg", "triangle_chart", "device_chart", "calibration_chart", "quality_of",
+           "triangle_figure", "device_figure", "calibration_figure"]
+
 _SALT = count()
 _CMAP = "viridis"
+MARKERS = "osD^vP"
+COHORT, DOT = 300, 28   # marker sizes (points squared): a version's median, one device
 
 
 def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
-    return Figure(figsize=(width, height), layout="constrained")
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)  # measures text, for the tick and label layout
+    return fig
 
 
 def to_svg(fig) -> str:
@@ -36,8 +44,7 @@ def to_svg(fig) -> str:
     import matplotlib
 
     buf = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": f"edgekit-{next(_SALT)}",
-                                "font.family": "sans-serif"}):
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": f"edgekit-{next(_SALT)}"}):
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
     text = buf.getvalue()
     text = text[text.index("<svg"):]
@@ -66,100 +73,96 @@ def _norm(values: list[float]):
     return Normalize(vmin=lo, vmax=hi)
 
 
-def _budget_lines(ax, xs: list[float], ys: list[float], x_budget: Optional[float], y_budget: Optional[float],
-                  x_label: str, y_label: str) -> None:
-    """Budgets near the data as dashed lines with the region beyond shaded; far ones as a note."""
-    notes = []
-    for budget, values, vertical, label in ((x_budget, xs, True, x_label), (y_budget, ys, False, y_label)):
-        if budget is None or not values:
-            continue
-        if budget <= 3 * max(values):
-            (ax.axvline if vertical else ax.axhline)(budget, color=DRIFT, linestyle="--", linewidth=1)
-            (ax.axvspan if vertical else ax.axhspan)(budget, max(budget, max(values)) * 1.5, color=DRIFT, alpha=0.07)
-            notes.append(f"{label} budget {budget:g} (dashed)")
-        else:
-            notes.append(f"{label} budget {budget:g}: far beyond the chart")
-    if notes:
-        ax.text(0.99, 0.01, "\n".join(notes), transform=ax.transAxes, ha="right", va="bottom", fontsize=7,
-                color="#7f0000")
+def _finish(fig, labels_by_axes: list[tuple], note_left_out=None) -> str:
+    """Thin the ticks, freeze the layout, place the point labels (those left out go to
+    `note_left_out`); the finished figure."""
+    fit_axis_labels(fig)
+    thin_ticks(fig)
+    freeze_layout(fig)
+    left_out = []
+    for ax, labels, obstacles in labels_by_axes:
+        left_out += place_labels(ax, labels, [marker_box(ax, xy, size) for xy, size in obstacles])
+    if left_out and note_left_out:
+        note_left_out(left_out)
+    return fig
 
 
-def _limits(ax, xs: list[float], ys: list[float]) -> None:
-    for values, setter in ((xs, ax.set_xlim), (ys, ax.set_ylim)):
-        if values:
-            lo, hi = min(values), max(values)
-            pad = (hi - lo) * 0.15 or abs(hi) * 0.1 or 1.0
-            setter(max(0.0, lo - pad), hi + pad)
-
-
-MARKERS = "osD^vP"
-
-
-def _version_legend(fig, versions: list[tuple[str, str]]) -> None:
+def _version_legend(fig, entries: list[tuple[str, str]]) -> None:
     """Below the chart, in black and white: the colour is the quality, the marker the version."""
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], marker=m, linestyle="none", markersize=9, markerfacecolor="white",
-                      markeredgecolor="black", label=f"version {v}") for v, m in versions]
+                      markeredgecolor="black", label=text) for text, m in entries]
     handles.append(Line2D([], [], marker="o", linestyle="none", markersize=11, markerfacecolor="none",
                           markeredgecolor=DRIFT, markeredgewidth=2, label="drift"))
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False,
-               title="large marker: the cohort's median, bars: its lowest to highest device; small: one device",
-               title_fontsize=8)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=8, frameon=False,
+               title="large marker: a version's median over its devices, bars: its lowest to highest device; "
+                     "small: one device", title_fontsize=8)
 
 
-def triangle_chart(title: str, cohorts: list[dict], rows: list[dict], flagged: set, budget: dict) -> str:
-    """One target: each version (its own marker) at its cohort's median latency p95 and peak RSS,
-    with bars from the lowest to the highest device, coloured and labelled by median quality;
-    each device as a small dot of its version's marker, drifting ones ringed in red and named."""
-    fig = _figure(10, 4.8)
+def _cohort_point(c: dict, lat: str) -> tuple[float, float, Optional[float]]:
+    m = c["metrics"]
+    q = (m.get("accuracy") or m.get("top1_agreement") or m.get("cosine") or {}).get("median")
+    return m[lat]["median"], m["peak_rss_mb"]["median"], q
+
+
+def triangle_figure(title: str, cohorts: list[dict], rows: list[dict], flagged: set, budget: dict):
+    """One target: each version (its own marker) at its cohort's median p95 latency and peak
+    memory, with bars from the lowest to the highest device, coloured by median quality and
+    labelled; each device as a small dot of its version's marker, drifting ones ringed and named."""
+    fig = _figure(10, 5.2)
     ax = fig.add_subplot()
     # Runners older than the p95 field send p50, p90 and p99: then the chart shows p50, without the p95 budget.
-    lat = "latency_p95" if all(r["latency_p95"] is not None for r in rows if r["latency_p50"] is not None) else "latency_p50"
+    old_runner = any(r["latency_p95"] is None for r in rows if r["latency_p50"] is not None)
+    lat = "latency_p50" if old_runner else "latency_p95"
     measured = [r for r in rows if r[lat] is not None and r["peak_rss_mb"] is not None]
-    qualities = [q for q in (quality_of(r)[0] for r in measured) if q is not None]
-    norm = _norm(qualities)
+    norm = _norm([q for q in (quality_of(r)[0] for r in measured) if q is not None])
     qname = next((quality_of(r)[1] for r in measured if quality_of(r)[0] is not None), "quality")
     shown = [c for c in cohorts if any(r["version"] == c["version"] for r in measured)]
-    dots = None
+    colour = lambda q: q if q is not None else norm.vmin  # noqa: E731
+    labels, obstacles, legend, dots = [], [], [], None
     for i, c in enumerate(shown):
         marker = MARKERS[i % len(MARKERS)]
         members = [r for r in measured if r["version"] == c["version"]]
+        x, y, q = _cohort_point(c, lat)
         m = c["metrics"]
-        x, y = m[lat]["median"], m["peak_rss_mb"]["median"]
-        q = (m.get("accuracy") or m.get("top1_agreement") or m.get("cosine") or {}).get("median")
         ax.errorbar(x, y, xerr=[[x - m[lat]["min"]], [m[lat]["max"] - x]],
                     yerr=[[y - m["peak_rss_mb"]["min"]], [m["peak_rss_mb"]["max"] - y]],
                     fmt="none", ecolor="#888888", elinewidth=1, capsize=3, zorder=1)
-        ax.scatter([x], [y], s=300, c=[q if q is not None else norm.vmin], cmap=_CMAP, norm=norm, marker=marker,
-                   edgecolors="black", linewidths=1.2, zorder=3)
-        label = f"{c['version']}" + (f"  {q:.1%}" if q is not None else "") + f"  ({c['ok']} dev.)"
-        ax.annotate(label, (x, y), xytext=(14, 10 if i % 2 == 0 else -18), textcoords="offset points", fontsize=9,
-                    weight="bold")
+        ax.scatter([x], [y], s=COHORT, c=[colour(q)], cmap=_CMAP, norm=norm, marker=marker, edgecolors="black",
+                   linewidths=1.2, alpha=0.8, zorder=3)  # a version measured alike shows through
         dots = ax.scatter([r[lat] for r in members], [r["peak_rss_mb"] for r in members],
-                          c=[quality_of(r)[0] if quality_of(r)[0] is not None else norm.vmin for r in members],
-                          cmap=_CMAP, norm=norm, s=28, marker=marker, alpha=0.85, zorder=2, edgecolors="#333333",
-                          linewidths=0.4)
+                          c=[colour(quality_of(r)[0]) for r in members], cmap=_CMAP, norm=norm, s=DOT, marker=marker,
+                          alpha=0.85, zorder=2, edgecolors="#333333", linewidths=0.4)
+        labels.append(Label((x, y), c["version"], COHORT, {"fontsize": 9, "weight": "bold"}))
+        obstacles += [((x, y), COHORT)] + [((r[lat], r["peak_rss_mb"]), DOT) for r in members]
+        devices = f"{c['ok']} device{'s' if c['ok'] != 1 else ''}"
+        legend.append((f"{c['version']}: " + (f"{quality_format(qname)(q, None)}{'' if qname == 'cosine' else '%'}, "
+                                              if q is not None else "") + devices, marker))
     for r in measured:
         if (r["device"], r["version"]) in flagged:
-            ax.scatter([r[lat]], [r["peak_rss_mb"]], s=180, facecolors="none", edgecolors=DRIFT,
-                       linewidths=2, zorder=4)
-            ax.annotate(f"{r['device']} ({r['version']})", (r[lat], r["peak_rss_mb"]), xytext=(8, -14),
-                        textcoords="offset points", fontsize=8, color=DRIFT)
-    xs, ys = [r[lat] for r in measured], [r["peak_rss_mb"] for r in measured]
-    _limits(ax, xs, ys)
-    _budget_lines(ax, xs, ys, budget.get("max_latency_ms_p95") if lat == "latency_p95" else None,
-                  budget.get("max_peak_rss_mb"), "p95", "RSS")
+            ax.scatter([r[lat]], [r["peak_rss_mb"]], s=180, facecolors="none", edgecolors=DRIFT, linewidths=2, zorder=4)
+            obstacles.append(((r[lat], r["peak_rss_mb"]), 180))
+            labels.append(Label((r[lat], r["peak_rss_mb"]), f"{r['device']} ({r['version']})", 180,
+                                {"fontsize": 8, "color": DRIFT}))
+    budget_axis(ax, "x", [r[lat] for r in measured], f"{lat[-3:]} latency (ms)",
+                budget.get("max_latency_ms_p95") if lat == "latency_p95" else None, "ms", "slowest device")
+    budget_axis(ax, "y", [r["peak_rss_mb"] for r in measured], "peak memory (MiB)", budget.get("max_peak_rss_mb"),
+                "MiB", "largest")
     if dots is not None:
-        fig.colorbar(dots, ax=ax, label=qname, format=lambda v, _: f"{v:.1%}" if qname != "cosine" else f"{v:.4f}")
-        _version_legend(fig, [(c["version"], MARKERS[i % len(MARKERS)]) for i, c in enumerate(shown)])
-    ax.set(xlabel=f"latency {lat[-3:]} (ms)", ylabel="peak RSS (MiB)", title=title)
+        fig.colorbar(dots, ax=ax, label=QUALITY_AXIS.get(qname, qname), format=quality_format(qname))
+        _version_legend(fig, legend)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
-    return to_svg(fig)
+    return _finish(fig, [(ax, labels, obstacles)])
 
 
-def _dot_panel(ax, labels: list[str], values: list, refs: list, flagged: list[bool], xlabel: str,
-               budget: Optional[float] = None, second: Optional[list] = None) -> None:
+def triangle_chart(title: str, cohorts: list[dict], rows: list[dict], flagged: set, budget: dict) -> str:
+    return to_svg(triangle_figure(title, cohorts, rows, flagged, budget))
+
+
+def _dot_panel(ax, labels: list[str], values: list, refs: list, flagged: list[bool],
+               second: Optional[list] = None) -> None:
     ys = list(range(len(labels)))
     colours = [DRIFT if f else "#1f77b4" for f in flagged]
     shown = [(y, v, c) for y, v, c in zip(ys, values, colours) if v is not None]
@@ -171,44 +174,61 @@ def _dot_panel(ax, labels: list[str], values: list, refs: list, flagged: list[bo
                 ax.scatter([hi], [y], marker="|", s=80, color=c)
     ref_shown = [(y, r) for y, r in zip(ys, refs) if r is not None]
     if ref_shown:
-        ax.scatter([r for _, r in ref_shown], [y for y, _ in ref_shown], marker="|", s=160, color="black",
-                   zorder=2, label="host")
-    everything = [v for v in values + (second or []) + refs if v is not None]
-    _limits(ax, everything, [])
-    if budget is not None and everything and budget <= 3 * max(everything):
-        ax.axvline(budget, color=DRIFT, linestyle="--", linewidth=1)
-        ax.axvspan(budget, max(budget, max(everything)) * 1.5, color=DRIFT, alpha=0.07)
+        ax.scatter([r for _, r in ref_shown], [y for y, _ in ref_shown], marker="|", s=160, color="black", zorder=2)
     ax.set_yticks(ys, labels)
-    ax.set_xlabel(xlabel)
     ax.grid(axis="x", alpha=0.3)
-    ax.invert_yaxis()
+    ax.set_ylim(len(labels) - 0.5, -0.5)  # the first row on top
 
 
-def device_chart(title: str, rows: list[dict], flags: list[dict], budget: dict) -> str:
+def _device_legend(fig) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", linestyle="none", color="#1f77b4", label="a device's measurement"),
+               Line2D([], [], marker="|", linestyle="none", markersize=12, color="black",
+                      label="the host's accuracy for the same bundle"),
+               Line2D([], [], color="#1f77b4", alpha=0.5, linewidth=2, marker="|", label="p50 to p95 latency"),
+               Line2D([], [], marker="o", linestyle="none", color=DRIFT, label="drift"),
+               Line2D([], [], color=DRIFT, linestyle="--", label="budget (beyond it shaded)")]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
+
+
+def device_figure(title: str, rows: list[dict], flags: list[dict], budget: dict):
     """One target, one line per device and version: quality against the host's (black tick),
-    latency p50 to p95 against the budget, peak RSS against the budget; drifting ones red."""
-    kinds: dict[tuple, set] = defaultdict(set)
+    p50 to p95 latency against the budget, peak memory against the budget; drifting ones red."""
+    kinds: dict[tuple, set] = {}
     for f in flags:
-        kinds[(f["device"], f["version"])].add(f["kind"])
-    labels = [f"{r['device']} · {r['version']}" + ("" if r["status"] == "ok" else " (failed)") for r in rows]
-    fig = _figure(11, 1.3 + 0.32 * len(rows))
+        kinds.setdefault((f["device"], f["version"]), set()).add(f["kind"])
+    labels = [f"{r['device']} · {r['version']}" + ("" if r["status"] == "ok" else f" ({r['status']})") for r in rows]
+    fig = _figure(11, 2.2 + 0.3 * len(rows))
     axes = fig.subplots(1, 3, sharey=True)
     qname = next((quality_of(r)[1] for r in rows if quality_of(r)[0] is not None), "quality")
     key = {"accuracy": "accuracy", "top-1 agreement": "top1_agreement", "cosine": "cosine"}.get(qname, "accuracy")
     ref = {"accuracy": "accuracy_expected", "top1_agreement": "top1_expected", "cosine": "cosine_expected"}[key]
     got = lambda r: kinds.get((r["device"], r["version"]), set())  # noqa: E731
-    _dot_panel(axes[0], labels, [r[key] for r in rows], [r[ref] for r in rows],
-               [bool(got(r) & {"accuracy", "top1_agreement", "cosine"}) for r in rows], f"{qname} (| host)")
-    _dot_panel(axes[1], labels, [r["latency_p50"] for r in rows], [None] * len(rows),
-               [("latency" in got(r)) for r in rows], "latency p50 to p95 (ms)",
-               budget.get("max_latency_ms_p95"), second=[r["latency_p95"] for r in rows])
-    _dot_panel(axes[2], labels, [r["peak_rss_mb"] for r in rows], [None] * len(rows),
-               [("memory" in got(r)) for r in rows], "peak RSS (MiB)", budget.get("max_peak_rss_mb"))
+    quality = [r[key] for r in rows]
+    _dot_panel(axes[0], labels, quality, [r[ref] for r in rows],
+               [bool(got(r) & {"accuracy", "top1_agreement", "cosine"}) for r in rows])
+    budget_axis(axes[0], "x", [v for v in quality + [r[ref] for r in rows] if v is not None],
+                QUALITY_AXIS.get(qname, qname), top=1.0)
+    axes[0].xaxis.set_major_formatter(quality_format(qname))
+    p50, p95 = [r["latency_p50"] for r in rows], [r["latency_p95"] for r in rows]
+    _dot_panel(axes[1], labels, p50, [None] * len(rows), [("latency" in got(r)) for r in rows], second=p95)
+    budget_axis(axes[1], "x", [v for v in p50 + p95 if v is not None], "latency (ms), p50 to p95",
+                budget.get("max_latency_ms_p95") if any(v is not None for v in p95) else None, "ms", "slowest p95")
+    rss = [r["peak_rss_mb"] for r in rows]
+    _dot_panel(axes[2], labels, rss, [None] * len(rows), [("memory" in got(r)) for r in rows])
+    budget_axis(axes[2], "x", [v for v in rss if v is not None], "peak memory (MiB)", budget.get("max_peak_rss_mb"),
+                "MiB", "largest")
+    _device_legend(fig)
     fig.suptitle(title)
-    return to_svg(fig)
+    return _finish(fig, [])
 
 
-def _candidate_legend(fig) -> None:
+def device_chart(title: str, rows: list[dict], flags: list[dict], budget: dict) -> str:
+    return to_svg(device_figure(title, rows, flags, budget))
+
+
+def _candidate_legend(fig):
     from matplotlib.lines import Line2D
 
     plain = {"linestyle": "none", "markerfacecolor": "white", "markeredgecolor": "black", "markersize": 9}
@@ -217,46 +237,69 @@ def _candidate_legend(fig) -> None:
                Line2D([], [], marker="*", linestyle="none", markersize=16, markerfacecolor="none",
                       markeredgecolor=DRIFT, label="chosen"),
                Line2D([], [], color=DRIFT, linestyle="--", label="budget (beyond it shaded)")]
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False,
-               title="colour: quality; number: the candidate's row in the table", title_fontsize=8)
+    return fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False,
+                      title="colour: quality; number: the candidate's row in the table", title_fontsize=8)
 
 
-def calibration_chart(record: dict, rows: list[dict]) -> str:
-    """Every measured candidate by latency p95 against model size and against peak RSS,
+def calibration_figure(record: dict, rows: list[dict]):
+    """Every measured candidate by p95 latency against model size and against peak memory,
     quality as colour; passing ones round, budget breakers as crosses, the chosen one a star.
     Points carry the candidate's number (`no`, as in the table): ids would cover each other."""
     measured = [r for r in rows if r["status"] == "ok" and r["latency_p95"] is not None]
     budgets = record.get("budgets") or {}
     qname = "accuracy" if record.get("metric") == "accuracy" else "cosine"
     norm = _norm([r[qname] for r in measured if r[qname] is not None])
-    fig = _figure(11, 4.8)
+    fig = _figure(11, 5.4)
     axes = fig.subplots(1, 2)
-    scatter = None
-    for ax, ykey, ylabel, ybudget in ((axes[0], "model_mb", "model size (MiB)", budgets.get("max_model_mb")),
-                                       (axes[1], "peak_rss_mb", "peak RSS (MiB)", budgets.get("max_peak_rss_mb"))):
-        pts = [r for r in measured if r[ykey] is not None]
-        for passed, marker in ((True, "o"), (False, "X")):
-            group = [r for r in pts if bool(r["passed"]) is passed]
-            if group:
-                scatter = ax.scatter([r["latency_p95"] for r in group], [r[ykey] for r in group],
-                                     c=[r[qname] if r[qname] is not None else norm.vmin for r in group],
-                                     cmap=_CMAP, norm=norm, marker=marker, s=70, edgecolors="black", linewidths=0.6,
-                                     zorder=3)
-        for r in pts:
-            ax.annotate(r["id"] if r["chosen"] else str(r["no"]), (r["latency_p95"], r[ykey]), xytext=(5, 4),
-                        textcoords="offset points", fontsize=8, weight="bold" if r["chosen"] else "normal")
-            if r["chosen"]:
-                ax.scatter([r["latency_p95"]], [r[ykey]], marker="*", s=520, facecolors="none", edgecolors=DRIFT,
-                           linewidths=1.8, zorder=4)
-        xs, ys = [r["latency_p95"] for r in pts], [r[ykey] for r in pts]
-        _limits(ax, xs, ys)
-        _budget_lines(ax, xs, ys, budgets.get("max_latency_ms_p95"), ybudget, "p95", ylabel.split(" (")[0])
-        ax.set(xlabel="latency p95 (ms)", ylabel=ylabel)
-        ax.grid(alpha=0.3)
-    _candidate_legend(fig)
+    panels = [_candidate_panel(ax, [r for r in measured if r[ykey] is not None], ykey, ylabel, budgets, qname, norm)
+              for ax, ykey, ylabel in ((axes[0], "model_mb", "model size (MiB)"),
+                                       (axes[1], "peak_rss_mb", "peak memory (MiB)"))]
+    legend = _candidate_legend(fig)
+    scatter = next((sc for sc, _ in panels if sc is not None), None)
     if scatter is not None:
-        fig.colorbar(scatter, ax=axes, label=qname,
-                     format=lambda v, _: f"{v:.1%}" if qname == "accuracy" else f"{v:.4f}")
+        fig.colorbar(scatter, ax=axes, label=QUALITY_AXIS[qname], format=quality_format(qname))
     target = (record.get("target") or {}).get("name", "?")
     fig.suptitle(f"calibration for {target}: every candidate recipe (objective: {record.get('objective')})")
-    return to_svg(fig)
+    return _finish(fig, [placement for _, placement in panels], lambda left: _note_unlabelled(legend, left))
+
+
+def _candidate_panel(ax, pts: list[dict], ykey: str, ylabel: str, budgets: dict, qname: str, norm):
+    """One panel of the calibration chart: (a scatter for the colour bar, the point labels to place)."""
+    scatter = None
+    for passed, marker in ((True, "o"), (False, "X")):
+        group = [r for r in pts if bool(r["passed"]) is passed]
+        if group:
+            scatter = ax.scatter([r["latency_p95"] for r in group], [r[ykey] for r in group],
+                                 c=[r[qname] if r[qname] is not None else norm.vmin for r in group],
+                                 cmap=_CMAP, norm=norm, marker=marker, s=70, edgecolors="black", linewidths=0.6,
+                                 zorder=3)
+    chosen = next((r for r in pts if r["chosen"]), None)
+    if chosen:
+        ax.scatter([chosen["latency_p95"]], [chosen[ykey]], marker="*", s=520, facecolors="none", edgecolors=DRIFT,
+                   linewidths=1.8, zorder=4)
+    # the chosen one first: its label is the one a reader looks for
+    labels = [Label((r["latency_p95"], r[ykey]), r["id"] if r["chosen"] else str(r["no"]), 520 if r["chosen"] else 70,
+                    {"fontsize": 8, "weight": "bold" if r["chosen"] else "normal"})
+              for r in sorted(pts, key=lambda r: not r["chosen"])]
+    # the headroom that matters is the chosen candidate's (else the best one's)
+    who = f"chosen {chosen['id']}" if chosen else "best"
+    for which, key, label, limit in (("x", "latency_p95", "p95 latency (ms)", budgets.get("max_latency_ms_p95")),
+                                     ("y", ykey, ylabel, budgets.get("max_model_mb" if ykey == "model_mb"
+                                                                     else "max_peak_rss_mb"))):
+        values = [r[key] for r in pts]
+        judged = chosen[key] if chosen else min(values, default=None)
+        budget_axis(ax, which, values, label, limit, "ms" if which == "x" else "MiB", who, judged)
+    ax.grid(alpha=0.3)
+    return scatter, (ax, labels, [((r["latency_p95"], r[ykey]), 70) for r in pts])
+
+
+def _note_unlabelled(legend, left_out: list[Label]) -> None:
+    """Numbers that found no free spot are named in the legend's title."""
+    numbers = sorted({int(label.text) for label in left_out if label.text.isdigit()})
+    if numbers:
+        title = legend.get_title()
+        title.set_text(f"{title.get_text()}; not numbered where crowded: {', '.join(map(str, numbers))}")
+
+
+def calibration_chart(record: dict, rows: list[dict]) -> str:
+    return to_svg(calibration_figure(record, rows))

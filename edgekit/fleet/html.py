@@ -63,6 +63,22 @@ def _fmt(value, kind: str = "") -> str:
 
 LEFT = ("l", "wrap", "time")
 
+# A target's budgets in words, with their units (max_accuracy_drop is a fraction: 0.05 is 5 pp).
+BUDGET_WORDS = {"max_latency_ms_p95": ("p95 latency ≤ {:g} ms", 1), "max_peak_rss_mb": ("peak memory ≤ {:g} MiB", 1),
+                "max_model_mb": ("model size ≤ {:g} MiB", 1), "max_accuracy_drop": ("accuracy drop ≤ {:g} pp", 100),
+                "min_fidelity_cosine": ("cosine similarity to FP32 ≥ {:g}", 1)}
+
+
+def budget_words(budget: dict) -> str:
+    """'p95 latency ≤ 30 ms · peak memory ≤ 2048 MiB · ...' for the budgets that are set."""
+    parts = []
+    for key, value in budget.items():
+        if value is None:
+            continue
+        words, scale = BUDGET_WORDS.get(key, (f"{key} {{:g}}", 1))
+        parts.append(words.format(round(value * scale, 9)))
+    return " · ".join(parts)
+
 
 def _table(columns: list[tuple[str, str, str]], items: Iterable[dict], row_class=lambda item: "") -> str:
     """columns: (key, header, kind); kind 'l' is left-aligned text, 'wrap' wrapping text."""
@@ -131,7 +147,7 @@ def _target_section(result: dict, name: str, target: str, budgets: dict) -> str:
     flags = [f for f in result["drift"] if (f["name"], f["target"] or "") == (name, target)]
     flagged = {(f["device"], f["version"]) for f in flags} | {(r["device"], r["version"]) for r in rows if r["over_budget"]}
     budget = budgets.get(target) or {}
-    limits = ", ".join(f"{k} {v:g}" for k, v in budget.items() if v is not None) or "no profile here"
+    limits = budget_words(budget) or "no profile here"
     parts = [f'<h2 id="t-{escape(target)}">{escape(name)} on {escape(target)}</h2>',
              f'<div class="meta">budgets: {escape(limits)}</div>',
              f'<div class="panel">{triangle_chart(f"{name} on {target}: each version by latency and memory", cohorts, rows, flagged, budget)}</div>',
@@ -208,7 +224,7 @@ def render_fleet(result: dict, *, store: str, budgets: dict, filters: Optional[d
 def render_calibration(record: dict, rows: list[dict], source: str) -> str:
     """A calibration record: every candidate in the triangle, the chosen one marked, the budgets drawn."""
     target = (record.get("target") or {}).get("name", "?")
-    budgets = ", ".join(f"{k} {v:g}" for k, v in (record.get("budgets") or {}).items() if v is not None)
+    budgets = budget_words(record.get("budgets") or {})
     quality = "accuracy" if record.get("metric") == "accuracy" else "cosine"
     cols = [("no", "#", ""), ("id", "candidate", "l"), ("status", "status", "l"), ("passed", "meets budgets", ""),
             (quality, quality, "pct" if quality == "accuracy" else ""), ("drop", "drop", "pp" if quality == "accuracy" else ""),

@@ -1,0 +1,198 @@
+"""Where chart text goes, so that none of it runs together.
+
+matplotlib places tick labels and annotations without looking at their neighbours: six
+labels such as 0.0125 on a narrow axis touch, and two versions measured at nearly the same
+point get labels on top of each other. Three steps, each on a drawn figure, in display pixels:
+
+    fit_axis_labels  an axis label's second line on (the budget's headroom) wrapped until the
+                  label is no longer than its axis, so that neighbouring panels' labels part
+    thin_ticks    fewer ticks on every numeric axis whose labels touch, until none do
+    place_labels  each point label at the first spot around its point, nearest first, that
+                  covers no other label, no marker and does not cross the axes edge (a small
+                  adjustText); a label that fits nowhere is left out and reported
+
+The figure's layout is frozen between them, so the pixels measured are the pixels drawn;
+the SVG keeps that geometry (offsets are in points, positions in figure fractions).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+__all__ = ["Label", "fit_axis_labels", "thin_ticks", "freeze_layout", "place_labels", "marker_box", "drawn_tick_labels",
+           "tick_label_boxes", "label_boxes", "overlap"]
+
+GAP = 4            # pixels kept free between two tick labels
+STEPS = [1, 2, 5, 10]  # tick steps: no 2.5, whose labels (0.0125) are the longest
+# Around a point: right first (where a reader looks), then above, below, left, the diagonals.
+DIRECTIONS = ((1, 0), (0, 1), (0, -1), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1))
+RINGS = (0, 6, 14, 26, 42)   # points beyond the marker's edge; from the second a leader line
+
+
+@dataclass
+class Label:
+    """A label for the point `xy` (data coordinates) whose marker is `marker_size` (scatter s)."""
+
+    xy: tuple[float, float]
+    text: str
+    marker_size: float = 36.0
+    style: dict = field(default_factory=dict)   # Text properties: fontsize, weight, color
+
+
+def overlap(a, b, gap: float = 0.0) -> bool:
+    """Whether two display boxes come closer than `gap` pixels."""
+    return a.x0 < b.x1 + gap and b.x0 < a.x1 + gap and a.y0 < b.y1 + gap and b.y0 < a.y1 + gap
+
+
+def _renderer(fig):
+    if not hasattr(fig.canvas, "get_renderer"):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        FigureCanvasAgg(fig)
+    return fig.canvas.get_renderer()
+
+
+def drawn_tick_labels(axis) -> list:
+    """The tick labels `axis` draws, in order: a tick outside the view keeps a label it does not draw."""
+    lo, hi = sorted(axis.get_view_interval())
+    slack = (hi - lo) * 1e-9
+    return [label for loc, label in zip(axis.get_majorticklocs(), axis.get_majorticklabels())
+            if lo - slack <= loc <= hi + slack and label.get_visible() and label.get_text()]
+
+
+def tick_label_boxes(axis, renderer) -> list:
+    """The display boxes of the tick labels `axis` draws, in order."""
+    return [label.get_window_extent(renderer) for label in drawn_tick_labels(axis)]
+
+
+def _numeric_axes(fig) -> list:
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    return [axis for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)
+            if axis.get_visible() and not isinstance(axis.get_major_locator(), (FixedLocator, NullLocator))]
+
+
+def _crowded(axis, renderer) -> Optional[int]:
+    """How many intervals would fit along `axis` when its labels touch, else None."""
+    boxes = tick_label_boxes(axis, renderer)
+    if not any(overlap(a, b, GAP) for a, b in zip(boxes, boxes[1:])):
+        return None
+    along = (lambda b: b.width) if axis.axis_name == "x" else (lambda b: b.height)
+    ax_box = axis.axes.get_window_extent(renderer)
+    length = ax_box.width if axis.axis_name == "x" else ax_box.height
+    fits = int(length // (max(along(b) for b in boxes) + 2 * GAP))
+    return max(1, min(fits, len(boxes) - 1) - 1)
+
+
+def fit_axis_labels(fig) -> None:
+    """Wrap what follows the first line of each axis label until the label fits its axis."""
+    import textwrap
+
+    renderer = _renderer(fig)
+    fig.canvas.draw()
+    for ax in fig.axes:
+        frame = ax.get_window_extent(renderer)
+        for label, length, along in ((ax.xaxis.label, frame.width, "width"), (ax.yaxis.label, frame.height, "height")):
+            head, _, rest = label.get_text().partition("\n")
+            rest = " ".join(rest.split())
+            width = len(rest)
+            while rest and width > 12 and getattr(label.get_window_extent(renderer), along) > length:
+                width -= 4
+                label.set_text(head + "\n" + textwrap.fill(rest, width))
+
+
+def thin_ticks(fig, rounds: int = 6) -> None:
+    """Fewer ticks on each numeric axis (colour bars too) until no two labels touch."""
+    from matplotlib.ticker import LogLocator, MaxNLocator
+
+    for _ in range(rounds):
+        renderer = _renderer(fig)
+        fig.canvas.draw()
+        crowded = [(axis, n) for axis in _numeric_axes(fig) if (n := _crowded(axis, renderer)) is not None]
+        if not crowded:
+            return
+        for axis, nbins in crowded:
+            if axis.get_scale() == "log":  # 1-2-5 in each decade, then decades, then fewer decades
+                thinned = getattr(axis.get_major_locator(), "thinned", False)
+                locator = LogLocator(subs=(1.0,), numticks=nbins + 1 if thinned else "auto")
+                locator.thinned = True
+                axis.set_major_locator(locator)
+            else:
+                axis.set_major_locator(MaxNLocator(nbins=nbins, steps=STEPS, min_n_ticks=2))
+
+
+def freeze_layout(fig) -> None:
+    """Keep the axes where the last draw put them: labels are placed in those pixels."""
+    _renderer(fig)
+    fig.canvas.draw()
+    fig.set_layout_engine("none")
+
+
+def marker_box(ax, xy: tuple[float, float], size: float):
+    """The display box of a scatter marker of size `size` (points squared) at data point `xy`."""
+    from matplotlib.transforms import Bbox
+
+    x, y = ax.transData.transform(xy)
+    half = math.sqrt(size) / 2 * ax.figure.dpi / 72
+    return Bbox([[x - half, y - half], [x + half, y + half]])
+
+
+def _offsets(label: Label):
+    """(dx, dy, ha, va, ring) in points, nearest first."""
+    edge = math.sqrt(label.marker_size) / 2 + 2
+    for ring, r in enumerate(RINGS):
+        for dx, dy in DIRECTIONS:
+            scale = (edge + r) / (math.sqrt(2) if dx and dy else 1)
+            ha = "left" if dx > 0 else "right" if dx < 0 else "center"
+            va = "bottom" if dy > 0 else "top" if dy < 0 else "center"
+            yield dx * scale, dy * scale, ha, va, ring
+
+
+def place_labels(ax, labels: list[Label], obstacles: list = ()) -> list[Label]:
+    """Annotate `ax` with each label where it covers nothing already there (other labels,
+    `obstacles`: display boxes of markers), in the order given; returns those left out."""
+    renderer = _renderer(ax.figure)
+    frame = ax.get_window_extent(renderer)
+    taken, left_out = list(obstacles), []
+    for label in labels:
+        spot = _free_spot(ax, label, frame, taken, renderer)
+        if spot is None:
+            left_out.append(label)
+            continue
+        (dx, dy, ha, va, ring), box = spot
+        taken.append(box)
+        leader = {"arrowprops": {"arrowstyle": "-", "color": "#777777", "lw": 0.6, "shrinkA": 1, "shrinkB": 2}} \
+            if ring >= 1 else {}
+        ax.annotate(label.text, label.xy, xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
+                    **label.style, **leader)
+    return left_out
+
+
+def _free_spot(ax, label: Label, frame, taken: list, renderer):
+    """((dx, dy, ha, va, ring), box) of the nearest spot that is inside `frame` and clear of `taken`."""
+    probe = ax.annotate(label.text, label.xy, xytext=(0, 0), textcoords="offset points", **label.style)
+    try:
+        for dx, dy, ha, va, ring in _offsets(label):
+            probe.set_position((dx, dy))
+            probe.set_ha(ha)
+            probe.set_va(va)
+            box = probe.get_window_extent(renderer)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(overlap(box, other, 1) for other in taken):
+                return (dx, dy, ha, va, ring), box
+        return None
+    finally:
+        probe.remove()
+
+
+def label_boxes(fig) -> list:
+    """The display boxes of every annotation's text in `fig` (for tests and checks)."""
+    from matplotlib.text import Annotation, Text
+
+    renderer = _renderer(fig)
+    notes = [t for ax in fig.axes for t in ax.texts if isinstance(t, Annotation) and t.get_visible()]
+    for note in notes:
+        note.update_positions(renderer)  # where the text goes; Text's own extent leaves out the leader line
+    return [Text.get_window_extent(note, renderer) for note in notes]
