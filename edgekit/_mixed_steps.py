@@ -153,7 +153,3 @@ def baseline_quality(baseline: Optional[dict]) -> float:
 def out_of_time(ctx: SearchContext) -> bool:
     return ctx.deadline is not None and now() >= ctx.deadline
 
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else 'no message'}"

@@ -8,13 +8,11 @@ mode 0644: the same inputs give the same bytes. The runner ships inside it under
 
 from __future__ import annotations
 
-import calendar
 import io
 import json
 import os
 import tarfile
 import tempfile
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Union
 from edgekit.errors import BundleError
 
 __all__ = ["Bundle", "write_tar", "read_bundle", "runner_files", "runner_sha256", "deterministic_npz",
-           "epoch_of", "iso_utc", "manifest_bytes", "MANIFEST", "SIGNATURE", "SUFFIX"]
+           "manifest_bytes", "MANIFEST", "SIGNATURE", "SUFFIX"]
 
 MANIFEST, SIGNATURE, SUFFIX = "manifest.json", "manifest.sig", ".edgekit"
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip can hold
@@ -67,14 +65,6 @@ def runner_sha256() -> str:
 
 def manifest_bytes(manifest: dict) -> bytes:
     return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-
-
-def iso_utc(epoch: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-
-
-def epoch_of(iso: str) -> int:
-    return calendar.timegm(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ"))
 
 
 def write_tar(dest: Path, members: dict[str, Source], mtime: int) -> None:

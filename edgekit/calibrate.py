@@ -26,6 +26,7 @@ from edgekit.mixed import SearchOptions
 from edgekit.progress import OnStep, notify, within
 from edgekit.recipes import METHODS, Recipe
 from edgekit.targets import Profile
+from edgekit.words import utc_now
 
 __all__ = ["Candidate", "CalibrationResult", "sweep_recipes", "calibrate", "check_budgets", "SCHEMA"]
 
@@ -83,23 +84,14 @@ def sweep_recipes(profile: Profile, exclude: tuple[str, ...] = (), include: tupl
 
 
 def check_budgets(metrics: dict, profile: Profile, has_labels: bool) -> list[str]:
-    """Names of the budgets these metrics break, with the numbers."""
-    b, broken = profile.budgets, []
-    if b.max_model_mb is not None and metrics["model_mb"] > b.max_model_mb:
-        broken.append(f"max_model_mb: {metrics['model_mb']:.3f} > {b.max_model_mb:g}")
-    if b.max_peak_rss_mb is not None and metrics["peak_rss_mb"] > b.max_peak_rss_mb:
-        broken.append(f"max_peak_rss_mb: {metrics['peak_rss_mb']:.1f} > {b.max_peak_rss_mb:g}")
-    p95 = metrics["latency_ms"].get("p95")
-    if b.max_latency_ms_p95 is not None and p95 is not None and p95 > b.max_latency_ms_p95:
-        broken.append(f"max_latency_ms_p95: {p95:.3f} > {b.max_latency_ms_p95:g}")
-    if has_labels and b.max_accuracy_drop is not None and metrics.get("drop") is not None:
-        if metrics["drop"] > b.max_accuracy_drop + 1e-12:
-            broken.append(f"max_accuracy_drop: {metrics['drop']:.4f} > {b.max_accuracy_drop:g}")
-    fid = metrics.get("fidelity") or {}
-    if b.min_fidelity_cosine is not None and fid.get("cosine") is not None and (not has_labels or b.max_accuracy_drop is None):
-        if fid["cosine"] < b.min_fidelity_cosine:
-            broken.append(f"min_fidelity_cosine: {fid['cosine']:.5f} < {b.min_fidelity_cosine:g}")
-    return broken
+    """The budgets these metrics break, with the numbers ('max_model_mb: 0.148 > 0.1')."""
+    from edgekit.budgets import Measured, check
+
+    measured = Measured(model_mb=metrics["model_mb"], peak_rss_mb=metrics["peak_rss_mb"],
+                        latency_p95=metrics["latency_ms"].get("p95"), drop=metrics.get("drop"),
+                        cosine=(metrics.get("fidelity") or {}).get("cosine"), labelled=has_labels)
+    calibrated = ("model_mb", "peak_rss_mb", "latency_p95", "accuracy_drop", "fidelity_cosine")
+    return [b.short() for b in check(measured, profile.budgets, gates=calibrated)]
 
 
 def _objective_value(c: Candidate, objective: str) -> float:
@@ -280,7 +272,7 @@ def build_record(model_info: dict, profile: Profile, calibration: Dataset, eval_
         "versions": versions_used,
         "machine": cpu_facts(),
         "measured_on": measured_on_host(profile),
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created_at": utc_now(),
     }
 
 

@@ -46,17 +46,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from edgekit._mixed_steps import (State, Stop, baseline_quality, first_line, nodes, now, out_of_time, prune,
-                                  quality, step)
+from edgekit._mixed_steps import State, Stop, baseline_quality, nodes, now, out_of_time, prune, quality, step
+from edgekit.budgets import QUALITY_BUDGETS
 from edgekit.progress import OnStep, notify, within
 from edgekit.recipes import Recipe
+from edgekit.words import INT8, first_line
 
 __all__ = ["SearchOptions", "SearchContext", "run_search", "MODES"]
 
 MODES = ("auto", "always", "off")
-QUALITY_BUDGETS = ("max_accuracy_drop", "min_fidelity_cosine")
+
 LINEAR_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")  # where the weights, and the INT8 savings, are
-INT8 = ("int8-dynamic", "int8-static")
 RANKING_KEPT = 50  # ranking entries written to calibration.json
 RERANK_TOP = 5  # entries of each re-ranking written
 _EPS = 1e-6

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from edgekit.bundle import Bundle, MANIFEST, SIGNATURE, SUFFIX, deterministic_npz, iso_utc, epoch_of, \
+from edgekit.bundle import Bundle, MANIFEST, SIGNATURE, SUFFIX, deterministic_npz, \
     manifest_bytes, read_bundle, runner_files, write_tar
 from edgekit.datasets import Dataset
 from edgekit.errors import ConfigError, GateError
@@ -30,6 +30,7 @@ from edgekit.manifest import chosen_candidate, detect_precision, expected_from_r
     measure_expected, runtime_requirements
 from edgekit.progress import OnStep, notify
 from edgekit.targets import Profile
+from edgekit.words import check_plain, epoch_of, iso_utc
 
 __all__ = ["package", "bundle_filename", "bundle_warning", "RUNTIME_BY_SUFFIX"]
 
@@ -38,15 +39,6 @@ RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".tflite": "tflite"}
 
 def bundle_filename(name: str, version: str, target: str) -> str:
     return f"{name}-{version}-{target}{SUFFIX}"
-
-
-def _check_plain(value: str, flag: str) -> str:
-    from edgekit.device.state import RunnerError, check_name
-
-    try:
-        return check_name(value, flag)
-    except RunnerError as exc:
-        raise ConfigError(str(exc)) from exc
 
 
 def check_allowed(model: Path, profile: Profile, precision: str, model_mb: float) -> None:
@@ -159,8 +151,8 @@ def package(model: Path, profile: Profile, eval_data: Dataset, *, name: str, ver
     def step(what: str) -> None:
         notify(on_step, "package", what)
 
-    _check_plain(name, "--name")
-    _check_plain(version, "--version")
+    check_plain(name, "--name")
+    check_plain(version, "--version")
     if eval_samples is not None and eval_samples < 1:
         raise ConfigError(f"--eval-samples must be at least 1, got {eval_samples}")
     model = Path(model).expanduser()

@@ -304,5 +304,6 @@ def _quiet_ort():
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else 'no message'}"
+    from edgekit.words import first_line
+
+    return first_line(exc)

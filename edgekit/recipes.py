@@ -6,6 +6,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict
 
+from edgekit.words import Precision
+
 __all__ = ["Recipe", "METHODS"]
 
 METHODS = ("minmax", "entropy", "percentile")
@@ -14,7 +16,7 @@ METHODS = ("minmax", "entropy", "percentile")
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    precision: Literal["fp32", "fp16", "int8-dynamic", "int8-static"]
+    precision: Precision
     method: Optional[Literal["minmax", "entropy", "percentile"]] = None
     per_channel: bool = False
     reduce_range: bool = False

@@ -25,11 +25,11 @@ import math
 import os
 import sqlite3
 import threading
-import time
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
 from edgekit.errors import ConfigError
+from edgekit.words import utc_now
 
 __all__ = ["Store", "open_store", "default_store_path", "utc_now", "SCHEMA_VERSION"]
 
@@ -91,8 +91,6 @@ REPORT_COLUMNS = ("device", "run_id", "name", "version", "status", "error", "sta
                   "model_mb", "source")
 
 
-def utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def default_store_path() -> Path:

@@ -14,11 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from edgekit._toml import Invalid, pydantic_error_hint, pydantic_error_line, read_toml
 from edgekit.errors import ConfigError
+from edgekit.words import PRECISIONS, Precision
 
 __all__ = ["Budgets", "Profile", "PRECISIONS", "load_profile", "list_profiles", "profile_names", "search_dirs"]
 
-PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static")
-Precision = Literal["fp32", "fp16", "int8-dynamic", "int8-static"]
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "targets"
 

@@ -66,7 +66,7 @@ def test_the_tar_is_normalised_and_the_manifest_complete(tmp_path):
 
 
 def manifest_epoch(manifest: dict) -> int:
-    from edgekit.bundle import epoch_of
+    from edgekit.words import epoch_of
 
     return epoch_of(manifest["created_at"])
 

@@ -46,7 +46,9 @@ def test_accuracy_is_gated_against_the_bundles_expected_host_accuracy(real_repor
     report["metrics"]["accuracy"] = expected - budget / 2  # within the budget
     assert check_report("cam-1", report, manifest) == []
     report["metrics"]["accuracy"] = expected - 2 * budget
-    (breach,) = check_report("cam-1", report, manifest)
+    # An FP32 bundle is its own baseline: the drop against FP32 breaks the same budget.
+    breach, fp32 = check_report("cam-1", report, manifest)
+    assert fp32.gate == "drop_vs_fp32" and fp32.measured == pytest.approx(2 * budget)
     assert breach.gate == "accuracy_drop" and breach.measured == pytest.approx(2 * budget)
     assert f"(device {expected - 2 * budget:.4f}, host {expected:.4f})" in breach.message
     report["metrics"]["accuracy"] = None  # a budget with nothing measured is not a pass

@@ -10,8 +10,7 @@ import typer
 
 from edgekit.cli._common import JsonFlag, TargetsDir, console, fmt_sig, print_json
 from edgekit.cli._progress import showing_steps
-
-PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static")
+from edgekit.words import PRECISIONS
 
 
 def quantize_cmd(

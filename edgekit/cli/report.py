@@ -3,7 +3,6 @@ table, JSON, CSV or one self-contained HTML file."""
 
 from __future__ import annotations
 
-import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -14,6 +13,7 @@ from rich.markup import escape
 
 from edgekit.cli._common import JsonFlag, TargetsDir, console, err_console
 from edgekit.errors import ConfigError
+from edgekit.words import utc_now
 
 
 class Format(str, Enum):
@@ -164,7 +164,7 @@ def _fleet(result: dict, fmt: Format, section: Section, store: str, budgets: dic
             section = Section.rows
         return to_csv(sections(result)[section.value])
     if fmt == Format.json:
-        whole = {"store": store, "filters": filters, "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        whole = {"store": store, "filters": filters, "generated_at": utc_now(),
                  **{k: v for k, v in result.items() if k != "known"}}
         if section != Section.all:
             part = result["health"]["rollouts"] if section == Section.rollouts else result[section.value]

@@ -31,9 +31,14 @@ import time
 from contextlib import contextmanager
 from typing import Iterator, List, Optional
 
-__all__ = ["Layout", "RunnerError", "check_name", "write_json_atomic", "read_json", "utc_now"]
+__all__ = ["Layout", "RunnerError", "check_name", "write_json_atomic", "read_json", "utc_now", "NAME_PATTERN",
+           "TIME_FORMAT", "DIRS"]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+# Names and versions become path components: the host checks them with this same pattern.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_NAME = NAME_PATTERN
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+DIRS = ("bin", "incoming", "bundles", "current", "state", "reports", "trust")  # under the device's root
 HISTORY_KEPT = 50
 
 
@@ -55,7 +60,7 @@ def check_name(value: str, what: str) -> str:
 
 
 def utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return time.strftime(TIME_FORMAT, time.gmtime())
 
 
 def read_json(path: str, limit: int = 4 << 20) -> Optional[dict]:
@@ -92,7 +97,7 @@ class Layout:
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
         self.warnings: List[str] = []  # repairs made while reading, for the command's reply
-        for sub in ("bin", "incoming", "bundles", "current", "state", "reports", "trust"):
+        for sub in DIRS:
             setattr(self, sub, os.path.join(self.root, sub))
         self.lock_path = os.path.join(self.root, ".lock")
 

@@ -121,13 +121,12 @@ def _row(item: dict, runs: int, device: dict, budget: dict) -> dict:
     }
 
 
-def _over_budget(row: dict) -> list[str]:
-    out = []
-    if None not in (row["latency_p95"], row["latency_budget_p95"]) and row["latency_p95"] > row["latency_budget_p95"]:
-        out.append(f"latency p95 {row['latency_p95']:.4g} ms > budget {row['latency_budget_p95']:g} ms")
-    if None not in (row["peak_rss_mb"], row["rss_budget_mb"]) and row["peak_rss_mb"] > row["rss_budget_mb"]:
-        out.append(f"peak RSS {row['peak_rss_mb']:.1f} MiB > budget {row['rss_budget_mb']:g} MiB")
-    return out
+def _over_budget(row: dict, budget: dict) -> list[str]:
+    """What the row's own numbers break of its target's latency and memory budgets."""
+    from edgekit.budgets import Measured, check
+
+    measured = Measured(latency_p95=row["latency_p95"], peak_rss_mb=row["peak_rss_mb"])
+    return [b.sentence() for b in check(measured, budget, gates=("latency_p95", "peak_rss_mb"))]
 
 
 def gate_verdicts(rollouts: Iterable[dict]) -> dict[tuple[str, str, str], list[str]]:
@@ -168,7 +167,7 @@ def device_rows(reports: Iterable[dict], devices: Iterable[dict] = (), budgets: 
         target = item["report"]["bundle"].get("target") or device.get("target")
         row = _row(item, runs[key], device, (budgets or {}).get(target) or {})
         row["current"] = running.get((row["device"], row["name"])) == row["version"]
-        row["over_budget"] = _over_budget(row)
+        row["over_budget"] = _over_budget(row, (budgets or {}).get(row["target"]) or {})
         broken = (gates or {}).get((row["device"], row["name"], row["version"]))
         if broken and row["status"] == "ok":  # a failed evaluation stays `failed`, with the device's error
             row["status"], row["error"] = "gate failed", "; ".join(broken)

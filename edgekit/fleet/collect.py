@@ -16,7 +16,8 @@ from typing import Callable, Optional, Sequence
 from edgekit.errors import DataError, EdgekitError
 from edgekit.fleet.inventory import Device
 from edgekit.fleet.push import WORKERS, DeviceResult, FleetResult, fan_out
-from edgekit.fleet.reports import MAX_REPORT_BYTES, PLAIN, REPORT_FILE, validate_report
+from edgekit.fleet.reports import MAX_REPORT_BYTES, REPORT_FILE, validate_report
+from edgekit.words import PLAIN
 from edgekit.store import Store
 from edgekit.transport import Transport
 

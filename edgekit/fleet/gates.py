@@ -44,48 +44,36 @@ def _num(value) -> Optional[float]:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _over(device: str, gate: str, measured: Optional[float], limit: float, unit: str, what: str,
-          lower_is_better: bool = True) -> Optional[Breach]:
-    if measured is None:
-        return Breach(device, gate, None, limit, f"{device}: {gate}: the report has no {what}")
-    broke = measured > limit if lower_is_better else measured < limit
-    if not broke:
-        return None
-    sign = ">" if lower_is_better else "<"
-    return Breach(device, gate, measured, limit,
-                  f"{device}: {gate}: {what} {measured:.6g}{unit} {sign} budget {limit:.6g}{unit}")
-
-
 def check_report(device: str, report: dict, manifest: dict) -> list[Breach]:
     """Every gate `report` (a validated schema-1 report) breaks; [] when it passes."""
+    from edgekit.budgets import Measured, check
+
     if report["status"] != "ok":
         return [Breach(device, "evaluation", None, None, f"{device}: evaluation failed on the device: {report['error']}")]
-    budgets, expected, metrics = budgets_of(manifest), manifest.get("expected") or {}, report["metrics"]
-    found = []
-    want_acc, drop_limit = _num(expected.get("accuracy")), _num(budgets.get("max_accuracy_drop"))
-    if want_acc is not None and drop_limit is not None:
-        got = _num(metrics.get("accuracy"))
-        drop = None if got is None else want_acc - got
-        breach = _over(device, "accuracy_drop", drop, drop_limit, "", "accuracy drop")
-        if breach and got is not None:
-            breach = Breach(device, "accuracy_drop", drop, drop_limit,
-                            f"{breach.message} (device {got:.4f}, host {want_acc:.4f})")
-        found.append(breach)
-    baseline = _num(expected.get("baseline_accuracy"))
-    if baseline is not None and drop_limit is not None and _num(metrics.get("accuracy")) is not None:
-        got = _num(metrics["accuracy"])
-        breach = _over(device, "drop_vs_fp32", baseline - got, drop_limit, "", "accuracy drop against FP32")
-        found.append(breach and Breach(device, "drop_vs_fp32", baseline - got, drop_limit,
-                                       f"{breach.message} (device {got:.4f}, FP32 {baseline:.4f})"))
-    cosine_min = _num(budgets.get("min_fidelity_cosine"))
-    if want_acc is None and cosine_min is not None and expected.get("fidelity") is not None:
-        cosine = _num((metrics.get("fidelity") or {}).get("cosine"))
-        found.append(_over(device, "fidelity_cosine", cosine, cosine_min, "", "fidelity cosine", lower_is_better=False))
-    p95_limit = _num(budgets.get("max_latency_ms_p95"))
-    if p95_limit is not None:
-        p95 = _num((metrics.get("latency_ms") or {}).get("p95"))
-        found.append(_over(device, "latency_p95", p95, p95_limit, " ms", "p95 latency"))
-    rss_limit = _num(budgets.get("max_peak_rss_mb"))
-    if rss_limit is not None:
-        found.append(_over(device, "peak_rss_mb", _num(metrics.get("peak_rss_mb")), rss_limit, " MiB", "peak RSS"))
-    return [b for b in found if b is not None]
+    expected, metrics = manifest.get("expected") or {}, report["metrics"]
+    want, baseline, got = (_num(expected.get("accuracy")), _num(expected.get("baseline_accuracy")),
+                           _num(metrics.get("accuracy")))
+    measured = Measured(peak_rss_mb=_num(metrics.get("peak_rss_mb")),
+                        latency_p95=_num((metrics.get("latency_ms") or {}).get("p95")),
+                        drop=None if want is None or got is None else want - got,
+                        drop_vs_fp32=None if baseline is None or got is None else baseline - got,
+                        cosine=_num((metrics.get("fidelity") or {}).get("cosine")), labelled=want is not None)
+    gates = ["latency_p95", "peak_rss_mb"]
+    gates += ["accuracy_drop"] if want is not None else []
+    gates += ["drop_vs_fp32"] if baseline is not None and got is not None else []
+    gates += ["fidelity_cosine"] if want is None and expected.get("fidelity") is not None else []
+    order = ("accuracy_drop", "drop_vs_fp32", "fidelity_cosine", "latency_p95", "peak_rss_mb")
+    found = sorted(check(measured, budgets_of(manifest), gates=gates, require=True), key=lambda b: order.index(b.gate))
+    return [Breach(device, b.gate, b.measured, b.limit, f"{device}: {b.gate}: {b.sentence()}{_which(b, got, want, baseline)}")
+            for b in found]
+
+
+def _which(b, got: Optional[float], want: Optional[float], baseline: Optional[float]) -> str:
+    """The accuracies behind a drop: '(device 0.8567, host 0.9889)'."""
+    if b.measured is None or got is None:
+        return ""
+    if b.gate == "accuracy_drop":
+        return f" (device {got:.4f}, host {want:.4f})"
+    if b.gate == "drop_vs_fp32":
+        return f" (device {got:.4f}, FP32 {baseline:.4f})"
+    return ""

@@ -23,12 +23,12 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgekit.errors import DataError
+from edgekit.words import PLAIN
 
-__all__ = ["MAX_REPORT_BYTES", "PLAIN", "REPORT_FILE", "parse_report", "validate_report"]
+__all__ = ["MAX_REPORT_BYTES", "REPORT_FILE", "parse_report", "validate_report"]
 
 MAX_REPORT_BYTES = 1 << 20
-PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")      # bundle names, versions (as the runner)
-REPORT_FILE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._+-]{0,127})\.json$")
+REPORT_FILE = re.compile(PLAIN.pattern.replace("^", "^(").replace("$", r")\.json$"))
 _TIME = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$"
 NON_FINITE_OK = ("metrics", "fidelity", "sqnr_db")
 

@@ -1,0 +1,123 @@
+"""A target's budgets and the one check of measured numbers against them.
+
+    calibrate   a candidate's metrics, measured on the host    -> its failed budgets
+    rollout     a device's report, against its bundle           -> the gates it breaks
+    report      a device's row of the fleet report              -> what is over budget
+
+Each caller gives the numbers it has as `Measured` (None where nothing was measured) and
+gets `Breach`es back; what differs between them is only which budgets they judge and
+whether a missing number breaks a budget (a device report without a latency does; a
+calibration candidate without an accuracy does not), never the rule itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Iterable, Optional
+
+__all__ = ["Measured", "Rule", "Breach", "RULES", "check", "QUALITY_BUDGETS"]
+
+
+@dataclass(frozen=True)
+class Measured:
+    """The numbers budgets judge. `drop` is the accuracy lost against the reference the caller
+    judges by (calibrate: the FP32 baseline; a rollout: the host's expected accuracy),
+    `drop_vs_fp32` the loss against the FP32 model where that is another number."""
+
+    model_mb: Optional[float] = None
+    peak_rss_mb: Optional[float] = None
+    latency_p95: Optional[float] = None
+    drop: Optional[float] = None
+    drop_vs_fp32: Optional[float] = None
+    cosine: Optional[float] = None
+    labelled: bool = False  # accuracy is the metric (labels); else fidelity to the FP32 outputs
+
+
+@dataclass(frozen=True)
+class Rule:
+    budget: str        # the profile's field
+    gate: str          # the name a rollout gate goes by
+    measured: str      # the Measured field it judges
+    label: str         # in words
+    unit: str
+    digits: str        # how a calibration record prints the number
+    upper: bool = True  # True: the measured number must stay at or below the budget
+
+    def broken(self, value: float, limit: float) -> bool:
+        # A drop equal to its budget is within it, whatever the float rounding of the subtraction.
+        return value > limit + 1e-12 if self.upper else value < limit
+
+
+RULES = (
+    Rule("max_model_mb", "model_mb", "model_mb", "model size", " MiB", ".3f"),
+    Rule("max_peak_rss_mb", "peak_rss_mb", "peak_rss_mb", "peak RSS", " MiB", ".1f"),
+    Rule("max_latency_ms_p95", "latency_p95", "latency_p95", "p95 latency", " ms", ".3f"),
+    Rule("max_accuracy_drop", "accuracy_drop", "drop", "accuracy drop", "", ".4f"),
+    Rule("max_accuracy_drop", "drop_vs_fp32", "drop_vs_fp32", "accuracy drop against FP32", "", ".4f"),
+    Rule("min_fidelity_cosine", "fidelity_cosine", "cosine", "fidelity cosine", "", ".5f", upper=False),
+)
+QUALITY_BUDGETS = ("max_accuracy_drop", "min_fidelity_cosine")
+
+
+@dataclass(frozen=True)
+class Breach:
+    rule: Rule
+    measured: Optional[float]  # None: the number was not measured (and the caller requires it)
+    limit: float
+
+    @property
+    def budget(self) -> str:
+        return self.rule.budget
+
+    @property
+    def gate(self) -> str:
+        return self.rule.gate
+
+    def short(self) -> str:
+        """'max_model_mb: 0.148 > 0.1', as calibration records list them."""
+        sign = ">" if self.rule.upper else "<"
+        return f"{self.rule.budget}: {self.measured:{self.rule.digits}} {sign} {self.limit:g}"
+
+    def sentence(self) -> str:
+        """'p95 latency 12.3 ms > budget 10 ms', or what is missing."""
+        if self.measured is None:
+            return f"the report has no {self.rule.label}"
+        sign = ">" if self.rule.upper else "<"
+        unit = self.rule.unit
+        return f"{self.rule.label} {self.measured:.6g}{unit} {sign} budget {self.limit:.6g}{unit}"
+
+
+def check(measured: Measured, budgets, *, gates: Optional[Iterable[str]] = None,
+          require: bool = False) -> list[Breach]:
+    """Every budget `measured` breaks. `budgets`: a profile's Budgets or the dict of one.
+    `gates`: judge only these rules (by gate name). `require`: a number that was not
+    measured breaks its budget (a device report must carry what it is judged on).
+
+    An accuracy budget judges labelled data; the fidelity budget judges unlabelled data,
+    and labelled data only when no accuracy budget is set."""
+    limits = budgets if isinstance(budgets, dict) else budgets.model_dump()
+    chosen = set(gates) if gates is not None else None
+    found = []
+    for rule in RULES:
+        limit = limits.get(rule.budget)
+        if limit is None or (chosen is not None and rule.gate not in chosen) or not _applies(rule, measured, limits):
+            continue
+        value = getattr(measured, rule.measured)
+        if value is None:
+            if require:
+                found.append(Breach(rule, None, float(limit)))
+            continue
+        if rule.broken(float(value), float(limit)):
+            found.append(Breach(rule, float(value), float(limit)))
+    return found
+
+
+def _applies(rule: Rule, m: Measured, limits: dict) -> bool:
+    if rule.budget == "max_accuracy_drop":
+        return m.labelled
+    if rule.budget == "min_fidelity_cosine":
+        return not m.labelled or limits.get("max_accuracy_drop") is None
+    return True
+
+
+assert {f.name for f in fields(Measured)} >= {r.measured for r in RULES}
