@@ -23,14 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from importlib.resources import files
+
 import numpy as np
 
 from edgekit.errors import ConfigError, EdgekitError
 
-REPO = Path(__file__).resolve().parent.parent
-MODEL = REPO / "examples" / "digits" / "model.onnx"
-CALIB = REPO / "calibration" / "digits" / "calib.npz"
-EVAL = REPO / "calibration" / "digits" / "eval.npz"
+SHIPPED = Path(str(files("edgekit") / "resources"))  # the repository's examples/ and calibration/ point here
+EXAMPLE = {"model.onnx": SHIPPED / "examples" / "digits" / "model.onnx",
+           "calib.npz": SHIPPED / "calibration" / "digits" / "calib.npz",
+           "eval.npz": SHIPPED / "calibration" / "digits" / "eval.npz"}
 TARGETS = ("host-cpu", "x86-gateway")
 NAME, GOOD, CARELESS = "digits", "1.0.0", "1.1.0"
 
@@ -53,6 +55,19 @@ class Demo:
         return self.workdir / "store.db"
 
     @property
+    def model(self) -> Path:
+        """The example model and its data sets, copied into the work directory by reset()."""
+        return self.workdir / "example" / "model.onnx"
+
+    @property
+    def calib(self) -> Path:
+        return self.workdir / "example" / "calib.npz"
+
+    @property
+    def eval(self) -> Path:
+        return self.workdir / "example" / "eval.npz"
+
+    @property
     def careless_calibration(self) -> Path:
         return self.workdir / "careless-calib.npz"
 
@@ -65,9 +80,9 @@ class Demo:
 
 
 def _check_inputs() -> None:
-    for path in (MODEL, CALIB, EVAL):
+    for path in EXAMPLE.values():
         if not path.is_file():
-            raise ConfigError(f"{path}: missing; the demo runs from a checkout of the edgekit repository")
+            raise ConfigError(f"{path}: missing from this edgekit installation; reinstall edgekit")
 
 
 def make_fleet(demo: Demo) -> list:
@@ -99,9 +114,9 @@ def stop_fleet(demo: Demo) -> None:
         demo._fleet = None
 
 
-def write_careless_calibration(path: Path) -> Path:
+def write_careless_calibration(path: Path, calib: Path) -> Path:
     """16 under-exposed samples: the calibration data of someone who forgot the normalisation."""
-    with np.load(CALIB) as data:
+    with np.load(calib) as data:
         dark = data["input"][:16] * 0.25
     np.savez(path, input=dark)
     return path
@@ -115,6 +130,9 @@ def reset(workdir: Path) -> None:
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     (workdir / ".edgekit-demo").write_text("made by edgekit demo; removed by the next demo run\n")
+    (workdir / "example").mkdir()
+    for name, source in EXAMPLE.items():  # at hand for the commands the demo shows
+        shutil.copyfile(source, workdir / "example" / name)
 
 
 def trust(demo: Demo, devices: list):
@@ -137,8 +155,8 @@ def calibrate_target(demo: Demo, target: str, on_candidate=None):
     from edgekit.datasets import load_dataset
     from edgekit.targets import load_profile
 
-    return calibrate(MODEL, load_profile(target), load_dataset(CALIB, role="calibration data"),
-                     load_dataset(EVAL, role="eval data"), demo.workdir / "calibrated" / target,
+    return calibrate(demo.model, load_profile(target), load_dataset(demo.calib, role="calibration data"),
+                     load_dataset(demo.eval, role="eval data"), demo.workdir / "calibrated" / target,
                      measure_opts={"runs": 30, "min_seconds": 0.2}, on_candidate=on_candidate)
 
 
@@ -147,7 +165,7 @@ def package_release(demo: Demo, target: str, calibration, keys):
     from edgekit.package import package
     from edgekit.targets import load_profile
 
-    return package(calibration.model_path, load_profile(target), load_dataset(EVAL, role="eval data"),
+    return package(calibration.model_path, load_profile(target), load_dataset(demo.eval, role="eval data"),
                    name=NAME, version=GOOD, out_dir=demo.workdir / "dist",
                    calibration_record=calibration.record_path, sign_key=keys.private)
 
@@ -162,10 +180,10 @@ def package_careless(demo: Demo, keys):
     from edgekit.targets import load_profile
 
     model = demo.careless_model
-    quantize(MODEL, Recipe(precision="int8-static", method="minmax"), model,
-             calibration=load_dataset(write_careless_calibration(demo.careless_calibration), role="calibration data"))
-    return package(model, load_profile(TARGETS[0]), load_dataset(EVAL, role="eval data"), name=NAME,
-                   version=CARELESS, out_dir=demo.workdir / "dist", reference=MODEL, sign_key=keys.private)
+    quantize(demo.model, Recipe(precision="int8-static", method="minmax"), model,
+             calibration=load_dataset(write_careless_calibration(demo.careless_calibration, demo.calib), role="calibration data"))
+    return package(model, load_profile(TARGETS[0]), load_dataset(demo.eval, role="eval data"), name=NAME,
+                   version=CARELESS, out_dir=demo.workdir / "dist", reference=demo.model, sign_key=keys.private)
 
 
 def roll_out(demo: Demo, bundle, devices: list, *, step=None, on_wave=None):

@@ -1,7 +1,13 @@
 """Target-device profiles: what a device class runs, and the budgets that gate a release.
 
-A profile is a TOML file in ``targets/`` (or any folder given with ``--targets-dir``),
-validated on load: an unknown key or a wrong type is a ConfigError naming file and field.
+A profile is a TOML file, validated on load: an unknown key or a wrong type is a
+ConfigError naming file and field. A name is looked up in these folders, first match wins:
+
+    --targets-dir DIR (each, in the order given)     "--targets-dir"
+    $EDGEKIT_TARGETS_DIR (os.pathsep-separated)       "$EDGEKIT_TARGETS_DIR"
+    ./targets, the current project's                  "project"
+    $XDG_CONFIG_HOME/edgekit/targets (~/.config/...)  "user"
+    the profiles shipped inside the package           "shipped"
 """
 
 from __future__ import annotations
@@ -16,10 +22,17 @@ from edgekit._toml import Invalid, pydantic_error_hint, pydantic_error_line, rea
 from edgekit.errors import ConfigError
 from edgekit.words import PRECISIONS, Precision
 
-__all__ = ["Budgets", "Profile", "PRECISIONS", "load_profile", "list_profiles", "profile_names", "search_dirs"]
+__all__ = ["Budgets", "Profile", "PRECISIONS", "load_profile", "list_profiles", "profile_names", "search_dirs",
+           "sourced_dirs", "sourced_files", "user_dir", "BUILTIN_DIR"]
 
 
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "targets"
+def _shipped() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("edgekit") / "resources" / "targets"))
+
+
+BUILTIN_DIR = _shipped()  # the repository's top-level targets/ points here
 
 
 class _Strict(BaseModel):
@@ -83,17 +96,30 @@ class Profile(_Strict):
         return self.model_dump(mode="json")
 
 
+def user_dir() -> Path:
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config).expanduser() / "edgekit" / "targets"
+
+
 def search_dirs(extra: list[Path] | tuple[Path, ...] = ()) -> list[Path]:
-    """Where profile names are looked up, first match wins."""
-    dirs = [Path(d).expanduser() for d in extra]
+    """Where profile names are looked up, first match wins (see the module docstring)."""
+    return [d for d, _ in sourced_dirs(extra)]
+
+
+def sourced_dirs(extra: list[Path] | tuple[Path, ...] = ()) -> list[tuple[Path, str]]:
+    """The search folders that exist, each with the name of where it comes from; a folder
+    reached twice (the checkout's targets/ is the shipped one) counts once, at its first place."""
+    dirs = [(Path(d).expanduser(), "--targets-dir") for d in extra]
     env = os.environ.get("EDGEKIT_TARGETS_DIR")
     if env:
-        dirs += [Path(p).expanduser() for p in env.split(os.pathsep) if p]
-    dirs += [Path.cwd() / "targets", BUILTIN_DIR]
-    unique: list[Path] = []
-    for d in dirs:
-        if d.is_dir() and d.resolve() not in [u.resolve() for u in unique]:
-            unique.append(d)
+        dirs += [(Path(p).expanduser(), "$EDGEKIT_TARGETS_DIR") for p in env.split(os.pathsep) if p]
+    dirs += [(Path.cwd() / "targets", "project"), (user_dir(), "user"), (BUILTIN_DIR, "shipped")]
+    unique: list[tuple[Path, str]] = []
+    seen: set[Path] = set()
+    for d, source in dirs:
+        if d.is_dir() and d.resolve() not in seen:
+            seen.add(d.resolve())
+            unique.append((d, "shipped" if d.resolve() == BUILTIN_DIR.resolve() else source))
     return unique
 
 
@@ -127,10 +153,15 @@ def load_profile(spec: str | Path, targets_dirs: list[Path] | tuple[Path, ...] =
 
 
 def _profile_files(targets_dirs) -> list[Path]:
-    seen: dict[str, Path] = {}
-    for d in search_dirs(targets_dirs):
+    return [p for p, _ in sourced_files(targets_dirs)]
+
+
+def sourced_files(targets_dirs=()) -> list[tuple[Path, str]]:
+    """(file, where it comes from) of every profile name, the first found of each."""
+    seen: dict[str, tuple[Path, str]] = {}
+    for d, source in sourced_dirs(targets_dirs):
         for p in sorted(d.glob("*.toml")):
-            seen.setdefault(p.stem, p)
+            seen.setdefault(p.stem, (p, source))
     return list(seen.values())
 
 

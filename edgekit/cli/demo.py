@@ -56,7 +56,7 @@ class _Steps:
 def demo_cmd(
     devices: Annotated[int, typer.Option("--devices", min=2, help="Simulated devices (over two targets).")] = 4,
     ssh: Annotated[bool, typer.Option("--ssh", help="Real sshd servers on 127.0.0.1, one per device (needs openssh-server).")] = False,
-    workdir: Annotated[Path, typer.Option("--workdir", help="Where the fleet, bundles, store and report go (emptied first).")] = Path("demo-work"),
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where the example, fleet, bundles, store and report go (made here; emptied first when a demo made it).")] = Path("demo-work"),
 ) -> None:
     """Run the whole chain on a simulated fleet: calibrate the example model for two device
     classes, package signed bundles, roll them out with a canary, stop a careless variant at
@@ -67,6 +67,8 @@ def demo_cmd(
     d._check_inputs()
     workdir = workdir.expanduser().resolve()
     d.reset(workdir)
+    _line(f"work directory: {workdir} (made by this demo, with the example model and data sets in "
+          f"{workdir / 'example'}; the next demo run empties it)")
     run = d.Demo(workdir, devices=devices, ssh=ssh)
     step = _Steps()
     try:
@@ -114,7 +116,7 @@ def _calibrate(run, step) -> dict:
     calibrations = {}
     for target in d.TARGETS:
         step(f"release calibration for {target}",
-             command("edgekit", "calibrate", d.MODEL, "--target", target, "--calibration", d.CALIB, "--eval", d.EVAL,
+             command("edgekit", "calibrate", run.model, "--target", target, "--calibration", run.calib, "--eval", run.eval,
                      "-o", run.workdir / "calibrated" / target))
         with progress() as bar:
             task = bar.add_task(f"calibrating for {target}", total=None)
@@ -129,7 +131,7 @@ def _package(run, step, calibrations: dict, keys) -> dict:
 
     chosen = {t: cal for t, cal in calibrations.items() if cal.model_path is not None}
     step("one signed bundle per target", *[
-        command("edgekit", "package", cal.model_path, "--target", target, "--eval", d.EVAL, "--calibration-record",
+        command("edgekit", "package", cal.model_path, "--target", target, "--eval", run.eval, "--calibration-record",
                 cal.record_path, "--name", d.NAME, "--version", d.GOOD, "--sign-key", keys.private,
                 "-o", run.workdir / "dist") for target, cal in chosen.items()])
     bundles = {}
@@ -181,9 +183,9 @@ def _safety_net(run, step, fleet: list, keys) -> None:
 
     calib, model = run.careless_calibration, run.careless_model
     step("the safety net: a careless INT8 variant",
-         command("edgekit", "quantize", d.MODEL, "--precision", "int8-static", "--method", "minmax",
+         command("edgekit", "quantize", run.model, "--precision", "int8-static", "--method", "minmax",
                  "--calibration", calib, "-o", model),
-         command("edgekit", "package", model, "--target", d.TARGETS[0], "--eval", d.EVAL, "--reference", d.MODEL,
+         command("edgekit", "package", model, "--target", d.TARGETS[0], "--eval", run.eval, "--reference", run.model,
                  "--name", d.NAME, "--version", d.CARELESS, "--sign-key", keys.private, "-o", run.workdir / "dist"),
          _rollout_command(run, run.workdir / "dist" / f"{d.NAME}-{d.CARELESS}-{d.TARGETS[0]}.edgekit"))
     console.print("  INT8 calibrated on 16 under-exposed images and packaged without calibrate: its canary "

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from edgekit.cli._common import Col, JsonFlag, TargetsDir, compact_table, console, fit_table, print_json, titled
-from edgekit.targets import list_profiles, load_profile
+from edgekit.targets import load_profile
 
 targets_app = typer.Typer(help="Target-device profiles: what each device class runs and its budgets.",
                           no_args_is_help=True)
@@ -33,15 +33,30 @@ def _budget(value) -> str:
 
 @targets_app.command("list")
 def list_cmd(targets_dir: TargetsDir = None, json: JsonFlag = False) -> None:
-    """List the target profiles in targets/ and in --targets-dir."""
-    found = list_profiles(targets_dir or ())
+    """List the target profiles: from --targets-dir, $EDGEKIT_TARGETS_DIR, the project's
+    ./targets, the user's ~/.config/edgekit/targets and those shipped with edgekit, the first
+    of each name (the `from` column says where it was found)."""
+    from edgekit.targets import load_file, sourced_files
+
+    found = [(path, source, load_file(path)) for path, source in sourced_files(targets_dir or ())]
     if json:
-        print_json([dict(profile.snapshot(), path=str(path)) for path, profile in found])
+        print_json([dict(profile.snapshot(), path=str(path), source=source) for path, source, profile in found])
         return
     rows = [[escape(p.name), escape(p.arch), escape(p.runtime), _precisions(p.precisions), str(p.memory_mb),
-             escape(p.objective), *(_budget(getattr(p.budgets, key)) for key in BUDGETS)] for _, p in found]
+             escape(p.objective), *(_budget(getattr(p.budgets, key)) for key in BUDGETS)] for _, _, p in found]
     console.print(fit_table(console, "target profiles (budgets: model and peak RSS in MiB, p95 latency in ms, "
                                      "accuracy drop, fidelity cosine; i8dyn, i8st: INT8 dynamic, static)", LIST_COLS, rows))
+    _print_sources(found)
+
+
+def _print_sources(found) -> None:
+    """Where the profiles came from, one line per place: 'shipped with edgekit: host-cpu, ...'."""
+    places: dict[tuple[str, str], list[str]] = {}
+    for path, source, profile in found:
+        places.setdefault((source, str(path.parent)), []).append(profile.name)
+    for (source, folder), names in places.items():
+        where = "shipped with edgekit" if source == "shipped" else f"{source} ({folder})"
+        console.print(f"from {escape(where)}: {escape(', '.join(names))}", highlight=False, soft_wrap=True)
 
 
 @targets_app.command("show")
