@@ -218,7 +218,7 @@ def _as_device(template, device, run_id, **metrics):
 
 
 def test_identical_siblings_and_cohorts_too_small_to_judge_flag_nothing(template):
-    from edgekit.fleet.analysis import analyse
+    from edgekit.report.analysis import analyse
 
     same = [_as_device(template, f"d{i}", f"r{i}") for i in range(5)]
     assert analyse(same)["drift"] == []  # a MAD of zero does not make everyone an outlier
@@ -229,7 +229,7 @@ def test_identical_siblings_and_cohorts_too_small_to_judge_flag_nothing(template
 
 
 def test_a_device_on_a_subset_gets_its_sampling_error_as_allowance(template):
-    from edgekit.fleet.analysis import analyse
+    from edgekit.report.analysis import analyse
 
     expected = template["metrics"]["accuracy_expected"]
     total = template["metrics"]["n"]
@@ -242,7 +242,7 @@ def test_a_device_on_a_subset_gets_its_sampling_error_as_allowance(template):
 
 
 def test_a_restore_after_the_last_report_decides_what_runs(template):
-    from edgekit.fleet.analysis import running_versions
+    from edgekit.report.analysis import running_versions
 
     newer = _as_device(template, "d1", "r2")
     newer["report"]["bundle"]["version"] = "2.0.0"

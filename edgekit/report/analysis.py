@@ -11,7 +11,7 @@ A cohort is the devices that ran the same bundle (name, target, version): they s
 measure alike. Drift is a device that does not: its accuracy (or fidelity) differs from
 what the host measured for that bundle by more than a tolerance, or its latency or memory
 is an outlier among its siblings by a robust score on the cohort's median and MAD. Every
-flag carries its reason with the numbers. edgekit.fleet.fleetdata reads these from the store.
+flag carries its reason with the numbers. edgekit.report.fleetdata reads these from the store.
 """
 
 from __future__ import annotations
@@ -332,7 +332,7 @@ def analyse(reports: list[dict], devices: list[dict] = (), rollouts: list[dict] 
     """Everything `edgekit report` shows: rows, cohorts, drift, health (and compare), for the
     reports of bundle `name`, `version` and `target` when given. What runs where is worked out
     from all reports and rollouts, so that a filter does not make an old version look current."""
-    from edgekit.fleet.health import rollout_health
+    from edgekit.report.health import rollout_health
 
     running = running_versions(reports, rollouts, models)
     every = device_rows(reports, devices, budgets, running, gate_verdicts(rollouts))
