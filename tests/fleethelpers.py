@@ -68,7 +68,7 @@ def ssh_device_runs_checked_version(fleet, index: int) -> Optional[str]:
     from edgekit.transport import connect
 
     device = fleet.device(index)
-    with connect(device) as t:
+    with connect(device.endpoint) as t:
         models = device_status(t, device)["models"]
     current = (models.get("digits") or {}).get("current")
     if current is not None:

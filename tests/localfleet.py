@@ -86,7 +86,7 @@ def install_runner(root: Path) -> None:
     from edgekit.transport import connect
 
     device = local_device(root)
-    with connect(device) as t:
+    with connect(device.endpoint) as t:
         ensure_runner(t, device)
 
 

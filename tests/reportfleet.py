@@ -97,7 +97,7 @@ def _first_version(devices, bundles) -> None:
         result = push(members, bundles[(target, "1.0.0")], activate=True)
         assert not result.failed, result.record()
         for device in members:
-            with connect(device) as t:
+            with connect(device.endpoint) as t:
                 try:
                     remote_evaluate(t, device, "digits")
                 except RemoteCommandError:

@@ -87,7 +87,7 @@ def fan_out(devices: Sequence[Device], work: Work, *, action: str, workers: int 
         if cancel is not None and cancel.is_set():
             return DeviceResult(device.name, "skipped", {"interrupted": True}, "interrupted before it started")
         try:
-            transport = connect(device, **connect_opts)
+            transport = connect(device.endpoint, **connect_opts)
         except (EdgekitError, OSError) as exc:
             return DeviceResult(device.name, "failed", error=str(exc), reached=False)
         try:
