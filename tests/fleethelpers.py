@@ -64,7 +64,7 @@ def running(root: Path) -> Optional[str]:
 def ssh_device_runs_checked_version(fleet, index: int) -> Optional[str]:
     """Over SSH, as the host sees it: the active digits version, and that its files still
     match their manifest (the runner's install checked them; nothing changed them since)."""
-    from edgekit.fleet.push import device_status
+    from edgekit.fleet.protocol import device_status
     from edgekit.transport import connect
 
     device = fleet.device(index)

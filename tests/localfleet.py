@@ -82,7 +82,7 @@ def runner(root: Path, *args: str, python: Optional[str] = None, env: Optional[d
 
 def install_runner(root: Path) -> None:
     """Put the runner into ROOT/bin the way push does."""
-    from edgekit.fleet.push import ensure_runner
+    from edgekit.fleet.protocol import ensure_runner
     from edgekit.transport import connect
 
     device = local_device(root)

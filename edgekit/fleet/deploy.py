@@ -16,10 +16,11 @@ from typing import Callable, Optional, Sequence
 from edgekit.bundle import Bundle
 from edgekit.errors import EdgekitError, Interrupted, RemoteCommandError
 from edgekit.fleet.collect import pull_reports, store_pulled
+from edgekit.fleet.fanout import DeviceResult, check_cancel, fan_out
 from edgekit.fleet.gates import check_report
 from edgekit.fleet.inventory import Device
-from edgekit.fleet.push import SHORT_STEP_S, DeviceResult, check_cancel, device_status, fan_out, install_bundle, \
-    model_state, run_runner
+from edgekit.fleet.protocol import SHORT_STEP_S, device_status, model_state, run_runner
+from edgekit.fleet.push import install_bundle
 from edgekit.store import Store
 from edgekit.transport import Transport
 from edgekit.transport.base import Cancel
