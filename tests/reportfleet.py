@@ -106,7 +106,7 @@ def _first_version(devices, bundles) -> None:
 
 def _plant(store, template: dict) -> None:
     """Reports as a device would send them, checked by the same validation as collected ones."""
-    from edgekit.fleet.reports import validate_report
+    from edgekit.device_report import validate_report
 
     low = json.loads(json.dumps(template))
     low["run_id"], low["device"]["name"] = template["run_id"] + "-low", LOW

@@ -203,7 +203,7 @@ def template(report_fleet):
 
 def _as_device(template, device, run_id, **metrics):
     """A copy of a real report, changed as a device would send it, through the collect validation."""
-    from edgekit.fleet.reports import validate_report
+    from edgekit.device_report import validate_report
 
     report = json.loads(json.dumps(template))
     report["run_id"], report["device"]["name"] = run_id, device

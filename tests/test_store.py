@@ -11,7 +11,7 @@ from fleethelpers import real_report  # noqa: F401 (fixture)
 
 from conftest import assert_clean_error, run_edgekit
 from edgekit.errors import ConfigError, DataError
-from edgekit.fleet.reports import MAX_REPORT_BYTES, validate_report
+from edgekit.device_report import MAX_REPORT_BYTES, validate_report
 from edgekit.store import SCHEMA_VERSION, Store, default_store_path, open_store
 
 

@@ -2,7 +2,7 @@
 
 Files are listed and fetched over the transport (SFTP for ssh devices); a file whose
 run id the store has for that device is not fetched again, so collecting twice adds
-nothing twice. Everything a device sends is checked (edgekit.fleet.reports) before it is
+nothing twice. Everything a device sends is checked (edgekit.device_report) before it is
 stored; a bad report, or a device that cannot be reached, is a failure of that device
 and the others go on. The store is written only by the calling thread.
 """
@@ -13,11 +13,11 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from edgekit.device_report import MAX_REPORT_BYTES, REPORT_FILE, validate_report
 from edgekit.errors import DataError, EdgekitError
 from edgekit.fleet.fanout import WORKERS, DeviceResult, FleetResult, fan_out
 from edgekit.fleet.inventory import Device
 from edgekit.fleet.protocol import DevicePaths
-from edgekit.fleet.reports import MAX_REPORT_BYTES, REPORT_FILE, validate_report
 from edgekit.store import Store
 from edgekit.transport import Transport
 from edgekit.words import PLAIN
