@@ -158,7 +158,7 @@ def _build_fleet(tmp_path_factory) -> ReportFleet:
             done = rollout(bundles[(target, "1.0.1")], members, store, canary=1, batch="100%")
             fleet.outcomes[target] = done.outcome
         collect(devices, store)
-        template = store.reports(device="hc-01", version="1.0.1")[-1]["report"]
+        template = store.reports(device="hc-01", version="1.0.1")[-1]["report"].record()
         _plant(store, template)
     assert fleet.outcomes == {"host-cpu": "completed", "x86-gateway": "halted"}, fleet.outcomes
     return fleet

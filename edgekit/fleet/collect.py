@@ -24,7 +24,7 @@ from edgekit.words import PLAIN
 
 __all__ = ["Pulled", "pull_reports", "collect", "store_pulled"]
 
-Pulled = dict  # {"reports": [(report, source)], "bad": [(source, error)], "error": str | None}
+Pulled = dict  # {"reports": [(DeviceReport, source)], "bad": [(source, error)], "error": str | None}
 
 
 def _files(transport: Transport, paths: DevicePaths, name: Optional[str], version: Optional[str],
@@ -91,7 +91,7 @@ def store_pulled(store: Store, device: Device, pulled: Pulled) -> dict:
     for source, error in pulled["bad"]:
         store.add_collect_error(device.name, source, error)
     return {"new": new, "fetched": len(pulled["reports"]), "bad": [f"{s}: {e}" for s, e in pulled["bad"]],
-            "run_ids": [r["run_id"] for r, _ in pulled["reports"]]}
+            "run_ids": [r.run_id for r, _ in pulled["reports"]]}
 
 
 def _failure(summary: dict, error: Optional[str]) -> Optional[str]:
