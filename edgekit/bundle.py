@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
+from edgekit.device.install import MANIFEST, SIGNATURE
 from edgekit.errors import BundleError
 
 __all__ = ["Bundle", "write_tar", "read_bundle", "runner_files", "runner_sha256", "deterministic_npz",
            "manifest_bytes", "MANIFEST", "SIGNATURE", "SUFFIX"]
 
-MANIFEST, SIGNATURE, SUFFIX = "manifest.json", "manifest.sig", ".edgekit"
+SUFFIX = ".edgekit"  # MANIFEST and SIGNATURE are the device's names (edgekit.device.install)
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip can hold
 Source = Union[Path, bytes]
 

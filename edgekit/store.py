@@ -21,13 +21,13 @@ fan-out's worker threads: every statement, and every transaction as a whole, hol
 from __future__ import annotations
 
 import json
-import math
 import os
 import sqlite3
 import threading
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
+from edgekit.device_report import DeviceReport
 from edgekit.errors import ConfigError
 from edgekit.words import utc_now
 
@@ -275,16 +275,16 @@ class Store:
     def known_run_ids(self, device: str) -> set[str]:
         return {r[0] for r in self._db.execute("SELECT run_id FROM reports WHERE device = ?", (device,))}
 
-    def add_report(self, device: str, report: dict, *, source: str = "") -> bool:
+    def add_report(self, device: str, report: DeviceReport, *, source: str = "") -> bool:
         """Insert a validated report; False when (device, run_id) is stored already."""
-        row = _report_row(device, report, source)
+        row = {**report.columns(), "device": device, "collected_at": utc_now(), "source": source}
         cur = self._db.execute(
             f"INSERT OR IGNORE INTO reports ({', '.join(REPORT_COLUMNS)}, report) "
             f"VALUES ({', '.join('?' * (len(REPORT_COLUMNS) + 1))})",
-            [row[c] for c in REPORT_COLUMNS] + [_dumps(report)])
+            [row[c] for c in REPORT_COLUMNS] + [_dumps(report.record())])
         return cur.rowcount == 1
 
-    def add_reports(self, device: str, reports: Iterable[tuple[dict, str]]) -> int:
+    def add_reports(self, device: str, reports: Iterable[tuple[DeviceReport, str]]) -> int:
         """Insert (report, source) pairs in one transaction; how many were new."""
         with self._transaction():
             return sum(self.add_report(device, report, source=source) for report, source in reports)
@@ -292,14 +292,10 @@ class Store:
     def reports(self, *, device: Optional[str] = None, name: Optional[str] = None,
                 version: Optional[str] = None) -> list[dict]:
         """Stored reports, in the order this host received them; each row's columns plus
-        `report`, the parsed report."""
+        `report`, the DeviceReport (validated when it was collected)."""
         where, args = _where(device=device, name=name, version=version)
         rows = self._db.execute(f"SELECT * FROM reports{where} ORDER BY collected_at, finished_at, device, run_id", args)
-        return [{**dict(r), "report": json.loads(r["report"])} for r in rows]
-
-    def report(self, device: str, run_id: str) -> Optional[dict]:
-        row = self._db.execute("SELECT report FROM reports WHERE device = ? AND run_id = ?", (device, run_id)).fetchone()
-        return json.loads(row["report"]) if row else None
+        return [{**dict(r), "report": DeviceReport.from_object(json.loads(r["report"]))} for r in rows]
 
     def last_report_times(self) -> dict[str, str]:
         """device -> when this host received its newest report (the host's clock)."""
@@ -422,28 +418,6 @@ def _model_dict(row: sqlite3.Row) -> dict:
 
 def _rollout_dict(row: sqlite3.Row) -> dict:
     return {**dict(row), "options": json.loads(row["options"])}
-
-
-def _number(value: Any) -> Optional[float]:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def _report_row(device: str, report: dict, source: str) -> dict:
-    """The columns `edgekit report` sorts and filters on, pulled out of a validated report."""
-    bundle, runtime, metrics = report["bundle"], report.get("runtime") or {}, report.get("metrics") or {}
-    latency = metrics.get("latency_ms") or {}
-    fidelity = metrics.get("fidelity") or {}
-    return {"device": device, "run_id": report["run_id"], "name": bundle["name"], "version": bundle["version"],
-            "status": report["status"], "error": report.get("error"), "started_at": report.get("started_at"),
-            "finished_at": report.get("finished_at"), "collected_at": utc_now(), "target": bundle.get("target"),
-            "precision": bundle.get("precision"), "bundle_sha256": bundle.get("sha256"),
-            "runtime": runtime.get("name"), "runtime_version": runtime.get("version"),
-            "accuracy": _number(metrics.get("accuracy")), "accuracy_expected": _number(metrics.get("accuracy_expected")),
-            "cosine": _number(fidelity.get("cosine")), "latency_p50": _number(latency.get("p50")),
-            "latency_p95": _number(latency.get("p95")), "peak_rss_mb": _number(metrics.get("peak_rss_mb")),
-            "model_mb": _number(metrics.get("model_mb")), "source": source}
 
 
 def open_store(path: Union[str, Path, None] = None) -> Store:

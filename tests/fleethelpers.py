@@ -64,11 +64,11 @@ def running(root: Path) -> Optional[str]:
 def ssh_device_runs_checked_version(fleet, index: int) -> Optional[str]:
     """Over SSH, as the host sees it: the active digits version, and that its files still
     match their manifest (the runner's install checked them; nothing changed them since)."""
-    from edgekit.fleet.push import device_status
+    from edgekit.fleet.protocol import device_status
     from edgekit.transport import connect
 
     device = fleet.device(index)
-    with connect(device) as t:
+    with connect(device.endpoint) as t:
         models = device_status(t, device)["models"]
     current = (models.get("digits") or {}).get("current")
     if current is not None:

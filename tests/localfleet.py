@@ -82,11 +82,11 @@ def runner(root: Path, *args: str, python: Optional[str] = None, env: Optional[d
 
 def install_runner(root: Path) -> None:
     """Put the runner into ROOT/bin the way push does."""
-    from edgekit.fleet.push import ensure_runner
+    from edgekit.fleet.protocol import ensure_runner
     from edgekit.transport import connect
 
     device = local_device(root)
-    with connect(device) as t:
+    with connect(device.endpoint) as t:
         ensure_runner(t, device)
 
 

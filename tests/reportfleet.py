@@ -97,7 +97,7 @@ def _first_version(devices, bundles) -> None:
         result = push(members, bundles[(target, "1.0.0")], activate=True)
         assert not result.failed, result.record()
         for device in members:
-            with connect(device) as t:
+            with connect(device.endpoint) as t:
                 try:
                     remote_evaluate(t, device, "digits")
                 except RemoteCommandError:
@@ -106,7 +106,7 @@ def _first_version(devices, bundles) -> None:
 
 def _plant(store, template: dict) -> None:
     """Reports as a device would send them, checked by the same validation as collected ones."""
-    from edgekit.fleet.reports import validate_report
+    from edgekit.device_report import validate_report
 
     low = json.loads(json.dumps(template))
     low["run_id"], low["device"]["name"] = template["run_id"] + "-low", LOW
@@ -158,7 +158,7 @@ def _build_fleet(tmp_path_factory) -> ReportFleet:
             done = rollout(bundles[(target, "1.0.1")], members, store, canary=1, batch="100%")
             fleet.outcomes[target] = done.outcome
         collect(devices, store)
-        template = store.reports(device="hc-01", version="1.0.1")[-1]["report"]
+        template = store.reports(device="hc-01", version="1.0.1")[-1]["report"].record()
         _plant(store, template)
     assert fleet.outcomes == {"host-cpu": "completed", "x86-gateway": "halted"}, fleet.outcomes
     return fleet

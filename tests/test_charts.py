@@ -13,12 +13,12 @@ import pytest
 from reportfleet import calibration_record, report_fleet  # noqa: F401 (fixtures)
 
 from conftest import run_edgekit
-from edgekit.fleet.analysis import METRICS, cohort_summaries
-from edgekit.fleet.chartlayout import (Label, drawn_tick_labels, freeze_layout, label_boxes, overlap, place_labels,
-                                      thin_ticks, tick_label_boxes)
-from edgekit.fleet.chartaxes import budget_note
-from edgekit.fleet.charts import calibration_figure, device_figure, triangle_figure
-from edgekit.fleet.views import calibration_rows
+from edgekit.report.analysis import METRICS, cohort_summaries
+from edgekit.report.chartaxes import budget_note
+from edgekit.report.chartlayout import (Label, drawn_tick_labels, freeze_layout, label_boxes, overlap, place_labels,
+                                        thin_ticks, tick_label_boxes)
+from edgekit.report.charts import calibration_figure, device_figure, triangle_figure
+from edgekit.report.views import calibration_rows
 from edgekit.targets import load_profile
 
 
@@ -193,7 +193,7 @@ def test_the_calibration_chart_reads_well(calibration_record):  # noqa: F811
     assert size.get_xlabel().startswith("p95 latency (ms)")
 
 
-@pytest.mark.parametrize("module", ["edgekit.fleet.charts", "edgekit.fleet.chartaxes", "edgekit.fleet.chartlayout"])
+@pytest.mark.parametrize("module", ["edgekit.report.charts", "edgekit.report.chartaxes", "edgekit.report.chartlayout"])
 def test_chart_modules_import_matplotlib_lazily(module):
     import subprocess
     import sys

@@ -81,7 +81,7 @@ def test_on_device_accuracy_matches_the_host_and_the_report_is_complete(tmp_path
     from edgekit.fleet.push import remote_evaluate
     from edgekit.transport import connect
 
-    with connect(devices[0]) as transport:
+    with connect(devices[0].endpoint) as transport:
         result = remote_evaluate(transport, devices[0], "digits")
     report = result["report"]
     for section, fields in REPORT_FIELDS.items():
@@ -126,7 +126,7 @@ def test_a_cut_upload_resumes(tmp_path, bundles):
     data = bundle.path.read_bytes()
     part = tmp_path / "dev" / "incoming" / f"digits-1.0.0-host-cpu-{bundle.sha256[:12]}.edgekit.part"
     part.parent.mkdir(parents=True)
-    with connect(device) as transport:
+    with connect(device.endpoint) as transport:
         # A prefix with wrong bytes proves that push goes on from it rather than starting over;
         # the device's sha256 check catches it, drops the upload, and the next push succeeds.
         part.write_bytes(b"\0" * 5000)

@@ -198,15 +198,16 @@ def template(report_fleet):
     from edgekit.store import open_store
 
     with open_store(report_fleet.store) as store:
-        return store.reports(device="hc-01", version="1.0.1")[-1]["report"]
+        return store.reports(device="hc-01", version="1.0.1")[-1]["report"].record()
 
 
-def _as_device(template, device, run_id, **metrics):
+def _as_device(template, device, run_id, version=None, **metrics):
     """A copy of a real report, changed as a device would send it, through the collect validation."""
-    from edgekit.fleet.reports import validate_report
+    from edgekit.device_report import validate_report
 
     report = json.loads(json.dumps(template))
     report["run_id"], report["device"]["name"] = run_id, device
+    report["bundle"]["version"] = version or report["bundle"]["version"]
     for key, value in metrics.items():
         if key.startswith("latency_"):
             report["metrics"]["latency_ms"][key[len("latency_"):]] = value
@@ -218,7 +219,7 @@ def _as_device(template, device, run_id, **metrics):
 
 
 def test_identical_siblings_and_cohorts_too_small_to_judge_flag_nothing(template):
-    from edgekit.fleet.analysis import analyse
+    from edgekit.report.analysis import analyse
 
     same = [_as_device(template, f"d{i}", f"r{i}") for i in range(5)]
     assert analyse(same)["drift"] == []  # a MAD of zero does not make everyone an outlier
@@ -229,7 +230,7 @@ def test_identical_siblings_and_cohorts_too_small_to_judge_flag_nothing(template
 
 
 def test_a_device_on_a_subset_gets_its_sampling_error_as_allowance(template):
-    from edgekit.fleet.analysis import analyse
+    from edgekit.report.analysis import analyse
 
     expected = template["metrics"]["accuracy_expected"]
     total = template["metrics"]["n"]
@@ -242,13 +243,12 @@ def test_a_device_on_a_subset_gets_its_sampling_error_as_allowance(template):
 
 
 def test_a_restore_after_the_last_report_decides_what_runs(template):
-    from edgekit.fleet.analysis import running_versions
+    from edgekit.report.analysis import running_versions
 
-    newer = _as_device(template, "d1", "r2")
-    newer["report"]["bundle"]["version"] = "2.0.0"
+    newer = _as_device(template, "d1", "r2", version="2.0.0")
     older = _as_device(template, "d1", "r1")
     rollout = {"id": 1, "name": "digits", "version": "2.0.0", "target": "host-cpu", "events": [
         {"event": "restore", "ok": True, "device": "d1", "at": "9999-01-01T00:00:00Z",
-         "detail": {"to": {"current": older["report"]["bundle"]["version"], "previous": None}}}]}
+         "detail": {"to": {"current": older["report"].bundle.version, "previous": None}}}]}
     assert running_versions([older, newer]) == {("d1", "digits"): "2.0.0"}
-    assert running_versions([older, newer], [rollout]) == {("d1", "digits"): older["report"]["bundle"]["version"]}
+    assert running_versions([older, newer], [rollout]) == {("d1", "digits"): older["report"].bundle.version}

@@ -1,4 +1,4 @@
-"""The HTML reports: self-contained (the rule of edgekit/fleet/html.py), every device of a fleet
+"""The HTML reports: self-contained (the rule of edgekit/report/html.py), every device of a fleet
 collected from real local devices present, drift highlighted, and rendered by headless
 Chromium (Debian's `chromium`, which `make test` installs) without console errors, network
 requests or a blank screenshot."""

@@ -38,8 +38,8 @@ def _words(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def analysis(report_fleet):
-    from edgekit.fleet.analysis import analyse
-    from edgekit.fleet.fleetdata import load_fleet
+    from edgekit.report.analysis import analyse
+    from edgekit.report.fleetdata import load_fleet
 
     data = load_fleet(report_fleet.store, inventory=report_fleet.inventory)
     return analyse(data["reports"], data["devices"], data["rollouts"], budgets=data["budgets"],
@@ -47,8 +47,8 @@ def analysis(report_fleet):
 
 
 def test_the_fleet_report_fits_80_columns_with_whole_names_and_every_measurement(report_fleet, analysis):
-    from edgekit.cli._common import fmt_mib, fmt_ms, fmt_pct
-    from edgekit.cli._report_tables import print_fleet
+    from edgekit.report.tables import print_fleet
+    from edgekit.terminal import fmt_mib, fmt_ms, fmt_pct
 
     text = _render(80, lambda out: print_fleet(out, analysis, "all"))
     _assert_fits(text, 80)
@@ -68,8 +68,8 @@ def test_the_fleet_report_fits_80_columns_with_whole_names_and_every_measurement
 
 
 def test_a_wide_console_adds_the_columns_80_leaves_out(analysis):
-    from edgekit.cli._common import fmt_ms
-    from edgekit.cli._report_tables import print_fleet
+    from edgekit.report.tables import print_fleet
+    from edgekit.terminal import fmt_ms
 
     narrow = _render(80, lambda out: print_fleet(out, analysis, "rows"))
     wide = _render(200, lambda out: print_fleet(out, analysis, "rows"))
@@ -87,8 +87,8 @@ def test_a_wide_console_adds_the_columns_80_leaves_out(analysis):
 
 
 def test_the_calibration_table_fits_80_columns(calibration_record):
-    from edgekit.cli._report_tables import print_calibration
-    from edgekit.fleet.views import calibration_rows
+    from edgekit.report.tables import print_calibration
+    from edgekit.report.views import calibration_rows
 
     record = json.loads(calibration_record.read_text())
     text = _render(80, lambda out: print_calibration(out, record, calibration_rows(record)))
@@ -119,7 +119,7 @@ def test_the_cli_at_80_columns_report_and_fleet_status(report_fleet, tmp_path):
 
 
 def test_numbers_and_times_read_short():
-    from edgekit.cli._common import fmt_ms, fmt_pct, fmt_sig, fmt_time
+    from edgekit.terminal import fmt_ms, fmt_pct, fmt_sig, fmt_time
 
     assert [fmt_ms(v) for v in (0.0095039, 0.37541, 12.34, 9.996, 1234.4, 0.0, None)] == \
         ["0.00950", "0.375", "12.3", "10.0", "1234", "0", "-"]

@@ -102,7 +102,7 @@ def test_collect_is_idempotent_and_a_bad_or_unreachable_device_is_its_own_failur
 
     good = []
     for i in range(2):
-        with connect(fleet.device(i)) as t:
+        with connect(fleet.device(i).endpoint) as t:
             good.append(remote_evaluate(t, fleet.device(i), "digits")["report"])
     folder = fleet.servers[1].root / "reports" / "digits" / "1.0.0"
     planted = dict(good[1], run_id="20260101T000000Z-bad001", schema=7)

@@ -46,7 +46,7 @@ def test_files_and_commands_round_trip(fleet, tmp_path):
     payload.write_bytes(os.urandom(3 << 20) + b"end")
     root = str(server.root)
     seen = []
-    with connect(fleet.device(0)) as tr:
+    with connect(fleet.device(0).endpoint) as tr:
         tr.makedirs(f"{root}/incoming/deep er")
         tr.makedirs(f"{root}/incoming/deep er")  # again: already there is fine
         tr.put(payload, f"{root}/incoming/deep er/x.part", progress=lambda done, total: seen.append((done, total)))
@@ -71,7 +71,7 @@ def test_files_and_commands_round_trip(fleet, tmp_path):
 def test_arguments_reach_the_program_literally(fleet, tmp_path):
     marker = tmp_path / "pwned"
     args = ["a b", "'q'", '"dq"', f"$(touch {marker})", f"`touch {marker}`", f"; touch {marker}", "*", "", "line\nbreak"]
-    with connect(fleet.device(0)) as tr:
+    with connect(fleet.device(0).endpoint) as tr:
         result = tr.run(["python3", "-c", "import json, sys; print(json.dumps(sys.argv[1:]))", *args])
     assert result.ok, result.stderr
     assert json.loads(result.stdout) == args
@@ -82,16 +82,16 @@ def test_unknown_host_is_refused_then_trusted_on_request(fleet, tmp_path):
     server = fleet.servers[0]
     own = tmp_path / "edgekit_known_hosts"
     with pytest.raises(HostKeyError) as refused:
-        connect(fleet.device(0), known_hosts=str(own))
+        connect(fleet.device(0).endpoint, known_hosts=str(own))
     fp = fingerprint(server.dir / "ssh_host_ed25519_key.pub")
     assert f"unknown host key for [127.0.0.1]:{server.port} (ssh-ed25519 {fp})" in str(refused.value)
     assert "--trust-new-hosts" in str(refused.value) and refused.value.device == server.name
     assert server.accepted_logins() == 0 and not own.exists()
 
-    with connect(fleet.device(0), known_hosts=str(own), trust_new_hosts=True) as tr:
+    with connect(fleet.device(0).endpoint, known_hosts=str(own), trust_new_hosts=True) as tr:
         assert tr.run(["true"]).ok
     assert own.read_text() == server.known_hosts_line() + "\n"
-    with connect(fleet.device(0), known_hosts=str(own)) as tr:  # now known: no flag needed
+    with connect(fleet.device(0).endpoint, known_hosts=str(own)) as tr:  # now known: no flag needed
         assert tr.run(["true"]).ok
     assert own.read_text().count("\n") == 1
 
@@ -103,7 +103,7 @@ def test_changed_host_key_is_refused_and_nothing_is_sent(fleet, tmp_path):
     own.write_text(f"# an earlier install\n[127.0.0.1]:{server.port} {impostor}\n")
     before = tree_state(server.root)
     with pytest.raises(HostKeyError) as refused:
-        connect(fleet.device(0), known_hosts=str(own), trust_new_hosts=True)  # accept-new never replaces a key
+        connect(fleet.device(0).endpoint, known_hosts=str(own), trust_new_hosts=True)  # accept-new never replaces a key
     message = str(refused.value)
     assert f"HOST KEY CHANGED for [127.0.0.1]:{server.port}" in message
     assert fingerprint(tmp_path / "other_host_key.pub") in message
@@ -124,7 +124,7 @@ def test_hashed_entry_in_the_users_known_hosts_is_honoured(fleet, tmp_path, monk
     config.write_text(f"Host *\n    UserKnownHostsFile {user_known}\n    GlobalKnownHostsFile /dev/null\n")
     monkeypatch.setenv("EDGEKIT_SSH_CONFIG", str(config))
     own = tmp_path / "edgekit_known_hosts"
-    with connect(fleet.device(0), known_hosts=str(own)) as tr:
+    with connect(fleet.device(0).endpoint, known_hosts=str(own)) as tr:
         assert tr.run(["true"]).ok
     assert not own.exists()  # known already: edgekit's own file is not touched
 
@@ -132,7 +132,7 @@ def test_hashed_entry_in_the_users_known_hosts_is_honoured(fleet, tmp_path, monk
 def test_unreachable_device_fails_fast(fleet):
     start = time.monotonic()
     with pytest.raises(ConnectError, match="connection refused") as refused:
-        connect(fleet.device(0, port=free_port()))
+        connect(fleet.device(0, port=free_port()).endpoint)
     assert time.monotonic() - start < 3 and refused.value.device == fleet.servers[0].name
 
 
@@ -140,7 +140,7 @@ def test_silent_port_times_out(fleet):
     with socket.create_server(("127.0.0.1", 0), backlog=8) as silent:  # accepts TCP, never says a word
         start = time.monotonic()
         with pytest.raises(ConnectError) as timed_out:
-            connect(fleet.device(0, port=silent.getsockname()[1], connect_timeout=1.0))
+            connect(fleet.device(0, port=silent.getsockname()[1], connect_timeout=1.0).endpoint)
     assert time.monotonic() - start < 5
     assert "no SSH answer within 1s" in str(timed_out.value)
 
@@ -148,9 +148,9 @@ def test_silent_port_times_out(fleet):
 def test_authentication_failures_say_what_to_do(fleet, tmp_path):
     ssh_keygen(tmp_path / "stranger")
     with pytest.raises(ConnectError, match="authentication failed.*authorized_keys"):
-        connect(fleet.device(0, identity_file=str(tmp_path / "stranger")))
+        connect(fleet.device(0, identity_file=str(tmp_path / "stranger")).endpoint)
     with pytest.raises(ConnectError, match="identity file .*missing_key does not exist"):
-        connect(fleet.device(0, identity_file=str(tmp_path / "missing_key")))
+        connect(fleet.device(0, identity_file=str(tmp_path / "missing_key")).endpoint)
 
 
 def test_cut_upload_resumes_where_it_stopped(fleet, tmp_path):
@@ -163,7 +163,7 @@ def test_cut_upload_resumes_where_it_stopped(fleet, tmp_path):
 
     with DroppingProxy(server.port, drop_after=3 << 20) as proxy:
         known.write_text(server.known_hosts_line(port=proxy.port) + "\n")
-        tr = connect(fleet.device(0, port=proxy.port), known_hosts=str(known))
+        tr = connect(fleet.device(0, port=proxy.port).endpoint, known_hosts=str(known))
         with pytest.raises(TransportError, match="connection was lost.*resume"):
             tr.put(payload, remote)
         tr.close()
@@ -176,7 +176,7 @@ def test_cut_upload_resumes_where_it_stopped(fleet, tmp_path):
     starts = []
     with DroppingProxy(server.port) as proxy:
         known.write_text(server.known_hosts_line(port=proxy.port) + "\n")
-        with connect(fleet.device(0, port=proxy.port), known_hosts=str(known)) as tr:
+        with connect(fleet.device(0, port=proxy.port).endpoint, known_hosts=str(known)) as tr:
             tr.put(payload, remote, progress=lambda done, _: starts.append(done))
             remote_sha = tr.run(["sha256sum", remote]).stdout.split()[0]
         sent_second_time = proxy.bytes_up
@@ -189,7 +189,7 @@ def test_longer_remote_file_is_started_over(fleet, tmp_path):
     server = fleet.servers[0]
     (server.root / "f.part").write_bytes(b"x" * 5000)
     (tmp_path / "f").write_bytes(b"y" * 1000)
-    with connect(fleet.device(0)) as tr:
+    with connect(fleet.device(0).endpoint) as tr:
         tr.put(tmp_path / "f", f"{server.root}/f.part")
     assert (server.root / "f.part").read_bytes() == b"y" * 1000
 
@@ -198,7 +198,7 @@ def test_file_errors_name_the_path(fleet, tmp_path):
     root = fleet.servers[0].root
     (tmp_path / "f").write_bytes(b"data")
     (root / "plain").write_text("not a dir")
-    with connect(fleet.device(0)) as tr:
+    with connect(fleet.device(0).endpoint) as tr:
         with pytest.raises(TransportError, match="downloading .*nothing-here") as missing:
             tr.get(f"{root}/nothing-here", tmp_path / "out")
         assert "resume" not in str(missing.value)
@@ -212,7 +212,7 @@ def test_file_errors_name_the_path(fleet, tmp_path):
 
 def test_run_reads_both_streams_and_honours_timeout(fleet):
     script = "import sys; sys.stderr.write('e' * 3000000); sys.stdout.write('o' * 3000000)"
-    with connect(fleet.device(0)) as tr:
+    with connect(fleet.device(0).endpoint) as tr:
         result = tr.run(["python3", "-c", script], timeout=30)
         assert (len(result.stdout), len(result.stderr)) == (3000000, 3000000)
         start = time.monotonic()
@@ -233,12 +233,12 @@ def test_ssh_config_alias_and_inventory_precedence(fleet, tmp_path, monkeypatch)
         f"    HostName 127.0.0.1\n    Port {free_port()}\n    User root\n    IdentityFile {fleet.client_key}\n")
     monkeypatch.setenv("EDGEKIT_SSH_CONFIG", str(config))
     bare = dict(port=None, user=None, identity_file=None)
-    with connect(fleet.device(0, host="edge-alias", **bare)) as tr:
+    with connect(fleet.device(0, host="edge-alias", **bare).endpoint) as tr:
         assert tr.run(["id", "-un"]).stdout.strip() == "root"
-    with connect(fleet.device(0, host="edge-wrong-port", port=server.port, user=None, identity_file=None)) as tr:
+    with connect(fleet.device(0, host="edge-wrong-port", **{**bare, "port": server.port}).endpoint) as tr:
         assert tr.run(["true"]).ok  # the inventory's port wins over the config's
     with pytest.raises(ConnectError, match="connection refused"):
-        connect(fleet.device(0, host="edge-wrong-port", **bare))
+        connect(fleet.device(0, host="edge-wrong-port", **bare).endpoint)
 
 
 def test_proxy_jump_through_another_device(sshd_fleet, monkeypatch):
@@ -246,7 +246,7 @@ def test_proxy_jump_through_another_device(sshd_fleet, monkeypatch):
     for key, value in fleet.env.items():
         monkeypatch.setenv(key, value)
     jump, target = fleet.servers
-    with connect(fleet.device(1, proxy_jump=f"root@127.0.0.1:{jump.port}")) as tr:
+    with connect(fleet.device(1, proxy_jump=f"root@127.0.0.1:{jump.port}").endpoint) as tr:
         assert tr.run(["true"]).ok
     assert jump.accepted_logins() == 1 and target.accepted_logins() == 1  # nothing else logs in to the jump host
 
@@ -265,7 +265,7 @@ def test_uploads_prefer_aes_gcm_and_send_one_packet_per_write(fleet, tmp_path):
     payload = tmp_path / "payload.bin"
     payload.write_bytes(os.urandom(1 << 20))
     remote = f"{fleet.servers[0].root}/payload.part"
-    with connect(fleet.device(0)) as tr:
+    with connect(fleet.device(0).endpoint) as tr:
         ssh = tr._client.get_transport()
         assert ssh.local_cipher == ssh.remote_cipher == "aes128-gcm@openssh.com"
         sent = []
@@ -286,7 +286,7 @@ def test_a_server_without_aes_gcm_still_takes_uploads(fleet, tmp_path):
     server.start()
     payload = tmp_path / "payload.bin"
     payload.write_bytes(os.urandom((1 << 20) + 17))
-    with connect(fleet.device(0)) as tr:
+    with connect(fleet.device(0).endpoint) as tr:
         assert tr._client.get_transport().local_cipher == "aes128-ctr"
         tr.put(payload, f"{server.root}/payload.part")
     assert sha256(server.root / "payload.part") == sha256(payload)
@@ -294,7 +294,7 @@ def test_a_server_without_aes_gcm_still_takes_uploads(fleet, tmp_path):
 
 def test_makedirs_asks_once_for_a_directory_that_exists_and_makes_only_what_is_missing(fleet):
     root = fleet.servers[0].root
-    with connect(fleet.device(0)) as tr:
+    with connect(fleet.device(0).endpoint) as tr:
         calls = []
         for name in ("stat", "mkdir"):
             real = getattr(tr._sftp, name)
@@ -312,7 +312,7 @@ def test_an_upload_survives_rekeying_with_aes_gcm(fleet, tmp_path):
     payload = tmp_path / "payload.bin"
     payload.write_bytes(os.urandom(5 << 20))
     remote = fleet.servers[0].root / "payload.part"
-    with connect(fleet.device(0)) as tr:
+    with connect(fleet.device(0).endpoint) as tr:
         ssh = tr._client.get_transport()
         ssh.packetizer.REKEY_BYTES = 1 << 20
         kex_inits = []

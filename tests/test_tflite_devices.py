@@ -136,7 +136,7 @@ def test_the_bundle_installs_and_evaluates_on_a_local_device_of_each_runtime(dev
     pushed = run_edgekit("push", bundle, "--inventory", inventory, "--activate", "--json")
     assert pushed.code == 0, pushed.stdout + pushed.stderr
     dev = load_inventory(inventory).devices[0]
-    with connect(dev) as transport:
+    with connect(dev.endpoint) as transport:
         report = remote_evaluate(transport, dev, "digits")["report"]
     for section, fields in REPORT_FIELDS.items():
         part = report[section] if section else report

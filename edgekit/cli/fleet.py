@@ -11,8 +11,8 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from edgekit.cli._common import (Col, JsonFlag, TargetsDir, console, err_console, exit_now, fit_table, fmt_time, interrupts,
-                                 print_json, print_notes, progress)
+from edgekit.cli._common import JsonFlag, TargetsDir, console, err_console, exit_now, interrupts, print_json, progress
+from edgekit.terminal import Col, fit_table, fmt_time, print_notes
 
 InventoryOpt = Annotated[Path, typer.Option("--inventory", "-i", help="The inventory (fleet/*.toml).")]
 DevicesOpt = Annotated[Optional[list[str]], typer.Option(

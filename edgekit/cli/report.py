@@ -79,8 +79,8 @@ def report_cmd(
         _emit(_calibration(calibration, fmt), fmt, output)
         return
     _check_compare(compare, version)
-    from edgekit.fleet.analysis import DriftRules, analyse
-    from edgekit.fleet.fleetdata import is_empty, load_fleet
+    from edgekit.report.analysis import DriftRules, analyse
+    from edgekit.report.fleetdata import is_empty, load_fleet
     from edgekit.store import default_store_path
 
     path = Path(store) if store is not None else default_store_path()
@@ -151,12 +151,12 @@ def _dump(obj) -> str:
 
 
 def _fleet(result: dict, fmt: Format, section: Section, store: str, budgets: dict, filters: dict):
-    from edgekit.fleet.views import sections, to_csv
+    from edgekit.report.views import sections, to_csv
 
     if section == Section.compare and "compare" not in result:
         raise ConfigError("--section compare: give --compare V1 V2 as well")
     if fmt == Format.html:
-        from edgekit.fleet.html import render_fleet
+        from edgekit.report.html import render_fleet
 
         return render_fleet(result, store=store, budgets=budgets, filters=filters)
     if fmt == Format.csv:
@@ -170,18 +170,18 @@ def _fleet(result: dict, fmt: Format, section: Section, store: str, budgets: dic
             part = result["health"]["rollouts"] if section == Section.rollouts else result[section.value]
             return _dump(part)
         return _dump(whole)
-    from edgekit.cli._report_tables import print_fleet
+    from edgekit.report.tables import print_fleet
 
     return lambda out: print_fleet(out, result, section.value)
 
 
 def _calibration(path: Path, fmt: Format):
-    from edgekit.fleet.views import calibration_rows, load_calibration, to_csv
+    from edgekit.report.views import calibration_rows, load_calibration, to_csv
 
     record = load_calibration(path)
     rows = calibration_rows(record)
     if fmt == Format.html:
-        from edgekit.fleet.html import render_calibration
+        from edgekit.report.html import render_calibration
 
         return render_calibration(record, rows, str(path))
     if fmt == Format.csv:
@@ -189,7 +189,7 @@ def _calibration(path: Path, fmt: Format):
     if fmt == Format.json:
         keep = ("schema", "target", "budgets", "objective", "metric", "chosen", "why", "created_at")
         return _dump({**{k: record.get(k) for k in keep}, "source": str(path), "candidates": rows})
-    from edgekit.cli._report_tables import print_calibration
+    from edgekit.report.tables import print_calibration
 
     return lambda out: print_calibration(out, record, rows)
 

@@ -7,8 +7,9 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from edgekit.cli._common import Col, JsonFlag, TargetsDir, compact_table, console, fit_table, print_json, titled
+from edgekit.cli._common import JsonFlag, TargetsDir, console, print_json
 from edgekit.targets import load_profile
+from edgekit.terminal import Col, compact_table, fit_table, titled
 
 targets_app = typer.Typer(help="Target-device profiles: what each device class runs and its budgets.",
                           no_args_is_help=True)

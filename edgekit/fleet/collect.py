@@ -2,7 +2,7 @@
 
 Files are listed and fetched over the transport (SFTP for ssh devices); a file whose
 run id the store has for that device is not fetched again, so collecting twice adds
-nothing twice. Everything a device sends is checked (edgekit.fleet.reports) before it is
+nothing twice. Everything a device sends is checked (edgekit.device_report) before it is
 stored; a bad report, or a device that cannot be reached, is a failure of that device
 and the others go on. The store is written only by the calling thread.
 """
@@ -13,37 +13,39 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from edgekit.device_report import MAX_REPORT_BYTES, REPORT_FILE, validate_report
 from edgekit.errors import DataError, EdgekitError
+from edgekit.fleet.fanout import WORKERS, DeviceResult, FleetResult, fan_out
 from edgekit.fleet.inventory import Device
-from edgekit.fleet.push import WORKERS, DeviceResult, FleetResult, fan_out
-from edgekit.fleet.reports import MAX_REPORT_BYTES, REPORT_FILE, validate_report
-from edgekit.words import PLAIN
+from edgekit.fleet.protocol import DevicePaths
 from edgekit.store import Store
 from edgekit.transport import Transport
+from edgekit.words import PLAIN
 
 __all__ = ["Pulled", "pull_reports", "collect", "store_pulled"]
 
-Pulled = dict  # {"reports": [(report, source)], "bad": [(source, error)], "error": str | None}
+Pulled = dict  # {"reports": [(DeviceReport, source)], "bad": [(source, error)], "error": str | None}
 
 
-def _files(transport: Transport, base: str, name: Optional[str], version: Optional[str],
+def _files(transport: Transport, paths: DevicePaths, name: Optional[str], version: Optional[str],
            bad: list) -> list[tuple[str, str, str, str]]:
     """(name, version, run_id, remote path) of every report file; odd names go to `bad`."""
-    found = []
+    found, base = [], paths.reports
     for n in [name] if name else transport.listdir(base):
         if not PLAIN.match(n):
-            bad.append((f"reports/{n}", "not a plain bundle name; skipped"))
+            bad.append((paths.relative(f"{base}/{n}"), "not a plain bundle name; skipped"))
             continue
         for v in [version] if version else transport.listdir(f"{base}/{n}"):
             if not PLAIN.match(v):
-                bad.append((f"reports/{n}/{v}", "not a plain version; skipped"))
+                bad.append((paths.relative(f"{base}/{n}/{v}"), "not a plain version; skipped"))
                 continue
             for file in transport.listdir(f"{base}/{n}/{v}"):
                 match = REPORT_FILE.match(file)
                 if match:
                     found.append((n, v, match.group(1), f"{base}/{n}/{v}/{file}"))
                 elif not file.startswith("."):  # the runner's own temporary files start with a dot
-                    bad.append((f"reports/{n}/{v}/{file}", "not a report file name (RUN_ID.json); skipped"))
+                    bad.append((paths.relative(f"{base}/{n}/{v}/{file}"),
+                                "not a report file name (RUN_ID.json); skipped"))
     return found
 
 
@@ -64,13 +66,13 @@ def pull_reports(transport: Transport, device: Device, known: set[str], *, name:
     """Fetch and check the reports of one device that are not in `known` (run ids).
     A transport failure part-way keeps what was fetched and says what went wrong."""
     pulled: Pulled = {"reports": [], "bad": [], "error": None}
-    base = device.root.rstrip("/") + "/reports"
+    paths = DevicePaths(device.root)
     try:
         with tempfile.TemporaryDirectory(prefix="edgekit-collect-") as tmp:
-            for n, v, run_id, remote in _files(transport, base, name, version, pulled["bad"]):
+            for n, v, run_id, remote in _files(transport, paths, name, version, pulled["bad"]):
                 if run_id in known:
                     continue
-                source = f"reports/{n}/{v}/{run_id}.json"
+                source = paths.relative(remote)  # reports/NAME/VERSION/RUN_ID.json
                 try:
                     data = _fetch(transport, remote, Path(tmp))
                     report = validate_report(data, f"{source} from {device.name}", name=n, version=v, run_id=run_id)
@@ -89,7 +91,7 @@ def store_pulled(store: Store, device: Device, pulled: Pulled) -> dict:
     for source, error in pulled["bad"]:
         store.add_collect_error(device.name, source, error)
     return {"new": new, "fetched": len(pulled["reports"]), "bad": [f"{s}: {e}" for s, e in pulled["bad"]],
-            "run_ids": [r["run_id"] for r, _ in pulled["reports"]]}
+            "run_ids": [r.run_id for r, _ in pulled["reports"]]}
 
 
 def _failure(summary: dict, error: Optional[str]) -> Optional[str]:

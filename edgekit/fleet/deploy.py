@@ -14,12 +14,14 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 from edgekit.bundle import Bundle
+from edgekit.device_report import DeviceReport
 from edgekit.errors import EdgekitError, Interrupted, RemoteCommandError
-from edgekit.fleet.collect import pull_reports, store_pulled
+from edgekit.fleet.collect import Pulled, pull_reports, store_pulled
+from edgekit.fleet.fanout import DeviceResult, check_cancel, fan_out
 from edgekit.fleet.gates import check_report
 from edgekit.fleet.inventory import Device
-from edgekit.fleet.push import SHORT_STEP_S, DeviceResult, check_cancel, device_status, fan_out, install_bundle, \
-    model_state, run_runner
+from edgekit.fleet.protocol import SHORT_STEP_S, device_status, model_state, run_runner
+from edgekit.fleet.push import install_bundle
 from edgekit.store import Store
 from edgekit.transport import Transport
 from edgekit.transport.base import Cancel
@@ -27,6 +29,7 @@ from edgekit.transport.base import Cancel
 __all__ = ["Step", "deploy", "judge", "restore", "restore_argv", "aftermath"]
 
 Step = Callable[[str, str, Optional[int], Optional[int]], None]  # (device, stage, done, total)
+JUDGED = ("run_id", "status", "accuracy", "cosine", "latency_p95", "peak_rss_mb")  # a device row's report
 
 
 def deploy(t: Transport, d: Device, bundle: Bundle, store: Store, rollout_id: int, known: set[str],
@@ -110,17 +113,23 @@ def judge(store: Store, d: Device, r: DeviceResult, bundle: Bundle) -> dict:
         return {**row, "status": "interrupted"}
     if out["error"]:
         return {**row, "status": "failed"}
-    report = store.report(d.name, out["run_id"]) if out["run_id"] else None
+    report = _report_of_run(out["pulled"], out["run_id"])
     if report is None:
         bad = "; ".join(pulled["bad"]) if pulled and pulled["bad"] else "no such file"
         return {**row, "status": "failed", "stage": "collect",
                 "error": f"{d.name}: no valid report of run {out['run_id']}: {bad}"}
     breaches = check_report(d.name, report, bundle.manifest)
-    metrics = report["metrics"]
-    row["report"] = {"run_id": report["run_id"], "status": report["status"], "accuracy": metrics.get("accuracy"),
-                     "cosine": (metrics.get("fidelity") or {}).get("cosine"),
-                     "latency_p95": (metrics.get("latency_ms") or {}).get("p95"), "peak_rss_mb": metrics.get("peak_rss_mb")}
+    columns = report.columns()
+    row["report"] = {k: columns[k] for k in JUDGED}
     return {**row, "status": "breached" if breaches else "ok", "breaches": breaches}
+
+
+def _report_of_run(pulled: Optional[Pulled], run_id: Optional[str]) -> Optional[DeviceReport]:
+    """The validated report of this run among those just pulled (the gates judge what the device
+    sent, not a copy read back from the store); None when it was missing or bad."""
+    if not pulled or not run_id:
+        return None
+    return next((report for report, _ in pulled["reports"] if report.run_id == run_id), None)
 
 
 def aftermath(row: dict, version: str, rollout_id: int) -> dict:

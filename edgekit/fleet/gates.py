@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+from edgekit.device_report import DeviceReport
+
 __all__ = ["Breach", "check_report", "budgets_of"]
 
 
@@ -44,20 +46,18 @@ def _num(value) -> Optional[float]:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def check_report(device: str, report: dict, manifest: dict) -> list[Breach]:
-    """Every gate `report` (a validated schema-1 report) breaks; [] when it passes."""
+def check_report(device: str, report: DeviceReport, manifest: dict) -> list[Breach]:
+    """Every gate `report` breaks; [] when it passes."""
     from edgekit.budgets import Measured, check
 
-    if report["status"] != "ok":
-        return [Breach(device, "evaluation", None, None, f"{device}: evaluation failed on the device: {report['error']}")]
-    expected, metrics = manifest.get("expected") or {}, report["metrics"]
-    want, baseline, got = (_num(expected.get("accuracy")), _num(expected.get("baseline_accuracy")),
-                           _num(metrics.get("accuracy")))
-    measured = Measured(peak_rss_mb=_num(metrics.get("peak_rss_mb")),
-                        latency_p95=_num((metrics.get("latency_ms") or {}).get("p95")),
+    if report.status != "ok":
+        return [Breach(device, "evaluation", None, None, f"{device}: evaluation failed on the device: {report.error}")]
+    expected, row = manifest.get("expected") or {}, report.columns()
+    want, baseline, got = _num(expected.get("accuracy")), _num(expected.get("baseline_accuracy")), row["accuracy"]
+    measured = Measured(peak_rss_mb=row["peak_rss_mb"], latency_p95=row["latency_p95"],
                         drop=None if want is None or got is None else want - got,
                         drop_vs_fp32=None if baseline is None or got is None else baseline - got,
-                        cosine=_num((metrics.get("fidelity") or {}).get("cosine")), labelled=want is not None)
+                        cosine=row["cosine"], labelled=want is not None)
     gates = ["latency_p95", "peak_rss_mb"]
     gates += ["accuracy_drop"] if want is not None else []
     gates += ["drop_vs_fp32"] if baseline is not None and got is not None else []

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from edgekit._toml import pydantic_error_line, read_toml
 from edgekit.errors import ConfigError
+from edgekit.transport.base import Endpoint
 
 __all__ = ["Device", "Inventory", "load_inventory"]
 
@@ -52,6 +53,12 @@ class Device(BaseModel):
         if self.python:
             return self.python
         return sys.executable if self.transport == "local" else "python3"
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """What a transport needs to reach this device (edgekit.transport.connect)."""
+        return Endpoint(name=self.name, transport=self.transport, root=self.root, timeout=self.connect_timeout,
+                        host=self.host, port=self.port, user=self.user, key=self.identity_file, jump=self.proxy_jump)
 
 
 @dataclass(frozen=True)

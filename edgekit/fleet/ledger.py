@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+from edgekit.fleet.fanout import DeviceResult
 from edgekit.fleet.inventory import Device
-from edgekit.fleet.push import DeviceResult
 from edgekit.store import Store
 
 __all__ = ["recorder", "note_push", "note_rollback", "note_gc"]

@@ -38,9 +38,10 @@ from typing import Callable, Optional, Sequence
 from edgekit.bundle import Bundle, read_bundle
 from edgekit.errors import BundleError, ConfigError
 from edgekit.fleet.deploy import Step, aftermath, deploy, judge, restore
+from edgekit.fleet.fanout import WORKERS, DeviceResult, fan_out
 from edgekit.fleet.gates import Breach
 from edgekit.fleet.inventory import Device
-from edgekit.fleet.push import WORKERS, DeviceResult, fan_out, for_target, step_timeout_for
+from edgekit.fleet.push import for_target, step_timeout_for
 from edgekit.store import Store
 from edgekit.transport.base import Cancel
 

@@ -14,8 +14,10 @@ from typing import Optional, Sequence
 
 from edgekit.bundle import Bundle
 from edgekit.fleet.deploy import restore
+from edgekit.fleet.fanout import WORKERS
 from edgekit.fleet.inventory import Device
-from edgekit.fleet.push import WORKERS, model_state, status
+from edgekit.fleet.protocol import model_state
+from edgekit.fleet.push import for_target, status
 from edgekit.fleet.rollout import plan_waves, stored_devices, stored_rollout
 from edgekit.store import Store
 
@@ -27,8 +29,6 @@ ABORTABLE = ("interrupted", "halted", "completed", "completed-with-failures", "f
 def check(bundle: Bundle, devices: Sequence[Device], store: Optional[Store], *, canary: int = 1,
           batch: str = "25%", workers: int = WORKERS, **connect_opts) -> dict:
     """{bundle, waves: [{wave, kind, devices: [{device, reachable, from, to, back_to, note}]}], skipped}."""
-    from edgekit.fleet.push import for_target
-
     chosen, skipped = for_target(devices, bundle.target)
     waves = plan_waves(chosen, canary, batch)
     live = {r.device: r for r in status(chosen, workers=workers, **connect_opts).results}

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from edgekit.fleet.fanout import FleetResult
 from edgekit.fleet.inventory import Device
-from edgekit.fleet.push import FleetResult, status
+from edgekit.fleet.push import status
 from edgekit.store import Store
 
 __all__ = ["fleet_status", "running_summary", "skew_text", "SKEW_SHOWN_S"]

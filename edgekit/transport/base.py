@@ -1,4 +1,5 @@
-"""The transport seam: a few methods every way of reaching a device implements.
+"""The transport seam: a few methods every way of reaching a device implements, and the
+Endpoint it reaches (what the inventory says of a device that a connection needs).
 
 Remote paths are POSIX strings on the device. Commands are argument lists, never shell
 strings: the ssh transport quotes them with shlex.join, the local one runs them directly.
@@ -14,6 +15,24 @@ from pathlib import Path
 from typing import Callable, Optional, Protocol, Sequence
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One device as a transport sees it. `transport` picks the implementation ("ssh" or
+    "local"); `root` is the device's folder; `timeout` bounds connecting (seconds). For ssh,
+    what is not given here (user, port, key: an identity file, jump: a ProxyJump spec) comes
+    from the ssh config of `host`, which may be an alias there."""
+
+    name: str
+    transport: str
+    root: str
+    timeout: float
+    host: Optional[str] = None
+    port: Optional[int] = None
+    user: Optional[str] = None
+    key: Optional[str] = None
+    jump: Optional[str] = None
 
 
 class Cancel(Protocol):

@@ -12,13 +12,10 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 from edgekit.errors import ConnectError, Interrupted, TransportError
-from edgekit.transport.base import Cancel, Progress, RunResult, Transport
-
-if TYPE_CHECKING:
-    from edgekit.fleet.inventory import Device
+from edgekit.transport.base import Cancel, Endpoint, Progress, RunResult, Transport
 
 __all__ = ["LocalTransport"]
 
@@ -27,13 +24,13 @@ POLL_S = 0.2
 
 
 class LocalTransport(Transport):
-    def __init__(self, device: "Device"):
-        self.name = device.name
-        self.root = device.root
+    def __init__(self, endpoint: Endpoint):
+        self.name = endpoint.name
+        self.root = endpoint.root
         try:
-            os.makedirs(device.root, exist_ok=True)
+            os.makedirs(endpoint.root, exist_ok=True)
         except OSError as exc:
-            raise ConnectError(f"device {self.name}: cannot use root {device.root}: {exc.strerror}",
+            raise ConnectError(f"device {self.name}: cannot use root {endpoint.root}: {exc.strerror}",
                                device=self.name) from exc
 
     def _fail(self, what: str, exc: OSError) -> TransportError:

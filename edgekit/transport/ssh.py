@@ -17,17 +17,14 @@ import threading
 import time
 from contextlib import contextmanager, suppress
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import paramiko
 
 from edgekit.errors import ConnectError, Interrupted, RemoteCommandError, TransportError
-from edgekit.transport.base import Cancel, Progress, RunResult, Transport
+from edgekit.transport.base import Cancel, Endpoint, Progress, RunResult, Transport
 from edgekit.transport.hostkeys import HostKeyPolicy, edgekit_known_hosts, host_key_name, known_key_types, preferring
-from edgekit.transport.sshconfig import Endpoint, resolve
-
-if TYPE_CHECKING:
-    from edgekit.fleet.inventory import Device
+from edgekit.transport.sshconfig import Hop, resolve
 
 __all__ = ["SSHTransport"]
 
@@ -43,15 +40,15 @@ FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 
 class SSHTransport(Transport):
-    def __init__(self, device: "Device", *, trust_new_hosts: bool = False, known_hosts: Optional[str] = None):
-        self.name = device.name
-        self._timeout = device.connect_timeout
+    def __init__(self, endpoint: Endpoint, *, trust_new_hosts: bool = False, known_hosts: Optional[str] = None):
+        self.name = endpoint.name
+        self._timeout = endpoint.timeout
         self._own_known = edgekit_known_hosts(known_hosts)
         self._trust_new = trust_new_hosts
         self._clients: list[paramiko.SSHClient] = []  # jump hosts first, the device last
         self._sftp: Optional[paramiko.SFTPClient] = None
         self._lost: Optional[str] = None  # why the watchdog closed the connection
-        route = resolve(device)
+        route = resolve(endpoint)
         try:
             self._client = self._connect_route(route.jumps + (route.target,))
             with self._translated(f"opening SFTP on {route.target.label}", connecting=True):
@@ -64,7 +61,7 @@ class SSHTransport(Transport):
 
     # -- connecting -------------------------------------------------------------------
 
-    def _connect_route(self, hops: Sequence[Endpoint]) -> paramiko.SSHClient:
+    def _connect_route(self, hops: Sequence[Hop]) -> paramiko.SSHClient:
         sock = None
         if hops[0].proxy_command:
             with self._translated(f"starting ProxyCommand for {hops[0].label}", connecting=True):
@@ -76,7 +73,7 @@ class SSHTransport(Transport):
                     "direct-tcpip", (there.hostname, there.port), ("127.0.0.1", 0), timeout=self._timeout)
         return self._login(hops[-1], sock)
 
-    def _login(self, end: Endpoint, sock) -> paramiko.SSHClient:
+    def _login(self, end: Hop, sock) -> paramiko.SSHClient:
         missing = [p for p in end.identity_files if not Path(p).is_file()]
         if missing:
             raise ConnectError(f"cannot log in to {end.label}: identity file {missing[0]} does not exist; "

@@ -1,4 +1,4 @@
-"""Where an ssh device really is: the inventory's fields over the user's ~/.ssh/config.
+"""Where an ssh device really is: its Endpoint's fields (the inventory's) over the user's ~/.ssh/config.
 
 A device's `host` may be a Host alias; paramiko's SSHConfig gives its HostName, User,
 Port, IdentityFile, ProxyJump, ProxyCommand and known_hosts files. Fields given in the
@@ -12,21 +12,19 @@ import getpass
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import paramiko
 
 from edgekit.errors import ConfigError
+from edgekit.transport.base import Endpoint
 from edgekit.transport.hostkeys import host_key_name, user_known_hosts
 
-if TYPE_CHECKING:
-    from edgekit.fleet.inventory import Device
-
-__all__ = ["Endpoint", "resolve", "ssh_config_path"]
+__all__ = ["Hop", "Route", "resolve", "ssh_config_path"]
 
 
 @dataclass(frozen=True)
-class Endpoint:
+class Hop:
     """One SSH server to log in to (the device, or a jump host on the way)."""
 
     hostname: str
@@ -44,8 +42,8 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class Route:
-    target: Endpoint
-    jumps: tuple[Endpoint, ...] = ()   # ProxyJump hops, first hop first
+    target: Hop
+    jumps: tuple[Hop, ...] = ()   # ProxyJump hops, first hop first
 
 
 def ssh_config_path() -> Path:
@@ -63,14 +61,14 @@ def _options(host: str) -> dict:
                           f"at another file") from exc
 
 
-def _endpoint(host: str, *, port: Optional[int], user: Optional[str], identity: Optional[str],
-              fallback_identity: Optional[str] = None) -> tuple[Endpoint, dict]:
+def _hop(host: str, *, port: Optional[int], user: Optional[str], identity: Optional[str],
+              fallback_identity: Optional[str] = None) -> tuple[Hop, dict]:
     opts = _options(host)
     identities = [identity] if identity else list(opts.get("identityfile", []))
     if fallback_identity and fallback_identity not in identities:
         identities.append(fallback_identity)
     command = opts.get("proxycommand")
-    endpoint = Endpoint(
+    hop = Hop(
         hostname=opts.get("hostname", host),
         port=port or int(opts.get("port", 22)),
         user=user or opts.get("user") or getpass.getuser(),
@@ -79,7 +77,7 @@ def _endpoint(host: str, *, port: Optional[int], user: Optional[str], identity: 
         proxy_command=None if command in (None, "none") else command,
         look_for_keys=not (identity or opts.get("identityfile")),
     )
-    return endpoint, opts
+    return hop, opts
 
 
 def _parse_hop(spec: str) -> tuple[Optional[str], str, Optional[int]]:
@@ -95,19 +93,19 @@ def _parse_hop(spec: str) -> tuple[Optional[str], str, Optional[int]]:
     return user or None, host, int(port) if port else None
 
 
-def resolve(device: "Device") -> Route:
-    """The device's endpoint and the jump hosts to reach it through.
+def resolve(endpoint: Endpoint) -> Route:
+    """The device's server and the jump hosts to reach it through.
 
     A jump host's key is checked like the device's; it authenticates with its own ssh
-    config identities, then with the device's identity_file (one fleet key is common)."""
-    target, opts = _endpoint(device.host, port=device.port, user=device.user, identity=device.identity_file)
-    jump = device.proxy_jump or opts.get("proxyjump")
+    config identities, then with the device's identity file (one fleet key is common)."""
+    target, opts = _hop(endpoint.host, port=endpoint.port, user=endpoint.user, identity=endpoint.key)
+    jump = endpoint.jump or opts.get("proxyjump")
     if not jump or jump == "none":
         return Route(target)
     hops = []
     for spec in jump.split(","):
         user, host, port = _parse_hop(spec.strip())
-        hop, _ = _endpoint(host, port=port, user=user, identity=None, fallback_identity=target.identity_files[0]
+        hop, _ = _hop(host, port=port, user=user, identity=None, fallback_identity=target.identity_files[0]
                            if target.identity_files else None)
         hops.append(hop)
     return Route(target, tuple(hops))

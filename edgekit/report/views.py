@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from edgekit.errors import ConfigError
-from edgekit.fleet.analysis import METRICS
+from edgekit.report.analysis import METRICS
 
 __all__ = ["SECTIONS", "sections", "health_items", "cohort_flat", "to_csv", "load_calibration",
            "calibration_rows", "quality_key"]

@@ -1,6 +1,6 @@
 """Rollout health: what runs where, what failed, which devices are silent, how rollouts ended.
 
-Plain data in (the rows of edgekit.fleet.analysis, the store's devices, rollouts with their
+Plain data in (the rows of edgekit.report.analysis, the store's devices, rollouts with their
 waves and events, collect errors), plain data out, for every output format alike.
 """
 

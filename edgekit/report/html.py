@@ -5,7 +5,7 @@ tests check on every page: each src, href, xlink:href, action, formaction, poste
 background or data attribute is a #fragment or a data: URI; each CSS url() is url(#...) or
 url(data:...); there is no @import, and no <link>, <base>, <iframe>, <frame>, <object>,
 <embed>, <script> or <meta http-equiv="refresh">. Namespace URIs identify and load
-nothing, but there are none either (edgekit.fleet.charts drops them). Text may mention a
+nothing, but there are none either (edgekit.report.charts drops them). Text may mention a
 URL, as a device's error message may: text loads nothing. Every text from the store is
 escaped.
 """
@@ -16,8 +16,8 @@ import time
 from html import escape
 from typing import Iterable, Optional
 
-from edgekit.fleet.charts import calibration_chart, device_chart, triangle_chart
-from edgekit.fleet.views import health_items
+from edgekit.report.charts import calibration_chart, device_chart, triangle_chart
+from edgekit.report.views import health_items
 
 __all__ = ["render_fleet", "render_calibration", "CSS"]
 
@@ -199,7 +199,7 @@ def _compare_section(rows: list[dict]) -> str:
 
 
 def render_fleet(result: dict, *, store: str, budgets: dict, filters: Optional[dict] = None) -> str:
-    """The fleet report page for `result` (edgekit.fleet.analysis.analyse)."""
+    """The fleet report page for `result` (edgekit.report.analysis.analyse)."""
     h = result["health"]
     shown = ", ".join(f"{k} {v}" for k, v in (filters or {}).items() if v) or "everything"
     cards = "".join([

@@ -1,9 +1,16 @@
-"""Device reports (schema 1 of DESIGN.md) read as untrusted input.
+"""Device reports (schema 1 of DESIGN.md): read as untrusted input, then one typed record.
 
 A device may be broken, old or hostile, so what it sends is read with a size limit,
 parsed as JSON and checked against the schema before anything else looks at it. A
 report that fails is a failure of that device (DataError, caught by collect), never a
-crash of the host.
+crash of the host. What passes is a DeviceReport, and it stays one on its way:
+
+    validate_report(bytes) -> DeviceReport    the check, where a report comes in (collect)
+    DeviceReport.columns()                    the one flat row of it: the store's columns,
+                                              the numbers the rollout gates judge and those
+                                              the fleet report compares
+    DeviceReport.record()                     the JSON object as the device sent it (stored)
+    DeviceReport.from_object(obj)             a report the store kept, typed again
 
 Non-finite numbers: JSON has none, but Python's json (which the runner writes with)
 emits `Infinity` for an SQNR of an exact match (no noise) and `-Infinity` for a zero
@@ -20,12 +27,12 @@ import math
 import re
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from edgekit.errors import DataError
 from edgekit.words import PLAIN
 
-__all__ = ["MAX_REPORT_BYTES", "REPORT_FILE", "parse_report", "validate_report"]
+__all__ = ["DeviceReport", "MAX_REPORT_BYTES", "REPORT_FILE", "parse_report", "validate_report"]
 
 MAX_REPORT_BYTES = 1 << 20
 REPORT_FILE = re.compile(PLAIN.pattern.replace("^", "^(").replace("$", r")\.json$"))
@@ -91,7 +98,9 @@ class _Metrics(_Part):
     model_mb: NonNegative = None
 
 
-class _Report(_Part):
+class DeviceReport(_Part):
+    """A checked schema-1 report: its fields typed, the fields a newer runner adds kept as sent."""
+
     schema_: Literal[1] = Field(alias="schema")
     run_id: Plain
     started_at: str = Field(pattern=_TIME)
@@ -102,6 +111,53 @@ class _Report(_Part):
     bundle: _Bundle
     runtime: _Runtime
     metrics: _Metrics
+    _sent: dict = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def from_object(cls, obj: dict) -> "DeviceReport":
+        """The report in a JSON object (finite numbers only); ValidationError when it is not one."""
+        report = cls.model_validate(obj)
+        report._sent = obj
+        return report
+
+    def record(self) -> dict:
+        """The JSON object as the device sent it (a non-finite sqnr_db as null): what the store keeps.
+        Not the model's dump, which would write a device's 12 as 12.0."""
+        return self._sent
+
+    def columns(self) -> dict:
+        """The report as one flat row; numbers as floats, None where nothing finite was measured.
+        `n` and `n_expected` (the samples evaluated, and the host's) are as the device sent them."""
+        m, extra = self.metrics, self.metrics.model_extra or {}
+        latency, fidelity = m.latency_ms, m.fidelity
+        expected, fidelity_expected = _object(extra.get("expected")), _object(extra.get("fidelity_expected"))
+        return {
+            "run_id": self.run_id, "status": self.status, "error": self.error, "started_at": self.started_at,
+            "finished_at": self.finished_at, "name": self.bundle.name, "version": self.bundle.version,
+            "target": self.bundle.target, "precision": self.bundle.precision, "bundle_sha256": self.bundle.sha256,
+            "runtime": self.runtime.name, "runtime_version": self.runtime.version, "arch": self.device.arch,
+            "python": self.device.python,
+            "accuracy": _number(m.accuracy), "accuracy_expected": _number(m.accuracy_expected),
+            "baseline_accuracy": _number(expected.get("baseline_accuracy")),
+            "top1_agreement": _number(fidelity.top1_agreement if fidelity else None),
+            "top1_expected": _number(fidelity_expected.get("top1_agreement")),
+            "cosine": _number(fidelity.cosine if fidelity else None),
+            "cosine_expected": _number(fidelity_expected.get("cosine")),
+            "n": extra.get("n"), "n_expected": expected.get("n"),
+            "latency_p50": _number(latency.p50 if latency else None),
+            "latency_p95": _number(latency.p95 if latency else None),
+            "peak_rss_mb": _number(m.peak_rss_mb), "load_ms": _number(m.load_ms), "model_mb": _number(m.model_mb),
+        }
+
+
+def _number(value: Any) -> Optional[float]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _object(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def parse_report(data: bytes, source: str) -> dict:
@@ -139,21 +195,20 @@ def _why(exc: ValidationError) -> str:
 
 
 def validate_report(data: bytes, source: str, *, name: Optional[str] = None, version: Optional[str] = None,
-                    run_id: Optional[str] = None) -> dict:
+                    run_id: Optional[str] = None) -> DeviceReport:
     """A checked schema-1 report from a device file's bytes; `name`, `version` and `run_id`
     (from where the file was found) must agree with what it says. DataError otherwise."""
-    report = parse_report(data, source)
+    obj = parse_report(data, source)
     try:
-        report = _finite(report)
-        _Report.model_validate(report)
+        report = DeviceReport.from_object(_finite(obj))
     except ValueError as exc:  # ValidationError is a ValueError
         why = _why(exc) if isinstance(exc, ValidationError) else str(exc)
         raise DataError(f"report {source}: {why}") from exc
-    said = {"bundle.name": (report["bundle"]["name"], name), "bundle.version": (report["bundle"]["version"], version),
-            "run_id": (report["run_id"], run_id)}
+    said = {"bundle.name": (report.bundle.name, name), "bundle.version": (report.bundle.version, version),
+            "run_id": (report.run_id, run_id)}
     for field, (got, where) in said.items():
         if where is not None and got != where:
             raise DataError(f"report {source}: field '{field}' is {got!r}, but the file is filed under {where!r}")
-    if report["status"] == "ok" and report["metrics"].get("latency_ms") is None:
+    if report.status == "ok" and report.metrics.latency_ms is None:
         raise DataError(f"report {source}: status is ok but field 'metrics.latency_ms' is missing")
     return report

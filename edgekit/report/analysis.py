@@ -2,7 +2,7 @@
 
 Pure functions over plain data, so that they can be tried on reports without a store:
 
-    reports   [{"device", "report", "collected_at"?}]   validated schema-1 reports
+    reports   [{"device", "report", "collected_at"?}]   report: a DeviceReport (edgekit.device_report)
     devices   [{"name", "target", "reachable", "last_contact_at", "last_error"}]
     rollouts  [{"id", "name", "version", "target", "status", "reason", ..., "waves", "events"}]
     budgets   {target: {"max_latency_ms_p95": ..., "max_peak_rss_mb": ...}}
@@ -11,7 +11,7 @@ A cohort is the devices that ran the same bundle (name, target, version): they s
 measure alike. Drift is a device that does not: its accuracy (or fidelity) differs from
 what the host measured for that bundle by more than a tolerance, or its latency or memory
 is an outlier among its siblings by a robust score on the cohort's median and MAD. Every
-flag carries its reason with the numbers. edgekit.fleet.fleetdata reads these from the store.
+flag carries its reason with the numbers. edgekit.report.fleetdata reads these from the store.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _when(item: dict) -> str:
     ahead must not make an old run look new); the device's time only for reports that came
     without it."""
     report = item["report"]
-    return item.get("collected_at") or report.get("finished_at") or report.get("started_at") or ""
+    return item.get("collected_at") or report.finished_at or report.started_at or ""
 
 
 def _num(value) -> Optional[float]:
@@ -78,8 +78,8 @@ def running_versions(reports: Iterable[dict], rollouts: Iterable[dict] = (),
             seen[(device, name)] = (at, version)
 
     for item in reports:
-        bundle = item["report"]["bundle"]
-        note(_when(item), item["device"], bundle["name"], bundle["version"])
+        bundle = item["report"].bundle
+        note(_when(item), item["device"], bundle.name, bundle.version)
     for r in rollouts:
         for e in r.get("events") or ():
             detail = e.get("detail") or {}
@@ -93,29 +93,25 @@ def running_versions(reports: Iterable[dict], rollouts: Iterable[dict] = (),
 
 
 def _row(item: dict, runs: int, device: dict, budget: dict) -> dict:
-    r = item["report"]
-    b, m = r["bundle"], r.get("metrics") or {}
-    lat, fid, fexp = m.get("latency_ms") or {}, m.get("fidelity") or {}, m.get("fidelity_expected") or {}
-    acc, expected = _num(m.get("accuracy")), _num(m.get("accuracy_expected"))
-    baseline = _num((m.get("expected") or {}).get("baseline_accuracy"))
+    r = item["report"].columns()
+    acc, expected, baseline = r["accuracy"], r["accuracy_expected"], r["baseline_accuracy"]
     measured_at = _when(item)
     return {
-        "device": item["device"], "name": b["name"], "target": b.get("target") or device.get("target"),
-        "version": b["version"], "current": False, "precision": b.get("precision"),
-        "runtime": (r.get("runtime") or {}).get("name"), "runtime_version": (r.get("runtime") or {}).get("version"),
-        "arch": (r.get("device") or {}).get("arch"), "python": (r.get("device") or {}).get("python"),
-        "status": r.get("status"), "error": r.get("error"),
+        "device": item["device"], "name": r["name"], "target": r["target"] or device.get("target"),
+        "version": r["version"], "current": False, "precision": r["precision"],
+        "runtime": r["runtime"], "runtime_version": r["runtime_version"], "arch": r["arch"], "python": r["python"],
+        "status": r["status"], "error": r["error"],
         "accuracy": acc, "accuracy_expected": expected,
         "drop": None if acc is None or expected is None else expected - acc,
         "baseline_accuracy": baseline, "drop_fp32": None if acc is None or baseline is None else baseline - acc,
-        "top1_agreement": _num(fid.get("top1_agreement")), "top1_expected": _num(fexp.get("top1_agreement")),
-        "cosine": _num(fid.get("cosine")), "cosine_expected": _num(fexp.get("cosine")),
-        "n": m.get("n"), "n_expected": (m.get("expected") or {}).get("n"),
-        "latency_p50": _num(lat.get("p50")), "latency_p95": _num(lat.get("p95")),
+        "top1_agreement": r["top1_agreement"], "top1_expected": r["top1_expected"],
+        "cosine": r["cosine"], "cosine_expected": r["cosine_expected"],
+        "n": r["n"], "n_expected": r["n_expected"],
+        "latency_p50": r["latency_p50"], "latency_p95": r["latency_p95"],
         "latency_budget_p95": _num(budget.get("max_latency_ms_p95")),
-        "peak_rss_mb": _num(m.get("peak_rss_mb")), "rss_budget_mb": _num(budget.get("max_peak_rss_mb")),
-        "load_ms": _num(m.get("load_ms")), "model_mb": _num(m.get("model_mb")),
-        "runs": runs, "run_id": r.get("run_id"), "measured_at": measured_at, "device_time": r.get("finished_at"),
+        "peak_rss_mb": r["peak_rss_mb"], "rss_budget_mb": _num(budget.get("max_peak_rss_mb")),
+        "load_ms": r["load_ms"], "model_mb": r["model_mb"],
+        "runs": runs, "run_id": r["run_id"], "measured_at": measured_at, "device_time": r["finished_at"],
         "last_seen": max(measured_at, device.get("last_contact_at") or ""),
         "over_budget": [], "flags": [],
     }
@@ -154,8 +150,8 @@ def device_rows(reports: Iterable[dict], devices: Iterable[dict] = (), budgets: 
     newest: dict[tuple, dict] = {}
     runs: dict[tuple, int] = defaultdict(int)
     for item in reports:
-        b = item["report"]["bundle"]
-        key = (item["device"], b["name"], b["version"])
+        b = item["report"].bundle
+        key = (item["device"], b.name, b.version)
         runs[key] += 1
         if key not in newest or _when(item) >= _when(newest[key]):
             newest[key] = item
@@ -164,7 +160,7 @@ def device_rows(reports: Iterable[dict], devices: Iterable[dict] = (), budgets: 
     rows = []
     for key, item in newest.items():
         device = info.get(item["device"], {})
-        target = item["report"]["bundle"].get("target") or device.get("target")
+        target = item["report"].bundle.target or device.get("target")
         row = _row(item, runs[key], device, (budgets or {}).get(target) or {})
         row["current"] = running.get((row["device"], row["name"])) == row["version"]
         row["over_budget"] = _over_budget(row, (budgets or {}).get(row["target"]) or {})
@@ -332,7 +328,7 @@ def analyse(reports: list[dict], devices: list[dict] = (), rollouts: list[dict] 
     """Everything `edgekit report` shows: rows, cohorts, drift, health (and compare), for the
     reports of bundle `name`, `version` and `target` when given. What runs where is worked out
     from all reports and rollouts, so that a filter does not make an old version look current."""
-    from edgekit.fleet.health import rollout_health
+    from edgekit.report.health import rollout_health
 
     running = running_versions(reports, rollouts, models)
     every = device_rows(reports, devices, budgets, running, gate_verdicts(rollouts))

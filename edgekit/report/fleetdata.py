@@ -66,7 +66,7 @@ def load_fleet(store_path: Path, *, inventory: Optional[Path] = None, targets_di
                           "older edgekit: collect into a new store with --store") from exc
     if inventory is not None:
         data["devices"] = _merge_devices(data["devices"], _inventory_devices(inventory, targets_dirs))
-    targets = {(r["report"]["bundle"].get("target") or "") for r in reports} | {d.get("target") or "" for d in data["devices"]}
+    targets = {(r["report"].bundle.target or "") for r in reports} | {d.get("target") or "" for d in data["devices"]}
     data["budgets"] = budgets_for(targets, targets_dirs)
     return data
 

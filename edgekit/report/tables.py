@@ -10,9 +10,9 @@ from itertools import groupby
 from rich.console import Console
 from rich.markup import escape
 
-from edgekit.cli._common import (Col, fit_columns, fit_table, fits, fmt_mib, fmt_ms, fmt_pct, fmt_pp, fmt_sig,
-                                 fmt_time, print_notes, titled)
-from edgekit.fleet.views import health_items
+from edgekit.report.views import health_items
+from edgekit.terminal import (Col, fit_columns, fit_table, fits, fmt_mib, fmt_ms, fmt_pct, fmt_pp, fmt_sig, fmt_time,
+                              print_notes, titled)
 
 
 def _budget_title(name: str, target: str, p95, rss) -> str:

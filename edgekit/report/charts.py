@@ -2,9 +2,9 @@
 
 Each chart puts p95 latency (what budgets gate on) across and peak memory or model size
 up, with quality (accuracy, else top-1 agreement or cosine) as colour. Every budgeted axis
-draws or states its budget and the headroom (edgekit.fleet.chartaxes); tick labels are
+draws or states its budget and the headroom (edgekit.report.chartaxes); tick labels are
 thinned until they do not touch and point labels placed where they cover nothing
-(edgekit.fleet.chartlayout).
+(edgekit.report.chartlayout).
 
 The SVG is made to live inside an HTML page: no XML prolog or DOCTYPE (whose DTD is a
 URL), no namespace declarations (the HTML parser supplies them), ids salted per chart so
@@ -18,8 +18,8 @@ import re
 from itertools import count
 from typing import Optional
 
-from edgekit.fleet.chartaxes import DRIFT, QUALITY_AXIS, budget_axis, quality_format
-from edgekit.fleet.chartlayout import Label, fit_axis_labels, freeze_layout, marker_box, place_labels, thin_ticks
+from edgekit.report.chartaxes import DRIFT, QUALITY_AXIS, budget_axis, quality_format
+from edgekit.report.chartlayout import Label, fit_axis_labels, freeze_layout, marker_box, place_labels, thin_ticks
 
 __all__ = ["to_svg", "triangle_chart", "device_chart", "calibration_chart", "quality_of",
            "triangle_figure", "device_figure", "calibration_figure"]
