@@ -157,14 +157,15 @@ def package_careless(demo: Demo, keys):
     look plausible, but against FP32 it loses far more than the target allows."""
     from edgekit.datasets import load_dataset
     from edgekit.package import package
-    from edgekit.quantize import quantize
     from edgekit.recipes import Recipe
     from edgekit.targets import load_profile
+    from edgekit.toolchains import toolchain_for
 
-    model = demo.careless_model
-    quantize(MODEL, Recipe(precision="int8-static", method="minmax"), model,
-             calibration=load_dataset(write_careless_calibration(demo.careless_calibration), role="calibration data"))
-    return package(model, load_profile(TARGETS[0]), load_dataset(EVAL, role="eval data"), name=NAME,
+    model, profile = demo.careless_model, load_profile(TARGETS[0])
+    toolchain_for(profile).quantize(
+        MODEL, Recipe(precision="int8-static", method="minmax"), model,
+        calibration=load_dataset(write_careless_calibration(demo.careless_calibration), role="calibration data"))
+    return package(model, profile, load_dataset(EVAL, role="eval data"), name=NAME,
                    version=CARELESS, out_dir=demo.workdir / "dist", reference=MODEL, sign_key=keys.private)
 
 
