@@ -63,6 +63,15 @@ def test_the_onnx_toolchain_describes_a_model():
     assert set(onnx.requirements(EXAMPLE_ONNX)) == {"ir_version", "opsets"}
 
 
+def test_a_profile_with_a_runtime_no_toolchain_serves_is_one_clear_line(edgekit, tmp_path):
+    from conftest import assert_clean_error
+
+    text = (REPO / "targets" / "host-cpu.toml").read_text().replace('runtime = "onnxruntime"', 'runtime = "tensorrt"')
+    (tmp_path / "odd.toml").write_text(text)
+    assert_clean_error(edgekit("targets", "show", tmp_path / "odd.toml"), "field 'runtime'", "'tensorrt'",
+                       "onnxruntime or tflite")
+
+
 # -- the acceptance rule: runtime names and model suffixes are compared in one place ----------
 
 _RUNTIME_WORDS = set(TOOLCHAINS) | set(model_suffixes())
