@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from edgekit.calibration_record import ModelRecord
 from edgekit.datasets import Dataset, InputSpec
 from edgekit.progress import OnStep
 from edgekit.recipes import Recipe
@@ -101,7 +102,7 @@ class Toolchain(abc.ABC):
     # -- what a calibration record says -------------------------------------------------
 
     @abc.abstractmethod
-    def source_record(self, spec: str | Path, fp32: Path, inputs: list[InputSpec]) -> dict:
+    def source_record(self, spec: str | Path, fp32: Path, inputs: list[InputSpec]) -> ModelRecord:
         """calibration.json's model section: the model as given, and what was converted from it."""
 
     @abc.abstractmethod

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from edgekit.calibration_record import InputRecord, ModelRecord
 from edgekit.datasets import Dataset, InputSpec
 from edgekit.progress import OnStep, notify
 from edgekit.recipes import METHODS, Recipe
@@ -107,9 +108,7 @@ class OnnxToolchain(Toolchain):
         return ort_quantize.quantize(model, recipe, out, calibration=calibration, max_samples=max_samples,
                                      on_step=on_step)
 
-    def source_record(self, spec, fp32: Path, inputs: list[InputSpec]):
-        from edgekit.calibration_record import InputRecord, ModelRecord
-
+    def source_record(self, spec, fp32: Path, inputs: list[InputSpec]) -> ModelRecord:
         return ModelRecord(path=str(fp32), sha256=self.sha256(fp32), inputs=[InputRecord.of(i) for i in inputs])
 
     def versions(self) -> dict:

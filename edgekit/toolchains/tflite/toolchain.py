@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from edgekit.calibration_record import InputRecord, ModelRecord
 from edgekit.datasets import Dataset, InputSpec
 from edgekit.progress import OnStep, notify
 from edgekit.recipes import Recipe
@@ -83,8 +84,7 @@ class TFLiteToolchain(Toolchain):
         return quantize_tflite(model, recipe, out, calibration=calibration, max_samples=max_samples,
                                on_step=on_step)
 
-    def source_record(self, spec, fp32: Path, inputs: list[InputSpec]):
-        from edgekit.calibration_record import InputRecord, ModelRecord
+    def source_record(self, spec, fp32: Path, inputs: list[InputSpec]) -> ModelRecord:
         from edgekit.toolchains.tflite.convert import source_kind
 
         source, kind = Path(str(spec)).expanduser(), source_kind(str(spec))
