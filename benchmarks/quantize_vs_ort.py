@@ -4,7 +4,7 @@ For the example digits CNN and a small transformer encoder built here (also in a
 whose last feed-forward block carries outliers), in one run: accuracy (or fidelity), model
 size and p50 latency, each as a ratio to FP32, measured the same way for every contender
 (a fresh process, edgekit.evaluate.measure). Beside calibrate's choice stands the best
-result of its mixed-precision search (edgekit.mixed), when it has one.
+result of its mixed-precision search (edgekit.search), when it has one.
 
     python benchmarks/quantize_vs_ort.py [--out bench-results/quantize_vs_ort.json]
 """
@@ -62,9 +62,9 @@ def bench_model(label: str, fp32: Path, calib_path: Path, eval_path: Path, work:
     from edgekit.calibrate import calibrate
     from edgekit.datasets import load_dataset
     from edgekit.evaluate import prepare_eval_data
-    from edgekit.mixed import SearchOptions
-    from edgekit.quantize import quantize
+    from edgekit.search.context import SearchOptions
     from edgekit.targets import load_profile
+    from edgekit.toolchains.onnx.quantize import quantize
 
     calib, evald = load_dataset(calib_path), load_dataset(eval_path)
     # host-cpu's budgets, but the smallest model wins (near-ties: the more faithful), as ORT's
@@ -89,7 +89,7 @@ def bench_model(label: str, fp32: Path, calib_path: Path, eval_path: Path, work:
 def best_mixed(result):
     """The most faithful passing candidate of the mixed-precision search (to 4 decimals, then
     the smallest: a pruned step where one of the same fidelity keeps fewer nodes), if any."""
-    ids = {s["candidate"] for s in (result.record.get("search") or {}).get("steps", [])}
+    ids = {s["candidate"] for s in (result.record.search or {}).get("steps", [])}
     found = [c for c in result.candidates if c.id in ids and c.passed]
     quality = lambda c: c.metrics["accuracy"] if c.metrics.get("accuracy") is not None else c.metrics["fidelity"]["cosine"]  # noqa: E731
     return max(found, key=lambda c: (round(quality(c), 4), -c.metrics["model_mb"]), default=None)

@@ -175,14 +175,16 @@ def package_careless(demo: Demo, keys):
     look plausible, but against FP32 it loses far more than the target allows."""
     from edgekit.datasets import load_dataset
     from edgekit.package import package
-    from edgekit.quantize import quantize
     from edgekit.recipes import Recipe
     from edgekit.targets import load_profile
+    from edgekit.toolchains import toolchain_for
 
-    model = demo.careless_model
-    quantize(demo.model, Recipe(precision="int8-static", method="minmax"), model,
-             calibration=load_dataset(write_careless_calibration(demo.careless_calibration, demo.calib), role="calibration data"))
-    return package(model, load_profile(TARGETS[0]), load_dataset(demo.eval, role="eval data"), name=NAME,
+    model, profile = demo.careless_model, load_profile(TARGETS[0])
+    toolchain_for(profile).quantize(
+        demo.model, Recipe(precision="int8-static", method="minmax"), model,
+        calibration=load_dataset(write_careless_calibration(demo.careless_calibration, demo.calib),
+                                 role="calibration data"))
+    return package(model, profile, load_dataset(demo.eval, role="eval data"), name=NAME,
                    version=CARELESS, out_dir=demo.workdir / "dist", reference=demo.model, sign_key=keys.private)
 
 

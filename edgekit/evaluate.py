@@ -38,10 +38,11 @@ def prepare_eval_data(data: Dataset, model: Path, dest: Path, *, reference: Opti
                       samples: Optional[int] = None) -> Path:
     """Write `dest` (.npz): the model's inputs in the dtypes it takes, `labels` if the data
     has them and, with a reference model, its first output as `_reference`. Streams."""
-    from edgekit.models import check_model, model_inputs
+    from edgekit.toolchains import toolchain_for_model
 
     _check_options(samples=samples)
-    inputs = model_inputs(check_model(Path(model)))
+    toolchain = toolchain_for_model(model)
+    inputs = toolchain.inputs(toolchain.check(Path(model)))
     data.check(inputs, role="eval data")
     ref = _open_reference(Path(reference), Path(model), data) if reference is not None else None
     n = len(data) if samples is None else min(samples, len(data))
@@ -61,9 +62,10 @@ def prepare_eval_data(data: Dataset, model: Path, dest: Path, *, reference: Opti
 def _open_reference(reference: Path, model: Path, data: Dataset):
     """The reference model in the device's backend, after checking it fits data and model."""
     from edgekit.device.backends import ModelLoadError, open_backend
-    from edgekit.models import check_model
+    from edgekit.toolchains import toolchain_for_model
 
-    _check_same_output(model, reference, _first_output(model), _first_output(check_model(reference)))
+    checked = toolchain_for_model(reference).check(reference)
+    _check_same_output(model, reference, _first_output(model), _first_output(checked))
     try:
         backend = open_backend(str(reference))
     except ModelLoadError as exc:
@@ -74,16 +76,9 @@ def _open_reference(reference: Path, model: Path, data: Dataset):
 
 def _first_output(path: Path) -> InputSpec:
     """Name, dtype and shape of a model's first output (what accuracy and fidelity read)."""
-    import onnx
+    from edgekit.toolchains import toolchain_for_model
 
-    if Path(path).suffix == ".tflite":
-        from edgekit.tflite.convert import tflite_first_output
-
-        return tflite_first_output(Path(path))
-    out = onnx.load(str(path), load_external_data=False).graph.output[0]
-    tt = out.type.tensor_type
-    dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
-    return InputSpec(out.name, onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name, dims)
+    return toolchain_for_model(path).first_output(Path(path))
 
 
 def _check_label_classes(data: Dataset, model: Path, first_feeds: dict) -> None:

@@ -3,45 +3,28 @@ metrics the device's own measurements are compared with (the eval subset: edgeki
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
+from edgekit.calibration_record import CalibrationRecord, CandidateRecord
 from edgekit.errors import ConfigError, GateError, ModelError
 from edgekit.targets import Profile
+
+if TYPE_CHECKING:
+    from edgekit.toolchains import Toolchain
 
 __all__ = ["detect_precision", "load_record", "chosen_candidate", "expected_from_record", "measure_expected",
            "runtime_requirements"]
 
-_DYNAMIC_OPS = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul"}
-_STATIC_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm"}
 _METRIC_KEYS = ("accuracy", "fidelity", "drop", "model_mb", "latency_ms", "peak_rss_mb", "load_ms", "n")
 
 
-def _onnx_precision(model: Path) -> str:
-    import onnx
-
-    proto = onnx.load(str(model), load_external_data=False)
-    ops = {n.op_type for n in proto.graph.node}
-    if ops & _DYNAMIC_OPS:
-        return "int8-dynamic"
-    if ops & _STATIC_OPS:
-        return "int8-static"
-    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer):
-        return "fp16"
-    return "fp32"
-
-
-def detect_precision(model: Path, record: Optional[dict]) -> str:
-    """The model's precision: the calibration record's recipe when given (checked against
-    the model's operators for ONNX), else read from the model's operators and weights."""
-    detected = _onnx_precision(model) if model.suffix == ".onnx" else None
-    if model.suffix == ".tflite":
-        from edgekit.tflite.convert import tflite_precision
-
-        detected = tflite_precision(model)
+def detect_precision(model: Path, toolchain: Optional[Toolchain], record: Optional[CalibrationRecord]) -> str:
+    """The model's precision: the calibration record's recipe when given (checked against what
+    the model's toolchain reads from it), else read from the model's operators and weights."""
+    detected = toolchain.precision(model) if toolchain is not None else None
     if record is not None:
-        said = chosen_candidate(record)["recipe"]["precision"]
+        said = chosen_candidate(record).recipe.precision
         if detected is not None and detected != said:
             raise ConfigError(f"--calibration-record chose a {said} model, but {model} looks {detected}: "
                               "give the model that calibrate wrote beside that record")
@@ -51,44 +34,34 @@ def detect_precision(model: Path, record: Optional[dict]) -> str:
     return detected
 
 
-def load_record(path: Path, profile: Profile) -> dict:
+def load_record(path: Path, profile: Profile) -> CalibrationRecord:
     """A calibration record for this target, with a chosen candidate."""
+    record = CalibrationRecord.read(path, "--calibration-record")
     path = Path(path).expanduser()
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"--calibration-record {path}: not found") from exc
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"--calibration-record {path}: not a readable JSON file ({exc})") from exc
-    if not isinstance(record, dict) or not str(record.get("schema", "")).startswith("edgekit.calibration/"):
-        raise ConfigError(f"--calibration-record {path}: not an edgekit calibration record (field 'schema')")
-    target = (record.get("target") or {}).get("name")
-    if target != profile.name:
-        raise ConfigError(f"--calibration-record {path} was made for target {target}, not {profile.name}")
-    if record.get("chosen") is None:
+    if record.target.name != profile.name:
+        raise ConfigError(f"--calibration-record {path} was made for target {record.target.name}, not {profile.name}")
+    if record.chosen is None:
         raise GateError(f"--calibration-record {path}: no recipe met the budgets of {profile.name} "
-                        f"({record.get('why', 'no candidate chosen')}); there is nothing to package")
+                        f"({record.why or 'no candidate chosen'}); there is nothing to package")
     chosen_candidate(record, path)
     return record
 
 
-def chosen_candidate(record: dict, path: Optional[Path] = None) -> dict:
-    for candidate in record.get("candidates", []):
-        if candidate.get("id") == record.get("chosen") and isinstance(candidate.get("recipe"), dict):
-            return candidate
-    raise ConfigError(f"--calibration-record {path or ''}: field 'chosen' ({record.get('chosen')}) "
-                      "names no candidate with a recipe")
+def chosen_candidate(record: CalibrationRecord, path: Optional[Path] = None) -> CandidateRecord:
+    candidate = record.chosen_candidate
+    if candidate is None:
+        raise ConfigError(f"--calibration-record {path or ''}: field 'chosen' ({record.chosen}) "
+                          "names no candidate with a recipe")
+    return candidate
 
 
-def expected_from_record(record: dict) -> dict:
+def expected_from_record(record: CalibrationRecord) -> dict:
     candidate = chosen_candidate(record)
-    metrics = candidate.get("metrics") or {}
-    eval_data = (record.get("data") or {}).get("eval") or {}
-    baseline = record.get("baseline") or {}
-    return {"source": "calibration-record", "candidate": candidate["id"],
-            **{k: metrics.get(k) for k in _METRIC_KEYS}, "baseline_accuracy": baseline.get("accuracy"),
-            "n": eval_data.get("n_used", metrics.get("n")), "data_sha256": eval_data.get("sha256"),
-            "machine": record.get("machine"), "versions": record.get("versions")}
+    metrics, evaluated = candidate.metrics, record.data.eval
+    n = evaluated.n_used if evaluated.n_used is not None else metrics.get("n")
+    return {"source": "calibration-record", "candidate": candidate.id,
+            **{k: metrics.get(k) for k in _METRIC_KEYS}, "baseline_accuracy": (record.baseline or {}).get("accuracy"),
+            "n": n, "data_sha256": evaluated.sha256, "machine": record.machine, "versions": record.versions}
 
 
 def measure_expected(model: Path, eval_npz: Path, profile: Profile) -> dict:
@@ -121,15 +94,10 @@ def _reference_accuracy(eval_npz: Path) -> Optional[float]:
         return float(np.mean(np.argmax(npz["_reference"], axis=-1) == npz["labels"]))
 
 
-def runtime_requirements(model: Path, profile: Profile) -> dict:
-    """What the device's runtime must offer: the runtime, its version floor, the model's
-    opsets and IR version (an older onnxruntime refuses newer ones), threads, providers."""
+def runtime_requirements(model: Path, toolchain: Toolchain, profile: Profile) -> dict:
+    """What the device's runtime must offer: the runtime, its version floor, threads, providers,
+    and what the model's toolchain says the runtime must read (ONNX: its opsets and IR version)."""
     needs = {"name": profile.runtime, "min_version": profile.runtime_version, "threads": profile.threads,
              "providers": list(profile.providers)}
-    if model.suffix == ".onnx":
-        import onnx
-
-        proto = onnx.load(str(model), load_external_data=False)
-        needs["ir_version"] = int(proto.ir_version)
-        needs["opsets"] = {(o.domain or "ai.onnx"): int(o.version) for o in proto.opset_import}
+    needs.update(toolchain.requirements(model))
     return needs

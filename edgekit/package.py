@@ -23,6 +23,7 @@ from typing import Optional
 
 from edgekit.bundle import Bundle, MANIFEST, SIGNATURE, SUFFIX, deterministic_npz, \
     manifest_bytes, read_bundle, runner_files, write_tar
+from edgekit.calibration_record import CalibrationRecord
 from edgekit.datasets import Dataset
 from edgekit.errors import ConfigError, GateError
 from edgekit.eval_subset import default_samples, eval_indices, size_warning, subset
@@ -30,78 +31,71 @@ from edgekit.manifest import chosen_candidate, detect_precision, expected_from_r
     measure_expected, runtime_requirements
 from edgekit.progress import OnStep, notify
 from edgekit.targets import Profile
+from edgekit.toolchains import Toolchain, model_suffixes, toolchain_for, toolchain_for_model, toolchain_of
 from edgekit.words import check_plain, epoch_of, iso_utc
 
-__all__ = ["package", "bundle_filename", "bundle_warning", "RUNTIME_BY_SUFFIX"]
-
-RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".tflite": "tflite"}
+__all__ = ["package", "bundle_filename", "bundle_warning"]
 
 
 def bundle_filename(name: str, version: str, target: str) -> str:
     return f"{name}-{version}-{target}{SUFFIX}"
 
 
-def check_allowed(model: Path, profile: Profile, precision: str, model_mb: float) -> None:
+def check_allowed(model: Path, toolchain: Optional[Toolchain], profile: Profile, precision: str) -> None:
     """GateError (exit 3) when the target's profile does not allow this model."""
-    runtime = RUNTIME_BY_SUFFIX.get(model.suffix)
-    if runtime is None:
-        raise ConfigError(f"model {model}: unknown kind (bundles take .onnx or .tflite models)")
-    if runtime != profile.runtime:
-        raise GateError(f"target {profile.name} runs {profile.runtime}; {model.name} needs {runtime}")
+    if toolchain is None:
+        raise ConfigError(f"model {model}: unknown kind (bundles take {' or '.join(model_suffixes())} models)")
+    if toolchain is not toolchain_for(profile):
+        raise GateError(f"target {profile.name} runs {profile.runtime}; {model.name} needs {toolchain.runtime}")
+    model_mb = toolchain.size_mb(model)
     if precision not in profile.precisions:
         raise GateError(f"target {profile.name} allows precisions {', '.join(profile.precisions)}; "
                         f"{model.name} is {precision}")
     limit = profile.budgets.max_model_mb
     if limit is not None and model_mb > limit:
         raise GateError(f"{model.name} is {model_mb:.3f} MB, over max_model_mb {limit:g} of target {profile.name}")
-    from edgekit.onnx_compat import target_refusal
-
-    refusal = target_refusal(model, profile, what=model.name)
+    refusal = toolchain.model_refusal(model, profile, what=model.name)
     if refusal:
         raise GateError(f"target {profile.name}: {refusal}")
 
 
-def _created_at(model: Path, record: Optional[dict]) -> int:
+def _created_at(model: Path, record: Optional[CalibrationRecord]) -> int:
     env = os.environ.get("SOURCE_DATE_EPOCH")
     if env:
         try:
             return int(env)
         except ValueError as exc:
             raise ConfigError(f"SOURCE_DATE_EPOCH={env!r}: not a whole number of seconds") from exc
-    if record and isinstance(record.get("created_at"), str):
+    if record and record.created_at is not None:
         try:
-            return epoch_of(record["created_at"])
+            return epoch_of(record.created_at)
         except ValueError:
             pass
     return int(model.stat().st_mtime)
 
 
-def _model_members(model: Path) -> dict[str, Path]:
-    """The model as model.onnx, with its external data files under their own names."""
+def _model_members(model: Path, toolchain: Toolchain) -> dict[str, Path]:
+    """The model as model.<suffix>, with the files it needs beside it (ONNX's external data) under their own names."""
     members = {f"model{model.suffix}": model}
-    if model.suffix == ".onnx":
-        from edgekit.models import external_data_files
-
-        for extra in external_data_files(model):
-            if not extra.is_file():
-                raise ConfigError(f"model {model}: its external data file {extra.name} is missing")
-            members[extra.name] = extra
+    for extra in toolchain.files(model)[1:]:
+        if not extra.is_file():
+            raise ConfigError(f"model {model}: its external data file {extra.name} is missing")
+        members[extra.name] = extra
     return members
 
 
-def _reference(model: Path, precision: str, data: Dataset, reference: Optional[Path],
-               record: Optional[dict]) -> Optional[Path]:
+def _reference(model: Path, toolchain: Toolchain, precision: str, data: Dataset, reference: Optional[Path],
+               record: Optional[CalibrationRecord]) -> Optional[Path]:
     """The FP32 model whose outputs the device compares against (None: labels suffice)."""
-    from edgekit.models import check_model, model_sha256
-
     if reference is not None:
-        return check_model(Path(reference).expanduser())
+        reference = Path(reference).expanduser()
+        return toolchain_for_model(reference).check(reference)
     if data.has_labels:
         return None
-    source = Path(record["model"]["path"]) if record else None
-    # A tflite record's source is the PyTorch model, which no device backend runs.
+    source = Path(record.model.path) if record else None
+    # A record's source may be a PyTorch model (converted for TFLite), which no device backend runs.
     same_kind = source is not None and source.suffix == model.suffix
-    if same_kind and source.is_file() and model_sha256(source) == record["model"].get("sha256"):
+    if same_kind and source.is_file() and toolchain.sha256(source) == record.model.sha256:
         return source
     if precision == "fp32":
         return model
@@ -117,7 +111,7 @@ def _sha_size(source) -> dict:
     return {"sha256": sha256_file(str(source)), "size": source.stat().st_size}
 
 
-def _default_samples(data: Dataset, model: Path, ref: Optional[Path], tmp: Path) -> int:
+def _default_samples(data: Dataset, model: Path, toolchain: Toolchain, ref: Optional[Path], tmp: Path) -> int:
     """edgekit.eval_subset's default, from the bytes one prepared sample takes in eval.npz."""
     import numpy as np
 
@@ -129,7 +123,7 @@ def _default_samples(data: Dataset, model: Path, ref: Optional[Path], tmp: Path)
     probe = prepare_eval_data(subset(data, eval_indices(len(data), 1)), model, tmp / "probe.npz", reference=ref)
     with np.load(probe) as npz:
         sample_bytes = sum(npz[k].nbytes for k in npz.files)
-    model_bytes = sum(p.stat().st_size for p in _model_members(model).values())
+    model_bytes = sum(p.stat().st_size for p in _model_members(model, toolchain).values())
     return default_samples(len(data), sample_bytes, model_bytes)
 
 
@@ -146,7 +140,6 @@ def package(model: Path, profile: Profile, eval_data: Dataset, *, name: str, ver
     as many as edgekit.eval_subset.default_samples says; on_step hears of each stage."""
     from edgekit import __version__
     from edgekit.evaluate import prepare_eval_data
-    from edgekit.models import check_model, model_inputs, model_size_mb
 
     def step(what: str) -> None:
         notify(on_step, "package", what)
@@ -156,20 +149,21 @@ def package(model: Path, profile: Profile, eval_data: Dataset, *, name: str, ver
     if eval_samples is not None and eval_samples < 1:
         raise ConfigError(f"--eval-samples must be at least 1, got {eval_samples}")
     model = Path(model).expanduser()
-    if model.suffix in RUNTIME_BY_SUFFIX:
-        check_model(model)
+    toolchain = toolchain_of(model)
+    if toolchain is not None:
+        toolchain.check(model)
     elif not model.is_file():
         raise ConfigError(f"model {model}: not found")
     record = load_record(calibration_record, profile) if calibration_record else None
-    precision = detect_precision(model, record)
-    check_allowed(model, profile, precision, model_size_mb(model))
-    eval_data.check(model_inputs(model), role="eval data")
-    ref = _reference(model, precision, eval_data, reference, record)
+    precision = detect_precision(model, toolchain, record)
+    check_allowed(model, toolchain, profile, precision)
+    eval_data.check(toolchain.inputs(model), role="eval data")
+    ref = _reference(model, toolchain, precision, eval_data, reference, record)
     created = _created_at(model, record)
     with tempfile.TemporaryDirectory(prefix="edgekit-package-") as tmp:
         step("preparing the evaluation subset")
         if eval_samples is None:
-            eval_samples = _default_samples(eval_data, model, ref, Path(tmp))
+            eval_samples = _default_samples(eval_data, model, toolchain, ref, Path(tmp))
         indices = eval_indices(len(eval_data), eval_samples)
         raw = prepare_eval_data(subset(eval_data, indices), model, Path(tmp) / "raw.npz", reference=ref)
         eval_npz = deterministic_npz(raw, Path(tmp) / "eval.npz")
@@ -177,14 +171,15 @@ def package(model: Path, profile: Profile, eval_data: Dataset, *, name: str, ver
         expected = expected_from_record(record) if record else measure_expected(model, eval_npz, profile)
         if expected.get("baseline_accuracy") is None and precision == "fp32":
             expected["baseline_accuracy"] = expected.get("accuracy")  # an FP32 model is its own baseline
-        members: dict = {**_model_members(model), "eval.npz": eval_npz}
+        members: dict = {**_model_members(model, toolchain), "eval.npz": eval_npz}
         members.update({f"runner/{rel}": data for rel, data in runner_files().items()})
         files = {rel: _sha_size(src) for rel, src in sorted(members.items())}
         model_file = f"model{model.suffix}"
         manifest = {
             "schema": 1, "name": name, "version": version, "target": profile.snapshot(),
-            "precision": precision, "recipe": chosen_candidate(record)["recipe"] if record else {"precision": precision},
-            "runtime": runtime_requirements(model, profile),
+            "precision": precision,
+            "recipe": chosen_candidate(record).recipe.record() if record else {"precision": precision},
+            "runtime": runtime_requirements(model, toolchain, profile),
             "model": {"file": model_file, **files[model_file], "source_name": model.name},
             "files": files,
             "eval": {"file": "eval.npz", **files["eval.npz"], "n": len(indices),
@@ -192,7 +187,7 @@ def package(model: Path, profile: Profile, eval_data: Dataset, *, name: str, ver
                      "reference": ref is not None, "source": {"sha256": eval_data.sha256, "n": len(eval_data)},
                      "selection": "all" if len(indices) == len(eval_data) else "evenly spaced indices"},
             "expected": expected,
-            "calibration": (record or {}).get("data", {}).get("calibration"),
+            "calibration": record.data.calibration.model_dump() if record else None,
             "edgekit_version": __version__,
             "created_at": iso_utc(created),
         }

@@ -156,7 +156,7 @@ def test_bad_input_is_one_clean_line(tmp_path, args, needle):
 
 @pytest.fixture(scope="module")
 def int8_model(tmp_path_factory):
-    from edgekit.quantize import quantize
+    from edgekit.toolchains.onnx.quantize import quantize
     from edgekit.recipes import Recipe
 
     return quantize(EXAMPLE_ONNX, Recipe(precision="int8-dynamic"), tmp_path_factory.mktemp("q") / "int8.onnx")
@@ -196,7 +196,7 @@ def test_a_calibration_record_gives_recipe_and_expected_metrics(tmp_path, int8_m
     assert manifest["expected"]["source"] == "calibration-record"
     assert manifest["expected"]["latency_ms"] == metrics["latency_ms"]
     assert manifest["expected"]["accuracy"] == metrics["accuracy"]
-    assert manifest["created_at"] == result.record["created_at"]
+    assert manifest["created_at"] == result.record.created_at
     # The record says int8-dynamic; the FP32 model beside it is not what it chose.
     assert_clean_error(package(tmp_path / "x", "--calibration-record", out / "calibration.json"),
                        "chose a int8-dynamic model", "looks fp32")

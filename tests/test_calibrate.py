@@ -52,6 +52,13 @@ def test_calibrate_digits_records_every_candidate_and_a_choice(edgekit, tmp_path
     int8 = [c for c in ok if c["recipe"]["precision"].startswith("int8")]
     assert all(c["metrics"]["model_mb"] < 0.35 * fp32["metrics"]["model_mb"] for c in int8)
     assert all(abs(c["metrics"]["drop"] - (fp32["metrics"]["accuracy"] - c["metrics"]["accuracy"])) < 1e-6 for c in int8)
+    # One typed record (edgekit.calibration_record): read and written again it is the same file; an
+    # ONNX model given as such has no converted section, and the search (an ONNX feature) is recorded.
+    from edgekit.calibration_record import CalibrationRecord
+
+    text = (out / "calibration.json").read_text()
+    assert json.dumps(CalibrationRecord.read(out / "calibration.json", "--x").dump(), indent=2) + "\n" == text
+    assert list(record["model"]) == ["path", "sha256", "inputs"] and record["search"]["stopped"] == "not-needed"
 
 
 def test_unreachable_budget_exits_3_and_still_writes_the_record(edgekit, tmp_path):
@@ -83,7 +90,7 @@ def test_encoder_with_integer_inputs_calibrates_on_fidelity(tmp_path):
     profile = load_file(_profile(tmp_path, **{"per_channel = true": "per_channel = false",
                                               "reduce_range = true": "reduce_range = false"}))
     result = calibrate(model, profile, calib, evald, tmp_path / "out", measure_opts={"runs": 5, "min_seconds": 0.05})
-    record = result.record
+    record = result.record.dump()
     assert record["metric"] == "fidelity"
     ok = [c for c in record["candidates"] if c["status"] == "ok"]
     assert {c["recipe"]["precision"] for c in ok} >= {"fp32", "int8-dynamic", "int8-static"}
@@ -96,16 +103,16 @@ def test_encoder_with_integer_inputs_calibrates_on_fidelity(tmp_path):
 
 
 def test_a_failing_recipe_is_recorded_not_fatal(tmp_path, monkeypatch):
-    import edgekit.quantize
+    import edgekit.toolchains.onnx.quantize as ort_quantize
 
-    real = edgekit.quantize.quantize
+    real = ort_quantize.quantize
 
     def flaky(model, recipe, out, **kw):
         if recipe.method == "entropy":
             raise QuantizeError(f"{recipe.id}: planted failure")
         return real(model, recipe, out, **kw)
 
-    monkeypatch.setattr(edgekit.quantize, "quantize", flaky)
+    monkeypatch.setattr(ort_quantize, "quantize", flaky)
     profile = load_file(_profile(tmp_path, **{"per_channel = true": "per_channel = false",
                                               "reduce_range = true": "reduce_range = false"}))
     result = calibrate(EXAMPLE_ONNX, profile, load_dataset(CALIB), load_dataset(EVAL), tmp_path / "out",

@@ -12,7 +12,7 @@ from conftest import REPO, assert_clean_error
 from encoder import OUTLIER_PATTERN, build_encoder, make_encoder_data
 from edgekit.calibrate import calibrate, sweep_recipes
 from edgekit.datasets import load_dataset
-from edgekit.mixed import SearchOptions
+from edgekit.search.context import SearchOptions
 from edgekit.targets import load_file
 
 FAST = ["--runs", "5"]
@@ -110,21 +110,21 @@ def test_stopped_by_max_minutes_still_writes_the_best_passing_candidate(edgekit,
 def test_an_interrupted_search_keeps_what_it_measured(encoder, tmp_path, monkeypatch):
     """Ctrl-C in the middle of the search: the steps measured so far are candidates, and the
     best passing one is written."""
-    import edgekit.quantize
+    import edgekit.toolchains.onnx.quantize as ort_quantize
 
-    real = edgekit.quantize.quantize
+    real = ort_quantize.quantize
 
     def interrupted_at_the_third_node_step(model, recipe, out, **kw):
         if len(recipe.exclude) >= 4:
             raise KeyboardInterrupt
         return real(model, recipe, out, **kw)
 
-    monkeypatch.setattr(edgekit.quantize, "quantize", interrupted_at_the_third_node_step)
+    monkeypatch.setattr(ort_quantize, "quantize", interrupted_at_the_third_node_step)
     model, calib, evald = encoder
     result = calibrate(model, load_file(_int8_profile(tmp_path, 0.95)), load_dataset(calib), load_dataset(evald),
                        tmp_path / "out", measure_opts={"runs": 5, "min_seconds": 0.05},
                        search=SearchOptions(mode="always"))
-    search = result.record["search"]
+    search = result.record.search
     assert search["stopped"] == "interrupted"
     assert [s["kind"] for s in search["steps"]] == ["op-types", "nodes", "nodes"]
     ids = {c.id for c in result.candidates}
@@ -138,9 +138,9 @@ def test_an_interrupted_search_keeps_what_it_measured(encoder, tmp_path, monkeyp
 def test_noise_that_shows_in_a_node_kept_in_float_is_traced_back_to_where_it_was_made(encoder, tmp_path):
     """With fc2 kept in float, fc1's crushed channels show only at fc2's output: the ranking
     that knows fc2 is kept blames fc1 for it; the one that does not, does not."""
-    from edgekit.quantize import prepared, quantize
+    from edgekit.toolchains.onnx.quantize import prepared, quantize
     from edgekit.recipes import Recipe
-    from edgekit.sensitivity import rank_nodes
+    from edgekit.search.sensitivity import rank_nodes
 
     model, calib, _ = encoder
     fc1, fc2 = OUTLIER_BLOCK + "fc1", OUTLIER_BLOCK + "fc2"
@@ -164,7 +164,7 @@ def test_pruning_gives_back_the_nodes_the_passing_step_did_not_need(encoder, tmp
     result = calibrate(model, load_file(_int8_profile(tmp_path, 0.99)), load_dataset(calib), load_dataset(evald),
                        tmp_path / "out", measure_opts={"runs": 5, "min_seconds": 0.05},
                        search=SearchOptions(rerank=False))
-    search = result.record["search"]
+    search = result.record.search
     by_id = {c.id: c for c in result.candidates}
     assert len(by_id) == len(result.candidates)  # every step is a candidate of its own
     growing = [s for s in search["steps"] if s["kind"] == "nodes"]
@@ -190,7 +190,7 @@ def test_a_search_stopped_while_pruning_keeps_the_best_passing_candidate(encoder
     the run still chooses among what it measured."""
     import time
 
-    import edgekit._mixed_steps
+    import edgekit.search.steps
 
     late = []
 
@@ -201,12 +201,12 @@ def test_a_search_stopped_while_pruning_keeps_the_best_passing_candidate(encoder
         if c.passed and "-x" in c.id:
             late.append(c.id)
 
-    monkeypatch.setattr(edgekit._mixed_steps, "now", clock)
+    monkeypatch.setattr(edgekit.search.steps, "now", clock)
     model, calib, evald = encoder
     result = calibrate(model, load_file(_int8_profile(tmp_path, 0.99)), load_dataset(calib), load_dataset(evald),
                        tmp_path / "out", measure_opts={"runs": 5, "min_seconds": 0.05}, on_candidate=on_candidate,
                        search=SearchOptions(max_minutes=60))
-    search = result.record["search"]
+    search = result.record.search
     assert search["stopped"] == "time" and "while pruning" in search["why"]
     assert search["pruning"]["from"] == search["pruning"]["result"] == late[0] == search["steps"][-1]["candidate"]
     assert [s["kind"] for s in search["steps"]].count("prune") == 0

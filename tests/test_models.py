@@ -12,7 +12,9 @@ import pytest
 from conftest import CALIB, EVAL, EXAMPLE_ONNX, EXAMPLE_PT2, assert_clean_error
 from edgekit.datasets import InputSpec, load_dataset
 from edgekit.errors import ModelError
-from edgekit.models import TORCH_EXTRA, load_model, model_inputs, model_outputs, model_sha256, model_size_mb
+from edgekit.toolchains.base import model_sha256
+from edgekit.toolchains.onnx.convert import TORCH_EXTRA, load_model
+from edgekit.toolchains.onnx.models import model_inputs, model_outputs, model_size_mb
 from encoder import build_encoder
 
 

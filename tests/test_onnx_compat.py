@@ -1,6 +1,6 @@
 """A target's runtime_version against the real old onnxruntime: the device venv's 1.19 (Python 3.9).
 
-The rules in edgekit.onnx_compat must agree with what that runtime does with every model
+The rules in edgekit.toolchains.onnx.compat must agree with what that runtime does with every model
 calibrate makes: the models it refuses are the ones 1.19 cannot load and run, and the ones
 it lets through load and run there. Calibrate, quantize and package follow the verdict.
 """
@@ -67,7 +67,7 @@ def models(tmp_path_factory) -> list[Path]:
     a dynamic-INT8 digits model with Conv kept in float, and models stamped past what 1.19 reads."""
     from edgekit.calibrate import sweep_recipes
     from edgekit.datasets import load_dataset
-    from edgekit.quantize import quantize
+    from edgekit.toolchains.onnx.quantize import quantize
     from edgekit.recipes import Recipe
     from edgekit.targets import load_profile
 
@@ -87,7 +87,7 @@ def models(tmp_path_factory) -> list[Path]:
 
 
 def test_verdicts_agree_with_the_device_runtime(models, device_python):  # noqa: F811
-    from edgekit.onnx_compat import runtime_refusal
+    from edgekit.toolchains.onnx.compat import runtime_refusal
 
     device = device_run(device_python, *models)
     version = device["version"]
@@ -110,7 +110,7 @@ def test_verdicts_agree_with_the_device_runtime(models, device_python):  # noqa:
 def test_the_host_runtime_is_refused_nothing_it_runs(models):
     import onnxruntime
 
-    from edgekit.onnx_compat import runtime_gaps
+    from edgekit.toolchains.onnx.compat import runtime_gaps
 
     for model in models:
         onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
@@ -165,7 +165,7 @@ def test_a_runtime_version_that_is_not_one_names_the_field(edgekit, tmp_path):
 
 
 def test_version_strings():
-    from edgekit.onnx_compat import parse_version
+    from edgekit.toolchains.onnx.compat import parse_version
 
     assert parse_version("1.19") == ((1, 19), "1.19")
     assert parse_version("onnxruntime 1.19.2") == ((1, 19), "1.19.2")

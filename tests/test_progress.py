@@ -15,7 +15,7 @@ from conftest import CALIB, EVAL, EXAMPLE_ONNX, REPO, run_edgekit
 from encoder import build_encoder, make_encoder_data
 from edgekit.calibrate import calibrate
 from edgekit.datasets import load_dataset
-from edgekit.mixed import SearchOptions
+from edgekit.search.context import SearchOptions
 from edgekit.progress import Step
 from edgekit.recipes import Recipe
 from edgekit.targets import load_file, load_profile
@@ -76,7 +76,7 @@ def test_the_search_reports_its_ranking_and_each_step_of_at_most_n(tmp_path):
     steps: list[Step] = []
     result = calibrate(model, _int8_profile(tmp_path), load_dataset(calib), load_dataset(evald), tmp_path / "out",
                        measure_opts=FAST, search=SearchOptions(rerank=False), on_step=steps.append)
-    search = result.record["search"]
+    search = result.record.search
     assert search["steps"], search["why"]
     ranking = [s for s in steps if s.phase == "search" and s.i is None]
     assert ranking and {s.what for s in ranking} == {"sensitivity"}

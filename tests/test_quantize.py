@@ -1,4 +1,4 @@
-"""`edgekit quantize` and edgekit.quantize: real onnxruntime quantization, real inference."""
+"""`edgekit quantize` and edgekit.toolchains.onnx.quantize: real onnxruntime quantization, real inference."""
 
 import numpy as np
 import onnx
@@ -9,7 +9,7 @@ from onnx import numpy_helper
 from conftest import CALIB, EVAL, EXAMPLE_ONNX, EXAMPLE_PT2, assert_clean_error
 from edgekit.datasets import load_dataset
 from edgekit.errors import ConfigError, QuantizeError
-from edgekit.quantize import CHUNK_BATCHES, quantize
+from edgekit.toolchains.onnx.quantize import CHUNK_BATCHES, quantize
 from edgekit.recipes import METHODS, Recipe
 from encoder import OUTLIER_PATTERN, build_encoder, make_encoder_data
 

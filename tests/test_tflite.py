@@ -26,7 +26,7 @@ def calibrated(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fp32(tmp_path_factory) -> Path:
     from edgekit.datasets import load_dataset
-    from edgekit.tflite.convert import load_tflite_model
+    from edgekit.toolchains.tflite.convert import load_tflite_model
 
     return load_tflite_model(EXAMPLE_PT2, workdir=tmp_path_factory.mktemp("fp32"), example_data=load_dataset(CALIB))
 
@@ -56,6 +56,11 @@ def test_calibrate_sweeps_tflite_recipes_and_writes_model_tflite(calibrated):
                                  "sha256": hashlib.sha256((out / "model.tflite").read_bytes()).hexdigest()}
     model = record["model"]
     assert model["path"] == str(EXAMPLE_PT2) and model["format"] == "pt2"
+    assert list(model) == ["path", "sha256", "format", "inputs", "converted"] and "search" not in on_disk
+    from edgekit.calibration_record import CalibrationRecord
+
+    text = (out / "calibration.json").read_text()
+    assert json.dumps(CalibrationRecord.read(out / "calibration.json", "--x").dump(), indent=2) + "\n" == text
     assert model["sha256"] == hashlib.sha256(EXAMPLE_PT2.read_bytes()).hexdigest()
     assert model["converted"]["format"] == "tflite" and model["converted"]["converter"] == "litert-torch"
     assert record["versions"]["litert-torch"] and record["versions"]["ai-edge-quantizer"]
@@ -93,8 +98,8 @@ def test_an_onnx_model_for_a_tflite_target_names_the_remedy(tmp_path):
 def test_recipes_shrink_the_model_and_keep_its_accuracy(fp32, tmp_path, precision, at_most):
     from edgekit.datasets import load_dataset
     from edgekit.recipes import Recipe
-    from edgekit.tflite.convert import tflite_precision
-    from edgekit.tflite.quantize import quantize_tflite
+    from edgekit.toolchains.tflite.convert import tflite_precision
+    from edgekit.toolchains.tflite.quantize import quantize_tflite
 
     recipe = Recipe(precision=precision, per_channel=True, method="minmax" if precision == "int8-static" else None)
     out = quantize_tflite(fp32, recipe, tmp_path / "q.tflite", calibration=load_dataset(CALIB))
@@ -107,7 +112,7 @@ def test_full_integer_model_takes_int8_and_the_backend_feeds_it_float(fp32, tmp_
     from edgekit.datasets import load_dataset
     from edgekit.device.backends import open_backend
     from edgekit.recipes import Recipe
-    from edgekit.tflite.quantize import quantize_tflite
+    from edgekit.toolchains.tflite.quantize import quantize_tflite
 
     out = quantize_tflite(fp32, Recipe(precision="int8-static", method="minmax"), tmp_path / "s.tflite",
                           calibration=load_dataset(CALIB))
@@ -136,7 +141,7 @@ def test_a_dynamic_batch_model_is_resized_per_batch(tmp_path):
     import torch
 
     from edgekit.device.backends import open_backend
-    from edgekit.tflite.convert import _silenced
+    from edgekit.toolchains.tflite.convert import silenced
 
     class MatMul(torch.nn.Module):  # litert-torch 0.10 converts a dynamic batch through matmul and conv
         def __init__(self):
@@ -150,7 +155,7 @@ def test_a_dynamic_batch_model_is_resized_per_batch(tmp_path):
 
     net = MatMul().eval()
 
-    with _silenced():
+    with silenced():
         edge = litert_torch.convert(net, (torch.zeros(2, 4),), dynamic_shapes=({0: torch.export.Dim("batch")},))
         edge.export(str(tmp_path / "dyn.tflite"))
     backend = open_backend(str(tmp_path / "dyn.tflite"))
@@ -165,8 +170,8 @@ def test_a_factory_converts_with_the_data_set_input_names(tmp_path):
     from edgekit.datasets import load_dataset
     from edgekit.device.backends import open_backend
     from edgekit.recipes import Recipe
-    from edgekit.tflite.convert import load_tflite_model
-    from edgekit.tflite.quantize import quantize_tflite
+    from edgekit.toolchains.tflite.convert import load_tflite_model
+    from edgekit.toolchains.tflite.quantize import quantize_tflite
 
     calib = load_dataset(CALIB)
     model = load_tflite_model("examples.digits.train:build", workdir=tmp_path, example_data=calib)
@@ -199,7 +204,7 @@ def test_a_profile_without_the_old_runtime_gets_dynamic_range(tmp_path):
 def test_runtime_refusal_reads_the_profile_runtime_version():
     from edgekit.errors import ConfigError
     from edgekit.recipes import Recipe
-    from edgekit.tflite.quantize import runtime_refusal
+    from edgekit.toolchains.tflite.quantize import runtime_refusal
 
     dynamic = Recipe(precision="int8-dynamic", per_channel=True)
     for old in ("tflite-runtime 2.14", "tflite-runtime==2.13.0", "2.14", "tensorflow 2.12"):
@@ -212,16 +217,16 @@ def test_runtime_refusal_reads_the_profile_runtime_version():
 
 
 def test_eval_data_that_lacks_the_input_is_a_data_error(tmp_path):
+    from edgekit.calibrate import calibrate
     from edgekit.datasets import load_dataset
     from edgekit.errors import DataError
     from edgekit.targets import load_profile
-    from edgekit.tflite.calibrate import calibrate_tflite
 
     data = np.load(EVAL)
     np.savez(tmp_path / "bad.npz", pixels=data["input"][:50], labels=data["labels"][:50])
     with pytest.raises(DataError, match="lacks input 'input'"):
-        calibrate_tflite(EXAMPLE_PT2, load_profile(TARGET), load_dataset(CALIB), load_dataset(tmp_path / "bad.npz"),
-                         tmp_path / "out")
+        calibrate(EXAMPLE_PT2, load_profile(TARGET), load_dataset(CALIB), load_dataset(tmp_path / "bad.npz"),
+                  tmp_path / "out")
     assert not (tmp_path / "out" / "calibration.json").exists()
 
 
@@ -244,21 +249,21 @@ def test_no_litert_runtime_is_a_load_error_that_names_the_packages(fp32):
 def test_calibrate_tflite_reports_each_candidate_and_says_it_measured_on_the_host(fp32, tmp_path):
     from itertools import groupby
 
+    from edgekit.calibrate import calibrate
     from edgekit.datasets import load_dataset
     from edgekit.recipes import Recipe
     from edgekit.targets import load_profile
-    from edgekit.tflite.calibrate import calibrate_tflite
 
     steps = []
     recipes = [Recipe(precision="fp32"), Recipe(precision="int8-static", method="minmax")]
-    result = calibrate_tflite(fp32, load_profile(TARGET), load_dataset(CALIB), load_dataset(EVAL), tmp_path / "out",
-                              recipes=recipes, eval_samples=100, measure_opts={"runs": 5, "min_seconds": 0.05},
-                              on_step=steps.append)
+    result = calibrate(fp32, load_profile(TARGET), load_dataset(CALIB), load_dataset(EVAL), tmp_path / "out",
+                       recipes=recipes, eval_samples=100, measure_opts={"runs": 5, "min_seconds": 0.05},
+                       on_step=steps.append)
     assert [(s.phase, s.what) for s in steps[:2]] == [("prepare", "convert"), ("prepare", "eval data")]
     sweep = [key for key, _ in groupby((s.i, s.n, s.candidate, s.what) for s in steps if s.phase == "sweep")]
     assert sweep == [(i + 1, 2, r.id, what) for i, r in enumerate(recipes) for what in ("quantize", "evaluate")]
     details = [s.detail for s in steps if s.candidate == "int8-static-minmax" and s.what == "quantize"]
     assert details[1].startswith("calibration sample 1/") and details[-1] == "ai-edge-quantizer"
-    place = result.record["measured_on"]
+    place = result.record.measured_on
     assert place["kind"] == "host" and not place["matches_target"]
     assert place["note"].endswith("not on raspberry-pi-zero-2w (aarch64, Cortex-A53 x4 @ 1 GHz, NEON)")

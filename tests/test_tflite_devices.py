@@ -92,8 +92,8 @@ def dynamic_range_model(tmp_path_factory) -> tuple[Path, float]:
     from edgekit.datasets import load_dataset
     from edgekit.evaluate import measure
     from edgekit.recipes import Recipe
-    from edgekit.tflite.convert import load_tflite_model
-    from edgekit.tflite.quantize import quantize_tflite
+    from edgekit.toolchains.tflite.convert import load_tflite_model
+    from edgekit.toolchains.tflite.quantize import quantize_tflite
 
     work = tmp_path_factory.mktemp("dynamic")
     calib = load_dataset(CALIB)

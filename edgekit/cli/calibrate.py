@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich import box
@@ -13,6 +12,9 @@ from rich.table import Table
 from edgekit.cli._common import (JsonFlag, TargetsDir, compact_table, console, err_console, print_json,
                                  print_notes, titled)
 from edgekit.cli._progress import showing_steps
+
+if TYPE_CHECKING:
+    from edgekit.calibration_record import CalibrationRecord, CandidateRecord
 
 
 def calibrate_cmd(
@@ -35,49 +37,34 @@ def calibrate_cmd(
     the target's budgets. Exit 3 when none does."""
     from edgekit.calibrate import calibrate, raise_if_unmet, sweep_recipes
     from edgekit.datasets import load_dataset
-    from edgekit.models import load_model
-    from edgekit.progress import Step
     from edgekit.targets import load_profile
 
     profile = load_profile(target, targets_dir or ())
     calib = load_dataset(calibration, role="calibration data")
     evald = load_dataset(eval_data, role="eval data")
-    if profile.runtime == "tflite":  # LiteRT targets: converted to .tflite, ai-edge-quantizer's recipes
-        from edgekit.tflite.calibrate import calibrate_tflite, sweep_tflite_recipes
-
-        sweep_recipes, calibrate = sweep_tflite_recipes, calibrate_tflite
     recipes = sweep_recipes(profile, tuple(exclude or ()), tuple(include or ()))
-    search_kw = _search_options(profile, search, max_float_nodes, max_minutes)
-    with tempfile.TemporaryDirectory(prefix="edgekit-model-") as tmp, \
-            showing_steps(f"calibrating for {profile.name}", enabled=not json) as on_step:
-        if profile.runtime == "tflite":
-            source = model  # calibrate_tflite converts it itself
-        else:
-            on_step(Step("checking the model" if model.endswith(".onnx") else "converting the model to ONNX",
-                         phase="prepare"))
-            source = load_model(model, workdir=Path(tmp), example_data=calib)
-        result = calibrate(source, profile, calib, evald, out, recipes=recipes, eval_samples=eval_samples,
-                           measure_opts={"runs": runs}, on_step=on_step, **search_kw)
+    options = _search_options(search, max_float_nodes, max_minutes)
+    with showing_steps(f"calibrating for {profile.name}", enabled=not json) as on_step:
+        result = calibrate(model, profile, calib, evald, out, recipes=recipes, eval_samples=eval_samples,
+                           measure_opts={"runs": runs}, on_step=on_step, search=options)
     if json:
-        print_json(result.record)
+        print_json(result.record.dump())
     else:
         print_table(result.record)
-        print_search(result.record.get("search"))
+        print_search(result.record.search)
         where = f"wrote {result.model_path} and {result.record_path}" if result.model_path else f"wrote {result.record_path}"
         err_console.print(where, highlight=False)
     raise_if_unmet(result)
 
 
-def _search_options(profile, mode: str, max_float_nodes: int, max_minutes: Optional[float]) -> dict:
-    """calibrate()'s search keyword (ONNX targets only)."""
+def _search_options(mode: str, max_float_nodes: int, max_minutes: Optional[float]):
+    """calibrate()'s search options (a toolchain that does not search ignores them)."""
     from edgekit.errors import ConfigError
-    from edgekit.mixed import MODES, SearchOptions
+    from edgekit.search.context import MODES, SearchOptions
 
     if mode not in MODES:
         raise ConfigError(f"--search '{mode}': choose one of {', '.join(MODES)}")
-    if profile.runtime == "tflite":
-        return {}
-    return {"search": SearchOptions(mode=mode, max_float_nodes=max_float_nodes, max_minutes=max_minutes)}
+    return SearchOptions(mode=mode, max_float_nodes=max_float_nodes, max_minutes=max_minutes)
 
 
 def print_search(search: Optional[dict]) -> None:
@@ -143,26 +130,25 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def print_table(record: dict) -> None:
-    metric = record["metric"]
+def print_table(record: CalibrationRecord) -> None:
+    metric = record.metric
     headers = ["candidate", "acc" if metric == "accuracy" else "cosine", "drop" if metric == "accuracy" else "top1",
                "MiB", "p50", "p95", "RSS", "ok"]
-    rows = [_row(c, record, metric) for c in record["candidates"]]
-    table = Table(title=f"calibration for {record['target']['name']} (objective: {record['objective']}; "
+    table = Table(title=f"calibration for {record.target.name} (objective: {record.objective}; "
                         "ms, MiB)", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False,
                   collapse_padding=True)
     for i, header in enumerate(headers):
         table.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
-    for row in rows:
-        table.add_row(*row)
+    for c in record.candidates:
+        table.add_row(*_row(c, record.chosen, metric))
     console.print(table)
-    for c in record["candidates"]:  # the reasons, below the table so that it fits 80 columns
-        if c["status"] == "failed":
-            console.print(f"  {c['id']}: {c['error']}", style="red", highlight=False, markup=False)
-        elif not c["passed"]:
-            console.print(f"  {c['id']}: " + "; ".join(c["failed_budgets"]), style="yellow", highlight=False)
-    print_measured_on(record.get("measured_on"))
-    console.print(f"chosen: [bold]{record['chosen'] or 'none'}[/] — {record['why']}", highlight=False)
+    for c in record.candidates:  # the reasons, below the table so that it fits 80 columns
+        if c.status == "failed":
+            console.print(f"  {c.id}: {c.error}", style="red", highlight=False, markup=False)
+        elif not c.passed:
+            console.print(f"  {c.id}: " + "; ".join(c.failed_budgets), style="yellow", highlight=False)
+    print_measured_on(record.measured_on)
+    console.print(f"chosen: [bold]{record.chosen or 'none'}[/] — {record.why}", highlight=False)
 
 
 def print_measured_on(place: Optional[dict]) -> None:
@@ -176,13 +162,13 @@ def print_measured_on(place: Optional[dict]) -> None:
         console.print(place["note"], style="yellow", highlight=False, markup=False)
 
 
-def _row(c: dict, record: dict, metric: str) -> list[str]:
-    m = c["metrics"] or {}
+def _row(c: CandidateRecord, chosen: Optional[str], metric: str) -> list[str]:
+    m = c.metrics
     lat, fid = m.get("latency_ms") or {}, m.get("fidelity") or {}
     first = m.get("accuracy") if metric == "accuracy" else fid.get("cosine")
     second = m.get("drop") if metric == "accuracy" else fid.get("top1_agreement")
-    verdict = ("[red]error[/]" if c["status"] == "failed" else "[green]✓[/]" if c["passed"] else "[yellow]✗[/]")
-    name = ("★ " if c["id"] == record["chosen"] else "  ") + c["id"]
+    verdict = ("[red]error[/]" if c.status == "failed" else "[green]✓[/]" if c.passed else "[yellow]✗[/]")
+    name = ("★ " if c.id == chosen else "  ") + c.id
     return [name, _fmt(first, ".4f"), _fmt(second, ".4f"), _fmt(m.get("model_mb"), ".3f"),
             _fmt(lat.get("p50"), ".3f"), _fmt(lat.get("p95"), ".3f"), _fmt(m.get("peak_rss_mb"), ".0f"), verdict]
 

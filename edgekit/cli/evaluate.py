@@ -50,13 +50,11 @@ def evaluate_cmd(
 
 
 def _load_reference(spec: str, workdir: Path, data) -> Path:
-    """The reference as a file a backend opens: an .onnx or .tflite as is, a .pt2 or
-    pkg.module:factory converted to ONNX (as quantize takes them; inputs named after the data)."""
-    from edgekit.models import load_model
+    """The reference as a file a backend opens: a model file of a toolchain as is (checked), a
+    .pt2 or pkg.module:factory converted to ONNX (as quantize takes them; inputs named after the data)."""
+    from edgekit.toolchains import toolchain_for_model
 
-    if Path(spec).suffix == ".tflite":
-        return Path(spec).expanduser()
-    return load_model(spec, workdir=workdir, example_data=data)
+    return toolchain_for_model(spec).load(spec, workdir=workdir, example_data=data)
 
 
 def _count(value) -> str:

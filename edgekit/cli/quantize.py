@@ -30,28 +30,20 @@ def quantize_cmd(
 ) -> None:
     """Quantize MODEL with one recipe and write it to OUT; prints the sizes before and after."""
     from edgekit.datasets import load_dataset
-    from edgekit.models import load_model
     from edgekit.progress import notify, within
-    from edgekit.quantize import quantize
 
     recipe = _recipe(precision, method, per_channel, reduce_range, exclude, include)
     calib = load_dataset(calibration, role="calibration data") if calibration else None
-    tflite = _tflite_output(model, out, target, targets_dir, recipe)
+    profile = _profile(target, targets_dir)
+    toolchain = _toolchain(model, out, profile, recipe)
     with tempfile.TemporaryDirectory(prefix="edgekit-model-") as tmp, \
             showing_steps(f"quantizing {model}", enabled=not json) as display:
         on_step = within(display, candidate=recipe.id)
-        notify(on_step, "checking the model" if model.endswith((".onnx", ".tflite")) else "converting the model")
-        if tflite:
-            from edgekit.tflite.convert import load_tflite_model
-            from edgekit.tflite.quantize import quantize_tflite as quantize
-
-            fp32 = load_tflite_model(model, workdir=Path(tmp), example_data=calib)
-        else:
-            fp32 = load_model(model, workdir=Path(tmp), example_data=calib)
-        written = quantize(fp32, recipe, out, calibration=calib, max_samples=max_samples, on_step=on_step)
-        if not tflite:
-            _refuse_unrunnable(written, target, targets_dir, recipe)
-        result = _result(model, fp32, written, recipe)
+        notify(on_step, "checking the model" if Path(model).suffix == toolchain.suffix else "converting the model")
+        fp32 = toolchain.load(model, workdir=Path(tmp), example_data=calib)
+        written = toolchain.quantize(fp32, recipe, out, calibration=calib, max_samples=max_samples, on_step=on_step)
+        _refuse_unrunnable(toolchain, written, profile, recipe)
+        result = _result(toolchain, model, fp32, written, recipe)
     if json:
         print_json(result)
         return
@@ -75,58 +67,46 @@ def _recipe(precision, method, per_channel, reduce_range, exclude, include):
                   exclude=tuple(exclude or ()), include=tuple(include or ()))
 
 
-def _tflite_output(model: str, out: Path, target, targets_dir, recipe) -> bool:
-    """Whether to make a .tflite: the target runs tflite, or the model or --out is one."""
-    from edgekit.errors import ConfigError
-
-    profile = None
-    if target is not None:
-        from edgekit.onnx_compat import check_target
-        from edgekit.targets import load_profile
-
-        profile = load_profile(target, targets_dir or ())
-        check_target(profile)  # a bad onnxruntime runtime_version is reported before any work
-    tflite = (profile.runtime == "tflite") if profile else ".tflite" in (Path(model).suffix, out.suffix)
-    if tflite and out.suffix != ".tflite":
-        raise ConfigError(f"--out {out}: a TFLite model is written to a .tflite file")
-    if profile and not tflite and out.suffix == ".tflite":
-        raise ConfigError(f"--out {out}: target {profile.name} runs {profile.runtime}; write a .onnx file")
-    if tflite:
-        from edgekit.tflite.quantize import check_tflite_recipe, runtime_refusal
-
-        check_tflite_recipe(recipe)  # before the conversion, not after it
-    if tflite and profile is not None:
-        refusal = runtime_refusal(recipe, profile.runtime_version)
-        if refusal:
-            raise ConfigError(f"--precision {recipe.precision} for target {profile.name}: {refusal}")
-    return tflite
-
-
-def _refuse_unrunnable(written: Path, target, targets_dir, recipe) -> None:
-    """Remove an ONNX model that the target's runtime_version cannot load, and say why (exit 2)."""
+def _profile(target: Optional[str], targets_dir):
     if target is None:
-        return
-    from edgekit.errors import ConfigError
-    from edgekit.models import external_data_files
-    from edgekit.onnx_compat import target_refusal
+        return None
     from edgekit.targets import load_profile
 
-    profile = load_profile(target, targets_dir or ())
-    refusal = target_refusal(written, profile)
+    return load_profile(target, targets_dir or ())
+
+
+def _toolchain(model: str, out: Path, profile, recipe):
+    """The target's toolchain, else the one the model or --out names; everything it can refuse
+    before any work (the output's kind, the recipe, a runtime that cannot run the recipe)."""
+    from edgekit.errors import ConfigError
+    from edgekit.toolchains import check_output, toolchain_for, toolchain_for_model
+
+    toolchain = toolchain_for(profile) if profile else toolchain_for_model(model, out)
+    check_output(toolchain, out, profile)
+    toolchain.check_recipe(recipe)
+    refusal = toolchain.recipe_refusal(recipe, profile) if profile else None
     if refusal:
-        for path in [*external_data_files(written), written]:
+        raise ConfigError(f"--precision {recipe.precision} for target {profile.name}: {refusal}")
+    return toolchain
+
+
+def _refuse_unrunnable(toolchain, written: Path, profile, recipe) -> None:
+    """Remove a model that the target's runtime_version cannot load, and say why (exit 2)."""
+    from edgekit.errors import ConfigError
+
+    refusal = toolchain.model_refusal(written, profile) if profile else None
+    if refusal:
+        for path in toolchain.files(written):
             path.unlink(missing_ok=True)
         raise ConfigError(f"--precision {recipe.precision} for target {profile.name}: {refusal}")
 
 
-def _result(model: str, fp32: Path, written: Path, recipe) -> dict:
-    from edgekit.models import model_sha256, model_size_mb
-
-    before, after = model_size_mb(fp32), model_size_mb(written)
+def _result(toolchain, model: str, fp32: Path, written: Path, recipe) -> dict:
+    before, after = toolchain.size_mb(fp32), toolchain.size_mb(written)
     return {
         "model": model,
         "output": str(written),
-        "sha256": model_sha256(written),
+        "sha256": toolchain.sha256(written),
         "recipe": dict(recipe.record(), id=recipe.id),
         "size_mb": {"before": round(before, 6), "after": round(after, 6)},
         "ratio": round(after / before, 4),

@@ -11,7 +11,6 @@ import io
 import json
 from pathlib import Path
 
-from edgekit.errors import ConfigError
 from edgekit.report.analysis import METRICS
 
 __all__ = ["SECTIONS", "sections", "health_items", "cohort_flat", "to_csv", "load_calibration",
@@ -94,22 +93,9 @@ def to_csv(items: list[dict]) -> str:
 
 def load_calibration(path: Path) -> dict:
     """A calibration.json written by `edgekit calibrate`; ConfigError naming the file otherwise."""
-    path = Path(path).expanduser()
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"--calibration {path}: not found (it is the calibration.json that "
-                          "`edgekit calibrate -o DIR` writes)") from exc
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"--calibration {path}: not a readable JSON file ({exc})") from exc
-    schema = record.get("schema") if isinstance(record, dict) else None
-    if not (isinstance(schema, str) and schema.startswith("edgekit.calibration/")):
-        raise ConfigError(f"--calibration {path}: field 'schema' is {schema!r}, not a calibration record "
-                          "of `edgekit calibrate`")
-    candidates = record.get("candidates")
-    if not isinstance(candidates, list) or not all(isinstance(c, dict) and "id" in c for c in candidates):
-        raise ConfigError(f"--calibration {path}: field 'candidates' must be a list of candidates with an 'id'")
-    return record
+    from edgekit.calibration_record import CalibrationRecord
+
+    return CalibrationRecord.read(path, "--calibration").dump()
 
 
 def quality_key(record: dict) -> tuple[str, str]:
@@ -119,15 +105,6 @@ def quality_key(record: dict) -> tuple[str, str]:
 
 def calibration_rows(record: dict) -> list[dict]:
     """One flat row per candidate: recipe, verdict and measurements."""
-    out = []
-    for no, c in enumerate(record["candidates"], start=1):
-        recipe, m = c.get("recipe") or {}, c.get("metrics") or {}
-        lat, fid = m.get("latency_ms") or {}, m.get("fidelity") or {}
-        out.append({"no": no, "id": c["id"], "chosen": c["id"] == record.get("chosen"), "precision": recipe.get("precision"),
-                    "method": recipe.get("method"), "per_channel": recipe.get("per_channel"),
-                    "reduce_range": recipe.get("reduce_range"), "status": c.get("status"), "passed": c.get("passed"),
-                    "failed_budgets": "; ".join(c.get("failed_budgets") or ()), "accuracy": m.get("accuracy"),
-                    "drop": m.get("drop"), "top1_agreement": fid.get("top1_agreement"), "cosine": fid.get("cosine"),
-                    "model_mb": m.get("model_mb"), "latency_p50": lat.get("p50"), "latency_p95": lat.get("p95"),
-                    "peak_rss_mb": m.get("peak_rss_mb"), "load_ms": m.get("load_ms"), "error": c.get("error")})
-    return out
+    from edgekit.calibration_record import CalibrationRecord
+
+    return CalibrationRecord.of(record).rows()

@@ -49,11 +49,11 @@ import numpy as np
 
 from edgekit.datasets import Dataset, InputSpec
 from edgekit.errors import ConfigError, EdgekitError, QuantizeError
-from edgekit.models import check_onnx, external_data_files, model_inputs
 from edgekit.progress import OnStep, notify
 from edgekit.recipes import Recipe
+from edgekit.toolchains.onnx.models import check_onnx, external_data_files, model_inputs
 
-__all__ = ["quantize", "prepared", "CHUNK_BATCHES"]
+__all__ = ["quantize", "check_recipe", "prepared", "CHUNK_BATCHES"]
 
 CHUNK_BATCHES = 8
 log = logging.getLogger(__name__)
@@ -88,11 +88,16 @@ def quantize(model: Path, recipe: Recipe, out: Path, *, calibration: Optional[Da
     return out
 
 
+def check_recipe(recipe: Recipe) -> None:
+    """ConfigError for a recipe that asks what the ONNX recipes do not offer."""
+    if recipe.method and recipe.precision != "int8-static":
+        raise ConfigError(f"recipe {recipe.id}: --method applies to --precision int8-static only")
+
+
 def _check_recipe(recipe: Recipe, calibration: Optional[Dataset], max_samples: int, batch_size: int) -> None:
     if max_samples < 1 or batch_size < 1:
         raise ConfigError(f"max_samples ({max_samples}) and batch_size ({batch_size}) must be at least 1")
-    if recipe.method and recipe.precision != "int8-static":
-        raise ConfigError(f"recipe {recipe.id}: --method applies to --precision int8-static only")
+    check_recipe(recipe)
     if recipe.precision == "int8-static" and calibration is None:
         raise ConfigError(f"recipe {recipe.id}: int8-static needs calibration data: pass --calibration DATA")
 

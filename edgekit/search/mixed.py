@@ -2,7 +2,7 @@
 
 After calibrate's uniform sweep, the search starts from one INT8 candidate, the base:
 the most accurate INT8 candidate that passes or misses only the accuracy or fidelity
-budget. edgekit.sensitivity ranks the nodes the base quantizes by the noise each one
+budget. edgekit.search.sensitivity ranks the nodes the base quantizes by the noise each one
 adds. The search then measures, with the same measure() as every candidate:
 
     1. per-operator-type recipes: the base recipe quantizing only MatMul/Gemm/Conv
@@ -25,7 +25,7 @@ written whatever stopped the search; `result` names where the search itself ende
 
 Re-ranking: after a failing growing step, the nodes are ranked again on that step's
 model, with the kept nodes in float, so that the noise they now show is traced back to the
-quantized nodes that feed them (edgekit.sensitivity's `kept`). It pays when one ranking
+quantized nodes that feed them (edgekit.search.sensitivity's `kept`). It pays when one ranking
 costs less than the steps it may save. Measured on the outlier test encoder (64 samples,
 2 cores): a ranking takes 0.02-0.05 s, a step (quantize, then measure in a fresh process)
 0.2 s, and one re-ranking after the first failing step finds fc1 at once: 3 measured node
@@ -42,49 +42,22 @@ tries to improve on the passing ones (and then grows up to the limits before pru
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
-from edgekit._mixed_steps import State, Stop, baseline_quality, nodes, now, out_of_time, prune, quality, step
 from edgekit.budgets import QUALITY_BUDGETS
-from edgekit.progress import OnStep, notify, within
+from edgekit.candidates import quality
+from edgekit.progress import notify, within
 from edgekit.recipes import Recipe
+from edgekit.search.context import SearchContext, SearchOptions
+from edgekit.search.steps import State, Stop, baseline_quality, nodes, now, out_of_time, prune, step
 from edgekit.words import INT8, first_line
 
-__all__ = ["SearchOptions", "SearchContext", "run_search", "MODES"]
-
-MODES = ("auto", "always", "off")
+__all__ = ["run_search"]
 
 LINEAR_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")  # where the weights, and the INT8 savings, are
 RANKING_KEPT = 50  # ranking entries written to calibration.json
 RERANK_TOP = 5  # entries of each re-ranking written
 _EPS = 1e-6
-
-
-@dataclass(frozen=True)
-class SearchOptions:
-    mode: str = "auto"
-    max_float_nodes: int = 8  # nodes the search keeps in float, beyond the user's --exclude
-    max_minutes: Optional[float] = None  # of the whole calibrate run
-    ranking_samples: int = 32  # calibration samples the sensitivity ranking runs on
-    rerank: Optional[bool] = None  # after failing steps; None: when a ranking costs no more than a step
-
-
-@dataclass
-class SearchContext:
-    """What the search needs from the calibrate run it is part of."""
-
-    model: Path
-    calibration: object  # edgekit.datasets.Dataset
-    workdir: Path
-    baseline: Optional[dict]  # the FP32 metrics
-    started: float  # time.monotonic() at the start of the run
-    on_candidate: Optional[Callable]  # on_candidate(candidate, i, n), as calibrate's
-    measure: Callable  # measure(candidate, on_step): quantize, measure, check budgets, in place
-    deadline: Optional[float] = None  # set by run_search from --max-minutes
-    count: int = 0  # candidates so far, for on_candidate
-    on_step: Optional[OnStep] = None  # progress (edgekit.progress), phase "search"
 
 
 def run_search(opts: SearchOptions, uniform: list, ctx: SearchContext) -> tuple[list, dict]:
@@ -142,17 +115,17 @@ def _search(s: State, uniform: list) -> None:
 
 
 def _base(uniform: list):
-    """The most accurate INT8 ONNX candidate that passes or fails only on accuracy/fidelity."""
+    """The most accurate INT8 candidate that passes or fails only on accuracy/fidelity (the
+    candidates of a run whose toolchain searches: ONNX models)."""
     def mendable(c) -> bool:
         return c.status == "ok" and all(b.split(":")[0] in QUALITY_BUDGETS for b in c.failed_budgets)
 
-    pool = [c for c in uniform if c.recipe.precision in INT8 and c.path is not None
-            and Path(c.path).suffix == ".onnx" and mendable(c)]
+    pool = [c for c in uniform if c.recipe.precision in INT8 and c.path is not None and mendable(c)]
     return max(pool, key=lambda c: (quality(c.metrics), -c.metrics["model_mb"]), default=None)
 
 
 def _first_ranking(s: State) -> None:
-    from edgekit.quantize import prepared
+    from edgekit.toolchains.onnx.quantize import prepared
 
     workdir = s.ctx.workdir / "sensitivity"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -170,7 +143,7 @@ def _first_ranking(s: State) -> None:
 
 
 def _ranked(s: State, candidate, workdir: Path, kept: tuple[str, ...]) -> list:
-    from edgekit.sensitivity import rank_nodes
+    from edgekit.search.sensitivity import rank_nodes
 
     try:
         return rank_nodes(s.float_model, candidate.path, s.ctx.calibration, workdir,

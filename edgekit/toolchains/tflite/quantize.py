@@ -40,6 +40,8 @@ from edgekit.datasets import Dataset
 from edgekit.errors import ConfigError, EdgekitError, QuantizeError
 from edgekit.progress import OnStep, notify
 from edgekit.recipes import Recipe
+from edgekit.toolchains.tflite.convert import check_tflite, open_tflite, silenced, tflite_inputs
+from edgekit.words import first_line
 
 __all__ = ["quantize_tflite", "check_tflite_recipe", "runtime_refusal", "OLD_RUNTIMES"]
 
@@ -84,8 +86,6 @@ def quantize_tflite(model: Path, recipe: Recipe, out: Path, *, calibration: Opti
                     max_samples: int = 512, batch_size: int = 16, on_step: Optional[OnStep] = None) -> Path:
     """Write `model` (FP32 .tflite) quantized by `recipe` to `out` (atomically); returns `out`.
     on_step hears of each stage (edgekit.progress)."""
-    from edgekit.tflite.convert import check_tflite, tflite_inputs
-
     model, out = check_tflite(Path(model)), Path(out)
     check_tflite_recipe(recipe)
     if max_samples < 1 or batch_size < 1:
@@ -108,10 +108,8 @@ def quantize_tflite(model: Path, recipe: Recipe, out: Path, *, calibration: Opti
 
 def _run(model: Path, recipe: Recipe, staged: Path, calibration: Optional[Dataset], max_samples: int,
          on_step: Optional[OnStep]) -> None:
-    from edgekit.tflite.convert import _silenced
-
     try:
-        with _silenced():  # the quantizer's progress bars and the interpreter's C++ logs
+        with silenced():  # the quantizer's progress bars and the interpreter's C++ logs
             q = _quantizer(model, recipe)
             ranges = _calibrate(q, model, calibration, max_samples, on_step) if q.need_calibration else None
             notify(on_step, "quantize", "ai-edge-quantizer")
@@ -119,7 +117,7 @@ def _run(model: Path, recipe: Recipe, staged: Path, calibration: Optional[Datase
     except EdgekitError:
         raise
     except Exception as exc:  # the quantizer's ValueError/RuntimeError/... on a model that loads
-        raise QuantizeError(f"recipe {recipe.id} failed on {model}: {_reason(exc)}") from exc
+        raise QuantizeError(f"recipe {recipe.id} failed on {model}: {first_line(exc)}") from exc
 
 
 def _quantizer(model: Path, recipe: Recipe):
@@ -143,9 +141,8 @@ def _calibrate(q, model: Path, data: Dataset, max_samples: int, on_step: Optiona
     quantizer lists its whole data set before it runs, so it gets one chunk per call and
     carries the ranges over (its min/max moving average goes on as in one call)."""
     from edgekit.device.evaluate import fixed_batch
-    from edgekit.tflite.convert import _backend
 
-    backend = _backend(model)
+    backend = open_tflite(model)
     if len(backend.signature_keys) != 1:
         raise QuantizeError(f"model {model}: int8-static needs a model with one signature, it has "
                             f"{len(backend.signature_keys)} (convert it with edgekit from the PyTorch model)")
@@ -164,7 +161,3 @@ def _calibrate(q, model: Path, data: Dataset, max_samples: int, on_step: Optiona
         ranges = q.calibrate({backend.signature_keys[0]: chunk}, previous_calibration_result=ranges)
     return ranges
 
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else 'no message'}"

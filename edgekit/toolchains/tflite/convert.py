@@ -24,20 +24,22 @@ from typing import Optional
 
 from edgekit.datasets import Dataset, InputSpec
 from edgekit.errors import ModelError
-from edgekit.tflite import ONNX_REMEDY, TFLITE_EXTRA
+from edgekit.toolchains.base import message
+from edgekit.toolchains.pytorch import is_factory, load_factory_module, load_pt2
 
 __all__ = ["load_tflite_model", "check_tflite", "tflite_inputs", "tflite_first_output", "tflite_precision",
-           "source_kind"]
+           "source_kind", "silenced", "open_tflite", "TFLITE_EXTRA", "ONNX_REMEDY"]
+
+TFLITE_EXTRA = "pip install 'edgekit[tflite]'"
+ONNX_REMEDY = "give the PyTorch model (.pt2 or pkg.module:factory): ONNX cannot be converted to TFLite here"
 
 
 def source_kind(spec: str) -> str:
     """'tflite', 'pt2', 'factory' or 'onnx' (refused), from how the model is named."""
-    from edgekit.models import _FACTORY
-
     path = Path(str(spec)).expanduser()
     if path.suffix in (".tflite", ".pt2", ".onnx"):
         return path.suffix[1:]
-    if _FACTORY.match(str(spec)) and not path.exists():
+    if is_factory(str(spec)):
         return "factory"
     raise ModelError(f"model {spec}: not a model for a TFLite target (give a .pt2 file, pkg.module:factory "
                      "or an FP32 .tflite file)")
@@ -65,12 +67,10 @@ def _import(name: str, spec: str):
 
 
 def _pt2(torch, spec: str, example_data: Optional[Dataset]):
-    from edgekit.models import _load_pt2
-
     path = Path(spec).expanduser()
     if not path.is_file():
         raise ModelError(f"model {path}: not found")
-    program, _ = _load_pt2(torch, spec, path, example_data)
+    program, _ = load_pt2(torch, spec, path, example_data)
     placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
     user = [placeholders[n] for n in program.graph_signature.user_inputs]
     names = _names(example_data, [n.name for n in user])
@@ -83,9 +83,7 @@ def _pt2(torch, spec: str, example_data: Optional[Dataset]):
 
 
 def _factory(torch, spec: str, example_data: Optional[Dataset]):
-    from edgekit.models import _load_factory_module
-
-    net, module = _load_factory_module(torch, spec)
+    net, module = load_factory_module(torch, spec)
     if example_data is not None:
         names = _names(example_data, _forward_names(net))
         return net, names, _sample_from(torch, example_data, names)
@@ -122,17 +120,17 @@ def _sample_from(torch, data: Dataset, names: list[str]) -> list:
 
 
 def _convert(torch, spec: str, module, names: list[str], sample: list, out: Path) -> Path:
-    with _silenced():  # importing litert-torch logs from TensorFlow's and torchao's C++ side
+    with silenced():  # importing litert-torch logs from TensorFlow's and torchao's C++ side
         litert_torch = _import("litert_torch", spec)
     named = _named_module(torch)(module, names)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
     try:
-        with _silenced():
+        with silenced():
             edge = litert_torch.convert(named, sample_kwargs=dict(zip(names, sample)))
             edge.export(str(tmp))
     except Exception as exc:  # torch.export's and the converter's many error types: this model does not convert
-        raise ModelError(f"model {spec}: conversion to TFLite failed: {_first_line(exc)}") from exc
+        raise ModelError(f"model {spec}: conversion to TFLite failed: {message(exc)}") from exc
     os.replace(tmp, out)
     return check_tflite(out)
 
@@ -148,11 +146,15 @@ def _named_module(torch):
         def forward(self, **inputs):
             return self.inner(*(inputs[n] for n in self.names))
 
+    # The converter writes this class's import path into every converted model (its debug
+    # locations), so the path stays the one it had when this module was edgekit.tflite.convert:
+    # moving the code must not change the bytes of the models, or of the bundles made of them.
+    Named.__module__ = "edgekit.tflite.convert"
     return Named
 
 
 @contextlib.contextmanager
-def _silenced():
+def silenced():
     """litert-torch, TensorFlow's C++ logging and XNNPACK print to fds 1 and 2: keep stdout
     clean for --json and the terminal quiet; errors still raise with their messages."""
     sys.stdout.flush()
@@ -175,11 +177,12 @@ def _silenced():
 
 # -- what a .tflite model is ---------------------------------------------------------------
 
-def _backend(path: Path):
+def open_tflite(path: Path):
+    """The device's LiteRT backend on `path`, quietly; ModelError when no LiteRT runtime here loads it."""
     from edgekit.device.backends import ModelLoadError, open_backend
 
     try:
-        with _silenced():
+        with silenced():
             return open_backend(str(path))
     except ModelLoadError as exc:
         raise ModelError(f"model {exc}") from exc
@@ -190,22 +193,22 @@ def check_tflite(path: Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model {path}: not found")
-    _backend(path)
+    open_tflite(path)
     return path
 
 
 def tflite_inputs(path: Path) -> list[InputSpec]:
     """The inputs a caller feeds, as the device's backend presents them (float for int8 models)."""
-    return [InputSpec(*spec) for spec in _backend(Path(path)).inputs]
+    return [InputSpec(*spec) for spec in open_tflite(Path(path)).inputs]
 
 
 def tflite_first_output(path: Path) -> InputSpec:
-    return InputSpec(*_backend(Path(path)).output_specs[0])
+    return InputSpec(*open_tflite(Path(path)).output_specs[0])
 
 
 def tflite_precision(path: Path) -> str:
     """fp32 | fp16 | int8-dynamic | int8-static, read from the model's tensor types."""
-    backend = _backend(Path(path))
+    backend = open_tflite(Path(path))
     if backend.full_integer:
         return "int8-static"
     types = backend.tensor_dtypes()
@@ -213,7 +216,3 @@ def tflite_precision(path: Path) -> str:
         return "int8-dynamic"
     return "fp16" if "float16" in types else "fp32"
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

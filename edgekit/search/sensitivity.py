@@ -69,11 +69,11 @@ def rank_nodes(float_model: Path, quantized: Path, calibration: Dataset, workdir
                on_step: Optional[OnStep] = None) -> list[NodeSensitivity]:
     """The nodes `quantized` quantizes, most harmful first (those that add no noise left out).
 
-    `float_model` is the graph the recipe quantized, as edgekit.quantize.prepared gives it;
+    `float_model` is the graph the recipe quantized, as edgekit.toolchains.onnx.quantize.prepared gives it;
     `kept` names nodes `quantized` keeps in float, whose noise is traced back (module docstring)."""
     import onnx
 
-    from edgekit.models import model_inputs
+    from edgekit.toolchains.onnx.models import model_inputs
 
     workdir.mkdir(parents=True, exist_ok=True)
     nodes = list(onnx.load(str(float_model), load_external_data=False).graph.node)

@@ -1,4 +1,4 @@
-"""The mixed-precision search's bookkeeping and its pruning pass (internal to edgekit.mixed).
+"""The mixed-precision search's bookkeeping and its pruning pass (for edgekit.search.mixed).
 
 A step measures one recipe as an ordinary candidate and records it in the search record;
 a recipe measured before (a uniform one, an earlier step) gives its candidate again and
@@ -12,15 +12,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
+from edgekit.candidates import QUALITY_DIGITS, Candidate, quality
 from edgekit.progress import within
 from edgekit.recipes import Recipe
-
-if TYPE_CHECKING:
-    from edgekit.mixed import SearchContext, SearchOptions
-
-QUALITY_DIGITS = 4  # as calibrate.choose: quality differences below 1e-4 do not count
+from edgekit.search.context import SearchContext, SearchOptions
 
 
 class Stop(Exception):
@@ -42,7 +39,7 @@ class State:
     measured: dict  # Recipe -> Candidate, the uniform ones too
     base: object = None
     float_model: Optional[Path] = None
-    ranking: list = field(default_factory=list)  # edgekit.sensitivity.NodeSensitivity, current
+    ranking: list = field(default_factory=list)  # edgekit.search.sensitivity.NodeSensitivity, current
     kept: list = field(default_factory=list)  # entries of the rankings, in the order they were added
     grown: list = field(default_factory=list)  # (candidate, entries) of each growing step
     rank_seconds: float = 0.0
@@ -78,8 +75,6 @@ def nodes(entries: list) -> tuple[str, ...]:
 
 
 def measure(recipe: Recipe, cid: str, ctx: SearchContext, most: int, number: int):
-    from edgekit.calibrate import Candidate
-
     c = Candidate(cid, recipe)
     ctx.measure(c, within(ctx.on_step, i=number, n=most, candidate=cid))
     ctx.count += 1
@@ -136,14 +131,6 @@ def still_good(c, floor: Optional[float]) -> bool:
     if not c.passed:
         return False
     return floor is None or round(quality(c.metrics), QUALITY_DIGITS) >= floor
-
-
-def quality(metrics: dict) -> float:
-    if not metrics:
-        return float("-inf")
-    if metrics.get("accuracy") is not None:
-        return metrics["accuracy"]
-    return (metrics.get("fidelity") or {}).get("cosine") or float("-inf")
 
 
 def baseline_quality(baseline: Optional[dict]) -> float:
