@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from localfleet import tar_members
 
-from conftest import CALIB, EVAL, EXAMPLE_ONNX, REPO, assert_clean_error, run_edgekit
+from helpers.bundles import tar_members
+from helpers.cli import assert_clean_error, run_edgekit
+from helpers.paths import CALIB, EVAL, EXAMPLE_ONNX, REPO
+
 
 MANIFEST_FIELDS = ("schema", "name", "version", "target", "precision", "recipe", "runtime", "model", "files",
                    "eval", "expected", "calibration", "edgekit_version", "created_at")

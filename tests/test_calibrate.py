@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from conftest import CALIB, EVAL, EXAMPLE_ONNX, REPO, assert_clean_error
-from encoder import build_encoder, make_encoder_data
+from helpers.cli import assert_clean_error
+from helpers.encoder import build_encoder, make_encoder_data
+from helpers.paths import CALIB, EVAL, EXAMPLE_ONNX, REPO
 from edgekit.calibrate import calibrate, sweep_recipes
 from edgekit.datasets import load_dataset
 from edgekit.errors import QuantizeError

@@ -10,9 +10,8 @@ import json
 from itertools import combinations
 
 import pytest
-from reportfleet import calibration_record, report_fleet  # noqa: F401 (fixtures)
 
-from conftest import run_edgekit
+from helpers.cli import run_edgekit
 from edgekit.report.analysis import METRICS, cohort_summaries
 from edgekit.report.chartaxes import budget_note
 from edgekit.report.chartlayout import (Label, drawn_tick_labels, freeze_layout, label_boxes, overlap, place_labels,

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CALIB, EVAL
+from helpers.paths import CALIB, EVAL
 from edgekit.datasets import InputSpec, load_dataset
 from edgekit.errors import DataError
 

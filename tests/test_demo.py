@@ -9,10 +9,11 @@ import subprocess
 import sys
 
 import pytest
-from coreonly import core_only_env
-from sshd import SSHD
 
-from conftest import run_edgekit
+from helpers.cli import run_edgekit
+from helpers.coreonly import core_only_env
+from helpers.sshd import SSHD
+
 
 LOCAL_DEVICES = [f"edge-0{i}" for i in range(1, 5)]
 SSH_DEVICES = ["edge-01", "edge-02", "edge-03"]

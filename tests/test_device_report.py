@@ -7,7 +7,6 @@ import json
 import sqlite3
 
 import pytest
-from fleethelpers import real_report  # noqa: F401 (fixture)
 
 from edgekit.device_report import MAX_REPORT_BYTES, validate_report
 from edgekit.errors import DataError

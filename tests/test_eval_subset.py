@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from localfleet import tar_members
 
-from conftest import EVAL, EXAMPLE_ONNX, run_edgekit
+from helpers.bundles import tar_members
+from helpers.cli import run_edgekit
+from helpers.paths import EVAL, EXAMPLE_ONNX
 from edgekit.eval_subset import ENOUGH, FLOOR, budget_bytes, default_samples, standard_error_pp
 
 MiB = 2**20

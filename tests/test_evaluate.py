@@ -11,7 +11,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from conftest import EVAL, EXAMPLE_ONNX, EXAMPLE_PT2, assert_clean_error
+from helpers.cli import assert_clean_error
+from helpers.paths import EVAL, EXAMPLE_ONNX, EXAMPLE_PT2
 from edgekit.datasets import load_dataset
 from edgekit.device import metrics
 from edgekit.device.backends import ModelLoadError, open_backend
@@ -187,7 +188,7 @@ def test_model_against_itself_is_faithful():
 def test_encoder_with_integer_inputs_and_no_labels_gets_fidelity(tmp_path):
     from onnxruntime.quantization import quantize_dynamic
 
-    from encoder import build_encoder, make_encoder_data
+    from helpers.encoder import build_encoder, make_encoder_data
 
     fp32 = build_encoder(tmp_path / "enc.onnx")
     q = tmp_path / "enc-q.onnx"

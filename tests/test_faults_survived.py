@@ -21,15 +21,12 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import pytest
-from fleethelpers import big_bundle, package_with_budget, write_inventory  # noqa: F401 (fixture)
-from localfleet import bundles, keys  # noqa: F401 (fixtures)
-from sshd import sshd_fleet  # noqa: F401 (fixture)
-from test_interrupts import every_device_safe, runs, store_agrees_with_devices
 
-from conftest import run_edgekit
+from helpers.cli import run_edgekit
+from helpers.fleet import every_device_safe, package_with_budget, runs, store_agrees_with_devices, write_inventory
 
 
-def device_python(base: Path, name: str, step: str, action: str) -> str:
+def misbehaving_python(base: Path, name: str, step: str, action: str) -> str:
     """A device Python that does `action` (shell) when the runner is asked to `step`, then
     runs the runner as usual (unless `action` execs something else)."""
     script = base / f"python-{name}"
@@ -97,7 +94,7 @@ def read_only(path: Path) -> Iterator[None]:
 
 
 def test_a_device_that_hangs_forever_ends_within_the_step_timeout(tmp_path, bundles):
-    pythons = {"dev-1": sys.executable, "dev-2": device_python(tmp_path, "hang", "evaluate", "exec sleep 3600"),
+    pythons = {"dev-1": sys.executable, "dev-2": misbehaving_python(tmp_path, "hang", "evaluate", "exec sleep 3600"),
                "dev-3": sys.executable}
     inventory = local_fleet(tmp_path, pythons)
     roots = {n: tmp_path / n for n in pythons}
@@ -124,7 +121,7 @@ def test_a_device_that_hangs_forever_ends_within_the_step_timeout(tmp_path, bund
 ])
 def test_a_crash_or_a_starved_evaluation_names_the_step_and_the_cause(tmp_path, bundles, fault, cause):
     fault = fault.replace("python", sys.executable)
-    pythons = {"dev-1": device_python(tmp_path, "faulty", "evaluate", fault)}
+    pythons = {"dev-1": misbehaving_python(tmp_path, "faulty", "evaluate", fault)}
     inventory = local_fleet(tmp_path, pythons)
     roots = {"dev-1": tmp_path / "dev-1"}
     store = tmp_path / "store.db"
@@ -184,7 +181,7 @@ def test_an_activation_whose_state_cannot_be_written_changes_nothing(tmp_path, b
 def test_a_read_only_current_during_evaluation_is_said_honestly_and_fixed_by_the_command_given(tmp_path, bundles):
     root = tmp_path / "dev-1"
     freeze = f'mount --bind {root}/current {root}/current && mount -o remount,ro,bind {root}/current'
-    inventory = local_fleet(tmp_path, {"dev-1": device_python(tmp_path, "ro", "evaluate", freeze)})
+    inventory = local_fleet(tmp_path, {"dev-1": misbehaving_python(tmp_path, "ro", "evaluate", freeze)})
     store = tmp_path / "store.db"
     first_version(inventory, bundles["1.0.0"].path, store)
     breaking = package_with_budget(tmp_path / "dist", "1.0.1", tmp_path / "targets", max_peak_rss_mb=1.0)
@@ -280,7 +277,7 @@ def session_sshd(step: str, base: Path, name: str, sig: str) -> str:
     runner is asked to `step`, then runs the runner (on a frozen or dead connection)."""
     find = ('p=$$; while [ "$p" -gt 1 ]; do p=$(awk \'{print $4}\' /proc/$p/stat); '
             'case "$(cat /proc/$p/cmdline | tr \'\\0\' \' \')" in sshd*notty*|*sshd-session*) break;; esac; done')
-    return device_python(base, name, step, f"{find}; echo $p >> {base}/signalled; kill -{sig} $p")
+    return misbehaving_python(base, name, step, f"{find}; echo $p >> {base}/signalled; kill -{sig} $p")
 
 
 @pytest.mark.ssh
@@ -317,7 +314,7 @@ def test_a_frozen_or_killed_connection_is_noticed_and_the_device_restored(tmp_pa
 def test_the_runner_stops_its_own_evaluation_when_its_connection_is_gone(tmp_path):
     """What `evaluate` does first: a process that watches its parent and its stdout (sshd's
     end of the session) stops itself, within seconds, once the reader is gone."""
-    from conftest import REPO
+    from helpers.paths import REPO
 
     script = tmp_path / "long.py"
     script.write_text(f"import sys, time\nsys.path.insert(0, {str(REPO)!r})\n"
@@ -334,7 +331,7 @@ def test_the_runner_stops_its_own_evaluation_when_its_connection_is_gone(tmp_pat
     [{"host": "10.0.0.5", "root": "/opt/edgekit"}, {"host": "10.0.0.5", "port": 22, "root": "/opt/edgekit/"}],
 ], ids=["local", "ssh"])
 def test_two_inventory_entries_for_one_device_are_bad_input(tmp_path, twins):
-    from conftest import assert_clean_error
+    from helpers.cli import assert_clean_error
 
     entries = [{"name": f"cam-{i}", "target": "host-cpu", **t} for i, t in enumerate(twins)]
     inventory = write_inventory(tmp_path / "fleet.toml", entries)

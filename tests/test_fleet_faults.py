@@ -14,12 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from fleethelpers import (big_bundle, device_models, package_with_budget,  # noqa: F401 (fixture)
-                          ssh_device_runs_checked_version, write_inventory)
-from localfleet import bundles, keys, tar_members  # noqa: F401 (fixtures)
-from sshd import DroppingProxy, free_port, ssh_keygen, sshd_fleet, tree_state  # noqa: F401 (fixture)
 
-from conftest import EVAL, EXAMPLE_ONNX, assert_clean_error, run_edgekit
+from helpers.bundles import tar_members
+from helpers.cli import assert_clean_error, run_edgekit
+from helpers.fleet import device_models, package_with_budget, ssh_device_runs_checked_version, write_inventory
+from helpers.paths import EVAL, EXAMPLE_ONNX
+from helpers.sshd import DroppingProxy, free_port, ssh_keygen, tree_state
+
 from edgekit.bundle import write_tar
 
 pytestmark = pytest.mark.ssh

@@ -6,10 +6,8 @@ import copy
 import json
 
 import pytest
-from fleethelpers import real_report  # noqa: F401 (fixture)
-from localfleet import bundles, keys  # noqa: F401 (fixtures)
 
-from conftest import assert_clean_error, run_edgekit
+from helpers.cli import assert_clean_error, run_edgekit
 from edgekit.device_report import DeviceReport, validate_report
 from edgekit.errors import ConfigError
 from edgekit.fleet.gates import check_report

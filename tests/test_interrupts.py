@@ -10,94 +10,25 @@ store agrees with the devices, and a re-run never keeps a version that failed it
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import pytest
-from fleethelpers import big_bundle, device_models, package_with_budget, write_inventory  # noqa: F401 (fixture)
-from localfleet import bundles, build, keys  # noqa: F401 (fixtures)
-from sshd import sshd_fleet  # noqa: F401 (fixture)
 
-from conftest import REPO, run_edgekit
+from helpers.cli import finish, run_edgekit, start_edgekit
+from helpers.devices import interrupting_python
+from helpers.fleet import every_device_safe, package_with_budget, runs, store_agrees_with_devices, write_inventory
+
 
 STEPS = ("install", "activate", "evaluate")
-
-
-def interrupting_python(base: Path, step: str, pid_file: Path, *, nth: int = 1, signals: int = 1) -> str:
-    """A device Python that interrupts the edgekit process (its pid in `pid_file`) when the
-    runner is asked to `step` for the `nth` time, `signals` times, then runs the runner."""
-    script = base / f"python-interrupting-{step}-{nth}"
-    seen = base / f"seen-{step}"
-    kills = "; ".join([f'kill -INT "$(cat {pid_file})"; sleep 0.1'] * signals) + "; sleep 0.5"
-    script.write_text(f"""#!/bin/sh
-for arg in "$@"; do
-  if [ "$arg" = "{step}" ]; then
-    mkdir -p "{seen}" && n=$(ls "{seen}" | wc -l) && mkdir "{seen}/$$"
-    if [ "$n" -eq {nth - 1} ]; then {kills}; fi
-  fi
-done
-exec {sys.executable} "$@"
-""")
-    script.chmod(0o755)
-    return str(script)
-
-
-def start_edgekit(*args, pid_file: Path, env: Optional[dict] = None) -> subprocess.Popen:
-    full = dict(os.environ, COLUMNS="200", NO_COLOR="1", **(env or {}))
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli.main", *map(str, args)], cwd=REPO, env=full,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    pid_file.write_text(str(proc.pid))
-    return proc
-
-
-def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
 
 
 def local_fleet(base: Path, n: int, python: str) -> Path:
     entries = [{"name": f"dev-{i}", "transport": "local", "root": str(base / f"dev-{i}"), "target": "host-cpu",
                 "python": python} for i in range(1, n + 1)]
     return write_inventory(base / "fleet.toml", entries)
-
-
-def runs(roots: dict[str, Path]) -> dict[str, Optional[str]]:
-    return {name: device_models(root).get("digits", {}).get("current") for name, root in roots.items()}
-
-
-def store_agrees_with_devices(store: Path, inventory: Path, env: Optional[dict] = None) -> dict:
-    """What `edgekit report` says runs where (read first) equals what `fleet status` finds."""
-    report = run_edgekit("report", "--store", store, "--inventory", inventory, "--json", env=env)
-    assert report.code == 0, report.stderr
-    believed = {d: v["version"] for v in report.json()["health"]["versions"] if v["name"] == "digits"
-                for d in v["devices"]}
-    status = run_edgekit("fleet", "status", "-i", inventory, "--store", store, "--json", env=env)
-    assert status.code == 0, status.stderr
-    seen = {d["device"]: (d["versions"].get("digits") or {}).get("current") for d in status.json()["devices"]}
-    assert believed == {d: v for d, v in seen.items() if v}, (believed, seen)
-    return seen
-
-
-def passing_report(store: Path, device: str, version: str) -> bool:
-    import sqlite3
-
-    db = sqlite3.connect(store)
-    rows = db.execute("SELECT detail FROM rollout_events e JOIN rollouts r ON r.id = e.rollout_id WHERE e.device = ? "
-                      "AND r.version = ? AND e.event = 'deploy' AND e.ok = 1", (device, version)).fetchall()
-    return bool(rows)
-
-
-def every_device_safe(store: Path, roots: dict[str, Path], old: str, new: str) -> None:
-    """Each device runs `old`, or `new` with a report that passed its gates."""
-    for name, version in runs(roots).items():
-        assert version in (old, new), (name, version)
-        if version == new:
-            assert passing_report(store, name, new), f"{name} runs {new} without a passing report"
 
 
 @pytest.fixture
@@ -217,7 +148,7 @@ def test_resume_goes_on_from_the_interrupted_wave_and_skips_devices_done(tmp_pat
 
 
 def test_check_prints_the_plan_and_changes_nothing(tmp_path, fleet, bundles):
-    from sshd import tree_state
+    from helpers.sshd import tree_state
 
     inventory, roots = fleet
     store = tmp_path / "store.db"
@@ -236,7 +167,7 @@ def test_check_prints_the_plan_and_changes_nothing(tmp_path, fleet, bundles):
 
 
 def test_rollout_flags_that_do_not_go_together_are_bad_input(tmp_path, fleet, bundles):
-    from conftest import assert_clean_error
+    from helpers.cli import assert_clean_error
 
     inventory, _ = fleet
     assert_clean_error(run_edgekit("rollout", "-i", inventory), "give the BUNDLE")
@@ -274,7 +205,7 @@ def test_interrupted_rollout_over_ssh(tmp_path, sshd_fleet, bundles, step):
 def test_interrupted_push_over_ssh_during_the_upload(tmp_path, sshd_fleet, bundles, big_bundle):
     """A slow link: the upload is cut by Ctrl-C, its .part stays, nothing switches; the next
     push sends only the rest."""
-    from sshd import DroppingProxy
+    from helpers.sshd import DroppingProxy
 
     ssh = sshd_fleet(1, pythons=[sys.executable])
     server = ssh.servers[0]

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from conftest import REPO
+from helpers.paths import REPO
+
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 FULL = "-e '.[dev,tflite]'"

@@ -9,7 +9,8 @@ import re
 
 import pytest
 
-from conftest import CALIB, EVAL, EXAMPLE_ONNX, REPO, run_edgekit
+from helpers.cli import run_edgekit
+from helpers.paths import CALIB, EVAL, EXAMPLE_ONNX, REPO
 from edgekit.machine import cpu_facts, host_arch, measured_on_host
 from edgekit.targets import load_file, load_profile
 

@@ -8,8 +8,9 @@ import json
 
 import pytest
 
-from conftest import REPO, assert_clean_error
-from encoder import OUTLIER_PATTERN, build_encoder, make_encoder_data
+from helpers.cli import assert_clean_error
+from helpers.encoder import OUTLIER_PATTERN, build_encoder, make_encoder_data
+from helpers.paths import REPO
 from edgekit.calibrate import calibrate, sweep_recipes
 from edgekit.datasets import load_dataset
 from edgekit.search.context import SearchOptions

@@ -9,13 +9,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from conftest import CALIB, EVAL, EXAMPLE_ONNX, EXAMPLE_PT2, assert_clean_error
+from helpers.cli import assert_clean_error
+from helpers.encoder import build_encoder
+from helpers.paths import CALIB, EVAL, EXAMPLE_ONNX, EXAMPLE_PT2
 from edgekit.datasets import InputSpec, load_dataset
 from edgekit.errors import ModelError
 from edgekit.toolchains.base import model_sha256
 from edgekit.toolchains.onnx.convert import TORCH_EXTRA, load_model
 from edgekit.toolchains.onnx.models import model_inputs, model_outputs, model_size_mb
-from encoder import build_encoder
 
 
 def _run(path, feed):

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CALIB, EVAL, EXAMPLE_ONNX, REPO, assert_clean_error
-from encoder import build_encoder, make_encoder_data
-from localfleet import device_python  # noqa: F401  (fixture)
+from helpers.cli import assert_clean_error
+from helpers.encoder import build_encoder, make_encoder_data
+from helpers.paths import CALIB, EVAL, EXAMPLE_ONNX, REPO
+
 
 TARGET = "raspberry-pi-3-bullseye"
 

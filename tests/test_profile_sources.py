@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import REPO, run_edgekit
+from helpers.cli import run_edgekit
+from helpers.paths import REPO
 
 
 def profile(folder: Path, name: str, base: str = "host-cpu", objective: str = "latency") -> Path:

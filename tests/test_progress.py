@@ -11,8 +11,9 @@ import sys
 import threading
 from itertools import groupby
 
-from conftest import CALIB, EVAL, EXAMPLE_ONNX, REPO, run_edgekit
-from encoder import build_encoder, make_encoder_data
+from helpers.cli import run_edgekit
+from helpers.encoder import build_encoder, make_encoder_data
+from helpers.paths import CALIB, EVAL, EXAMPLE_ONNX, REPO
 from edgekit.calibrate import calibrate
 from edgekit.datasets import load_dataset
 from edgekit.search.context import SearchOptions

@@ -8,9 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from localfleet import bundles, keys, local_device, runner  # noqa: F401 (fixtures)
 
-from conftest import EVAL, EXAMPLE_ONNX, REPO, assert_clean_error, run_edgekit
+from helpers.cli import assert_clean_error, run_edgekit
+from helpers.devices import local_device, runner
+from helpers.paths import EVAL, EXAMPLE_ONNX, REPO
+
 
 REPORT_FIELDS = {
     "": ("schema", "run_id", "started_at", "finished_at", "status", "error", "device", "bundle", "runtime", "metrics"),

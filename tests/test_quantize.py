@@ -6,12 +6,13 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from conftest import CALIB, EVAL, EXAMPLE_ONNX, EXAMPLE_PT2, assert_clean_error
+from helpers.cli import assert_clean_error
+from helpers.encoder import OUTLIER_PATTERN, build_encoder, make_encoder_data
+from helpers.paths import CALIB, EVAL, EXAMPLE_ONNX, EXAMPLE_PT2
 from edgekit.datasets import load_dataset
 from edgekit.errors import ConfigError, QuantizeError
 from edgekit.toolchains.onnx.quantize import CHUNK_BATCHES, quantize
 from edgekit.recipes import METHODS, Recipe
-from encoder import OUTLIER_PATTERN, build_encoder, make_encoder_data
 
 EVAL_X, EVAL_Y = np.load(EVAL)["input"], np.load(EVAL)["labels"]
 

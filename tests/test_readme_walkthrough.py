@@ -9,8 +9,8 @@ import shutil
 import subprocess
 import sys
 
-from conftest import REPO
-from sshd import sshd_fleet  # noqa: F401 (fixture)
+from helpers.paths import REPO
+
 
 START, END = "<!-- walkthrough:ssh", "<!-- /walkthrough:ssh -->"
 

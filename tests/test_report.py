@@ -11,9 +11,10 @@ import sqlite3
 import statistics
 
 import pytest
-from reportfleet import FAILING, HEALTHY, LOW, OFFLINE, SLOW, calibration_record, report_fleet  # noqa: F401 (fixtures)
 
-from conftest import assert_clean_error, run_edgekit
+from helpers.cli import assert_clean_error, run_edgekit
+from helpers.reportfleet import FAILING, HEALTHY, LOW, OFFLINE, SLOW
+
 
 VERSIONS = ("1.0.0", "1.0.1")
 

@@ -13,9 +13,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from reportfleet import FAILING, HEALTHY, LOW, OFFLINE, SLOW, calibration_record, report_fleet  # noqa: F401 (fixtures)
 
-from conftest import run_edgekit
+from helpers.cli import run_edgekit
+from helpers.reportfleet import FAILING, HEALTHY, LOW, OFFLINE, SLOW
+
 
 # -- the self-contained rule, checked independently of the code that writes the page --------
 

@@ -11,10 +11,10 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from reportfleet import FAILING, LOW, OFFLINE, SLOW, calibration_record, report_fleet  # noqa: F401 (fixtures)
 from rich.console import Console
 
-from conftest import run_edgekit
+from helpers.cli import run_edgekit
+from helpers.reportfleet import FAILING, LOW, OFFLINE, SLOW
 
 
 def _render(width: int, draw) -> str:

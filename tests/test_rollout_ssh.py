@@ -9,11 +9,11 @@ import sqlite3
 import sys
 
 import pytest
-from fleethelpers import device_models, ssh_device_runs_checked_version
-from localfleet import bundles, device_python, keys  # noqa: F401 (fixtures)
-from sshd import free_port, sshd_fleet  # noqa: F401 (fixture)
 
-from conftest import run_edgekit
+from helpers.cli import run_edgekit
+from helpers.fleet import device_models, ssh_device_runs_checked_version
+from helpers.sshd import free_port
+
 
 pytestmark = pytest.mark.ssh
 

@@ -12,9 +12,9 @@ import sys
 import tarfile
 
 import pytest
-from localfleet import (bundles, device_python, install, install_runner, keys, regular, runner,  # noqa: F401
-                        snapshot, tar_members, upload, write_raw_tar)
 
+from helpers.bundles import regular, tar_members, write_raw_tar
+from helpers.devices import install, install_runner, runner, snapshot, upload
 from edgekit.bundle import write_tar
 from edgekit.device.install import PAUSE_ENV
 from edgekit.device.trust import sha256_file

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from sshd import DroppingProxy, free_port, ssh_keygen, sshd_fleet, tree_state  # noqa: F401 (fixture)
 
+from helpers.sshd import DroppingProxy, free_port, ssh_keygen, tree_state
 from edgekit.errors import ConnectError, HostKeyError, RemoteCommandError, TransportError
 from edgekit.transport import connect
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from fleethelpers import real_report  # noqa: F401 (fixture)
 
-from conftest import assert_clean_error, run_edgekit
+from helpers.cli import assert_clean_error, run_edgekit
 from edgekit.device_report import validate_report
 from edgekit.errors import ConfigError
 from edgekit.store import SCHEMA_VERSION, Store, default_store_path, open_store

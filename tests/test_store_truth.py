@@ -10,11 +10,9 @@ import io
 from pathlib import Path
 
 import pytest
-from fleethelpers import package_with_budget, write_inventory
-from localfleet import bundles, keys  # noqa: F401 (fixtures)
-from test_interrupts import runs, store_agrees_with_devices
 
-from conftest import run_edgekit
+from helpers.cli import run_edgekit
+from helpers.fleet import package_with_budget, runs, store_agrees_with_devices, write_inventory
 
 
 @pytest.fixture
@@ -85,7 +83,7 @@ def test_forget_removes_a_retired_device_from_what_needs_a_look(tmp_path, fleet,
     assert forgot.code == 0 and "forgot old-1" in forgot.stdout, forgot.stderr
     after = run_edgekit("report", "--store", store, "--json")
     assert "old-1" not in after.stdout
-    from conftest import assert_clean_error
+    from helpers.cli import assert_clean_error
 
     assert_clean_error(run_edgekit("fleet", "forget", "old-2", "--store", store), "device old-2: not in")
 

@@ -2,7 +2,9 @@ import shutil
 import subprocess
 import sys
 
-from conftest import REPO, assert_clean_error
+from helpers.cli import assert_clean_error
+from helpers.paths import REPO
+
 
 FIVE = {"raspberry-pi-4", "raspberry-pi-zero-2w", "jetson-orin-nano", "x86-gateway", "host-cpu"}
 

@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CALIB, EVAL, EXAMPLE_ONNX, EXAMPLE_PT2, REPO, assert_clean_error, run_edgekit
+from helpers.cli import assert_clean_error, run_edgekit
+from helpers.paths import CALIB, EVAL, EXAMPLE_ONNX, EXAMPLE_PT2, REPO
+from helpers.tflitekit import TARGET, calibrated as calibrate_once
+
 
 pytest.importorskip("litert_torch", reason="the tflite extra: pip install 'edgekit[tflite]'")
-from tflitekit import TARGET, calibrated as calibrate_once  # noqa: E402
 
 
 @pytest.fixture(scope="module")

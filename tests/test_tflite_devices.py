@@ -13,17 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CALIB, EVAL, REPO, run_edgekit
+from helpers.cli import run_edgekit
+from helpers.devices import REPORT_FIELDS
+from helpers.paths import CALIB, EVAL, PY39, REPO, pyenv_python
+from helpers.tflitekit import TARGET, calibrated
+
 
 pytest.importorskip("litert_torch", reason="the tflite extra: pip install 'edgekit[tflite]'")
-from test_push_local import REPORT_FIELDS  # noqa: E402
-from tflitekit import TARGET, calibrated  # noqa: E402
 
-PYENV = Path("/root/.pyenv/versions")
 VENVS = {  # name: (folder, base Pythons to try, packages, what must import)
-    "tflite-runtime": (REPO / ".venv-device-tflite214", ["3.9.18", "3.10.13"], ["numpy<2", "tflite-runtime==2.14.0"],
+    "tflite-runtime": (REPO / ".venv-device-tflite214", ["3.9", "3.10"], ["numpy<2", "tflite-runtime==2.14.0"],
                        "import numpy, tflite_runtime.interpreter; assert numpy.__version__ < '2'"),
-    "ai-edge-litert": (REPO / ".venv-device-litert", ["3.10.13"], ["numpy>=2", "ai-edge-litert==2.3.0"],
+    "ai-edge-litert": (REPO / ".venv-device-litert", ["3.10"], ["numpy>=2", "ai-edge-litert==2.3.0"],
                        "import numpy, ai_edge_litert.interpreter; assert numpy.__version__ >= '2'"),
 }
 VERSIONS = {"tflite-runtime": "2.14.0", "ai-edge-litert": "2.3.0"}
@@ -35,8 +36,7 @@ def _device_python(runtime: str) -> str:
     python = folder / "bin" / "python"
     if python.exists() and subprocess.run([str(python), "-c", check], capture_output=True).returncode == 0:
         return str(python)
-    base = next((str(PYENV / v / "bin" / "python") for v in bases if (PYENV / v / "bin" / "python").exists()),
-                sys.executable)
+    base = next((str(pyenv_python(v)) for v in bases if pyenv_python(v)), sys.executable)
     subprocess.run([base, "-m", "venv", "--clear", str(folder)], check=True, timeout=300)
     pip = subprocess.run([str(python), "-m", "pip", "install", "--quiet", *packages], capture_output=True, text=True,
                          timeout=900)
@@ -144,7 +144,7 @@ def test_the_bundle_installs_and_evaluates_on_a_local_device_of_each_runtime(dev
     assert report["status"] == "ok" and report["bundle"]["target"] == TARGET
     assert report["runtime"]["name"] == runtime and report["runtime"]["version"] == VERSIONS[runtime]
     assert report["device"]["python"].startswith("3.9" if runtime == "tflite-runtime" and
-                                                 (PYENV / "3.9.18").exists() else "3.")
+                                                 PY39 else "3.")
     _, record = calibrated(tmp_path_factory)
     metrics = report["metrics"]
     assert abs(metrics["accuracy"] - _host_accuracy(record)) <= TOLERANCE

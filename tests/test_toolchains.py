@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLE_ONNX, REPO
+from helpers.paths import EXAMPLE_ONNX, REPO
 from edgekit.errors import ConfigError
 from edgekit.targets import list_profiles
 from edgekit.toolchains import (DEFAULT, TOOLCHAINS, check_output, model_suffixes, toolchain_for, toolchain_for_model,

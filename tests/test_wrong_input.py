@@ -10,11 +10,12 @@ import json
 import numpy as np
 import onnx
 import pytest
-from fleethelpers import write_inventory
-from localfleet import build
 from onnx import TensorProto, helper
 
-from conftest import CALIB, EVAL, EXAMPLE_ONNX, EXAMPLE_PT2, REPO, assert_clean_error
+from helpers.bundles import build
+from helpers.cli import assert_clean_error
+from helpers.fleet import write_inventory
+from helpers.paths import CALIB, EVAL, EXAMPLE_ONNX, EXAMPLE_PT2, REPO
 from edgekit.errors import ConfigError
 from edgekit.fleet.inventory import load_inventory
 from edgekit.eval_subset import eval_indices

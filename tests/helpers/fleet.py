@@ -1,8 +1,6 @@
-"""Helpers for the fleet tests (collect, rollout, status, faults): real reports, real bundles,
-and the device's own word about what it runs.
-
-Import the fixtures you use into the test module (pytest finds them there).
-"""
+"""Fleets for the fleet tests (collect, rollout, status, interrupts, faults): inventories,
+bundles with chosen budgets, the devices' own word about what they run, and the store
+held against it."""
 
 from __future__ import annotations
 
@@ -12,10 +10,12 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-from localfleet import build, install, install_runner, runner
-from widemodel import wide_digits_model
 
-from conftest import EVAL, EXAMPLE_ONNX, REPO, run_edgekit
+from helpers.bundles import build
+from helpers.cli import run_edgekit
+from helpers.devices import install, install_runner, runner
+from helpers.paths import EVAL, EXAMPLE_ONNX, REPO
+from helpers.widemodel import wide_digits_model
 
 
 @pytest.fixture(scope="session")
@@ -99,3 +99,39 @@ def big_bundle(tmp_path_factory) -> Path:
     model = wide_digits_model(base / "wide.onnx", 3)
     return package(model, load_profile("host-cpu"), load_dataset(EVAL), name="digits", version="2.0.0",
                    out_dir=base / "dist", eval_samples=50).path
+
+
+def runs(roots: dict[str, Path]) -> dict[str, Optional[str]]:
+    """device -> the digits version it runs, by its own runner."""
+    return {name: device_models(root).get("digits", {}).get("current") for name, root in roots.items()}
+
+
+def store_agrees_with_devices(store: Path, inventory: Path, env: Optional[dict] = None) -> dict:
+    """What `edgekit report` says runs where (read first) equals what `fleet status` finds."""
+    report = run_edgekit("report", "--store", store, "--inventory", inventory, "--json", env=env)
+    assert report.code == 0, report.stderr
+    believed = {d: v["version"] for v in report.json()["health"]["versions"] if v["name"] == "digits"
+                for d in v["devices"]}
+    status = run_edgekit("fleet", "status", "-i", inventory, "--store", store, "--json", env=env)
+    assert status.code == 0, status.stderr
+    seen = {d["device"]: (d["versions"].get("digits") or {}).get("current") for d in status.json()["devices"]}
+    assert believed == {d: v for d, v in seen.items() if v}, (believed, seen)
+    return seen
+
+
+def passing_report(store: Path, device: str, version: str) -> bool:
+    """Whether a rollout recorded a report of `version` on `device` that passed its gates."""
+    import sqlite3
+
+    db = sqlite3.connect(store)
+    rows = db.execute("SELECT detail FROM rollout_events e JOIN rollouts r ON r.id = e.rollout_id WHERE e.device = ? "
+                      "AND r.version = ? AND e.event = 'deploy' AND e.ok = 1", (device, version)).fetchall()
+    return bool(rows)
+
+
+def every_device_safe(store: Path, roots: dict[str, Path], old: str, new: str) -> None:
+    """Each device runs `old`, or `new` with a report that passed its gates."""
+    for name, version in runs(roots).items():
+        assert version in (old, new), (name, version)
+        if version == new:
+            assert passing_report(store, name, new), f"{name} runs {new} without a passing report"

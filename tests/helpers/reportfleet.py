@@ -4,8 +4,6 @@ device whose evaluation fails and puts its batch back), an SSH device that refus
 connections is collected as unreachable, and two planted devices are added through the
 same validation as collected reports: one 5 percentage points below the host's
 expectation, one 40 times slower than its siblings.
-
-Import the fixtures you use into the test module (pytest finds them there).
 """
 
 from __future__ import annotations
@@ -18,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from fleethelpers import write_inventory
 
-from conftest import CALIB, EVAL, EXAMPLE_ONNX, REPO
+from helpers.fleet import write_inventory
+from helpers.paths import CALIB, EVAL, EXAMPLE_ONNX, REPO
+
 
 HEALTHY = ["hc-01", "hc-02", "hc-03", "gw-01", "gw-02", "gw-03"]
 FAILING = "gw-04"        # a Python without numpy: its evaluations fail on the device
@@ -120,23 +119,14 @@ def _plant(store, template: dict) -> None:
         store.touch_device(name, target="host-cpu", transport="local", reachable=True)
 
 
-# Both report test modules import these fixtures, which makes two session fixtures of each:
-# the fleet and the calibration run are built once and shared through this module instead.
-_BUILT: dict = {}
-
-
 @pytest.fixture(scope="session")
 def report_fleet(tmp_path_factory) -> ReportFleet:
-    if "fleet" not in _BUILT:
-        _BUILT["fleet"] = _build_fleet(tmp_path_factory)
-    return _BUILT["fleet"]
+    return _build_fleet(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def calibration_record(tmp_path_factory) -> Path:
-    if "calibration" not in _BUILT:
-        _BUILT["calibration"] = _calibrate(tmp_path_factory)
-    return _BUILT["calibration"]
+    return _calibrate(tmp_path_factory)
 
 
 def _build_fleet(tmp_path_factory) -> ReportFleet:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import CALIB, EVAL, EXAMPLE_PT2, run_edgekit
+from helpers.cli import run_edgekit
+from helpers.paths import CALIB, EVAL, EXAMPLE_PT2
+
 
 TARGET = "raspberry-pi-zero-2w"
 _RUNS: dict = {}

@@ -1,68 +1,30 @@
-"""Helpers for bundle and runner tests: real bundles, device folders, the runner as a process.
-
-Import the fixtures you use into the test module (pytest finds them there).
-"""
+"""Device folders on this machine and the runner as a process: what a device does, asked
+directly; and device Pythons that misbehave on cue (for the interrupt and fault tests)."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import pytest
 
-from conftest import EVAL, EXAMPLE_ONNX, REPO
+from helpers.bundles import Built
+from helpers.paths import PY39, REPO
+
 
 DEVICE_VENV = REPO / ".venv-device"  # a device's Python: numpy and onnxruntime, nothing else
-PY39 = Path("/root/.pyenv/versions/3.9.18/bin/python")
-
-
-@dataclass
-class Built:
-    path: Path
-    sha256: str
-    manifest: dict
-
-
-def build(out: Path, version: str, *, sign_key: Optional[Path] = None, name: str = "digits",
-          eval_samples: int = 200) -> Built:
-    """A real bundle of the example digits model for host-cpu, through the library."""
-    from edgekit.datasets import load_dataset
-    from edgekit.package import package
-    from edgekit.targets import load_profile
-
-    b = package(EXAMPLE_ONNX, load_profile("host-cpu"), load_dataset(EVAL), name=name, version=version,
-                out_dir=out, sign_key=sign_key, eval_samples=eval_samples)
-    return Built(b.path, b.sha256, b.manifest)
-
-
-@pytest.fixture(scope="session")
-def keys(tmp_path_factory):
-    """Two signing key pairs: `trusted` (its .pub goes into devices' trust/) and `other`."""
-    from edgekit.keys import init_keys
-
-    base = tmp_path_factory.mktemp("keys")
-    return {"trusted": init_keys(base / "trusted"), "other": init_keys(base / "other")}
-
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory, keys):
-    """digits 1.0.0 and 1.0.1, unsigned and signed with the trusted and the other key."""
-    out = tmp_path_factory.mktemp("dist")
-    return {
-        "1.0.0": build(out / "plain", "1.0.0"),
-        "1.0.1": build(out / "plain", "1.0.1"),
-        "1.0.0-signed": build(out / "trusted", "1.0.0", sign_key=keys["trusted"].private),
-        "1.0.1-signed": build(out / "trusted", "1.0.1", sign_key=keys["trusted"].private),
-        "1.0.1-other": build(out / "other", "1.0.1", sign_key=keys["other"].private),
-    }
-
+# What every device report holds (DESIGN.md's report schema 1).
+REPORT_FIELDS = {
+    "": ("schema", "run_id", "started_at", "finished_at", "status", "error", "device", "bundle", "runtime", "metrics"),
+    "device": ("name", "hostname", "arch", "os", "python", "cpu_count", "mem_total_mb"),
+    "bundle": ("name", "version", "sha256", "target", "precision"),
+    "runtime": ("name", "version", "providers"),
+    "metrics": ("accuracy", "accuracy_expected", "fidelity", "latency_ms", "load_ms", "peak_rss_mb", "model_mb"),
+}
 
 def local_device(root: Path, name: str = "dev", python: Optional[str] = None, target: str = "host-cpu"):
     from edgekit.fleet.inventory import Device
@@ -119,27 +81,6 @@ def snapshot(root: Path) -> dict:
     }
 
 
-def tar_members(path: Path) -> dict[str, bytes]:
-    with tarfile.open(path) as tar:
-        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isreg()}
-
-
-def write_raw_tar(dest: Path, members: list[tuple[tarfile.TarInfo, Optional[bytes]]]) -> Path:
-    """A tar with exactly these members (symlinks, odd names and all): hostile bundles."""
-    with tarfile.open(dest, "w", format=tarfile.GNU_FORMAT) as tar:
-        for info, data in members:
-            if data is not None:
-                info.size = len(data)
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    return dest
-
-
-def regular(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
-    info = tarfile.TarInfo(name)
-    info.mode = 0o644
-    return info, data
-
-
 @pytest.fixture(scope="session")
 def device_python() -> str:
     """A Python with only numpy and onnxruntime (and their own dependencies), made once in
@@ -148,9 +89,28 @@ def device_python() -> str:
     ready = python.exists() and subprocess.run([str(python), "-c", "import numpy, onnxruntime"],
                                                capture_output=True).returncode == 0
     if not ready:
-        base = str(PY39) if PY39.exists() else sys.executable
+        base = str(PY39) if PY39 else sys.executable
         subprocess.run([base, "-m", "venv", "--clear", str(DEVICE_VENV)], check=True, timeout=300)
         pip = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "numpy", "onnxruntime"],
                              capture_output=True, text=True, timeout=900)
         assert pip.returncode == 0, f"could not make the device venv (pip needs PyPI): {pip.stderr[-2000:]}"
     return str(python)
+
+
+def interrupting_python(base: Path, step: str, pid_file: Path, *, nth: int = 1, signals: int = 1) -> str:
+    """A device Python that interrupts the edgekit process (its pid in `pid_file`) when the
+    runner is asked to `step` for the `nth` time, `signals` times, then runs the runner."""
+    script = base / f"python-interrupting-{step}-{nth}"
+    seen = base / f"seen-{step}"
+    kills = "; ".join([f'kill -INT "$(cat {pid_file})"; sleep 0.1'] * signals) + "; sleep 0.5"
+    script.write_text(f"""#!/bin/sh
+for arg in "$@"; do
+  if [ "$arg" = "{step}" ]; then
+    mkdir -p "{seen}" && n=$(ls "{seen}" | wc -l) && mkdir "{seen}/$$"
+    if [ "$n" -eq {nth - 1} ]; then {kills}; fi
+  fi
+done
+exec {sys.executable} "$@"
+""")
+    script.chmod(0o755)
+    return str(script)

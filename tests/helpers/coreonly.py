@@ -19,12 +19,13 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from helpers.paths import REPO
+
 try:
     import tomllib
 except ImportError:  # Python 3.10
     import tomli as tomllib
 
-REPO = Path(__file__).resolve().parent.parent
 # What `python -m venv` puts in every virtualenv.
 VENV_BASE = {"pip", "setuptools"}
 
