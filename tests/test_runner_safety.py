@@ -228,6 +228,12 @@ def test_unsafe_names_are_refused_before_touching_paths(device):
     assert_refused(device, before, code, reply, "is not a plain name", kind="usage")
 
 
+def test_a_name_with_a_trailing_newline_is_not_plain(device):
+    before = snapshot(device)
+    code, reply = runner(device, "activate", "digits\n", "1.0.0")
+    assert_refused(device, before, code, reply, "is not a plain name", kind="usage")
+
+
 def test_gc_keeps_the_newest_and_never_the_current_or_previous(tmp_path, bundles):
     root = tmp_path / "gc-dev"
     install_runner(root)

@@ -47,7 +47,7 @@ def _bad(message: str, kind: str = "bundle") -> RunnerError:
 def upload_path(layout: Layout, given: str) -> str:
     """The upload as a path inside incoming/; anything else is refused (we delete it on failure)."""
     path = os.path.abspath(given if os.path.isabs(given) else os.path.join(layout.root, given))
-    if os.path.dirname(path) != layout.incoming or not _PART.match(os.path.basename(path)):
+    if os.path.dirname(path) != layout.incoming or not _PART.fullmatch(os.path.basename(path)):
         raise RunnerError(f"install takes a file in {layout.incoming}, got {given}", "usage", 2)
     if not os.path.isfile(path):
         raise RunnerError(f"{path}: no such upload", "usage", 2)
@@ -78,7 +78,7 @@ def _check_member(member: tarfile.TarInfo, seen: Dict[str, dict]) -> str:
     parts = name.split("/")
     if ".." in parts:
         raise _bad(f"member {name!r} escapes the bundle ('..' in its path)")
-    if any(not _PART.match(p) for p in parts) or len(parts) > 8:
+    if any(not _PART.fullmatch(p) for p in parts) or len(parts) > 8:
         raise _bad(f"member {name!r} is not a plain relative path (letters, digits, . _ + -; no leading dot)")
     if name in seen:
         raise _bad(f"member {name!r} appears twice")

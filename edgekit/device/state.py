@@ -54,7 +54,7 @@ class RunnerError(Exception):
 
 def check_name(value: str, what: str) -> str:
     """Names and versions become path components: keep them plain."""
-    if not isinstance(value, str) or not _NAME.match(value) or ".." in value:
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
         raise RunnerError(f"{what} {value!r} is not a plain name (letters, digits, . _ + -)", "usage", 2)
     return value
 
@@ -133,13 +133,13 @@ class Layout:
         base = os.path.join(self.bundles, check_name(name, "name"))
         if not os.path.isdir(base):
             return []
-        found = [v for v in os.listdir(base) if _NAME.match(v) and os.path.isdir(os.path.join(base, v))]
+        found = [v for v in os.listdir(base) if _NAME.fullmatch(v) and os.path.isdir(os.path.join(base, v))]
         return sorted(found, key=lambda v: (os.stat(os.path.join(base, v)).st_mtime, v))
 
     def names(self) -> List[str]:
         if not os.path.isdir(self.bundles):
             return []
-        return sorted(n for n in os.listdir(self.bundles) if _NAME.match(n) and os.path.isdir(os.path.join(self.bundles, n)))
+        return sorted(n for n in os.listdir(self.bundles) if _NAME.fullmatch(n) and os.path.isdir(os.path.join(self.bundles, n)))
 
     def current_version(self, name: str) -> Optional[str]:
         try:

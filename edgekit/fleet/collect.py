@@ -32,11 +32,11 @@ def _files(transport: Transport, paths: DevicePaths, name: Optional[str], versio
     """(name, version, run_id, remote path) of every report file; odd names go to `bad`."""
     found, base = [], paths.reports
     for n in [name] if name else transport.listdir(base):
-        if not PLAIN.match(n):
+        if not PLAIN.fullmatch(n):
             bad.append((paths.relative(f"{base}/{n}"), "not a plain bundle name; skipped"))
             continue
         for v in [version] if version else transport.listdir(f"{base}/{n}"):
-            if not PLAIN.match(v):
+            if not PLAIN.fullmatch(v):
                 bad.append((paths.relative(f"{base}/{n}/{v}"), "not a plain version; skipped"))
                 continue
             for file in transport.listdir(f"{base}/{n}/{v}"):
