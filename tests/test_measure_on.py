@@ -19,6 +19,7 @@ from helpers.devices import (install_runner, interrupting_python, logging_python
                              snapshot)
 from helpers.fleet import write_inventory
 from helpers.paths import CALIB, EVAL, EXAMPLE_ONNX, REPO
+from edgekit.machine import cpu_facts
 
 
 @pytest.fixture
@@ -70,6 +71,7 @@ def test_every_candidate_is_measured_on_the_device_and_leaves_it_as_it_was(tmp_p
     assert place["python"] == _ask(device_python, "import platform; print(platform.python_version())")
     assert place["cpu"] and place["cores"] and place["matches_target"] and place["note"] is None
     assert "accuracy or fidelity" in place["measured"]
+    assert place["flags"] == cpu_facts()["flags"]  # the device's own reading (this machine's CPU here)
     # Every candidate was measured by the device's runner, with the device's runtime, once each.
     commands = runner_commands(log)
     assert commands.count("measure") == len(record["candidates"]) >= 4

@@ -33,7 +33,7 @@ def _folder(layout: Layout, run: str) -> str:
 def measure(layout: Layout, run: str, model: str, data: str, *, threads: int = 0,
             providers: Optional[List[str]] = None, runs: int = 50, min_seconds: float = 0.5,
             device_name: Optional[str] = None) -> dict:
-    """{"metrics": the evaluation's JSON, "device": device_facts plus "cpu"}."""
+    """{"metrics": the evaluation's JSON, "device": device_facts plus the CPU's "cpu" and "flags"}."""
     from .evaluate import evaluate  # numpy and the runtime load only for this command
 
     folder = _folder(layout, run)
@@ -48,8 +48,8 @@ def measure(layout: Layout, run: str, model: str, data: str, *, threads: int = 0
     except Exception as exc:  # noqa: BLE001 - the runtime's own errors: the host records them per candidate
         text = failure_text(exc).replace(folder + os.sep, "")  # the scratch path says nothing to the host
         raise RunnerError(text[:2000], "evaluation", 1) from exc
-    model_name, _flags = cpu_info()
-    return {"metrics": metrics, "device": dict(device_facts(device_name), cpu=model_name)}
+    model_name, flags = cpu_info()
+    return {"metrics": metrics, "device": dict(device_facts(device_name), cpu=model_name, flags=sorted(flags))}
 
 
 def clean(layout: Layout, run: str) -> dict:

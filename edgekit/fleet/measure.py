@@ -24,6 +24,7 @@ from edgekit.errors import ConfigError, EdgekitError
 from edgekit.fleet.fanout import check_cancel
 from edgekit.fleet.inventory import Device, Inventory
 from edgekit.fleet.protocol import SHORT_STEP_S, DevicePaths, ensure_runner, payload, run_runner
+from edgekit.machine import INTERESTING_FLAGS
 from edgekit.transport import Transport, connect
 from edgekit.transport.base import Cancel
 
@@ -127,5 +128,6 @@ class DeviceMeasurer:
         facts = self.facts or {}
         return {"kind": "device", "name": self.device.name, "target": self.device.target,
                 "cpu": facts.get("cpu"), "cores": facts.get("cpu_count"), "arch": facts.get("arch"),
+                "flags": sorted(f for f in INTERESTING_FLAGS if f in (facts.get("flags") or ())),
                 "hostname": facts.get("hostname"), "os": facts.get("os"), "python": facts.get("python"),
                 "measured": MEASURED, "matches_target": self.device.target == profile.name, "note": None}
