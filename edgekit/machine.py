@@ -36,8 +36,12 @@ HOST_CPU = "host"  # a profile's cpu for devices that are this machine
 
 
 def host_arch() -> str:
-    machine = platform.machine().lower()
-    return _ARCHES.get(machine, machine)
+    return arch_name(platform.machine())
+
+
+def arch_name(machine: str) -> str:
+    """A platform's name for its architecture ("arm64", "AMD64") as profiles name it."""
+    return _ARCHES.get(machine.lower(), machine.lower())
 
 
 def measured_on_host(profile) -> dict:

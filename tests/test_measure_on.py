@@ -156,3 +156,22 @@ def test_the_runner_measures_only_what_is_in_its_scratch_folder_and_gc_removes_w
     assert code == 0 and reply["scratch_removed"] == ["calibrate-cut-short"] and not left.exists()
     code, reply = runner(root, "scratch-clean", "calibrate-cut-short")
     assert code == 0 and reply["removed"] is False and not (root / "scratch").exists()
+
+
+def test_a_device_of_another_architecture_than_its_profile_is_named_in_the_note(tmp_path, targets):
+    """The inventory says the device is a host-cpu one, the profile that it is an aarch64
+    (or x86_64) machine, the device's runner says otherwise: the record and table say so."""
+    from edgekit.machine import host_arch
+
+    other = "aarch64" if host_arch() != "aarch64" else "x86_64"
+    profile = targets / "host-cpu.toml"
+    profile.write_text(re.sub(r'(?m)^arch = .*$', f'arch = "{other}"', profile.read_text())
+                       .replace('["fp32", "int8-static"]', '["fp32"]'))
+    inventory = write_inventory(tmp_path / "fleet.toml", [
+        {"name": "sim", "transport": "local", "root": str(tmp_path / "sim"), "target": "host-cpu"}])
+    result = calibrate(tmp_path, targets, "--measure-on", "sim", "-i", inventory)
+    assert result.code == 0, result.stderr
+    place = json.loads((tmp_path / "out" / "calibration.json").read_text())["measured_on"]
+    assert place["arch"] == host_arch() and not place["matches_target"]
+    assert place["note"] == f"sim says it is {host_arch()}, but host-cpu is {other}"
+    assert place["note"] in " ".join(result.stdout.split())

@@ -24,7 +24,7 @@ from edgekit.errors import ConfigError, EdgekitError
 from edgekit.fleet.fanout import check_cancel
 from edgekit.fleet.inventory import Device, Inventory
 from edgekit.fleet.protocol import SHORT_STEP_S, DevicePaths, ensure_runner, payload, run_runner
-from edgekit.machine import INTERESTING_FLAGS
+from edgekit.machine import INTERESTING_FLAGS, arch_name
 from edgekit.transport import Transport, connect
 from edgekit.transport.base import Cancel
 
@@ -85,8 +85,8 @@ class DeviceMeasurer:
             self.transport.close()
 
     def measure(self, model: Path, prepared_npz: Path, *, threads: int = 0, providers: Optional[list[str]] = None,
-                runs: int = 50, min_seconds: float = 0.5) -> dict:
-        """edgekit.evaluate.measure's JSON, measured on the device."""
+                runs: int = 50, min_seconds: float = 0.5, timeout: Optional[float] = None) -> dict:
+        """edgekit.evaluate.measure's JSON, measured on the device (`timeout`: this one's bound)."""
         data = self._upload_data(Path(prepared_npz))
         self.count += 1
         name = f"model-{self.count}{Path(model).suffix}"
@@ -97,7 +97,8 @@ class DeviceMeasurer:
             args += ["--providers", ",".join(providers)]
         check_cancel(self.cancel, self.device, f"measuring {Path(model).name}")
         try:
-            reply = payload(run_runner(self.transport, self.device, *args, timeout=self.timeout, cancel=self.cancel))
+            reply = payload(run_runner(self.transport, self.device, *args, timeout=timeout or self.timeout,
+                                       cancel=self.cancel))
         except BaseException:
             self._remove(name, quietly=True)  # the measurement's own error is the news
             raise
@@ -124,10 +125,14 @@ class DeviceMeasurer:
         self.transport.put(local, f"{self.folder}/{name}")
 
     def place(self, profile) -> dict:
-        """calibration.json's measured_on: this device, as its runner described itself."""
+        """calibration.json's measured_on: this device, as its runner described itself; `note`
+        says when that is not the profile's architecture (the inventory may be wrong)."""
         facts = self.facts or {}
+        arch = arch_name(facts.get("arch") or "")
+        note = None if arch == profile.arch else \
+            f"{self.device.name} says it is {arch or 'of an unknown architecture'}, but {profile.name} is {profile.arch}"
         return {"kind": "device", "name": self.device.name, "target": self.device.target,
-                "cpu": facts.get("cpu"), "cores": facts.get("cpu_count"), "arch": facts.get("arch"),
+                "cpu": facts.get("cpu"), "cores": facts.get("cpu_count"), "arch": arch,
                 "flags": sorted(f for f in INTERESTING_FLAGS if f in (facts.get("flags") or ())),
                 "hostname": facts.get("hostname"), "os": facts.get("os"), "python": facts.get("python"),
-                "measured": MEASURED, "matches_target": self.device.target == profile.name, "note": None}
+                "measured": MEASURED, "matches_target": note is None, "note": note}
