@@ -108,8 +108,8 @@ class _Run:
                   measure=self.measurer.measure)
 
     def measure_baseline(self) -> dict:
-        m = self.measurer.measure(self.fp32, self.eval_npz, threads=self.profile.threads, providers=self.profile.providers,
-                    **self.measure_opts)
+        m = self.measurer.measure(self.fp32, self.eval_npz, threads=self.profile.threads,
+                                  providers=self.profile.providers, **self.measure_opts)
         m["drop"] = 0.0 if m.get("accuracy") is not None else None
         return m
 

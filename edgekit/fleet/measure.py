@@ -129,8 +129,9 @@ class DeviceMeasurer:
         says when that is not the profile's architecture (the inventory may be wrong)."""
         facts = self.facts or {}
         arch = arch_name(facts.get("arch") or "")
-        note = None if arch == profile.arch else \
-            f"{self.device.name} says it is {arch or 'of an unknown architecture'}, but {profile.name} is {profile.arch}"
+        note = None
+        if arch != profile.arch:
+            note = f"{self.device.name} says it is {arch or 'unknown'}, but {profile.name} is {profile.arch}"
         return {"kind": "device", "name": self.device.name, "target": self.device.target,
                 "cpu": facts.get("cpu"), "cores": facts.get("cpu_count"), "arch": arch,
                 "flags": sorted(f for f in INTERESTING_FLAGS if f in (facts.get("flags") or ())),
