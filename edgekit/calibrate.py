@@ -4,7 +4,8 @@ One run for every toolchain (edgekit.toolchains), picked from the target's runti
 model is loaded once as the toolchain's FP32 file (converted from PyTorch where needed),
 which is the baseline and the reference for fidelity. Every recipe the toolchain offers
 the target becomes a candidate (edgekit.candidates): quantized, then measured in a fresh
-process on the eval set exactly as a device measures it (edgekit.evaluate.measure). A
+process on the eval set exactly as a device measures it, by a Measurer: this host's
+(edgekit.evaluate.measure), or a device of the target (edgekit.fleet.measure). A
 recipe the target's runtime cannot run is recorded as failed ("not offered: ..."), never
 measured; a recipe that fails is recorded as failed, never fatal. For a toolchain that
 searches, the mixed-precision search (edgekit.search) may add candidates. Among the
@@ -20,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
 
 from edgekit.calibration_record import SCHEMA, CalibrationRecord
 from edgekit.candidates import Candidate, attempt, choose, score
@@ -34,7 +35,31 @@ from edgekit.targets import Profile
 from edgekit.toolchains import Toolchain, toolchain_for
 from edgekit.words import utc_now
 
-__all__ = ["CalibrationResult", "sweep_recipes", "calibrate", "raise_if_unmet"]
+__all__ = ["CalibrationResult", "Measurer", "HostMeasurer", "sweep_recipes", "calibrate", "raise_if_unmet"]
+
+
+class Measurer(Protocol):
+    """Where every candidate (and the baseline) is measured: this host (HostMeasurer) or a
+    device of the target (edgekit.fleet.measure.DeviceMeasurer, `--measure-on`)."""
+
+    def measure(self, model: Path, prepared_npz: Path, *, threads: int = 0, providers: Optional[list[str]] = None,
+                **opts) -> dict:
+        """edgekit.evaluate.measure's JSON for `model` on the prepared eval data."""
+
+    def place(self, profile: Profile) -> dict:
+        """The record's measured_on: where that was, and whether it is the target's CPU."""
+
+
+class HostMeasurer:
+    """This host, in a fresh process per model (edgekit.evaluate.measure)."""
+
+    def measure(self, model: Path, prepared_npz: Path, **opts) -> dict:
+        from edgekit.evaluate import measure
+
+        return measure(model, prepared_npz, **opts)
+
+    def place(self, profile: Profile) -> dict:
+        return measured_on_host(profile)
 
 
 @dataclass
@@ -62,6 +87,7 @@ class _Run:
     calibration: Dataset
     eval_npz: Path
     measure_opts: dict
+    measurer: Measurer
     baseline: Optional[dict] = None
 
     def measure(self, c: Candidate, on_step: Optional[OnStep] = None) -> None:
@@ -78,13 +104,12 @@ class _Run:
             if refusal:  # the device's runtime cannot load it: never measured, never chosen
                 c.status, c.error = "failed", f"not offered: {refusal}"
                 return
-            score(c, self.eval_npz, self.profile, self.baseline, self.measure_opts, on_step=on_step)
+            score(c, self.eval_npz, self.profile, self.baseline, self.measure_opts, on_step=on_step,
+                  measure=self.measurer.measure)
 
     def measure_baseline(self) -> dict:
-        from edgekit.evaluate import measure
-
-        m = measure(self.fp32, self.eval_npz, threads=self.profile.threads, providers=self.profile.providers,
-                    **self.measure_opts)
+        m = self.measurer.measure(self.fp32, self.eval_npz, threads=self.profile.threads,
+                                  providers=self.profile.providers, **self.measure_opts)
         m["drop"] = 0.0 if m.get("accuracy") is not None else None
         return m
 
@@ -94,11 +119,11 @@ def calibrate(model: str | Path, profile: Profile, calibration: Dataset, eval_da
               measure_opts: Optional[dict] = None,
               on_candidate: Optional[Callable[[Candidate, int, int], None]] = None,
               search: Optional[SearchOptions] = SearchOptions(),
-              on_step: Optional[OnStep] = None) -> CalibrationResult:
+              on_step: Optional[OnStep] = None, measurer: Optional[Measurer] = None) -> CalibrationResult:
     """Run the release calibration of `model` (a file or pkg.module:factory) for `profile`; see
     the module docstring. Writes OUT_DIR/model.<suffix> (when a candidate passes) and
     OUT_DIR/calibration.json. on_candidate hears of each measured candidate, on_step of each
-    stage (edgekit.progress)."""
+    stage (edgekit.progress). `measurer`: where candidates are measured (this host unless given)."""
     from edgekit.evaluate import prepare_eval_data
 
     started = time.monotonic()
@@ -115,7 +140,8 @@ def calibrate(model: str | Path, profile: Profile, calibration: Dataset, eval_da
         out_dir.mkdir(parents=True, exist_ok=True)
         notify(within(on_step, phase="prepare"), "eval data", "FP32 reference outputs")
         eval_npz = prepare_eval_data(eval_data, fp32, work / "eval.npz", reference=fp32, samples=eval_samples)
-        run = _Run(toolchain, profile, fp32, work, calibration, eval_npz, measure_opts or {})
+        run = _Run(toolchain, profile, fp32, work, calibration, eval_npz, measure_opts or {},
+                   measurer or HostMeasurer())
         if not any(c.recipe.precision == "fp32" for c in candidates):  # a baseline, not a candidate
             notify(within(on_step, phase="baseline", candidate="fp32"), "evaluate")
             run.baseline = run.measure_baseline()
@@ -180,7 +206,7 @@ def _record(run: _Run, model, inputs, eval_data: Dataset, candidates: list[Candi
         why=why,
         versions=toolchain.versions(),
         machine=cpu_facts(),
-        measured_on=measured_on_host(profile),
+        measured_on=run.measurer.place(profile),
         created_at=utc_now(),
         **search,
     )

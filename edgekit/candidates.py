@@ -16,10 +16,10 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from edgekit.budgets import Measured, check
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, Interrupted
 from edgekit.progress import OnStep, notify
 from edgekit.recipes import Recipe
 from edgekit.targets import Profile
@@ -58,6 +58,8 @@ def attempt(c: Candidate) -> Iterator[None]:
     start = time.perf_counter()
     try:
         yield
+    except Interrupted:
+        raise  # the user stopped the run: not this recipe's failure
     except EdgekitError as exc:
         if c.recipe.precision == "fp32":
             raise
@@ -67,9 +69,11 @@ def attempt(c: Candidate) -> Iterator[None]:
 
 
 def score(c: Candidate, eval_npz: Path, profile: Profile, baseline: Optional[dict], measure_opts: dict,
-          on_step: Optional[OnStep] = None) -> None:
-    """Measure c.path as a device would (a fresh process) and judge it against the budgets."""
-    from edgekit.evaluate import measure
+          on_step: Optional[OnStep] = None, measure: Optional[Callable[..., dict]] = None) -> None:
+    """Measure c.path as a device would (a fresh process; `measure`: where, this host's
+    edgekit.evaluate.measure unless given) and judge it against the budgets."""
+    if measure is None:
+        from edgekit.evaluate import measure
 
     notify(on_step, "evaluate")
     m = measure(c.path, eval_npz, threads=profile.threads, providers=profile.providers, **measure_opts)

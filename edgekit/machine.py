@@ -1,10 +1,10 @@
 """Facts about the measuring machine, recorded beside every measurement.
 
-``measured_on`` says where calibrate's timings and memory were measured: today always this
-host (``{"kind": "host", "cpu", "cores", "arch"}``; --measure-on DEVICE will add the device
-kind). A target profile's ``cpu = "host"`` says its devices are this machine (the simulated
-fleets); any other profile describes another CPU, so its latency and memory budgets were
-judged on the host, not on the device, and ``note`` says so.
+``measured_on`` says where calibrate's timings and memory were measured: this host
+(``{"kind": "host", "cpu", "cores", "arch"}``) or, with --measure-on DEVICE, that device
+(edgekit.fleet.measure). A target profile's ``cpu = "host"`` says its devices are this
+machine (the simulated fleets); any other profile describes another CPU, so its latency
+and memory budgets were judged on the host, not on the device, and ``note`` says so.
 """
 
 from __future__ import annotations
@@ -13,24 +13,15 @@ import os
 import platform
 from importlib import metadata
 
+from edgekit.device.report import cpu_info  # a device reads its CPU the same way (calibrate --measure-on)
+
 INTERESTING_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8",
                      "asimd", "asimddp", "fphp", "asimdhp", "i8mm")
 
 
 def cpu_facts() -> dict:
     """CPU model, the SIMD flags that decide INT8/FP16 speed and accuracy, and the core count."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                key = key.strip().lower()
-                if key in ("model name", "hardware") and model in ("", platform.machine(), platform.processor()):
-                    model = value.strip()
-                elif key in ("flags", "features") and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
+    model, flags = cpu_info()
     return {
         "cpu": model,
         "arch": platform.machine(),
@@ -45,8 +36,12 @@ HOST_CPU = "host"  # a profile's cpu for devices that are this machine
 
 
 def host_arch() -> str:
-    machine = platform.machine().lower()
-    return _ARCHES.get(machine, machine)
+    return arch_name(platform.machine())
+
+
+def arch_name(machine: str) -> str:
+    """A platform's name for its architecture ("arm64", "AMD64") as profiles name it."""
+    return _ARCHES.get(machine.lower(), machine.lower())
 
 
 def measured_on_host(profile) -> dict:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 
 import typer
 from rich import box
 from rich.table import Table
 
-from edgekit.cli._common import (JsonFlag, TargetsDir, compact_table, console, err_console, print_json,
-                                 print_notes, titled)
+from edgekit.cli._common import (JsonFlag, TargetsDir, compact_table, console, err_console, interrupts,
+                                 print_json, print_notes, titled)
 from edgekit.cli._progress import showing_steps
+from edgekit.cli.fleet import TrustNewOpt
 
 if TYPE_CHECKING:
     from edgekit.calibration_record import CalibrationRecord, CandidateRecord
@@ -30,11 +32,16 @@ def calibrate_cmd(
     search: Annotated[str, typer.Option("--search", help="Mixed precision: auto (when no uniform recipe meets the budgets) | always | off.")] = "auto",
     max_float_nodes: Annotated[int, typer.Option("--max-float-nodes", min=1, help="Nodes the search may keep in float.")] = 8,
     max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", min=0.0, help="Stop the search once the run has taken this long; the best passing candidate is still written.")] = None,
+    measure_on: Annotated[Optional[str], typer.Option("--measure-on", metavar="DEVICE", show_default=False, help="Measure every candidate on this device of the inventory (its target must be the profile's), not on this host.")] = None,
+    inventory: Annotated[Optional[Path], typer.Option("--inventory", "-i", show_default=False, help="The inventory (fleet/*.toml) that names the --measure-on device.")] = None,
+    trust_new_hosts: TrustNewOpt = False,
     targets_dir: TargetsDir = None,
     json: JsonFlag = False,
 ) -> None:
     """Sweep the recipes the target allows, measure each against FP32, pick the best that meets
-    the target's budgets. Exit 3 when none does."""
+    the target's budgets. Exit 3 when none does. With --measure-on, every candidate is
+    measured on that device (latency, memory, accuracy or fidelity); Ctrl-C then stops at the
+    next device step, cleans the device's scratch folder and exits 130."""
     from edgekit.calibrate import calibrate, raise_if_unmet, sweep_recipes
     from edgekit.datasets import load_dataset
     from edgekit.targets import load_profile
@@ -44,9 +51,11 @@ def calibrate_cmd(
     evald = load_dataset(eval_data, role="eval data")
     recipes = sweep_recipes(profile, tuple(exclude or ()), tuple(include or ()))
     options = _search_options(search, max_float_nodes, max_minutes)
-    with showing_steps(f"calibrating for {profile.name}", enabled=not json) as on_step:
+    device = _device_to_measure_on(measure_on, inventory, profile, targets_dir)
+    with _measurer(device, trust_new_hosts) as measurer, \
+            showing_steps(f"calibrating for {profile.name}", enabled=not json) as on_step:
         result = calibrate(model, profile, calib, evald, out, recipes=recipes, eval_samples=eval_samples,
-                           measure_opts={"runs": runs}, on_step=on_step, search=options)
+                           measure_opts={"runs": runs}, on_step=on_step, search=options, measurer=measurer)
     if json:
         print_json(result.record.dump())
     else:
@@ -55,6 +64,42 @@ def calibrate_cmd(
         where = f"wrote {result.model_path} and {result.record_path}" if result.model_path else f"wrote {result.record_path}"
         err_console.print(where, highlight=False)
     raise_if_unmet(result)
+
+
+def _device_to_measure_on(name: Optional[str], inventory: Optional[Path], profile, targets_dir):
+    """The --measure-on device, checked against the profile before any work; None without it."""
+    from edgekit.errors import ConfigError
+
+    if name is None:
+        if inventory is not None:
+            raise ConfigError("--inventory is used only with --measure-on DEVICE (calibrate measures on this host "
+                              "without it)")
+        return None
+    if inventory is None:
+        raise ConfigError(f"--measure-on {name} needs --inventory F, the inventory that names the device")
+    from edgekit.fleet.inventory import load_inventory
+    from edgekit.fleet.measure import device_to_measure_on
+
+    return device_to_measure_on(load_inventory(inventory, targets_dir or ()), name, profile)
+
+
+@contextmanager
+def _measurer(device, trust_new_hosts: bool) -> Iterator[object]:
+    """None (this host) without a device; else the device's measurer, with Ctrl-C and SIGTERM
+    stopping at the next device step (the measurer cleans the device's scratch folder)."""
+    if device is None:
+        yield None
+        return
+    from edgekit.errors import Interrupted
+    from edgekit.fleet.measure import DeviceMeasurer
+
+    try:
+        with interrupts(f"calibrate on {device.name}") as cancel, \
+                DeviceMeasurer(device, cancel=cancel, trust_new_hosts=trust_new_hosts) as measurer:
+            yield measurer
+    except Interrupted as exc:
+        raise Interrupted(f"{exc}; calibrate wrote nothing, and {device.name} is as it was (its scratch folder "
+                          "removed)") from exc
 
 
 def _search_options(mode: str, max_float_nodes: int, max_minutes: Optional[float]):
@@ -155,9 +200,12 @@ def print_measured_on(place: Optional[dict]) -> None:
     """Where the timings and memory were measured, and whether that is the target's CPU."""
     if not place:  # a record from before edgekit recorded it
         return
-    where = "this host" if place["kind"] == "host" else place.get("name", place["kind"])
-    console.print(f"timings measured on {where}: {place['cpu']}, {place['cores']} cores ({place['arch']})",
-                  style="dim", highlight=False, markup=False)
+    machine = f"{place['cpu']}, {place['cores']} cores ({place['arch']})"
+    if place["kind"] == "host":
+        said = f"timings measured on this host: {machine}"
+    else:
+        said = f"measured on device {place['name']} ({place['target']}): {machine}: {place['measured']}"
+    console.print(said, style="dim", highlight=False, markup=False)
     if place.get("note"):
         console.print(place["note"], style="yellow", highlight=False, markup=False)
 

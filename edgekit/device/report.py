@@ -13,12 +13,12 @@ import platform
 import secrets
 import socket
 import time
-from typing import Optional, Tuple
+from typing import Optional, Set, Tuple
 
 from .install import META, bundle_manifest
 from .state import Layout, RunnerError, check_name, read_json, utc_now, write_json_atomic
 
-__all__ = ["SCHEMA", "device_facts", "evaluate_bundle", "new_run_id"]
+__all__ = ["SCHEMA", "cpu_info", "device_facts", "evaluate_bundle", "new_run_id"]
 
 SCHEMA = 1
 
@@ -50,6 +50,24 @@ def _mem_total_mb() -> Optional[float]:
         return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1024.0 * 1024.0), 1)
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def cpu_info() -> Tuple[str, Set[str]]:
+    """The CPU's model name and its feature flags, from /proc/cpuinfo (the platform's words
+    where there is none; ARM kernels may name only the board's "Hardware")."""
+    model, flags = platform.processor() or platform.machine(), set()  # type: Tuple[str, Set[str]]
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if key in ("model name", "hardware") and model in ("", platform.machine(), platform.processor()):
+                    model = value.strip()
+                elif key in ("flags", "features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return model, flags
 
 
 def device_facts(name: Optional[str] = None) -> dict:

@@ -10,11 +10,16 @@
                                            (no --current: nothing active); for a halted rollout
     evaluate NAME [--version V] [--device-name D] [--samples N]
                                            measure; write reports/NAME/VERSION/RUN_ID.json
+    measure RUN MODEL DATA [--threads N] [--providers A,B] [--runs N] [--min-seconds S]
+            [--device-name D]              time a model uploaded to scratch/RUN/ (calibrate
+                                           --measure-on); installed bundles are not touched
+    scratch-clean RUN                      remove scratch/RUN/
     status                                 what is installed and active, the runner's hash,
                                            free disk space and the device's clock
     gc --keep K [--part-idle S]            remove all but the K newest versions of each model
                                            (never the current or the previous one), and
-                                           uploads not written to for S seconds (a day)
+                                           uploads and scratch runs not written to for S
+                                           seconds (a day)
     repair                                 rebuild state files from what is installed and
                                            active, remove what interrupted work left, and
                                            name bundles whose files changed since install
@@ -42,6 +47,7 @@ from typing import Dict, List, Optional, Sequence
 
 from .install import clean_leftovers, clean_parts, install
 from .report import evaluate_bundle
+from .scratch import clean as clean_scratch, clean_idle as clean_idle_scratch, measure
 from .state import Layout, RunnerError, check_name
 from .trust import trusted_keys, tree_hash
 
@@ -119,6 +125,17 @@ def cmd_evaluate(layout: Layout, args) -> dict:
     return {"report": report, "report_path": path}
 
 
+def cmd_measure(layout: Layout, args) -> dict:
+    watch_parent()
+    providers = [p for p in (args.providers or "").split(",") if p] or None
+    return measure(layout, args.run, args.model, args.data, threads=args.threads, providers=providers,
+                   runs=args.runs, min_seconds=args.min_seconds, device_name=args.device_name)
+
+
+def cmd_scratch_clean(layout: Layout, args) -> dict:
+    return clean_scratch(layout, args.run)
+
+
 def watch_parent(every: float = 2.0) -> None:
     """Stop this process when whoever started it is gone (the host's connection died: sshd's
     session ended and closed our stdout, or the local edgekit was killed): an evaluation
@@ -188,7 +205,7 @@ def cmd_gc(layout: Layout, args) -> dict:
                     shutil.rmtree(trash, ignore_errors=True)
                     removed.append({"name": name, "version": version})
     return {"removed": removed, "keep": args.keep, "parts_removed": [p for p, _ in parts],
-            "freed_bytes": sum(n for _, n in parts)}
+            "freed_bytes": sum(n for _, n in parts), "scratch_removed": clean_idle_scratch(layout, args.part_idle)}
 
 
 def cmd_repair(layout: Layout, args) -> dict:
@@ -245,6 +262,13 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="edgekit_runner.py", description="edgekit's on-device runner; prints one JSON object.")
     p.add_argument("--root", default=None, help="the device root (default: the folder above bin/)")
@@ -266,6 +290,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--version")
     s.add_argument("--device-name")
     s.add_argument("--samples", type=_non_negative)
+    s = sub.add_parser("measure")
+    s.add_argument("run")
+    s.add_argument("model")
+    s.add_argument("data")
+    s.add_argument("--threads", type=_non_negative, default=0)
+    s.add_argument("--providers", default="")
+    s.add_argument("--runs", type=_positive, default=50)
+    s.add_argument("--min-seconds", type=float, default=0.5)
+    s.add_argument("--device-name")
+    sub.add_parser("scratch-clean").add_argument("run")
     sub.add_parser("status")
     s = sub.add_parser("gc")
     s.add_argument("--keep", type=_non_negative, required=True)
@@ -276,7 +310,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"install": cmd_install, "activate": cmd_activate, "rollback": cmd_rollback, "restore": cmd_restore,
-            "evaluate": cmd_evaluate, "status": cmd_status, "gc": cmd_gc, "repair": cmd_repair}
+            "evaluate": cmd_evaluate, "measure": cmd_measure, "scratch-clean": cmd_scratch_clean,
+            "status": cmd_status, "gc": cmd_gc, "repair": cmd_repair}
 
 
 PLAIN_ERRNO = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",

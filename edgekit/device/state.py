@@ -7,6 +7,7 @@
     ROOT/state/NAME.json               current, previous, history
     ROOT/reports/NAME/VERSION/*.json   evaluation reports
     ROOT/trust/*.pub                   keys that bundles must be signed with
+    ROOT/scratch/RUN/                  models a host measures before any is a bundle (scratch.py)
     ROOT/.lock                         one writer at a time (flock)
 
 The `current` link is the truth about what runs; state/NAME.json adds what ran before.
@@ -38,7 +39,8 @@ __all__ = ["Layout", "RunnerError", "check_name", "write_json_atomic", "read_jso
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _NAME = NAME_PATTERN
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-DIRS = ("bin", "incoming", "bundles", "current", "state", "reports", "trust")  # under the device's root
+# Under the device's root; scratch/ only while a host measures there (edgekit_device.scratch).
+DIRS = ("bin", "incoming", "bundles", "current", "state", "reports", "trust", "scratch")
 HISTORY_KEPT = 50
 
 

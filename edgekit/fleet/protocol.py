@@ -40,11 +40,12 @@ class DevicePaths:
     of the device's DIRS, its launcher and package in bin/. The root stays as the inventory
     gives it (on an ssh device a relative root is relative to the login's home)."""
 
-    bin: str  # and incoming, bundles, current, state, reports, trust: one attribute per name in DIRS
+    bin: str  # and incoming, bundles, current, state, reports, trust, scratch: one attribute per name in DIRS
     incoming: str
     bundles: str
     reports: str
     trust: str
+    scratch: str
 
     def __init__(self, root: str):
         self.root = root.rstrip("/")

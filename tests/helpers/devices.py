@@ -114,3 +114,21 @@ exec {sys.executable} "$@"
 """)
     script.chmod(0o755)
     return str(script)
+
+
+def logging_python(base: Path, python: str) -> tuple[str, Path]:
+    """A device Python that writes each runner command it is asked for to a log, then runs
+    `python`: (the script, the log). `runner_commands(log)` reads it back."""
+    log = base / "runner-commands.log"
+    script = base / "python-logging"
+    script.write_text(f'#!/bin/sh\necho "$@" >> "{log}"\nexec {python} "$@"\n')
+    script.chmod(0o755)
+    return str(script), log
+
+
+def runner_commands(log: Path) -> list[str]:
+    """The runner commands a logging_python ran, in order (the word after --root ROOT)."""
+    if not log.exists():
+        return []
+    words = [line.split() for line in log.read_text().splitlines()]
+    return [w[w.index("--root") + 2] for w in words if "--root" in w]
