@@ -314,9 +314,14 @@ def export_inventory_cmd(
     """The inventory as an Ansible YAML inventory: tags become groups, root, python and target
     edgekit_* host variables; `ansible-inventory -i FILE --list` reads it, and so does every
     edgekit command that takes --inventory."""
-    from edgekit.fleet.ansible_inventory import as_ansible, dump_yaml
+    from edgekit.fleet.ansible_inventory import as_ansible, dump_yaml, group_name
 
-    text = dump_yaml(as_ansible(_devices(inventory, device, group, targets_dir)))
+    devices = _devices(inventory, device, group, targets_dir)
+    text = dump_yaml(as_ansible(devices))
+    renamed = sorted({(t, group_name(t)) for d in devices for t in d.tags if group_name(t) != t})
+    if renamed:
+        err_console.print("note: Ansible group names are letters, digits and _: " +
+                          ", ".join(f"tag {t} is group {g}" for t, g in renamed), highlight=False, soft_wrap=True)
     if out is None:
         console.out(text, end="", highlight=False)
         return

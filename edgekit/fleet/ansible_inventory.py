@@ -1,7 +1,7 @@
 """A fleet described once, for edgekit and for Ansible: inventories both ways.
 
 edgekit -> Ansible: `as_ansible` turns devices into an Ansible YAML inventory (tags become
-groups; root, python and target become edgekit_* host variables, the connection
+groups, named as Ansible allows: site-a becomes site_a; root, python and target become edgekit_* host variables, the connection
 ansible_* ones), which `edgekit fleet export-inventory` writes and the Ansible engine runs
 with.
 
@@ -15,6 +15,7 @@ left to Ansible.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 from typing import Any, Iterable
@@ -22,7 +23,7 @@ from typing import Any, Iterable
 from edgekit.errors import ConfigError
 from edgekit.fleet.inventory import Device
 
-__all__ = ["host_vars", "as_ansible", "dump_yaml", "read_ansible", "is_ansible_inventory"]
+__all__ = ["host_vars", "group_name", "as_ansible", "dump_yaml", "read_ansible", "is_ansible_inventory"]
 
 ANSIBLE_SUFFIXES = (".ini", ".yml", ".yaml", ".cfg", ".hosts")
 # Ansible host variable -> edgekit device field, when both say the same thing.
@@ -50,13 +51,20 @@ def host_vars(d: Device) -> dict[str, Any]:
     return out
 
 
+def group_name(tag: str) -> str:
+    """A tag as an Ansible group: letters, digits and _, not starting with a digit (Ansible's rule)."""
+    name = re.sub(r"[^A-Za-z0-9_]", "_", tag)
+    return f"_{name}" if name[:1].isdigit() else name
+
+
 def as_ansible(devices: Iterable[Device]) -> dict:
-    """{"all": {"hosts": {name: vars}, "children": {tag: {"hosts": {name: None}}}}}"""
+    """{"all": {"hosts": {name: vars}, "children": {group: {"hosts": {name: None}}}}}: a group
+    for each tag (group_name)."""
     devices = list(devices)
     groups: dict[str, dict] = {}
     for d in devices:
         for tag in d.tags:
-            groups.setdefault(tag, {"hosts": {}})["hosts"][d.name] = None
+            groups.setdefault(group_name(tag), {"hosts": {}})["hosts"][d.name] = None
     out: dict = {"all": {"hosts": {d.name: host_vars(d) for d in devices}}}
     if groups:
         out["all"]["children"] = groups
@@ -151,6 +159,9 @@ def _entry(path: Path, line: int, name: str, variables: dict, tags: list[str]) -
             raw[field] = _typed(path, line, name, key, variables[key], field)
     if "python" not in raw and "ansible_python_interpreter" in variables:
         raw["python"] = str(variables["ansible_python_interpreter"])
+    jump = re.search(r"(?:-o\s*ProxyJump[=\s]|-J\s*)(\S+)", str(variables.get("ansible_ssh_common_args", "")))
+    if jump:
+        raw["proxy_jump"] = jump.group(1)
     if raw.get("python") == PLAYBOOK_PYTHON:
         del raw["python"]  # this Python, as for a local device of a TOML inventory
     if raw["transport"] == "ssh":
@@ -194,11 +205,11 @@ def _read_ini(path: Path, text: str, groups: _Groups) -> None:
         if line.startswith("["):
             if not line.endswith("]") or len(line) < 3:
                 raise ConfigError(f"{path}:{number}: '{line}': a section is [group], [group:vars] or [group:children]")
-            section, _, kind = line[1:-1].partition(":")
-            kind = kind or "hosts"
-            if kind not in ("hosts", "vars", "children"):
+            section, colon, kind = line[1:-1].partition(":")
+            if colon and kind not in ("vars", "children"):
                 raise ConfigError(f"{path}:{number}: [{line[1:-1]}]: unknown section kind '{kind}' "
                                   "(vars or children)")
+            kind = kind or "hosts"
             groups.members.setdefault(section, set())
             continue
         try:
