@@ -10,7 +10,7 @@ edgekit's own engine:
 
 ansible-runner's per-host events are read into the same per-device outcome as
 deploy.deploy returns (the runner's JSON through protocol.runner_reply, the fetched
-reports checked by collect.pull_reports), so rollout.py judges, decides and records both
+reports checked as collect checks them: ansible_play.pull_fetched), so rollout.py judges, decides and records both
 engines alike. A host that fails fails alone: the play never stops on a percentage of
 Ansible's. On the first Ctrl-C a flag file tells the role to start no new step; a second
 stops ansible-playbook at once.
@@ -18,27 +18,21 @@ stops ansible-playbook at once.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
-import posixpath
 import sys
-import tarfile
 import tempfile
 import threading
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Optional, Sequence
 
-from edgekit.bundle import Bundle, runner_files
 from edgekit.errors import ConfigError, EdgekitError, RemoteCommandError
 from edgekit.fleet.ansible_inventory import as_ansible, dump_yaml
-from edgekit.fleet.collect import pull_reports
 from edgekit.fleet.deploy import Wave, note_activation, restore_argv
 from edgekit.fleet.fanout import WORKERS, DeviceResult, FleetResult
+from edgekit.fleet.ansible_play import pull_fetched, role_vars
 from edgekit.fleet.inventory import Device
-from edgekit.fleet.protocol import SHORT_STEP_S, payload, runner_reply, upload_path
+from edgekit.fleet.protocol import payload, runner_reply
 from edgekit.transport.base import Cancel, RunResult
 
 __all__ = ["AnsibleEngine", "PLAYBOOK", "ANSIBLE_DIR"]
@@ -73,7 +67,7 @@ class AnsibleEngine:
                     for d in devices]
         with tempfile.TemporaryDirectory(prefix="edgekit-ansible-") as tmp:
             play = _Play(self, Path(tmp), wave.cancel, wave.step)
-            extra = _bundle_vars(wave, devices, Path(tmp))
+            extra = _wave_vars(wave, devices, Path(tmp))
             first = play.run("install", devices, extra)
             outs = {d.name: _installed(d, first, wave) for d in devices}
             ready = [d for d in devices if isinstance(outs[d.name], dict) and not outs[d.name]["error"]]
@@ -161,20 +155,10 @@ def _evaluated(d: Device, events: "_Events", wave: Wave, out: dict, fetched: Pat
             return
     run_id = reply["report"].get("run_id")
     out["run_id"] = run_id if isinstance(run_id, str) else None
-    out["pulled"] = _pulled(d, fetched, wave)
+    out["pulled"] = pull_fetched(d, fetched, wave.known[d.name], wave.bundle.name, wave.bundle.version)
     if host.failure:  # the fetch itself failed: what came is judged, and the failure said
         out["pulled"]["error"] = host.failure
     out["stage"] = None
-
-
-def _pulled(d: Device, fetched: Path, wave: Wave) -> dict:
-    """The fetched reports, checked as collect checks a device's (a local folder laid out as the device's)."""
-    from edgekit.transport.local import LocalTransport
-
-    (fetched / "reports").mkdir(parents=True, exist_ok=True)
-    copy = d.model_copy(update={"transport": "local", "root": str(fetched)})
-    with LocalTransport(copy.endpoint) as t:
-        return pull_reports(t, copy, wave.known[d.name], name=wave.bundle.name, version=wave.bundle.version)
 
 
 def _status(d: Device, host: "_Host") -> dict:
@@ -194,34 +178,9 @@ def _epoch(stamp: str) -> float:
     return when.timestamp() if when.tzinfo else when.replace(tzinfo=datetime.now().astimezone().tzinfo).timestamp()
 
 
-def _bundle_vars(wave: Wave, devices: Sequence[Device], tmp: Path) -> dict:
-    bundle: Bundle = wave.bundle
-    from edgekit.device.trust import tree_hash
-
-    files = runner_files()
-    archive = tmp / "runner.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        for rel, data in sorted(files.items()):
-            info = tarfile.TarInfo(rel)
-            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
-            tar.addfile(info, io.BytesIO(data))
-
-    return {"edgekit_bundle": str(bundle.path), "edgekit_bundle_name": bundle.name,
-            "edgekit_bundle_version": bundle.version, "edgekit_bundle_sha256": bundle.sha256,
-            "edgekit_bundle_sha1": _sha1(bundle.path), "edgekit_bundle_size": bundle.size,
-            "edgekit_upload_name": posixpath.basename(upload_path(devices[0], bundle)),
-            "edgekit_runner_archive": str(archive), "edgekit_runner_sha256": tree_hash(files),
-            "edgekit_fetch_dir": str(tmp / "fetched"), "edgekit_samples": wave.samples or 0,
-            "edgekit_step_timeout": int(wave.step_timeout), "edgekit_short_timeout": int(min(SHORT_STEP_S, wave.step_timeout)),
+def _wave_vars(wave: Wave, devices: Sequence[Device], tmp: Path) -> dict:
+    return {**role_vars(wave.bundle, tmp, wave.step_timeout, wave.samples),
             "edgekit_known": {d.name: sorted(wave.known[d.name]) for d in devices}}
-
-
-def _sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # -- running the playbook ---------------------------------------------------------------------
