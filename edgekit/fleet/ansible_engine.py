@@ -42,8 +42,8 @@ PLAYBOOK = ANSIBLE_DIR / "wave.yml"
 # The role's task names that run the device's runner, and the stage a failure there is of.
 RUNNER_TASKS = ("status", "install", "activate", "evaluate", "restore")
 STAGE = {"status": "status", "runner present": "status", "activate": "activate", "evaluate": "evaluate",
-         "reports found": "collect", "reports fetched": "collect"}  # anything else of `install` is the install
-PROGRESS = {"status": "status", "upload": "upload", "evaluate": "evaluate", "reports found": "collect"}
+         "reports fetched": "collect"}  # anything else of `install` is the install
+PROGRESS = {"status": "status", "upload": "upload", "evaluate": "evaluate", "reports fetched": "collect"}
 
 
 class AnsibleEngine:
@@ -67,7 +67,7 @@ class AnsibleEngine:
                     for d in devices]
         with tempfile.TemporaryDirectory(prefix="edgekit-ansible-") as tmp:
             play = _Play(self, Path(tmp), wave.cancel, wave.step)
-            extra = _wave_vars(wave, devices, Path(tmp))
+            extra = role_vars(wave.bundle, Path(tmp), wave.step_timeout, wave.samples)
             first = play.run("install", devices, extra)
             outs = {d.name: _installed(d, first, wave) for d in devices}
             ready = [d for d in devices if isinstance(outs[d.name], dict) and not outs[d.name]["error"]]
@@ -176,11 +176,6 @@ def _status(d: Device, host: "_Host") -> dict:
 def _epoch(stamp: str) -> float:
     when = datetime.fromisoformat(stamp)
     return when.timestamp() if when.tzinfo else when.replace(tzinfo=datetime.now().astimezone().tzinfo).timestamp()
-
-
-def _wave_vars(wave: Wave, devices: Sequence[Device], tmp: Path) -> dict:
-    return {**role_vars(wave.bundle, tmp, wave.step_timeout, wave.samples),
-            "edgekit_known": {d.name: sorted(wave.known[d.name]) for d in devices}}
 
 
 # -- running the playbook ---------------------------------------------------------------------
