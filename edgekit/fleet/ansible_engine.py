@@ -18,6 +18,7 @@ stops ansible-playbook at once.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import tempfile
@@ -26,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Optional, Sequence
 
-from edgekit.errors import ConfigError, EdgekitError, RemoteCommandError
+from edgekit.errors import ConfigError, RemoteCommandError
 from edgekit.fleet.ansible_inventory import as_ansible, dump_yaml
 from edgekit.fleet.deploy import Wave, note_activation, restore_argv
 from edgekit.fleet.fanout import WORKERS, DeviceResult, FleetResult
@@ -52,11 +53,8 @@ class AnsibleEngine:
     name = "ansible"
 
     def __init__(self, workers: int = WORKERS, trust_new_hosts: bool = False, known_hosts: Optional[str] = None):
-        try:
-            import ansible_runner  # noqa: F401
-        except ImportError:
-            raise ConfigError("--engine ansible needs ansible-core and ansible-runner: "
-                              "pip install 'edgekit[ansible]'") from None
+        if importlib.util.find_spec("ansible_runner") is None:
+            raise ConfigError("--engine ansible needs ansible-core and ansible-runner: pip install 'edgekit[ansible]'")
         self.workers, self.trust_new_hosts, self.known_hosts = workers, trust_new_hosts, known_hosts
 
     # -- the Engine's three verbs ----------------------------------------------------------

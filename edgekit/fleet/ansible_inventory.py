@@ -288,8 +288,6 @@ def _plain(node) -> Any:
 
 
 def _yaml_group(path: Path, group: str, node, groups: _Groups) -> None:
-    import yaml
-
     groups.members.setdefault(group, set())
     for key, value, line in _mapping(path, node, f"group '{group}'"):
         if key == "hosts":
