@@ -138,12 +138,12 @@ def _installed(d: Device, events: "_Events", wave: Wave):
 def _evaluated(d: Device, events: "_Events", wave: Wave, out: dict, fetched: Path) -> None:
     """After the activate run: the run id of the evaluation and the reports fetched."""
     host = events.host(d.name)
-    out["stage"] = STAGE.get(host.failed_task or "", "activate") if host.failure else "collect"
-    if host.failure and out["stage"] == "activate" or host.interrupted:
+    if host.failure and host.failed_task != "reports fetched":  # a fetch that failed still judges what came
+        evaluating = host.interrupted or host.failed_task == "evaluate"  # interrupted before it, or timed out
+        out["stage"] = "evaluate" if evaluating else STAGE.get(host.failed_task or "", "activate")
         out["error"], out["interrupted"] = host.failure, host.interrupted
-        if host.interrupted:
-            out["stage"] = "evaluate"
         return
+    out["stage"] = "evaluate"
     try:
         reply = host.reply(d, "evaluate")
     except RemoteCommandError as exc:
