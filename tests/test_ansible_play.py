@@ -13,12 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers.cli import run_edgekit
+from helpers.cli import assert_clean_error, run_edgekit
 from helpers.fleet import device_models, package_with_budget
 from helpers.paths import REPO
-
-pytest.importorskip("ansible_runner", reason="the ansible extra is not installed (pip install 'edgekit[ansible]')")
-pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 PLAY = REPO / "edgekit" / "resources" / "ansible" / "rollout.yml"
 
@@ -36,7 +33,10 @@ def _play(inventory: Path, fleet, bundle: Path, store: Path, work: Path, *extra:
                           cwd=REPO, timeout=900)
 
 
+@pytest.mark.ssh
+@pytest.mark.slow
 def test_the_rollout_play_completes_and_halts_at_a_breaking_canary_with_it_put_back(tmp_path, sshd_fleet, bundles):
+    pytest.importorskip("ansible_runner", reason="the ansible extra is not installed (pip install 'edgekit[ansible]')")
     fleet = sshd_fleet(2, pythons=[sys.executable] * 2)
     names = [s.name for s in fleet.servers]
     inventory = tmp_path / "hosts.yml"
@@ -58,3 +58,13 @@ def test_the_rollout_play_completes_and_halts_at_a_breaking_canary_with_it_put_b
     models = {s.name: device_models(s.root)["digits"] for s in fleet.servers}
     assert {n: m["current"] for n, m in models.items()} == {n: "1.0.1" for n in names}  # the canary put back
     assert "1.0.2" in models[names[0]]["installed"] and "1.0.2" not in models[names[1]]["installed"]  # the rest untouched
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--fetched", "{tmp}/nowhere", "-d", "cam"], "/nowhere: no such folder"),
+    (["--fetched", "{tmp}", "-d", "cam", "--failed", "cam"], "--failed cam: give HOST=WHY"),
+])
+def test_the_gate_step_refuses_wrong_input(tmp_path, bundles, args, says):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    result = run_edgekit("fleet", "gate", bundles["1.0.1"].path, *args, "--store", tmp_path / "s.db")
+    assert_clean_error(result, says)
