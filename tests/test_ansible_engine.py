@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers.cli import run_edgekit
-from helpers.fleet import device_models, package_with_budget
+from helpers.cli import finish, run_edgekit, start_edgekit
+from helpers.devices import interrupting_python
+from helpers.fleet import (device_models, every_device_safe, package_with_budget, runs, store_agrees_with_devices,
+                           write_inventory)
 
 pytest.importorskip("ansible_runner", reason="the ansible extra is not installed (pip install 'edgekit[ansible]')")
-pytestmark = [pytest.mark.ssh, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 NAMES = ["cam-a", "cam-b", "cam-c"]
 # What a record says about a device that both engines must agree on (times, run ids and
@@ -65,6 +67,7 @@ def _runs(fleet) -> dict:
     return {s.name: device_models(s.root, python=s.python)["digits"]["current"] for s in fleet.servers}
 
 
+@pytest.mark.ssh
 def test_a_passing_bundle_leaves_the_same_records_as_the_native_engine(tmp_path, sshd_fleet, bundles):
     stores = {}
     for engine in ("native", "ansible"):
@@ -89,6 +92,7 @@ def test_a_passing_bundle_leaves_the_same_records_as_the_native_engine(tmp_path,
     assert shown[0] == shown[1] and shown[1][0]["status"] == "completed" and shown[1][0]["devices_ok"] == 3
 
 
+@pytest.mark.ssh
 def test_a_gate_breaking_bundle_halts_at_the_canary_and_every_device_is_restored(tmp_path, sshd_fleet, bundles):
     fleet, inventory = _fleet_with_100(sshd_fleet, tmp_path, bundles)
     breaking = package_with_budget(tmp_path / "dist", "1.0.1", tmp_path / "targets", max_peak_rss_mb=1.0)
@@ -104,6 +108,7 @@ def test_a_gate_breaking_bundle_halts_at_the_canary_and_every_device_is_restored
     assert [(e[1], e[2], e[3]) for e in events] == [(NAMES[0], "deploy", 0), (NAMES[0], "restore", 1)]
 
 
+@pytest.mark.ssh
 def test_a_wave_where_every_device_fails_is_judged_by_max_failures_not_by_ansible(tmp_path, sshd_fleet, bundles):
     """The batch after the canary fails on every device (their Python is missing). Ansible's own
     max_fail_percentage would stop the play there whatever it is set to; edgekit halts when
@@ -131,3 +136,27 @@ def test_a_wave_where_every_device_fails_is_judged_by_max_failures_not_by_ansibl
     record = went_on.json()
     assert record["outcome"] == "completed-with-failures", record
     assert went_on.code == 1  # devices failed: said by the exit code too
+
+
+def test_ctrl_c_during_the_canary_install_starts_no_further_step(tmp_path, bundles):
+    """The first Ctrl-C comes while the canary's runner installs: the install finishes, no
+    device is activated, and the rollout ends interrupted with every device as it was."""
+    roots = {f"dev-{i}": tmp_path / f"dev-{i}" for i in (1, 2)}
+    entries = [{"name": n, "transport": "local", "root": str(r), "target": "host-cpu"} for n, r in roots.items()]
+    inventory = write_inventory(tmp_path / "fleet.toml", entries)
+    store = tmp_path / "store.db"
+    assert run_edgekit("push", bundles["1.0.0"].path, "-i", inventory, "--activate", "--store", store).code == 0
+    pid = tmp_path / "pid"
+    python = interrupting_python(tmp_path, "install", pid)
+    wrapped = write_inventory(tmp_path / "wrapped.toml", [{**e, "python": python} for e in entries])
+    proc = start_edgekit("rollout", bundles["1.0.1"].path, "-i", wrapped, "--store", store, "--canary", "1",
+                         "--engine", "ansible", pid_file=pid)
+    code, out, err = finish(proc, timeout=900)
+    assert code == 130, (out, err)
+    assert "interrupted:" in err and "Traceback" not in err, err
+    assert runs(roots) == {"dev-1": "1.0.0", "dev-2": "1.0.0"}
+    assert "1.0.1" in device_models(roots["dev-1"])["digits"]["installed"]  # the install under way finished
+    every_device_safe(store, roots, "1.0.0", "1.0.1")
+    (status,) = sqlite3.connect(store).execute("SELECT status FROM rollouts ORDER BY id DESC LIMIT 1").fetchone()
+    assert status == "interrupted"
+    store_agrees_with_devices(store, inventory)
