@@ -33,7 +33,7 @@ from edgekit.fleet.deploy import Wave, note_activation, restore_argv
 from edgekit.fleet.fanout import WORKERS, DeviceResult, FleetResult
 from edgekit.fleet.ansible_play import pull_fetched, role_vars
 from edgekit.fleet.inventory import Device
-from edgekit.fleet.protocol import payload, runner_reply
+from edgekit.fleet.protocol import model_state, payload, runner_reply
 from edgekit.transport.base import Cancel, RunResult
 
 __all__ = ["AnsibleEngine", "PLAYBOOK", "ANSIBLE_DIR"]
@@ -83,12 +83,12 @@ class AnsibleEngine:
 
     def restore(self, devices: Sequence[Device], name: str, before: dict[str, dict]) -> FleetResult:
         extra = {"edgekit_restore": {d.name: restore_argv(name, before[d.name]) for d in devices}}
-        return self._simple("restore", devices, extra, "restore")
+        return self._simple("restore", devices, extra)
 
     def status(self, devices: Sequence[Device]) -> FleetResult:
-        return self._simple("status", devices, {}, "status")
+        return self._simple("status", devices, {})
 
-    def _simple(self, step: str, devices: Sequence[Device], extra: dict, task: str) -> FleetResult:
+    def _simple(self, step: str, devices: Sequence[Device], extra: dict) -> FleetResult:
         """One run of a one-command step: the runner's reply of each device, or its failure."""
         with tempfile.TemporaryDirectory(prefix="edgekit-ansible-") as tmp:
             events = _Play(self, Path(tmp), None, None).run(step, devices, extra)
@@ -99,14 +99,20 @@ class AnsibleEngine:
                 results.append(DeviceResult(d.name, "failed", error=host.failure, reached=False))
             elif host.failure:
                 results.append(DeviceResult(d.name, "failed", error=host.failure))
-            elif step == "status":
-                results.append(DeviceResult(d.name, "ok", _status(d, host)))
             else:
-                results.append(DeviceResult(d.name, "ok", payload(host.reply(d, task))))
+                results.append(_replied(d, host, step))
         return FleetResult(step, results)
 
 
 # -- reading a run's events into what deploy.deploy returns -----------------------------------
+
+
+def _replied(d: Device, host: "_Host", step: str) -> DeviceResult:
+    """The runner's reply to a status or restore, as the native engine gives it."""
+    try:
+        return DeviceResult(d.name, "ok", _status(d, host) if step == "status" else payload(host.reply(d, step)))
+    except RemoteCommandError as exc:
+        return DeviceResult(d.name, "failed", error=str(exc))
 
 
 def _fresh() -> dict:
@@ -120,11 +126,15 @@ def _installed(d: Device, events: "_Events", wave: Wave):
     if host.unreachable_first:
         return DeviceResult(d.name, "failed", error=host.failure, reached=False)
     out = _fresh()
-    if host.failed_task in ("status", "runner present"):
+    if host.failed_task in ("runner present", "status", "status read"):
         out["error"] = host.failure
         return out
-    status = _status(d, host)
-    out["live"] = {k: ((status.get("models") or {}).get(wave.bundle.name) or {}).get(k) for k in ("current", "previous")}
+    try:
+        status = _status(d, host)
+    except RemoteCommandError as exc:
+        out["error"] = str(exc)
+        return out
+    out["live"] = model_state(status, wave.bundle.name)
     out["clock_skew_s"] = status.get("clock_skew_s")
     out["before"] = wave.store.last_good(d.name, wave.bundle.name, out["live"])
     out["stage"] = "install"
