@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 # Two installs, one stamp each: the demo needs only the core package (ONNX Runtime), the
-# tests every extra (torch, LiteRT). The full install is a superset, so it also stamps the
+# tests every extra (torch, LiteRT, Ansible). The full install is a superset, so it also stamps the
 # core one: `make demo` after `make test` installs nothing, `make test` after `make demo`
 # adds the extras.
 CORE_STAMP := $(VENV)/.installed-core
@@ -20,7 +20,7 @@ $(CORE_STAMP): pyproject.toml | $(PY)
 	touch $@
 
 $(FULL_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[dev,tflite]'
+	$(PY) -m pip install --quiet -e '.[dev,tflite,ansible]'
 	touch $@ $(CORE_STAMP)
 
 venv: $(FULL_STAMP)

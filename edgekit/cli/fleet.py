@@ -14,7 +14,8 @@ from rich.markup import escape
 from edgekit.cli._common import JsonFlag, TargetsDir, console, err_console, exit_now, interrupts, print_json, progress
 from edgekit.terminal import Col, fit_table, fmt_time, print_notes
 
-InventoryOpt = Annotated[Path, typer.Option("--inventory", "-i", help="The inventory (fleet/*.toml).")]
+InventoryOpt = Annotated[Path, typer.Option(
+    "--inventory", "-i", help="The inventory: fleet/*.toml, or an Ansible INI or YAML inventory.")]
 DevicesOpt = Annotated[Optional[list[str]], typer.Option(
     "--device", "-d", help="Only this device (repeatable).", show_default=False)]
 GroupsOpt = Annotated[Optional[list[str]], typer.Option(
@@ -299,6 +300,33 @@ def status_cmd(
         with open_store(store) as db:
             result = fleet_status(devices, db, workers=workers, trust_new_hosts=trust_new_hosts)
     _finish(result, json, ("reachable", "running", "last_report_at", "clock", "python", "runner"))
+
+
+@fleet_app.command("export-inventory")
+def export_inventory_cmd(
+    inventory: InventoryOpt,
+    device: DevicesOpt = None,
+    group: GroupsOpt = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Write the Ansible inventory here (default: stdout).", show_default=False)] = None,
+    targets_dir: TargetsDir = None,
+) -> None:
+    """The inventory as an Ansible YAML inventory: tags become groups, root, python and target
+    edgekit_* host variables; `ansible-inventory -i FILE --list` reads it, and so does every
+    edgekit command that takes --inventory."""
+    from edgekit.fleet.ansible_inventory import as_ansible, dump_yaml, group_name
+
+    devices = _devices(inventory, device, group, targets_dir)
+    text = dump_yaml(as_ansible(devices))
+    renamed = sorted({(t, group_name(t)) for d in devices for t in d.tags if group_name(t) != t})
+    if renamed:
+        err_console.print("note: Ansible group names are letters, digits and _: " +
+                          ", ".join(f"tag {t} is group {g}" for t, g in renamed), highlight=False, soft_wrap=True)
+    if out is None:
+        console.out(text, end="", highlight=False)
+        return
+    out.write_text(text)
+    err_console.print(f"wrote {escape(str(out))}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -34,7 +34,7 @@ def init_cmd(
 @keys_app.command("trust")
 def trust_cmd(
     public_key: Annotated[Path, typer.Argument(help="The .pub file from `edgekit keys init`.")],
-    inventory: Annotated[Path, typer.Option("--inventory", "-i", help="The inventory (fleet/*.toml).")],
+    inventory: Annotated[Path, typer.Option("--inventory", "-i", help="The inventory: fleet/*.toml, or an Ansible INI or YAML inventory.")],
     device: Annotated[Optional[list[str]], typer.Option("--device", "-d", help="Only this device (repeatable).",
                                                         show_default=False)] = None,
     group: Annotated[Optional[list[str]], typer.Option("--group", "-g", help="Only devices with this tag (repeatable).",

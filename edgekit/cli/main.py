@@ -36,6 +36,7 @@ COMMAND_MODULES = [
     "fleet",
     "collect",
     "rollout",
+    "gate",
     "report",
     "demo",
 ]

@@ -111,6 +111,9 @@ def rollout_cmd(
     abort: Annotated[Optional[int], typer.Option(
         "--abort", metavar="ID", help="Put every device rollout ID activated the bundle on back to what it ran "
         "before.", show_default=False)] = None,
+    engine: Annotated[str, typer.Option(
+        "--engine", help="What carries out each wave: `native` (edgekit's own SSH fan-out) or `ansible` "
+        "(ansible-runner with edgekit's playbook); the plan, gates and records are the same.")] = "native",
     store: StoreOpt = None,
     workers: WorkersOpt = 8,
     trust_new_hosts: TrustNewOpt = False,
@@ -126,6 +129,7 @@ def rollout_cmd(
     goes on, `--abort ID` undoes it. Everything is recorded in the store."""
     from edgekit.bundle import read_bundle
     from edgekit.errors import ConfigError
+    from edgekit.fleet.rollout import engine_for
     from edgekit.store import open_store
 
     chosen = [flag for flag, given in (("--check", check), ("--resume", resume is not None),
@@ -136,8 +140,9 @@ def rollout_cmd(
         raise ConfigError(f"{chosen[0]} takes the bundle from the store: give no BUNDLE with it")
     if resume is None and abort is None and bundle is None:
         raise ConfigError("give the BUNDLE to roll out (or --resume ID / --abort ID)")
+    carrier = engine_for(engine, workers=workers, trust_new_hosts=trust_new_hosts)
     devices = _devices(inventory, device, group, targets_dir)
-    opts = {"workers": workers, "trust_new_hosts": trust_new_hosts}
+    opts = {"engine": carrier}
     if check:
         _check(read_bundle(bundle), devices, store, canary, batch, opts, json)
         return
@@ -152,14 +157,14 @@ def rollout_cmd(
 
 
 def _run(found, devices, db, resume, opts, **plan):
-    from edgekit.fleet import rollout as engine
+    from edgekit.fleet import rollout as staged
 
     with progress() as bar, interrupts("the rollout") as cancel:
         step, on_wave = _progress_hooks(bar, found.size if found else 0)
         try:
             if resume is not None:
-                return engine.resume(resume, devices, db, step=step, on_wave=on_wave, cancel=cancel, **opts)
-            return engine.rollout(found, devices, db, step=step, on_wave=on_wave, cancel=cancel, **plan, **opts)
+                return staged.resume(resume, devices, db, step=step, on_wave=on_wave, cancel=cancel, **opts)
+            return staged.rollout(found, devices, db, step=step, on_wave=on_wave, cancel=cancel, **plan, **opts)
         except KeyboardInterrupt:
             err_console.print("interrupted at once: devices still at work may run the new version unchecked; "
                               "`edgekit rollout --abort ID` puts them back (ID: `edgekit report --section rollouts`)",

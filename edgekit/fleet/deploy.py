@@ -5,31 +5,88 @@
 `deploy` runs in a fan-out worker and never raises for the device's own failures: what
 happened is a dict that the wave judges in the calling thread (`judge`). Before the
 activation it tells the store that the device is about to run a version that has not
-passed its gates, so that whatever happens next (a failure, Ctrl-C, a killed host) the
-store knows where the device must go back to: its last good state (Store.last_good).
+passed its gates (`note_activation`), so that whatever happens next (a failure, Ctrl-C, a
+killed host) the store knows where the device must go back to: its last good state
+(Store.last_good).
+
+An engine carries out a wave (`Engine`): deploy on each of its devices, restore, ask for
+status. `NativeEngine` is edgekit's own, `deploy` fanned out over the devices' transports;
+edgekit.fleet.ansible_engine does the same steps through ansible-runner. Whatever the
+engine, each device's outcome is the dict `deploy` returns, in a DeviceResult.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol, Sequence
 
 from edgekit.bundle import Bundle
 from edgekit.device_report import DeviceReport
 from edgekit.errors import EdgekitError, Interrupted, RemoteCommandError
 from edgekit.fleet.collect import Pulled, pull_reports, store_pulled
-from edgekit.fleet.fanout import DeviceResult, check_cancel, fan_out
+from edgekit.fleet.fanout import WORKERS, DeviceResult, FleetResult, check_cancel, fan_out
 from edgekit.fleet.gates import check_report
 from edgekit.fleet.inventory import Device
 from edgekit.fleet.protocol import SHORT_STEP_S, device_status, model_state, run_runner
-from edgekit.fleet.push import install_bundle
+from edgekit.fleet.push import install_bundle, status
 from edgekit.store import Store
 from edgekit.transport import Transport
 from edgekit.transport.base import Cancel
 
-__all__ = ["Step", "deploy", "judge", "restore", "restore_argv", "aftermath"]
+__all__ = ["Step", "Wave", "Engine", "NativeEngine", "deploy", "note_activation", "judge", "restore",
+           "restore_argv", "aftermath"]
 
 Step = Callable[[str, str, Optional[int], Optional[int]], None]  # (device, stage, done, total)
 JUDGED = ("run_id", "status", "accuracy", "cosine", "latency_p95", "peak_rss_mb")  # a device row's report
+
+
+@dataclass(frozen=True)
+class Wave:
+    """What an engine needs to carry out one wave of a rollout."""
+
+    bundle: Bundle
+    store: Store
+    rollout_id: int
+    kind: str                    # canary, batch 1, ...
+    known: dict[str, set[str]]   # device -> the run ids the store has (reports not fetched again)
+    samples: Optional[int]
+    step: Step
+    cancel: Optional[Cancel]
+    step_timeout: float
+
+
+class Engine(Protocol):
+    """Carries out a rollout's work on devices; rollout.py plans, judges and records."""
+
+    def deploy(self, wave: Wave, devices: Sequence[Device]) -> list[DeviceResult]:
+        """One result per device, in order: the dict `deploy` returns as its detail, "failed"
+        with reached=False when it could not be reached, "skipped" when interrupted before it started."""
+
+    def restore(self, devices: Sequence[Device], name: str, before: dict[str, dict]) -> FleetResult:
+        """Put NAME back to `before[device]`; each result's detail holds the runner's reply."""
+
+    def status(self, devices: Sequence[Device]) -> FleetResult:
+        """Each device's runner status (device_status)."""
+
+
+class NativeEngine:
+    """edgekit's own engine: every device through its own transport, a bounded pool at a time."""
+
+    name = "native"
+
+    def __init__(self, workers: int = WORKERS, **connect_opts):
+        self.opts = {"workers": workers, **connect_opts}
+
+    def deploy(self, wave: Wave, devices: Sequence[Device]) -> list[DeviceResult]:
+        work = lambda t, d: deploy(t, d, wave.bundle, wave.store, wave.rollout_id, wave.known[d.name],  # noqa: E731
+                                   wave.samples, wave.step, wave.cancel, wave.step_timeout)
+        return fan_out(devices, work, action=wave.kind, cancel=wave.cancel, **self.opts).results
+
+    def restore(self, devices: Sequence[Device], name: str, before: dict[str, dict]) -> FleetResult:
+        return restore(devices, name, before, **self.opts)
+
+    def status(self, devices: Sequence[Device]) -> FleetResult:
+        return status(devices, **self.opts)
 
 
 def deploy(t: Transport, d: Device, bundle: Bundle, store: Store, rollout_id: int, known: set[str],
@@ -69,13 +126,18 @@ def deploy(t: Transport, d: Device, bundle: Bundle, store: Store, rollout_id: in
 
 def _activate(t: Transport, d: Device, bundle: Bundle, store: Store, rollout_id: int, out: dict,
               timeout: float) -> None:
-    # The store hears of it first: if this host dies during the switch, it still knows that
-    # the device may run a version that never passed its gates, and where it came from.
+    note_activation(store, d.name, bundle, rollout_id, out)
+    run_runner(t, d, "activate", bundle.name, bundle.version, timeout=timeout)
+
+
+def note_activation(store: Store, device: str, bundle: Bundle, rollout_id: int, out: dict) -> None:
+    """Before a device switches: the store hears of it first. If this host dies during the
+    switch, it still knows that the device may run a version that never passed its gates,
+    and where it came from (out["before"])."""
     before = out["before"]
-    store.record_change(d.name, bundle.name, "activate", ok=True, before=before, gated=False, rollout_id=rollout_id,
+    store.record_change(device, bundle.name, "activate", ok=True, before=before, gated=False, rollout_id=rollout_id,
                         after={"current": bundle.version, "previous": before["current"]})
     out["activated"] = True  # from here on it may run the new version
-    run_runner(t, d, "activate", bundle.name, bundle.version, timeout=timeout)
 
 
 def _evaluate(t: Transport, d: Device, bundle: Bundle, samples: Optional[int], cancel: Optional[Cancel],

@@ -85,8 +85,15 @@ class Inventory:
 
 def load_inventory(path: str | Path, targets_dirs: Sequence[Path] = ()) -> Inventory:
     """The inventory at `path`, validated; `targets_dirs` are the folders of profiles besides
-    the shipped ones (--targets-dir), where each device's target must be found."""
+    the shipped ones (--targets-dir), where each device's target must be found. An Ansible
+    inventory (INI or YAML) is read too (edgekit.fleet.ansible_inventory)."""
+    from edgekit.fleet.ansible_inventory import is_ansible_inventory, read_ansible
+
     path = Path(path).expanduser()
+    if path.is_file() and is_ansible_inventory(path):
+        entries = read_ansible(path)
+        return _validated(path, [_device(path, line, raw, f"{path}:{line}: host '{raw['name']}'")
+                                 for line, raw in entries], targets_dirs)
     data = read_toml(path)
     unknown = set(data) - {"defaults", "device"}
     if unknown:
@@ -98,6 +105,10 @@ def load_inventory(path: str | Path, targets_dirs: Sequence[Path] = ()) -> Inven
     if not entries:
         raise ConfigError(f"{path}: no [[device]] entries")
     devices = [_device(path, i, {**defaults, **entry}) for i, entry in enumerate(entries)]
+    return _validated(path, devices, targets_dirs)
+
+
+def _validated(path: Path, devices: list[Device], targets_dirs: Sequence[Path]) -> Inventory:
     names = [d.name for d in devices]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -147,12 +158,12 @@ def _target_hint(target: str, known: list[str]) -> str:
     return f"did you mean {close[0]}{others}? or {elsewhere}"
 
 
-def _device(path: Path, index: int, raw: dict) -> Device:
+def _device(path: Path, index: int, raw: dict, label: Optional[str] = None) -> Device:
     if raw.get("transport") == "local" and "root" in raw:
         root = Path(str(raw["root"])).expanduser()
         raw["root"] = str(root if root.is_absolute() else (path.parent / root).resolve())
     try:
         return Device.model_validate(raw)
     except ValidationError as exc:
-        label = f"device[{index}]" + (f" '{raw['name']}'" if isinstance(raw.get("name"), str) else "")
-        raise ConfigError(pydantic_error_line(path, exc).replace(f"{path}: ", f"{path}: {label}: ", 1)) from exc
+        label = label or f"{path}: device[{index}]" + (f" '{raw['name']}'" if isinstance(raw.get("name"), str) else "")
+        raise ConfigError(pydantic_error_line(path, exc).replace(f"{path}: ", f"{label}: ", 1)) from exc

@@ -26,10 +26,10 @@ from edgekit.device.state import DIRS, RunnerError, check_name
 from edgekit.errors import Interrupted, RemoteCommandError, TransportError
 from edgekit.fleet.inventory import Device
 from edgekit.transport import Transport
-from edgekit.transport.base import Cancel
+from edgekit.transport.base import Cancel, RunResult
 from edgekit.words import PLAIN
 
-__all__ = ["DevicePaths", "SHORT_STEP_S", "runner_argv", "run_runner", "payload", "exit_cause", "has_runner",
+__all__ = ["DevicePaths", "SHORT_STEP_S", "runner_argv", "run_runner", "runner_reply", "payload", "exit_cause", "has_runner",
            "ensure_runner", "device_status", "model_state", "upload_path", "installed_meta"]
 
 SHORT_STEP_S = 120  # status, activate, restore: a runner that needs longer is stuck
@@ -82,6 +82,12 @@ def run_runner(transport: Transport, device: Device, *args: str, timeout: Option
     except TransportError as exc:  # no answer: timed out, or the connection went
         raise RemoteCommandError(f"device {device.name}: {step}: {_transport_cause(exc, timeout)}",
                                  device=device.name) from exc
+    return runner_reply(device, step, result)
+
+
+def runner_reply(device: Device, step: str, result: RunResult) -> dict:
+    """The runner's JSON from what one of its commands printed (by any engine); RemoteCommandError
+    naming the device, the step and the cause when it failed, carrying the reply in `.reply`."""
     lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
     try:
         reply = json.loads(lines[-1]) if lines else None

@@ -7,7 +7,9 @@ where the device would go back to, update the runner, upload and install the bun
 activate it, evaluate it on the device, and fetch the report into the store. Then the
 wave's gates (edgekit.fleet.gates) are applied to the reports, and failures (unreachable
 devices, refused installs, bad reports) are counted against --max-failures over the
-whole rollout.
+whole rollout. Carrying out a wave (and a restore) is the engine's job (deploy.Engine:
+edgekit's own fan-out, or Ansible through ansible-runner); the plan, the judging, the
+halt rule and the records are this module's, whatever the engine.
 
 A broken gate, too many failures, or a canary with no device checked halts the rollout:
 every device of that wave goes back to its last good state (the runner's `restore`: its
@@ -37,8 +39,8 @@ from typing import Callable, Optional, Sequence
 
 from edgekit.bundle import Bundle, read_bundle
 from edgekit.errors import BundleError, ConfigError
-from edgekit.fleet.deploy import Step, aftermath, deploy, judge, restore
-from edgekit.fleet.fanout import WORKERS, DeviceResult, fan_out
+from edgekit.fleet.deploy import Engine, NativeEngine, Step, Wave, aftermath, judge, restore
+from edgekit.fleet.fanout import WORKERS, DeviceResult
 from edgekit.fleet.gates import Breach
 from edgekit.fleet.inventory import Device
 from edgekit.fleet.push import for_target, step_timeout_for
@@ -46,10 +48,22 @@ from edgekit.store import Store
 from edgekit.transport.base import Cancel
 
 __all__ = ["RolloutResult", "parse_batch", "plan_waves", "rollout", "resume", "restore", "stored_rollout",
-           "stored_devices", "FAILED"]
+           "stored_devices", "halt_reason", "engine_for", "ENGINES", "FAILED"]
 
 _BATCH = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
 FAILED = ("failed", "unreachable")  # device failures, counted against --max-failures
+ENGINES = ("native", "ansible")
+
+
+def engine_for(name: str, *, workers: int = WORKERS, **connect_opts) -> Engine:
+    """The engine called `name` (--engine), working on `workers` devices at a time."""
+    if name == "native":
+        return NativeEngine(workers=workers, **connect_opts)
+    if name == "ansible":
+        from edgekit.fleet.ansible_engine import AnsibleEngine
+
+        return AnsibleEngine(workers=workers, **connect_opts)
+    raise ConfigError(f"--engine {name}: not an engine (choose {' or '.join(ENGINES)})")
 
 
 def parse_batch(text: str) -> tuple[Optional[int], Optional[float]]:
@@ -114,7 +128,7 @@ class _Run:
     step: Step
     on_wave: Optional[Callable[[int, str, list[str]], None]]
     cancel: Optional[Cancel]
-    opts: dict
+    engine: Engine
     step_timeout: float = 300.0
     failures: int = 0
     done: set = field(default_factory=set)  # devices that need no more work (a resumed rollout)
@@ -127,7 +141,8 @@ class _Run:
 # -- one wave --------------------------------------------------------------------------------
 
 
-def _halt_reason(rows: list[dict], kind: str, failures: int, max_failures: int) -> Optional[str]:
+def halt_reason(rows: list[dict], kind: str, failures: int, max_failures: int) -> Optional[str]:
+    """Why a wave halts the rollout (its judged rows; `failures` over the whole rollout), or None."""
     breaches = [b for row in rows for b in row["breaches"]]
     if breaches:
         return "; ".join(b.message for b in breaches)
@@ -145,8 +160,7 @@ def _restore_rows(run: _Run, index: int, todo: list[dict]) -> None:
     if not todo:
         return
     name = run.bundle.name
-    done = restore([run.devices[r["device"]] for r in todo], name, {r["device"]: r["before"] for r in todo},
-                   **run.opts)
+    done = run.engine.restore([run.devices[r["device"]] for r in todo], name, {r["device"]: r["before"] for r in todo})
     by_name = {x.device: x for x in done.results}
     for row in todo:
         back = by_name[row["device"]]
@@ -179,14 +193,14 @@ def _wave(run: _Run, index: int, kind: str, members: list[Device]) -> Optional[s
     if run.on_wave:
         run.on_wave(index, kind, [d.name for d in todo])
     known = {d.name: run.store.known_run_ids(d.name) for d in todo}
-    work = lambda t, d: deploy(t, d, run.bundle, run.store, run.rollout_id, known[d.name],  # noqa: E731
-                               run.samples, run.step, run.cancel, run.step_timeout)
-    result = fan_out(todo, work, action=kind, cancel=run.cancel, **run.opts)
-    rows = [judge(run.store, d, r, run.bundle) for d, r in zip(todo, result.results)]
+    wave = Wave(run.bundle, run.store, run.rollout_id, kind, known, run.samples, run.step, run.cancel,
+                run.step_timeout)
+    results = run.engine.deploy(wave, todo)
+    rows = [judge(run.store, d, r, run.bundle) for d, r in zip(todo, results)]
     for row in rows:
         run.step(row["device"], row["status"], None, None)
     run.failures += sum(r["status"] in FAILED for r in rows)
-    reason = _halt_reason(rows, kind, run.failures, run.max_failures)
+    reason = halt_reason(rows, kind, run.failures, run.max_failures)
     interrupted = run.cancel is not None and run.cancel.is_set()
     # Halted: the whole wave goes back. Otherwise every device whose new version is not
     # checked (failed, interrupted) goes back, and those that passed keep it.
@@ -207,10 +221,11 @@ def _wave(run: _Run, index: int, kind: str, members: list[Device]) -> Optional[s
 def rollout(bundle: Bundle, devices: Sequence[Device], store: Store, *, canary: int = 1, batch: str = "25%",
             max_failures: int = 0, samples: Optional[int] = None, workers: int = WORKERS, step: Optional[Step] = None,
             on_wave: Optional[Callable[[int, str, list[str]], None]] = None, cancel: Optional[Cancel] = None,
-            step_timeout: Optional[float] = None, **connect_opts) -> RolloutResult:
+            step_timeout: Optional[float] = None, engine: Optional[Engine] = None, **connect_opts) -> RolloutResult:
     """Roll `bundle` out to the devices of its target; see the module docstring. A device
     step that takes longer than `step_timeout` (default: step_timeout_for(bundle)) is a
-    failure of that device."""
+    failure of that device. `engine` carries out the waves (default: edgekit's own, with
+    `workers` and `connect_opts`)."""
     if max_failures < 0:
         raise ConfigError(f"--max-failures {max_failures}: must be 0 or more")
     chosen, skipped = for_target(devices, bundle.target)
@@ -222,13 +237,13 @@ def rollout(bundle: Bundle, devices: Sequence[Device], store: Store, *, canary: 
                                      sha256=bundle.sha256, path=str(bundle.path), options=options)
     result = RolloutResult(rollout_id, _bundle_info(bundle), skipped=skipped)
     run = _Run(bundle, store, result, {d.name: d for d in chosen}, max_failures, samples, step or (lambda *_: None),
-               on_wave, cancel, {"workers": workers, **connect_opts}, step_timeout)
+               on_wave, cancel, engine or NativeEngine(workers, **connect_opts), step_timeout)
     return _go(run, waves)
 
 
 def resume(rollout_id: int, devices: Sequence[Device], store: Store, *, workers: int = WORKERS,
            step: Optional[Step] = None, on_wave: Optional[Callable[[int, str, list[str]], None]] = None,
-           cancel: Optional[Cancel] = None, **connect_opts) -> RolloutResult:
+           cancel: Optional[Cancel] = None, engine: Optional[Engine] = None, **connect_opts) -> RolloutResult:
     """Go on with an interrupted rollout: the same bundle and waves; devices done are skipped."""
     record, bundle = _stored(store, rollout_id, "--resume", ("interrupted",))
     options = record["options"]
@@ -236,7 +251,7 @@ def resume(rollout_id: int, devices: Sequence[Device], store: Store, *, workers:
     waves = plan_waves(chosen, options["canary"], options["batch"])
     result = RolloutResult(rollout_id, _bundle_info(bundle), resumed=True)
     run = _Run(bundle, store, result, {d.name: d for d in chosen}, options["max_failures"], options.get("samples"),
-               step or (lambda *_: None), on_wave, cancel, {"workers": workers, **connect_opts},
+               step or (lambda *_: None), on_wave, cancel, engine or NativeEngine(workers, **connect_opts),
                options.get("step_timeout") or step_timeout_for(bundle))
     finished = {w["wave"] for w in record["waves"] if w["status"] == "passed"}
     last = {e["device"]: e for e in record["events"] if e["event"] == "deploy"}

@@ -13,11 +13,11 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from edgekit.bundle import Bundle
-from edgekit.fleet.deploy import restore
+from edgekit.fleet.deploy import Engine, NativeEngine
 from edgekit.fleet.fanout import WORKERS
 from edgekit.fleet.inventory import Device
 from edgekit.fleet.protocol import model_state
-from edgekit.fleet.push import for_target, status
+from edgekit.fleet.push import for_target
 from edgekit.fleet.rollout import plan_waves, stored_devices, stored_rollout
 from edgekit.store import Store
 
@@ -27,11 +27,12 @@ ABORTABLE = ("interrupted", "halted", "completed", "completed-with-failures", "f
 
 
 def check(bundle: Bundle, devices: Sequence[Device], store: Optional[Store], *, canary: int = 1,
-          batch: str = "25%", workers: int = WORKERS, **connect_opts) -> dict:
+          batch: str = "25%", workers: int = WORKERS, engine: Optional[Engine] = None, **connect_opts) -> dict:
     """{bundle, waves: [{wave, kind, devices: [{device, reachable, from, to, back_to, note}]}], skipped}."""
     chosen, skipped = for_target(devices, bundle.target)
     waves = plan_waves(chosen, canary, batch)
-    live = {r.device: r for r in status(chosen, workers=workers, **connect_opts).results}
+    engine = engine or NativeEngine(workers, **connect_opts)
+    live = {r.device: r for r in engine.status(chosen).results}
     out = []
     for index, (kind, members) in enumerate(waves, start=1):
         out.append({"wave": index, "kind": kind, "devices": [_plan_row(d, live[d.name], bundle, store)
@@ -57,12 +58,13 @@ def _plan_row(device: Device, found, bundle: Bundle, store: Optional[Store]) -> 
 
 
 def abort(rollout_id: int, devices: Sequence[Device], store: Store, *, workers: int = WORKERS,
-          **connect_opts) -> dict:
+          engine: Optional[Engine] = None, **connect_opts) -> dict:
     """Put back every device the rollout activated the bundle on; records it and the outcome."""
     record = stored_rollout(store, rollout_id, "--abort", ABORTABLE)
     by_name = {d.name: d for d in stored_devices(record, devices, "--abort")}
     first = _first_before(store.device_events(rollout_id=rollout_id))
-    current = {r.device: r for r in status([by_name[n] for n in first], workers=workers, **connect_opts).results}
+    engine = engine or NativeEngine(workers, **connect_opts)
+    current = {r.device: r for r in engine.status([by_name[n] for n in first]).results}
     todo, rows = {}, []
     for name, before in first.items():
         found = current[name]
@@ -75,7 +77,7 @@ def abort(rollout_id: int, devices: Sequence[Device], store: Store, *, workers: 
                          "error": f"runs {runs or 'nothing'} now, not {record['version']}: not changed"})
             continue
         todo[name] = before
-    done = restore([by_name[n] for n in todo], record["name"], todo, workers=workers, **connect_opts)
+    done = engine.restore([by_name[n] for n in todo], record["name"], todo)
     for r in done.results:
         after = {"current": r.detail.get("current"), "previous": r.detail.get("previous")} if r.ok else None
         store.record_change(r.device, record["name"], "restore", ok=r.ok, before=None, after=after,

@@ -1,0 +1,135 @@
+"""A fleet described once: an Ansible INI or YAML inventory (groups as tags) wherever edgekit
+takes --inventory, and edgekit's TOML inventory exported to one that Ansible reads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers.cli import assert_clean_error, run_edgekit
+
+ANSIBLE_INVENTORY = Path(sys.executable).parent / "ansible-inventory"
+
+
+def _ini(fleet, path: Path) -> Path:
+    """The sshd fleet as an Ansible INI inventory: the first device in [canary], all in [cameras]."""
+    lines = ["# the lab's cameras", "[canary]"]
+    s0 = fleet.servers[0]
+    lines.append(f"{s0.name} ansible_host=127.0.0.1 ansible_port={s0.port} edgekit_root={s0.root}")
+    lines += ["", "[rest]"]
+    lines += [f"{s.name} ansible_host=127.0.0.1 ansible_port={s.port} edgekit_root={s.root}" for s in fleet.servers[1:]]
+    lines += ["", "[cameras:children]", "canary", "rest", "", "[cameras:vars]", "edgekit_target=host-cpu",
+              f"edgekit_python={sys.executable}", "", "[all:vars]", "ansible_user=root",
+              f"ansible_ssh_private_key_file={fleet.client_key}"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.ssh
+def test_an_ansible_ini_inventory_with_groups_works_for_push_rollout_collect_and_status(tmp_path, sshd_fleet, bundles):
+    fleet = sshd_fleet(3)
+    names = [s.name for s in fleet.servers]
+    inventory = _ini(fleet, tmp_path / "hosts.ini")
+    store = tmp_path / "store.db"
+
+    pushed = run_edgekit("push", bundles["1.0.0"].path, "-i", inventory, "--group", "canary", "--activate", "--json",
+                         env=fleet.env)
+    assert pushed.code == 0, pushed.stderr
+    assert [d["device"] for d in pushed.json()["devices"]] == names[:1]
+
+    rolled = run_edgekit("rollout", bundles["1.0.1"].path, "-i", inventory, "--group", "cameras", "--canary", "1",
+                         "--store", store, "--json", env=fleet.env)
+    assert rolled.code == 0, rolled.stderr
+    assert sorted(d["device"] for w in rolled.json()["waves"] for d in w["devices"]) == sorted(names)
+
+    collected = run_edgekit("collect", "-i", inventory, "--group", "rest", "--store", store, "--json", env=fleet.env)
+    assert collected.code == 0, collected.stderr
+    assert sorted(d["device"] for d in collected.json()["devices"]) == sorted(names[1:])
+
+    status = run_edgekit("fleet", "status", "-i", inventory, "--store", store, "--json", env=fleet.env)
+    assert status.code == 0, status.stderr
+    seen = {d["device"]: d["versions"]["digits"]["current"] for d in status.json()["devices"]}
+    assert seen == {n: "1.0.1" for n in names}
+
+
+def _toml(tmp_path: Path) -> Path:
+    (tmp_path / "bench").mkdir()
+    path = tmp_path / "fleet.toml"
+    path.write_text(
+        '[defaults]\ntarget = "host-cpu"\n\n'
+        '[[device]]\nname = "cam-1"\nhost = "10.0.0.7"\nport = 2222\nuser = "edge"\n'
+        'identity_file = "~/.ssh/fleet_ed25519"\nroot = "/srv/edgekit"\npython = "/usr/bin/python3.9"\n'
+        'tags = ["cameras", "site-a"]\n\n'
+        '[[device]]\nname = "gw-1"\nhost = "gw.example"\nproxy_jump = "bastion"\ntags = ["site-a"]\n\n'
+        '[[device]]\nname = "bench"\ntransport = "local"\nroot = "bench"\nconnect_timeout = 3.0\n')
+    return path
+
+
+def test_the_toml_inventory_exports_to_one_ansible_reads_and_edgekit_reads_back(tmp_path):
+    if not ANSIBLE_INVENTORY.exists() and not shutil.which("ansible-inventory"):
+        pytest.skip("ansible-inventory is not installed (pip install 'edgekit[ansible]')")
+    toml = _toml(tmp_path)
+    out = tmp_path / "hosts.yml"
+    result = run_edgekit("fleet", "export-inventory", "-i", toml, "-o", out)
+    assert result.code == 0, result.stderr
+
+    listed = subprocess.run([str(ANSIBLE_INVENTORY) if ANSIBLE_INVENTORY.exists() else "ansible-inventory",
+                             "-i", str(out), "--list"], capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0 and "[WARNING]" not in listed.stderr, listed.stderr
+    seen = json.loads(listed.stdout)
+    assert sorted(seen["cameras"]["hosts"]) == ["cam-1"] and sorted(seen["site_a"]["hosts"]) == ["cam-1", "gw-1"]
+    assert "tag site-a is group site_a" in result.stderr  # Ansible's group names: letters, digits and _
+    cam = seen["_meta"]["hostvars"]["cam-1"]
+    assert cam == {"ansible_connection": "ssh", "ansible_host": "10.0.0.7", "ansible_port": 2222,
+                   "ansible_user": "edge", "ansible_ssh_private_key_file": "~/.ssh/fleet_ed25519",
+                   "ansible_python_interpreter": "/usr/bin/python3.9", "edgekit_python": "/usr/bin/python3.9",
+                   "edgekit_root": "/srv/edgekit", "edgekit_target": "host-cpu"}
+    assert seen["_meta"]["hostvars"]["gw-1"]["ansible_ssh_common_args"] == "-o ProxyJump=bastion"
+    assert seen["_meta"]["hostvars"]["bench"]["ansible_connection"] == "local"
+
+    from edgekit.fleet.inventory import load_inventory
+
+    back = {d.name: d for d in load_inventory(out).devices}  # and back, device for device
+    for d in load_inventory(toml).devices:
+        assert back[d.name] == d.model_copy(update={"tags": sorted(t.replace("-", "_") for t in d.tags)})
+
+
+def test_stdout_export_is_the_same_inventory(tmp_path):
+    toml = _toml(tmp_path)
+    result = run_edgekit("fleet", "export-inventory", "-i", toml, "--group", "cameras")
+    assert result.code == 0, result.stderr
+    (tmp_path / "cams.yaml").write_text(result.stdout)
+    from edgekit.fleet.inventory import load_inventory
+
+    assert [d.name for d in load_inventory(tmp_path / "cams.yaml").devices] == ["cam-1"]
+
+
+@pytest.mark.parametrize("name, text, says", [
+    ("hosts.ini", "[cams]\ncam1 ansible_host=10.0.0.1 edgekit_target=host-cpu\ncam2 ansible_port=x edgekit_target=host-cpu\n",
+     "hosts.ini:3: host 'cam2': ansible_port=x: not a number"),
+    ("hosts.ini", "[cams]\ncam1 ansible_host=10.0.0.1\n", "hosts.ini:2: host 'cam1': no edgekit_target"),
+    ("hosts.ini", "[cams\ncam1\n", "hosts.ini:1: '[cams': a section is [group]"),
+    ("hosts.ini", "[cams:hosts]\ncam1\n", "hosts.ini:1: [cams:hosts]: unknown section kind"),
+    ("hosts.ini", "[cams]\ncam[01:20] edgekit_target=host-cpu\n", "hosts.ini:2: host 'cam[01:20]': host ranges"),
+    ("hosts.ini", "[cams]\ncam1 edgekit_target=host-cpu ansible_connection=winrm\n",
+     "hosts.ini:2: host 'cam1': ansible_connection=winrm"),
+    ("hosts.ini", "[cams]\ncam1 edgekit_target=host-cpu ansible_port=70000\n", "hosts.ini:2: host 'cam1': field 'port'"),
+    ("hosts.ini", "[cams]\ncam1 edgekit_target=hostcpu\n", "device 'cam1': target 'hostcpu' names no profile"),
+    ("hosts.ini", "# nothing yet\n", "hosts.ini: no hosts in this Ansible inventory"),
+    ("hosts.yml", "all:\n  hosts:\n    cam1:\n      edgekit_target: host-cpu\n      ansible_port: [1]\n",
+     "hosts.yml:3: host 'cam1': ansible_port=[1]: not a number"),
+    ("hosts.yml", "all:\n  hosts:\n    cam1: [1, 2]\n", "hosts.yml:3: host 'cam1': expected its variables"),
+    ("hosts.yml", "all:\n  hostz:\n    cam1:\n", "hosts.yml:2: group 'all': 'hostz'"),
+    ("hosts.yml", "all:\n  hosts:\n    cam1: {\n", "hosts.yml:4: not valid YAML"),
+])
+def test_a_wrong_ansible_inventory_is_named_by_file_and_line(tmp_path, name, text, says):
+    path = tmp_path / name
+    path.write_text(text)
+    result = run_edgekit("fleet", "status", "-i", path)
+    assert_clean_error(result)
+    assert says in result.stderr, result.stderr
