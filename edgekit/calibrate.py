@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from edgekit.calibration_record import SCHEMA, CalibrationRecord
-from edgekit.candidates import Candidate, attempt, choose, score
+from edgekit.candidates import Candidate, attempt, choose, mark_collapsed, score
 from edgekit.datasets import Dataset
 from edgekit.errors import GateError
 from edgekit.machine import cpu_facts, measured_on_host
@@ -74,6 +74,7 @@ class _Run:
             notify(on_step, "quantize")
             c.path = self.toolchain.quantize(self.fp32, c.recipe, self.workdir / f"{c.id}{self.toolchain.suffix}",
                                              calibration=self.calibration, on_step=on_step)
+            c.weights = self.toolchain.quantized_weights(self.fp32, c.path)
             refusal = self.toolchain.model_refusal(c.path, self.profile)
             if refusal:  # the device's runtime cannot load it: never measured, never chosen
                 c.status, c.error = "failed", f"not offered: {refusal}"
@@ -124,6 +125,7 @@ def calibrate(model: str | Path, profile: Profile, calibration: Dataset, eval_da
         if search is not None and toolchain.searches:
             found, search_record = _search(run, search, candidates, started, on_candidate, on_step)
             candidates += found
+        mark_collapsed(candidates, run.baseline)
         chosen, why = choose(candidates, profile)
         if chosen is None and search_record and search_record["stopped"] not in ("off", "not-needed"):
             why += f"; mixed-precision search: {search_record['why']}"
