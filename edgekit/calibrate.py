@@ -121,6 +121,7 @@ def calibrate(model: str | Path, profile: Profile, calibration: Dataset, eval_da
             notify(within(on_step, phase="baseline", candidate="fp32"), "evaluate")
             run.baseline = run.measure_baseline()
         _sweep(run, candidates, on_candidate, on_step)
+        mark_collapsed(candidates, run.baseline)  # a collapsed candidate is no base for the search
         search_record = None
         if search is not None and toolchain.searches:
             found, search_record = _search(run, search, candidates, started, on_candidate, on_step)
@@ -155,7 +156,8 @@ def _search(run: _Run, options: SearchOptions, uniform: list[Candidate], started
     from edgekit.search.mixed import run_search
 
     ctx = SearchContext(run.fp32, run.calibration, run.workdir, run.baseline, started, on_candidate,
-                        measure=run.measure, on_step=within(on_step, phase="search"))
+                        measure=run.measure, on_step=within(on_step, phase="search"),
+                        objective=run.profile.objective, precisions=tuple(run.profile.precisions))
     return run_search(options, uniform, ctx)
 
 

@@ -24,6 +24,10 @@ is kept in float (``kept``: the nodes a search keeps in float on purpose), the n
 output gains cannot be its own, and is traced back to the nearest quantized nodes
 upstream (``traced``, part of their score).
 
+Scores are finite: a float tensor that is not (an additive attention mask holds -inf or
+finfo.min) is left out of the comparison, and a quantized tensor that overflowed counts as
+noise _MAX_NSR times its signal, so no NaN or overflow warning is raised either.
+
 Scores are relative noise powers, not dB: an SQNR drop of 30 dB down to 25 dB adds far
 less noise than one of 20 dB down to 5 dB, and the ranking should say so.
 
@@ -47,6 +51,7 @@ __all__ = ["NodeSensitivity", "rank_nodes"]
 
 _SAVED = "_ReshapedSavedOutput"  # qdq_loss_debug's suffix for an augmented model's extra outputs
 _MIN_SCORE = 1e-9  # below this a node adds no noise worth keeping it in float for
+_MAX_NSR = 1e6  # a quantized tensor that overflowed or turned NaN: the worst, but a finite score
 _FOLDABLE = ("Relu", "Clip")  # activations that QDQ folds into the QuantizeLinear before them
 _TRACE_DEPTH = 4  # nodes a kept node's noise is traced back through (bias Add, Relu, Reshape, ...)
 
@@ -145,12 +150,14 @@ def _noise_ratios(float_model: Path, quantized: Path, visible: dict[str, str], f
         q_out = dict(zip(q_saved, q_session.run(list(q_saved.values()), batch)))
         for name, q_name in pairs.items():
             f, q = f_out[name].astype(np.float64), q_out[q_name].astype(np.float64)
-            if name in signal and f.shape == q.shape:
-                signal[name] += float(np.sum(f * f))
-                noise[name] += float(np.sum((q - f) ** 2))
-            else:
-                signal.pop(name, None)  # not the same tensor after all
-    return {name: noise[name] / signal[name] for name in signal if signal[name] > 0}
+            if name in signal and f.shape == q.shape and np.isfinite(f).all():
+                with np.errstate(over="ignore", invalid="ignore"):
+                    signal[name] += float(np.sum(f * f))
+                    noise[name] += float(np.sum((q - f) ** 2))
+            else:  # not the same tensor after all, or one no ratio describes (an attention mask's -inf)
+                signal.pop(name, None)
+    return {name: min(noise[name] / signal[name], _MAX_NSR) if np.isfinite(noise[name]) else _MAX_NSR
+            for name in signal if 0 < signal[name] < np.inf}
 
 
 def _augmented_session(model: Path, dest: Path):

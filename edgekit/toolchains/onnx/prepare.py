@@ -72,10 +72,12 @@ def _prepare(model: Path, dest: Path):
 
     from edgekit.toolchains.onnx.quantize import _quiet_ort, name_nodes
 
-    source = model
+    source, failures = model, []
     if any(n.op_type == "Constant" for n in onnx.load(str(model), load_external_data=False).graph.node):
-        source = fold(model, dest / "folded.onnx")
-    failures = []
+        try:
+            source = fold(model, dest / "folded.onnx")
+        except Exception as exc:  # onnxruntime cannot load it here (a custom op): quantize it unfolded
+            failures.append(f"folding Constant nodes: {_reason(exc)}")
     for options in ({}, {"skip_symbolic_shape": True}):
         try:
             with _quiet_ort():
