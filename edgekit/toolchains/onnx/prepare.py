@@ -27,7 +27,6 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 from edgekit.errors import NotApplicable
 

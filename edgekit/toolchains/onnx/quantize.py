@@ -27,16 +27,7 @@ quantize. An entry that matches nothing is an error rather than a silent no-op. 
 ONNX Runtime as node names (unnamed nodes are named first); quantize_dynamic rewrites a
 Gemm X as MatMul X_MatMul + Add X_Add, and the names follow.
 
-Bounded memory. Calibration reads at most ``max_samples`` samples, ``batch_size`` at a
-time. ONNX Runtime's entropy and percentile calibrators keep every calibrated activation
-of every batch they are fed until the end of one ``collect_data`` call; we make
-quantize_static call it once per chunk of ``CHUNK_BATCHES`` batches (its
-``CalibStridedMinMax`` option, whose loop serves every calibrator), so at most
-``CHUNK_BATCHES * batch_size`` samples' activations (default 8 x 16 = 128) are held at a
-time before they are folded into histograms. MinMax keeps only per-batch minima and
-maxima. ``CalibMaxIntermediateOutputs`` is not used: in onnxruntime 1.32 only the MinMax
-calibrator reads it, and it discards each full chunk without merging its ranges
-(onnxruntime issue 18893), failing outright when the batch count is a multiple of it.
+Bounded memory: see edgekit.toolchains.onnx.static (CHUNK_BATCHES).
 """
 
 from __future__ import annotations
@@ -52,18 +43,17 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 
-from edgekit.datasets import Dataset, InputSpec
+from edgekit.datasets import Dataset
 from edgekit.errors import ConfigError, EdgekitError, QuantizeError
 from edgekit.progress import OnStep, notify
 from edgekit.recipes import Recipe
 from edgekit.toolchains.onnx.models import check_onnx, external_data_files, model_inputs
 from edgekit.toolchains.onnx.prepare import first_report, prepare
+from edgekit.toolchains.onnx.static import CHUNK_BATCHES, Reader
 
 __all__ = ["quantize", "check_recipe", "prepared", "name_nodes", "CHUNK_BATCHES"]
 
-CHUNK_BATCHES = 8
 log = logging.getLogger(__name__)
 
 
@@ -153,8 +143,8 @@ def _run(model: Path, recipe: Recipe, staged: Path, tmp: Path, calibration: Opti
 
         notify(on_step, "quantize", "scanning activation ranges")
         specs = model_inputs(model)
-        scan = list(_Reader(calibration, specs, 8, 8 * SCAN_BATCHES).feeds())
-        reader = _Reader(calibration, specs, batch_size, max_samples, on_step)
+        scan = list(Reader(calibration, specs, 8, 8 * SCAN_BATCHES).feeds())
+        reader = Reader(calibration, specs, batch_size, max_samples, on_step)
         kept = quantize_static_robust(source, staged, recipe, included, excluded + list(recipe.weight_only),
                                       reader, scan)
     else:
@@ -291,52 +281,6 @@ def _why_none(recipe: Recipe) -> str:
     if recipe.precision in ("int8-token", "int8-block", "int4-block"):
         return "it has no MatMul with a constant float weight, nor an embedding table, that the recipe takes"
     return "it has no node with a constant float weight of an op type the recipe quantizes"
-
-
-class _Reader:
-    """Calibration batches for quantize_static, one chunk of batches per set_range() unit.
-
-    quantize_static asks for len() units and calls set_range(i, i + 1) then collect_data
-    for each (its CalibStridedMinMax loop); ORT's CalibrationDataReader recognises any class
-    with get_next(), so this needs no ORT import. Chunks are taken in order from one stream of
-    batches; the short last batch gets a chunk of its own because the histogram collector
-    stacks a chunk's batches into one array.
-    """
-
-    def __init__(self, data: Dataset, specs: list[InputSpec], batch_size: int, max_samples: int,
-                 on_step: Optional[OnStep] = None):
-        n = min(len(data), max_samples)
-        full = n // batch_size
-        self._chunks = [min(CHUNK_BATCHES, full - i) for i in range(0, full, CHUNK_BATCHES)]
-        if n % batch_size:
-            self._chunks.append(1)
-        self._dtypes = {s.name: np.dtype(s.dtype) for s in specs}
-        self._stream = data.batches(batch_size, limit=n)
-        self._left = sum(self._chunks)  # everything, for an onnxruntime that never calls set_range
-        self._total, self._given, self._on_step = sum(self._chunks), 0, on_step
-
-    def __len__(self) -> int:
-        return len(self._chunks)
-
-    def feeds(self):
-        """Every batch, in order, without the chunking (for a range scan)."""
-        while self._left > 0:
-            yield self.get_next()
-
-    def set_range(self, start_index: int, end_index: int) -> None:
-        self._left = sum(self._chunks[start_index:end_index])
-
-    def get_next(self) -> Optional[dict[str, np.ndarray]]:
-        if self._left <= 0:
-            if self._given == self._total:  # ORT now computes the ranges and writes the model
-                self._given += 1
-                notify(self._on_step, "quantize", "applying the ranges")
-            return None
-        self._left -= 1
-        self._given += 1
-        notify(self._on_step, "quantize", f"calibration {self._given}/{self._total}")
-        inputs, _ = next(self._stream)
-        return {name: np.ascontiguousarray(inputs[name], dtype=dtype) for name, dtype in self._dtypes.items()}
 
 
 @contextlib.contextmanager

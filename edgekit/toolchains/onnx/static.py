@@ -12,6 +12,17 @@ write one are then left out of ``op_types_to_quantize``, which is also what ONNX
 calibrator looks at, so it never sees those tensors: on BERT-style encoders that keeps the
 mask arithmetic (Add, Where) and the Softmax in float. A fragile tensor read by a MatMul, Gemm
 or Conv leaves that node in float instead. What was kept, and why, goes into the record.
+
+Bounded memory. Calibration reads at most ``max_samples`` samples, ``batch_size`` at a
+time. ONNX Runtime's entropy and percentile calibrators keep every calibrated activation
+of every batch they are fed until the end of one ``collect_data`` call; we make
+quantize_static call it once per chunk of ``CHUNK_BATCHES`` batches (its
+``CalibStridedMinMax`` option, whose loop serves every calibrator), so at most
+``CHUNK_BATCHES * batch_size`` samples' activations (default 8 x 16 = 128) are held at a
+time before they are folded into histograms. MinMax keeps only per-batch minima and
+maxima. ``CalibMaxIntermediateOutputs`` is not used: in onnxruntime 1.32 only the MinMax
+calibrator reads it, and it discards each full chunk without merging its ranges
+(onnxruntime issue 18893), failing outright when the batch count is a multiple of it.
 """
 
 from __future__ import annotations
@@ -22,9 +33,13 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["quantize_static_robust", "fragile_tensors", "FRAGILE"]
+from edgekit.datasets import Dataset, InputSpec
+from edgekit.progress import OnStep, notify
+
+__all__ = ["quantize_static_robust", "fragile_tensors", "Reader", "FRAGILE", "CHUNK_BATCHES"]
 
 FRAGILE = 1e4
+CHUNK_BATCHES = 8
 SCAN_BATCHES = 2
 _SAVED = "_ReshapedSavedOutput"
 _LINEAR = ("MatMul", "Gemm", "Conv", "ConvTranspose")
@@ -85,3 +100,49 @@ def fragile_tensors(model: Path, feeds: list) -> set:
 def _tame(value: np.ndarray) -> bool:
     with np.errstate(invalid="ignore", over="ignore"):
         return bool(np.isfinite(value).all() and np.abs(value).max() < FRAGILE)
+
+
+class Reader:
+    """Calibration batches for quantize_static, one chunk of batches per set_range() unit.
+
+    quantize_static asks for len() units and calls set_range(i, i + 1) then collect_data
+    for each (its CalibStridedMinMax loop); ORT's CalibrationDataReader recognises any class
+    with get_next(), so this needs no ORT import. Chunks are taken in order from one stream of
+    batches; the short last batch gets a chunk of its own because the histogram collector
+    stacks a chunk's batches into one array.
+    """
+
+    def __init__(self, data: Dataset, specs: list[InputSpec], batch_size: int, max_samples: int,
+                 on_step: Optional[OnStep] = None):
+        n = min(len(data), max_samples)
+        full = n // batch_size
+        self._chunks = [min(CHUNK_BATCHES, full - i) for i in range(0, full, CHUNK_BATCHES)]
+        if n % batch_size:
+            self._chunks.append(1)
+        self._dtypes = {s.name: np.dtype(s.dtype) for s in specs}
+        self._stream = data.batches(batch_size, limit=n)
+        self._left = sum(self._chunks)  # everything, for an onnxruntime that never calls set_range
+        self._total, self._given, self._on_step = sum(self._chunks), 0, on_step
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    def feeds(self):
+        """Every batch, in order, without the chunking (for a range scan)."""
+        while self._left > 0:
+            yield self.get_next()
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._left = sum(self._chunks[start_index:end_index])
+
+    def get_next(self) -> Optional[dict[str, np.ndarray]]:
+        if self._left <= 0:
+            if self._given == self._total:  # ORT now computes the ranges and writes the model
+                self._given += 1
+                notify(self._on_step, "quantize", "applying the ranges")
+            return None
+        self._left -= 1
+        self._given += 1
+        notify(self._on_step, "quantize", f"calibration {self._given}/{self._total}")
+        inputs, _ = next(self._stream)
+        return {name: np.ascontiguousarray(inputs[name], dtype=dtype) for name, dtype in self._dtypes.items()}
