@@ -134,14 +134,14 @@ def build_encoder(path: str | Path, *, outlier_layer: bool = False, seed: int = 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgekit-tests")
     model.ir_version = 8  # readable by the older onnxruntime that devices run
     if constant_weights:
-        _to_constant_nodes(model)
+        to_constant_nodes(model)
     onnx.checker.check_model(model, full_check=True)
     path = Path(path)
     onnx.save(model, path)
     return path
 
 
-def _to_constant_nodes(model) -> None:
+def to_constant_nodes(model) -> None:
     """Every initializer becomes a Constant node; 2-D MatMul weights are stored transposed."""
     g = model.graph
     weights = {n.input[1] for n in g.node if n.op_type == "MatMul"}
