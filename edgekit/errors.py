@@ -5,7 +5,7 @@
     ├── ModelError               exit 2: a model is missing, corrupt or cannot be converted
     ├── DataError                exit 2: a data set is missing, malformed or does not fit the model
     ├── QuantizeError            exit 1: a quantization recipe failed on a valid model
-    │   └── NotApplicable        the recipe quantizes nothing of this model
+    │   └── NotApplicable        exit 2: the recipe quantizes nothing of this model
     ├── BundleError              exit 2: a bundle is malformed
     │   └── IntegrityError       exit 2: a hash, size or signature does not match
     ├── TransportError           exit 1: talking to a device failed
@@ -79,7 +79,8 @@ class QuantizeError(EdgekitError):
 class NotApplicable(QuantizeError):
     """The recipe has nothing to quantize in this model (calibrate records it as not applicable)."""
 
-    HINT = None
+    exit_code = 2
+    HINT = "choose a recipe the model has weights for (int8-token and the *-block recipes take MatMul weights)"
 
 
 class BundleError(EdgekitError):

@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from helpers.encoder import build_encoder, make_encoder_data
+from helpers.cli import assert_clean_error
 from helpers.paths import EXAMPLE_ONNX, REPO
 
 from edgekit.candidates import Candidate, mark_collapsed
@@ -167,3 +168,19 @@ def test_a_node_can_get_8_bit_weight_blocks_instead_of_int8(work):
     assert [n.name for n in nodes if n.op_type == "MatMulNBits"] == ["layer1/ffn/fc2_Q8"]
     assert "MatMulInteger" in _ops(mixed)
     assert _cosine(mixed, model, evald) > _cosine(uniform, model, evald)
+
+
+def test_quantize_command_refuses_what_does_not_fit(edgekit, work, tmp_path):
+    d, _, _ = work
+    model = build_encoder(d / "plain.onnx")
+    assert_clean_error(edgekit("quantize", model, "--precision", "int4-block", "--block-size", "12", "-o",
+                               tmp_path / "q.onnx"), "block size 12")
+    assert_clean_error(edgekit("quantize", model, "--precision", "int8-dynamic", "--block-size", "32", "-o",
+                               tmp_path / "q.onnx"), "int8-block and int4-block only")
+    assert_clean_error(edgekit("quantize", EXAMPLE_ONNX, "--precision", "int8-token", "-o", tmp_path / "q.onnx"),
+                       "quantizes no weight of this model")
+    result = edgekit("quantize", model, "--precision", "int4-block", "--block-size", "32", "--algorithm", "kquant",
+                     "-o", tmp_path / "k.onnx", "--json")
+    assert result.code == 0, result.stderr
+    assert result.json()["recipe"]["id"] == "int4-block-b32-kquant" and "MatMulNBits" in _ops(tmp_path / "k.onnx")
+    assert "INFO" not in result.stderr  # the algorithms' own loggers stay quiet

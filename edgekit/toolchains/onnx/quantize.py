@@ -289,12 +289,14 @@ def _quiet_ort():
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
+    logging.disable(logging.WARNING)  # loggers with their own handlers too (the weight-only algorithms')
     try:  # numpy's warnings from inside ORT's calibrators: the candidate's fidelity tells the outcome
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             warnings.simplefilter("ignore", UserWarning)  # torch, under ORT's HQQ
             yield
     finally:
+        logging.disable(logging.NOTSET)
         root.setLevel(level)
 
 
