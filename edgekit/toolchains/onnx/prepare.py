@@ -143,10 +143,15 @@ def weight_coverage(source: Path, quantized_proto) -> dict:
     return {"quantized": len(done), "weights": len(before), "share": round(sum(done.values()) / total, 4) if total else 0.0}
 
 
-def check_applicable(recipe_id: str, coverage: dict, fp32_bytes: int, out_bytes: int, why_none: str) -> None:
-    """NotApplicable when the recipe quantized no weight, or its model is not smaller than FP32."""
+def check_applicable(recipe_id: str, coverage: dict, fp32_bytes: int, out_bytes: int, why_none: str,
+                     min_share: float = 0.0) -> None:
+    """NotApplicable when the recipe quantized no weight (or less than min_share of the weight
+    bytes), or its model is not smaller than FP32."""
     if coverage["quantized"] == 0:
         raise NotApplicable(f"{recipe_id} quantizes no weight of this model: {why_none}")
+    if coverage["share"] < min_share:
+        raise NotApplicable(f"{recipe_id} quantizes only {coverage['share']:.0%} of this model's weight bytes "
+                            f"({coverage['quantized']} of {coverage['weights']} weights): {why_none}")
     if out_bytes >= fp32_bytes:
         raise NotApplicable(f"{recipe_id} quantized {coverage['quantized']} of {coverage['weights']} weights but "
                             f"its model ({out_bytes} bytes) is not smaller than FP32 ({fp32_bytes} bytes)")

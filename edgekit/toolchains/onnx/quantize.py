@@ -55,6 +55,8 @@ from edgekit.toolchains.onnx.static import CHUNK_BATCHES, Reader
 __all__ = ["quantize", "check_recipe", "prepared", "name_nodes", "CHUNK_BATCHES"]
 
 log = logging.getLogger(__name__)
+_TRANSFORMER = ("int8-token", "int8-block", "int4-block")  # recipes for MatMul weights and embedding tables
+MIN_SHARE = 0.5  # such a recipe covering less of the weight bytes (a CNN's embedding) is not applicable
 
 
 def quantize(model: Path, recipe: Recipe, out: Path, *, calibration: Optional[Dataset] = None,
@@ -268,7 +270,8 @@ def _finish(staged: Path, source: Path, preprocess_error: Optional[str], applied
         stamp(proto, {k: v for k, v in (("preprocess", preprocess_error), ("kept_float", float_kept)) if v})
     onnx.save(proto, str(staged))
     if applied is not None:
-        check_applicable(recipe.id, coverage, _bytes(source), staged.stat().st_size, _why_none(recipe))
+        check_applicable(recipe.id, coverage, _bytes(source), staged.stat().st_size, _why_none(recipe),
+                         min_share=MIN_SHARE if recipe.precision in _TRANSFORMER else 0.0)
 
 
 def _bytes(model: Path) -> int:
@@ -278,8 +281,8 @@ def _bytes(model: Path) -> int:
 
 
 def _why_none(recipe: Recipe) -> str:
-    if recipe.precision in ("int8-token", "int8-block", "int4-block"):
-        return "it has no MatMul with a constant float weight, nor an embedding table, that the recipe takes"
+    if recipe.precision in _TRANSFORMER:
+        return "the recipe takes MatMul weights and embedding tables, and the model keeps its weights elsewhere"
     return "it has no node with a constant float weight of an op type the recipe quantizes"
 
 
@@ -287,17 +290,19 @@ def _why_none(recipe: Recipe) -> str:
 def _quiet_ort():
     """onnxruntime.quantization prints progress to stdout and logs on the root logger."""
     root = logging.getLogger()
-    level = root.level
+    level, handlers = root.level, list(root.handlers)  # ORT's weight-only module calls basicConfig on import
     root.setLevel(logging.ERROR)
-    logging.disable(logging.WARNING)  # loggers with their own handlers too (the weight-only algorithms')
+    disabled = logging.root.manager.disable  # this may be nested (pre-processing inside a recipe)
+    logging.disable(max(disabled, logging.WARNING))  # loggers with their own handlers too (the weight-only algorithms')
     try:  # numpy's warnings from inside ORT's calibrators: the candidate's fidelity tells the outcome
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             warnings.simplefilter("ignore", UserWarning)  # torch, under ORT's HQQ
             yield
     finally:
-        logging.disable(logging.NOTSET)
+        logging.disable(disabled)
         root.setLevel(level)
+        root.handlers[:] = handlers
 
 
 def _reason(exc: BaseException) -> str:

@@ -15,8 +15,9 @@ no data) and "kquant" (llama.cpp's k-quant search) are ORT's too. HQQ is refused
 the onnxruntime 1.32 CPU kernel refuses the model it writes (float zero points). GPTQ is not
 offered: it needs a calibration reader and, measured on MiniLM, did worse than RTN.
 
-Embedding tables (Gather of a constant float table along axis 0): at 4 bits, ORT's
-GatherBlockQuantized; at 8 bits (which ORT 1.32 quantizes only at 4) and with HQQ, row-wise
+Embedding tables (Gather of a constant float table along axis 0): at 4 bits in a model of
+opset 21 or more, ORT's GatherBlockQuantized; otherwise (ORT 1.32 quantizes Gather at 4 bits
+only, HQQ's float zero points do not fit it, and its int4 tables need opset 21) row-wise
 INT8 from standard ops (``Gather(int8 table) -> Cast -> Mul(Gather(row scales))``), the
 table staying INT8 in memory.
 
@@ -48,7 +49,9 @@ def quantize_weights(model: Path, out: Path, *, bits: int = 4, block_size: int =
     op_types, exclude, keep_8bit = tuple(op_types), set(exclude), set(keep_8bit)
     proto = onnx.load(str(model))
     nodes = None if nodes is None else set(nodes)
-    gathers_by_ort = "Gather" in op_types and bits == 4 and algorithm != "hqq"
+    # ORT's 4-bit Gather writes int4 tensors and so raises the model's opset to 21, which breaks
+    # older ops (ReduceMax's axes attribute): below opset 21 tables get INT8 rows instead
+    gathers_by_ort = "Gather" in op_types and bits == 4 and algorithm != "hqq" and _opset(proto) >= 21
     ort_ops = tuple(op for op in op_types if op == "MatMul" or (op == "Gather" and gathers_by_ort))
     if ort_ops:
         proto = _nbits(proto, bits, block_size, symmetric, accuracy_level, algorithm, ort_ops, nodes,
@@ -59,6 +62,10 @@ def quantize_weights(model: Path, out: Path, *, bits: int = 4, block_size: int =
         embeddings_rowwise(proto, nodes=nodes, exclude=exclude)
     onnx.save(proto, str(out))
     return Path(out)
+
+
+def _opset(proto) -> int:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _check(bits: int, block_size: int, algorithm: Optional[str]) -> None:
