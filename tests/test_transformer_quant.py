@@ -185,3 +185,28 @@ def test_quantize_command_refuses_what_does_not_fit(edgekit, work, tmp_path):
     assert result.code == 0, result.stderr
     assert result.json()["recipe"]["id"] == "int4-block-b32-kquant" and "MatMulNBits" in _ops(tmp_path / "k.onnx")
     assert "INFO" not in result.stderr  # the algorithms' own loggers stay quiet
+
+
+def test_own_error_is_measured_on_the_quantized_inputs(work):
+    """edgekit.search.local: each quantized linear node run in float on the inputs the quantized
+    model gave it; the outlier block's fc2 (outliers in its input) does the most harm itself."""
+    from edgekit.search.local import LocalErrors
+    from edgekit.search.sensitivity import _feeds, _units, _visible
+    from edgekit.toolchains.onnx.models import model_inputs
+    from edgekit.toolchains.onnx.quantize import prepared
+
+    d, calib, _ = work
+    model = build_encoder(d / "outliers.onnx", outlier_layer=True)
+    quantized = quantize(model, Recipe(precision="int8-dynamic"), d / "dyn-local.onnx")
+    float_graph, q_graph = onnx.load(str(prepared(model))), onnx.load(str(quantized)).graph
+    local = LocalErrors(float_graph, quantized, {u[0].name for u in _units(list(float_graph.graph.node), q_graph)},
+                        _visible(q_graph))
+    for batch in _feeds(calib, model_inputs(model), 16, 8, None):
+        local.add(batch)
+    errors = local.ratios(1e6)
+    assert len(errors) >= 12 and all(np.isfinite(v) and v >= 0 for v in errors.values())
+    assert max(errors, key=errors.get) == "layer1/ffn/fc2"
+    same = LocalErrors(float_graph, prepared(model), {"layer0/ffn/fc1"}, {})  # the float model against itself
+    for batch in _feeds(calib, model_inputs(model), 8, 8, None):
+        same.add(batch)
+    assert same.ratios(1e6) == {"layer0/ffn/fc1": 0.0}
