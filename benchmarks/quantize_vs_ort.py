@@ -27,6 +27,7 @@ from pathlib import Path
 
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's edgekit, whatever is installed
 sys.path.insert(0, str(REPO / "tests"))  # the encoder builder is shared with the tests
 sys.path.insert(0, str(REPO / "tests" / "helpers"))
 
