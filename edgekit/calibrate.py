@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Optional, Protocol
 
 from edgekit.calibration_record import SCHEMA, CalibrationRecord
-from edgekit.candidates import Candidate, attempt, choose, score
+from edgekit.candidates import Candidate, attempt, choose, mark_collapsed, score
 from edgekit.datasets import Dataset
 from edgekit.errors import GateError
 from edgekit.machine import cpu_facts, measured_on_host
@@ -100,6 +100,7 @@ class _Run:
             notify(on_step, "quantize")
             c.path = self.toolchain.quantize(self.fp32, c.recipe, self.workdir / f"{c.id}{self.toolchain.suffix}",
                                              calibration=self.calibration, on_step=on_step)
+            c.weights = self.toolchain.quantized_weights(self.fp32, c.path)
             refusal = self.toolchain.model_refusal(c.path, self.profile)
             if refusal:  # the device's runtime cannot load it: never measured, never chosen
                 c.status, c.error = "failed", f"not offered: {refusal}"
@@ -146,10 +147,12 @@ def calibrate(model: str | Path, profile: Profile, calibration: Dataset, eval_da
             notify(within(on_step, phase="baseline", candidate="fp32"), "evaluate")
             run.baseline = run.measure_baseline()
         _sweep(run, candidates, on_candidate, on_step)
+        mark_collapsed(candidates, run.baseline)  # a collapsed candidate is no base for the search
         search_record = None
         if search is not None and toolchain.searches:
             found, search_record = _search(run, search, candidates, started, on_candidate, on_step)
             candidates += found
+        mark_collapsed(candidates, run.baseline)
         chosen, why = choose(candidates, profile)
         if chosen is None and search_record and search_record["stopped"] not in ("off", "not-needed"):
             why += f"; mixed-precision search: {search_record['why']}"
@@ -179,7 +182,8 @@ def _search(run: _Run, options: SearchOptions, uniform: list[Candidate], started
     from edgekit.search.mixed import run_search
 
     ctx = SearchContext(run.fp32, run.calibration, run.workdir, run.baseline, started, on_candidate,
-                        measure=run.measure, on_step=within(on_step, phase="search"))
+                        measure=run.measure, on_step=within(on_step, phase="search"),
+                        objective=run.profile.objective, precisions=tuple(run.profile.precisions))
     return run_search(options, uniform, ctx)
 
 

@@ -2,7 +2,8 @@
 
     schema, model {path, sha256, [format], inputs, [converted]}, target (profile snapshot),
     budgets, objective, metric, baseline, data {calibration, eval}, candidates [{id, recipe,
-    status, error, passed, failed_budgets, metrics, seconds}], chosen, output {file, sha256},
+    status, error, passed, failed_budgets, metrics, seconds, [weights], [collapsed]}], chosen,
+    output {file, sha256},
     why, versions, machine, measured_on, created_at, [search]
 
 One typed object from the moment it is made or read: calibrate writes it, package takes
@@ -96,14 +97,17 @@ class DataSection(_Part):
 
 
 class CandidateRecord(_Part):
+    OPTIONAL = ("weights", "collapsed")
     id: str
     recipe: Recipe
-    status: Literal["ok", "failed", "pending"]
+    status: Literal["ok", "failed", "pending", "not-applicable"]  # not-applicable: error says why
     error: Optional[str] = None
     passed: bool = False
     failed_budgets: list[str] = []
     metrics: dict = {}  # the evaluation's JSON and, against the baseline, "drop"; {} when never measured
     seconds: float = 0.0
+    weights: Optional[dict] = None  # what it quantized: {quantized, weights, share, [preprocess], [kept_float]}
+    collapsed: bool = False  # its quality fell far below the other candidates' (edgekit.candidates.COLLAPSE)
 
 
 class OutputRecord(_Part):
@@ -188,4 +192,5 @@ def _row(no: int, c: CandidateRecord, chosen: bool) -> dict:
             "passed": c.passed, "failed_budgets": "; ".join(c.failed_budgets), "accuracy": m.get("accuracy"),
             "drop": m.get("drop"), "top1_agreement": fid.get("top1_agreement"), "cosine": fid.get("cosine"),
             "model_mb": m.get("model_mb"), "latency_p50": lat.get("p50"), "latency_p95": lat.get("p95"),
-            "peak_rss_mb": m.get("peak_rss_mb"), "load_ms": m.get("load_ms"), "error": c.error}
+            "peak_rss_mb": m.get("peak_rss_mb"), "load_ms": m.get("load_ms"), "error": c.error,
+            "collapsed": c.collapsed, "weights_share": (c.weights or {}).get("share")}

@@ -5,6 +5,7 @@
     score(c, ...)       measure its model as a device would (a fresh process) and judge it
     check_budgets(...)  the budgets a candidate's metrics break (edgekit.budgets.check)
     choose(cs, profile) the best passing candidate by the target's objective, and why
+    mark_collapsed(cs)  label the candidates whose quality fell far below the others'
 
 calibrate's sweep and the mixed-precision search (edgekit.search) both make candidates and
 leave the choice to choose().
@@ -19,16 +20,19 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from edgekit.budgets import Measured, check
-from edgekit.errors import EdgekitError, Interrupted
+from edgekit.errors import EdgekitError, Interrupted, NotApplicable
 from edgekit.progress import OnStep, notify
 from edgekit.recipes import Recipe
 from edgekit.targets import Profile
 
-__all__ = ["Candidate", "attempt", "score", "check_budgets", "choose", "quality", "NOISE", "QUALITY_DIGITS"]
+__all__ = ["Candidate", "attempt", "score", "check_budgets", "choose", "quality", "mark_collapsed", "NOISE",
+           "QUALITY_DIGITS", "COLLAPSE_LOSS", "COLLAPSE_RATIO"]
 
 OBJECTIVE_KEYS = {"latency": ("latency_ms", "p50"), "size": ("model_mb", None), "memory": ("peak_rss_mb", None)}
 NOISE = 0.05  # objective values within 5% of the best are measurement noise, not a win
 QUALITY_DIGITS = 4  # accuracy or cosine differences below 1e-4 do not decide a near-tie
+COLLAPSE_LOSS = 0.1  # a candidate that loses more than this much accuracy or cosine ...
+COLLAPSE_RATIO = 10  # ... and more than 10x what the best other quantized candidate loses, collapsed
 _CALIBRATED = ("model_mb", "peak_rss_mb", "latency_p95", "accuracy_drop", "fidelity_cosine")
 
 
@@ -36,19 +40,22 @@ _CALIBRATED = ("model_mb", "peak_rss_mb", "latency_p95", "accuracy_drop", "fidel
 class Candidate:
     id: str
     recipe: Recipe
-    status: str = "pending"  # ok | failed
+    status: str = "pending"  # ok | failed | not-applicable (the recipe quantizes nothing of the model)
     error: Optional[str] = None
     passed: bool = False
     failed_budgets: list[str] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
     seconds: float = 0.0
     path: Optional[Path] = None
+    weights: Optional[dict] = None  # what the recipe quantized (edgekit.toolchains.onnx.prepare)
+    collapsed: bool = False
 
     def record(self) -> dict:
         """The candidate as calibration.json lists it (edgekit.calibration_record.CandidateRecord)."""
+        extra = {"weights": self.weights} if self.weights is not None else {}
         return {"id": self.id, "recipe": self.recipe.record(), "status": self.status, "error": self.error,
                 "passed": self.passed, "failed_budgets": self.failed_budgets, "metrics": self.metrics,
-                "seconds": round(self.seconds, 2)}
+                "seconds": round(self.seconds, 2), **extra, **({"collapsed": True} if self.collapsed else {})}
 
 
 @contextmanager
@@ -63,7 +70,7 @@ def attempt(c: Candidate) -> Iterator[None]:
     except EdgekitError as exc:
         if c.recipe.precision == "fp32":
             raise
-        c.status, c.error, c.passed = "failed", str(exc), False
+        c.status, c.error, c.passed = "not-applicable" if isinstance(exc, NotApplicable) else "failed", str(exc), False
     finally:
         c.seconds = time.perf_counter() - start
 
@@ -117,6 +124,21 @@ def choose(candidates: list[Candidate], profile: Profile) -> tuple[Optional[Cand
     why = (f"objective '{profile.objective}': {len(passing)} of {len(candidates)} candidates meet every budget of "
            f"{profile.name}; {len(near)} within {NOISE:.0%} of the lowest {unit}")
     return best, why + (", of which this is the most accurate, then smallest model" if len(near) > 1 else "")
+
+
+def mark_collapsed(candidates: list[Candidate], baseline: Optional[dict]) -> list[Candidate]:
+    """Label (and return) the quantized candidates that collapsed: each loses more than
+    COLLAPSE_LOSS of the baseline's accuracy or cosine, and more than COLLAPSE_RATIO times
+    what the best other quantized candidate loses. They stay in the table and the record,
+    labelled, so a broken recipe is never read as a slightly worse one."""
+    top = quality(baseline, missing=1.0) if baseline else 1.0
+    measured = [c for c in candidates if c.status == "ok" and c.recipe.precision not in ("fp32", "fp16")]
+    losses = {c.id: top - quality(c.metrics, missing=top) for c in measured}
+    for c in measured:
+        others = [loss for cid, loss in losses.items() if cid != c.id]
+        best = max(min(others, default=0.0), 0.0)
+        c.collapsed = losses[c.id] > COLLAPSE_LOSS and losses[c.id] > COLLAPSE_RATIO * best
+    return [c for c in measured if c.collapsed]
 
 
 def _objective_value(c: Candidate, objective: str) -> float:

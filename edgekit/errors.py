@@ -5,6 +5,7 @@
     ├── ModelError               exit 2: a model is missing, corrupt or cannot be converted
     ├── DataError                exit 2: a data set is missing, malformed or does not fit the model
     ├── QuantizeError            exit 1: a quantization recipe failed on a valid model
+    │   └── NotApplicable        exit 2: the recipe quantizes nothing of this model
     ├── BundleError              exit 2: a bundle is malformed
     │   └── IntegrityError       exit 2: a hash, size or signature does not match
     ├── TransportError           exit 1: talking to a device failed
@@ -32,6 +33,7 @@ __all__ = [
     "ModelError",
     "DataError",
     "QuantizeError",
+    "NotApplicable",
     "BundleError",
     "IntegrityError",
     "TransportError",
@@ -72,6 +74,13 @@ class DataError(EdgekitError):
 class QuantizeError(EdgekitError):
     exit_code = 1
     HINT = "try another recipe (--precision, --method) or keep the failing nodes in float (--exclude)"
+
+
+class NotApplicable(QuantizeError):
+    """The recipe has nothing to quantize in this model (calibrate records it as not applicable)."""
+
+    exit_code = 2
+    HINT = "choose a recipe the model has weights for (int8-token and the *-block recipes take MatMul weights)"
 
 
 class BundleError(EdgekitError):

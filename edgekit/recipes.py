@@ -1,4 +1,18 @@
-"""A quantization recipe: the one value that quantize, calibrate and package pass around."""
+"""A quantization recipe: the one value that quantize, calibrate and package pass around.
+
+Beyond the precision (edgekit.words.PRECISIONS) and the INT8 options (method, per-channel,
+reduce-range, exclude, include), a recipe may carry:
+
+    block_size, accuracy_level, algorithm   the weight-only block recipes (int8-block, int4-block):
+                                            weights per block of `block_size` along K, the
+                                            MatMulNBits accuracy level (4: INT8 activations per
+                                            block, the fast kernel), ORT's algorithm (None = RTN)
+    symmetric                               int8-static: symmetric activations; *-block: symmetric
+                                            weights (None: the toolchain's default)
+    weight_only                             nodes that, instead of the recipe's INT8, get 8-bit
+                                            weight-only blocks (what the search moves a node to
+                                            when that mends it at less cost than float)
+"""
 
 from __future__ import annotations
 
@@ -8,9 +22,10 @@ from pydantic import BaseModel, ConfigDict
 
 from edgekit.words import Precision
 
-__all__ = ["Recipe", "METHODS"]
+__all__ = ["Recipe", "METHODS", "ALGORITHMS"]
 
 METHODS = ("minmax", "entropy", "percentile")
+ALGORITHMS = ("rtn", "hqq", "kquant")
 
 
 class Recipe(BaseModel):
@@ -22,22 +37,45 @@ class Recipe(BaseModel):
     reduce_range: bool = False
     exclude: tuple[str, ...] = ()
     include: tuple[str, ...] = ()
+    block_size: Optional[int] = None
+    accuracy_level: Optional[int] = None
+    algorithm: Optional[Literal["rtn", "hqq", "kquant"]] = None
+    symmetric: Optional[bool] = None
+    weight_only: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
-        """A short, stable, human-readable name: int8-static-entropy-pc-rr."""
+        """A short, stable, human-readable name: int8-static-entropy-pc-rr, int4-block-b32-a4."""
         parts = [self.precision]
         if self.method:
             parts.append(self.method)
+        if self.block_size:
+            parts.append(f"b{self.block_size}")
+        if self.accuracy_level is not None:
+            parts.append(f"a{self.accuracy_level}")
+        if self.algorithm:
+            parts.append(self.algorithm)
+        if self.symmetric is not None:
+            parts.append("sym" if self.symmetric else "asym")
         if self.per_channel:
             parts.append("pc")
         if self.reduce_range:
             parts.append("rr")
         if self.exclude:
             parts.append(f"x{len(self.exclude)}")
+        if self.weight_only:
+            parts.append(f"w{len(self.weight_only)}")
         if self.include:
             parts.append(f"i{len(self.include)}")
         return "-".join(parts)
 
     def record(self) -> dict:
-        return self.model_dump(mode="json")
+        """The recipe as records hold it; the fields a recipe of before these options lacks are
+        left out at their defaults, so older records and manifests read the same."""
+        data = self.model_dump(mode="json")
+        for key in ("block_size", "accuracy_level", "algorithm", "symmetric"):
+            if data[key] is None:
+                del data[key]
+        if not data["weight_only"]:
+            del data["weight_only"]
+        return data

@@ -127,7 +127,7 @@ def strict_targets(tmp_path):
     folder = tmp_path / "targets"
     folder.mkdir()
     (folder / "int8-only.toml").write_text(HOST_CPU.replace('name = "host-cpu"', 'name = "int8-only"').replace(
-        'precisions = ["fp32", "fp16", "int8-dynamic", "int8-static"]', 'precisions = ["int8-static"]'))
+        'precisions = ["fp32", "fp16", "int8-dynamic", "int8-static", "int8-token", "int8-block", "int4-block"]', 'precisions = ["int8-static"]'))
     (folder / "tiny.toml").write_text(HOST_CPU.replace('name = "host-cpu"', 'name = "tiny"').replace(
         "max_model_mb = 512.0", "max_model_mb = 0.05"))
     (folder / "litert.toml").write_text(HOST_CPU.replace('name = "host-cpu"', 'name = "litert"').replace(

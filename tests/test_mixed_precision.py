@@ -32,7 +32,7 @@ def _int8_profile(tmp_path, min_cosine: float):
     """host-cpu's budgets, INT8 only (so FP32 and FP16 cannot win), per-tensor only."""
     text = (REPO / "targets" / "host-cpu.toml").read_text()
     for old, new in {'name = "host-cpu"': 'name = "int8-only"',
-                     'precisions = ["fp32", "fp16", "int8-dynamic", "int8-static"]':
+                     'precisions = ["fp32", "fp16", "int8-dynamic", "int8-static", "int8-token", "int8-block", "int4-block"]':
                          'precisions = ["int8-dynamic", "int8-static"]',
                      "per_channel = true": "per_channel = false", "reduce_range = true": "reduce_range = false",
                      "min_fidelity_cosine = 0.95": f"min_fidelity_cosine = {min_cosine}"}.items():

@@ -68,6 +68,7 @@ def models(tmp_path_factory) -> list[Path]:
     a dynamic-INT8 digits model with Conv kept in float, and models stamped past what 1.19 reads."""
     from edgekit.calibrate import sweep_recipes
     from edgekit.datasets import load_dataset
+    from edgekit.errors import NotApplicable
     from edgekit.toolchains.onnx.quantize import quantize
     from edgekit.recipes import Recipe
     from edgekit.targets import load_profile
@@ -79,7 +80,10 @@ def models(tmp_path_factory) -> list[Path]:
     made = []
     for name, (source, calibration) in sources.items():
         for recipe in sweep_recipes(load_profile("host-cpu")):
-            made.append(quantize(source, recipe, work / f"{name}-{recipe.id}.onnx", calibration=calibration))
+            try:
+                made.append(quantize(source, recipe, work / f"{name}-{recipe.id}.onnx", calibration=calibration))
+            except NotApplicable:  # the per-token and weight-only recipes on the digits CNN
+                assert name == "digits"
     made.append(quantize(EXAMPLE_ONNX, Recipe(precision="int8-dynamic", exclude=("Conv",)),
                          work / "digits-int8-dynamic-conv-float.onnx"))
     made += [_probe(work / "opset21.onnx", 21, 10), _probe(work / "opset22.onnx", 22, 8),

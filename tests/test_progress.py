@@ -59,7 +59,7 @@ def test_a_profile_without_fp32_reports_the_baseline_first(tmp_path):
 def _int8_profile(tmp_path):
     text = (REPO / "targets" / "host-cpu.toml").read_text()
     for old, new in {'name = "host-cpu"': 'name = "int8-only"',
-                     'precisions = ["fp32", "fp16", "int8-dynamic", "int8-static"]': 'precisions = ["int8-dynamic"]',
+                     'precisions = ["fp32", "fp16", "int8-dynamic", "int8-static", "int8-token", "int8-block", "int4-block"]': 'precisions = ["int8-dynamic"]',
                      "per_channel = true": "per_channel = false", "reduce_range = true": "reduce_range = false",
                      "min_fidelity_cosine = 0.95": "min_fidelity_cosine = 0.99"}.items():
         assert old in text

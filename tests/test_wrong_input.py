@@ -283,7 +283,7 @@ def test_without_json_stdout_stays_empty(edgekit, tmp_path):
 
 def test_a_result_already_printed_is_the_one_json_object(edgekit, tmp_path):
     """calibrate --json prints its record even when no candidate passes (exit 3): no second object."""
-    target = profile_with(tmp_path, 'precisions = ["fp32", "fp16", "int8-dynamic", "int8-static"]',
+    target = profile_with(tmp_path, 'precisions = ["fp32", "fp16", "int8-dynamic", "int8-static", "int8-token", "int8-block", "int4-block"]',
                           'precisions = ["fp32"]')
     target.write_text(target.read_text().replace("max_latency_ms_p95 = 1000.0", "max_latency_ms_p95 = 1e-6"))
     result = edgekit("calibrate", EXAMPLE_ONNX, "--target", target, "--calibration", CALIB, "--eval", EVAL,

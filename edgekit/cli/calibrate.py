@@ -190,6 +190,11 @@ def print_table(record: CalibrationRecord) -> None:
     for c in record.candidates:  # the reasons, below the table so that it fits 80 columns
         if c.status == "failed":
             console.print(f"  {c.id}: {c.error}", style="red", highlight=False, markup=False)
+        elif c.status == "not-applicable":
+            console.print(f"  {c.id}: not applicable: {c.error}", style="dim", highlight=False, markup=False)
+        elif c.collapsed:
+            console.print(f"  {c.id}: collapsed (far below the other candidates); " + "; ".join(c.failed_budgets),
+                          style="red", highlight=False, markup=False)
         elif not c.passed:
             console.print(f"  {c.id}: " + "; ".join(c.failed_budgets), style="yellow", highlight=False)
     print_measured_on(record.measured_on)
@@ -215,7 +220,8 @@ def _row(c: CandidateRecord, chosen: Optional[str], metric: str) -> list[str]:
     lat, fid = m.get("latency_ms") or {}, m.get("fidelity") or {}
     first = m.get("accuracy") if metric == "accuracy" else fid.get("cosine")
     second = m.get("drop") if metric == "accuracy" else fid.get("top1_agreement")
-    verdict = ("[red]error[/]" if c.status == "failed" else "[green]✓[/]" if c.passed else "[yellow]✗[/]")
+    verdict = ("[red]error[/]" if c.status == "failed" else "[dim]n/a[/]" if c.status == "not-applicable"
+               else "[red]collapsed[/]" if c.collapsed else "[green]✓[/]" if c.passed else "[yellow]✗[/]")
     name = ("★ " if c.id == chosen else "  ") + c.id
     return [name, _fmt(first, ".4f"), _fmt(second, ".4f"), _fmt(m.get("model_mb"), ".3f"),
             _fmt(lat.get("p50"), ".3f"), _fmt(lat.get("p95"), ".3f"), _fmt(m.get("peak_rss_mb"), ".0f"), verdict]

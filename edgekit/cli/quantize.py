@@ -15,13 +15,16 @@ from edgekit.words import PRECISIONS
 
 def quantize_cmd(
     model: Annotated[str, typer.Argument(help="The FP32 model: .onnx, .pt2 or pkg.module:factory.")],
-    precision: Annotated[str, typer.Option("--precision", "-p", help="fp32 | fp16 | int8-dynamic | int8-static.")],
+    precision: Annotated[str, typer.Option("--precision", "-p", help="fp32 | fp16 | int8-dynamic | int8-static | int8-token | int8-block | int4-block (the last three ONNX only).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the quantized model (.onnx, or .tflite for a tflite target).")],
     method: Annotated[Optional[str], typer.Option("--method", help="int8-static calibration: minmax (default) | entropy | percentile.")] = None,
     per_channel: Annotated[bool, typer.Option("--per-channel", help="One weight scale per output channel.")] = False,
     reduce_range: Annotated[bool, typer.Option("--reduce-range", help="7-bit weights, for x86 CPUs without VNNI.")] = False,
     exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Keep these nodes or op types in float (name, glob or op type; repeatable).")] = None,
     include: Annotated[Optional[list[str]], typer.Option("--include", help="Quantize only these op types (repeatable).")] = None,
+    block_size: Annotated[Optional[int], typer.Option("--block-size", help="int8-block / int4-block: weights per block (32 default; a power of two, at least 16).")] = None,
+    accuracy_level: Annotated[Optional[int], typer.Option("--accuracy-level", help="int8-block / int4-block: MatMulNBits accuracy level 0-4 (4: the fast kernel).")] = None,
+    algorithm: Annotated[Optional[str], typer.Option("--algorithm", help="int8-block / int4-block: rtn (default) | hqq (4 bits) | kquant.")] = None,
     calibration: Annotated[Optional[Path], typer.Option("--calibration", help="Calibration data set (.npz or directory); int8-static needs one.")] = None,
     max_samples: Annotated[int, typer.Option("--max-samples", min=1, help="Calibrate on at most this many samples.")] = 512,
     target: Annotated[Optional[str], typer.Option("--target", "-t", help="Target profile name or TOML: a tflite target gets a .tflite model.")] = None,
@@ -32,7 +35,8 @@ def quantize_cmd(
     from edgekit.datasets import load_dataset
     from edgekit.progress import notify, within
 
-    recipe = _recipe(precision, method, per_channel, reduce_range, exclude, include)
+    recipe = _recipe(precision, method, per_channel, reduce_range, exclude, include,
+                     {"block_size": block_size, "accuracy_level": accuracy_level, "algorithm": algorithm})
     calib = load_dataset(calibration, role="calibration data") if calibration else None
     profile = _profile(target, targets_dir)
     toolchain = _toolchain(model, out, profile, recipe)
@@ -53,9 +57,12 @@ def quantize_cmd(
                   highlight=False)
 
 
-def _recipe(precision, method, per_channel, reduce_range, exclude, include):
+def _recipe(precision, method, per_channel, reduce_range, exclude, include, blocks: dict):
     from edgekit.errors import ConfigError
-    from edgekit.recipes import METHODS, Recipe
+    from edgekit.recipes import ALGORITHMS, METHODS, Recipe
+
+    if blocks["algorithm"] is not None and blocks["algorithm"] not in ALGORITHMS:
+        raise ConfigError(f"--algorithm '{blocks['algorithm']}': choose one of {', '.join(ALGORITHMS)}")
 
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision '{precision}': choose one of {', '.join(PRECISIONS)}")
@@ -64,7 +71,7 @@ def _recipe(precision, method, per_channel, reduce_range, exclude, include):
     if precision == "int8-static" and method is None:
         method = "minmax"
     return Recipe(precision=precision, method=method, per_channel=per_channel, reduce_range=reduce_range,
-                  exclude=tuple(exclude or ()), include=tuple(include or ()))
+                  exclude=tuple(exclude or ()), include=tuple(include or ()), **blocks)
 
 
 def _profile(target: Optional[str], targets_dir):

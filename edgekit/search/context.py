@@ -37,4 +37,6 @@ class SearchContext:
     deadline: Optional[float] = None  # set by run_search from --max-minutes
     count: int = 0  # candidates so far, for on_candidate
     on_step: Optional[OnStep] = None  # progress (edgekit.progress), phase "search"
+    objective: str = "latency"  # the target's objective, which decides whether a search can win
+    precisions: tuple = ()  # the target's precisions: with int8-block, a node may get 8-bit weight blocks
 

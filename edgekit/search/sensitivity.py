@@ -24,6 +24,15 @@ is kept in float (``kept``: the nodes a search keeps in float on purpose), the n
 output gains cannot be its own, and is traced back to the nearest quantized nodes
 upstream (``traced``, part of their score).
 
+A MatMul, Gemm or Conv is also scored by its own error, the float node run on the very
+inputs the quantized model gave it (edgekit.search.local), so that a node whose error only
+shows downstream (a classifier head reading an already noisy input) is ranked by what it
+does itself; its score is the larger of the two measures.
+
+Scores are finite: a float tensor that is not (an additive attention mask holds -inf or
+finfo.min) is left out of the comparison, and a quantized tensor that overflowed counts as
+noise _MAX_NSR times its signal, so no NaN or overflow warning is raised either.
+
 Scores are relative noise powers, not dB: an SQNR drop of 30 dB down to 25 dB adds far
 less noise than one of 20 dB down to 5 dB, and the ranking should say so.
 
@@ -47,6 +56,7 @@ __all__ = ["NodeSensitivity", "rank_nodes"]
 
 _SAVED = "_ReshapedSavedOutput"  # qdq_loss_debug's suffix for an augmented model's extra outputs
 _MIN_SCORE = 1e-9  # below this a node adds no noise worth keeping it in float for
+_MAX_NSR = 1e6  # a quantized tensor that overflowed or turned NaN: the worst, but a finite score
 _FOLDABLE = ("Relu", "Clip")  # activations that QDQ folds into the QuantizeLinear before them
 _TRACE_DEPTH = 4  # nodes a kept node's noise is traced back through (bias Add, Relu, Reshape, ...)
 
@@ -76,15 +86,20 @@ def rank_nodes(float_model: Path, quantized: Path, calibration: Dataset, workdir
     from edgekit.toolchains.onnx.models import model_inputs
 
     workdir.mkdir(parents=True, exist_ok=True)
-    nodes = list(onnx.load(str(float_model), load_external_data=False).graph.node)
+    from edgekit.search.local import LocalErrors
+
+    float_proto = onnx.load(str(float_model))
+    nodes = list(float_proto.graph.node)
     q_graph = onnx.load(str(quantized), load_external_data=False).graph
     units = _units(nodes, q_graph)
     feeds = _feeds(calibration, model_inputs(float_model), samples, batch_size, on_step)
     notify(on_step, "sensitivity", "augmenting the models")
-    nsr = _noise_ratios(Path(float_model), Path(quantized), _visible(q_graph), feeds, workdir)
+    local = LocalErrors(float_proto, Path(quantized), {u[0].name for u in units}, _visible(q_graph))
+    nsr = _noise_ratios(Path(float_model), Path(quantized), _visible(q_graph), feeds, workdir, local)
+    own = local.ratios(_MAX_NSR)
     producers = {o: n for n in nodes for o in n.output}
     traced = _traced([n for n in nodes if n.name in set(kept)], units, nsr, producers)
-    scored = (_score(unit, nsr, producers, traced.get(unit[0].name, 0.0)) for unit in units)
+    scored = (_score(unit, nsr, producers, traced.get(unit[0].name, 0.0), own.get(unit[0].name)) for unit in units)
     return sorted((s for s in scored if s is not None and s.score > _MIN_SCORE), key=lambda s: -s.score)
 
 
@@ -133,8 +148,10 @@ def _feeds(data: Dataset, specs, samples: int, batch_size: int, on_step: Optiona
         yield {name: np.ascontiguousarray(inputs[name], dtype=dtype) for name, dtype in dtypes.items()}
 
 
-def _noise_ratios(float_model: Path, quantized: Path, visible: dict[str, str], feeds, workdir: Path) -> dict[str, float]:
-    """NSR of every float tensor the two models share, summed over the batches."""
+def _noise_ratios(float_model: Path, quantized: Path, visible: dict[str, str], feeds, workdir: Path,
+                  local=None) -> dict[str, float]:
+    """NSR of every float tensor the two models share, summed over the batches (and, into
+    `local`, the own error of each quantized linear node: edgekit.search.local)."""
     f_session = _augmented_session(float_model, workdir / "float-augmented.onnx")
     q_session = _augmented_session(quantized, workdir / "quantized-augmented.onnx")
     f_saved, q_saved = _saved_outputs(f_session), _saved_outputs(q_session)
@@ -143,14 +160,18 @@ def _noise_ratios(float_model: Path, quantized: Path, visible: dict[str, str], f
     for batch in feeds:
         f_out = dict(zip(f_saved, f_session.run(list(f_saved.values()), batch)))
         q_out = dict(zip(q_saved, q_session.run(list(q_saved.values()), batch)))
+        if local is not None:
+            local.add(batch)
         for name, q_name in pairs.items():
             f, q = f_out[name].astype(np.float64), q_out[q_name].astype(np.float64)
-            if name in signal and f.shape == q.shape:
-                signal[name] += float(np.sum(f * f))
-                noise[name] += float(np.sum((q - f) ** 2))
-            else:
-                signal.pop(name, None)  # not the same tensor after all
-    return {name: noise[name] / signal[name] for name in signal if signal[name] > 0}
+            if name in signal and f.shape == q.shape and np.isfinite(f).all():
+                with np.errstate(over="ignore", invalid="ignore"):
+                    signal[name] += float(np.sum(f * f))
+                    noise[name] += float(np.sum((q - f) ** 2))
+            else:  # not the same tensor after all, or one no ratio describes (an attention mask's -inf)
+                signal.pop(name, None)
+    return {name: min(noise[name] / signal[name], _MAX_NSR) if np.isfinite(noise[name]) else _MAX_NSR
+            for name in signal if 0 < signal[name] < np.inf}
 
 
 def _augmented_session(model: Path, dest: Path):
@@ -169,12 +190,16 @@ def _saved_outputs(session) -> dict[str, str]:
     return {o.name[:-len(_SAVED)]: o.name for o in session.get_outputs() if o.name.endswith(_SAVED)}
 
 
-def _score(unit: list, nsr: dict[str, float], producers: dict, traced: float = 0.0):
-    """Noise added between the unit's inputs and its (last node's) outputs, plus what was traced to it."""
+def _score(unit: list, nsr: dict[str, float], producers: dict, traced: float = 0.0, local: Optional[float] = None):
+    """Noise added between the unit's inputs and its (last node's) outputs, or, where it was
+    measured, the unit's own error on the quantized inputs (edgekit.search.local); plus what
+    was traced to it."""
     added = _added(unit, nsr, producers)
     if added is None:
         return None
     own, out = added
+    if local is not None and len(unit) == 1:
+        own = max(own, local)
     sqnr = -10 * float(np.log10(out)) if out > 0 else 999.0
     return NodeSensitivity(tuple(n.name for n in unit), unit[0].op_type, own + traced, sqnr, traced)
 

@@ -99,6 +99,11 @@ class Toolchain(abc.ABC):
                  max_samples: int = 512, on_step: Optional[OnStep] = None) -> Path:
         """Write `model` (FP32) quantized by `recipe` to `out`, atomically; returns `out`."""
 
+    def quantized_weights(self, fp32: Path, path: Path) -> Optional[dict]:
+        """What `path` (quantized from `fp32`) quantized ({quantized, weights, share, ...}), when
+        the toolchain can tell."""
+        return None
+
     # -- what a calibration record says -------------------------------------------------
 
     @abc.abstractmethod

@@ -59,7 +59,7 @@ class _Graph:
         return self.op("LayerNormalization", name, [x, gamma, beta], axis=-1, epsilon=1e-5)
 
 
-def _attention(g: _Graph, p: str, x: str, mask4: str) -> str:
+def _attention(g: _Graph, p: str, x: str, mask4: str, additive: bool = False) -> str:
     def heads(name: str, perm: list[int]) -> str:
         y = g.linear(f"{p}/attn/{name}", x, g.weight((HIDDEN, HIDDEN)))
         y = g.op("Reshape", f"{p}/attn/{name}/split", [y, "heads_shape"])
@@ -67,17 +67,20 @@ def _attention(g: _Graph, p: str, x: str, mask4: str) -> str:
 
     q, k, v = heads("q", [0, 2, 1, 3]), heads("k", [0, 2, 3, 1]), heads("v", [0, 2, 1, 3])
     scores = g.op("Mul", f"{p}/attn/scale", [g.op("MatMul", f"{p}/attn/qk", [q, k]), "attn_scale"])
-    probs = g.op("Mul", f"{p}/attn/mask", [g.op("Softmax", f"{p}/attn/softmax", [scores], axis=-1), mask4])
-    denom = g.op("ReduceSum", f"{p}/attn/denom", [probs, "last_axis"], keepdims=1)
-    probs = g.op("Div", f"{p}/attn/renorm", [probs, denom])
+    if additive:  # as exporters write it: finfo.min where masked, added to the scores before the Softmax
+        probs = g.op("Softmax", f"{p}/attn/softmax", [g.op("Add", f"{p}/attn/mask", [scores, "mask_bias"])], axis=-1)
+    else:
+        probs = g.op("Mul", f"{p}/attn/mask", [g.op("Softmax", f"{p}/attn/softmax", [scores], axis=-1), mask4])
+        denom = g.op("ReduceSum", f"{p}/attn/denom", [probs, "last_axis"], keepdims=1)
+        probs = g.op("Div", f"{p}/attn/renorm", [probs, denom])
     ctx = g.op("Transpose", f"{p}/attn/ctx/t", [g.op("MatMul", f"{p}/attn/ctx", [probs, v])], perm=[0, 2, 1, 3])
     ctx = g.op("Reshape", f"{p}/attn/ctx/merge", [ctx, "merge_shape"])
     return g.linear(f"{p}/attn/out", ctx, g.weight((HIDDEN, HIDDEN)))
 
 
-def _layer(g: _Graph, i: int, x: str, mask4: str, outliers: bool) -> str:
+def _layer(g: _Graph, i: int, x: str, mask4: str, outliers: bool, additive: bool = False) -> str:
     p = f"layer{i}"
-    h = g.layer_norm(f"{p}/ln1", g.op("Add", f"{p}/attn/residual", [x, _attention(g, p, x, mask4)]))
+    h = g.layer_norm(f"{p}/ln1", g.op("Add", f"{p}/attn/residual", [x, _attention(g, p, x, mask4, additive)]))
     w1, w2 = g.weight((HIDDEN, FFN)), g.weight((FFN, HIDDEN))
     if outliers:  # same function in float, outliers in the fc1 -> fc2 activation
         w1[:, :2] *= OUTLIER_SCALE
@@ -86,8 +89,14 @@ def _layer(g: _Graph, i: int, x: str, mask4: str, outliers: bool) -> str:
     return g.layer_norm(f"{p}/ln2", g.op("Add", f"{p}/ffn/residual", [h, g.linear(f"{p}/ffn/fc2", f, w2)]))
 
 
-def build_encoder(path: str | Path, *, outlier_layer: bool = False, seed: int = 0) -> Path:
-    """Write the encoder to `path` (see the module docstring) and return the path."""
+def build_encoder(path: str | Path, *, outlier_layer: bool = False, seed: int = 0, additive_mask: bool = False,
+                  constant_weights: bool = False) -> Path:
+    """Write the encoder to `path` (see the module docstring) and return the path.
+
+    additive_mask: mask the attention as exporters of real encoders do, adding float32's most
+    negative value to the masked scores (it overflows to -inf where a score is negative).
+    constant_weights: every weight in a Constant node, and the MatMul weights stored transposed
+    behind a Transpose (as Paddle and TF converters write them): a constant subgraph to fold."""
     g = _Graph(np.random.default_rng(seed))
     g.const("heads_shape", np.array([0, 0, HEADS, HEAD_DIM], np.int64))
     g.const("merge_shape", np.array([0, 0, HIDDEN], np.int64))
@@ -99,11 +108,15 @@ def build_encoder(path: str | Path, *, outlier_layer: bool = False, seed: int = 
 
     mask = g.op("Cast", "mask/float", ["attention_mask"], to=TensorProto.FLOAT)
     mask4 = g.op("Unsqueeze", "mask/heads", [mask, "mask_axes4"])
+    if additive_mask:
+        g.const("one", np.array(1.0, np.float32))
+        g.const("most_negative", np.array(np.finfo(np.float32).min, np.float32))
+        g.op("Mul", "mask_bias", [g.op("Sub", "mask/inverted", ["one", mask4]), "most_negative"])
     tokens = g.op("Gather", "embed/tokens", [g.const("embed.tokens", g.weight((VOCAB, HIDDEN), 1.0)), "input_ids"])
     x = g.op("Add", "embed/positions", [tokens, g.const("embed.positions", g.weight((SEQ, HIDDEN), 0.1))])
     x = g.layer_norm("embed/ln", x)
     for i in range(LAYERS):
-        x = _layer(g, i, x, mask4, outliers=outlier_layer and i == LAYERS - 1)
+        x = _layer(g, i, x, mask4, outliers=outlier_layer and i == LAYERS - 1, additive=additive_mask)
 
     mask3 = g.op("Unsqueeze", "pool/mask", [mask, "mask_axes3"])
     summed = g.op("ReduceSum", "pool/sum", [g.op("Mul", "pool/masked", [x, mask3]), "seq_axis"], keepdims=0)
@@ -120,10 +133,31 @@ def build_encoder(path: str | Path, *, outlier_layer: bool = False, seed: int = 
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgekit-tests")
     model.ir_version = 8  # readable by the older onnxruntime that devices run
+    if constant_weights:
+        to_constant_nodes(model)
     onnx.checker.check_model(model, full_check=True)
     path = Path(path)
     onnx.save(model, path)
     return path
+
+
+def to_constant_nodes(model) -> None:
+    """Every initializer becomes a Constant node; 2-D MatMul weights are stored transposed."""
+    g = model.graph
+    weights = {n.input[1] for n in g.node if n.op_type == "MatMul"}
+    nodes = []
+    for t in g.initializer:
+        value = numpy_helper.to_array(t)
+        if t.name in weights and value.ndim == 2:
+            stored = numpy_helper.from_array(np.ascontiguousarray(value.T), f"{t.name}/T")
+            nodes += [helper.make_node("Constant", [], [stored.name], name=f"const/{stored.name}", value=stored),
+                      helper.make_node("Transpose", [stored.name], [t.name], name=f"transpose/{t.name}", perm=[1, 0])]
+        else:
+            nodes.append(helper.make_node("Constant", [], [t.name], name=f"const/{t.name}", value=t))
+    nodes += list(g.node)
+    del g.initializer[:]
+    del g.node[:]
+    g.node.extend(nodes)
 
 
 def make_encoder_data(path: str | Path, n: int, seed: int = 0) -> Path:

@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 from edgekit.errors import ConfigError
 
-__all__ = ["LIMITS", "KERNEL_GAPS", "parse_version", "runtime_gaps", "runtime_refusal", "target_refusal",
+__all__ = ["LIMITS", "KERNEL_GAPS", "CONTRIB_GAPS", "parse_version", "runtime_gaps", "runtime_refusal", "target_refusal",
            "check_target"]
 
 # (first version, highest ai.onnx opset, highest ai.onnx.ml opset, highest IR version) it loads.
@@ -62,6 +62,18 @@ KERNEL_GAPS: tuple[tuple[str, tuple[int, int], str, str, Callable[[list[Optional
     ("ConvInteger", (1, 24), "on int8 inputs or weights",
      "quantize int8-static, or keep Conv in float (--exclude Conv)",
      lambda types: 3 in types[:2]),  # 3 is onnx.TensorProto.INT8
+)
+
+# The same for the com.microsoft ops that the weight-only recipes write, tested on the node itself.
+# onnxruntime 1.19 (the device venv of tests/test_onnx_compat.py) refuses both, measured. The
+# first versions with them are from onnxruntime's pull requests, not measured here:
+# GatherBlockQuantized's CPU kernel is #21630 (merged August 2024, in 1.20); 8-bit MatMulNBits on
+# the CPU is #24384 and #24491 (labelled release:1.22.0). 4-bit MatMulNBits dates from 1.17.
+CONTRIB_GAPS: tuple[tuple[str, tuple[int, int], str, str, Callable], ...] = (
+    ("MatMulNBits", (1, 22), "for 8-bit weights", "use int4-block or int8-token",
+     lambda node: any(a.name == "bits" and a.i == 8 for a in node.attribute)),
+    ("MatMulNBits", (1, 17), "", "use int8-token", lambda node: True),
+    ("GatherBlockQuantized", (1, 20), "", "use int8-block or int8-token (INT8 embedding rows)", lambda node: True),
 )
 
 _VERSION = re.compile(r"^\s*(?:(?P<name>onnxruntime(?:-[a-z]+)?)\s*(?:==|\s)\s*)?(?P<version>\d+\.\d+(?:\.\d+)*)\s*$")
@@ -134,6 +146,18 @@ def _kernel_gaps(proto, version: tuple[int, int]) -> list[str]:
     return gaps
 
 
+def _contrib_gaps(proto, version: tuple[int, int]) -> list[str]:
+    gaps = []
+    for op, since, use, remedy, needs in CONTRIB_GAPS:
+        hits = [n for n in proto.graph.node if n.op_type == op and n.domain == "com.microsoft" and needs(n)]
+        if version < since and hits and not any(f"no {op} kernel" in g for g in gaps):
+            count = f"{len(hits)} node{'s' if len(hits) > 1 else ''}, first '{hits[0].name}'"
+            gaps.append(f"it has no {op} kernel{' ' + use if use else ''} ({count}) before onnxruntime "
+                        f"{since[0]}.{since[1]}; {remedy}, or install onnxruntime {since[0]}.{since[1]} or newer "
+                        "on the device")
+    return gaps
+
+
 def runtime_gaps(model, runtime_version: str) -> list[str]:
     """Why onnxruntime `runtime_version` cannot run `model` (a path or a ModelProto); [] when it can,
     as far as the rules know. A bad version string is a ConfigError."""
@@ -141,7 +165,7 @@ def runtime_gaps(model, runtime_version: str) -> list[str]:
 
     version, _ = parse_version(runtime_version)
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
-    return _limit_gaps(proto, version) + _kernel_gaps(proto, version)
+    return _limit_gaps(proto, version) + _kernel_gaps(proto, version) + _contrib_gaps(proto, version)
 
 
 def runtime_refusal(model, runtime_version: Optional[str], what: str = "it") -> Optional[str]:

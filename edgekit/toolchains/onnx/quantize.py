@@ -4,13 +4,19 @@
     fp16          onnxruntime.transformers.float16, float32 inputs and outputs kept
     int8-dynamic  quantize_dynamic: weights INT8, activations quantized at run time
     int8-static   quantize_static, QDQ format, activations calibrated by minmax (default),
-                  entropy or percentile on a calibration data set
+                  entropy or percentile on a calibration data set; range-fragile tensors
+                  (attention masks) kept in float (edgekit.toolchains.onnx.static)
+    int8-token    per-token dynamic INT8 MatMuls, INT8 embedding rows (.pertoken)
+    int8-block    weight-only: MatMul weights in 8-bit blocks (MatMulNBits), INT8 embedding rows
+    int4-block    weight-only: MatMul and embedding weights in 4-bit blocks (.weightonly)
 
-The INT8 recipes start with ONNX Runtime's pre-processing (symbolic shape inference,
-basic graph optimisation, ONNX shape inference). When it fails on a model, quantization
-goes on with the model as given, logs a warning and records why in the output model's
-metadata (``edgekit.preprocess``). The shape annotations it adds are dropped again from
-the output (ONNX Runtime infers them on load), so the file holds the model and no more.
+The quantizing recipes start from the prepared graph (edgekit.toolchains.onnx.prepare:
+Constant-node weights made initializers, constant subgraphs folded, ONNX Runtime's
+pre-processing); a pre-processing failure is logged once per model and recorded in the
+output model's metadata (``edgekit.weights``, with how many weight tensors, and what share
+of the weight bytes, the recipe quantized). A recipe that quantizes no weight, or writes a
+model no smaller than FP32, raises NotApplicable. The shape annotations pre-processing adds
+are dropped again from the output (ONNX Runtime infers them on load).
 
 Only float tensors are quantized: integer inputs such as token ids and attention masks
 pass through as they are; calibration batches are cast to the model's input dtypes.
@@ -21,16 +27,7 @@ quantize. An entry that matches nothing is an error rather than a silent no-op. 
 ONNX Runtime as node names (unnamed nodes are named first); quantize_dynamic rewrites a
 Gemm X as MatMul X_MatMul + Add X_Add, and the names follow.
 
-Bounded memory. Calibration reads at most ``max_samples`` samples, ``batch_size`` at a
-time. ONNX Runtime's entropy and percentile calibrators keep every calibrated activation
-of every batch they are fed until the end of one ``collect_data`` call; we make
-quantize_static call it once per chunk of ``CHUNK_BATCHES`` batches (its
-``CalibStridedMinMax`` option, whose loop serves every calibrator), so at most
-``CHUNK_BATCHES * batch_size`` samples' activations (default 8 x 16 = 128) are held at a
-time before they are folded into histograms. MinMax keeps only per-batch minima and
-maxima. ``CalibMaxIntermediateOutputs`` is not used: in onnxruntime 1.32 only the MinMax
-calibrator reads it, and it discards each full chunk without merging its ranges
-(onnxruntime issue 18893), failing outright when the batch count is a multiple of it.
+Bounded memory: see edgekit.toolchains.onnx.static (CHUNK_BATCHES).
 """
 
 from __future__ import annotations
@@ -41,22 +38,25 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 
-from edgekit.datasets import Dataset, InputSpec
+from edgekit.datasets import Dataset
 from edgekit.errors import ConfigError, EdgekitError, QuantizeError
 from edgekit.progress import OnStep, notify
 from edgekit.recipes import Recipe
 from edgekit.toolchains.onnx.models import check_onnx, external_data_files, model_inputs
+from edgekit.toolchains.onnx.prepare import first_report, prepare
+from edgekit.toolchains.onnx.static import CHUNK_BATCHES, Reader
 
-__all__ = ["quantize", "check_recipe", "prepared", "CHUNK_BATCHES"]
+__all__ = ["quantize", "check_recipe", "prepared", "name_nodes", "CHUNK_BATCHES"]
 
-CHUNK_BATCHES = 8
 log = logging.getLogger(__name__)
+_TRANSFORMER = ("int8-token", "int8-block", "int4-block")  # recipes for MatMul weights and embedding tables
+MIN_SHARE = 0.5  # such a recipe covering less of the weight bytes (a CNN's embedding) is not applicable
 
 
 def quantize(model: Path, recipe: Recipe, out: Path, *, calibration: Optional[Dataset] = None,
@@ -82,8 +82,8 @@ def quantize(model: Path, recipe: Recipe, out: Path, *, calibration: Optional[Da
                 raise
             except Exception as exc:  # onnxruntime's errors on a model that passed the checker
                 raise QuantizeError(f"recipe {recipe.id} failed on {model}: {_reason(exc)}") from exc
-            if pre_error:
-                log.warning("pre-processing of %s failed, quantized it as given: %s", model, pre_error)
+            if pre_error and first_report(model):
+                log.warning("pre-processing of %s: %s", model.name, pre_error)
         os.replace(staged, out)
     return out
 
@@ -92,6 +92,16 @@ def check_recipe(recipe: Recipe) -> None:
     """ConfigError for a recipe that asks what the ONNX recipes do not offer."""
     if recipe.method and recipe.precision != "int8-static":
         raise ConfigError(f"recipe {recipe.id}: --method applies to --precision int8-static only")
+    block = recipe.precision in ("int8-block", "int4-block")
+    if (recipe.block_size or recipe.accuracy_level is not None or recipe.algorithm) and not block:
+        raise ConfigError(f"recipe {recipe.id}: block size, accuracy level and algorithm apply to "
+                          "--precision int8-block and int4-block only")
+    if recipe.block_size is not None and (recipe.block_size < 16 or recipe.block_size & (recipe.block_size - 1)):
+        raise ConfigError(f"recipe {recipe.id}: block size {recipe.block_size}: a power of two, at least 16")
+    if recipe.accuracy_level not in (None, 0, 1, 2, 3, 4):
+        raise ConfigError(f"recipe {recipe.id}: accuracy level {recipe.accuracy_level}: 0 to 4")
+    if recipe.algorithm == "hqq" and recipe.precision == "int8-block":
+        raise ConfigError(f"recipe {recipe.id}: hqq takes int4-block only (onnxruntime refuses its 8-bit model)")
 
 
 def _check_recipe(recipe: Recipe, calibration: Optional[Dataset], max_samples: int, batch_size: int) -> None:
@@ -117,32 +127,62 @@ def _run(model: Path, recipe: Recipe, staged: Path, tmp: Path, calibration: Opti
     if recipe.precision == "fp16":
         notify(on_step, "quantize", "to FP16")
         _fp16(model, recipe, staged)
-        _finish(staged, model, preprocess_error=None)
+        _finish(staged, model, None)
         return None
     notify(on_step, "quantize", "pre-processing")
-    source, nodes, pre_error = _prepare(model, tmp / "prepared.onnx")
+    source, nodes, pre_error = prepare(model)
     included, excluded = _selection(nodes, recipe)
+    kept = None
     if recipe.precision == "int8-dynamic":
         from onnxruntime.quantization import quantize_dynamic
 
         notify(on_step, "quantize", "INT8 weights")
-        quantize_dynamic(source, staged, nodes_to_quantize=included, nodes_to_exclude=excluded,
+        quantize_dynamic(source, staged, nodes_to_quantize=included,
+                         nodes_to_exclude=excluded + list(recipe.weight_only),
                          per_channel=recipe.per_channel, reduce_range=recipe.reduce_range)
+    elif recipe.precision == "int8-static":
+        from edgekit.toolchains.onnx.static import SCAN_BATCHES, quantize_static_robust
+
+        notify(on_step, "quantize", "scanning activation ranges")
+        specs = model_inputs(model)
+        scan = list(Reader(calibration, specs, 8, 8 * SCAN_BATCHES).feeds())
+        reader = Reader(calibration, specs, batch_size, max_samples, on_step)
+        kept = quantize_static_robust(source, staged, recipe, included, excluded + list(recipe.weight_only),
+                                      reader, scan)
     else:
-        reader = _Reader(calibration, model_inputs(model), batch_size, max_samples, on_step)
-        _static(source, recipe, staged, included, excluded, reader)
-    _finish(staged, model, pre_error)
+        _weights(source, recipe, staged, included, excluded, on_step)
+    if recipe.weight_only and recipe.precision not in ("int8-block", "int4-block"):
+        _block8(staged, recipe)
+    _finish(staged, model, pre_error, (recipe, source, kept))
     return pre_error
 
 
-def _static(source: Path, recipe: Recipe, staged: Path, included, excluded, reader) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+def _weights(source: Path, recipe: Recipe, staged: Path, included, excluded, on_step) -> None:
+    """The per-token and weight-only recipes (they take node names, as include and exclude give them)."""
+    names = None if included is None else set(included)
+    if recipe.precision == "int8-token":
+        from edgekit.toolchains.onnx.pertoken import quantize_per_token
 
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[recipe.method or "minmax"]
-    quantize_static(source, staged, reader, quant_format=QuantFormat.QDQ, nodes_to_quantize=included,
-                    nodes_to_exclude=excluded, per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
-                    calibrate_method=method, extra_options={"CalibStridedMinMax": 1})
+        notify(on_step, "quantize", "per-token INT8")
+        quantize_per_token(source, staged, weight_bits=7 if recipe.reduce_range else 8, nodes=names,
+                           exclude=set(excluded) | set(recipe.weight_only))
+        return
+    from edgekit.toolchains.onnx.weightonly import quantize_weights
+
+    bits = 8 if recipe.precision == "int8-block" else 4
+    notify(on_step, "quantize", f"{bits}-bit weight blocks")
+    quantize_weights(source, staged, bits=bits, block_size=recipe.block_size or 32,
+                     symmetric=True if recipe.symmetric is None else recipe.symmetric,
+                     accuracy_level=recipe.accuracy_level, algorithm=recipe.algorithm, nodes=names,
+                     exclude=excluded, keep_8bit=recipe.weight_only)
+
+
+def _block8(staged: Path, recipe: Recipe) -> None:
+    """Give recipe.weight_only's nodes (kept out of the INT8 pass) 8-bit weight-only blocks."""
+    from edgekit.toolchains.onnx.weightonly import quantize_weights
+
+    quantize_weights(staged, staged, bits=8, block_size=recipe.block_size or 32, accuracy_level=4,
+                     op_types=("MatMul",), nodes=recipe.weight_only)
 
 
 def _fp16(model: Path, recipe: Recipe, staged: Path) -> None:
@@ -166,31 +206,13 @@ def _fp16(model: Path, recipe: Recipe, staged: Path) -> None:
     onnx.save(converted, str(staged))
 
 
-def prepared(model: Path, dest: Path) -> Path:
-    """The graph the INT8 recipes quantize (pre-processed, every node named): the node names
-    that recipe.exclude refers to. Written to `dest` unless the model is used as given."""
-    return _prepare(Path(model).resolve(), Path(dest))[0]  # _prepare changes the cwd
+def prepared(model: Path, dest: Path = None) -> Path:
+    """The graph the quantizing recipes start from (edgekit.toolchains.onnx.prepare; every node
+    named): the node names that recipe.exclude refers to. `dest` is not needed any more."""
+    return prepare(Path(model))[0]
 
 
-def _prepare(model: Path, dest: Path):
-    """ORT's pre-processing into `dest`, and every node named; (path, nodes, why pre-processing failed)."""
-    import onnx
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    try:
-        with _cwd(dest.parent):  # symbolic shape inference drops a debug file in the cwd on failure
-            quant_pre_process(str(model.resolve()), str(dest.resolve()))
-        source, error = dest, None
-    except Exception as exc:  # symbolic shape inference gives up on some graphs; ORT's own will do
-        source, error = model, _reason(exc)
-    proto = onnx.load(str(source))
-    if _name_nodes(proto.graph.node):
-        onnx.save(proto, str(dest))
-        source = dest
-    return source, list(proto.graph.node), error
-
-
-def _name_nodes(nodes) -> bool:
+def name_nodes(nodes) -> bool:
     """Give unnamed nodes unique names, since include and exclude reach ORT as node names."""
     taken = {n.name for n in nodes}
     unnamed = [(i, n) for i, n in enumerate(nodes) if not n.name]
@@ -229,83 +251,58 @@ def _match(nodes, patterns, flag: str, types_only: bool = False) -> list[str]:
     return names
 
 
-def _finish(staged: Path, source: Path, preprocess_error: Optional[str]) -> None:
-    """Drop the shape annotations that pre-processing added; record a failed pre-processing."""
+def _finish(staged: Path, source: Path, preprocess_error: Optional[str], applied=None) -> None:
+    """Drop the shape annotations that pre-processing added; record what was quantized and a
+    failed pre-processing; NotApplicable when the recipe quantized nothing (`applied`:
+    (recipe, the prepared graph it quantized, what was kept in float))."""
     import onnx
+
+    from edgekit.toolchains.onnx.prepare import check_applicable, stamp, weight_coverage
 
     kept = {vi.name for vi in onnx.load(str(source), load_external_data=False).graph.value_info}
     proto = onnx.load(str(staged))
     annotations = [vi for vi in proto.graph.value_info if vi.name in kept]
     del proto.graph.value_info[:]
     proto.graph.value_info.extend(annotations)
-    if preprocess_error:
-        onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
-                                            "edgekit.preprocess": f"failed: {preprocess_error}"})
+    if applied is not None:
+        recipe, prepared_graph, float_kept = applied
+        coverage = weight_coverage(prepared_graph, proto)
+        stamp(proto, {k: v for k, v in (("preprocess", preprocess_error), ("kept_float", float_kept)) if v})
     onnx.save(proto, str(staged))
+    if applied is not None:
+        check_applicable(recipe.id, coverage, _bytes(source), staged.stat().st_size, _why_none(recipe),
+                         min_share=MIN_SHARE if recipe.precision in _TRANSFORMER else 0.0)
 
 
-class _Reader:
-    """Calibration batches for quantize_static, one chunk of batches per set_range() unit.
+def _bytes(model: Path) -> int:
+    from edgekit.toolchains.onnx.models import external_data_files
 
-    quantize_static asks for len() units and calls set_range(i, i + 1) then collect_data
-    for each (its CalibStridedMinMax loop); ORT's CalibrationDataReader recognises any class
-    with get_next(), so this needs no ORT import. Chunks are taken in order from one stream of
-    batches; the short last batch gets a chunk of its own because the histogram collector
-    stacks a chunk's batches into one array.
-    """
-
-    def __init__(self, data: Dataset, specs: list[InputSpec], batch_size: int, max_samples: int,
-                 on_step: Optional[OnStep] = None):
-        n = min(len(data), max_samples)
-        full = n // batch_size
-        self._chunks = [min(CHUNK_BATCHES, full - i) for i in range(0, full, CHUNK_BATCHES)]
-        if n % batch_size:
-            self._chunks.append(1)
-        self._dtypes = {s.name: np.dtype(s.dtype) for s in specs}
-        self._stream = data.batches(batch_size, limit=n)
-        self._left = sum(self._chunks)  # everything, for an onnxruntime that never calls set_range
-        self._total, self._given, self._on_step = sum(self._chunks), 0, on_step
-
-    def __len__(self) -> int:
-        return len(self._chunks)
-
-    def set_range(self, start_index: int, end_index: int) -> None:
-        self._left = sum(self._chunks[start_index:end_index])
-
-    def get_next(self) -> Optional[dict[str, np.ndarray]]:
-        if self._left <= 0:
-            if self._given == self._total:  # ORT now computes the ranges and writes the model
-                self._given += 1
-                notify(self._on_step, "quantize", "applying the ranges")
-            return None
-        self._left -= 1
-        self._given += 1
-        notify(self._on_step, "quantize", f"calibration {self._given}/{self._total}")
-        inputs, _ = next(self._stream)
-        return {name: np.ascontiguousarray(inputs[name], dtype=dtype) for name, dtype in self._dtypes.items()}
+    return sum(p.stat().st_size for p in [Path(model), *external_data_files(model)])
 
 
-@contextlib.contextmanager
-def _cwd(path: Path):
-    before = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(before)
+def _why_none(recipe: Recipe) -> str:
+    if recipe.precision in _TRANSFORMER:
+        return "the recipe takes MatMul weights and embedding tables, and the model keeps its weights elsewhere"
+    return "it has no node with a constant float weight of an op type the recipe quantizes"
 
 
 @contextlib.contextmanager
 def _quiet_ort():
     """onnxruntime.quantization prints progress to stdout and logs on the root logger."""
     root = logging.getLogger()
-    level = root.level
+    level, handlers = root.level, list(root.handlers)  # ORT's weight-only module calls basicConfig on import
     root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
+    disabled = logging.root.manager.disable  # this may be nested (pre-processing inside a recipe)
+    logging.disable(max(disabled, logging.WARNING))  # loggers with their own handlers too (the weight-only algorithms')
+    try:  # numpy's warnings from inside ORT's calibrators: the candidate's fidelity tells the outcome
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.simplefilter("ignore", UserWarning)  # torch, under ORT's HQQ
             yield
     finally:
+        logging.disable(disabled)
         root.setLevel(level)
+        root.handlers[:] = handlers
 
 
 def _reason(exc: BaseException) -> str:

@@ -83,6 +83,12 @@ class OnnxToolchain(Toolchain):
             if profile.reduce_range:  # the VNNI-less x86 remedy, on the plain calibrator
                 recipes += [Recipe(precision="int8-static", method="minmax", per_channel=pc, reduce_range=True,
                                    **extra) for pc in channels]
+        if "int8-token" in allowed:  # per-token activations, per-channel weights (7-bit with reduce-range)
+            recipes += [Recipe(precision="int8-token", reduce_range=rr, **extra) for rr in ranges]
+        if "int8-block" in allowed:  # accuracy level 4: the fast kernel (INT8 activation blocks)
+            recipes.append(Recipe(precision="int8-block", block_size=32, accuracy_level=4, **extra))
+        if "int4-block" in allowed:
+            recipes += [Recipe(precision="int4-block", block_size=b, accuracy_level=4, **extra) for b in (32, 128)]
         return recipes
 
     def check_recipe(self, recipe: Recipe) -> None:
@@ -107,6 +113,14 @@ class OnnxToolchain(Toolchain):
 
         return ort_quantize.quantize(model, recipe, out, calibration=calibration, max_samples=max_samples,
                                      on_step=on_step)
+
+    def quantized_weights(self, fp32: Path, path: Path) -> Optional[dict]:
+        import onnx
+
+        from edgekit.toolchains.onnx.prepare import notes, prepare, weight_coverage
+
+        proto = onnx.load(str(path))
+        return dict(weight_coverage(prepare(fp32)[0], proto), **notes(proto))
 
     def source_record(self, spec, fp32: Path, inputs: list[InputSpec]) -> ModelRecord:
         return ModelRecord(path=str(fp32), sha256=self.sha256(fp32), inputs=[InputRecord.of(i) for i in inputs])

@@ -54,6 +54,9 @@ _VERSION = re.compile(r"^\s*(?:(?P<name>[a-z][a-z-]*)\s*(?:==|\s)\s*)?(?P<versio
 
 def check_tflite_recipe(recipe: Recipe) -> None:
     """ConfigError for what the TFLite recipes do not offer, naming the flag."""
+    if recipe.precision in ("int8-token", "int8-block", "int4-block") or recipe.weight_only:
+        raise ConfigError(f"recipe {recipe.id}: --precision {recipe.precision} is an ONNX Runtime recipe; "
+                          "TFLite recipes are fp32, fp16, int8-dynamic and int8-static")
     if recipe.reduce_range:
         raise ConfigError(f"recipe {recipe.id}: --reduce-range is an ONNX Runtime x86 remedy; TFLite recipes "
                           "do not offer it")
