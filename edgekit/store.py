@@ -83,6 +83,12 @@ MIGRATIONS = [
     CREATE INDEX device_events_by_device ON device_events (device, name);
     ALTER TABLE devices ADD COLUMN clock_skew_s REAL
     """,
+    # A rollout's events are read by rollout id (every report loads every rollout's): without
+    # these, each rollout read the whole event table of every rollout before it.
+    """
+    CREATE INDEX rollout_events_by_rollout ON rollout_events (rollout_id, id);
+    CREATE INDEX device_events_by_rollout ON device_events (rollout_id)
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 REPORT_COLUMNS = ("device", "run_id", "name", "version", "status", "error", "started_at", "finished_at",
@@ -144,6 +150,12 @@ class Store:
                 self._db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
 
     def _transaction(self):
+        return _Transaction(self._db)
+
+    def batch(self):
+        """One transaction for many writes (a wave's device records): one commit, one sync to
+        disk, instead of one for each. Writes inside it that open their own transaction
+        join this one; another thread's statements wait until it ends."""
         return _Transaction(self._db)
 
     def schema_version(self) -> int:
@@ -367,6 +379,7 @@ class _LockedConnection:
         db.row_factory = sqlite3.Row
         self._conn = db
         self.lock = threading.RLock()
+        self.depth = 0  # open transactions (nested ones join the outermost); guarded by `lock`
 
     def execute(self, sql: str, args: Sequence = ()) -> sqlite3.Cursor:
         with self.lock:
@@ -379,22 +392,29 @@ class _LockedConnection:
 
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (autocommit otherwise); the
-    connection's lock is held throughout, so another thread's statement waits."""
+    connection's lock is held throughout, so another thread's statement waits. Nested in
+    another on the same thread, it is part of the outer one (which commits or rolls back)."""
 
     def __init__(self, db: _LockedConnection):
         self._db = db
 
     def __enter__(self) -> None:
         self._db.lock.acquire()
+        self._db.depth += 1
+        if self._db.depth > 1:
+            return
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except BaseException:
+            self._db.depth -= 1
             self._db.lock.release()
             raise
 
     def __exit__(self, exc_type, *_) -> None:
+        self._db.depth -= 1
         try:
-            self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+            if self._db.depth == 0:
+                self._db.execute("ROLLBACK" if exc_type else "COMMIT")
         finally:
             self._db.lock.release()
 
