@@ -307,7 +307,7 @@ class Store:
         `report`, the DeviceReport (validated when it was collected)."""
         where, args = _where(device=device, name=name, version=version)
         rows = self._db.execute(f"SELECT * FROM reports{where} ORDER BY collected_at, finished_at, device, run_id", args)
-        return [{**dict(r), "report": DeviceReport.from_object(json.loads(r["report"]))} for r in rows]
+        return [{**dict(r), "report": DeviceReport.from_json(r["report"])} for r in rows]
 
     def last_report_times(self) -> dict[str, str]:
         """device -> when this host received its newest report (the host's clock)."""
