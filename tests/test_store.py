@@ -106,3 +106,17 @@ def test_a_batch_is_one_transaction_that_writes_all_or_nothing(tmp_path):
         assert len(store.device_events(rollout_id=rollout)) == 3
     indexes = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"rollout_events_by_rollout", "device_events_by_rollout"} <= indexes
+
+
+def test_every_rollout_read_at_once_is_each_rollout_read_alone(tmp_path):
+    with Store(tmp_path / "edgekit.db") as store:
+        ids = []
+        for n in range(3):
+            rid = store.start_rollout(name="m", version=str(n), target="t", sha256="0" * 64, path="b", options={"n": n})
+            ids.append(rid)
+            for wave in range(n + 1):
+                store.start_wave(rid, wave, "batch", [f"dev-{wave}"])
+                store.add_event(rid, wave, f"dev-{wave}", "deploy", wave % 2 == 0, {"wave": wave})
+        whole = store.rollouts_whole()
+        assert whole == [store.rollout(rid) for rid in ids]
+        assert [len(r["events"]) for r in whole] == [1, 2, 3] and store.rollout(999) is None
