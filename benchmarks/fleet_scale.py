@@ -119,6 +119,9 @@ def one_size(n: int, work: Path, workers: int) -> dict:
     from edgekit.fleet.rollout import rollout
     from edgekit.store import Store
 
+    # A device keeps the runner's compiled bytecode between runs; a host that asks Python not
+    # to write any (this one does) would make every runner step compile it again.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     bundle = read_bundle(Path(json.loads((work / "bundle.json").read_text())["path"]))
     devices = load_inventory(write_inventory(work, n, device_python())).devices
     with Store(work / "edgekit.db") as store:
