@@ -31,12 +31,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))  # the wide model builder is shared with the tests
+sys.path[:0] = [str(REPO), str(REPO / "tests")]  # this checkout's edgekit; the tests' wide model builder
 ANSIBLE_VENV = REPO / "bench-results" / ".venv-ansible"
 
 
 def build_bundle(work: Path, megabytes: float):
-    from widemodel import wide_digits_model
+    from helpers.widemodel import wide_digits_model
 
     from edgekit.datasets import load_dataset
     from edgekit.package import package
@@ -89,7 +89,8 @@ def scp_parallel(fleet, bundle: Path) -> float:
 
 def ansible_bin() -> tuple[Path | None, str]:
     """ansible in its own venv (ansible-core from PyPI), made on first use; (None, why) if it cannot be."""
-    ansible = ANSIBLE_VENV / "bin" / "ansible"
+    beside = Path(sys.executable).parent / "ansible"  # `pip install ansible-core` beside edgekit
+    ansible = beside if beside.exists() else ANSIBLE_VENV / "bin" / "ansible"
     if not ansible.exists():
         print(f"installing ansible-core into {ANSIBLE_VENV} (once)", flush=True)
         made = subprocess.run([sys.executable, "-m", "venv", "--clear", str(ANSIBLE_VENV)], capture_output=True, text=True)
@@ -228,7 +229,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "push_vs_scp.json")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="push-vs-scp-", dir=args.out.parent) as tmp:
+    # The servers' files go to the system's temporary folder: sshd is stricter about where its
+    # host keys may live than about /tmp (it refused them under a checkout in /work here).
+    with tempfile.TemporaryDirectory(prefix="push-vs-scp-") as tmp:
         record = run(args.devices, args.mb, Path(tmp))
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     show(record)

@@ -83,6 +83,12 @@ MIGRATIONS = [
     CREATE INDEX device_events_by_device ON device_events (device, name);
     ALTER TABLE devices ADD COLUMN clock_skew_s REAL
     """,
+    # A rollout's events are read by rollout id (every report loads every rollout's): without
+    # these, each rollout read the whole event table of every rollout before it.
+    """
+    CREATE INDEX rollout_events_by_rollout ON rollout_events (rollout_id, id);
+    CREATE INDEX device_events_by_rollout ON device_events (rollout_id)
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 REPORT_COLUMNS = ("device", "run_id", "name", "version", "status", "error", "started_at", "finished_at",
@@ -144,6 +150,12 @@ class Store:
                 self._db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
 
     def _transaction(self):
+        return _Transaction(self._db)
+
+    def batch(self):
+        """One transaction for many writes (a wave's device records): one commit, one sync to
+        disk, instead of one for each. Writes inside it that open their own transaction
+        join this one; another thread's statements wait until it ends."""
         return _Transaction(self._db)
 
     def schema_version(self) -> int:
@@ -295,7 +307,7 @@ class Store:
         `report`, the DeviceReport (validated when it was collected)."""
         where, args = _where(device=device, name=name, version=version)
         rows = self._db.execute(f"SELECT * FROM reports{where} ORDER BY collected_at, finished_at, device, run_id", args)
-        return [{**dict(r), "report": DeviceReport.from_object(json.loads(r["report"]))} for r in rows]
+        return [{**dict(r), "report": DeviceReport.from_json(r["report"])} for r in rows]
 
     def last_report_times(self) -> dict[str, str]:
         """device -> when this host received its newest report (the host's clock)."""
@@ -350,14 +362,24 @@ class Store:
 
     def rollout(self, rollout_id: int) -> Optional[dict]:
         """One rollout with its waves and events."""
-        row = self._db.execute("SELECT * FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
-        if row is None:
-            return None
-        waves = self._db.execute("SELECT * FROM rollout_waves WHERE rollout_id = ? ORDER BY wave", (rollout_id,))
-        events = self._db.execute("SELECT * FROM rollout_events WHERE rollout_id = ? ORDER BY id", (rollout_id,))
-        return {**_rollout_dict(row),
-                "waves": [{**dict(w), "devices": json.loads(w["devices"])} for w in waves],
-                "events": [{**dict(e), "ok": bool(e["ok"]), "detail": json.loads(e["detail"])} for e in events]}
+        found = self._rollouts_whole("WHERE id = ?", (rollout_id,))
+        return found[0] if found else None
+
+    def rollouts_whole(self) -> list[dict]:
+        """Every rollout with its waves and events, in three queries (not three per rollout)."""
+        return self._rollouts_whole("", ())
+
+    def _rollouts_whole(self, where: str, args: tuple) -> list[dict]:
+        rows = self._db.execute(f"SELECT * FROM rollouts {where} ORDER BY id", args).fetchall()
+        if not rows:
+            return []
+        picked = f"WHERE rollout_id IN (SELECT id FROM rollouts {where})"
+        waves, events = {r["id"]: [] for r in rows}, {r["id"]: [] for r in rows}
+        for w in self._db.execute(f"SELECT * FROM rollout_waves {picked} ORDER BY rollout_id, wave", args):
+            waves[w["rollout_id"]].append({**dict(w), "devices": json.loads(w["devices"])})
+        for e in self._db.execute(f"SELECT * FROM rollout_events {picked} ORDER BY id", args):
+            events[e["rollout_id"]].append({**dict(e), "ok": bool(e["ok"]), "detail": json.loads(e["detail"])})
+        return [{**_rollout_dict(r), "waves": waves[r["id"]], "events": events[r["id"]]} for r in rows]
 
 
 class _LockedConnection:
@@ -367,6 +389,7 @@ class _LockedConnection:
         db.row_factory = sqlite3.Row
         self._conn = db
         self.lock = threading.RLock()
+        self.depth = 0  # open transactions (nested ones join the outermost); guarded by `lock`
 
     def execute(self, sql: str, args: Sequence = ()) -> sqlite3.Cursor:
         with self.lock:
@@ -379,22 +402,29 @@ class _LockedConnection:
 
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (autocommit otherwise); the
-    connection's lock is held throughout, so another thread's statement waits."""
+    connection's lock is held throughout, so another thread's statement waits. Nested in
+    another on the same thread, it is part of the outer one (which commits or rolls back)."""
 
     def __init__(self, db: _LockedConnection):
         self._db = db
 
     def __enter__(self) -> None:
         self._db.lock.acquire()
+        self._db.depth += 1
+        if self._db.depth > 1:
+            return
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except BaseException:
+            self._db.depth -= 1
             self._db.lock.release()
             raise
 
     def __exit__(self, exc_type, *_) -> None:
+        self._db.depth -= 1
         try:
-            self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+            if self._db.depth == 0:
+                self._db.execute("ROLLBACK" if exc_type else "COMMIT")
         finally:
             self._db.lock.release()
 

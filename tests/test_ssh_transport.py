@@ -268,6 +268,7 @@ def test_uploads_prefer_aes_gcm_and_send_one_packet_per_write(fleet, tmp_path):
     with connect(fleet.device(0).endpoint) as tr:
         ssh = tr._client.get_transport()
         assert ssh.local_cipher == ssh.remote_cipher == "aes128-gcm@openssh.com"
+        tr.size(remote)  # opens the SFTP session (on first use): its packets are not the upload's
         sent = []
         send = ssh.packetizer.send_message
         ssh.packetizer.send_message = lambda message: (sent.append(1), send(message))[1]

@@ -84,3 +84,39 @@ def test_device_contact_and_rollout_records(tmp_path):
     assert record["status"] == "halted" and record["options"] == {"canary": 1}
     assert record["waves"][0]["devices"] == ["cam-1"] and record["waves"][0]["status"] == "halted"
     assert record["events"][0]["detail"] == {"status": "breached"} and record["events"][0]["ok"] is False
+
+
+def test_a_batch_is_one_transaction_that_writes_all_or_nothing(tmp_path):
+    path = tmp_path / "edgekit.db"
+    with Store(path) as store:
+        rollout = store.start_rollout(name="m", version="1", target="t", sha256="0" * 64, path="b", options={})
+        with store.batch():
+            for i in range(3):
+                store.add_event(rollout, 1, f"dev-{i}", "deploy", True, {})
+                store.record_change(f"dev-{i}", "m", "deploy", ok=True, before={}, after={"current": "1"},
+                                    rollout_id=rollout)  # opens its own transaction: it joins the batch
+            with sqlite3.connect(path) as other:  # another connection sees nothing before the commit
+                assert other.execute("SELECT COUNT(*) FROM rollout_events").fetchone()[0] == 0
+        assert len(store.rollout(rollout)["events"]) == 3 and len(store.models()) == 3
+        with pytest.raises(RuntimeError), store.batch():
+            store.add_event(rollout, 2, "dev-9", "deploy", True, {})
+            raise RuntimeError("a wave's recording fails half-way")
+        assert len(store.rollout(rollout)["events"]) == 3  # rolled back whole
+        store.add_event(rollout, 2, "dev-9", "deploy", True, {})  # and the store is usable after it
+        assert len(store.device_events(rollout_id=rollout)) == 3
+    indexes = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"rollout_events_by_rollout", "device_events_by_rollout"} <= indexes
+
+
+def test_every_rollout_read_at_once_is_each_rollout_read_alone(tmp_path):
+    with Store(tmp_path / "edgekit.db") as store:
+        ids = []
+        for n in range(3):
+            rid = store.start_rollout(name="m", version=str(n), target="t", sha256="0" * 64, path="b", options={"n": n})
+            ids.append(rid)
+            for wave in range(n + 1):
+                store.start_wave(rid, wave, "batch", [f"dev-{wave}"])
+                store.add_event(rid, wave, f"dev-{wave}", "deploy", wave % 2 == 0, {"wave": wave})
+        whole = store.rollouts_whole()
+        assert whole == [store.rollout(rid) for rid in ids]
+        assert [len(r["events"]) for r in whole] == [1, 2, 3] and store.rollout(999) is None

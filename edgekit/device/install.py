@@ -19,9 +19,9 @@ import sys
 import tarfile
 import tempfile
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
-from .state import Layout, RunnerError, check_name, read_json, utc_now, write_json_atomic
+from .state import META, Layout, RunnerError, check_name, read_json, utc_now, write_json_atomic
 from .trust import sha256_file, trusted_keys, verify_signature
 
 __all__ = ["install", "clean_leftovers", "clean_parts", "MAX_MEMBERS", "MAX_FILE_BYTES", "MAX_TOTAL_BYTES", "META",
@@ -32,7 +32,6 @@ MAX_FILE_BYTES = 4 << 30
 MAX_TOTAL_BYTES = 8 << 30
 MAX_MANIFEST_BYTES = 4 << 20
 PART_MAX_AGE_S = 24 * 3600  # an upload untouched for a day is removed by the next install
-META = ".bundle.json"  # written by the runner beside the files; no member may start with "."
 MANIFEST, SIGNATURE = "manifest.json", "manifest.sig"
 _PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$")
 # Test hook (documented in the README): sleep this many seconds after the first member is
@@ -54,17 +53,53 @@ def upload_path(layout: Layout, given: str) -> str:
     return path
 
 
-def check_upload(path: str, sha256: Optional[str], size: Optional[int]) -> str:
-    """The upload's sha256, after checking its size and hash against what the host sent."""
+def check_size(path: str, size: Optional[int]) -> None:
+    """Refuse an upload whose size is not what the host sent, before reading any of it."""
     actual = os.path.getsize(path)
     if size is not None and actual != size:
         raise _bad(f"upload {os.path.basename(path)} is {actual} bytes, expected {size} "
                    "(a truncated or overlong upload; push again)", "integrity")
-    digest = sha256_file(path)
+
+
+def check_digest(name: str, digest: str, sha256: Optional[str]) -> None:
     if sha256 is not None and digest != sha256.lower():
-        raise _bad(f"upload {os.path.basename(path)} has sha256 {digest[:12]}.., expected {sha256[:12]}.. "
+        raise _bad(f"upload {name} has sha256 {digest[:12]}.., expected {sha256[:12]}.. "
                    "(corrupted in transfer; push again)", "integrity")
-    return digest
+
+
+class _Hashing:
+    """A read-only file that hashes every byte read from it, in order; tarfile reads the
+    bundle front to back, so extracting through it hashes the upload in the same pass
+    (a second pass over a 50 MB bundle cost as much as the extraction). `rest()` reads
+    what tarfile left (the end-of-archive blocks) so that the digest covers the file."""
+
+    def __init__(self, fh):
+        self._fh, self._hash, self._at = fh, hashlib.sha256(), 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._fh.read(size)
+        self._hash.update(data)
+        self._at += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self._at
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        # tarfile skips forward over data it does not read (never backwards on a plain
+        # tar read in order): skipped bytes are read and hashed, so none is left out.
+        target = offset if whence == 0 else self._at + offset
+        if whence == 2 or target < self._at:
+            raise _bad("the bundle's tar asked to seek backwards (not a plain tar read in order)")
+        while self._at < target:
+            if not self.read(min(target - self._at, 1 << 20)):
+                break
+        return self._at
+
+    def rest(self) -> str:
+        while self.read(1 << 20):
+            pass
+        return self._hash.hexdigest()
 
 
 def _check_member(member: tarfile.TarInfo, seen: Dict[str, dict]) -> str:
@@ -89,22 +124,36 @@ def _check_member(member: tarfile.TarInfo, seen: Dict[str, dict]) -> str:
     return name
 
 
-def extract(bundle: str, staging: str) -> Dict[str, dict]:
-    """Copy each member's bytes into staging by hand; returns {name: {sha256, size}}."""
+def extract(bundle: str, staging: str) -> Tuple[Dict[str, dict], str]:
+    """Copy each member's bytes into staging by hand; returns ({name: {sha256, size}}, the
+    sha256 of the whole bundle file, hashed in the same pass)."""
     files: Dict[str, dict] = {}
     total = 0
     try:
-        with tarfile.open(bundle, mode="r:") as tar:  # plain tar only: no decompression bombs
-            for member in tar:
-                name = _check_member(member, files)
-                total += member.size
-                if total > MAX_TOTAL_BYTES:
-                    raise _bad(f"the bundle unpacks to over {MAX_TOTAL_BYTES} bytes")
-                files[name] = _copy_member(tar, member, os.path.join(staging, *name.split("/")))
-                _test_pause(len(files))
+        with open(bundle, "rb") as raw:
+            source = _Hashing(raw)
+            with tarfile.open(fileobj=source, mode="r:") as tar:  # plain tar only: no decompression bombs
+                for member in tar:
+                    name = _check_member(member, files)
+                    total += member.size
+                    if total > MAX_TOTAL_BYTES:
+                        raise _bad(f"the bundle unpacks to over {MAX_TOTAL_BYTES} bytes")
+                    files[name] = _copy_member(tar, member, os.path.join(staging, *name.split("/")))
+                    _test_pause(len(files))
+            digest = source.rest()
     except (tarfile.TarError, EOFError) as exc:
         raise _bad(f"{os.path.basename(bundle)} is not a readable bundle (tar: {exc})") from exc
-    return files
+    return files, digest
+
+
+def _extract_checked(tar_path: str, unpacked: str, name: str, sha256: Optional[str]) -> Tuple[Dict[str, dict], str]:
+    """extract(); a bundle it refuses is hashed on its own, so that an upload corrupted in
+    transfer is named as such rather than by the tar damage it caused."""
+    try:
+        return extract(tar_path, unpacked)
+    except RunnerError:
+        check_digest(name, sha256_file(tar_path), sha256)
+        raise
 
 
 def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str) -> dict:
@@ -230,11 +279,14 @@ def install(layout: Layout, given: str, *, sha256: Optional[str] = None, size: O
         clean_parts(layout, PART_MAX_AGE_S, keep=os.path.basename(path))
         staging = tempfile.mkdtemp(prefix=".staging-", dir=layout.bundles)
         try:
-            digest = check_upload(path, sha256, size)
+            check_size(path, size)
             tar_path, unpacked = os.path.join(staging, "bundle.tar"), os.path.join(staging, "files")
             os.rename(path, tar_path)
             os.mkdir(unpacked)
-            files = extract(tar_path, unpacked)
+            files, digest = _extract_checked(tar_path, unpacked, os.path.basename(path), sha256)
+            # Only the staging directory holds what was extracted: a bundle whose hash is not
+            # the host's is refused here, before anything of it is read or placed.
+            check_digest(os.path.basename(path), digest, sha256)
             manifest = check_manifest(unpacked, files)
             signer = _check_signature(layout, unpacked, files)
             meta = {"sha256": digest, "size": os.path.getsize(tar_path), "signer": signer,

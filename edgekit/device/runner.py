@@ -45,10 +45,10 @@ import threading
 import time
 from typing import Dict, List, Optional, Sequence
 
-from .install import clean_leftovers, clean_parts, install
-from .report import evaluate_bundle
-from .scratch import clean as clean_scratch, clean_idle as clean_idle_scratch, measure
-from .state import Layout, RunnerError, check_name
+# install (tarfile, tempfile) and report (socket, numpy later) are imported by the commands
+# that use them: status, activate and restore, most of what a push or rollout asks a device
+# for, start without them (a runner's start is a Python start on every device, every step).
+from .state import META, Layout, RunnerError, check_name, read_json
 from .trust import trusted_keys, tree_hash
 
 __all__ = ["main", "runner_files", "LAUNCHER_NAME", "LAUNCHER_SOURCE", "PACKAGE_NAME"]
@@ -83,6 +83,8 @@ def runner_files(package_dir: Optional[str] = None) -> Dict[str, bytes]:
 
 
 def cmd_install(layout: Layout, args) -> dict:
+    from .install import install
+
     return install(layout, args.file, sha256=args.sha256, size=args.size)
 
 
@@ -114,6 +116,8 @@ def cmd_restore(layout: Layout, args) -> dict:
 
 
 def cmd_evaluate(layout: Layout, args) -> dict:
+    from .report import evaluate_bundle
+
     watch_parent()
     report, path = evaluate_bundle(layout, args.name, args.version, device_name=args.device_name,
                                    samples=args.samples)
@@ -126,6 +130,8 @@ def cmd_evaluate(layout: Layout, args) -> dict:
 
 
 def cmd_measure(layout: Layout, args) -> dict:
+    from .scratch import measure
+
     watch_parent()
     providers = [p for p in (args.providers or "").split(",") if p] or None
     return measure(layout, args.run, args.model, args.data, threads=args.threads, providers=providers,
@@ -133,6 +139,8 @@ def cmd_measure(layout: Layout, args) -> dict:
 
 
 def cmd_scratch_clean(layout: Layout, args) -> dict:
+    from .scratch import clean as clean_scratch
+
     return clean_scratch(layout, args.run)
 
 
@@ -171,13 +179,25 @@ def cmd_status(layout: Layout, args) -> dict:
     models = {}
     for name in layout.names():
         state = layout.read_state(name)
+        installed = layout.versions(name)
         models[name] = {"current": state["current"], "previous": state["previous"],
-                        "installed": layout.versions(name), "history": state["history"][-10:],
-                        "reports": _reports(layout, name)}
+                        "installed": installed, "history": state["history"][-10:],
+                        "reports": _reports(layout, name),
+                        "bundles": {v: _installed_meta(layout, name, v) for v in installed}}
     incoming = sorted(os.listdir(layout.incoming)) if os.path.isdir(layout.incoming) else []
     return {"root": layout.root, "runner_sha256": tree_hash(runner_files()), "python": platform.python_version(),
             "models": models, "incoming": incoming, "trusted_keys": [p for p, _ in trusted_keys(layout.trust)],
             "disk_free_bytes": disk_free(layout.root), "now": time.time()}
+
+
+def _installed_meta(layout: Layout, name: str, version: str) -> Optional[dict]:
+    """The sha256 and signer the install recorded for NAME VERSION (None if unreadable): with
+    them in the status, a push learns in the same call whether a bundle is there already."""
+    try:
+        meta = read_json(os.path.join(layout.bundle_dir(name, version), META), 65536) or {}
+    except RunnerError:
+        return None
+    return {"sha256": meta.get("sha256"), "signer": meta.get("signer")}
 
 
 def disk_free(path: str) -> Optional[int]:
@@ -189,6 +209,9 @@ def disk_free(path: str) -> Optional[int]:
 
 
 def cmd_gc(layout: Layout, args) -> dict:
+    from .install import clean_leftovers, clean_parts
+    from .scratch import clean_idle as clean_idle_scratch
+
     removed = []
     with layout.locked():
         clean_leftovers(layout)
@@ -210,6 +233,8 @@ def cmd_gc(layout: Layout, args) -> dict:
 
 def cmd_repair(layout: Layout, args) -> dict:
     """Bring the device's own records back in line with what is installed and active."""
+    from .install import clean_leftovers
+
     fixed = []
     with layout.locked():
         clean_leftovers(layout)

@@ -32,13 +32,14 @@ import time
 from contextlib import contextmanager
 from typing import Iterator, List, Optional
 
-__all__ = ["Layout", "RunnerError", "check_name", "write_json_atomic", "read_json", "utc_now", "NAME_PATTERN",
+__all__ = ["META", "Layout", "RunnerError", "check_name", "write_json_atomic", "read_json", "utc_now", "NAME_PATTERN",
            "TIME_FORMAT", "DIRS"]
 
 # Names and versions become path components: the host checks them with this same pattern.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _NAME = NAME_PATTERN
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+META = ".bundle.json"  # written by the runner beside a bundle's files; no member may start with "."
 # Under the device's root; scratch/ only while a host measures there (edgekit_device.scratch).
 DIRS = ("bin", "incoming", "bundles", "current", "state", "reports", "trust", "scratch")
 HISTORY_KEPT = 50

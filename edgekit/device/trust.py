@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import subprocess
-import tempfile
 from typing import Dict, List, Optional, Tuple
 
 from .state import RunnerError
@@ -65,6 +63,8 @@ def verify_signature(message_path: str, signature_path: Optional[str], keys: Lis
     if signature_path is None or not os.path.isfile(signature_path):
         raise RunnerError("the bundle is not signed, and this device trusts keys in trust/ "
                           "(sign it with `edgekit package --sign-key KEY`)", "integrity", 2)
+    import tempfile  # here, not at the top: the runner's other commands start without it
+
     with tempfile.TemporaryDirectory(prefix="edgekit-trust-") as tmp:
         allowed = os.path.join(tmp, "allowed_signers")
         with open(allowed, "w") as fh:
@@ -84,7 +84,9 @@ def verify_signature(message_path: str, signature_path: Optional[str], keys: Lis
     return principal
 
 
-def _ssh_keygen(args: List[str], stdin=None) -> subprocess.CompletedProcess:
+def _ssh_keygen(args: List[str], stdin=None) -> "subprocess.CompletedProcess":
+    import subprocess
+
     try:
         return subprocess.run(["ssh-keygen", *args], stdin=stdin if stdin is not None else subprocess.DEVNULL,
                               capture_output=True, text=True, timeout=60)

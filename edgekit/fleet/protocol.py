@@ -15,6 +15,7 @@ import secrets
 import signal
 import tempfile
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
@@ -153,10 +154,7 @@ def has_runner(transport: Transport, device: Device) -> bool:
 def ensure_runner(transport: Transport, device: Device, status: Optional[dict] = None) -> bool:
     """Install or update ROOT/bin from this host's runner when the hashes differ; True if it did.
     `status` is the runner's status when the caller has just asked for it (no second run)."""
-    from edgekit.device.trust import tree_hash
-
-    files = runner_files()
-    want = tree_hash(files)
+    files, want = _shipped_runner()
     if status is not None and status.get("runner_sha256") == want:
         return False
     if status is None and has_runner(transport, device):
@@ -167,6 +165,16 @@ def ensure_runner(transport: Transport, device: Device, status: Optional[dict] =
             pass  # a broken runner: replace it
     _upload_runner(transport, DevicePaths(device.root), files, want[:12])
     return True
+
+
+@lru_cache(maxsize=1)
+def _shipped_runner() -> tuple[dict[str, bytes], str]:
+    """This host's runner files and their hash: read and hashed once per process, not once
+    per device (a push to a fleet asked for them from every worker)."""
+    from edgekit.device.trust import tree_hash
+
+    files = runner_files()
+    return files, tree_hash(files)
 
 
 def _upload_runner(transport: Transport, paths: DevicePaths, files: dict[str, bytes], tag: str) -> None:
@@ -191,11 +199,16 @@ def _upload_runner(transport: Transport, paths: DevicePaths, files: dict[str, by
 
 
 def device_status(transport: Transport, device: Device, timeout: float = SHORT_STEP_S) -> dict:
-    """The runner's status; a device without a runner is reachable but empty."""
-    if not has_runner(transport, device):
-        return {"models": {}, "runner_sha256": None, "note": "no edgekit runner installed yet"}
+    """The runner's status; a device without a runner is reachable but empty. The runner is
+    asked first and its launcher looked for only when it did not answer: a device that has
+    one (every push after the first) is asked in one session, without SFTP."""
     asked = time.time()
-    reply = payload(run_runner(transport, device, "status", timeout=timeout))
+    try:
+        reply = payload(run_runner(transport, device, "status", timeout=timeout))
+    except RemoteCommandError:
+        if not has_runner(transport, device):
+            return {"models": {}, "runner_sha256": None, "note": "no edgekit runner installed yet"}
+        raise
     answered = time.time()
     if isinstance(reply.get("now"), (int, float)):  # its clock against ours, at the middle of the exchange
         reply["clock_skew_s"] = reply["now"] - (asked + answered) / 2
@@ -221,14 +234,18 @@ def _plain_chars(text: str) -> str:
     return "".join(c if PLAIN.fullmatch(f"x{c}") else "_" for c in text)
 
 
-def installed_meta(transport: Transport, device: Device, bundle: Bundle) -> Optional[dict]:
+def installed_meta(transport: Transport, device: Device, bundle: Bundle, status: Optional[dict] = None) -> Optional[dict]:
     """What the runner recorded when it installed this very bundle (same sha256), or None:
-    a bundle the device already has is not sent again."""
+    a bundle the device already has is not sent again. From `status` when the runner that
+    answered it lists its bundles' hashes, else read over SFTP."""
     paths = DevicePaths(device.root)
     try:
         remote = paths.meta(bundle.name, bundle.version)
     except RunnerError:
         return None  # the runner will refuse it with its own words
+    listed = ((status or {}).get("models") or {}).get(bundle.name, {}).get("bundles")
+    if isinstance(listed, dict) and isinstance(status.get("trusted_keys"), list):
+        return _same_bundle(listed.get(bundle.version), bundle, bool(status["trusted_keys"]))
     size = transport.size(remote)
     if size is None or size > 65536:
         return None
@@ -240,6 +257,13 @@ def installed_meta(transport: Transport, device: Device, bundle: Bundle) -> Opti
             return None
     if not isinstance(meta, dict) or meta.get("sha256") != bundle.sha256:
         return None
-    if meta.get("signer") is None and any(n.endswith(".pub") for n in transport.listdir(paths.trust)):
+    return _same_bundle(meta, bundle, meta.get("signer") is None and any(n.endswith(".pub") for n in
+                                                                       transport.listdir(paths.trust)))
+
+
+def _same_bundle(meta: Optional[dict], bundle: Bundle, trusts_keys: bool) -> Optional[dict]:
+    if not isinstance(meta, dict) or meta.get("sha256") != bundle.sha256:
+        return None
+    if meta.get("signer") is None and trusts_keys:
         return None  # installed before the device trusted keys: the runner checks the signature now
     return {"already_installed": True, "signer": meta.get("signer")}

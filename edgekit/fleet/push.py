@@ -70,7 +70,7 @@ def install_bundle(transport: Transport, device: Device, bundle: Bundle, *, acti
         before = model_state(status, bundle.name)
         check_cancel(cancel, device, "the runner update", {"before": before})
         updated = ensure_runner(transport, device, status)
-        installed = installed_meta(transport, device, bundle)
+        installed = installed_meta(transport, device, bundle, None if updated else status)
     detail = {"name": bundle.name, "version": bundle.version, "before": before, "runner_updated": updated,
               "seconds": seconds}
     if installed is None:

@@ -175,15 +175,16 @@ def _restore_rows(run: _Run, index: int, todo: list[dict]) -> None:
 
 
 def _record_rows(run: _Run, index: int, rows: list[dict]) -> None:
-    for row in rows:
-        detail = {k: v for k, v in row.items() if k not in ("device", "breaches")}
-        detail["breaches"] = [b.record() for b in row["breaches"]]
-        run.store.add_event(run.rollout_id, index, row["device"], "deploy", row["status"] == "ok", detail)
-        if row["status"] == "ok" and "restored" not in row:  # passed its gates and keeps the new version
-            before = row["before"] or {}
-            run.store.record_change(row["device"], run.bundle.name, "deploy", ok=True, before=before, gated=True,
-                                    rollout_id=run.rollout_id,
-                                    after={"current": run.bundle.version, "previous": before.get("current")})
+    with run.store.batch():  # a wave's records in one commit
+        for row in rows:
+            detail = {k: v for k, v in row.items() if k not in ("device", "breaches")}
+            detail["breaches"] = [b.record() for b in row["breaches"]]
+            run.store.add_event(run.rollout_id, index, row["device"], "deploy", row["status"] == "ok", detail)
+            if row["status"] == "ok" and "restored" not in row:  # passed its gates and keeps the new version
+                before = row["before"] or {}
+                run.store.record_change(row["device"], run.bundle.name, "deploy", ok=True, before=before,
+                                        gated=True, rollout_id=run.rollout_id,
+                                        after={"current": run.bundle.version, "previous": before.get("current")})
 
 
 def _wave(run: _Run, index: int, kind: str, members: list[Device]) -> Optional[str]:
@@ -196,7 +197,8 @@ def _wave(run: _Run, index: int, kind: str, members: list[Device]) -> Optional[s
     wave = Wave(run.bundle, run.store, run.rollout_id, kind, known, run.samples, run.step, run.cancel,
                 run.step_timeout)
     results = run.engine.deploy(wave, todo)
-    rows = [judge(run.store, d, r, run.bundle) for d, r in zip(todo, results)]
+    with run.store.batch():  # judging stores each device's contact and reports: one commit for the wave
+        rows = [judge(run.store, d, r, run.bundle) for d, r in zip(todo, results)]
     for row in rows:
         run.step(row["device"], row["status"], None, None)
     run.failures += sum(r["status"] in FAILED for r in rows)

@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-__all__ = ["Label", "fit_axis_labels", "thin_ticks", "freeze_layout", "place_labels", "marker_box", "drawn_tick_labels",
+__all__ = ["Label", "fit_axis_labels", "thin_ticks", "freeze_layout", "place_labels", "marker_box", "marker_boxes", "drawn_tick_labels",
            "tick_label_boxes", "label_boxes", "overlap"]
 
 GAP = 4            # pixels kept free between two tick labels
@@ -139,6 +139,18 @@ def marker_box(ax, xy: tuple[float, float], size: float):
     return Bbox([[x - half, y - half], [x + half, y + half]])
 
 
+def marker_boxes(ax, obstacles: list[tuple[tuple[float, float], float]]):
+    """marker_box for many (xy, size) at once: an array of (x0, y0, x1, y1) rows, which
+    place_labels takes as its obstacles."""
+    import numpy as np
+
+    if not obstacles:
+        return np.zeros((0, 4))
+    centres = ax.transData.transform(np.array([xy for xy, _ in obstacles], dtype=float))
+    half = np.sqrt(np.array([size for _, size in obstacles], dtype=float)) / 2 * ax.figure.dpi / 72
+    return np.column_stack([centres[:, 0] - half, centres[:, 1] - half, centres[:, 0] + half, centres[:, 1] + half])
+
+
 def _offsets(label: Label):
     """(dx, dy, ha, va, ring) in points, nearest first."""
     edge = math.sqrt(label.marker_size) / 2 + 2
@@ -152,22 +164,44 @@ def _offsets(label: Label):
 
 def place_labels(ax, labels: list[Label], obstacles: list = ()) -> list[Label]:
     """Annotate `ax` with each label where it covers nothing already there (other labels,
-    `obstacles`: display boxes of markers), in the order given; returns those left out."""
+    `obstacles`: display boxes of markers, or marker_boxes' array), in the order given;
+    returns those left out."""
     renderer = _renderer(ax.figure)
     frame = ax.get_window_extent(renderer)
-    taken, left_out = list(obstacles), []
+    taken, left_out = _Boxes(obstacles), []
     for label in labels:
         spot = _free_spot(ax, label, frame, taken, renderer)
         if spot is None:
             left_out.append(label)
             continue
         (dx, dy, ha, va, ring), box = spot
-        taken.append(box)
+        taken.add(box)
         leader = {"arrowprops": {"arrowstyle": "-", "color": "#777777", "lw": 0.6, "shrinkA": 1, "shrinkB": 2}} \
             if ring >= 1 else {}
         ax.annotate(label.text, label.xy, xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
                     **label.style, **leader)
     return left_out
+
+
+class _Boxes:
+    """Display boxes as one array: whether a box comes near any of them is one vectorised test
+    (a chart of 10,000 device dots tried each label spot against every dot in Python)."""
+
+    def __init__(self, boxes):
+        import numpy as np
+
+        self._np = np
+        given = boxes if isinstance(boxes, np.ndarray) else [[b.x0, b.y0, b.x1, b.y1] for b in boxes]
+        self._xy = np.array(given, dtype=float).reshape(-1, 4)
+
+    def add(self, box) -> None:
+        self._xy = self._np.vstack([self._xy, [[box.x0, box.y0, box.x1, box.y1]]])
+
+    def hit(self, box, gap: float = 0.0) -> bool:
+        """overlap(box, any of them, gap)."""
+        b = self._xy
+        return bool(((box.x0 < b[:, 2] + gap) & (b[:, 0] < box.x1 + gap) &
+                     (box.y0 < b[:, 3] + gap) & (b[:, 1] < box.y1 + gap)).any())
 
 
 def _free_spot(ax, label: Label, frame, taken: list, renderer):
@@ -180,7 +214,7 @@ def _free_spot(ax, label: Label, frame, taken: list, renderer):
             probe.set_va(va)
             box = probe.get_window_extent(renderer)
             inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
-            if inside and not any(overlap(box, other, 1) for other in taken):
+            if inside and not taken.hit(box, 1):
                 return (dx, dy, ha, va, ring), box
         return None
     finally:

@@ -19,7 +19,7 @@ from itertools import count
 from typing import Optional
 
 from edgekit.report.chartaxes import DRIFT, QUALITY_AXIS, budget_axis, quality_format
-from edgekit.report.chartlayout import Label, fit_axis_labels, freeze_layout, marker_box, place_labels, thin_ticks
+from edgekit.report.chartlayout import Label, fit_axis_labels, freeze_layout, marker_boxes, place_labels, thin_ticks
 
 __all__ = ["to_svg", "triangle_chart", "device_chart", "calibration_chart", "quality_of",
            "triangle_figure", "device_figure", "calibration_figure"]
@@ -28,6 +28,9 @@ _SALT = count()
 _CMAP = "viridis"
 MARKERS = "osD^vP"
 COHORT, DOT = 300, 28   # marker sizes (points squared): a version's median, one device
+# A version's device dots past this many are drawn as one picture inside the SVG (text and the
+# versions' markers stay vector): 10,000 dots as SVG elements took most of a fleet report's time.
+RASTER_DOTS = 200
 
 
 def _figure(width: float, height: float):
@@ -81,7 +84,7 @@ def _finish(fig, labels_by_axes: list[tuple], note_left_out=None) -> str:
     freeze_layout(fig)
     left_out = []
     for ax, labels, obstacles in labels_by_axes:
-        left_out += place_labels(ax, labels, [marker_box(ax, xy, size) for xy, size in obstacles])
+        left_out += place_labels(ax, labels, marker_boxes(ax, obstacles))
     if left_out and note_left_out:
         note_left_out(left_out)
     return fig
@@ -133,7 +136,8 @@ def triangle_figure(title: str, cohorts: list[dict], rows: list[dict], flagged: 
                    linewidths=1.2, alpha=0.8, zorder=3)  # a version measured alike shows through
         dots = ax.scatter([r[lat] for r in members], [r["peak_rss_mb"] for r in members],
                           c=[colour(quality_of(r)[0]) for r in members], cmap=_CMAP, norm=norm, s=DOT, marker=marker,
-                          alpha=0.85, zorder=2, edgecolors="#333333", linewidths=0.4)
+                          alpha=0.85, zorder=2, edgecolors="#333333", linewidths=0.4,
+                          rasterized=len(members) > RASTER_DOTS)
         labels.append(Label((x, y), c["version"], COHORT, {"fontsize": 9, "weight": "bold"}))
         obstacles += [((x, y), COHORT)] + [((r[lat], r["peak_rss_mb"]), DOT) for r in members]
         devices = f"{c['ok']} device{'s' if c['ok'] != 1 else ''}"

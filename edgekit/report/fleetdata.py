@@ -57,7 +57,7 @@ def load_fleet(store_path: Path, *, inventory: Optional[Path] = None, targets_di
             reports = [{"device": r["device"], "report": r["report"], "collected_at": r["collected_at"]}
                        for r in store.reports()]
             data = {"store": str(path), "reports": reports, "devices": store.devices(),
-                    "rollouts": [store.rollout(r["id"]) for r in store.rollouts()],
+                    "rollouts": store.rollouts_whole(),
                     "collect_errors": store.collect_errors(), "models": store.models()}
     except EdgekitError:
         raise

@@ -17,7 +17,7 @@ from html import escape
 from typing import Iterable, Optional
 
 from edgekit.report.charts import calibration_chart, device_chart, triangle_chart
-from edgekit.report.views import health_items
+from edgekit.report.views import at_scale, health_items
 
 __all__ = ["render_fleet", "render_calibration", "CSS"]
 
@@ -151,9 +151,22 @@ def _target_section(result: dict, name: str, target: str, budgets: dict) -> str:
     parts = [f'<h2 id="t-{escape(target)}">{escape(name)} on {escape(target)}</h2>',
              f'<div class="meta">budgets: {escape(limits)}</div>',
              f'<div class="panel">{triangle_chart(f"{name} on {target}: each version by latency and memory", cohorts, rows, flagged, budget)}</div>',
-             f'<div class="panel">{device_chart(f"{name} on {target}: every device", rows, flags, budget)}</div>',
+             f'<div class="panel">{_device_chart(name, target, rows, flags, budget)}</div>',
              f'<h3>devices</h3><div class="panel">{_devices_table(rows, flags, budget)}</div>']
     return "".join(parts)
+
+
+# Past this many device x version rows the device chart (a line each) shows those that need
+# a look and the extremes (views.at_scale); the table below it keeps every row.
+CHART_ROWS = 60
+
+
+def _device_chart(name: str, target: str, rows: list[dict], flags: list[dict], budget: dict) -> str:
+    if len(rows) <= CHART_ROWS:
+        return device_chart(f"{name} on {target}: every device", rows, flags, budget)
+    shown = at_scale(rows)
+    return device_chart(f"{name} on {target}: {len(shown)} of {len(rows)} device rows, those that need a look and "
+                        "the extremes (every row in the table below)", shown, flags, budget)
 
 
 def _devices_table(rows: list[dict], flags: list[dict], budget: dict) -> str:

@@ -13,10 +13,27 @@ from pathlib import Path
 
 from edgekit.report.analysis import METRICS
 
-__all__ = ["SECTIONS", "sections", "health_items", "cohort_flat", "to_csv", "load_calibration",
+__all__ = ["SECTIONS", "sections", "health_items", "needs_a_look", "at_scale", "cohort_flat", "to_csv", "load_calibration",
            "calibration_rows", "quality_key"]
 
 SECTIONS = ("rows", "cohorts", "drift", "health", "rollouts", "compare")
+
+
+def needs_a_look(row: dict) -> bool:
+    """A device x version row that failed, drifts or breaks a budget."""
+    return row["status"] != "ok" or bool(row["flags"]) or bool(row["over_budget"])
+
+
+def at_scale(rows: list[dict], extremes: int = 5) -> list[dict]:
+    """The rows a picture of a large fleet shows: those that need a look, and the `extremes`
+    lowest in quality, slowest (p95) and largest (peak memory) of the rest, in their order."""
+    def worst(key, low: bool) -> list[int]:
+        measured = [i for i, r in enumerate(rows) if r.get(key) is not None]
+        return sorted(measured, key=lambda i: rows[i][key] if low else -rows[i][key])[:extremes]
+    chosen = {i for i, r in enumerate(rows) if needs_a_look(r)}
+    quality = "accuracy" if any(r.get("accuracy") is not None for r in rows) else "cosine"
+    chosen |= set(worst(quality, True) + worst("latency_p95", False) + worst("peak_rss_mb", False))
+    return [rows[i] for i in sorted(chosen)]
 
 
 def cohort_flat(cohort: dict) -> dict:

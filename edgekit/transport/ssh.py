@@ -1,4 +1,4 @@
-"""The ssh transport: one paramiko SSHClient and one SFTP session per device.
+"""The ssh transport: one paramiko SSHClient per device, and one SFTP session on it once a file is touched.
 
 Host keys are checked before authentication (see hostkeys.py); commands are argument
 lists quoted with shlex.join for the device's POSIX login shell; every file operation
@@ -46,18 +46,26 @@ class SSHTransport(Transport):
         self._own_known = edgekit_known_hosts(known_hosts)
         self._trust_new = trust_new_hosts
         self._clients: list[paramiko.SSHClient] = []  # jump hosts first, the device last
-        self._sftp: Optional[paramiko.SFTPClient] = None
+        self._sftp_client: Optional[paramiko.SFTPClient] = None
         self._lost: Optional[str] = None  # why the watchdog closed the connection
         route = resolve(endpoint)
+        self._label = route.target.label
         try:
             self._client = self._connect_route(route.jumps + (route.target,))
-            with self._translated(f"opening SFTP on {route.target.label}", connecting=True):
-                self._sftp = paramiko.SFTPClient.from_transport(self._client.get_transport(),
-                                                                window_size=SFTP_WINDOW)
-                self._sftp.get_channel().settimeout(IO_TIMEOUT_S)
         except BaseException:
             self.close()
             raise
+
+    @property
+    def _sftp(self) -> paramiko.SFTPClient:
+        """The SFTP session, opened on first use: a device that is only asked something (a
+        status, an unchanged re-push) costs one session and no sftp-server process."""
+        if self._sftp_client is None:
+            with self._translated(f"opening SFTP on {self._label}"):
+                sftp = paramiko.SFTPClient.from_transport(self._client.get_transport(), window_size=SFTP_WINDOW)
+                sftp.get_channel().settimeout(IO_TIMEOUT_S)
+            self._sftp_client = sftp
+        return self._sftp_client
 
     # -- connecting -------------------------------------------------------------------
 
@@ -225,7 +233,7 @@ class SSHTransport(Transport):
 
     def close(self) -> None:
         # Closing a connection that is already gone is not an error worth reporting.
-        sftp, self._sftp = self._sftp, None
+        sftp, self._sftp_client = self._sftp_client, None
         if sftp is not None:
             with suppress(paramiko.SSHException, OSError, EOFError):
                 sftp.close()

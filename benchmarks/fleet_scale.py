@@ -1,0 +1,223 @@
+"""How a rollout's cost grows with the fleet: 10, 100 and 1000 local devices, then a report of 1000 x 10.
+
+    python benchmarks/fleet_scale.py [--sizes 10,100,1000] [--workers 8] [--out bench-results/fleet_scale.json]
+
+Each size runs in its own process (so that its peak memory is its own): that many local
+devices (folders on this machine, each with the device Python of the tests when there is
+one), the example digits bundle rolled out to all of them with the native engine
+(`edgekit.fleet.rollout.rollout`, canary 1 then batches of 25%), every device installing,
+activating and evaluating it on 100 samples. Measured:
+
+    seconds, seconds per device     the whole rollout (wall), and over the devices
+    host peak MB                    the host process's peak resident memory (ru_maxrss);
+                                    the device runners are processes of their own
+    store write s                   time spent in the store's writes (statements and commits)
+    report s                        the store loaded and rendered as `edgekit report` does
+                                    it (terminal table and HTML)
+
+Then a store of 1000 devices x 10 versions (the 1000-device rollout's real reports, each
+copied under 10 versions and validated as `collect` does: real runs of 10,000 evaluations
+would take hours here) is loaded and rendered, table and HTML, a few times: the median.
+Results go to JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's edgekit
+DEVICE_VENV_PYTHON = REPO / ".venv-device" / "bin" / "python"  # numpy + onnxruntime, made by the tests
+
+
+def device_python() -> str:
+    ready = DEVICE_VENV_PYTHON.exists() and subprocess.run(
+        [str(DEVICE_VENV_PYTHON), "-c", "import numpy, onnxruntime"], capture_output=True).returncode == 0
+    return str(DEVICE_VENV_PYTHON) if ready else sys.executable
+
+
+def build_bundle(work: Path):
+    from edgekit.datasets import load_dataset
+    from edgekit.package import package
+    from edgekit.targets import load_profile
+
+    return package(REPO / "examples" / "digits" / "model.onnx", load_profile("host-cpu"),
+                   load_dataset(REPO / "calibration" / "digits" / "eval.npz"), name="digits", version="1.0.0",
+                   out_dir=work / "dist", eval_samples=100)
+
+
+def write_inventory(work: Path, n: int, python: str) -> Path:
+    lines = []
+    for i in range(n):
+        lines += ["[[device]]", f'name = "dev-{i:04d}"', 'transport = "local"', f'root = "{work}/devices/dev-{i:04d}"',
+                  'target = "host-cpu"', f"python = {json.dumps(python)}", ""]
+    path = work / "fleet.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+class StoreClock:
+    """Time spent in the store's writes: every statement that is not a read, and commits."""
+
+    def __init__(self, store):
+        self.seconds, self.writes = 0.0, 0
+        db = store._db
+        plain = db.execute
+
+        def execute(sql, args=()):
+            if sql.lstrip()[:6].upper() in ("SELECT", "PRAGMA"):
+                return plain(sql, args)
+            start = time.perf_counter()
+            try:
+                return plain(sql, args)
+            finally:
+                self.seconds += time.perf_counter() - start
+                self.writes += 1
+        db.execute = execute
+
+
+def render_report(store_path: Path) -> dict:
+    """Load the store and render it as `edgekit report` does: the terminal table and the HTML."""
+    import io
+
+    from rich.console import Console
+
+    from edgekit.report.analysis import DriftRules, analyse
+    from edgekit.report.fleetdata import load_fleet
+    from edgekit.report.html import render_fleet
+    from edgekit.report.tables import print_fleet
+
+    start = time.perf_counter()
+    data = load_fleet(store_path)
+    loaded = time.perf_counter()
+    result = analyse(data["reports"], data["devices"], data["rollouts"], models=data["models"],
+                     budgets=data["budgets"], collect_errors=data["collect_errors"], rules=DriftRules())
+    analysed = time.perf_counter()
+    print_fleet(Console(file=io.StringIO(), width=200, no_color=True), result, "all")
+    table = time.perf_counter()
+    html = render_fleet(result, store=str(store_path), budgets=data["budgets"], filters={})
+    done = time.perf_counter()
+    return {"load_s": round(loaded - start, 3), "analyse_s": round(analysed - loaded, 3),
+            "table_s": round(table - analysed, 3), "html_s": round(done - table, 3),
+            "total_s": round(done - start, 3), "reports": len(data["reports"]), "html_kb": round(len(html) / 1024)}
+
+
+def one_size(n: int, work: Path, workers: int) -> dict:
+    """Child process: one rollout to N devices."""
+    from edgekit.bundle import read_bundle
+    from edgekit.fleet.inventory import load_inventory
+    from edgekit.fleet.rollout import rollout
+    from edgekit.store import Store
+
+    # A device keeps the runner's compiled bytecode between runs; a host that asks Python not
+    # to write any (this one does) would make every runner step compile it again.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    bundle = read_bundle(Path(json.loads((work / "bundle.json").read_text())["path"]))
+    devices = load_inventory(write_inventory(work, n, device_python())).devices
+    with Store(work / "edgekit.db") as store:
+        clock = StoreClock(store)
+        start = time.perf_counter()
+        result = rollout(bundle, devices, store, canary=1, batch="25%", samples=100, workers=workers)
+        seconds = time.perf_counter() - start
+    report = render_report(work / "edgekit.db")
+    return {"devices": n, "outcome": result.outcome, "seconds": round(seconds, 2), "s_per_device": round(seconds / n, 4),
+            "host_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "store_write_s": round(clock.seconds, 3), "store_writes": clock.writes, "report": report}
+
+
+def ten_versions(source: Path, work: Path, repeats: int) -> dict:
+    """A store of every report of `source` copied under 10 versions; load and render it `repeats` times."""
+    from edgekit.device_report import DeviceReport
+    from edgekit.store import Store
+
+    target = work / "ten-versions.db"
+    with Store(source) as src, Store(target) as dst:
+        rows = src.reports()
+        for v in range(10):
+            for row in rows:
+                raw = copy.deepcopy(row["report"].record())
+                raw["run_id"] = f"{raw['run_id']}-v{v}"
+                raw["bundle"] = {**raw["bundle"], "version": f"1.0.{v}"}
+                dst.add_reports(row["device"], [(DeviceReport.from_object(raw), "fleet_scale copy")])
+        for device in src.devices():
+            dst.touch_device(device["name"], target=device["target"], transport=device["transport"], reachable=True)
+    runs = [render_report(target) for _ in range(repeats)]
+    return {"devices": len({r["device"] for r in rows}), "versions": 10, "reports": runs[0]["reports"],
+            "median": {k: statistics.median(r[k] for r in runs) for k in runs[0] if k.endswith("_s")},
+            "runs": [r["total_s"] for r in runs]}
+
+
+def run(sizes: list[int], workers: int, base: Path) -> dict:
+    from edgekit.machine import cpu_facts
+
+    bundle = build_bundle(base)
+    rows = []
+    for n in sizes:
+        work = base / f"fleet-{n}"
+        work.mkdir()
+        (work / "bundle.json").write_text(json.dumps({"path": str(bundle.path)}))
+        print(f"rolling out to {n} local devices", flush=True)
+        proc = subprocess.run([sys.executable, __file__, "--one", str(n), "--work", str(work), "--workers", str(workers)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"the {n}-device rollout failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"  {rows[-1]['seconds']} s, outcome {rows[-1]['outcome']}", flush=True)
+    largest = base / f"fleet-{max(sizes)}" / "edgekit.db"
+    print(f"a report of {max(sizes)} devices x 10 versions", flush=True)
+    return {"benchmark": "fleet_scale", "workers": workers, "device_python": device_python(), "sizes": rows,
+            "ten_versions": ten_versions(largest, base, repeats=3), "machine": cpu_facts(),
+            "notes": ["local devices: folders on this machine; every runner step is a process on the same 2 cores",
+                      "store write s: statements that are not reads, and commits, timed where the store runs them",
+                      "the 10-version store holds real reports of the largest rollout, each copied under 10 "
+                      "versions and validated as collect validates a report"]}
+
+
+def show(record: dict) -> None:
+    print(f"\n{'devices':>8} {'seconds':>9} {'s/device':>9} {'host MB':>8} {'store s':>8} {'writes':>7} {'report s':>9}")
+    first = record["sizes"][0]
+    for row in record["sizes"]:
+        print(f"{row['devices']:8d} {row['seconds']:9.1f} {row['s_per_device']:9.3f} {row['host_peak_mb']:8.0f} "
+              f"{row['store_write_s']:8.2f} {row['store_writes']:7d} {row['report']['total_s']:9.2f}")
+    for row in record["sizes"][1:]:
+        grow = row["devices"] / first["devices"]
+        print(f"x{grow:g} devices: x{row['seconds'] / first['seconds']:.1f} time, "
+              f"x{row['s_per_device'] / first['s_per_device']:.2f} per device, "
+              f"x{row['host_peak_mb'] / first['host_peak_mb']:.2f} host memory")
+    ten = record["ten_versions"]
+    parts = ", ".join(f"{k[:-2]} {v:.2f} s" for k, v in ten["median"].items())
+    print(f"report of {ten['devices']} devices x {ten['versions']} versions ({ten['reports']} reports), median: {parts}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10,100,1000")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "fleet_scale.json")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)   # the child: one size
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one_size(args.one, args.work, args.workers)))
+        return
+    sizes = [int(s) for s in args.sizes.split(",")]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fleet-scale-") as tmp:
+        record = run(sizes, args.workers, Path(tmp))
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    show(record)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
