@@ -100,7 +100,8 @@ class _Run:
             notify(on_step, "quantize")
             c.path = self.toolchain.quantize(self.fp32, c.recipe, self.workdir / f"{c.id}{self.toolchain.suffix}",
                                              calibration=self.calibration, on_step=on_step)
-            c.weights = self.toolchain.quantized_weights(self.fp32, c.path)
+            if c.recipe.precision not in ("fp32", "fp16"):  # what a quantizing recipe quantized
+                c.weights = self.toolchain.quantized_weights(self.fp32, c.path)
             refusal = self.toolchain.model_refusal(c.path, self.profile)
             if refusal:  # the device's runtime cannot load it: never measured, never chosen
                 c.status, c.error = "failed", f"not offered: {refusal}"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_serializer
 
 from edgekit.words import Precision
 
@@ -26,6 +26,7 @@ __all__ = ["Recipe", "METHODS", "ALGORITHMS"]
 
 METHODS = ("minmax", "entropy", "percentile")
 ALGORITHMS = ("rtn", "hqq", "kquant")
+_LATER = ("block_size", "accuracy_level", "algorithm", "symmetric", "weight_only")
 
 
 class Recipe(BaseModel):
@@ -69,13 +70,12 @@ class Recipe(BaseModel):
             parts.append(f"i{len(self.include)}")
         return "-".join(parts)
 
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler):
+        """The options a recipe of before them lacks are left out at their defaults, so that
+        older records and manifests read, and are written again, the same."""
+        data = handler(self)
+        return {k: v for k, v in data.items() if k not in _LATER or v not in (None, (), [])}
+
     def record(self) -> dict:
-        """The recipe as records hold it; the fields a recipe of before these options lacks are
-        left out at their defaults, so older records and manifests read the same."""
-        data = self.model_dump(mode="json")
-        for key in ("block_size", "accuracy_level", "algorithm", "symmetric"):
-            if data[key] is None:
-                del data[key]
-        if not data["weight_only"]:
-            del data["weight_only"]
-        return data
+        return self.model_dump(mode="json")
