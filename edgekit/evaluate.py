@@ -173,13 +173,16 @@ class _NpzWriter:
 
 
 def measure(model: Path, prepared_npz: Path, *, threads: int = 0, providers: Optional[list[str]] = None,
-            runs: int = 50, min_seconds: float = 0.5, timeout: float = 600) -> dict:
-    """Evaluate `model` on a prepared .npz in a fresh process (the device's code path)."""
+            runs: int = 50, min_seconds: float = 0.5, timeout: float = 1800, lm: Optional[dict] = None) -> dict:
+    """Evaluate `model` on a prepared .npz in a fresh process (the device's code path); `lm`:
+    a language model's workload (edgekit.device.evaluate's LM_SETTINGS)."""
     _check_options(runs=runs, threads=threads, min_seconds=min_seconds)
     cmd = [sys.executable, "-m", "edgekit.device.evaluate", str(model), str(prepared_npz),
            "--threads", str(threads), "--runs", str(runs), "--min-seconds", repr(float(min_seconds))]
     if providers:
         cmd += ["--providers", ",".join(providers)]
+    if lm:
+        cmd += ["--lm", json.dumps(lm)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_child_env())
     except subprocess.TimeoutExpired as exc:

@@ -16,12 +16,13 @@ from typing import Literal
 from edgekit.device.state import NAME_PATTERN as PLAIN
 from edgekit.device.state import TIME_FORMAT, utc_now
 
-__all__ = ["PRECISIONS", "Precision", "INT8", "PLAIN", "check_plain", "utc_now", "iso_utc", "epoch_of", "first_line",
+__all__ = ["PRECISIONS", "Precision", "INT8", "BLOCK", "PLAIN", "check_plain", "utc_now", "iso_utc", "epoch_of", "first_line",
            "TIME_FORMAT"]
 
-PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static")
-Precision = Literal["fp32", "fp16", "int8-dynamic", "int8-static"]
-INT8 = ("int8-dynamic", "int8-static")
+PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int8-block", "int4-block")
+Precision = Literal["fp32", "fp16", "int8-dynamic", "int8-static", "int8-block", "int4-block"]
+INT8 = ("int8-dynamic", "int8-static")  # what the mixed-precision search starts from
+BLOCK = ("int8-block", "int4-block")  # weight-only blocks (MatMulNBits): language models
 
 
 def check_plain(value: str, flag: str) -> str:
