@@ -17,6 +17,7 @@ from html import escape
 from typing import Iterable, Optional
 
 from edgekit.report.charts import calibration_chart, device_chart, triangle_chart
+from edgekit.report.lmfleet import is_lm
 from edgekit.report.views import health_items
 
 __all__ = ["render_fleet", "render_calibration", "CSS"]
@@ -66,7 +67,9 @@ LEFT = ("l", "wrap", "time")
 # A target's budgets in words, with their units (max_accuracy_drop is a fraction: 0.05 is 5 pp).
 BUDGET_WORDS = {"max_latency_ms_p95": ("p95 latency ≤ {:g} ms", 1), "max_peak_rss_mb": ("peak memory ≤ {:g} MiB", 1),
                 "max_model_mb": ("model size ≤ {:g} MiB", 1), "max_accuracy_drop": ("accuracy drop ≤ {:g} pp", 100),
-                "min_fidelity_cosine": ("cosine similarity to FP32 ≥ {:g}", 1)}
+                "min_fidelity_cosine": ("cosine similarity to FP32 ≥ {:g}", 1),
+                "max_ppl_increase": ("perplexity increase ≤ {:g}%", 100),
+                "min_decode_tokens_per_s": ("decode ≥ {:g} tokens/s", 1), "max_ttft_ms": ("time to first token ≤ {:g} ms", 1)}
 
 
 def budget_words(budget: dict) -> str:
@@ -148,8 +151,13 @@ def _target_section(result: dict, name: str, target: str, budgets: dict) -> str:
     flagged = {(f["device"], f["version"]) for f in flags} | {(r["device"], r["version"]) for r in rows if r["over_budget"]}
     budget = budgets.get(target) or {}
     limits = budget_words(budget) or "no profile here"
-    parts = [f'<h2 id="t-{escape(target)}">{escape(name)} on {escape(target)}</h2>',
-             f'<div class="meta">budgets: {escape(limits)}</div>',
+    head = [f'<h2 id="t-{escape(target)}">{escape(name)} on {escape(target)}</h2>',
+            f'<div class="meta">budgets: {escape(limits)}</div>']
+    if any(is_lm(r) for r in rows):
+        from edgekit.report.lmhtml import lm_target_section
+
+        return "".join(head) + lm_target_section(name, target, rows, cohorts, flags, flagged, budget)
+    parts = [*head,
              f'<div class="panel">{triangle_chart(f"{name} on {target}: each version by latency and memory", cohorts, rows, flagged, budget)}</div>',
              f'<div class="panel">{device_chart(f"{name} on {target}: every device", rows, flags, budget)}</div>',
              f'<h3>devices</h3><div class="panel">{_devices_table(rows, flags, budget)}</div>']
@@ -215,7 +223,14 @@ def render_fleet(result: dict, *, store: str, budgets: dict, filters: Optional[d
             f"generated {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime())}</div>",
             f'<div class="cards">{cards}</div>', _attention(result)]
     body += [_target_section(result, name, target, budgets) for name, target in _groups(result)]
-    body.append(f'<h2 id="cohorts">Cohorts</h2><div class="panel">{_cohort_table(result["cohorts"])}</div>')
+    one_pass = [c for c in result["cohorts"] if "perplexity" not in c["metrics"]]
+    lm = [c for c in result["cohorts"] if "perplexity" in c["metrics"]]
+    if one_pass or not lm:
+        body.append(f'<h2 id="cohorts">Cohorts</h2><div class="panel">{_cohort_table(one_pass)}</div>')
+    if lm:
+        from edgekit.report.lmhtml import lm_cohort_table
+
+        body.append(f'<h2 id="lm-cohorts">Language-model cohorts</h2><div class="panel">{lm_cohort_table(lm)}</div>')
     body.append(_health_section(h))
     body.append(_compare_section(result.get("compare") or []))
     return _page("edgekit fleet report", "".join(body))

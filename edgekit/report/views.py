@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from edgekit.report.analysis import METRICS
+from edgekit.report.lmfleet import LM_METRICS
 
 __all__ = ["SECTIONS", "sections", "health_items", "cohort_flat", "to_csv", "load_calibration",
            "calibration_rows", "quality_key"]
@@ -22,7 +23,9 @@ SECTIONS = ("rows", "cohorts", "drift", "health", "rollouts", "compare")
 def cohort_flat(cohort: dict) -> dict:
     out = {k: cohort[k] for k in ("name", "target", "version", "devices", "ok", "failed", "gate_failed",
                                  "accuracy_expected")}
-    for metric in METRICS:
+    # a language model's cohort adds its own columns; a one-pass model's keeps its columns
+    lm = any(m in cohort["metrics"] for m in LM_METRICS)
+    for metric in METRICS + (LM_METRICS if lm else ()):
         spread = cohort["metrics"].get(metric) or {}
         for stat in ("median", "min", "max"):
             out[f"{metric}_{stat}"] = spread.get(stat)

@@ -1,0 +1,97 @@
+"""What a language model's reports add to the fleet analysis (edgekit.report.analysis).
+
+A device that evaluated a decoder LM (edgekit.device.lm_evaluate) reports its perplexity on
+the bundle's eval text, its agreement with the FP32 model, generation speed and memory with
+the cache it runs and without one, and the cache-vs-recompute curve at several context
+lengths. Those rows get the columns below; a one-pass model's row gets none of them, so its
+json, csv and tables stay as they were.
+
+Drift: the host measured the same bundle on the same tokens with the same code
+(`metrics.expected`), so a device's perplexity further than a relative tolerance from the
+host's is the device (a different runtime, kernel or a broken file). Decode speed is
+compared among siblings like latency (a robust score in edgekit.report.analysis).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+__all__ = ["LM_METRICS", "LM_BUDGET_COLUMNS", "is_lm", "lm_row", "lm_over_budget", "lm_drift"]
+
+# The per-device numbers of a language model that cohorts summarise and --compare compares,
+# beside edgekit.report.analysis.METRICS (top1_agreement, peak_rss_mb, model_mb are there).
+LM_METRICS = ("perplexity", "ppl_increase", "kl_divergence", "prefill_tokens_per_s", "decode_tokens_per_s",
+              "ttft_ms", "kv_cache_bytes", "recompute_decode_tokens_per_s", "recompute_peak_rss_mb")
+# row column -> the target's budget on it
+LM_BUDGET_COLUMNS = {"ppl_increase": "max_ppl_increase", "decode_tokens_per_s": "min_decode_tokens_per_s",
+                     "ttft_ms": "max_ttft_ms"}
+
+
+def is_lm(row: dict) -> bool:
+    return row.get("perplexity") is not None
+
+
+def _expected(report) -> dict:
+    value = (report.metrics.model_extra or {}).get("expected")
+    return value if isinstance(value, dict) else {}
+
+
+def _curve(report) -> list[dict]:
+    """The cache-vs-recompute points, as plain dicts sorted by context."""
+    points = report.metrics.kv_curve or []
+    return sorted((p.model_dump() for p in points), key=lambda p: p["context"])
+
+
+def _workload(report) -> dict:
+    lm = (report.metrics.model_extra or {}).get("lm")
+    lm = lm if isinstance(lm, dict) else {}
+    return {k: lm.get(k) if isinstance(lm.get(k), int) else None for k in ("context", "prompt_tokens", "generate_tokens")}
+
+
+def _num(value) -> Optional[float]:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if ok else None
+
+
+def lm_row(report, columns: dict, budget: dict) -> dict:
+    """The LM columns of one row ({} for a one-pass model): the report's own numbers
+    (DeviceReport.columns), the host's for the same bundle, the workload, the budgets."""
+    if columns.get("perplexity") is None:
+        return {}
+    expected = _expected(report)
+    m = report.metrics
+    return {**{k: columns[k] for k in LM_METRICS}, "kv_cache": columns["kv_cache"],
+            "kv_cache_bytes_measured": _num(m.kv_cache_bytes_measured),
+            "fp32_perplexity": _num(m.fp32_perplexity),
+            "perplexity_expected": _num(expected.get("perplexity")),
+            "ppl_increase_expected": _num(expected.get("ppl_increase")),
+            "top1_expected": _num(expected.get("top1_agreement")),
+            **_workload(report), "kv_curve": _curve(report),
+            **{f"{column}_budget": _num(budget.get(name)) for column, name in LM_BUDGET_COLUMNS.items()}}
+
+
+def lm_over_budget(row: dict, budget: dict) -> list[str]:
+    """What an LM row's own numbers break of its target's LM budgets."""
+    from edgekit.budgets import LM_GATES, Measured, check
+
+    if not is_lm(row):
+        return []
+    measured = Measured(ppl_increase=row["ppl_increase"], decode_tokens_per_s=row["decode_tokens_per_s"],
+                        ttft_ms=row["ttft_ms"])
+    return [b.sentence() for b in check(measured, budget, gates=LM_GATES)]
+
+
+def lm_drift(row: dict, tolerance: float) -> Optional[dict]:
+    """A flag when the device's perplexity is further than `tolerance` (relative) from the host's."""
+    value, expected = row.get("perplexity"), row.get("perplexity_expected")
+    if value is None or not expected:
+        return None
+    delta = value / expected - 1.0
+    if abs(delta) <= tolerance:
+        return None
+    where = "above" if delta > 0 else "below"
+    reason = (f"perplexity {value:.4g} is {abs(delta):.2%} {where} the host's {expected:.4g} on the same tokens "
+              f"(tolerance {tolerance:.2%})")
+    return {"device": row["device"], "name": row["name"], "target": row["target"], "version": row["version"],
+            "kind": "perplexity", "value": value, "reference": expected, "reason": reason, "delta": delta,
+            "limit": tolerance}
