@@ -50,6 +50,7 @@ demo: $(CORE_STAMP)
 bench: $(FULL_STAMP) sshd
 	$(PY) benchmarks/quantize_vs_ort.py
 	$(PY) benchmarks/push_vs_scp.py
+	$(PY) benchmarks/lm_vs_genai.py
 
 clean:
 	rm -rf $(VENV) out dist demo-work bench-results
