@@ -141,3 +141,19 @@ def test_triangle_colours_are_the_perplexity_increase(compared):
     first = [r["kv_curve"][0] for r in rows if r["version"] == "1.0.0"]
     assert curve[0]["cache_tps"] == pytest.approx(sorted(p["cache"]["decode_tokens_per_s"] for p in first)[1])
     assert curve[-1]["kv_cache_bytes"] == KV_BYTES_PER_TOKEN * 1024
+
+
+def test_lm_calibration_record_in_every_format(tmp_path):
+    from helpers.lmreports import lm_calibration_record
+
+    record = lm_calibration_record(tmp_path / "calibration.json")
+    rows = run_edgekit("report", "--calibration", record, "--json").json()["candidates"]
+    assert [r["kv_cache"] for r in rows] == ["cache", "cache", "recompute"]
+    assert rows[1]["chosen"] and rows[1]["ppl_increase"] == 0.0024 and rows[2]["decode_tokens_per_s"] == 1.3
+    table = run_edgekit("report", "--calibration", record).stdout
+    assert "ppl+" in table and "★ int4-block-minmax-offset-b32-cache" in table and "+0.24%" in table
+    page = tmp_path / "calibration.html"
+    assert run_edgekit("report", "--calibration", record, "-o", page).code == 0
+    html = page.read_text()
+    assert "calibration for raspberry-pi-5-lm: every candidate" in html and "perplexity increase over FP32 (%)" in html
+    assert "recompute decode tokens/s" in html and "min_decode_tokens_per_s: 1.30 &lt; 10" in html

@@ -245,13 +245,19 @@ def render_calibration(record: dict, rows: list[dict], source: str) -> str:
             (quality, quality, "pct" if quality == "accuracy" else ""), ("drop", "drop", "pp" if quality == "accuracy" else ""),
             ("model_mb", "model MiB", ""), ("latency_p50", "p50 ms", ""), ("latency_p95", "p95 ms", ""),
             ("peak_rss_mb", "RSS MiB", ""), ("failed_budgets", "budgets broken", "wrap"), ("error", "error", "wrap")]
+    chart = calibration_chart
+    if record.get("metric") == "perplexity":
+        from edgekit.report.lmhtml import LM_CALIBRATION_COLUMNS
+        from edgekit.report.lmcharts import lm_calibration_chart as chart
+
+        cols = cols[:4] + LM_CALIBRATION_COLUMNS + cols[-2:]
     chosen = record.get("chosen")
     body = [f"<h1>calibration for {escape(target)}</h1>",
             f'<div class="meta">{escape(source)} · model {escape(str((record.get("model") or {}).get("path", "?")))} · '
             f"objective {escape(str(record.get('objective')))} · budgets: {escape(budgets or 'none')}</div>",
             f'<div class="panel{" attention" if not chosen else ""}"><b>chosen: {escape(chosen or "none")}</b> — '
             f"{escape(str(record.get('why') or ''))}</div>",
-            f'<div class="panel">{calibration_chart(record, rows)}</div>',
+            f'<div class="panel">{chart(record, rows)}</div>',
             '<h2>candidates</h2><div class="panel">'
             + _table(cols, rows, lambda r: "chosen" if r["chosen"] else "failed" if r["status"] != "ok" else
                      "drift" if not r["passed"] else "") + "</div>"]

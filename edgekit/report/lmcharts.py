@@ -18,7 +18,8 @@ from edgekit.report.chartaxes import DRIFT, budget_axis
 from edgekit.report.chartlayout import Label
 from edgekit.report.charts import COHORT, DOT, MARKERS, _figure, _finish, _norm, to_svg
 
-__all__ = ["lm_triangle_chart", "kv_curve_chart", "lm_triangle_figure", "kv_curve_figure"]
+__all__ = ["lm_triangle_chart", "kv_curve_chart", "lm_triangle_figure", "kv_curve_figure", "lm_calibration_figure",
+           "lm_calibration_chart"]
 
 _CMAP = "viridis_r"  # a larger perplexity increase is worse: darker
 _RSS_AXIS = "peak memory (MiB)"
@@ -70,13 +71,13 @@ def lm_triangle_figure(title: str, cohorts: list[dict], rows: list[dict], flagge
     return _finish(fig, [(ax, labels, obstacles)])
 
 
-def _speed_axis(ax, speeds: list[float], floor) -> None:
+def _speed_axis(ax, speeds: list[float], floor, who: str = "slowest device") -> None:
     """Decode speed across; its budget is a floor, so the region below it is the shaded one
     (chartaxes shades beyond a ceiling)."""
     note = ""
     if floor is not None and speeds:
         slowest = min(speeds)
-        note = (f"\nslowest device {slowest:.3g} tokens/s, budget at least {floor:g} (dashed)"
+        note = (f"\n{who} {slowest:.3g} tokens/s, budget at least {floor:g} (dashed)"
                 + (": below it" if slowest < floor else ""))
     budget_axis(ax, "x", speeds, "decode speed (tokens/s, right is faster)")
     if floor is not None and speeds:
@@ -146,3 +147,42 @@ def kv_curve_figure(title: str, rows: list[dict]):
 
 def kv_curve_chart(title: str, rows: list[dict]) -> str:
     return to_svg(kv_curve_figure(title, rows))
+
+
+def lm_calibration_figure(record: dict, rows: list[dict]):
+    """Every measured candidate of a language model's calibration by decode speed against
+    peak memory, coloured by perplexity increase: passing ones round, budget breakers
+    crosses, the chosen one a star; points carry the candidate's number (as in the table)."""
+    budgets = record.get("budgets") or {}
+    pts = [r for r in rows if r["status"] == "ok" and r.get("decode_tokens_per_s") is not None
+           and r["peak_rss_mb"] is not None]
+    norm = _norm([r["ppl_increase"] for r in pts if r.get("ppl_increase") is not None])
+    fig = _figure(10, 5.2)
+    ax = fig.add_subplot()
+    scatter = None
+    for passed, marker in ((True, "o"), (False, "X")):
+        group = [r for r in pts if bool(r["passed"]) is passed]
+        if group:
+            scatter = ax.scatter([r["decode_tokens_per_s"] for r in group], [r["peak_rss_mb"] for r in group],
+                                 c=[r["ppl_increase"] if r.get("ppl_increase") is not None else norm.vmin for r in group],
+                                 cmap=_CMAP, norm=norm, marker=marker, s=70, edgecolors="black", linewidths=0.6, zorder=3)
+    chosen = next((r for r in pts if r["chosen"]), None)
+    if chosen:
+        ax.scatter([chosen["decode_tokens_per_s"]], [chosen["peak_rss_mb"]], marker="*", s=520, facecolors="none",
+                   edgecolors=DRIFT, linewidths=1.8, zorder=4)
+    labels = [Label((r["decode_tokens_per_s"], r["peak_rss_mb"]), r["id"] if r["chosen"] else str(r["no"]),
+                    520 if r["chosen"] else 70, {"fontsize": 8, "weight": "bold" if r["chosen"] else "normal"})
+              for r in sorted(pts, key=lambda r: not r["chosen"])]
+    _speed_axis(ax, [r["decode_tokens_per_s"] for r in pts], budgets.get("min_decode_tokens_per_s"), "slowest candidate")
+    budget_axis(ax, "y", [r["peak_rss_mb"] for r in pts], _RSS_AXIS, budgets.get("max_peak_rss_mb"), "MiB",
+                f"chosen {chosen['id']}" if chosen else "best", chosen["peak_rss_mb"] if chosen else None)
+    if scatter is not None:
+        fig.colorbar(scatter, ax=ax, label="perplexity increase over FP32 (%)", format=_increase_format)
+    target = (record.get("target") or {}).get("name", "?")
+    ax.set_title(f"calibration for {target}: every candidate (o meets the budgets, x breaks one, * chosen)")
+    ax.grid(alpha=0.3)
+    return _finish(fig, [(ax, labels, [((r["decode_tokens_per_s"], r["peak_rss_mb"]), 70) for r in pts])])
+
+
+def lm_calibration_chart(record: dict, rows: list[dict]) -> str:
+    return to_svg(lm_calibration_figure(record, rows))

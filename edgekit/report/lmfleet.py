@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-__all__ = ["LM_METRICS", "LM_BUDGET_COLUMNS", "is_lm", "lm_row", "lm_over_budget", "lm_drift"]
+__all__ = ["LM_METRICS", "LM_BUDGET_COLUMNS", "is_lm", "lm_row", "lm_over_budget", "lm_drift", "lm_candidate"]
 
 # The per-device numbers of a language model that cohorts summarise and --compare compares,
 # beside edgekit.report.analysis.METRICS (top1_agreement, peak_rss_mb, model_mb are there).
@@ -95,3 +95,14 @@ def lm_drift(row: dict, tolerance: float) -> Optional[dict]:
     return {"device": row["device"], "name": row["name"], "target": row["target"], "version": row["version"],
             "kind": "perplexity", "value": value, "reference": expected, "reason": reason, "delta": delta,
             "limit": tolerance}
+
+
+def lm_candidate(candidate) -> dict:
+    """A calibration candidate's LM columns (edgekit.calibration_record.CandidateRecord): its
+    recipe's block size and cache mode, and what the evaluation measured."""
+    m = candidate.metrics or {}
+    recompute = m.get("recompute") if isinstance(m.get("recompute"), dict) else {}
+    return {"block_size": candidate.recipe.block_size, "kv_cache": candidate.recipe.kv_cache or m.get("kv_cache"),
+            **{k: _num(m.get(k)) for k in ("perplexity", "ppl_increase", "kl_divergence", "top1_agreement",
+                                           "prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms", "kv_cache_bytes")},
+            "recompute_decode_tokens_per_s": _num(recompute.get("decode_tokens_per_s"))}

@@ -7,7 +7,7 @@ from __future__ import annotations
 from edgekit.report.html import _row_class, _row_view, _table
 from edgekit.report.lmcharts import kv_curve_chart, lm_triangle_chart
 
-__all__ = ["lm_target_section", "lm_cohort_table", "LM_ROW_COLUMNS"]
+__all__ = ["lm_target_section", "lm_cohort_table", "LM_ROW_COLUMNS", "LM_CALIBRATION_COLUMNS"]
 
 LM_ROW_COLUMNS = [("device", "device", "l"), ("version", "version", "l"), ("current", "runs it", ""),
                   ("precision", "precision", "l"), ("runtime_version", "runtime", "l"), ("arch", "arch", "l"),
@@ -19,6 +19,14 @@ LM_ROW_COLUMNS = [("device", "device", "l"), ("version", "version", "l"), ("curr
                   ("recompute_decode_tokens_per_s", "recompute decode tokens/s", ""),
                   ("recompute_peak_rss_mb", "recompute peak RSS MiB", ""),
                   ("last_seen", "last seen (UTC)", "time"), ("status", "status", "wrap"), ("flags", "drift", "l")]
+
+# a calibration record's candidates (edgekit.report.views.calibration_rows)
+LM_CALIBRATION_COLUMNS = [("kv_cache", "KV cache", "l"), ("perplexity", "perplexity", ""),
+                          ("ppl_increase", "ppl increase", "pct"), ("kl_divergence", "KL (nats/token)", ""),
+                          ("top1_agreement", "top-1 agreement", "pct"), ("model_mb", "model MiB", ""),
+                          ("prefill_tokens_per_s", "prefill tokens/s", ""), ("decode_tokens_per_s", "decode tokens/s", ""),
+                          ("ttft_ms", "TTFT ms", ""), ("peak_rss_mb", "peak RSS MiB", ""),
+                          ("recompute_decode_tokens_per_s", "recompute decode tokens/s", "")]
 
 _COHORT_METRICS = (("perplexity", "perplexity", False), ("ppl_increase", "ppl increase", True),
                    ("kl_divergence", "KL nats/token", False), ("top1_agreement", "top-1", True),

@@ -223,6 +223,10 @@ CALIBRATION_COLS = (Col("#", drop=1), Col("candidate", "left"), Col("quality"), 
 
 
 def print_calibration(out: Console, record: dict, rows: list[dict]) -> None:
+    if record.get("metric") == "perplexity":
+        from edgekit.report.lmtables import print_lm_calibration
+
+        return print_lm_calibration(out, record, rows)
     quality = "accuracy" if record.get("metric") == "accuracy" else "cosine"
     budgets = record.get("budgets") or {}
     limits = ", ".join(f"{k} {budgets[k]:g}" for k in budgets if budgets[k] is not None)

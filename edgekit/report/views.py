@@ -102,12 +102,21 @@ def load_calibration(path: Path) -> dict:
 
 
 def quality_key(record: dict) -> tuple[str, str]:
-    """(flat column, label) of the quality a record measured: accuracy, else fidelity cosine."""
+    """(flat column, label) of the quality a record measured: accuracy, a language model's
+    perplexity increase, else fidelity cosine."""
+    if record.get("metric") == "perplexity":
+        return "ppl_increase", "perplexity increase"
     return ("accuracy", "accuracy") if record.get("metric") == "accuracy" else ("cosine", "fidelity cosine")
 
 
 def calibration_rows(record: dict) -> list[dict]:
-    """One flat row per candidate: recipe, verdict and measurements."""
+    """One flat row per candidate: recipe, verdict and measurements (a language model's too)."""
     from edgekit.calibration_record import CalibrationRecord
+    from edgekit.report.lmfleet import lm_candidate
 
-    return CalibrationRecord.of(record).rows()
+    typed = CalibrationRecord.of(record)
+    rows = typed.rows()
+    if typed.metric == "perplexity":
+        for row, candidate in zip(rows, typed.candidates):
+            row.update(lm_candidate(candidate))
+    return rows

@@ -87,3 +87,40 @@ def fill_lm_store(path: Path) -> Path:
                 checked = validate_report(json.dumps(report).encode(), f"test report of {device}")
                 assert store.add_report(device, checked, source="test")
     return path
+
+
+def lm_calibration_record(path: Path) -> Path:
+    """calibration.json of a language model for raspberry-pi-5-lm: three candidates (INT8 and
+    INT4 with the cache, INT4 recomputing), the INT4 one with the cache chosen."""
+    from edgekit.calibration_record import SCHEMA
+
+    def candidate(precision, method, mode, increase, decode, rss, mb, passed, broken=()):
+        recipe = {"precision": precision, "method": method, "per_channel": False, "reduce_range": False,
+                  "exclude": [], "include": [], "block_size": 32, "kv_cache": mode}
+        step = 1000.0 / decode
+        return {"id": f"{precision}-{method}-b32-{mode}", "recipe": recipe, "status": "ok", "error": None,
+                "passed": passed, "failed_budgets": list(broken), "seconds": 10.0,
+                "metrics": {"perplexity": FP32_PPL * (1 + increase), "fp32_perplexity": FP32_PPL,
+                            "ppl_increase": increase, "kl_divergence": increase / 5, "top1_agreement": 0.95 - increase,
+                            "prefill_tokens_per_s": decode * 20, "decode_tokens_per_s": decode, "ttft_ms": 6400 / decode,
+                            "kv_cache": mode, "kv_cache_bytes": KV_BYTES_PER_TOKEN * 1024 if mode == "cache" else 0,
+                            "recompute": {"decode_tokens_per_s": decode / 40, "peak_rss_mb": rss, "ttft_ms": 900.0},
+                            "latency_ms": {"p50": step, "p90": step, "p95": step, "p99": step, "mean": step, "n": 31},
+                            "peak_rss_mb": rss, "model_mb": mb, "load_ms": 400.0, "accuracy": None, "fidelity": None}}
+
+    candidates = [candidate("int8-block", "rtn", "cache", 0.0014, 40.0, 520.0, 146.6, True),
+                  candidate("int4-block", "minmax-offset", "cache", 0.0024, 52.0, 480.0, 108.8, True),
+                  candidate("int4-block", "minmax-offset", "recompute", 0.0024, 1.3, 330.0, 108.8, False,
+                            ["min_decode_tokens_per_s: 1.30 < 10"])]
+    record = {"schema": SCHEMA, "model": {"path": "smollm2/model", "sha256": None, "format": "hf",
+                                          "inputs": [{"name": "input_ids", "dtype": "int64", "shape": [None, None]}]},
+              "target": {"name": "raspberry-pi-5-lm"},
+              "budgets": {"max_model_mb": 256.0, "max_peak_rss_mb": 1024.0, "max_ppl_increase": 0.1,
+                          "min_decode_tokens_per_s": 10.0, "max_ttft_ms": 2000.0},
+              "objective": "memory", "metric": "perplexity", "baseline": {"perplexity": FP32_PPL},
+              "data": {"calibration": {"path": "calibration.txt", "sha256": "ab" * 32, "n": 218},
+                       "eval": {"path": "eval.txt", "sha256": "cd" * 32, "n": 97, "n_used": 4}},
+              "candidates": candidates, "chosen": candidates[1]["id"],
+              "output": {"file": "model.onnx", "sha256": "ef" * 32}, "why": "the least memory of those in budget"}
+    path.write_text(json.dumps(record))
+    return path
