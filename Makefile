@@ -20,7 +20,7 @@ $(CORE_STAMP): pyproject.toml | $(PY)
 	touch $@
 
 $(FULL_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[dev,tflite]'
+	$(PY) -m pip install --quiet -e '.[dev,tflite,lm]'
 	touch $@ $(CORE_STAMP)
 
 venv: $(FULL_STAMP)

@@ -24,6 +24,7 @@ in 42 minutes on SmolLM2-135M), and k-quant's calibration text is not used by on
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,18 @@ def quantize_lm(model: Path, recipe: Recipe, out: Path) -> Path:
     elif recipe.precision in BITS:
         proto = _blocks(proto, BITS[recipe.precision], recipe.method or DEFAULT_METHOD[recipe.precision],
                         recipe.block_size or 32)
-    return save(proto, out, meta)
+    save(proto, out, meta)
+    _keep_tokenizer(Path(model), Path(out))
+    return out
+
+
+def _keep_tokenizer(model: Path, out: Path) -> None:
+    """The tokenizer travels with every model made from the export (generate, package read it)."""
+    from edgekit.device.lm import TOKENIZER
+
+    source, dest = model.parent / TOKENIZER, out.parent / TOKENIZER
+    if source.is_file() and source.resolve() != dest.resolve():
+        shutil.copyfile(source, dest)
 
 
 def _fp16(proto):
