@@ -52,6 +52,7 @@ def prepare(say=None) -> dict[str, Path]:
 
 
 def fp32_path(demo: Demo) -> Path:
+    """Where `edgekit quantize --precision fp32` would write the export (the demo's own is under fp32/onnx/)."""
     return demo.workdir / "fp32" / "model.onnx"
 
 

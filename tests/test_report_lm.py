@@ -30,6 +30,17 @@ def _one_pass(device: str) -> dict:
     return report
 
 
+FAILED = "lm-hc-04"  # its evaluation ran out of memory: a row without numbers among the LM rows
+
+
+def _failed() -> dict:
+    report = lm_report(FAILED, "host-cpu-lm", "1.1.0")
+    report.update(status="failed", error="out of memory (MemoryError)")
+    report["metrics"] = {k: None for k in ("accuracy", "accuracy_expected", "fidelity", "fidelity_expected",
+                                           "latency_ms", "load_ms", "peak_rss_mb", "model_mb", "n")}
+    return report
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     from edgekit.device_report import validate_report
@@ -37,6 +48,8 @@ def store(tmp_path_factory):
 
     path = fill_lm_store(tmp_path_factory.mktemp("lm-report") / "fleet.db")
     with open_store(path) as s:
+        s.touch_device(FAILED, target="host-cpu-lm", transport="local", reachable=True)
+        assert s.add_report(FAILED, validate_report(json.dumps(_failed()).encode(), FAILED))
         for device in ("digits-01", "digits-02"):
             s.touch_device(device, target="host-cpu", transport="local", reachable=True)
             assert s.add_report(device, validate_report(json.dumps(_one_pass(device)).encode(), device))
@@ -56,7 +69,8 @@ def compared(store):
 
 def test_rows_carry_the_lm_metrics_of_every_device(compared):
     rows = {(r["device"], r["version"]): r for r in compared["rows"] if r["name"] == "smollm2"}
-    assert set(rows) == {(d, v) for d in devices() for v in ("1.0.0", "1.1.0")}
+    assert set(rows) == {(d, v) for d in devices() for v in ("1.0.0", "1.1.0")} | {(FAILED, "1.1.0")}
+    assert rows.pop((FAILED, "1.1.0"))["status"] == "failed"
     for (device, version), r in rows.items():
         assert all(r[c] is not None for c in LM_COLUMNS), r
         sent = lm_report(device, r["target"], version)["metrics"]
@@ -111,6 +125,7 @@ def test_one_pass_rows_and_cohorts_keep_their_columns(compared, store):
 def test_terminal_tables_show_lm_columns(store):
     out = _report(store, "--compare", "1.0.0", "1.1.0").stdout
     assert "smollm2 on raspberry-pi-5-lm (context 1024)" in out and "ppl+" in out and "decode" in out
+    assert "smollm2 on host-cpu-lm (context 512)" in out and "out of memory (MemoryError)" in out
     assert "language-model cohorts" in out and "decode tok/s" in out and "ppl+ %" in out
 
 

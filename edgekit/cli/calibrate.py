@@ -132,6 +132,13 @@ def _fmt(value, spec: str) -> str:
 
 def print_table(record: CalibrationRecord) -> None:
     metric = record.metric
+    if metric == "perplexity":  # a language model's columns: perplexity increase, decode speed, memory
+        from edgekit.report.lmtables import print_lm_calibration
+        from edgekit.report.views import calibration_rows
+
+        dumped = record.dump()
+        print_lm_calibration(console, dumped, calibration_rows(dumped), footer=lambda: print_measured_on(record.measured_on))
+        return
     headers = ["candidate", "acc" if metric == "accuracy" else "cosine", "drop" if metric == "accuracy" else "top1",
                "MiB", "p50", "p95", "RSS", "ok"]
     table = Table(title=f"calibration for {record.target.name} (objective: {record.objective}; "

@@ -61,7 +61,8 @@ def _export(run, step, model: Path) -> Path:
     from edgekit.cli._progress import showing_steps
 
     step("the FP32 decoder with a KV cache (onnxruntime-genai's model builder), once for both targets",
-         command("edgekit", "quantize", model, "--precision", "fp32", "-o", lm.fp32_path(run)))
+         command("edgekit", "quantize", model, "--target", lm.LM_TARGETS[0], "--precision", "fp32",
+                 "-o", lm.fp32_path(run)))
     with showing_steps("exporting") as on_step:
         fp32 = lm.export_fp32(run, model, on_step=on_step)
     _line(f"  {_arg(fp32)}")
@@ -110,8 +111,8 @@ def _safety_net(run, step, fleet: list, keys, fp32: Path, texts: dict) -> None:
 
     model = lm.careless_model(run)
     step("the safety net: INT4 round-to-nearest, packaged without calibrate",
-         command("edgekit", "quantize", fp32, "--precision", "int4-block", "--method", "rtn", "--block-size", 32,
-                 "-o", model),
+         command("edgekit", "quantize", fp32, "--target", lm.CARELESS_TARGET, "--precision", "int4-block",
+                 "--method", "rtn", "-o", model),
          command("edgekit", "package", model, "--target", lm.CARELESS_TARGET, "--eval", texts["eval"],
                  "--reference", fp32, "--eval-samples", lm.EVAL_WINDOWS, "--name", lm.NAME, "--version", lm.CARELESS,
                  "--sign-key", keys.private, "-o", run.workdir / "dist"),

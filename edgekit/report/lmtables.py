@@ -31,19 +31,21 @@ def _mib(n) -> str:
 def _cells(r: dict) -> list:
     status = "[green]ok[/]" if r["status"] == "ok" else f"[red]{escape(r['status'] or '?')}[/]"
     status += (" [bold red]DRIFT[/]" if r["flags"] else "") + (" [red]over[/]" if r["over_budget"] else "")
-    return [escape(r["device"]), escape(r["version"]) + (" *" if r["current"] else ""), fmt_sig(r["perplexity"], 4),
-            _above(fmt_pct(r["ppl_increase"], signed=True), r["ppl_increase"], r["ppl_increase_budget"]),
-            fmt_sig(r["kl_divergence"]), fmt_pct(r["top1_agreement"]), fmt_sig(r["prefill_tokens_per_s"]),
-            _below(fmt_sig(r["decode_tokens_per_s"]), r["decode_tokens_per_s"], r["decode_tokens_per_s_budget"]),
-            _above(fmt_ms(r["ttft_ms"]), r["ttft_ms"], r["ttft_ms_budget"]),
-            _above(fmt_mib(r["peak_rss_mb"]), r["peak_rss_mb"], r["rss_budget_mb"]), _mib(r["kv_cache_bytes"]),
-            fmt_sig(r["recompute_decode_tokens_per_s"]), status]
+    return [escape(r["device"]), escape(r["version"]) + (" *" if r["current"] else ""), fmt_sig(r.get("perplexity"), 4),
+            _above(fmt_pct(r.get("ppl_increase"), signed=True), r.get("ppl_increase"), r.get("ppl_increase_budget")),
+            fmt_sig(r.get("kl_divergence")), fmt_pct(r.get("top1_agreement")), fmt_sig(r.get("prefill_tokens_per_s")),
+            _below(fmt_sig(r.get("decode_tokens_per_s")), r.get("decode_tokens_per_s"), r.get("decode_tokens_per_s_budget")),
+            _above(fmt_ms(r.get("ttft_ms")), r.get("ttft_ms"), r.get("ttft_ms_budget")),
+            _above(fmt_mib(r["peak_rss_mb"]), r["peak_rss_mb"], r["rss_budget_mb"]), _mib(r.get("kv_cache_bytes")),
+            fmt_sig(r.get("recompute_decode_tokens_per_s")), status]
 
 
-def _title(name: str, target: str, r: dict) -> str:
-    budgets = [f"{label} {value:g}" for label, value in (("ppl+ <=", (r["ppl_increase_budget"] or 0) * 100 or None),
-                                                        ("decode >=", r["decode_tokens_per_s_budget"]),
-                                                        ("TTFT <=", r["ttft_ms_budget"]), ("RSS <=", r["rss_budget_mb"]))
+def _title(name: str, target: str, rows: list[dict]) -> str:
+    """The target's budgets, from its first row that measured (a failed one has no LM columns)."""
+    r = next((row for row in rows if "ppl_increase_budget" in row), rows[0])
+    budgets = [f"{label} {value:g}" for label, value in (("ppl+ <=", (r.get("ppl_increase_budget") or 0) * 100 or None),
+                                                        ("decode >=", r.get("decode_tokens_per_s_budget")),
+                                                        ("TTFT <=", r.get("ttft_ms_budget")), ("RSS <=", r["rss_budget_mb"]))
                if value is not None]
     return (f"{escape(name)} on {escape(target)}" + (f" (context {r['context']})" if r.get("context") else "")
             + (f" budgets: {', '.join(budgets)}" if budgets else ""))
@@ -51,7 +53,7 @@ def _title(name: str, target: str, r: dict) -> str:
 
 def print_lm_rows(out: Console, name: str, target: str, rows: list[dict], notes) -> None:
     """One target's language-model rows; `notes`: its errors and budget breaches."""
-    out.print(fit_table(out, _title(name, target, rows[0]), LM_ROW_COLS, [_cells(r) for r in rows]))
+    out.print(fit_table(out, _title(name, target, rows), LM_ROW_COLS, [_cells(r) for r in rows]))
     print_notes(out, notes, style="red")
 
 
@@ -103,7 +105,7 @@ LM_CALIBRATION_COLS = (Col("#", drop=1), Col("candidate", "left"), Col("ppl+"), 
                        Col("prefill", drop=3), Col("decode"), Col("TTFT", drop=2), Col("RSS"), Col("ok", "left"))
 
 
-def print_lm_calibration(out: Console, record: dict, rows: list[dict]) -> None:
+def print_lm_calibration(out: Console, record: dict, rows: list[dict], footer=None) -> None:
     """A language model's calibration record: each candidate (precision, method, block, cache
     mode) by perplexity increase, size, speed and memory, the chosen one starred."""
     budgets = record.get("budgets") or {}
@@ -123,5 +125,7 @@ def print_lm_calibration(out: Console, record: dict, rows: list[dict]) -> None:
     print_notes(out, [(f"{r['id']}:", r["error"] or "failed") for r in rows if r["status"] != "ok"], style="red")
     print_notes(out, [(f"{r['id']}:", r["failed_budgets"]) for r in rows if r["status"] == "ok" and not r["passed"]],
                 style="yellow")
+    if footer is not None:  # `edgekit calibrate` says where the timings were measured
+        footer()
     out.print(f"chosen: [bold]{escape(record.get('chosen') or 'none')}[/] — {escape(str(record.get('why') or ''))}",
               highlight=False)

@@ -63,7 +63,7 @@ def _rows(out: Console, result: dict) -> None:
     at = 0  # the rows come sorted by bundle name and target
     for (name, target), group in groupby(rows, key=lambda r: (r["name"], r["target"] or "-")):
         group = list(group)
-        if all(is_lm(r) for r in group):
+        if any(is_lm(r) for r in group):  # its failed evaluations (no numbers) among them
             print_lm_rows(out, name, target, group, _row_notes(group))
             at += len(group)
             continue
