@@ -175,6 +175,7 @@ def package(model: Path, profile: Profile, eval_data: Dataset, *, name: str, ver
         step("measuring the expected host metrics")
         measure = toolchain.measure_options(profile, recipe)
         expected = expected_from_record(record) if record else measure_expected(model, eval_npz, profile, measure)
+        measure = toolchain.device_measure_options(profile, recipe)
         if expected.get("baseline_accuracy") is None and precision == "fp32":
             expected["baseline_accuracy"] = expected.get("accuracy")  # an FP32 model is its own baseline
         members: dict = {**_model_members(model, toolchain), "eval.npz": eval_npz}

@@ -108,6 +108,10 @@ class Toolchain(abc.ABC):
         (passed to edgekit.evaluate.measure, and in a bundle's manifest to the device)."""
         return {}
 
+    def device_measure_options(self, profile, recipe: Recipe) -> dict:
+        """What a device measures beyond calibrate's numbers (a bundle's manifest): by default the same."""
+        return self.measure_options(profile, recipe)
+
     # -- recipes ------------------------------------------------------------------------
 
     @abc.abstractmethod

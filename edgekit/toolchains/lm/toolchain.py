@@ -23,6 +23,7 @@ from edgekit.toolchains.base import Toolchain, message, model_sha256
 __all__ = ["LMToolchain"]
 
 BLOCK_SIZES = (16, 32, 64, 128)
+CURVE_POINTS = 4  # context lengths a device measures cache against recompute at: 1/8, 1/4, 1/2, all of the profile's
 
 
 class LMToolchain(Toolchain):
@@ -130,6 +131,12 @@ class LMToolchain(Toolchain):
         mode = recipe.kv_cache or ("recompute" if lm.kv_cache == "recompute" else "cache")
         return {"lm": {"context": lm.context, "prompt_tokens": lm.prompt_tokens,
                        "generate_tokens": lm.generate_tokens, "kv_cache": mode}}
+
+    def device_measure_options(self, profile, recipe: Recipe) -> dict:
+        """A device also measures cache against recompute at CURVE_POINTS context lengths up to
+        the profile's (the fleet report's curve); calibrate leaves it out, being per candidate."""
+        options = self.measure_options(profile, recipe)
+        return {"lm": {**options["lm"], "curve_points": CURVE_POINTS}}
 
     # -- recipes ------------------------------------------------------------------------
 
