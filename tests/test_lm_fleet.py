@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from helpers.cli import run_edgekit
+from helpers.devices import runner
 from helpers.fleet import write_inventory
 from helpers.lmkit import TINY_TARGET, tiny_lm_target
 
@@ -113,6 +114,13 @@ def test_lm_rollout_to_local_and_ssh_devices_is_gated_on_perplexity(tmp_path, ss
             metrics["perplexity"] / metrics["fp32_perplexity"] - 1)
         assert metrics["kv_cache_bytes"] == metrics["kv_cache_bytes_measured"] == 2 * 2 * 2 * 16 * 4 * 128
         assert metrics["decode_tokens_per_s"] > 0 and metrics["recompute"]["decode_tokens_per_s"] > 0
+    # the runner generates where the device has `tokenizers` (this one does), as `edgekit generate` does
+    code, reply = runner(tmp_path / "local-1", "generate", "tinylm", "The model", "--new-tokens", "6")
+    assert code == 0 and reply["version"] == "1.0.0", reply
+    with tarfile.open(lm_bundles["1.0.0"]) as tar:
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    host = run_edgekit("generate", tmp_path / "unpacked" / "model.onnx", "The model", "--new-tokens", "6", "--json")
+    assert host.code == 0 and host.json()["text"] == reply["text"], (host.stderr, reply)
     halted = run_edgekit("rollout", lm_bundles["1.0.1"], "--inventory", inventory, "--canary", "1", "--store", store,
                          "--targets-dir", targets, "--json", env=fleet.env)
     assert halted.code == 3, halted.stderr
