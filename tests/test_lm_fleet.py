@@ -60,19 +60,36 @@ def _package(model: Path, version: str, targets: Path, eval_text: Path, dist: Pa
 
 @pytest.fixture(scope="module")
 def lm_bundles(tiny_lm, calibrated, tmp_path_factory) -> dict:
-    """1.0.0: the calibrated choice; 1.0.1: an INT4 model under a target that allows no
-    perplexity increase at all (a careless budget for a careless release)."""
-    from edgekit.recipes import Recipe
-    from edgekit.toolchains.lm.quantize import quantize_lm
-
+    """1.0.0: the calibrated choice; 1.0.1: a careless release, the FP32 model with noise on
+    its weights, measured against the sound FP32 model, under a 5% perplexity budget."""
     base = tmp_path_factory.mktemp("lm-bundles")
     ok = _package(calibrated / "model.onnx", "1.0.0", calibrated.parent / "targets", tiny_lm.eval, base / "dist",
                   "--calibration-record", calibrated / "calibration.json")
-    careless = quantize_lm(tiny_lm.fp32, Recipe(precision="int4-block", method="minmax-offset", block_size=32),
-                           base / "careless" / "model.onnx")
-    strict = tiny_lm_target(base / "strict", max_ppl_increase=0.0)
+    strict = tiny_lm_target(base / "strict", max_ppl_increase=0.05)
+    careless = _damaged(tiny_lm.fp32, base / "careless" / "model.onnx")
     over = _package(careless, "1.0.1", strict, tiny_lm.eval, base / "dist", "--reference", tiny_lm.fp32)
     return {"1.0.0": ok, "1.0.1": over, "targets": strict}
+
+
+def _damaged(fp32: Path, out: Path, noise: float = 0.5) -> Path:
+    """`fp32` with Gaussian noise (`noise` x each weight matrix's own spread) on its 2-D weights."""
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    from edgekit.toolchains.lm.graph import lm_meta_of, save
+
+    proto = onnx.load(str(fp32))
+    rng = np.random.default_rng(0)
+    for init in proto.graph.initializer:
+        w = numpy_helper.to_array(init)
+        if w.ndim == 2 and w.dtype == np.float32:
+            init.CopyFrom(numpy_helper.from_array(w + rng.normal(0, noise * w.std(), w.shape).astype(np.float32),
+                                                  init.name))
+    save(proto, out, lm_meta_of(proto))
+    shutil.copyfile(fp32.parent / "tokenizer.json", out.parent / "tokenizer.json")
+    return out
 
 
 def test_the_bundle_carries_the_eval_text_tokenized_and_the_fp32_reference(lm_bundles):
@@ -127,7 +144,7 @@ def test_lm_rollout_to_local_and_ssh_devices_is_gated_on_perplexity(tmp_path, ss
     record = halted.json()
     assert record["outcome"] == "halted" and [w["kind"] for w in record["waves"]] == ["canary"]
     assert [(b["device"], b["gate"]) for b in record["breaches"]] == [("local-1", "ppl_increase")]
-    assert record["breaches"][0]["measured"] > 0 == record["breaches"][0]["limit"]
+    assert record["breaches"][0]["measured"] > 0.05 == record["breaches"][0]["limit"]
     assert record["not_started"] == ["dev-01"]
 
 
