@@ -132,17 +132,12 @@ def _fmt(value, spec: str) -> str:
 
 def print_table(record: CalibrationRecord) -> None:
     metric = record.metric
-    if metric == "perplexity":  # a language model's columns: perplexity increase, decode speed, memory
-        from edgekit.report.lmtables import print_lm_calibration
-        from edgekit.report.views import calibration_rows
-
-        dumped = record.dump()
-        print_lm_calibration(console, dumped, calibration_rows(dumped), footer=lambda: print_measured_on(record.measured_on))
-        return
     headers = ["candidate", "acc" if metric == "accuracy" else "cosine", "drop" if metric == "accuracy" else "top1",
                "MiB", "p50", "p95", "RSS", "ok"]
+    if metric == "perplexity":  # a language model: quality against FP32, generation speed (edgekit.toolchains.lm)
+        headers = ["candidate", "ppl+%", "KL", "MiB", "tok/s", "TTFT", "RSS", "ok"]
     table = Table(title=f"calibration for {record.target.name} (objective: {record.objective}; "
-                        "ms, MiB)", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False,
+                        f"{'decode tokens/s, ' if metric == 'perplexity' else ''}ms, MiB)", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False,
                   collapse_padding=True)
     for i, header in enumerate(headers):
         table.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
@@ -176,6 +171,11 @@ def _row(c: CandidateRecord, chosen: Optional[str], metric: str) -> list[str]:
     second = m.get("drop") if metric == "accuracy" else fid.get("top1_agreement")
     verdict = ("[red]error[/]" if c.status == "failed" else "[green]✓[/]" if c.passed else "[yellow]✗[/]")
     name = ("★ " if c.id == chosen else "  ") + c.id
+    if metric == "perplexity":
+        increase = m.get("ppl_increase")
+        return [name, _fmt(None if increase is None else 100 * increase, "+.2f"), _fmt(m.get("kl_divergence"), ".4f"),
+                _fmt(m.get("model_mb"), ".3f"), _fmt(m.get("decode_tokens_per_s"), ".1f"), _fmt(m.get("ttft_ms"), ".0f"),
+                _fmt(m.get("peak_rss_mb"), ".0f"), verdict]
     return [name, _fmt(first, ".4f"), _fmt(second, ".4f"), _fmt(m.get("model_mb"), ".3f"),
             _fmt(lat.get("p50"), ".3f"), _fmt(lat.get("p95"), ".3f"), _fmt(m.get("peak_rss_mb"), ".0f"), verdict]
 

@@ -148,29 +148,21 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def rss_mb() -> Optional[float]:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def kv_curve(lm: DecoderLM, arrays: Dict[str, np.ndarray], n: int, context: int, points: int) -> List[dict]:
-    """Cache against recompute at up to `points` context lengths: decode tokens/s, the RSS
-    after decoding, and the cache's bytes by the formula."""
+    """Cache against recompute at up to `points` context lengths: decode tokens/s, `rss_mb`
+    the process's peak during that run (the high-water mark is reset before it where Linux
+    allows), and the cache's bytes by the formula. The RSS after a run would miss the cache:
+    it is freed by then. Every cached run goes first, shortest context first, so that what
+    ONNX Runtime's arena keeps from one run (reused by the next) is never a recompute's
+    larger activations."""
     contexts = sorted({max(16, int(context * f)) for f in CURVE_FRACTIONS[-points:]} if points else set())
-    curve = []
-    for ctx in (c for c in contexts if c <= context):
-        row = {"context": ctx, "kv_cache_bytes": lm.kv_cache_bytes(ctx)}
-        for mode, new in (("cache", 4), ("recompute", 2)):
+    rows = {ctx: {"context": ctx, "kv_cache_bytes": lm.kv_cache_bytes(ctx)} for ctx in contexts if ctx <= context}
+    for mode, new in (("cache", 4), ("recompute", 2)):
+        for ctx, row in rows.items():
+            reset_peak_rss()
             run = lm.generate(_pool(arrays, n, ctx - new), new, use_cache=mode == "cache", max_len=ctx)
-            row[mode] = {"decode_tokens_per_s": _rate(len(run["step_s"]), sum(run["step_s"])), "rss_mb": rss_mb()}
-        curve.append(row)
-    return curve
+            row[mode] = {"decode_tokens_per_s": _rate(len(run["step_s"]), sum(run["step_s"])), "rss_mb": peak_rss_mb()}
+    return list(rows.values())
 
 
 def evaluate_lm(backend, model_path: str, arrays: Dict[str, np.ndarray], n: int, *, context: int = 256, prompt_tokens: int = 64,

@@ -10,6 +10,8 @@
                                            (no --current: nothing active); for a halted rollout
     evaluate NAME [--version V] [--device-name D] [--samples N]
                                            measure; write reports/NAME/VERSION/RUN_ID.json
+    generate NAME PROMPT [--version V] [--new-tokens N] [--chat]
+                                           a language model's greedy answer (needs `tokenizers`)
     status                                 what is installed and active, the runner's hash,
                                            free disk space and the device's clock
     gc --keep K [--part-idle S]            remove all but the K newest versions of each model
@@ -23,7 +25,7 @@ Success prints {"ok": true, "command": ..., ...} and exits 0. Failure prints
 {"ok": false, "command": ..., "error": "...", "kind": "..."} and exits 2 when the input
 was refused (usage, bundle, integrity, conflict, state) and 1 otherwise.
 
-Standard library only (numpy and the runtime are imported by `evaluate`), Python 3.9.
+Standard library only (numpy and the runtime are imported by `evaluate` and `generate`), Python 3.9.
 """
 
 from __future__ import annotations
@@ -117,6 +119,24 @@ def cmd_evaluate(layout: Layout, args) -> dict:
         error.extra = {"report": report, "report_path": path}  # type: ignore[attr-defined]
         raise error
     return {"report": report, "report_path": path}
+
+
+def cmd_generate(layout: Layout, args) -> dict:
+    """A language model's greedy answer to a prompt, where the device has `tokenizers`."""
+    from .install import bundle_manifest
+    from .lm_generate import GenerateError, generate_text
+
+    version = args.version or layout.current_version(args.name)
+    if version is None:
+        raise RunnerError(f"{args.name} has no active version on this device; give --version or activate one", "state", 2)
+    manifest = bundle_manifest(layout, args.name, version)
+    model = os.path.join(layout.bundle_dir(args.name, version), manifest["model"]["file"])
+    threads = int((manifest.get("runtime") or {}).get("threads", (manifest.get("target") or {}).get("threads", 0)) or 0)
+    try:
+        result = generate_text(model, args.prompt, args.new_tokens, chat=args.chat, threads=threads)
+    except GenerateError as exc:
+        raise RunnerError(str(exc), "usage", 2) from exc
+    return dict(result, name=args.name, version=version)
 
 
 def watch_parent(every: float = 2.0) -> None:
@@ -266,6 +286,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--version")
     s.add_argument("--device-name")
     s.add_argument("--samples", type=_non_negative)
+    s = sub.add_parser("generate")
+    s.add_argument("name")
+    s.add_argument("prompt")
+    s.add_argument("--version")
+    s.add_argument("--new-tokens", type=_non_negative, default=64)
+    s.add_argument("--chat", action="store_true")
     sub.add_parser("status")
     s = sub.add_parser("gc")
     s.add_argument("--keep", type=_non_negative, required=True)
@@ -276,7 +302,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"install": cmd_install, "activate": cmd_activate, "rollback": cmd_rollback, "restore": cmd_restore,
-            "evaluate": cmd_evaluate, "status": cmd_status, "gc": cmd_gc, "repair": cmd_repair}
+            "evaluate": cmd_evaluate, "generate": cmd_generate, "status": cmd_status, "gc": cmd_gc, "repair": cmd_repair}
 
 
 PLAIN_ERRNO = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",

@@ -105,7 +105,7 @@ LM_CALIBRATION_COLS = (Col("#", drop=1), Col("candidate", "left"), Col("ppl+"), 
                        Col("prefill", drop=3), Col("decode"), Col("TTFT", drop=2), Col("RSS"), Col("ok", "left"))
 
 
-def print_lm_calibration(out: Console, record: dict, rows: list[dict], footer=None) -> None:
+def print_lm_calibration(out: Console, record: dict, rows: list[dict]) -> None:
     """A language model's calibration record: each candidate (precision, method, block, cache
     mode) by perplexity increase, size, speed and memory, the chosen one starred."""
     budgets = record.get("budgets") or {}
@@ -125,7 +125,5 @@ def print_lm_calibration(out: Console, record: dict, rows: list[dict], footer=No
     print_notes(out, [(f"{r['id']}:", r["error"] or "failed") for r in rows if r["status"] != "ok"], style="red")
     print_notes(out, [(f"{r['id']}:", r["failed_budgets"]) for r in rows if r["status"] == "ok" and not r["passed"]],
                 style="yellow")
-    if footer is not None:  # `edgekit calibrate` says where the timings were measured
-        footer()
     out.print(f"chosen: [bold]{escape(record.get('chosen') or 'none')}[/] — {escape(str(record.get('why') or ''))}",
               highlight=False)

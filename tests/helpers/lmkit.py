@@ -84,3 +84,21 @@ def tiny_lm(tmp_path_factory) -> TinyLM:
     calib, evalt = _texts(folder)
     hf = make_tiny_hf(folder / "hf", calib)
     return TinyLM(hf=hf, fp32=export(hf, folder / "export"), calib=calib, eval=evalt)
+
+
+# A target for the tiny model: short context, every recipe allowed, generous budgets (the
+# tests that gate on a budget write their own with `tiny_lm_target`).
+TINY_TARGET = {"context": 128, "prompt_tokens": 32, "generate_tokens": 8}
+
+
+def tiny_lm_target(folder: Path, name: str = "tiny-lm", kv_cache: str = "auto", objective: str = "size",
+                   **budgets) -> Path:
+    """folder/NAME.toml, a language-model target for the tiny model; returns the folder (--targets-dir)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    budgets = {"max_ppl_increase": 0.5, "min_decode_tokens_per_s": 1.0, "max_peak_rss_mb": 4096.0, **budgets}
+    lines = [f'name = "{name}"', 'arch = "x86_64"', 'cpu = "host"', "memory_mb = 8192", 'runtime = "onnxruntime"',
+             'precisions = ["fp32", "fp16", "int8-block", "int4-block"]', "threads = 1", f'objective = "{objective}"',
+             "", "[lm]", *(f"{k} = {v}" for k, v in TINY_TARGET.items()), f'kv_cache = "{kv_cache}"', "", "[budgets]",
+             *(f"{k} = {v!r}" for k, v in budgets.items())]
+    (folder / f"{name}.toml").write_text("\n".join(lines) + "\n")
+    return folder

@@ -160,6 +160,7 @@ def save(proto, out: Path, meta: dict) -> Path:
     import onnx
 
     data = out.name + ".data"
+    out.parent.mkdir(parents=True, exist_ok=True)
     for stale in (out, out.parent / data):
         if stale.exists():
             os.remove(stale)
