@@ -172,3 +172,22 @@ def test_lm_calibration_record_in_every_format(tmp_path):
     html = page.read_text()
     assert "calibration for raspberry-pi-5-lm: every candidate" in html and "perplexity increase over FP32 (%)" in html
     assert "recompute decode tokens/s" in html and "min_decode_tokens_per_s: 1.30 &lt; 10" in html
+
+
+def test_perplexity_drift_against_siblings_when_the_host_measured_other_tokens():
+    """A bundle packaged from a calibration record expects calibrate's perplexity, measured on
+    other eval windows: the devices are compared with each other, not with it."""
+    from edgekit.device_report import DeviceReport
+    from edgekit.report.analysis import analyse
+
+    def report(device: str, off: float) -> dict:
+        sent = lm_report(device, "host-cpu-lm", "1.0.0", ppl_off=off)
+        sent["metrics"]["expected"].update(source="calibration-record", perplexity=FP32_PPL * 0.9)
+        return {"device": device, "report": DeviceReport.from_object(sent), "collected_at": "2026-11-26T10:00:00Z"}
+
+    same = analyse([report(f"d{i}", 0.0) for i in range(3)])
+    assert same["drift"] == []
+    one_off = analyse([report("d0", 0.0), report("d1", 0.0), report("d2", 0.0), report("d3", 0.03)])
+    assert [(f["device"], f["kind"]) for f in one_off["drift"]] == [("d3", "perplexity")]
+    assert "the median of its 4 cohort devices" in one_off["drift"][0]["reason"]
+    assert analyse([report("d0", 0.0), report("d1", 0.03)])["drift"] == []  # two devices: no median to trust

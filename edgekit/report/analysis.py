@@ -279,14 +279,14 @@ def find_drift(rows: list[dict], rules: DriftRules = DriftRules()) -> list[dict]
     for row in ok:
         for found in (_proportion_drift(row, "accuracy", "accuracy_expected", "accuracy", rules),
                       _proportion_drift(row, "top1_agreement", "top1_expected", "top-1 agreement", rules),
-                      _cosine_drift(row, rules), lm_drift(row, rules.perplexity_tolerance)):
+                      _cosine_drift(row, rules)):
             if found:
                 flags.append(found)
     cohorts: dict[tuple, list[dict]] = defaultdict(list)
     for row in ok:
         cohorts[_cohort_key(row)].append(row)
     for members in cohorts.values():
-        flags += _outliers(members, rules)
+        flags += _outliers(members, rules) + lm_drift(members, rules.perplexity_tolerance, rules.min_cohort)
     for row in rows:
         row["flags"] = [f["reason"] for f in flags if (f["device"], f["name"], f["version"]) ==
                         (row["device"], row["name"], row["version"])]

@@ -6,14 +6,19 @@ the cache it runs and without one, and the cache-vs-recompute curve at several c
 lengths. Those rows get the columns below; a one-pass model's row gets none of them, so its
 json, csv and tables stay as they were.
 
-Drift: the host measured the same bundle on the same tokens with the same code
-(`metrics.expected`), so a device's perplexity further than a relative tolerance from the
-host's is the device (a different runtime, kernel or a broken file). Decode speed is
-compared among siblings like latency (a robust score in edgekit.report.analysis).
+Drift: a device's perplexity is deterministic given the bundle's tokens, so one further
+than a relative tolerance from the reference is the device (a different runtime, kernel or
+a broken file). The reference is the host's perplexity when the host measured it on the
+bundle's own windows (`metrics.expected`, source `measured`, as `edgekit package` does
+without a calibration record); one taken from a calibration record was measured on
+calibrate's eval windows, other tokens, so then the reference is the median of the
+cohort's devices (at least `min_cohort` of them). Decode speed is compared among siblings
+like latency (a robust score in edgekit.report.analysis).
 """
 
 from __future__ import annotations
 
+from statistics import median
 from typing import Optional
 
 __all__ = ["LM_METRICS", "LM_BUDGET_COLUMNS", "is_lm", "lm_row", "lm_over_budget", "lm_drift", "lm_candidate"]
@@ -64,6 +69,7 @@ def lm_row(report, columns: dict, budget: dict) -> dict:
             "kv_cache_bytes_measured": _num(m.kv_cache_bytes_measured),
             "fp32_perplexity": _num(m.fp32_perplexity),
             "perplexity_expected": _num(expected.get("perplexity")),
+            "expected_on_bundle_tokens": expected.get("source") == "measured",
             "ppl_increase_expected": _num(expected.get("ppl_increase")),
             "top1_expected": _num(expected.get("top1_agreement")),
             **_workload(report), "kv_curve": _curve(report),
@@ -81,16 +87,30 @@ def lm_over_budget(row: dict, budget: dict) -> list[str]:
     return [b.sentence() for b in check(measured, budget, gates=LM_GATES)]
 
 
-def lm_drift(row: dict, tolerance: float) -> Optional[dict]:
-    """A flag when the device's perplexity is further than `tolerance` (relative) from the host's."""
-    value, expected = row.get("perplexity"), row.get("perplexity_expected")
-    if value is None or not expected:
-        return None
+def lm_drift(members: list[dict], tolerance: float, min_cohort: int) -> list[dict]:
+    """Flags of one cohort's devices whose perplexity is further than `tolerance` (relative)
+    from the reference (see the module docstring)."""
+    rows = [r for r in members if r.get("perplexity") is not None]
+    siblings = median(r["perplexity"] for r in rows) if len(rows) >= min_cohort else None
+    flags = []
+    for row in rows:
+        if row["expected_on_bundle_tokens"] and row["perplexity_expected"]:
+            found = _off(row, row["perplexity_expected"], "the host's", tolerance)
+        elif siblings:
+            found = _off(row, siblings, f"the median of its {len(rows)} cohort devices", tolerance)
+        else:
+            found = None
+        flags += [found] if found else []
+    return flags
+
+
+def _off(row: dict, expected: float, whose: str, tolerance: float) -> Optional[dict]:
+    value = row["perplexity"]
     delta = value / expected - 1.0
     if abs(delta) <= tolerance:
         return None
     where = "above" if delta > 0 else "below"
-    reason = (f"perplexity {value:.4g} is {abs(delta):.2%} {where} the host's {expected:.4g} on the same tokens "
+    reason = (f"perplexity {value:.4g} is {abs(delta):.2%} {where} {whose} {expected:.4g} on the same tokens "
               f"(tolerance {tolerance:.2%})")
     return {"device": row["device"], "name": row["name"], "target": row["target"], "version": row["version"],
             "kind": "perplexity", "value": value, "reference": expected, "reason": reason, "delta": delta,
