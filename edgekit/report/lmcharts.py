@@ -140,7 +140,7 @@ def kv_curve_figure(title: str, rows: list[dict]):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     budget_axis(speed_ax, "y", speeds, "decode speed (tokens/s)")
-    budget_axis(memory_ax, "y", memories, "memory (MiB): RSS after decoding; KV cache")
+    budget_axis(memory_ax, "y", memories, "memory (MiB): peak RSS of the run; KV cache")
     fig.suptitle(title)
     return _finish(fig, [])
 
