@@ -257,3 +257,15 @@ def test_generate_bad_input_is_a_one_line_error(tiny_lm, tmp_path):
     for f in ("model.onnx", "model.onnx.data"):
         (alone / f).write_bytes((tiny_lm.fp32.parent / f).read_bytes())
     assert_clean_error(run_edgekit("generate", alone / "model.onnx", "hi"), "tokenizer.json")
+
+
+def test_evaluate_measures_a_language_model_on_text_against_its_reference(tiny_lm, recipes):
+    result = run_edgekit("evaluate", recipes["int8-block-rtn-b32"], "--data", tiny_lm.eval, "--reference",
+                         tiny_lm.fp32, "--samples", "2", "--threads", "1", "--json")
+    assert result.code == 0, result.stderr
+    m = result.json()
+    assert m["n"] == 2 and m["kv_cache"] == "cache" and m["model_mb"] < 0.6 * (tiny_lm.fp32.stat().st_size / 2 ** 20)
+    assert m["perplexity"] == pytest.approx(m["fp32_perplexity"] * (1 + m["ppl_increase"]))
+    assert 0 < m["kl_divergence"] < 0.05 and 0.5 < m["top1_agreement"] <= 1
+    table = run_edgekit("evaluate", recipes["int8-block-rtn-b32"], "--data", tiny_lm.eval, "--samples", "1")
+    assert table.code == 0 and "perplexity" in table.stdout and "decode tokens/s" in table.stdout

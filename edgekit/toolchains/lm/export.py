@@ -26,7 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edgekit.device.lm import META_KEY, TOKENIZER
+from edgekit.device.lm import TOKENIZER
 from edgekit.errors import ConfigError, ModelError
 
 __all__ = ["export", "source_kind", "INSTALL_HINT"]
