@@ -20,7 +20,7 @@ $(CORE_STAMP): pyproject.toml | $(PY)
 	touch $@
 
 $(FULL_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[dev,tflite,ansible]'
+	$(PY) -m pip install --quiet -e '.[dev,tflite,lm,ansible]'
 	touch $@ $(CORE_STAMP)
 
 venv: $(FULL_STAMP)
@@ -51,6 +51,7 @@ bench: $(FULL_STAMP) sshd
 	$(PY) benchmarks/quantize_vs_ort.py
 	$(PY) benchmarks/push_vs_scp.py
 	$(PY) benchmarks/fleet_scale.py
+	$(PY) benchmarks/lm_vs_genai.py
 
 clean:
 	rm -rf $(VENV) out dist demo-work bench-results

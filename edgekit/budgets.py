@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Iterable, Optional
 
-__all__ = ["Measured", "Rule", "Breach", "RULES", "check", "QUALITY_BUDGETS"]
+__all__ = ["Measured", "Rule", "Breach", "RULES", "check", "QUALITY_BUDGETS", "LM_GATES"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,9 @@ class Measured:
     drop_vs_fp32: Optional[float] = None
     cosine: Optional[float] = None
     labelled: bool = False  # accuracy is the metric (labels); else fidelity to the FP32 outputs
+    ppl_increase: Optional[float] = None  # a language model's perplexity / FP32's - 1
+    decode_tokens_per_s: Optional[float] = None
+    ttft_ms: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,13 @@ RULES = (
     Rule("max_accuracy_drop", "accuracy_drop", "drop", "accuracy drop", "", ".4f"),
     Rule("max_accuracy_drop", "drop_vs_fp32", "drop_vs_fp32", "accuracy drop against FP32", "", ".4f"),
     Rule("min_fidelity_cosine", "fidelity_cosine", "cosine", "fidelity cosine", "", ".5f", upper=False),
+    Rule("max_ppl_increase", "ppl_increase", "ppl_increase", "perplexity increase over FP32", "", ".4f"),
+    Rule("min_decode_tokens_per_s", "decode_tokens_per_s", "decode_tokens_per_s", "decode speed", " tokens/s",
+         ".2f", upper=False),
+    Rule("max_ttft_ms", "ttft_ms", "ttft_ms", "time to first token", " ms", ".1f"),
 )
-QUALITY_BUDGETS = ("max_accuracy_drop", "min_fidelity_cosine")
+QUALITY_BUDGETS = ("max_accuracy_drop", "min_fidelity_cosine", "max_ppl_increase")
+LM_GATES = ("ppl_increase", "decode_tokens_per_s", "ttft_ms")
 
 
 @dataclass(frozen=True)

@@ -106,12 +106,17 @@ class _Run:
             if refusal:  # the device's runtime cannot load it: never measured, never chosen
                 c.status, c.error = "failed", f"not offered: {refusal}"
                 return
-            score(c, self.eval_npz, self.profile, self.baseline, self.measure_opts, on_step=on_step,
+            score(c, self.eval_npz, self.profile, self.baseline, self.options(c.recipe), on_step=on_step,
                   measure=self.measurer.measure)
+
+    def options(self, recipe: Recipe) -> dict:
+        """How to measure `recipe`: the run's options and what its toolchain adds (a language
+        model's workload and cache mode)."""
+        return {**self.measure_opts, **self.toolchain.measure_options(self.profile, recipe)}
 
     def measure_baseline(self) -> dict:
         m = self.measurer.measure(self.fp32, self.eval_npz, threads=self.profile.threads,
-                                  providers=self.profile.providers, **self.measure_opts)
+                                  providers=self.profile.providers, **self.options(Recipe(precision="fp32")))
         m["drop"] = 0.0 if m.get("accuracy") is not None else None
         return m
 
@@ -126,8 +131,6 @@ def calibrate(model: str | Path, profile: Profile, calibration: Dataset, eval_da
     the module docstring. Writes OUT_DIR/model.<suffix> (when a candidate passes) and
     OUT_DIR/calibration.json. on_candidate hears of each measured candidate, on_step of each
     stage (edgekit.progress). `measurer`: where candidates are measured (this host unless given)."""
-    from edgekit.evaluate import prepare_eval_data
-
     started = time.monotonic()
     toolchain = toolchain_for(profile)
     candidates = [Candidate(r.id, r) for r in recipes or toolchain.sweep(profile)]
@@ -137,11 +140,13 @@ def calibrate(model: str | Path, profile: Profile, calibration: Dataset, eval_da
         fp32 = toolchain.load(model, workdir=work / "fp32", example_data=calibration,
                               on_step=within(on_step, phase="prepare"))
         inputs = toolchain.inputs(fp32)
+        calibration = toolchain.model_data(fp32, calibration, "calibration data", profile)
+        eval_data = toolchain.model_data(fp32, eval_data, "eval data", profile)
         calibration.check(inputs, role="calibration data")
         eval_data.check(inputs, role="eval data")
         out_dir.mkdir(parents=True, exist_ok=True)
         notify(within(on_step, phase="prepare"), "eval data", "FP32 reference outputs")
-        eval_npz = prepare_eval_data(eval_data, fp32, work / "eval.npz", reference=fp32, samples=eval_samples)
+        eval_npz = toolchain.prepare_eval(eval_data, fp32, work / "eval.npz", reference=fp32, samples=eval_samples)
         run = _Run(toolchain, profile, fp32, work, calibration, eval_npz, measure_opts or {},
                    measurer or HostMeasurer())
         if not any(c.recipe.precision == "fp32" for c in candidates):  # a baseline, not a candidate
@@ -159,12 +164,19 @@ def calibrate(model: str | Path, profile: Profile, calibration: Dataset, eval_da
             why += f"; mixed-precision search: {search_record['why']}"
         model_out = None
         if chosen is not None:
-            model_out = out_dir / f"model{toolchain.suffix}"
-            shutil.copyfile(chosen.path, model_out)
+            model_out = _write_model(toolchain, chosen.path, out_dir / f"model{toolchain.suffix}")
         record = _record(run, model, inputs, eval_data, candidates, chosen, why,
                          **({"search": search_record} if toolchain.searches else {}))
     record_path = record.write(out_dir / "calibration.json")
     return CalibrationResult(record, candidates, chosen, model_out, record_path)
+
+
+def _write_model(toolchain: Toolchain, chosen: Path, dest: Path) -> Path:
+    """The chosen model as DIR/model.<suffix>, with the files it needs beside it (under their names)."""
+    shutil.copyfile(chosen, dest)
+    for extra in toolchain.files(chosen)[1:]:
+        shutil.copyfile(extra, dest.parent / extra.name)
+    return dest
 
 
 def _sweep(run: _Run, candidates: list[Candidate], on_candidate, on_step: Optional[OnStep]) -> None:
@@ -202,7 +214,7 @@ def _record(run: _Run, model, inputs, eval_data: Dataset, candidates: list[Candi
         target=profile.snapshot(),
         budgets=profile.budgets.model_dump(),
         objective=profile.objective,
-        metric="accuracy" if eval_data.has_labels else "fidelity",
+        metric=toolchain.metric(eval_data),
         baseline=run.baseline,
         data={"calibration": run.calibration.describe(), "eval": dict(eval_data.describe(), n_used=n_eval)},
         candidates=[c.record() for c in candidates],

@@ -122,7 +122,7 @@ class CalibrationRecord(_Part):
     target: TargetSnapshot
     budgets: dict
     objective: str
-    metric: Literal["accuracy", "fidelity"]
+    metric: Literal["accuracy", "fidelity", "perplexity"]
     baseline: Optional[dict]
     data: DataSection
     candidates: list[CandidateRecord]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from edgekit.budgets import Measured, check
+from edgekit.budgets import LM_GATES, Measured, check
 from edgekit.errors import EdgekitError, Interrupted, NotApplicable
 from edgekit.progress import OnStep, notify
 from edgekit.recipes import Recipe
@@ -33,7 +33,7 @@ NOISE = 0.05  # objective values within 5% of the best are measurement noise, no
 QUALITY_DIGITS = 4  # accuracy or cosine differences below 1e-4 do not decide a near-tie
 COLLAPSE_LOSS = 0.1  # a candidate that loses more than this much accuracy or cosine ...
 COLLAPSE_RATIO = 10  # ... and more than 10x what the best other quantized candidate loses, collapsed
-_CALIBRATED = ("model_mb", "peak_rss_mb", "latency_p95", "accuracy_drop", "fidelity_cosine")
+_CALIBRATED = ("model_mb", "peak_rss_mb", "latency_p95", "accuracy_drop", "fidelity_cosine", *LM_GATES)
 
 
 @dataclass
@@ -94,17 +94,22 @@ def score(c: Candidate, eval_npz: Path, profile: Profile, baseline: Optional[dic
 def check_budgets(metrics: dict, profile: Profile, has_labels: bool) -> list[str]:
     """The budgets these metrics break, with the numbers ('max_model_mb: 0.148 > 0.1')."""
     measured = Measured(model_mb=metrics["model_mb"], peak_rss_mb=metrics["peak_rss_mb"],
-                        latency_p95=metrics["latency_ms"].get("p95"), drop=metrics.get("drop"),
-                        cosine=(metrics.get("fidelity") or {}).get("cosine"), labelled=has_labels)
+                        latency_p95=(metrics.get("latency_ms") or {}).get("p95"), drop=metrics.get("drop"),
+                        cosine=(metrics.get("fidelity") or {}).get("cosine"), labelled=has_labels,
+                        ppl_increase=metrics.get("ppl_increase"), decode_tokens_per_s=metrics.get("decode_tokens_per_s"),
+                        ttft_ms=metrics.get("ttft_ms"))
     return [b.short() for b in check(measured, profile.budgets, gates=_CALIBRATED)]
 
 
 def quality(metrics: dict, missing: float = float("-inf")) -> float:
-    """Accuracy where there are labels, else the fidelity cosine; `missing` when neither was measured."""
+    """Accuracy where there are labels, a language model's perplexity increase (negated: less is
+    better), else the fidelity cosine; `missing` when none was measured."""
     if not metrics:
         return missing
     if metrics.get("accuracy") is not None:
         return metrics["accuracy"]
+    if metrics.get("ppl_increase") is not None:
+        return -metrics["ppl_increase"]
     return (metrics.get("fidelity") or {}).get("cosine") or missing
 
 

@@ -1,7 +1,8 @@
 """Calibration and evaluation data sets, streamed in batches.
 
 A data set is a ``.npz`` file or a directory with ``dataset.toml`` (``.npy`` arrays, or
-an image folder ``ROOT/<class>/*.png``). Arrays are keyed by the model's input names,
+an image folder ``ROOT/<class>/*.png``), or text for a language model (``.txt``, ``.jsonl``
+or a ``dataset.toml`` of format "text": edgekit.textdata). Arrays are keyed by the model's input names,
 axis 0 is the sample axis, and an optional ``labels`` array of class ids makes accuracy
 the metric. See calibration/README.md for the format.
 
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgekit._toml import pydantic_error_line, read_toml
 from edgekit.errors import DataError
+from edgekit.textdata import TEXT_SUFFIXES, TextSource, read_documents
 
 __all__ = ["Dataset", "InputSpec", "load_dataset", "LABELS"]
 
@@ -52,9 +54,10 @@ class _ImageSpec(BaseModel):
 
 class _DatasetToml(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    format: Literal["npy", "images"]
+    format: Literal["npy", "images", "text"]
     arrays: dict[str, str] = {}
     images: Optional[_ImageSpec] = None
+    files: list[str] = []  # format = "text": .txt and .jsonl files (edgekit.textdata)
 
 
 @dataclass
@@ -64,6 +67,7 @@ class Dataset:
     path: Path
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     images: Optional[tuple[_ImageSpec, list[tuple[Path, int]]]] = None
+    text: Optional[TextSource] = None  # a text set: a language model tokenizes it (edgekit.textdata)
     _sha256: Optional[str] = None
     _fits: set = field(default_factory=set, repr=False)  # input specs already checked: a scan is I/O
     _label_span: Optional[tuple[int, int]] = None  # found by check()'s scan, or by label_span
@@ -79,6 +83,8 @@ class Dataset:
         return LABELS in self.arrays or self.images is not None
 
     def __len__(self) -> int:
+        if self.text is not None:
+            return len(read_documents(self.text))
         if self.images:
             return len(self.images[1])
         return len(next(iter(self.arrays.values())))
@@ -150,6 +156,9 @@ class Dataset:
         per model signature (calibrate checks the same set for every recipe)."""
         if tuple(inputs) in self._fits:
             return
+        if self.text is not None:
+            raise DataError(f"{role} {self.path} is text: only a language model reads text",
+                            hint="give a language model and a target with an [lm] section")
         if len(self) == 0:
             raise DataError(f"{role} {self.path}: the data set is empty")
         model_names = [i.name for i in inputs]
@@ -218,9 +227,12 @@ def load_dataset(path: str | Path, role: str = "data") -> Dataset:
     """Open a data set; raises DataError naming the file when it cannot be read."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise DataError(f"{role} {path}: not found (give a .npz file or a directory with dataset.toml)")
+        raise DataError(f"{role} {path}: not found (give a .npz file, a directory with dataset.toml, "
+                        "or text: .txt or .jsonl)")
     if path.is_dir():
         return _load_dir(path, role)
+    if path.suffix in TEXT_SUFFIXES:
+        return Dataset(path, text=TextSource((path,)))
     if path.suffix == ".npy":
         return Dataset(path, arrays=_check_lengths(path, role, {"input": _open_npy(path, role)}))
     return Dataset(path, arrays=_check_lengths(path, role, _open_npz(path, role)))
@@ -260,6 +272,13 @@ def _load_dir(path: Path, role: str) -> Dataset:
         spec = _DatasetToml.model_validate(read_toml(toml_path, DataError))
     except ValidationError as exc:
         raise DataError(pydantic_error_line(toml_path, exc)) from exc
+    if spec.format == "text":
+        if not spec.files:
+            raise DataError(f"{toml_path}: field 'files': name at least one .txt or .jsonl file")
+        missing = [f for f in spec.files if not (path / f).is_file()]
+        if missing:
+            raise DataError(f"{toml_path}: field 'files': {path / missing[0]} not found")
+        return Dataset(path, text=TextSource(tuple(path / f for f in spec.files)))
     if spec.format == "npy":
         if not spec.arrays:
             raise DataError(f"{toml_path}: field 'arrays': name at least one input array")

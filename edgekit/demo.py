@@ -45,6 +45,7 @@ class Demo:
     devices: int = 4
     ssh: bool = False
     say: Say = print
+    targets: tuple = TARGETS  # the device classes the fleet alternates between
     inventory: Optional[Path] = None
     bundles: dict = field(default_factory=dict)
     outcomes: list = field(default_factory=list)
@@ -92,7 +93,7 @@ def make_fleet(demo: Demo) -> list:
     if demo.devices < 2:
         raise ConfigError(f"--devices {demo.devices}: the demo needs at least 2 (one per target)")
     names = [f"edge-{i + 1:02d}" for i in range(demo.devices)]
-    targets = [TARGETS[i % len(TARGETS)] for i in range(demo.devices)]
+    targets = [demo.targets[i % len(demo.targets)] for i in range(demo.devices)]
     path = demo.workdir / "fleet.toml"
     if demo.ssh:
         from edgekit.sim.sshd import start_fleet
@@ -122,14 +123,17 @@ def write_careless_calibration(path: Path, calib: Path) -> Path:
     return path
 
 
-def reset(workdir: Path) -> None:
-    """A fresh work directory; refuses to empty a folder the demo did not make."""
+def reset(workdir: Path, example: bool = True) -> None:
+    """A fresh work directory (with the digits example unless `example` is False); refuses to
+    empty a folder the demo did not make."""
     if workdir.exists():
         if any(workdir.iterdir()) and not (workdir / ".edgekit-demo").exists():
             raise ConfigError(f"--workdir {workdir}: exists and was not made by edgekit demo; give an empty or new folder")
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     (workdir / ".edgekit-demo").write_text("made by edgekit demo; removed by the next demo run\n")
+    if not example:
+        return
     (workdir / "example").mkdir()
     for name, source in EXAMPLE.items():  # at hand for the commands the demo shows
         shutil.copyfile(source, workdir / "example" / name)

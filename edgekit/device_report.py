@@ -89,6 +89,28 @@ class _Fidelity(_Part):
     sqnr_db: Optional[float]
 
 
+class _Recompute(_Part):
+    """A language model generating without its KV cache (every token reruns the prefix)."""
+
+    decode_tokens_per_s: NonNegative = None
+    peak_rss_mb: NonNegative = None
+    ttft_ms: NonNegative = None
+
+
+class _CurveMode(_Part):
+    decode_tokens_per_s: NonNegative = None
+    rss_mb: NonNegative = None
+
+
+class _CurvePoint(_Part):
+    """Cache against recompute at one context length."""
+
+    context: int = Field(ge=1)
+    kv_cache_bytes: int = Field(ge=0)
+    cache: Optional[_CurveMode] = None
+    recompute: Optional[_CurveMode] = None
+
+
 class _Metrics(_Part):
     accuracy: Fraction = None
     accuracy_expected: Fraction = None
@@ -97,6 +119,20 @@ class _Metrics(_Part):
     load_ms: NonNegative = None
     peak_rss_mb: NonNegative = None
     model_mb: NonNegative = None
+    # language models (edgekit.device.lm_evaluate); absent from other reports
+    perplexity: Optional[float] = Field(default=None, ge=1)
+    fp32_perplexity: Optional[float] = Field(default=None, ge=1)
+    ppl_increase: Optional[float] = Field(default=None, ge=-1)
+    kl_divergence: NonNegative = None
+    top1_agreement: Fraction = None
+    prefill_tokens_per_s: NonNegative = None
+    decode_tokens_per_s: NonNegative = None
+    ttft_ms: NonNegative = None
+    kv_cache: Optional[Literal["cache", "recompute"]] = None
+    kv_cache_bytes: Optional[int] = Field(default=None, ge=0)
+    kv_cache_bytes_measured: Optional[int] = Field(default=None, ge=0)
+    recompute: Optional[_Recompute] = None
+    kv_curve: Optional[list[_CurvePoint]] = None
 
 
 class DeviceReport(_Part):
@@ -153,7 +189,7 @@ class DeviceReport(_Part):
             "python": self.device.python,
             "accuracy": _number(m.accuracy), "accuracy_expected": _number(m.accuracy_expected),
             "baseline_accuracy": _number(expected.get("baseline_accuracy")),
-            "top1_agreement": _number(fidelity.top1_agreement if fidelity else None),
+            "top1_agreement": _number(fidelity.top1_agreement if fidelity else m.top1_agreement),
             "top1_expected": _number(fidelity_expected.get("top1_agreement")),
             "cosine": _number(fidelity.cosine if fidelity else None),
             "cosine_expected": _number(fidelity_expected.get("cosine")),
@@ -161,7 +197,20 @@ class DeviceReport(_Part):
             "latency_p50": _number(latency.p50 if latency else None),
             "latency_p95": _number(latency.p95 if latency else None),
             "peak_rss_mb": _number(m.peak_rss_mb), "load_ms": _number(m.load_ms), "model_mb": _number(m.model_mb),
+            **self._lm_columns(),
         }
+
+    def _lm_columns(self) -> dict:
+        """A language model's numbers (None for other models): quality against FP32, speed and
+        memory with the cache it runs, and without a cache."""
+        m = self.metrics
+        recompute = m.recompute or _Recompute()
+        return {"perplexity": _number(m.perplexity), "ppl_increase": _number(m.ppl_increase),
+                "kl_divergence": _number(m.kl_divergence), "prefill_tokens_per_s": _number(m.prefill_tokens_per_s),
+                "decode_tokens_per_s": _number(m.decode_tokens_per_s), "ttft_ms": _number(m.ttft_ms),
+                "kv_cache": m.kv_cache, "kv_cache_bytes": _number(m.kv_cache_bytes),
+                "recompute_decode_tokens_per_s": _number(recompute.decode_tokens_per_s),
+                "recompute_peak_rss_mb": _number(recompute.peak_rss_mb)}
 
 
 def _number(value: Any) -> Optional[float]:

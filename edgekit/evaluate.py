@@ -173,13 +173,16 @@ class _NpzWriter:
 
 
 def measure(model: Path, prepared_npz: Path, *, threads: int = 0, providers: Optional[list[str]] = None,
-            runs: int = 50, min_seconds: float = 0.5, timeout: float = 600) -> dict:
-    """Evaluate `model` on a prepared .npz in a fresh process (the device's code path)."""
+            runs: int = 50, min_seconds: float = 0.5, timeout: float = 1800, lm: Optional[dict] = None) -> dict:
+    """Evaluate `model` on a prepared .npz in a fresh process (the device's code path); `lm`:
+    a language model's workload (edgekit.device.evaluate's LM_SETTINGS)."""
     _check_options(runs=runs, threads=threads, min_seconds=min_seconds)
     cmd = [sys.executable, "-m", "edgekit.device.evaluate", str(model), str(prepared_npz),
            "--threads", str(threads), "--runs", str(runs), "--min-seconds", repr(float(min_seconds))]
     if providers:
         cmd += ["--providers", ",".join(providers)]
+    if lm:
+        cmd += ["--lm", json.dumps(lm)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_child_env())
     except subprocess.TimeoutExpired as exc:
@@ -220,9 +223,15 @@ def evaluate_model(model: Path, data: Union[Dataset, str, Path], *, reference: O
     step = on_step or (lambda _: None)
     dataset = data if isinstance(data, Dataset) else load_dataset(data, role="eval data")
     opts = dict(threads=threads, providers=providers, runs=runs, min_seconds=min_seconds)
+    lm = _language_model(Path(model))
     with tempfile.TemporaryDirectory(prefix="edgekit-evaluate-") as tmp:
         step("preparing the evaluation data")
-        npz = prepare_eval_data(dataset, Path(model), Path(tmp) / "eval.npz", reference=reference, samples=samples)
+        if lm is not None:  # text -> token windows; the reference gives FP32's next-token log-probs
+            dataset = lm.model_data(Path(model), dataset, "eval data")
+            npz = lm.prepare_eval(dataset, Path(model), Path(tmp) / "eval.npz", reference=reference, samples=samples)
+            opts["lm"] = {"kv_cache": "cache"}  # edgekit.device.lm_evaluate's default workload
+        else:
+            npz = prepare_eval_data(dataset, Path(model), Path(tmp) / "eval.npz", reference=reference, samples=samples)
         step(f"measuring {Path(model).name}")
         result = measure(Path(model), npz, **opts)
         if reference is not None and result["accuracy"] is not None:
@@ -234,6 +243,13 @@ def evaluate_model(model: Path, data: Union[Dataset, str, Path], *, reference: O
     result["model"] = str(model)
     result["data"] = dataset.describe()
     return result
+
+
+def _language_model(model: Path):
+    """The language-model toolchain when `model` is one (an .onnx file edgekit exported), else None."""
+    from edgekit.toolchains import TOOLCHAINS, toolchain_of
+
+    return TOOLCHAINS["lm"] if toolchain_of(model) is TOOLCHAINS["lm"] else None
 
 
 _LOWEST = {"samples": 1, "runs": 1, "threads": 0, "min_seconds": 0}

@@ -17,6 +17,10 @@ __all__ = ["detect_precision", "load_record", "chosen_candidate", "expected_from
            "runtime_requirements"]
 
 _METRIC_KEYS = ("accuracy", "fidelity", "drop", "model_mb", "latency_ms", "peak_rss_mb", "load_ms", "n")
+# a language model's, beside them (edgekit.device.lm_evaluate)
+_LM_QUALITY = ("perplexity", "fp32_perplexity", "ppl_increase", "kl_divergence", "top1_agreement")
+_LM_KEYS = (*_LM_QUALITY, "prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms", "kv_cache", "kv_cache_bytes",
+            "recompute")
 
 
 def detect_precision(model: Path, toolchain: Optional[Toolchain], record: Optional[CalibrationRecord]) -> str:
@@ -59,24 +63,28 @@ def expected_from_record(record: CalibrationRecord) -> dict:
     candidate = chosen_candidate(record)
     metrics, evaluated = candidate.metrics, record.data.eval
     n = evaluated.n_used if evaluated.n_used is not None else metrics.get("n")
+    lm = {k: metrics.get(k) for k in _LM_KEYS} if metrics.get("perplexity") is not None else {}
     return {"source": "calibration-record", "candidate": candidate.id,
-            **{k: metrics.get(k) for k in _METRIC_KEYS}, "baseline_accuracy": (record.baseline or {}).get("accuracy"),
+            **{k: metrics.get(k) for k in _METRIC_KEYS}, **lm, "baseline_accuracy": (record.baseline or {}).get("accuracy"),
             "n": n, "data_sha256": evaluated.sha256, "machine": record.machine, "versions": record.versions}
 
 
-def measure_expected(model: Path, eval_npz: Path, profile: Profile) -> dict:
-    """Accuracy and fidelity on the bundled subset, with the device's code, on this host.
-    Timings and memory are left out: they would make every bundle's bytes different."""
+def measure_expected(model: Path, eval_npz: Path, profile: Profile, options: Optional[dict] = None) -> dict:
+    """Accuracy and fidelity (a language model's perplexity and agreement with FP32) on the
+    bundled subset, with the device's code, on this host; `options` as the device measures
+    (edgekit.toolchains.base.Toolchain.measure_options). Timings and memory are left out:
+    they would make every bundle's bytes different."""
     from edgekit.device.backends import ModelLoadError
     from edgekit.device.evaluate import DataFormatError, evaluate
     from edgekit.machine import cpu_facts, versions
 
     try:
         measured = evaluate(str(model), str(eval_npz), threads=profile.threads, providers=profile.providers,
-                            warmup=0, runs=1, min_seconds=0.0, max_seconds=1.0)
+                            warmup=0, runs=1, min_seconds=0.0, max_seconds=1.0, **(options or {}))
     except (ModelLoadError, DataFormatError) as exc:
         raise ModelError(f"measuring {model} on this host failed: {exc}") from exc
-    return {"source": "measured", "candidate": None, "accuracy": measured["accuracy"],
+    lm = {k: measured.get(k) for k in _LM_QUALITY} if "perplexity" in measured else {}
+    return {"source": "measured", "candidate": None, **lm, "accuracy": measured["accuracy"],
             "baseline_accuracy": _reference_accuracy(eval_npz),
             "fidelity": measured["fidelity"], "drop": None, "model_mb": measured["model_mb"],
             "latency_ms": None, "peak_rss_mb": None, "load_ms": None, "n": measured["n"], "data_sha256": None,

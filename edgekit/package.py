@@ -85,8 +85,9 @@ def _model_members(model: Path, toolchain: Toolchain) -> dict[str, Path]:
 
 
 def _reference(model: Path, toolchain: Toolchain, precision: str, data: Dataset, reference: Optional[Path],
-               record: Optional[CalibrationRecord]) -> Optional[Path]:
-    """The FP32 model whose outputs the device compares against (None: labels suffice)."""
+               record: Optional[CalibrationRecord], workdir: Path) -> Optional[Path]:
+    """The FP32 model whose outputs the device compares against (None: labels suffice); made
+    again from the record's source where the toolchain can (a language model's export)."""
     if reference is not None:
         reference = Path(reference).expanduser()
         return toolchain_for_model(reference).check(reference)
@@ -99,6 +100,9 @@ def _reference(model: Path, toolchain: Toolchain, precision: str, data: Dataset,
         return source
     if precision == "fp32":
         return model
+    remade = toolchain.remake_reference(record.model.path, workdir) if record else None
+    if remade is not None:
+        return remade
     raise ConfigError(f"eval data {data.path} has no labels, so the device measures fidelity to the FP32 model: "
                       "give it with --reference FP32_MODEL")
 
@@ -116,11 +120,10 @@ def _default_samples(data: Dataset, model: Path, toolchain: Toolchain, ref: Opti
     import numpy as np
 
     from edgekit.eval_subset import FLOOR
-    from edgekit.evaluate import prepare_eval_data
 
     if len(data) <= FLOOR:
         return len(data)
-    probe = prepare_eval_data(subset(data, eval_indices(len(data), 1)), model, tmp / "probe.npz", reference=ref)
+    probe = toolchain.prepare_eval(subset(data, eval_indices(len(data), 1)), model, tmp / "probe.npz", reference=ref)
     with np.load(probe) as npz:
         sample_bytes = sum(npz[k].nbytes for k in npz.files)
     model_bytes = sum(p.stat().st_size for p in _model_members(model, toolchain).values())
@@ -139,7 +142,7 @@ def package(model: Path, profile: Profile, eval_data: Dataset, *, name: str, ver
     """Write OUT_DIR/NAME-VERSION-TARGET.edgekit; see the module docstring. eval_samples None:
     as many as edgekit.eval_subset.default_samples says; on_step hears of each stage."""
     from edgekit import __version__
-    from edgekit.evaluate import prepare_eval_data
+    from edgekit.recipes import Recipe
 
     def step(what: str) -> None:
         notify(on_step, "package", what)
@@ -157,18 +160,22 @@ def package(model: Path, profile: Profile, eval_data: Dataset, *, name: str, ver
     record = load_record(calibration_record, profile) if calibration_record else None
     precision = detect_precision(model, toolchain, record)
     check_allowed(model, toolchain, profile, precision)
+    eval_data = toolchain.model_data(model, eval_data, "eval data", profile)
     eval_data.check(toolchain.inputs(model), role="eval data")
-    ref = _reference(model, toolchain, precision, eval_data, reference, record)
+    recipe = chosen_candidate(record).recipe if record else Recipe(precision=precision)
     created = _created_at(model, record)
     with tempfile.TemporaryDirectory(prefix="edgekit-package-") as tmp:
+        ref = _reference(model, toolchain, precision, eval_data, reference, record, Path(tmp) / "reference")
         step("preparing the evaluation subset")
         if eval_samples is None:
             eval_samples = _default_samples(eval_data, model, toolchain, ref, Path(tmp))
         indices = eval_indices(len(eval_data), eval_samples)
-        raw = prepare_eval_data(subset(eval_data, indices), model, Path(tmp) / "raw.npz", reference=ref)
+        raw = toolchain.prepare_eval(subset(eval_data, indices), model, Path(tmp) / "raw.npz", reference=ref)
         eval_npz = deterministic_npz(raw, Path(tmp) / "eval.npz")
         step("measuring the expected host metrics")
-        expected = expected_from_record(record) if record else measure_expected(model, eval_npz, profile)
+        measure = toolchain.measure_options(profile, recipe)
+        expected = expected_from_record(record) if record else measure_expected(model, eval_npz, profile, measure)
+        measure = toolchain.device_measure_options(profile, recipe)
         if expected.get("baseline_accuracy") is None and precision == "fp32":
             expected["baseline_accuracy"] = expected.get("accuracy")  # an FP32 model is its own baseline
         members: dict = {**_model_members(model, toolchain), "eval.npz": eval_npz}
@@ -178,18 +185,19 @@ def package(model: Path, profile: Profile, eval_data: Dataset, *, name: str, ver
         manifest = {
             "schema": 1, "name": name, "version": version, "target": profile.snapshot(),
             "precision": precision,
-            "recipe": chosen_candidate(record).recipe.record() if record else {"precision": precision},
+            "recipe": recipe.record() if record else {"precision": precision},
             "runtime": runtime_requirements(model, toolchain, profile),
             "model": {"file": model_file, **files[model_file], "source_name": model.name},
             "files": files,
             "eval": {"file": "eval.npz", **files["eval.npz"], "n": len(indices),
-                     "metric": "accuracy" if eval_data.has_labels else "fidelity",
+                     "metric": toolchain.metric(eval_data),
                      "reference": ref is not None, "source": {"sha256": eval_data.sha256, "n": len(eval_data)},
                      "selection": "all" if len(indices) == len(eval_data) else "evenly spaced indices"},
             "expected": expected,
             "calibration": record.data.calibration.model_dump() if record else None,
             "edgekit_version": __version__,
             "created_at": iso_utc(created),
+            **({"measure": measure} if measure else {}),  # what the device's evaluation needs beyond model and data
         }
         members[MANIFEST] = manifest_bytes(manifest)
         if sign_key is not None:

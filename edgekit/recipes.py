@@ -6,12 +6,15 @@ reduce-range, exclude, include), a recipe may carry:
     block_size, accuracy_level, algorithm   the weight-only block recipes (int8-block, int4-block):
                                             weights per block of `block_size` along K, the
                                             MatMulNBits accuracy level (4: INT8 activations per
-                                            block, the fast kernel), ORT's algorithm (None = RTN)
+                                            block, the fast kernel), the algorithm (None = RTN;
+                                            minmax-offset: a language model's asymmetric blocks)
     symmetric                               int8-static: symmetric activations; *-block: symmetric
                                             weights (None: the toolchain's default)
     weight_only                             nodes that, instead of the recipe's INT8, get 8-bit
                                             weight-only blocks (what the search moves a node to
                                             when that mends it at less cost than float)
+    kv_cache                                a language model's generation: keep keys and values
+                                            ("cache") or recompute the prefix ("recompute")
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from pydantic import BaseModel, ConfigDict, model_serializer
 
 from edgekit.words import Precision
 
-__all__ = ["Recipe", "METHODS", "ALGORITHMS"]
+__all__ = ["Recipe", "METHODS", "ALGORITHMS", "KV_CACHE"]
 
 METHODS = ("minmax", "entropy", "percentile")
-ALGORITHMS = ("rtn", "hqq", "kquant")
-_LATER = ("block_size", "accuracy_level", "algorithm", "symmetric", "weight_only")
+ALGORITHMS = ("rtn", "minmax-offset", "hqq", "kquant")
+KV_CACHE = ("cache", "recompute")  # how a language model generates: keep keys and values, or rerun the prefix
+_LATER = ("block_size", "accuracy_level", "algorithm", "symmetric", "weight_only", "kv_cache")
 
 
 class Recipe(BaseModel):
@@ -40,9 +44,10 @@ class Recipe(BaseModel):
     include: tuple[str, ...] = ()
     block_size: Optional[int] = None
     accuracy_level: Optional[int] = None
-    algorithm: Optional[Literal["rtn", "hqq", "kquant"]] = None
+    algorithm: Optional[Literal["rtn", "minmax-offset", "hqq", "kquant"]] = None
     symmetric: Optional[bool] = None
     weight_only: tuple[str, ...] = ()
+    kv_cache: Optional[Literal["cache", "recompute"]] = None  # language models only
 
     @property
     def id(self) -> str:
@@ -68,6 +73,8 @@ class Recipe(BaseModel):
             parts.append(f"w{len(self.weight_only)}")
         if self.include:
             parts.append(f"i{len(self.include)}")
+        if self.kv_cache == "recompute":
+            parts.append("recompute")
         return "-".join(parts)
 
     @model_serializer(mode="wrap")

@@ -16,13 +16,13 @@ import os
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from edgekit._toml import Invalid, pydantic_error_hint, pydantic_error_line, read_toml
 from edgekit.errors import ConfigError
 from edgekit.words import PRECISIONS, Precision
 
-__all__ = ["Budgets", "Profile", "PRECISIONS", "load_profile", "list_profiles", "profile_names", "search_dirs",
+__all__ = ["Budgets", "LMWorkload", "Profile", "PRECISIONS", "load_profile", "list_profiles", "profile_names", "search_dirs",
            "sourced_dirs", "sourced_files", "user_dir", "BUILTIN_DIR"]
 
 
@@ -47,6 +47,10 @@ class Budgets(_Strict):
     max_latency_ms_p95: Optional[float] = None    # milliseconds, 95th percentile of one sample
     max_accuracy_drop: Optional[float] = None     # fraction of 1, absolute, against FP32
     min_fidelity_cosine: Optional[float] = None   # cosine of the outputs to FP32's, at most 1
+    # language models (a profile with an [lm] section)
+    max_ppl_increase: Optional[float] = None      # fraction of FP32's perplexity (0.05 = 5% higher)
+    min_decode_tokens_per_s: Optional[float] = None  # generated tokens per second, with the profile's prompt
+    max_ttft_ms: Optional[float] = None           # milliseconds to the first token (the prompt's prefill)
 
     @field_validator("*")
     @classmethod
@@ -57,8 +61,12 @@ class Budgets(_Strict):
 
 
 MAX_ACCURACY_DROP = 0.5  # a larger drop gates nothing: it reads as percentage points meant as a fraction
+MAX_PPL_INCREASE = 1.0  # a perplexity twice FP32's is no model; 5 reads as percent meant as a fraction
 _SIZES = {"max_model_mb": "a size in MiB", "max_peak_rss_mb": "a memory size in MiB",
-          "max_latency_ms_p95": "a p95 latency in milliseconds"}
+          "max_latency_ms_p95": "a p95 latency in milliseconds",
+          "min_decode_tokens_per_s": "a speed in generated tokens per second",
+          "max_ttft_ms": "a time to the first token in milliseconds"}
+LM_BUDGETS = ("max_ppl_increase", "min_decode_tokens_per_s", "max_ttft_ms")
 
 
 def _check_budget(name: str, value: float) -> None:
@@ -70,9 +78,29 @@ def _check_budget(name: str, value: float) -> None:
     if name == "max_accuracy_drop" and not 0 <= value <= MAX_ACCURACY_DROP:
         raise Invalid(f"{shown} is a fraction of 1 (0.01 = 1 percentage point)",
                       hint=f"give 0 to {MAX_ACCURACY_DROP:g}, e.g. 0.01 for a drop of at most 1 pp")
+    if name == "max_ppl_increase" and not 0 <= value <= MAX_PPL_INCREASE:
+        raise Invalid(f"{shown} is a fraction of FP32's perplexity (0.05 = 5% higher)",
+                      hint=f"give 0 to {MAX_PPL_INCREASE:g}, e.g. 0.05 for at most 5% higher")
     if name == "min_fidelity_cosine" and not 0 < value <= 1:
         raise Invalid(f"{shown} is a cosine similarity to the FP32 outputs (1: the same direction, "
                       "0: unrelated)", hint="give more than 0 and at most 1, e.g. 0.99")
+
+
+class LMWorkload(_Strict):
+    """A language model's workload: what the cache holds and what one request asks."""
+
+    context: int = Field(gt=1)          # tokens the KV cache holds: prompt + generated
+    prompt_tokens: int = Field(gt=0)    # a request's prompt (prefill, time to the first token)
+    generate_tokens: int = Field(gt=0)  # tokens generated per request (decode speed)
+    kv_cache: Literal["auto", "cache", "recompute"] = "auto"  # auto: calibrate measures both, budgets choose
+
+    @model_validator(mode="after")
+    def _fits(self) -> "LMWorkload":
+        if self.prompt_tokens + self.generate_tokens > self.context:
+            raise Invalid(f"prompt_tokens + generate_tokens = {self.prompt_tokens + self.generate_tokens} "
+                          f"do not fit context = {self.context}",
+                          hint="give a context at least as long as a prompt and its answer")
+        return self
 
 
 class Profile(_Strict):
@@ -90,6 +118,15 @@ class Profile(_Strict):
     providers: list[str] = ["CPUExecutionProvider"]
     objective: Literal["latency", "size", "memory"] = "latency"
     budgets: Budgets = Budgets()
+    lm: Optional[LMWorkload] = None  # a language-model workload: edgekit.toolchains.lm serves the profile
+
+    @model_validator(mode="after")
+    def _lm_budgets(self) -> "Profile":
+        given = [b for b in LM_BUDGETS if getattr(self.budgets, b) is not None]
+        if given and self.lm is None:
+            raise Invalid(f"budgets.{given[0]} judges a language model, and the profile has no [lm] section",
+                          hint="add [lm] with context, prompt_tokens and generate_tokens, or leave the budget out")
+        return self
 
     def snapshot(self) -> dict:
         """The profile as recorded in calibration records and bundle manifests."""

@@ -22,7 +22,7 @@ __all__ = ["PRECISIONS", "Precision", "INT8", "WEIGHT_ONLY", "PLAIN", "check_pla
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int8-token", "int8-block", "int4-block")
 Precision = Literal["fp32", "fp16", "int8-dynamic", "int8-static", "int8-token", "int8-block", "int4-block"]
 INT8 = ("int8-dynamic", "int8-static", "int8-token")  # activations and weights in INT8
-WEIGHT_ONLY = ("int8-block", "int4-block")  # weights in blocks, activations float (MatMulNBits)
+WEIGHT_ONLY = ("int8-block", "int4-block")  # weights in blocks, activations float (MatMulNBits): transformers, language models
 
 
 def check_plain(value: str, flag: str) -> str:

@@ -8,7 +8,7 @@ import os
 import pytest
 
 pytest_plugins = ("helpers.bundles", "helpers.devices", "helpers.fleet", "helpers.sshd", "helpers.reportfleet",
-                  "helpers.tflitekit")
+                  "helpers.tflitekit", "helpers.lmkit")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -13,7 +13,7 @@ from helpers.paths import REPO
 
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
-FULL = "-e '.[dev,tflite,ansible]'"
+FULL = "-e '.[dev,tflite,lm,ansible]'"
 
 
 def _would_run(goal: str, venv) -> str:

@@ -19,10 +19,12 @@ from edgekit.toolchains.base import Toolchain
 
 
 def test_every_toolchain_implements_the_interface_and_serves_its_runtime():
-    for runtime, toolchain in TOOLCHAINS.items():
+    for name, toolchain in TOOLCHAINS.items():
         assert isinstance(toolchain, Toolchain) and not inspect.isabstract(type(toolchain))
-        assert toolchain.runtime == runtime and toolchain.suffix.startswith(".") and toolchain.label
-    assert len(set(model_suffixes())) == len(TOOLCHAINS)
+        assert toolchain.name == name and toolchain.runtime in TOOLCHAINS
+        assert toolchain.suffix.startswith(".") and toolchain.label
+    # one toolchain per runtime, plus language models: ONNX files that say so
+    assert set(model_suffixes()) == {".onnx", ".tflite"} and TOOLCHAINS["lm"].runtime == "onnxruntime"
 
 
 def test_the_runtimes_a_profile_may_name_are_the_tables():
@@ -32,13 +34,13 @@ def test_the_runtimes_a_profile_may_name_are_the_tables():
 
     from edgekit.targets import Profile
 
-    assert set(get_args(Profile.model_fields["runtime"].annotation)) == set(TOOLCHAINS)
+    assert set(get_args(Profile.model_fields["runtime"].annotation)) == {t.runtime for t in TOOLCHAINS.values()}
 
 
 def test_a_profile_picks_the_toolchain_of_its_runtime():
     for _, profile in list_profiles():
         toolchain = toolchain_for(profile)
-        assert toolchain.runtime == profile.runtime
+        assert toolchain.runtime == profile.runtime and (toolchain is TOOLCHAINS["lm"]) == (profile.lm is not None)
         recipes = toolchain.sweep(profile)
         assert recipes and {r.precision for r in recipes} <= set(profile.precisions) | {"fp32"}
 

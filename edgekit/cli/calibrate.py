@@ -179,8 +179,10 @@ def print_table(record: CalibrationRecord) -> None:
     metric = record.metric
     headers = ["candidate", "acc" if metric == "accuracy" else "cosine", "drop" if metric == "accuracy" else "top1",
                "MiB", "p50", "p95", "RSS", "ok"]
+    if metric == "perplexity":  # a language model: quality against FP32, generation speed (edgekit.toolchains.lm)
+        headers = ["candidate", "ppl+%", "KL", "MiB", "tok/s", "TTFT", "RSS", "ok"]
     table = Table(title=f"calibration for {record.target.name} (objective: {record.objective}; "
-                        "ms, MiB)", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False,
+                        f"{'decode tokens/s, ' if metric == 'perplexity' else ''}ms, MiB)", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False,
                   collapse_padding=True)
     for i, header in enumerate(headers):
         table.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
@@ -223,6 +225,11 @@ def _row(c: CandidateRecord, chosen: Optional[str], metric: str) -> list[str]:
     verdict = ("[red]error[/]" if c.status == "failed" else "[dim]n/a[/]" if c.status == "not-applicable"
                else "[red]collapsed[/]" if c.collapsed else "[green]✓[/]" if c.passed else "[yellow]✗[/]")
     name = ("★ " if c.id == chosen else "  ") + c.id
+    if metric == "perplexity":
+        increase = m.get("ppl_increase")
+        return [name, _fmt(None if increase is None else 100 * increase, "+.2f"), _fmt(m.get("kl_divergence"), ".4f"),
+                _fmt(m.get("model_mb"), ".3f"), _fmt(m.get("decode_tokens_per_s"), ".1f"), _fmt(m.get("ttft_ms"), ".0f"),
+                _fmt(m.get("peak_rss_mb"), ".0f"), verdict]
     return [name, _fmt(first, ".4f"), _fmt(second, ".4f"), _fmt(m.get("model_mb"), ".3f"),
             _fmt(lat.get("p50"), ".3f"), _fmt(lat.get("p95"), ".3f"), _fmt(m.get("peak_rss_mb"), ".0f"), verdict]
 

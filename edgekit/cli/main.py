@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "targets",
     "quantize",
     "evaluate",
+    "generate",
     "calibrate",
     "package",
     "keys",

@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .backends import Backend, ModelLoadError, open_backend
+from .lm import is_lm
 from .npz import NpzError, load_npz
 from .metrics import AccuracyAccumulator, FidelityAccumulator, latency_summary, peak_rss_mb
 
@@ -142,8 +143,10 @@ def time_runs(backend: Backend, arrays: Dict[str, np.ndarray], n: int, *, warmup
 
 def evaluate(model_path: str, data_path: str, *, threads: int = 0, providers: Optional[List[str]] = None,
              samples: Optional[int] = None, batch_size: int = 64, warmup: int = 5, runs: int = 50,
-             min_seconds: float = 0.5, max_seconds: float = 10.0) -> dict:
-    """Load the model, score it on the data, time it, and report what was measured."""
+             min_seconds: float = 0.5, max_seconds: float = 10.0, lm: Optional[dict] = None) -> dict:
+    """Load the model, score it on the data, time it, and report what was measured. A
+    language model (edgekit.device.lm) is measured by edgekit.device.lm_evaluate, with
+    `lm`'s settings (context, prompt_tokens, generate_tokens, kv_cache, curve_points)."""
     _check_settings(threads=threads, samples=samples, batch_size=batch_size, warmup=warmup, runs=runs,
                     min_seconds=min_seconds, max_seconds=max_seconds)
     backend = open_backend(model_path, threads=threads, providers=providers)
@@ -153,6 +156,8 @@ def evaluate(model_path: str, data_path: str, *, threads: int = 0, providers: Op
         arrays = load_npz(data_path)
     except NpzError as exc:
         raise DataFormatError(str(exc)) from exc
+    if is_lm(backend):
+        return _evaluate_lm(backend, model_path, arrays, data_path, samples, lm or {})
     n = check_data(backend, arrays, data_path)
     n = n if samples is None else min(n, samples)
     result = score(backend, arrays, n, batch_size)
@@ -166,6 +171,45 @@ def evaluate(model_path: str, data_path: str, *, threads: int = 0, providers: Op
         "runtime": backend.describe(),
     })
     return result
+
+
+LM_SETTINGS = ("context", "prompt_tokens", "generate_tokens", "kv_cache", "curve_points")
+
+
+def _evaluate_lm(backend: Backend, model_path: str, arrays: Dict[str, np.ndarray], data_path: str,
+                 samples: Optional[int], lm: dict) -> dict:
+    from .lm_evaluate import evaluate_lm
+
+    unknown = sorted(set(lm) - set(LM_SETTINGS))
+    if unknown:
+        raise UsageError(f"unknown language-model setting '{unknown[0]}' (known: {', '.join(LM_SETTINGS)})")
+    n = check_lm_data(arrays, data_path)
+    n = n if samples is None else min(n, samples)
+    try:
+        return evaluate_lm(backend, model_path, arrays, n, **lm)
+    except ValueError as exc:  # settings out of range, or windows longer than the context
+        raise UsageError(str(exc)) from exc
+
+
+def check_lm_data(arrays: Dict[str, np.ndarray], data_path: str) -> int:
+    """The number of token windows, after checking they and the FP32 reference agree."""
+    from .lm_evaluate import INPUT, REF_IDS, REF_LOGP, REF_TARGET
+
+    ids = arrays.get(INPUT)
+    if ids is None or ids.ndim != 2 or ids.dtype.kind not in "iu" or ids.shape[1] < 2:
+        raise DataFormatError(f"{data_path}: a language model's evaluation data needs '{INPUT}', "
+                              "token windows [N, S] of integers (S at least 2)")
+    n, s = ids.shape
+    refs = [k for k in (REF_IDS, REF_LOGP, REF_TARGET) if k in arrays]
+    if refs and len(refs) != 3:
+        raise DataFormatError(f"{data_path}: the FP32 reference needs {REF_IDS}, {REF_LOGP} and {REF_TARGET}")
+    for key in refs:
+        if arrays[key].shape[:2] != (n, s - 1):
+            raise DataFormatError(f"{data_path}: '{key}' has shape {tuple(arrays[key].shape)}, "
+                                  f"the windows need ({n}, {s - 1}, ...)")
+    if n == 0:
+        raise DataFormatError(f"{data_path}: the data set is empty")
+    return n
 
 
 def _check_settings(**settings) -> None:
@@ -196,6 +240,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--min-seconds", type=float, default=0.5)
     p.add_argument("--max-seconds", type=float, default=10.0)
+    p.add_argument("--lm", type=json.loads, default=None,
+                   help="a language model's settings, as a JSON object (see LM_SETTINGS)")
     return p
 
 
@@ -209,7 +255,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         providers = [p for p in args.providers.split(",") if p] or None
         result = evaluate(args.model, args.data, threads=args.threads, providers=providers, samples=args.samples,
                           warmup=args.warmup, runs=args.runs, min_seconds=args.min_seconds,
-                          max_seconds=args.max_seconds)
+                          max_seconds=args.max_seconds, lm=args.lm)
     except Exception as exc:  # the caller is a program: it gets JSON, never a traceback
         kind = next((k for cls, k in _KINDS if isinstance(exc, cls)), "runtime")
         print(json.dumps({"error": str(exc) or type(exc).__name__, "kind": kind}))

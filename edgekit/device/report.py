@@ -92,14 +92,23 @@ def _measure(layout: Layout, manifest: dict, samples: Optional[int]) -> dict:
     folder = layout.bundle_dir(manifest["name"], manifest["version"])
     target = manifest.get("target") or {}
     runtime = manifest.get("runtime") or {}
+    lm = (manifest.get("measure") or {}).get("lm")  # a language model's workload and cache mode
     return evaluate(os.path.join(folder, manifest["model"]["file"]), os.path.join(folder, manifest["eval"]["file"]),
                     threads=int(runtime.get("threads", target.get("threads", 0)) or 0),
-                    providers=runtime.get("providers") or target.get("providers") or None, samples=samples)
+                    providers=runtime.get("providers") or target.get("providers") or None, samples=samples,
+                    lm=lm if isinstance(lm, dict) else None)
+
+
+# What a language model's evaluation adds to a report's metrics (edgekit.device.lm_evaluate).
+LM_METRICS = ("perplexity", "fp32_perplexity", "ppl_increase", "kl_divergence", "top1_agreement", "tokens_scored",
+              "prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms", "kv_cache", "kv_cache_bytes",
+              "kv_cache_bytes_measured", "recompute", "kv_curve", "lm")
 
 
 def _metrics(measured: Optional[dict], expected: dict) -> dict:
     measured = measured or {}
-    return {
+    lm = {k: measured.get(k) for k in LM_METRICS} if "perplexity" in measured else {}
+    return {**lm,
         "accuracy": measured.get("accuracy"),
         "accuracy_expected": expected.get("accuracy"),
         "fidelity": measured.get("fidelity"),

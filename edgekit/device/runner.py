@@ -14,6 +14,8 @@
             [--device-name D]              time a model uploaded to scratch/RUN/ (calibrate
                                            --measure-on); installed bundles are not touched
     scratch-clean RUN                      remove scratch/RUN/
+    generate NAME PROMPT [--version V] [--new-tokens N] [--chat]
+                                           a language model's greedy answer (needs `tokenizers`)
     status                                 what is installed and active, the runner's hash,
                                            free disk space and the device's clock
     gc --keep K [--part-idle S]            remove all but the K newest versions of each model
@@ -28,7 +30,7 @@ Success prints {"ok": true, "command": ..., ...} and exits 0. Failure prints
 {"ok": false, "command": ..., "error": "...", "kind": "..."} and exits 2 when the input
 was refused (usage, bundle, integrity, conflict, state) and 1 otherwise.
 
-Standard library only (numpy and the runtime are imported by `evaluate`), Python 3.9.
+Standard library only (numpy and the runtime are imported by `evaluate` and `generate`), Python 3.9.
 """
 
 from __future__ import annotations
@@ -142,6 +144,24 @@ def cmd_scratch_clean(layout: Layout, args) -> dict:
     from .scratch import clean as clean_scratch
 
     return clean_scratch(layout, args.run)
+
+
+def cmd_generate(layout: Layout, args) -> dict:
+    """A language model's greedy answer to a prompt, where the device has `tokenizers`."""
+    from .install import bundle_manifest
+    from .lm_generate import GenerateError, generate_text
+
+    version = args.version or layout.current_version(args.name)
+    if version is None:
+        raise RunnerError(f"{args.name} has no active version on this device; give --version or activate one", "state", 2)
+    manifest = bundle_manifest(layout, args.name, version)
+    model = os.path.join(layout.bundle_dir(args.name, version), manifest["model"]["file"])
+    threads = int((manifest.get("runtime") or {}).get("threads", (manifest.get("target") or {}).get("threads", 0)) or 0)
+    try:
+        result = generate_text(model, args.prompt, args.new_tokens, chat=args.chat, threads=threads)
+    except GenerateError as exc:
+        raise RunnerError(str(exc), "usage", 2) from exc
+    return dict(result, name=args.name, version=version)
 
 
 def watch_parent(every: float = 2.0) -> None:
@@ -325,6 +345,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--min-seconds", type=float, default=0.5)
     s.add_argument("--device-name")
     sub.add_parser("scratch-clean").add_argument("run")
+    s = sub.add_parser("generate")
+    s.add_argument("name")
+    s.add_argument("prompt")
+    s.add_argument("--version")
+    s.add_argument("--new-tokens", type=_non_negative, default=64)
+    s.add_argument("--chat", action="store_true")
     sub.add_parser("status")
     s = sub.add_parser("gc")
     s.add_argument("--keep", type=_non_negative, required=True)
@@ -336,7 +362,7 @@ def _parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"install": cmd_install, "activate": cmd_activate, "rollback": cmd_rollback, "restore": cmd_restore,
             "evaluate": cmd_evaluate, "measure": cmd_measure, "scratch-clean": cmd_scratch_clean,
-            "status": cmd_status, "gc": cmd_gc, "repair": cmd_repair}
+            "generate": cmd_generate, "status": cmd_status, "gc": cmd_gc, "repair": cmd_repair}
 
 
 PLAIN_ERRNO = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",

@@ -13,6 +13,10 @@ trusted, the device's report is only measurements.
     fidelity_cosine device cosine to the FP32 outputs           <  min_fidelity_cosine
     latency_p95     device p95 latency (ms)                    >  max_latency_ms_p95
     peak_rss_mb     device peak resident memory (MiB)          >  max_peak_rss_mb
+    ppl_increase    a language model's perplexity / FP32's - 1 >  max_ppl_increase (FP32's is
+                    the host's, carried in the bundle's evaluation set)
+    decode_tokens_per_s  generated tokens per second            <  min_decode_tokens_per_s
+    ttft_ms         time to the first token (ms)               >  max_ttft_ms
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ def _num(value) -> Optional[float]:
 
 def check_report(device: str, report: DeviceReport, manifest: dict) -> list[Breach]:
     """Every gate `report` breaks; [] when it passes."""
-    from edgekit.budgets import Measured, check
+    from edgekit.budgets import LM_GATES, Measured, check
 
     if report.status != "ok":
         return [Breach(device, "evaluation", None, None, f"{device}: evaluation failed on the device: {report.error}")]
@@ -57,12 +61,14 @@ def check_report(device: str, report: DeviceReport, manifest: dict) -> list[Brea
     measured = Measured(peak_rss_mb=row["peak_rss_mb"], latency_p95=row["latency_p95"],
                         drop=None if want is None or got is None else want - got,
                         drop_vs_fp32=None if baseline is None or got is None else baseline - got,
-                        cosine=row["cosine"], labelled=want is not None)
+                        cosine=row["cosine"], labelled=want is not None, ppl_increase=row["ppl_increase"],
+                        decode_tokens_per_s=row["decode_tokens_per_s"], ttft_ms=row["ttft_ms"])
     gates = ["latency_p95", "peak_rss_mb"]
+    gates += list(LM_GATES) if expected.get("perplexity") is not None else []
     gates += ["accuracy_drop"] if want is not None else []
     gates += ["drop_vs_fp32"] if baseline is not None and got is not None else []
     gates += ["fidelity_cosine"] if want is None and expected.get("fidelity") is not None else []
-    order = ("accuracy_drop", "drop_vs_fp32", "fidelity_cosine", "latency_p95", "peak_rss_mb")
+    order = ("accuracy_drop", "drop_vs_fp32", "fidelity_cosine", *LM_GATES, "latency_p95", "peak_rss_mb")
     found = sorted(check(measured, budgets_of(manifest), gates=gates, require=True), key=lambda b: order.index(b.gate))
     return [Breach(device, b.gate, b.measured, b.limit, f"{device}: {b.gate}: {b.sentence()}{_which(b, got, want, baseline)}")
             for b in found]

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from statistics import median
 from typing import Iterable, Optional
 
+from edgekit.report.lmfleet import LM_METRICS, is_lm, lm_drift, lm_over_budget, lm_row
+
 __all__ = ["DriftRules", "METRICS", "device_rows", "cohort_summaries", "find_drift", "robust_scores",
            "compare_versions", "running_versions", "gate_verdicts", "analyse", "MEASURED"]
 
@@ -50,6 +52,8 @@ class DriftRules:
     # identical siblings do not make a timer's jitter an outlier.
     latency_floor: tuple[float, float] = (0.15, 0.01)    # fraction of the median, ms
     memory_floor: tuple[float, float] = (0.05, 1.0)      # fraction of the median, MiB
+    # a language model's perplexity against the host's on the same tokens, relative
+    perplexity_tolerance: float = 0.01
 
 
 def _when(item: dict) -> str:
@@ -113,7 +117,7 @@ def _row(item: dict, runs: int, device: dict, budget: dict) -> dict:
         "load_ms": r["load_ms"], "model_mb": r["model_mb"],
         "runs": runs, "run_id": r["run_id"], "measured_at": measured_at, "device_time": r["finished_at"],
         "last_seen": max(measured_at, device.get("last_contact_at") or ""),
-        "over_budget": [], "flags": [],
+        "over_budget": [], "flags": [], **lm_row(item["report"], r, budget),
     }
 
 
@@ -122,7 +126,8 @@ def _over_budget(row: dict, budget: dict) -> list[str]:
     from edgekit.budgets import Measured, check
 
     measured = Measured(latency_p95=row["latency_p95"], peak_rss_mb=row["peak_rss_mb"])
-    return [b.sentence() for b in check(measured, budget, gates=("latency_p95", "peak_rss_mb"))]
+    return [b.sentence() for b in check(measured, budget, gates=("latency_p95", "peak_rss_mb"))] + \
+        lm_over_budget(row, budget)
 
 
 def gate_verdicts(rollouts: Iterable[dict]) -> dict[tuple[str, str, str], list[str]]:
@@ -189,8 +194,8 @@ def cohort_summaries(rows: Iterable[dict]) -> list[dict]:
     for (name, target, version), members in sorted(groups.items()):
         ok = [r for r in members if r["status"] in MEASURED]
         metrics = {}
-        for metric in METRICS:
-            values = [r[metric] for r in ok if r[metric] is not None]
+        for metric in METRICS + LM_METRICS:  # a one-pass model's rows have no LM columns
+            values = [r[metric] for r in ok if r.get(metric) is not None]
             if values:
                 metrics[metric] = _spread(values)
         out.append({"name": name, "target": target, "version": version, "devices": len(members),
@@ -246,13 +251,15 @@ def _cosine_drift(row: dict, rules: DriftRules) -> Optional[dict]:
 
 
 _OUTLIER_METRICS = (("latency_p50", "latency", "latency p50", "ms", "latency_floor"),
-                    ("peak_rss_mb", "memory", "peak RSS", "MiB", "memory_floor"))
+                    ("peak_rss_mb", "memory", "peak RSS", "MiB", "memory_floor"),
+                    ("decode_tokens_per_s", "decode speed", "decode speed", "tokens/s", "latency_floor"))
 
 
 def _outliers(members: list[dict], rules: DriftRules) -> list[dict]:
     flags = []
     for metric, kind, label, unit, floor in _OUTLIER_METRICS:
-        rows = [r for r in members if r[metric] is not None]
+        # a language model's step latency is its decode speed again: judged once, as speed
+        rows = [r for r in members if r.get(metric) is not None and not (kind == "latency" and is_lm(r))]
         if len(rows) < rules.min_cohort:
             continue
         med, scale, scores = robust_scores([r[metric] for r in rows], *getattr(rules, floor))
@@ -279,7 +286,7 @@ def find_drift(rows: list[dict], rules: DriftRules = DriftRules()) -> list[dict]
     for row in ok:
         cohorts[_cohort_key(row)].append(row)
     for members in cohorts.values():
-        flags += _outliers(members, rules)
+        flags += _outliers(members, rules) + lm_drift(members, rules.perplexity_tolerance, rules.min_cohort)
     for row in rows:
         row["flags"] = [f["reason"] for f in flags if (f["device"], f["name"], f["version"]) ==
                         (row["device"], row["name"], row["version"])]
@@ -294,7 +301,7 @@ def compare_versions(cohorts: list[dict], v1: str, v2: str) -> list[dict]:
         a, b = by_key.get((name, target, v1)), by_key.get((name, target, v2))
         if not a or not b:
             continue
-        for metric in METRICS:
+        for metric in METRICS + LM_METRICS:
             x, y = (a["metrics"].get(metric) or {}).get("median"), (b["metrics"].get(metric) or {}).get("median")
             if x is None and y is None:
                 continue

@@ -17,6 +17,7 @@ from html import escape
 from typing import Iterable, Optional
 
 from edgekit.report.charts import calibration_chart, device_chart, triangle_chart
+from edgekit.report.lmfleet import is_lm
 from edgekit.report.views import at_scale, health_items
 
 __all__ = ["render_fleet", "render_calibration", "CSS"]
@@ -66,7 +67,9 @@ LEFT = ("l", "wrap", "time")
 # A target's budgets in words, with their units (max_accuracy_drop is a fraction: 0.05 is 5 pp).
 BUDGET_WORDS = {"max_latency_ms_p95": ("p95 latency ≤ {:g} ms", 1), "max_peak_rss_mb": ("peak memory ≤ {:g} MiB", 1),
                 "max_model_mb": ("model size ≤ {:g} MiB", 1), "max_accuracy_drop": ("accuracy drop ≤ {:g} pp", 100),
-                "min_fidelity_cosine": ("cosine similarity to FP32 ≥ {:g}", 1)}
+                "min_fidelity_cosine": ("cosine similarity to FP32 ≥ {:g}", 1),
+                "max_ppl_increase": ("perplexity increase ≤ {:g}%", 100),
+                "min_decode_tokens_per_s": ("decode ≥ {:g} tokens/s", 1), "max_ttft_ms": ("time to first token ≤ {:g} ms", 1)}
 
 
 def budget_words(budget: dict) -> str:
@@ -148,8 +151,13 @@ def _target_section(result: dict, name: str, target: str, budgets: dict) -> str:
     flagged = {(f["device"], f["version"]) for f in flags} | {(r["device"], r["version"]) for r in rows if r["over_budget"]}
     budget = budgets.get(target) or {}
     limits = budget_words(budget) or "no profile here"
-    parts = [f'<h2 id="t-{escape(target)}">{escape(name)} on {escape(target)}</h2>',
-             f'<div class="meta">budgets: {escape(limits)}</div>',
+    head = [f'<h2 id="t-{escape(target)}">{escape(name)} on {escape(target)}</h2>',
+            f'<div class="meta">budgets: {escape(limits)}</div>']
+    if any(is_lm(r) for r in rows):
+        from edgekit.report.lmhtml import lm_target_section
+
+        return "".join(head) + lm_target_section(name, target, rows, cohorts, flags, flagged, budget)
+    parts = [*head,
              f'<div class="panel">{triangle_chart(f"{name} on {target}: each version by latency and memory", cohorts, rows, flagged, budget)}</div>',
              f'<div class="panel">{_device_chart(name, target, rows, flags, budget)}</div>',
              f'<h3>devices</h3><div class="panel">{_devices_table(rows, flags, budget)}</div>']
@@ -228,7 +236,14 @@ def render_fleet(result: dict, *, store: str, budgets: dict, filters: Optional[d
             f"generated {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime())}</div>",
             f'<div class="cards">{cards}</div>', _attention(result)]
     body += [_target_section(result, name, target, budgets) for name, target in _groups(result)]
-    body.append(f'<h2 id="cohorts">Cohorts</h2><div class="panel">{_cohort_table(result["cohorts"])}</div>')
+    one_pass = [c for c in result["cohorts"] if "perplexity" not in c["metrics"]]
+    lm = [c for c in result["cohorts"] if "perplexity" in c["metrics"]]
+    if one_pass or not lm:
+        body.append(f'<h2 id="cohorts">Cohorts</h2><div class="panel">{_cohort_table(one_pass)}</div>')
+    if lm:
+        from edgekit.report.lmhtml import lm_cohort_table
+
+        body.append(f'<h2 id="lm-cohorts">Language-model cohorts</h2><div class="panel">{lm_cohort_table(lm)}</div>')
     body.append(_health_section(h))
     body.append(_compare_section(result.get("compare") or []))
     return _page("edgekit fleet report", "".join(body))
@@ -243,13 +258,19 @@ def render_calibration(record: dict, rows: list[dict], source: str) -> str:
             (quality, quality, "pct" if quality == "accuracy" else ""), ("drop", "drop", "pp" if quality == "accuracy" else ""),
             ("model_mb", "model MiB", ""), ("latency_p50", "p50 ms", ""), ("latency_p95", "p95 ms", ""),
             ("peak_rss_mb", "RSS MiB", ""), ("failed_budgets", "budgets broken", "wrap"), ("error", "error", "wrap")]
+    chart = calibration_chart
+    if record.get("metric") == "perplexity":
+        from edgekit.report.lmhtml import LM_CALIBRATION_COLUMNS
+        from edgekit.report.lmcharts import lm_calibration_chart as chart
+
+        cols = cols[:4] + LM_CALIBRATION_COLUMNS + cols[-2:]
     chosen = record.get("chosen")
     body = [f"<h1>calibration for {escape(target)}</h1>",
             f'<div class="meta">{escape(source)} · model {escape(str((record.get("model") or {}).get("path", "?")))} · '
             f"objective {escape(str(record.get('objective')))} · budgets: {escape(budgets or 'none')}</div>",
             f'<div class="panel{" attention" if not chosen else ""}"><b>chosen: {escape(chosen or "none")}</b> — '
             f"{escape(str(record.get('why') or ''))}</div>",
-            f'<div class="panel">{calibration_chart(record, rows)}</div>',
+            f'<div class="panel">{chart(record, rows)}</div>',
             '<h2>candidates</h2><div class="panel">'
             + _table(cols, rows, lambda r: "chosen" if r["chosen"] else "failed" if r["status"] != "ok" else
                      "drift" if not r["passed"] else "") + "</div>"]

@@ -10,6 +10,8 @@ from itertools import groupby
 from rich.console import Console
 from rich.markup import escape
 
+from edgekit.report.lmfleet import is_lm
+from edgekit.report.lmtables import LM_COMPARED, print_lm_cohorts, print_lm_rows
 from edgekit.report.views import health_items, needs_a_look
 from edgekit.terminal import (Col, fit_columns, fit_table, fits, fmt_mib, fmt_ms, fmt_pct, fmt_pp, fmt_sig, fmt_time,
                               print_notes, titled)
@@ -75,6 +77,10 @@ def _rows(out: Console, result: dict) -> None:
     at = 0  # the rows come sorted by bundle name and target
     for (name, target), group in groupby(rows, key=lambda r: (r["name"], r["target"] or "-")):
         group = list(group)
+        if any(is_lm(r) for r in group):  # its failed evaluations (no numbers) among them
+            print_lm_rows(out, name, target, group, _row_notes(group))
+            at += len(group)
+            continue
         title = _budget_title(name, target, group[0]["latency_budget_p95"], group[0]["rss_budget_mb"])
         out.print(fit_table(out, title, ROW_COLS, cells[at:at + len(group)], keep))
         print_notes(out, _row_notes(group), style="red")
@@ -107,7 +113,12 @@ def _spreads(c: dict, sep: str) -> list[str]:
 def _cohorts(out: Console, result: dict) -> None:
     """Each median with its spread beside it when the table fits so, else the spread below the
     median and the version below the target, a blank line between cohorts."""
-    cohorts = result["cohorts"]
+    lm = [c for c in result["cohorts"] if "perplexity" in c["metrics"]]
+    cohorts = [c for c in result["cohorts"] if "perplexity" not in c["metrics"]]
+    if lm:
+        print_lm_cohorts(out, lm)
+    if not cohorts:
+        return
     one = len({c["name"] for c in cohorts}) == 1  # one bundle: its name goes in the title
     title = (f"{escape(cohorts[0]['name'])} " if one else "") + \
         "cohorts: median, min–max over the devices that measured (ok/devices; ms, MiB)"
@@ -203,7 +214,7 @@ def _compare(out: Console, result: dict) -> None:
     cols = COMPARE_COLS[:3] + (Col(escape(v1)), Col(escape(v2))) + COMPARE_COLS[5:]
     cells = []
     for r in rows:
-        label, fmt, change = COMPARED.get(r["metric"], (r["metric"], fmt_sig, _signed))
+        label, fmt, change = {**COMPARED, **LM_COMPARED}.get(r["metric"], (r["metric"], fmt_sig, _signed))
         cells.append([escape(r["name"]), escape(r["target"]), label, fmt(r["before"]), fmt(r["after"]),
                       change(r["change"]), "-" if r["change_pct"] is None else f"{r['change_pct']:+.1f}"])
     out.print(fit_table(out, f"{escape(v1)} -> {escape(v2)} (cohort medians; change of a % in pp)", cols, cells))
@@ -226,6 +237,10 @@ CALIBRATION_COLS = (Col("#", drop=1), Col("candidate", "left"), Col("quality"), 
 
 
 def print_calibration(out: Console, record: dict, rows: list[dict]) -> None:
+    if record.get("metric") == "perplexity":
+        from edgekit.report.lmtables import print_lm_calibration
+
+        return print_lm_calibration(out, record, rows)
     quality = "accuracy" if record.get("metric") == "accuracy" else "cosine"
     budgets = record.get("budgets") or {}
     limits = ", ".join(f"{k} {budgets[k]:g}" for k in budgets if budgets[k] is not None)

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from edgekit.report.analysis import METRICS
+from edgekit.report.lmfleet import LM_METRICS
 
 __all__ = ["SECTIONS", "sections", "health_items", "needs_a_look", "at_scale", "cohort_flat", "to_csv", "load_calibration",
            "calibration_rows", "quality_key"]
@@ -39,7 +40,9 @@ def at_scale(rows: list[dict], extremes: int = 5) -> list[dict]:
 def cohort_flat(cohort: dict) -> dict:
     out = {k: cohort[k] for k in ("name", "target", "version", "devices", "ok", "failed", "gate_failed",
                                  "accuracy_expected")}
-    for metric in METRICS:
+    # a language model's cohort adds its own columns; a one-pass model's keeps its columns
+    lm = any(m in cohort["metrics"] for m in LM_METRICS)
+    for metric in METRICS + (LM_METRICS if lm else ()):
         spread = cohort["metrics"].get(metric) or {}
         for stat in ("median", "min", "max"):
             out[f"{metric}_{stat}"] = spread.get(stat)
@@ -116,12 +119,21 @@ def load_calibration(path: Path) -> dict:
 
 
 def quality_key(record: dict) -> tuple[str, str]:
-    """(flat column, label) of the quality a record measured: accuracy, else fidelity cosine."""
+    """(flat column, label) of the quality a record measured: accuracy, a language model's
+    perplexity increase, else fidelity cosine."""
+    if record.get("metric") == "perplexity":
+        return "ppl_increase", "perplexity increase"
     return ("accuracy", "accuracy") if record.get("metric") == "accuracy" else ("cosine", "fidelity cosine")
 
 
 def calibration_rows(record: dict) -> list[dict]:
-    """One flat row per candidate: recipe, verdict and measurements."""
+    """One flat row per candidate: recipe, verdict and measurements (a language model's too)."""
     from edgekit.calibration_record import CalibrationRecord
+    from edgekit.report.lmfleet import lm_candidate
 
-    return CalibrationRecord.of(record).rows()
+    typed = CalibrationRecord.of(record)
+    rows = typed.rows()
+    if typed.metric == "perplexity":
+        for row, candidate in zip(rows, typed.candidates):
+            row.update(lm_candidate(candidate))
+    return rows

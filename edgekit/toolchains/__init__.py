@@ -1,8 +1,10 @@
 """Model toolchains on the host, one per kind of model a device runs, picked once from a table.
 
-    TOOLCHAINS              a profile's runtime -> its toolchain (edgekit.toolchains.base.Toolchain)
-    toolchain_for(profile)  the toolchain a target runs
-    toolchain_of(path)      the toolchain whose model files have this suffix, or None
+    TOOLCHAINS              a toolchain's name -> the toolchain (edgekit.toolchains.base.Toolchain)
+    toolchain_for(profile)  the toolchain a target runs: a profile with an [lm] section runs
+                            language models, any other the toolchain of its runtime
+    toolchain_of(path)      the toolchain whose model file this is (a language model is an
+                            .onnx file that says so), or None
     toolchain_for_model(*names)  for a model given without a target (and the file it is written
                             to): a TFLite file among them asks for TFLite, anything else is ONNX's
                             (which also converts PyTorch models)
@@ -18,28 +20,31 @@ from typing import Optional
 
 from edgekit.errors import ConfigError
 from edgekit.toolchains.base import Toolchain
+from edgekit.toolchains.lm.toolchain import LMToolchain
 from edgekit.toolchains.onnx.toolchain import OnnxToolchain
 from edgekit.toolchains.tflite.toolchain import TFLiteToolchain
 
 __all__ = ["TOOLCHAINS", "DEFAULT", "Toolchain", "toolchain_for", "toolchain_of", "toolchain_for_model",
            "model_suffixes", "check_output"]
 
-TOOLCHAINS: dict[str, Toolchain] = {
+TOOLCHAINS: dict[str, Toolchain] = {  # most particular first: toolchain_of asks them in this order
+    "lm": LMToolchain(),
     "onnxruntime": OnnxToolchain(),
     "tflite": TFLiteToolchain(),
 }
 DEFAULT = TOOLCHAINS["onnxruntime"]
-_BY_SUFFIX = {t.suffix: t for t in TOOLCHAINS.values()}
+LM = TOOLCHAINS["lm"]
+_BY_SUFFIX = {t.suffix: t for t in TOOLCHAINS.values()}  # the last, most general, toolchain of each suffix
 
 
 def toolchain_for(profile) -> Toolchain:
-    """The toolchain of the runtime a target profile names (profiles are validated against the table)."""
-    return TOOLCHAINS[profile.runtime]
+    """The toolchain a target profile runs (profiles are validated against the table)."""
+    return LM if profile.lm is not None else TOOLCHAINS[profile.runtime]
 
 
 def toolchain_of(path) -> Optional[Toolchain]:
-    """The toolchain whose model files have `path`'s suffix; None for any other file."""
-    return _BY_SUFFIX.get(Path(str(path)).suffix)
+    """The toolchain whose model file `path` is; None for any other file."""
+    return next((t for t in TOOLCHAINS.values() if t.claims(path)), None)
 
 
 def toolchain_for_model(*names) -> Toolchain:
@@ -50,7 +55,7 @@ def toolchain_for_model(*names) -> Toolchain:
 
 
 def model_suffixes() -> tuple[str, ...]:
-    return tuple(_BY_SUFFIX)
+    return tuple(sorted(_BY_SUFFIX))
 
 
 def check_output(toolchain: Toolchain, out: Path, profile=None) -> None:

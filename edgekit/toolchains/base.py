@@ -32,12 +32,17 @@ __all__ = ["Toolchain", "model_sha256", "message"]
 class Toolchain(abc.ABC):
     """One model toolchain. Heavy imports (onnx, torch, LiteRT) stay inside the methods."""
 
+    name = ""  # its key in edgekit.toolchains.TOOLCHAINS
     runtime = ""  # the profile's `runtime` it serves
     suffix = ""  # its model files' suffix
     label = ""  # its models' kind, in messages
     searches = False  # whether edgekit.search can keep nodes of its models in float
 
     # -- a model ------------------------------------------------------------------------
+
+    def claims(self, path) -> bool:
+        """Whether `path` is a model file of this toolchain (by default: by its suffix)."""
+        return Path(str(path)).suffix == self.suffix
 
     @abc.abstractmethod
     def load(self, spec: str | Path, *, workdir: Path, example_data: Optional[Dataset] = None,
@@ -75,6 +80,37 @@ class Toolchain(abc.ABC):
     def requirements(self, path: Path) -> dict:
         """What the device's runtime must read beyond its name and version (a manifest's runtime block)."""
         return {}
+
+    # -- data ---------------------------------------------------------------------------
+
+    def metric(self, data: Dataset) -> str:
+        """What the evaluation scores: accuracy (labels) or fidelity to the FP32 outputs."""
+        return "accuracy" if data.has_labels else "fidelity"
+
+    def model_data(self, model: Path, data: Dataset, role: str, profile=None) -> Dataset:
+        """`data` as `model` takes it (a language model tokenizes text); as is by default."""
+        return data
+
+    def prepare_eval(self, data: Dataset, model: Path, dest: Path, *, reference: Optional[Path] = None,
+                     samples: Optional[int] = None) -> Path:
+        """Write the evaluation set a device measures `model` on (edgekit.evaluate.prepare_eval_data)."""
+        from edgekit.evaluate import prepare_eval_data
+
+        return prepare_eval_data(data, model, dest, reference=reference, samples=samples)
+
+    def remake_reference(self, source: str, workdir: Path) -> Optional[Path]:
+        """The FP32 reference made again from a calibration record's source, where this
+        toolchain can (a language model's export); None: give it with --reference."""
+        return None
+
+    def measure_options(self, profile, recipe: Recipe) -> dict:
+        """What the evaluation needs beyond the model and data to measure `recipe` for `profile`
+        (passed to edgekit.evaluate.measure, and in a bundle's manifest to the device)."""
+        return {}
+
+    def device_measure_options(self, profile, recipe: Recipe) -> dict:
+        """What a device measures beyond calibrate's numbers (a bundle's manifest): by default the same."""
+        return self.measure_options(profile, recipe)
 
     # -- recipes ------------------------------------------------------------------------
 

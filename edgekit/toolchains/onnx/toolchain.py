@@ -17,6 +17,7 @@ __all__ = ["OnnxToolchain"]
 
 
 class OnnxToolchain(Toolchain):
+    name = "onnxruntime"
     runtime = "onnxruntime"
     suffix = ".onnx"
     label = "ONNX"

@@ -21,6 +21,7 @@ __all__ = ["TFLiteToolchain"]
 
 
 class TFLiteToolchain(Toolchain):
+    name = "tflite"
     runtime = "tflite"
     suffix = ".tflite"
     label = "TFLite"

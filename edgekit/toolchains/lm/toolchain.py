@@ -1,0 +1,218 @@
+"""The language-model toolchain: a causal LM (a Hugging Face folder or a .gguf file) exported
+once to an FP32 ONNX decoder with a KV cache (the baseline and the reference), every recipe
+applied to that file, and each measured with and without the cache as the profile's [lm]
+section asks. A profile with an [lm] section picks it (edgekit.toolchains.toolchain_for).
+
+Its models are ONNX files that carry the metadata `edgekit.lm` (edgekit.device.lm), their
+weights in a .data file and their tokenizer.json beside them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from edgekit.calibration_record import InputRecord, ModelRecord
+from edgekit.datasets import Dataset, InputSpec
+from edgekit.errors import ConfigError, ModelError
+from edgekit.progress import OnStep, notify
+from edgekit.recipes import KV_CACHE, Recipe
+from edgekit.toolchains.base import Toolchain, message, model_sha256
+
+__all__ = ["LMToolchain"]
+
+BLOCK_SIZES = (16, 32, 64, 128)
+CURVE_POINTS = 4  # context lengths a device measures cache against recompute at: 1/8, 1/4, 1/2, all of the profile's
+
+
+class LMToolchain(Toolchain):
+    name = "lm"
+    runtime = "onnxruntime"
+    suffix = ".onnx"
+    label = "language model"
+
+    def __init__(self) -> None:
+        self._made: dict = {}  # (model, recipe without its cache mode) -> the file quantize wrote
+
+    # -- a model ------------------------------------------------------------------------
+
+    def claims(self, path) -> bool:
+        """An .onnx file that says it is a language model (its `edgekit.lm` metadata)."""
+        path = Path(str(path))
+        return path.suffix == self.suffix and path.is_file() and bool(self._meta(path, quiet=True))
+
+    def load(self, spec, *, workdir: Path, example_data: Optional[Dataset] = None,
+             on_step: Optional[OnStep] = None) -> Path:
+        from edgekit.toolchains.lm.export import export, source_kind
+
+        if source_kind(spec) != "onnx":
+            notify(on_step, "convert", "to ONNX with a KV cache")
+        return self.check(export(spec, Path(workdir)))
+
+    def check(self, path: Path) -> Path:
+        self._meta(Path(path))
+        return Path(path)
+
+    def _meta(self, path: Path, quiet: bool = False) -> dict:
+        import onnx
+
+        from edgekit.toolchains.lm.graph import lm_meta_of
+
+        try:
+            meta = lm_meta_of(onnx.load(str(path), load_external_data=False))
+        except Exception as exc:  # protobuf's errors: not a model
+            if quiet:
+                return {}
+            raise ModelError(f"model {path}: not a readable ONNX file ({message(exc)})") from exc
+        if not meta and not quiet:
+            raise ModelError(f"model {path}: an ONNX model, but not a language model of edgekit (no 'edgekit.lm' "
+                             "metadata)", hint="give the Hugging Face folder or .gguf file to export it")
+        return meta
+
+    def inputs(self, path: Path) -> list[InputSpec]:
+        return [InputSpec("input_ids", "int64", (None, None))]
+
+    def first_output(self, path: Path) -> InputSpec:
+        return InputSpec("logits", "float32", (None, None, self._meta(Path(path))["vocab"]))
+
+    def precision(self, path: Path) -> str:
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+        bits = [a.i for n in proto.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"]
+        if bits:
+            return "int4-block" if min(bits) == 4 else "int8-block"
+        if any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer):
+            return "fp16"
+        return "fp32"
+
+    def files(self, path: Path) -> list[Path]:
+        from edgekit.device.lm import TOKENIZER
+
+        path = Path(path)
+        extra = [path.parent / f for f in self._meta(path).get("data") or []]
+        tokenizer = path.parent / TOKENIZER
+        return [path, *extra, *([tokenizer] if tokenizer.is_file() else [])]
+
+    def size_mb(self, path: Path) -> float:
+        from edgekit.toolchains.onnx.models import model_size_mb
+
+        return model_size_mb(Path(path))
+
+    def requirements(self, path: Path) -> dict:
+        from edgekit.toolchains.onnx.models import onnx_requirements
+
+        return onnx_requirements(Path(path))
+
+    # -- data ---------------------------------------------------------------------------
+
+    def metric(self, data: Dataset) -> str:
+        return "perplexity"
+
+    def model_data(self, model: Path, data: Dataset, role: str, profile=None) -> Dataset:
+        from edgekit.toolchains.lm.evaldata import token_windows, window_length
+
+        return token_windows(Path(model), data, role, window_length(profile))
+
+    def prepare_eval(self, data: Dataset, model: Path, dest: Path, *, reference: Optional[Path] = None,
+                     samples: Optional[int] = None) -> Path:
+        from edgekit.toolchains.lm.evaldata import token_windows, window_length, write_eval
+
+        data = token_windows(Path(model), data, "eval data", window_length())
+        return write_eval(data, Path(model), Path(dest), reference, samples, self._meta(Path(model))["vocab"])
+
+    def remake_reference(self, source: str, workdir: Path) -> Optional[Path]:
+        """The FP32 export again, from the source a calibration record names."""
+        return self.load(source, workdir=workdir)
+
+    def measure_options(self, profile, recipe: Recipe) -> dict:
+        lm = profile.lm
+        mode = recipe.kv_cache or ("recompute" if lm.kv_cache == "recompute" else "cache")
+        return {"lm": {"context": lm.context, "prompt_tokens": lm.prompt_tokens,
+                       "generate_tokens": lm.generate_tokens, "kv_cache": mode}}
+
+    def device_measure_options(self, profile, recipe: Recipe) -> dict:
+        """A device also measures cache against recompute at CURVE_POINTS context lengths up to
+        the profile's (the fleet report's curve); calibrate leaves it out, being per candidate."""
+        options = self.measure_options(profile, recipe)
+        return {"lm": {**options["lm"], "curve_points": CURVE_POINTS}}
+
+    # -- recipes ------------------------------------------------------------------------
+
+    def sweep(self, profile, exclude: tuple[str, ...] = (), include: tuple[str, ...] = ()) -> list[Recipe]:
+        """FP32 first (the baseline), then FP16 and the block recipes the profile allows, each
+        in the cache modes its [lm] section leaves open (auto: both)."""
+        from edgekit.toolchains.lm.quantize import DEFAULT_METHOD
+
+        if exclude or include:
+            raise ConfigError("--exclude and --include select nodes of one-pass models; a language model's "
+                              "recipes keep the head and embedding at 8 bits themselves")
+        self._require_lm(profile)
+        allowed = set(profile.precisions)
+        plain = [Recipe(precision=p) for p in ("fp32", "fp16") if p == "fp32" or p in allowed]
+        blocks = [Recipe(precision=p, method=m, block_size=32) for p in DEFAULT_METHOD if p in allowed
+                  for m in ((DEFAULT_METHOD[p], "rtn") if p == "int4-block" else (DEFAULT_METHOD[p],))]
+        modes = KV_CACHE if profile.lm.kv_cache == "auto" else (profile.lm.kv_cache,)
+        return [r.model_copy(update={"kv_cache": mode}) for r in plain + blocks for mode in modes]
+
+    def _require_lm(self, profile) -> None:
+        if profile is not None and profile.lm is None:
+            raise ConfigError(f"target {profile.name} has no [lm] section: it does not describe a language model "
+                              "workload (context, prompt_tokens, generate_tokens)")
+
+    def check_recipe(self, recipe: Recipe) -> None:
+        from edgekit.toolchains.lm.quantize import BLOCK_METHODS
+
+        if recipe.precision not in ("fp32", "fp16", *BLOCK_METHODS):
+            raise ConfigError(f"--precision {recipe.precision}: a language model takes fp32, fp16, "
+                              f"{' or '.join(BLOCK_METHODS)}")
+        if recipe.method is not None and recipe.method not in BLOCK_METHODS.get(recipe.precision, ()):
+            offered = ", ".join(BLOCK_METHODS.get(recipe.precision, ())) or "none"
+            raise ConfigError(f"--method {recipe.method}: {recipe.precision} offers {offered}")
+        if recipe.block_size is not None and recipe.block_size not in BLOCK_SIZES:
+            raise ConfigError(f"--block-size {recipe.block_size}: give one of {', '.join(map(str, BLOCK_SIZES))}")
+        if recipe.per_channel or recipe.reduce_range or recipe.exclude or recipe.include:
+            raise ConfigError("--per-channel, --reduce-range, --exclude and --include apply to one-pass models, "
+                              "not to a language model's block recipes")
+
+    def quantize(self, model: Path, recipe: Recipe, out: Path, *, calibration: Optional[Dataset] = None,
+                 max_samples: int = 512, on_step: Optional[OnStep] = None) -> Path:
+        """The cache mode changes how the model runs, not its file: a recipe already made in this
+        run for the other mode is linked, not made again."""
+        from edgekit.errors import QuantizeError
+        from edgekit.toolchains.lm.quantize import quantize_lm
+
+        self.check_recipe(recipe)
+        out = Path(out)
+        key = (str(Path(model).resolve()), recipe.model_copy(update={"kv_cache": None}))
+        made = self._made.get(key)
+        if made is not None and made.is_file() and made.parent == out.parent:
+            if out.exists():
+                out.unlink()
+            os.link(made, out)  # the graph file; it names its weights' .data file, which stays shared
+            return out
+        notify(on_step, "quantize", recipe.id)
+        try:
+            quantize_lm(Path(model), recipe, out)
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise QuantizeError(f"recipe {recipe.id} failed on {model}: {message(exc)}") from exc
+        self._made[key] = out
+        return out
+
+    # -- records ------------------------------------------------------------------------
+
+    def source_record(self, spec, fp32: Path, inputs: list[InputSpec]) -> ModelRecord:
+        from edgekit.toolchains.lm.export import source_kind
+
+        source, kind = Path(str(spec)).expanduser(), source_kind(spec)
+        specs = [InputRecord.of(i) for i in inputs]
+        converted = {"format": "onnx", "converter": "onnxruntime-genai model builder", "sha256": model_sha256(fp32),
+                     "size_mb": round(self.size_mb(fp32), 6), "inputs": specs}
+        return ModelRecord(path=str(spec), sha256=model_sha256(source) if source.is_file() else None, format=kind,
+                           inputs=specs, **({"converted": converted} if kind != "onnx" else {}))
+
+    def versions(self) -> dict:
+        from edgekit.machine import versions
+
+        return versions("onnxruntime", "onnxruntime-genai", "onnx", "transformers", "tokenizers", "numpy")
