@@ -112,7 +112,7 @@ def package_careless(demo: Demo, keys, fp32: Path, texts: dict, on_step: Optiona
     profile = load_profile(CARELESS_TARGET)
     model = careless_model(demo)
     model.parent.mkdir(parents=True, exist_ok=True)
-    toolchain_for(profile).quantize(fp32, Recipe(precision="int4-block", method="rtn", block_size=32), model,
+    toolchain_for(profile).quantize(fp32, Recipe(precision="int4-block", algorithm="rtn", block_size=32), model,
                                     on_step=on_step)
     return package(model, profile, _text(texts["eval"], "eval data"), name=NAME, version=CARELESS,
                    out_dir=demo.workdir / "dist", reference=fp32, sign_key=keys.private, eval_samples=EVAL_WINDOWS)

@@ -66,13 +66,13 @@ def test_cache_and_recompute_generate_the_same_tokens(tiny_lm):
 def recipes(tiny_lm, tmp_path_factory) -> dict:
     """Every recipe the toolchain offers, applied to the tiny export: id -> model file."""
     from edgekit.recipes import Recipe
-    from edgekit.toolchains.lm.quantize import BLOCK_METHODS, quantize_lm
+    from edgekit.toolchains.lm.quantize import BLOCK_ALGORITHMS, quantize_lm
 
     out = tmp_path_factory.mktemp("lm-recipes")
     made = {"fp16": quantize_lm(tiny_lm.fp32, Recipe(precision="fp16"), out / "fp16.onnx")}
-    for precision, methods in BLOCK_METHODS.items():
+    for precision, methods in BLOCK_ALGORITHMS.items():
         for method in methods:
-            recipe = Recipe(precision=precision, method=method, block_size=32)
+            recipe = Recipe(precision=precision, algorithm=method, block_size=32)
             made[recipe.id] = quantize_lm(tiny_lm.fp32, recipe, out / f"{recipe.id}.onnx")
     return made
 
@@ -92,7 +92,7 @@ def test_each_recipe_shrinks_the_model_and_keeps_head_and_embedding_at_8_bits(ti
     fp32 = lm.size_mb(tiny_lm.fp32)
     sizes = {rid: lm.size_mb(path) for rid, path in recipes.items()}
     assert all(size < 0.6 * fp32 for size in sizes.values()), (fp32, sizes)
-    assert sizes["int4-block-rtn-b32"] < sizes["int8-block-rtn-b32"]
+    assert sizes["int4-block-b32-rtn"] < sizes["int8-block-b32-rtn"]
     for rid, path in recipes.items():
         assert lm.precision(path) == (rid[:len("int8-block")] if "block" in rid else "fp16")
         assert (path.parent / "tokenizer.json").is_file()
@@ -159,7 +159,7 @@ def test_host_metrics_of_fp32_are_its_own_reference_and_match_transformers(tiny_
 
 
 def test_host_metrics_of_a_quantized_model_and_recompute_mode(recipes, eval_npz):
-    m = _measure(recipes["int4-block-minmax-offset-b32"], eval_npz, kv_cache="recompute")
+    m = _measure(recipes["int4-block-b32-minmax-offset"], eval_npz, kv_cache="recompute")
     assert m["kv_cache"] == "recompute" and m["kv_cache_bytes"] == 0
     assert m["decode_tokens_per_s"] == m["recompute"]["decode_tokens_per_s"]
     assert m["kl_divergence"] > 0 and 0.5 < m["top1_agreement"] < 1.0
@@ -260,7 +260,7 @@ def test_generate_bad_input_is_a_one_line_error(tiny_lm, tmp_path):
 
 
 def test_evaluate_measures_a_language_model_on_text_against_its_reference(tiny_lm, recipes):
-    result = run_edgekit("evaluate", recipes["int8-block-rtn-b32"], "--data", tiny_lm.eval, "--reference",
+    result = run_edgekit("evaluate", recipes["int8-block-b32-rtn"], "--data", tiny_lm.eval, "--reference",
                          tiny_lm.fp32, "--samples", "2", "--threads", "1", "--json")
     assert result.code == 0, result.stderr
     m = result.json()
@@ -269,5 +269,5 @@ def test_evaluate_measures_a_language_model_on_text_against_its_reference(tiny_l
     assert m["n"] == 2 and m["kv_cache"] == "cache" and m["model_mb"] < 0.6 * TOOLCHAINS["lm"].size_mb(tiny_lm.fp32)
     assert m["perplexity"] == pytest.approx(m["fp32_perplexity"] * (1 + m["ppl_increase"]))
     assert 0 < m["kl_divergence"] < 0.05 and 0.5 < m["top1_agreement"] <= 1
-    table = run_edgekit("evaluate", recipes["int8-block-rtn-b32"], "--data", tiny_lm.eval, "--samples", "1")
+    table = run_edgekit("evaluate", recipes["int8-block-b32-rtn"], "--data", tiny_lm.eval, "--samples", "1")
     assert table.code == 0 and "perplexity" in table.stdout and "decode tokens/s" in table.stdout

@@ -38,7 +38,7 @@ def test_calibrate_measures_each_recipe_with_and_without_the_cache(calibrated):
     record = json.loads((calibrated / "calibration.json").read_text())
     assert record["metric"] == "perplexity" and record["target"]["lm"]["context"] == TINY_TARGET["context"]
     ids = [c["id"] for c in record["candidates"]]
-    for recipe in ("fp32", "int8-block-rtn-b32", "int4-block-minmax-offset-b32"):
+    for recipe in ("fp32", "int8-block-b32-rtn", "int4-block-b32-minmax-offset"):
         assert recipe in ids and f"{recipe}-recompute" in ids
     assert record["baseline"]["ppl_increase"] == pytest.approx(0, abs=1e-5)
     for c in record["candidates"]:

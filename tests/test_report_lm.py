@@ -166,7 +166,7 @@ def test_lm_calibration_record_in_every_format(tmp_path):
     assert [r["kv_cache"] for r in rows] == ["cache", "cache", "recompute"]
     assert rows[1]["chosen"] and rows[1]["ppl_increase"] == 0.0024 and rows[2]["decode_tokens_per_s"] == 1.3
     table = run_edgekit("report", "--calibration", record).stdout
-    assert "ppl+" in table and "★ int4-block-minmax-offset-b32-cache" in table and "+0.24%" in table
+    assert "ppl+" in table and "★ int4-block-b32-minmax-offset-cache" in table and "+0.24%" in table
     page = tmp_path / "calibration.html"
     assert run_edgekit("report", "--calibration", record, "-o", page).code == 0
     html = page.read_text()

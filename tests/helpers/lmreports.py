@@ -95,10 +95,10 @@ def lm_calibration_record(path: Path) -> Path:
     from edgekit.calibration_record import SCHEMA
 
     def candidate(precision, method, mode, increase, decode, rss, mb, passed, broken=()):
-        recipe = {"precision": precision, "method": method, "per_channel": False, "reduce_range": False,
+        recipe = {"precision": precision, "algorithm": method, "per_channel": False, "reduce_range": False,
                   "exclude": [], "include": [], "block_size": 32, "kv_cache": mode}
         step = 1000.0 / decode
-        return {"id": f"{precision}-{method}-b32-{mode}", "recipe": recipe, "status": "ok", "error": None,
+        return {"id": f"{precision}-b32-{method}-{mode}", "recipe": recipe, "status": "ok", "error": None,
                 "passed": passed, "failed_budgets": list(broken), "seconds": 10.0,
                 "metrics": {"perplexity": FP32_PPL * (1 + increase), "fp32_perplexity": FP32_PPL,
                             "ppl_increase": increase, "kl_divergence": increase / 5, "top1_agreement": 0.95 - increase,

@@ -10,7 +10,7 @@ head shared with the embedding.
                                  fast path) plus blocksum(x) @ offsets added back (default)
                   rtn            onnxruntime's default (symmetric round-to-nearest)
                   hqq            onnxruntime's HQQ (needs torch; float zero points: slow kernels)
-                  k-quant        onnxruntime's k-quant (asymmetric, searched scales; slow to make)
+                  kquant         onnxruntime's k-quant (asymmetric, searched scales; slow to make)
 
 For every block recipe the LM head becomes an 8-bit symmetric MatMulNBits and the embedding
 reads that same table (edgekit.toolchains.lm.graph.share_embedding): small models collapse
@@ -33,11 +33,11 @@ from edgekit.recipes import Recipe
 from edgekit.toolchains.lm.graph import (drop_dead, head_node, lm_meta_of, normalize, save, set_accuracy_level,
                                          share_embedding)
 
-__all__ = ["quantize_lm", "BLOCK_METHODS", "DEFAULT_METHOD", "BITS", "ACCURACY_LEVEL"]
+__all__ = ["quantize_lm", "BLOCK_ALGORITHMS", "DEFAULT_ALGORITHM", "BITS", "ACCURACY_LEVEL"]
 
 BITS = {"int8-block": 8, "int4-block": 4}
-BLOCK_METHODS = {"int8-block": ("rtn",), "int4-block": ("minmax-offset", "rtn", "hqq", "k-quant")}
-DEFAULT_METHOD = {"int8-block": "rtn", "int4-block": "minmax-offset"}
+BLOCK_ALGORITHMS = {"int8-block": ("rtn",), "int4-block": ("minmax-offset", "rtn", "hqq", "kquant")}
+DEFAULT_ALGORITHM = {"int8-block": "rtn", "int4-block": "minmax-offset"}
 ACCURACY_LEVEL = 4
 HEAD_BITS = 8
 
@@ -51,7 +51,7 @@ def quantize_lm(model: Path, recipe: Recipe, out: Path) -> Path:
     if recipe.precision == "fp16":
         proto = _fp16(proto)
     elif recipe.precision in BITS:
-        proto = _blocks(proto, BITS[recipe.precision], recipe.method or DEFAULT_METHOD[recipe.precision],
+        proto = _blocks(proto, BITS[recipe.precision], recipe.algorithm or DEFAULT_ALGORITHM[recipe.precision],
                         recipe.block_size or 32)
     save(proto, out, meta)
     _keep_tokenizer(Path(model), Path(out))

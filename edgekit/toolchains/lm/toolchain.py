@@ -143,7 +143,7 @@ class LMToolchain(Toolchain):
     def sweep(self, profile, exclude: tuple[str, ...] = (), include: tuple[str, ...] = ()) -> list[Recipe]:
         """FP32 first (the baseline), then FP16 and the block recipes the profile allows, each
         in the cache modes its [lm] section leaves open (auto: both)."""
-        from edgekit.toolchains.lm.quantize import DEFAULT_METHOD
+        from edgekit.toolchains.lm.quantize import DEFAULT_ALGORITHM
 
         if exclude or include:
             raise ConfigError("--exclude and --include select nodes of one-pass models; a language model's "
@@ -151,8 +151,8 @@ class LMToolchain(Toolchain):
         self._require_lm(profile)
         allowed = set(profile.precisions)
         plain = [Recipe(precision=p) for p in ("fp32", "fp16") if p == "fp32" or p in allowed]
-        blocks = [Recipe(precision=p, method=m, block_size=32) for p in DEFAULT_METHOD if p in allowed
-                  for m in ((DEFAULT_METHOD[p], "rtn") if p == "int4-block" else (DEFAULT_METHOD[p],))]
+        blocks = [Recipe(precision=p, algorithm=m, block_size=32) for p in DEFAULT_ALGORITHM if p in allowed
+                  for m in ((DEFAULT_ALGORITHM[p], "rtn") if p == "int4-block" else (DEFAULT_ALGORITHM[p],))]
         modes = KV_CACHE if profile.lm.kv_cache == "auto" else (profile.lm.kv_cache,)
         return [r.model_copy(update={"kv_cache": mode}) for r in plain + blocks for mode in modes]
 
@@ -162,14 +162,14 @@ class LMToolchain(Toolchain):
                               "workload (context, prompt_tokens, generate_tokens)")
 
     def check_recipe(self, recipe: Recipe) -> None:
-        from edgekit.toolchains.lm.quantize import BLOCK_METHODS
+        from edgekit.toolchains.lm.quantize import BLOCK_ALGORITHMS
 
-        if recipe.precision not in ("fp32", "fp16", *BLOCK_METHODS):
+        if recipe.precision not in ("fp32", "fp16", *BLOCK_ALGORITHMS):
             raise ConfigError(f"--precision {recipe.precision}: a language model takes fp32, fp16, "
-                              f"{' or '.join(BLOCK_METHODS)}")
-        if recipe.method is not None and recipe.method not in BLOCK_METHODS.get(recipe.precision, ()):
-            offered = ", ".join(BLOCK_METHODS.get(recipe.precision, ())) or "none"
-            raise ConfigError(f"--method {recipe.method}: {recipe.precision} offers {offered}")
+                              f"{' or '.join(BLOCK_ALGORITHMS)}")
+        if recipe.algorithm is not None and recipe.algorithm not in BLOCK_ALGORITHMS.get(recipe.precision, ()):
+            offered = ", ".join(BLOCK_ALGORITHMS.get(recipe.precision, ())) or "none"
+            raise ConfigError(f"--algorithm {recipe.algorithm}: {recipe.precision} offers {offered}")
         if recipe.block_size is not None and recipe.block_size not in BLOCK_SIZES:
             raise ConfigError(f"--block-size {recipe.block_size}: give one of {', '.join(map(str, BLOCK_SIZES))}")
         if recipe.per_channel or recipe.reduce_range or recipe.exclude or recipe.include:
