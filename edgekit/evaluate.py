@@ -99,9 +99,10 @@ def _check_label_classes(data: Dataset, model: Path, first_feeds: dict) -> None:
 def _run_first_output(model: Path, feeds: dict) -> np.ndarray:
     from edgekit.device.backends import ModelLoadError, open_backend
     from edgekit.device.evaluate import run_batch
+    from edgekit.device.metrics import scored
 
     try:
-        return np.asarray(run_batch(open_backend(str(model)), feeds)[0])
+        return scored(run_batch(open_backend(str(model)), feeds))
     except ModelLoadError as exc:
         raise ModelError(f"model {exc}") from exc
     except Exception as exc:  # the runtime's own error types; the data was checked already
@@ -119,10 +120,11 @@ def _check_same_output(model: Path, reference: Path, mine: InputSpec, theirs: In
 
 def _reference_outputs(backend, feeds: dict, reference) -> np.ndarray:
     from edgekit.device.evaluate import run_batch
+    from edgekit.device.metrics import scored
 
     # Same inputs and backend as the device's own run, so only the model differs.
     try:
-        return np.asarray(run_batch(backend, feeds)[0], dtype=np.float32)
+        return np.asarray(scored(run_batch(backend, feeds)), dtype=np.float32)
     except Exception as exc:  # onnxruntime's own error types; the data was checked already
         raise ModelError(f"reference model {reference} fails on the eval data: {str(exc).splitlines()[0]}") from exc
 

@@ -310,3 +310,29 @@ def test_bad_option_values(edgekit):
     assert_clean_error(edgekit("evaluate", EXAMPLE_ONNX, "--data", EVAL, "--samples", "0"), "--samples")
     assert_clean_error(edgekit("evaluate", EXAMPLE_ONNX, "--data", EVAL, "--runs", "0"), "--runs")
     assert_clean_error(edgekit("evaluate", EXAMPLE_ONNX, "--data", EVAL, "--threads", "-1"), "--threads")
+
+
+def _ids_first(path, scale: float):
+    """A model whose first output is an integer pass-through of its input (as some exports
+    give token ids back) and whose second is the float result, x * scale + 1."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])
+    nodes = [helper.make_node("Cast", ["x"], ["ids"], to=TensorProto.INT64),
+             helper.make_node("Mul", ["x", "s"], ["xs"]), helper.make_node("Add", ["xs", "one"], ["y"])]
+    inits = [helper.make_tensor("s", TensorProto.FLOAT, [], [scale]), helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])]
+    model = helper.make_model(helper.make_graph(nodes, "ids-first", [x], [ids, y], inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_fidelity_reads_the_first_float_output_not_an_integer_pass_through(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(32, 8)).astype(np.float32) * 5)
+    reference, other = _ids_first(tmp_path / "ref.onnx", 1.0), _ids_first(tmp_path / "other.onnx", -1.0)
+    r = evaluate_model(other, tmp_path / "d.npz", reference=reference, runs=2, min_seconds=0.0)
+    assert r["fidelity"]["cosine"] < 0.5  # y = -x + 1 against x + 1; the ids agree exactly
+    same = evaluate_model(reference, tmp_path / "d.npz", reference=reference, runs=2, min_seconds=0.0)
+    assert same["fidelity"]["cosine"] == pytest.approx(1.0, abs=1e-6)

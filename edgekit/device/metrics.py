@@ -14,15 +14,25 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-__all__ = ["accuracy", "fidelity", "latency_summary", "peak_rss_mb",
+__all__ = ["accuracy", "fidelity", "latency_summary", "peak_rss_mb", "scored", "scored_index",
            "AccuracyAccumulator", "FidelityAccumulator"]
 
 Outputs = Union[np.ndarray, Sequence[np.ndarray]]
 
 
-def _first(outputs: Outputs) -> np.ndarray:
-    """Metrics look at the model's first output; accept the run() list or that array."""
-    return np.asarray(outputs if isinstance(outputs, np.ndarray) else outputs[0])
+def scored_index(dtypes: Sequence) -> int:
+    """Which output metrics read: the first floating-point one (logits, embeddings, scores),
+    else the first. Exports often put an integer output first (token ids passed through, a
+    class id beside the scores): scoring that would call every candidate perfect."""
+    return next((i for i, d in enumerate(dtypes) if np.issubdtype(np.dtype(d), np.floating)), 0)
+
+
+def scored(outputs: Outputs) -> np.ndarray:
+    """The scored output (scored_index) of the run() list, or that array itself."""
+    if isinstance(outputs, np.ndarray):
+        return outputs
+    arrays = [np.asarray(o) for o in outputs]
+    return arrays[scored_index([a.dtype for a in arrays])]
 
 
 class AccuracyAccumulator:
@@ -33,7 +43,7 @@ class AccuracyAccumulator:
         self.total = 0
 
     def update(self, outputs: Outputs, labels: np.ndarray) -> None:
-        predicted = np.argmax(_first(outputs), axis=-1)
+        predicted = np.argmax(scored(outputs), axis=-1)
         labels = np.asarray(labels)
         if predicted.shape != labels.shape:
             raise ValueError(f"labels have shape {labels.shape}, the model's predictions {predicted.shape}")
@@ -58,7 +68,7 @@ class FidelityAccumulator:
         self.noise = 0.0
 
     def update(self, outputs: Outputs, reference: np.ndarray) -> None:
-        out = _first(outputs).astype(np.float64)
+        out = scored(outputs).astype(np.float64)
         ref = np.asarray(reference, dtype=np.float64)
         if out.shape != ref.shape:
             raise ValueError(f"reference outputs have shape {ref.shape}, the model's first output {out.shape}")

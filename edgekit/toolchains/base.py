@@ -60,7 +60,8 @@ class Toolchain(abc.ABC):
 
     @abc.abstractmethod
     def first_output(self, path: Path) -> InputSpec:
-        """Name, dtype and shape of the first output (what accuracy and fidelity read)."""
+        """Name, dtype and shape of the output accuracy and fidelity read (the first
+        floating-point one, edgekit.device.metrics.scored_index)."""
 
     @abc.abstractmethod
     def precision(self, path: Path) -> str:

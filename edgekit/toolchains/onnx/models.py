@@ -52,8 +52,12 @@ def model_outputs(path: Path) -> list[str]:
 
 
 def first_output(path: Path) -> InputSpec:
-    """Name, dtype and shape of the first output."""
-    return _spec(_load(path).graph.output[0])
+    """Name, dtype and shape of the output metrics read (edgekit.device.metrics.scored_index:
+    the first floating-point one, else the first)."""
+    from edgekit.device.metrics import scored_index
+
+    specs = [_spec(o) for o in _load(path).graph.output]
+    return specs[scored_index([s.dtype for s in specs])]
 
 
 def _spec(value_info) -> InputSpec:
