@@ -131,6 +131,8 @@ def calibrate(model: str | Path, profile: Profile, calibration: Dataset, eval_da
     the module docstring. Writes OUT_DIR/model.<suffix> (when a candidate passes) and
     OUT_DIR/calibration.json. on_candidate hears of each measured candidate, on_step of each
     stage (edgekit.progress). `measurer`: where candidates are measured (this host unless given)."""
+    from edgekit.evaluate import eval_set
+
     started = time.monotonic()
     toolchain = toolchain_for(profile)
     candidates = [Candidate(r.id, r) for r in recipes or toolchain.sweep(profile)]
@@ -146,7 +148,7 @@ def calibrate(model: str | Path, profile: Profile, calibration: Dataset, eval_da
         eval_data.check(inputs, role="eval data")
         out_dir.mkdir(parents=True, exist_ok=True)
         notify(within(on_step, phase="prepare"), "eval data", "FP32 reference outputs")
-        eval_npz = toolchain.prepare_eval(eval_data, fp32, work / "eval.npz", reference=fp32, samples=eval_samples)
+        eval_npz = eval_set(toolchain, eval_data, fp32, work / "eval.npz", reference=fp32, samples=eval_samples)
         run = _Run(toolchain, profile, fp32, work, calibration, eval_npz, measure_opts or {},
                    measurer or HostMeasurer())
         if not any(c.recipe.precision == "fp32" for c in candidates):  # a baseline, not a candidate

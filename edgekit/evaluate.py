@@ -26,7 +26,7 @@ import numpy as np
 from edgekit.datasets import Dataset, InputSpec, load_dataset
 from edgekit.errors import ConfigError, DataError, EdgekitError, ModelError
 
-__all__ = ["prepare_eval_data", "measure", "evaluate_model", "REFERENCE", "BATCH"]
+__all__ = ["prepare_eval_data", "eval_set", "measure", "evaluate_model", "REFERENCE", "BATCH"]
 
 REFERENCE = "_reference"  # the key edgekit.device.evaluate reads reference outputs from
 BATCH = 64
@@ -57,6 +57,14 @@ def prepare_eval_data(data: Dataset, model: Path, dest: Path, *, reference: Opti
             if ref is not None:
                 out.add({REFERENCE: _reference_outputs(ref, feeds, reference)})
     return Path(dest)
+
+
+def eval_set(toolchain, data: Dataset, model: Path, dest: Path, *, reference: Optional[Path] = None,
+             samples: Optional[int] = None) -> Path:
+    """The evaluation set a device measures `model` on: the toolchain's own where it has one
+    (edgekit.toolchains.base.Toolchain.prepare_eval), else prepare_eval_data's."""
+    made = toolchain.prepare_eval(data, model, dest, reference=reference, samples=samples)
+    return made if made is not None else prepare_eval_data(data, model, dest, reference=reference, samples=samples)
 
 
 def _open_reference(reference: Path, model: Path, data: Dataset):

@@ -120,10 +120,11 @@ def _default_samples(data: Dataset, model: Path, toolchain: Toolchain, ref: Opti
     import numpy as np
 
     from edgekit.eval_subset import FLOOR
+    from edgekit.evaluate import eval_set
 
     if len(data) <= FLOOR:
         return len(data)
-    probe = toolchain.prepare_eval(subset(data, eval_indices(len(data), 1)), model, tmp / "probe.npz", reference=ref)
+    probe = eval_set(toolchain, subset(data, eval_indices(len(data), 1)), model, tmp / "probe.npz", reference=ref)
     with np.load(probe) as npz:
         sample_bytes = sum(npz[k].nbytes for k in npz.files)
     model_bytes = sum(p.stat().st_size for p in _model_members(model, toolchain).values())
@@ -170,7 +171,9 @@ def package(model: Path, profile: Profile, eval_data: Dataset, *, name: str, ver
         if eval_samples is None:
             eval_samples = _default_samples(eval_data, model, toolchain, ref, Path(tmp))
         indices = eval_indices(len(eval_data), eval_samples)
-        raw = toolchain.prepare_eval(subset(eval_data, indices), model, Path(tmp) / "raw.npz", reference=ref)
+        from edgekit.evaluate import eval_set
+
+        raw = eval_set(toolchain, subset(eval_data, indices), model, Path(tmp) / "raw.npz", reference=ref)
         eval_npz = deterministic_npz(raw, Path(tmp) / "eval.npz")
         step("measuring the expected host metrics")
         measure = toolchain.measure_options(profile, recipe)

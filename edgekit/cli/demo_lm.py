@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from edgekit.cli._common import console
-from edgekit.cli.demo import (_Steps, _arg, _fleet_and_keys, _line, _report, _rollout_command, _rollout_with_progress,
-                               _warn_if_big, command)
+from edgekit.cli._demo_parts import (_Steps, _arg, _fleet_and_keys, _line, _report, _rollout_command,
+                                     _rollout_with_progress, _warn_if_big, command)
 
 
 def run_lm_demo(devices: int, ssh: bool, workdir: Path) -> None:

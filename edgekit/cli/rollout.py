@@ -129,7 +129,7 @@ def rollout_cmd(
     goes on, `--abort ID` undoes it. Everything is recorded in the store."""
     from edgekit.bundle import read_bundle
     from edgekit.errors import ConfigError
-    from edgekit.fleet.rollout import engine_for
+    from edgekit.fleet.engines import engine_for
     from edgekit.store import open_store
 
     chosen = [flag for flag, given in (("--check", check), ("--resume", resume is not None),

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from edgekit.errors import ConfigError
-from edgekit.fleet.inventory import Device
 
 __all__ = ["host_vars", "group_name", "as_ansible", "dump_yaml", "read_ansible", "is_ansible_inventory"]
 
@@ -34,8 +33,11 @@ CONNECTIONS = {"local": "local", "ssh": "ssh", "smart": "ssh", "paramiko": "ssh"
 PLAYBOOK_PYTHON = "{{ ansible_playbook_python }}"  # a local device runs on the controller's Python
 
 
-def host_vars(d: Device) -> dict[str, Any]:
-    """The host variables of one device: how Ansible reaches it, and what edgekit's role needs."""
+# edgekit.fleet.inventory reads Ansible inventories with this module: the devices written
+# here are its Device records, taken as they come, so the import runs one way.
+def host_vars(d) -> dict[str, Any]:
+    """The host variables of one device (an edgekit.fleet.inventory.Device): how Ansible
+    reaches it, and what edgekit's role needs."""
     out: dict[str, Any] = {"ansible_connection": d.transport}
     if d.transport == "ssh":
         out.update({k: v for k, v in (("ansible_host", d.host), ("ansible_port", d.port), ("ansible_user", d.user),
@@ -46,7 +48,7 @@ def host_vars(d: Device) -> dict[str, Any]:
     if python:  # the modules and the runner run on the same Python
         out.update(ansible_python_interpreter=python, edgekit_python=python)
     out.update(edgekit_root=d.root, edgekit_target=d.target)
-    if d.connect_timeout != Device.model_fields["connect_timeout"].default:
+    if d.connect_timeout != type(d).model_fields["connect_timeout"].default:
         out["edgekit_connect_timeout"] = d.connect_timeout
     return out
 
@@ -57,7 +59,7 @@ def group_name(tag: str) -> str:
     return f"_{name}" if name[:1].isdigit() else name
 
 
-def as_ansible(devices: Iterable[Device]) -> dict:
+def as_ansible(devices: Iterable) -> dict:
     """{"all": {"hosts": {name: vars}, "children": {group: {"hosts": {name: None}}}}}: a group
     for each tag (group_name)."""
     devices = list(devices)

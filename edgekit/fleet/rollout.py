@@ -48,22 +48,10 @@ from edgekit.store import Store
 from edgekit.transport.base import Cancel
 
 __all__ = ["RolloutResult", "parse_batch", "plan_waves", "rollout", "resume", "restore", "stored_rollout",
-           "stored_devices", "halt_reason", "engine_for", "ENGINES", "FAILED"]
+           "stored_devices", "halt_reason", "FAILED"]
 
 _BATCH = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
 FAILED = ("failed", "unreachable")  # device failures, counted against --max-failures
-ENGINES = ("native", "ansible")
-
-
-def engine_for(name: str, *, workers: int = WORKERS, **connect_opts) -> Engine:
-    """The engine called `name` (--engine), working on `workers` devices at a time."""
-    if name == "native":
-        return NativeEngine(workers=workers, **connect_opts)
-    if name == "ansible":
-        from edgekit.fleet.ansible_engine import AnsibleEngine
-
-        return AnsibleEngine(workers=workers, **connect_opts)
-    raise ConfigError(f"--engine {name}: not an engine (choose {' or '.join(ENGINES)})")
 
 
 def parse_batch(text: str) -> tuple[Optional[int], Optional[float]]:

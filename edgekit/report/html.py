@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import time
 from html import escape
-from typing import Iterable, Optional
+from typing import Optional
 
 from edgekit.report.charts import calibration_chart, device_chart, triangle_chart
+from edgekit.report.htmltable import html_table, row_class, row_view
 from edgekit.report.lmfleet import is_lm
 from edgekit.report.views import at_scale, health_items
 
@@ -43,27 +44,6 @@ tr.drift td{background:#fde8e8}tr.failed td{background:#fff4e0}tr.chosen td{back
 """
 
 
-def _fmt(value, kind: str = "") -> str:
-    if value is None or value == "":
-        return '<span class="muted">–</span>'
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if kind == "pct":
-        return f"{value:.2%}"
-    if kind == "pp":
-        return f"{value * 100:+.2f} pp"
-    if kind == "time":  # ISO UTC, to the minute: the seconds do not help a reader of this table
-        return escape(str(value)[:16].replace("T", " "))
-    if kind == "spread":
-        fmt = (lambda v: f"{v:.2%}") if value.get("pct") else (lambda v: f"{v:.4g}")
-        return f"{fmt(value['median'])}<br><small>{fmt(value['min'])}–{fmt(value['max'])}</small>"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return escape(str(value))
-
-
-LEFT = ("l", "wrap", "time")
-
 # A target's budgets in words, with their units (max_accuracy_drop is a fraction: 0.05 is 5 pp).
 BUDGET_WORDS = {"max_latency_ms_p95": ("p95 latency ≤ {:g} ms", 1), "max_peak_rss_mb": ("peak memory ≤ {:g} MiB", 1),
                 "max_model_mb": ("model size ≤ {:g} MiB", 1), "max_accuracy_drop": ("accuracy drop ≤ {:g} pp", 100),
@@ -81,17 +61,6 @@ def budget_words(budget: dict) -> str:
         words, scale = BUDGET_WORDS.get(key, (f"{key} {{:g}}", 1))
         parts.append(words.format(round(value * scale, 9)))
     return " · ".join(parts)
-
-
-def _table(columns: list[tuple[str, str, str]], items: Iterable[dict], row_class=lambda item: "") -> str:
-    """columns: (key, header, kind); kind 'l' is left-aligned text, 'wrap' wrapping text."""
-    head = "".join(f'<th class="{"l" if k in LEFT else ""}">{escape(h)}</th>' for _, h, k in columns)
-    body = []
-    for item in items:
-        cells = "".join(f'<td class="{"wrap" if k == "wrap" else "l" if k in LEFT else ""}">{_fmt(item.get(key), k)}</td>'
-                        for key, _, k in columns)
-        body.append(f'<tr class="{row_class(item)}">{cells}</tr>')
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def _page(title: str, body: str) -> str:
@@ -114,16 +83,6 @@ def _row_columns(budget: dict) -> list[tuple[str, str, str]]:
             ("latency_p50", "p50 ms", ""), ("latency_p95", "p95 ms" + (f" (≤{p95:g})" if p95 else ""), ""),
             ("peak_rss_mb", "RSS MiB" + (f" (≤{rss:g})" if rss else ""), ""), ("load_ms", "load ms", ""),
             ("last_seen", "last seen (UTC)", "time"), ("status", "status", "wrap"), ("flags", "drift", "l")]
-
-
-def _row_view(row: dict, kinds: set) -> dict:
-    marks = sorted(kinds) + (["over budget"] if row["over_budget"] else [])
-    return {**row, "flags": ", ".join(marks) or None,
-            "status": row["status"] if row["status"] == "ok" else f"{row['status']}: {row['error'] or ''}"[:120]}
-
-
-def _row_class(row: dict) -> str:
-    return "drift" if row["flags"] else "failed" if not str(row["status"]).startswith("ok") else ""
 
 
 def _attention(result: dict) -> str:
@@ -181,8 +140,8 @@ def _devices_table(rows: list[dict], flags: list[dict], budget: dict) -> str:
     kinds: dict[tuple, set] = {}
     for f in flags:
         kinds.setdefault((f["device"], f["version"]), set()).add(f["kind"])
-    views = [_row_view(r, kinds.get((r["device"], r["version"]), set())) for r in rows]
-    return _table(_row_columns(budget), views, _row_class)
+    views = [row_view(r, kinds.get((r["device"], r["version"]), set())) for r in rows]
+    return html_table(_row_columns(budget), views, row_class)
 
 
 def _cohort_table(cohorts: list[dict]) -> str:
@@ -192,14 +151,14 @@ def _cohort_table(cohorts: list[dict]) -> str:
             ("failed", "failed", "")] + [(m, f"{label} median (min–max)", "spread") for m, label, _ in metrics]
     items = [{**c, **{m: {**c["metrics"][m], "pct": pct} if m in c["metrics"] else None for m, _, pct in metrics}}
              for c in cohorts]
-    return _table(cols, items)
+    return html_table(cols, items)
 
 
 def _health_section(health: dict) -> str:
-    versions = _table([("name", "bundle", "l"), ("target", "target", "l"), ("version", "version", "l"),
+    versions = html_table([("name", "bundle", "l"), ("target", "target", "l"), ("version", "version", "l"),
                        ("count", "devices", ""), ("devices", "which", "wrap")],
                       [{**v, "devices": ", ".join(v["devices"])} for v in health["versions"]])
-    rollouts = _table([("id", "#", ""), ("name", "bundle", "l"), ("version", "version", "l"), ("target", "target", "l"),
+    rollouts = html_table([("id", "#", ""), ("name", "bundle", "l"), ("version", "version", "l"), ("target", "target", "l"),
                        ("status", "outcome", "l"), ("waves", "waves", ""), ("devices_ok", "ok", ""),
                        ("devices_failed", "failed", "wrap"), ("started_at", "started (UTC)", "time"), ("reason", "reason", "wrap")],
                       [{**r, "devices_failed": ", ".join(r["devices_failed"])} for r in health["rollouts"]],
@@ -214,7 +173,7 @@ def _compare_section(rows: list[dict]) -> str:
     if not rows:
         return ""
     v1, v2 = rows[0]["v1"], rows[0]["v2"]
-    table = _table([("name", "bundle", "l"), ("target", "target", "l"), ("metric", "metric", "l"),
+    table = html_table([("name", "bundle", "l"), ("target", "target", "l"), ("metric", "metric", "l"),
                     ("before", v1, ""), ("after", v2, ""), ("change", "change", ""), ("change_pct", "change %", "")], rows)
     return f'<h2 id="compare">{escape(v1)} → {escape(v2)}</h2><div class="panel">{table}</div>'
 
@@ -272,6 +231,6 @@ def render_calibration(record: dict, rows: list[dict], source: str) -> str:
             f"{escape(str(record.get('why') or ''))}</div>",
             f'<div class="panel">{chart(record, rows)}</div>',
             '<h2>candidates</h2><div class="panel">'
-            + _table(cols, rows, lambda r: "chosen" if r["chosen"] else "failed" if r["status"] != "ok" else
+            + html_table(cols, rows, lambda r: "chosen" if r["chosen"] else "failed" if r["status"] != "ok" else
                      "drift" if not r["passed"] else "") + "</div>"]
     return _page(f"edgekit calibration for {target}", "".join(body))

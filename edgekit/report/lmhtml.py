@@ -4,7 +4,7 @@ one table of the LM cohorts."""
 
 from __future__ import annotations
 
-from edgekit.report.html import _row_class, _row_view, _table
+from edgekit.report.htmltable import html_table, row_class, row_view
 from edgekit.report.lmcharts import kv_curve_chart, lm_triangle_chart
 
 __all__ = ["lm_target_section", "lm_cohort_table", "LM_ROW_COLUMNS", "LM_CALIBRATION_COLUMNS"]
@@ -52,8 +52,8 @@ def _devices_table(rows: list[dict], flags: list[dict], budget: dict) -> str:
     kinds: dict[tuple, set] = {}
     for f in flags:
         kinds.setdefault((f["device"], f["version"]), set()).add(f["kind"])
-    views = [_row_view(r, kinds.get((r["device"], r["version"]), set())) for r in rows]
-    return _table(_budget_heads(budget), views, _row_class)
+    views = [row_view(r, kinds.get((r["device"], r["version"]), set())) for r in rows]
+    return html_table(_budget_heads(budget), views, row_class)
 
 
 def lm_target_section(name: str, target: str, rows: list[dict], cohorts: list[dict], flags: list[dict],
@@ -73,4 +73,4 @@ def lm_cohort_table(cohorts: list[dict]) -> str:
             ("failed", "failed", "")] + [(m, f"{label} median (min–max)", "spread") for m, label, _ in _COHORT_METRICS]
     items = [{**c, **{m: {**c["metrics"][m], "pct": pct} if m in c["metrics"] else None for m, _, pct in _COHORT_METRICS}}
              for c in cohorts]
-    return _table(cols, items)
+    return html_table(cols, items)

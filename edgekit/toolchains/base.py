@@ -93,11 +93,11 @@ class Toolchain(abc.ABC):
         return data
 
     def prepare_eval(self, data: Dataset, model: Path, dest: Path, *, reference: Optional[Path] = None,
-                     samples: Optional[int] = None) -> Path:
-        """Write the evaluation set a device measures `model` on (edgekit.evaluate.prepare_eval_data)."""
-        from edgekit.evaluate import prepare_eval_data
-
-        return prepare_eval_data(data, model, dest, reference=reference, samples=samples)
+                     samples: Optional[int] = None) -> Optional[Path]:
+        """Write the evaluation set a device measures `model` on, where this toolchain has
+        its own (a language model's token windows); None: the one-pass set of inputs, labels
+        and reference outputs (edgekit.evaluate.eval_set writes it)."""
+        return None
 
     def remake_reference(self, source: str, workdir: Path) -> Optional[Path]:
         """The FP32 reference made again from a calibration record's source, where this

@@ -23,14 +23,19 @@ embedding tables); a quantized one no longer exists in float under its name.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import io
 import json
+import logging
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 from edgekit.errors import NotApplicable
 
-__all__ = ["prepare", "first_report", "weight_coverage", "check_applicable", "stamp", "notes", "NOTES_KEY"]
+__all__ = ["prepare", "first_report", "weight_coverage", "check_applicable", "stamp", "notes", "quiet_ort", "name_nodes",
+           "NOTES_KEY"]
 
 NOTES_KEY = "edgekit.quantize"  # model metadata: what a recipe could not do as asked, as JSON
 _cache: dict = {}
@@ -69,7 +74,6 @@ def _workdir() -> Path:
 def _prepare(model: Path, dest: Path):
     import onnx
 
-    from edgekit.toolchains.onnx.quantize import _quiet_ort, name_nodes
 
     source, failures = model, []
     if any(n.op_type == "Constant" for n in onnx.load(str(model), load_external_data=False).graph.node):
@@ -79,7 +83,7 @@ def _prepare(model: Path, dest: Path):
             failures.append(f"folding Constant nodes: {_reason(exc)}")
     for options in ({}, {"skip_symbolic_shape": True}):
         try:
-            with _quiet_ort():
+            with quiet_ort():
                 _pre_process(source, dest / "pre.onnx", options)
             source = dest / "pre.onnx"
             break
@@ -180,3 +184,35 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, AssertionError) and not str(exc).strip():
         return "symbolic shape inference could not follow the graph (an assertion in onnxruntime's shape inference)"
     return first_line(exc)
+
+
+@contextlib.contextmanager
+def quiet_ort():
+    """onnxruntime.quantization prints progress to stdout and logs on the root logger."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)  # ORT's weight-only module calls basicConfig on import
+    root.setLevel(logging.ERROR)
+    disabled = logging.root.manager.disable  # this may be nested (pre-processing inside a recipe)
+    logging.disable(max(disabled, logging.WARNING))  # loggers with their own handlers too (the weight-only algorithms')
+    try:  # numpy's warnings from inside ORT's calibrators: the candidate's fidelity tells the outcome
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.simplefilter("ignore", UserWarning)  # torch, under ORT's HQQ
+            yield
+    finally:
+        logging.disable(disabled)
+        root.setLevel(level)
+        root.handlers[:] = handlers
+
+
+def name_nodes(nodes) -> bool:
+    """Give unnamed nodes unique names, since include and exclude reach ORT as node names."""
+    taken = {n.name for n in nodes}
+    unnamed = [(i, n) for i, n in enumerate(nodes) if not n.name]
+    for i, node in unnamed:
+        name = f"{node.op_type}_{i}"
+        while name in taken:
+            name += "_"
+        node.name = name
+        taken.add(name)
+    return bool(unnamed)

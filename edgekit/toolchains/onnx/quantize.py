@@ -32,13 +32,10 @@ Bounded memory: see edgekit.toolchains.onnx.static (CHUNK_BATCHES).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
 import shutil
 import tempfile
-import warnings
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Optional
@@ -49,10 +46,10 @@ from edgekit.errors import ConfigError, EdgekitError, QuantizeError
 from edgekit.progress import OnStep, notify
 from edgekit.recipes import Recipe
 from edgekit.toolchains.onnx.models import check_onnx, external_data_files, model_inputs
-from edgekit.toolchains.onnx.prepare import first_report, prepare
+from edgekit.toolchains.onnx.prepare import first_report, prepare, quiet_ort
 from edgekit.toolchains.onnx.static import CHUNK_BATCHES, Reader
 
-__all__ = ["quantize", "check_recipe", "prepared", "name_nodes", "CHUNK_BATCHES"]
+__all__ = ["quantize", "check_recipe", "prepared", "CHUNK_BATCHES"]
 
 log = logging.getLogger(__name__)
 _TRANSFORMER = ("int8-token", "int8-block", "int4-block")  # recipes for MatMul weights and embedding tables
@@ -75,7 +72,7 @@ def quantize(model: Path, recipe: Recipe, out: Path, *, calibration: Optional[Da
             _copy(model, staged)
         else:
             try:
-                with _quiet_ort():
+                with quiet_ort():
                     pre_error = _run(model, recipe, staged, Path(tmp), calibration, max_samples, batch_size,
                                      on_step)
             except EdgekitError:
@@ -212,19 +209,6 @@ def prepared(model: Path, dest: Path = None) -> Path:
     return prepare(Path(model))[0]
 
 
-def name_nodes(nodes) -> bool:
-    """Give unnamed nodes unique names, since include and exclude reach ORT as node names."""
-    taken = {n.name for n in nodes}
-    unnamed = [(i, n) for i, n in enumerate(nodes) if not n.name]
-    for i, node in unnamed:
-        name = f"{node.op_type}_{i}"
-        while name in taken:
-            name += "_"
-        node.name = name
-        taken.add(name)
-    return bool(unnamed)
-
-
 def _selection(nodes, recipe: Recipe) -> tuple[Optional[list[str]], list[str]]:
     """nodes_to_quantize and nodes_to_exclude for ORT, from recipe.include and recipe.exclude."""
     included = _match(nodes, recipe.include, "--include", types_only=True) if recipe.include else None
@@ -284,25 +268,6 @@ def _why_none(recipe: Recipe) -> str:
     if recipe.precision in _TRANSFORMER:
         return "the recipe takes MatMul weights and embedding tables, and the model keeps its weights elsewhere"
     return "it has no node with a constant float weight of an op type the recipe quantizes"
-
-
-@contextlib.contextmanager
-def _quiet_ort():
-    """onnxruntime.quantization prints progress to stdout and logs on the root logger."""
-    root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)  # ORT's weight-only module calls basicConfig on import
-    root.setLevel(logging.ERROR)
-    disabled = logging.root.manager.disable  # this may be nested (pre-processing inside a recipe)
-    logging.disable(max(disabled, logging.WARNING))  # loggers with their own handlers too (the weight-only algorithms')
-    try:  # numpy's warnings from inside ORT's calibrators: the candidate's fidelity tells the outcome
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            warnings.simplefilter("ignore", UserWarning)  # torch, under ORT's HQQ
-            yield
-    finally:
-        logging.disable(disabled)
-        root.setLevel(level)
-        root.handlers[:] = handlers
 
 
 def _reason(exc: BaseException) -> str:
