@@ -10,17 +10,8 @@ from pathlib import Path
 import pytest
 
 from helpers.cli import assert_clean_error, run_edgekit
-from helpers.devices import local_device, runner
+from helpers.devices import REPORT_FIELDS, local_device, runner
 from helpers.paths import EVAL, EXAMPLE_ONNX, REPO
-
-
-REPORT_FIELDS = {
-    "": ("schema", "run_id", "started_at", "finished_at", "status", "error", "device", "bundle", "runtime", "metrics"),
-    "device": ("name", "hostname", "arch", "os", "python", "cpu_count", "mem_total_mb"),
-    "bundle": ("name", "version", "sha256", "target", "precision"),
-    "runtime": ("name", "version", "providers"),
-    "metrics": ("accuracy", "accuracy_expected", "fidelity", "latency_ms", "load_ms", "peak_rss_mb", "model_mb"),
-}
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ from rich.markup import escape
 
 from edgekit.terminal import Col, fit_table, fmt_mib, fmt_ms, fmt_pct, fmt_sig, print_notes
 
-__all__ = ["LM_ROW_COLS", "print_lm_rows", "print_lm_cohorts", "LM_COMPARED", "print_lm_calibration"]
+__all__ = ["LM_ROW_COLS", "print_lm_rows", "print_lm_cohorts", "LM_COMPARED", "lm_candidate_cells",
+           "LM_CALIBRATION_COLS"]
 
 LM_ROW_COLS = (Col("device", "left"), Col("version", "left"), Col("ppl"), Col("ppl+"), Col("KL", drop=2),
                Col("top-1", drop=1), Col("prefill", drop=3), Col("decode"), Col("TTFT", drop=2), Col("RSS"),
@@ -105,25 +106,9 @@ LM_CALIBRATION_COLS = (Col("#", drop=1), Col("candidate", "left"), Col("ppl+"), 
                        Col("prefill", drop=3), Col("decode"), Col("TTFT", drop=2), Col("RSS"), Col("ok", "left"))
 
 
-def print_lm_calibration(out: Console, record: dict, rows: list[dict]) -> None:
-    """A language model's calibration record: each candidate (precision, method, block, cache
-    mode) by perplexity increase, size, speed and memory, the chosen one starred."""
-    budgets = record.get("budgets") or {}
-    limits = ", ".join(f"{k} {budgets[k]:g}" for k in budgets if budgets[k] is not None)
-    title = (f"calibration for {escape((record.get('target') or {}).get('name', '?'))} (objective: "
-             f"{escape(str(record.get('objective')))}; ppl+ over FP32, MiB, tokens/s, ms)")
-    cells = []
-    for r in rows:
-        verdict = "[red]error[/]" if r["status"] != "ok" else "[green]✓[/]" if r["passed"] else "[yellow]✗[/]"
-        cells.append([str(r["no"]), ("★ " if r["chosen"] else "  ") + escape(r["id"]),
-                      fmt_pct(r.get("ppl_increase"), signed=True), fmt_pct(r.get("top1_agreement")),
-                      fmt_sig(r["model_mb"]), fmt_sig(r.get("prefill_tokens_per_s")),
-                      fmt_sig(r.get("decode_tokens_per_s")), fmt_ms(r.get("ttft_ms")), fmt_mib(r["peak_rss_mb"]), verdict])
-    out.print(fit_table(out, title, LM_CALIBRATION_COLS, cells))
-    if limits:
-        out.print(f"budgets: {escape(limits)}", style="dim", highlight=False)
-    print_notes(out, [(f"{r['id']}:", r["error"] or "failed") for r in rows if r["status"] != "ok"], style="red")
-    print_notes(out, [(f"{r['id']}:", r["failed_budgets"]) for r in rows if r["status"] == "ok" and not r["passed"]],
-                style="yellow")
-    out.print(f"chosen: [bold]{escape(record.get('chosen') or 'none')}[/] — {escape(str(record.get('why') or ''))}",
-              highlight=False)
+def lm_candidate_cells(r: dict) -> list[str]:
+    """A language-model candidate's measured cells in the calibration table (edgekit.report.
+    tables.print_calibration): perplexity increase, top-1 agreement, size, speeds, memory."""
+    return [fmt_pct(r.get("ppl_increase"), signed=True), fmt_pct(r.get("top1_agreement")), fmt_sig(r["model_mb"]),
+            fmt_sig(r.get("prefill_tokens_per_s")), fmt_sig(r.get("decode_tokens_per_s")), fmt_ms(r.get("ttft_ms")),
+            fmt_mib(r["peak_rss_mb"])]

@@ -237,23 +237,28 @@ CALIBRATION_COLS = (Col("#", drop=1), Col("candidate", "left"), Col("quality"), 
 
 
 def print_calibration(out: Console, record: dict, rows: list[dict]) -> None:
+    """A calibration record: each candidate by its quality, size, speed and memory (a
+    language model's by edgekit.report.lmtables' columns), the chosen one starred."""
     if record.get("metric") == "perplexity":
-        from edgekit.report.lmtables import print_lm_calibration
+        from edgekit.report.lmtables import LM_CALIBRATION_COLS as cols, lm_candidate_cells as measured
 
-        return print_lm_calibration(out, record, rows)
-    quality = "accuracy" if record.get("metric") == "accuracy" else "cosine"
+        units = "ppl+ over FP32, MiB, tokens/s, ms"
+    else:
+        quality = "accuracy" if record.get("metric") == "accuracy" else "cosine"
+        units = f"{quality}, MiB, ms"
+        cols = CALIBRATION_COLS[:2] + (Col("acc" if quality == "accuracy" else "cosine"),) + CALIBRATION_COLS[3:]
+
+        def measured(r: dict) -> list[str]:
+            return [fmt_pct(r[quality]) if quality == "accuracy" else fmt_sig(r[quality], 5), fmt_sig(r["model_mb"]),
+                    fmt_ms(r["latency_p50"]), fmt_ms(r["latency_p95"]), fmt_mib(r["peak_rss_mb"])]
     budgets = record.get("budgets") or {}
     limits = ", ".join(f"{k} {budgets[k]:g}" for k in budgets if budgets[k] is not None)
     title = (f"calibration for {escape((record.get('target') or {}).get('name', '?'))} (objective: "
-             f"{escape(str(record.get('objective')))}; {quality}, MiB, ms)")
-    cols = CALIBRATION_COLS[:2] + (Col("acc" if quality == "accuracy" else "cosine"),) + CALIBRATION_COLS[3:]
+             f"{escape(str(record.get('objective')))}; {units})")
     cells = []
     for r in rows:
         verdict = "[red]error[/]" if r["status"] != "ok" else "[green]✓[/]" if r["passed"] else "[yellow]✗[/]"
-        cells.append([str(r["no"]), ("★ " if r["chosen"] else "  ") + escape(r["id"]),
-                      fmt_pct(r[quality]) if quality == "accuracy" else fmt_sig(r[quality], 5),
-                      fmt_sig(r["model_mb"]), fmt_ms(r["latency_p50"]), fmt_ms(r["latency_p95"]),
-                      fmt_mib(r["peak_rss_mb"]), verdict])
+        cells.append([str(r["no"]), ("★ " if r["chosen"] else "  ") + escape(r["id"]), *measured(r), verdict])
     out.print(fit_table(out, title, cols, cells))
     if limits:
         out.print(f"budgets: {escape(limits)}", style="dim", highlight=False)
