@@ -1,6 +1,11 @@
 """How a rollout's cost grows with the fleet: 10, 100 and 1000 local devices, then a report of 1000 x 10.
 
-    python benchmarks/fleet_scale.py [--sizes 10,100,1000] [--workers 8] [--out bench-results/fleet_scale.json]
+    python benchmarks/fleet_scale.py [--sizes 10,100,1000] [--ansible-sizes 10,100,1000] [--workers 8]
+                                     [--out bench-results/fleet_scale.json]
+
+Both engines roll out to the same kind of fleet: edgekit's own, and Ansible's (ansible-runner
+with the playbook edgekit ships, Ansible's `local` connection: no sshd per device), each
+size in a fresh fleet.
 
 Each size runs in its own process (so that its peak memory is its own): that many local
 devices (folders on this machine, each with the device Python of the tests when there is
@@ -9,6 +14,8 @@ one), the example digits bundle rolled out to all of them with the native engine
 activating and evaluating it on 100 samples. Measured:
 
     seconds, seconds per device     the whole rollout (wall), and over the devices
+    cpu s per device                CPU time of the host process and every process it
+                                    waited for (device runners, ansible-playbook), over the devices
     host peak MB                    the host process's peak resident memory (ru_maxrss);
                                     the device runners are processes of their own
     store write s                   time spent in the store's writes (statements and commits)
@@ -112,8 +119,8 @@ def render_report(store_path: Path) -> dict:
             "total_s": round(done - start, 3), "reports": len(data["reports"]), "html_kb": round(len(html) / 1024)}
 
 
-def one_size(n: int, work: Path, workers: int) -> dict:
-    """Child process: one rollout to N devices."""
+def one_size(n: int, work: Path, workers: int, engine: str) -> dict:
+    """Child process: one rollout to N devices with `engine` (native or ansible)."""
     from edgekit.bundle import read_bundle
     from edgekit.fleet.inventory import load_inventory
     from edgekit.fleet.rollout import rollout
@@ -126,13 +133,26 @@ def one_size(n: int, work: Path, workers: int) -> dict:
     devices = load_inventory(write_inventory(work, n, device_python())).devices
     with Store(work / "edgekit.db") as store:
         clock = StoreClock(store)
-        start = time.perf_counter()
-        result = rollout(bundle, devices, store, canary=1, batch="25%", samples=100, workers=workers)
-        seconds = time.perf_counter() - start
+        chosen = None
+        if engine == "ansible":
+            from edgekit.fleet.ansible_engine import AnsibleEngine
+
+            chosen = AnsibleEngine(workers=workers)
+        start, cpu = time.perf_counter(), _cpu_seconds()
+        result = rollout(bundle, devices, store, canary=1, batch="25%", samples=100, workers=workers, engine=chosen)
+        seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     report = render_report(work / "edgekit.db")
-    return {"devices": n, "outcome": result.outcome, "seconds": round(seconds, 2), "s_per_device": round(seconds / n, 4),
+    return {"engine": engine, "devices": n, "outcome": result.outcome, "seconds": round(seconds, 2),
+            "s_per_device": round(seconds / n, 4), "cpu_s_per_device": round(cpu / n, 3),
             "host_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "child_peak_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
             "store_write_s": round(clock.seconds, 3), "store_writes": clock.writes, "report": report}
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its waited-for children (device runners, ansible-playbook)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def ten_versions(source: Path, work: Path, repeats: int) -> dict:
@@ -157,24 +177,25 @@ def ten_versions(source: Path, work: Path, repeats: int) -> dict:
             "runs": [r["total_s"] for r in runs]}
 
 
-def run(sizes: list[int], workers: int, base: Path) -> dict:
+def run(runs: list[tuple[str, int]], workers: int, base: Path) -> dict:
     from edgekit.machine import cpu_facts
 
     bundle = build_bundle(base)
     rows = []
-    for n in sizes:
-        work = base / f"fleet-{n}"
+    for engine, n in runs:
+        work = base / f"{engine}-{n}"
         work.mkdir()
         (work / "bundle.json").write_text(json.dumps({"path": str(bundle.path)}))
-        print(f"rolling out to {n} local devices", flush=True)
-        proc = subprocess.run([sys.executable, __file__, "--one", str(n), "--work", str(work), "--workers", str(workers)],
-                              capture_output=True, text=True)
+        print(f"rolling out to {n} local devices with the {engine} engine", flush=True)
+        proc = subprocess.run([sys.executable, __file__, "--one", str(n), "--work", str(work), "--workers", str(workers),
+                               "--engine", engine], capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"the {n}-device rollout failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(f"  {rows[-1]['seconds']} s, outcome {rows[-1]['outcome']}", flush=True)
-    largest = base / f"fleet-{max(sizes)}" / "edgekit.db"
-    print(f"a report of {max(sizes)} devices x 10 versions", flush=True)
+    largest = max(rows, key=lambda r: (r["devices"], r["engine"] == "native"))  # both engines store the same records
+    print(f"a report of {largest['devices']} devices x 10 versions", flush=True)
+    largest = base / f"{largest['engine']}-{largest['devices']}" / "edgekit.db"
     return {"benchmark": "fleet_scale", "workers": workers, "device_python": device_python(), "sizes": rows,
             "ten_versions": ten_versions(largest, base, repeats=3), "machine": cpu_facts(),
             "notes": ["local devices: folders on this machine; every runner step is a process on the same 2 cores",
@@ -184,16 +205,19 @@ def run(sizes: list[int], workers: int, base: Path) -> dict:
 
 
 def show(record: dict) -> None:
-    print(f"\n{'devices':>8} {'seconds':>9} {'s/device':>9} {'host MB':>8} {'store s':>8} {'writes':>7} {'report s':>9}")
-    first = record["sizes"][0]
+    print(f"\n{'engine':>8} {'devices':>8} {'seconds':>9} {'s/device':>9} {'cpu s/dev':>9} {'host MB':>8} "
+          f"{'store s':>8} {'writes':>7} {'report s':>9}")
     for row in record["sizes"]:
-        print(f"{row['devices']:8d} {row['seconds']:9.1f} {row['s_per_device']:9.3f} {row['host_peak_mb']:8.0f} "
-              f"{row['store_write_s']:8.2f} {row['store_writes']:7d} {row['report']['total_s']:9.2f}")
-    for row in record["sizes"][1:]:
-        grow = row["devices"] / first["devices"]
-        print(f"x{grow:g} devices: x{row['seconds'] / first['seconds']:.1f} time, "
-              f"x{row['s_per_device'] / first['s_per_device']:.2f} per device, "
-              f"x{row['host_peak_mb'] / first['host_peak_mb']:.2f} host memory")
+        print(f"{row['engine']:>8} {row['devices']:8d} {row['seconds']:9.1f} {row['s_per_device']:9.3f} "
+              f"{row['cpu_s_per_device']:9.3f} {row['host_peak_mb']:8.0f} {row['store_write_s']:8.2f} "
+              f"{row['store_writes']:7d} {row['report']['total_s']:9.2f}")
+    for engine in dict.fromkeys(r["engine"] for r in record["sizes"]):
+        rows = [r for r in record["sizes"] if r["engine"] == engine]
+        for row in rows[1:]:
+            grow = row["devices"] / rows[0]["devices"]
+            print(f"{engine}, x{grow:g} devices: x{row['seconds'] / rows[0]['seconds']:.1f} time, "
+                  f"x{row['s_per_device'] / rows[0]['s_per_device']:.2f} per device, "
+                  f"x{row['host_peak_mb'] / rows[0]['host_peak_mb']:.2f} host memory")
     ten = record["ten_versions"]
     parts = ", ".join(f"{k[:-2]} {v:.2f} s" for k, v in ten["median"].items())
     print(f"report of {ten['devices']} devices x {ten['versions']} versions ({ten['reports']} reports), median: {parts}")
@@ -201,19 +225,23 @@ def show(record: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="10,100,1000")
+    parser.add_argument("--sizes", default="10,100,1000", help="fleet sizes for the native engine")
+    parser.add_argument("--ansible-sizes", default="10,100,1000",
+                        help="fleet sizes for the Ansible engine ('' for none; needs the ansible extra)")
+    parser.add_argument("--engine", default="native", help=argparse.SUPPRESS)  # the child's engine
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "fleet_scale.json")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)   # the child: one size
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one_size(args.one, args.work, args.workers)))
+        print(json.dumps(one_size(args.one, args.work, args.workers, args.engine)))
         return
-    sizes = [int(s) for s in args.sizes.split(",")]
+    runs = [("native", int(s)) for s in args.sizes.split(",") if s]
+    runs += [("ansible", int(s)) for s in args.ansible_sizes.split(",") if s]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fleet-scale-") as tmp:
-        record = run(sizes, args.workers, Path(tmp))
+        record = run(runs, args.workers, Path(tmp))
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     show(record)
     print(f"\nwrote {args.out}")

@@ -42,7 +42,7 @@ ANSIBLE_DIR = Path(__file__).resolve().parent.parent / "resources" / "ansible"
 PLAYBOOK = ANSIBLE_DIR / "wave.yml"
 # The role's task names that run the device's runner, and the stage a failure there is of.
 RUNNER_TASKS = ("status", "install", "activate", "evaluate", "restore")
-STAGE = {"status": "status", "runner present": "status", "activate": "activate", "evaluate": "evaluate",
+STAGE = {"status": "status", "activate": "activate", "evaluate": "evaluate",
          "reports fetched": "collect"}  # anything else of `install` is the install
 PROGRESS = {"status": "status", "upload": "upload", "evaluate": "evaluate", "reports fetched": "collect"}
 
@@ -126,7 +126,7 @@ def _installed(d: Device, events: "_Events", wave: Wave):
     if host.unreachable_first:
         return DeviceResult(d.name, "failed", error=host.failure, reached=False)
     out = _fresh()
-    if host.failed_task in ("runner present", "status", "status read"):
+    if host.failed_task in ("status", "status read"):
         out["error"] = host.failure
         return out
     try:
@@ -170,9 +170,8 @@ def _evaluated(d: Device, events: "_Events", wave: Wave, out: dict, fetched: Pat
 
 
 def _status(d: Device, host: "_Host") -> dict:
-    """The runner's status from the status task (or an empty device), with its clock against ours."""
-    if host.tasks.get("status", {}).get("skipped", True):
-        return {"models": {}, "runner_sha256": None, "note": "no edgekit runner installed yet"}
+    """The runner's status from the status task (an empty device's when it has no runner yet),
+    with its clock against ours."""
     reply = payload(host.reply(d, "status"))
     start, end = host.tasks["status"].get("start"), host.tasks["status"].get("end")
     if isinstance(reply.get("now"), (int, float)) and start and end:
