@@ -50,6 +50,11 @@ def test_the_rollout_play_completes_and_halts_at_a_breaking_canary_with_it_put_b
     db = sqlite3.connect(store)
     assert db.execute("SELECT device, version, status FROM reports ORDER BY device").fetchall() == \
         [(n, "1.0.1", "ok") for n in sorted(names)]  # the gate step stored what it judged
+    assert db.execute("SELECT version, status FROM rollouts").fetchall() == [("1.0.1", "completed")]
+    assert db.execute("SELECT wave, kind, status FROM rollout_waves ORDER BY wave").fetchall() == \
+        [(1, "canary", "passed"), (2, "batch", "passed")]
+    assert sorted(db.execute("SELECT device, event, ok FROM rollout_events").fetchall()) == \
+        [(n, "deploy", 1) for n in sorted(names)]
 
     breaking = package_with_budget(tmp_path / "dist", "1.0.2", tmp_path / "targets", max_peak_rss_mb=1.0)
     halted = _play(inventory, fleet, breaking, store, tmp_path / "job-2")
@@ -58,6 +63,10 @@ def test_the_rollout_play_completes_and_halts_at_a_breaking_canary_with_it_put_b
     models = {s.name: device_models(s.root)["digits"] for s in fleet.servers}
     assert {n: m["current"] for n, m in models.items()} == {n: "1.0.1" for n in names}  # the canary put back
     assert "1.0.2" in models[names[0]]["installed"] and "1.0.2" not in models[names[1]]["installed"]  # the rest untouched
+    assert db.execute("SELECT version, status FROM rollouts ORDER BY id").fetchall() == \
+        [("1.0.1", "completed"), ("1.0.2", "halted")]
+    assert db.execute("SELECT w.wave, w.status FROM rollout_waves w JOIN rollouts r ON r.id = w.rollout_id "
+                      "WHERE r.version = '1.0.2'").fetchall() == [(1, "halted")]
 
 
 @pytest.mark.parametrize("args, says", [

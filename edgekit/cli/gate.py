@@ -33,12 +33,16 @@ def gate_cmd(
         "--failures-before", min=0, help="Device failures of the batches before this one.")] = 0,
     max_failures: Annotated[int, typer.Option(
         "--max-failures", min=0, help="Device failures the whole rollout tolerates.")] = 0,
+    rollout: Annotated[Optional[int], typer.Option(
+        "--rollout", min=1, help="The store's rollout this batch belongs to (the first batch's gate "
+        "starts one and prints its id).", show_default=False)] = None,
+    last: Annotated[bool, typer.Option("--last", help="This is the play's last batch: the rollout ends here.")] = False,
     store: StoreOpt = None,
     json: JsonFlag = False,
 ) -> None:
     """Judge one batch of an Ansible-run rollout by the bundle's gates and the --max-failures
-    rule, as `edgekit rollout` judges a wave; the reports go into the store. Exit 0: go on;
-    3: halt (the reason on stderr)."""
+    rule, as `edgekit rollout` judges a wave; the reports, and the batch as a wave of the
+    rollout, go into the store. Exit 0: go on; 3: halt (the reason on stderr)."""
     from edgekit.bundle import read_bundle
     from edgekit.errors import ConfigError, GateError
     from edgekit.fleet.ansible_play import gate_wave
@@ -55,7 +59,8 @@ def gate_cmd(
         why[host] = text or "failed"
     with open_store(store) as db:
         verdict = gate_wave(found, fetched, device, why, kind="canary" if canary else "batch",
-                            failures_before=failures_before, max_failures=max_failures, store=db)
+                            failures_before=failures_before, max_failures=max_failures, store=db,
+                            rollout_id=rollout, last=last)
     if json:
         print_json(verdict)
     else:

@@ -76,10 +76,14 @@ def pull_fetched(device: Device, folder: Path, known: set[str], name: str, versi
 
 
 def gate_wave(bundle: Bundle, fetched: Path, hosts: Sequence[str], failed: dict[str, str], *, kind: str,
-              failures_before: int, max_failures: int, store: Optional[Store]) -> dict:
-    """Judge one batch of a play: {go_on, reason, failures, devices: [{device, status, error, breaches}]}.
-    A host in `failed` (host -> what the play said), or without a valid report of the bundle's
-    version, is a failure; the newest report of each other host meets the bundle's gates."""
+              failures_before: int, max_failures: int, store: Optional[Store], rollout_id: Optional[int] = None,
+              last: bool = False) -> dict:
+    """Judge one batch of a play: {go_on, reason, failures, rollout_id, devices: [{device,
+    status, error, breaches}]}. A host in `failed` (host -> what the play said), or without a
+    valid report of the bundle's version, is a failure; the newest report of each other host
+    meets the bundle's gates. With a store, the batch is a wave of rollout `rollout_id` (a
+    new rollout when None), recorded as `edgekit rollout` records one; the rollout ends
+    when the batch halts or is the `last`."""
     from edgekit.fleet.rollout import FAILED, halt_reason
 
     rows = []
@@ -91,8 +95,33 @@ def gate_wave(bundle: Bundle, fetched: Path, hosts: Sequence[str], failed: dict[
         rows.append(_row(host, pulled, failed.get(host), bundle))
     failures = failures_before + sum(r["status"] in FAILED for r in rows)
     reason = halt_reason(rows, kind, failures, max_failures)
-    return {"go_on": reason is None, "reason": reason, "failures": failures,
-            "devices": [{**r, "breaches": [b.record() for b in r["breaches"]]} for r in rows]}
+    devices = [{**r, "breaches": [b.record() for b in r["breaches"]]} for r in rows]
+    if store is not None:
+        rollout_id = _record_wave(store, bundle, rollout_id, kind, devices, reason, failures, max_failures, last)
+    return {"go_on": reason is None, "reason": reason, "failures": failures, "rollout_id": rollout_id,
+            "devices": devices}
+
+
+def _record_wave(store: Store, bundle: Bundle, rollout_id: Optional[int], kind: str, devices: list[dict],
+                 reason: Optional[str], failures: int, max_failures: int, last: bool) -> int:
+    """The batch as the next wave of the play's rollout record (started on the first batch)."""
+    with store.batch():
+        if rollout_id is None or store.rollout(rollout_id) is None:
+            rollout_id = store.start_rollout(name=bundle.name, version=bundle.version, target=bundle.target,
+                                             sha256=bundle.sha256, path=str(bundle.path),
+                                             options={"engine": "ansible-play", "max_failures": max_failures})
+        index = len(store.rollout(rollout_id)["waves"]) + 1
+        store.start_wave(rollout_id, index, kind, [d["device"] for d in devices])
+        for row in devices:
+            store.add_event(rollout_id, index, row["device"], "deploy", row["status"] == "ok",
+                            {k: v for k, v in row.items() if k != "device"})
+        store.finish_wave(rollout_id, index, "halted" if reason else "passed", reason)
+        if reason:
+            store.finish_rollout(rollout_id, "halted", f"rollout of {bundle.name} {bundle.version} halted at wave "
+                                 f"{index} ({kind}): {reason}; the play puts the wave back")
+        elif last:
+            store.finish_rollout(rollout_id, "completed-with-failures" if failures else "completed")
+    return rollout_id
 
 
 def _row(host: str, pulled: Pulled, failure: Optional[str], bundle: Bundle) -> dict:
