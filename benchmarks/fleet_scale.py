@@ -192,7 +192,9 @@ def run(runs: list[tuple[str, int]], workers: int, base: Path) -> dict:
         if proc.returncode != 0:
             raise SystemExit(f"the {n}-device rollout failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"  {rows[-1]['seconds']} s, outcome {rows[-1]['outcome']}", flush=True)
+        row = rows[-1]
+        print(f"  {row['seconds']} s ({row['cpu_s_per_device']} CPU s a device), outcome {row['outcome']}", flush=True)
+        print(f"  row: {json.dumps(row)}", flush=True)  # kept in the log should a later size not finish
     largest = max(rows, key=lambda r: (r["devices"], r["engine"] == "native"))  # both engines store the same records
     print(f"a report of {largest['devices']} devices x 10 versions", flush=True)
     largest = base / f"{largest['engine']}-{largest['devices']}" / "edgekit.db"
