@@ -90,7 +90,8 @@ DECODE = """
 import json, sys, time
 import numpy as np
 from edgekit.device.lm import open_lm
-models, prompt, rounds, steps = json.loads(sys.argv[1]), np.load(sys.argv[2])["input_ids"][0][:128], int(sys.argv[3]), int(sys.argv[4])
+models, rounds, steps = json.loads(sys.argv[1]), int(sys.argv[3]), int(sys.argv[4])
+prompt = np.load(sys.argv[2])["input_ids"][0][:128]
 lms = {name: open_lm(path, threads=1) for name, path in models.items()}
 for lm in lms.values():
     lm.generate(prompt[:8], 4)  # warm-up: the first runs allocate and pre-pack
@@ -109,8 +110,9 @@ print(json.dumps(out))
 
 def decode_rounds(models: dict[str, Path], eval_npz: Path, rounds: int, steps: int) -> dict[str, list]:
     """Per model, per round: decode tokens/s (wall) and per CPU-second, all models in one process, in turn."""
-    proc = subprocess.run([sys.executable, "-c", DECODE, json.dumps({k: str(v) for k, v in models.items()}),
-                           str(eval_npz), str(rounds), str(steps)], capture_output=True, text=True, check=True, cwd=REPO)
+    paths = json.dumps({k: str(v) for k, v in models.items()})
+    proc = subprocess.run([sys.executable, "-c", DECODE, paths, str(eval_npz), str(rounds), str(steps)],
+                          capture_output=True, text=True, check=True, cwd=REPO)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -145,7 +147,8 @@ def print_table(rows: list[dict]) -> None:
           f"{'vs genai':>8} {'t/cpu-s':>8} {'vs genai':>8} {'prefill t/s':>11} {'vs genai':>8} {'RSS MB':>7}")
     for r in rows:
         print(f"{r['contender']:40} {r['model_mb']:7.1f} {r['size_vs_fp32']:9.3f} {r['perplexity']:8.3f} "
-              f"{(r['ppl_increase'] or 0):+9.2%} {_num(r['decode_wall'], '10.1f')} {_ratio(r['decode_wall_vs_genai']):>8} "
+              f"{(r['ppl_increase'] or 0):+9.2%} {_num(r['decode_wall'], '10.1f')} "
+              f"{_ratio(r['decode_wall_vs_genai']):>8} "
               f"{_num(r['decode_cpu'], '8.1f')} {_ratio(r['decode_cpu_vs_genai']):>8} "
               f"{r['prefill_tokens_per_s']:11.1f} {_ratio(r['prefill_vs_genai']):>8} {r['peak_rss_mb']:7.0f}")
 

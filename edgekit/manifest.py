@@ -73,7 +73,8 @@ def expected_from_record(record: CalibrationRecord, measured_here: Optional[Call
         lm.update({k: here.get(k) for k in _LM_QUALITY})
         n, data_sha256 = here["n"], None
     return {"source": "calibration-record", "candidate": candidate.id,
-            **{k: metrics.get(k) for k in _METRIC_KEYS}, **lm, "baseline_accuracy": (record.baseline or {}).get("accuracy"),
+            **{k: metrics.get(k) for k in _METRIC_KEYS}, **lm,
+            "baseline_accuracy": (record.baseline or {}).get("accuracy"),
             "n": n, "data_sha256": data_sha256, "machine": record.machine, "versions": record.versions}
 
 

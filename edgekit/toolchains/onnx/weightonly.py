@@ -118,8 +118,9 @@ def _config(proto, bits, block_size, symmetric, accuracy_level, algorithm, op_ty
         per_node = {n.name: {"bits": bits, "group_size": block_size} for n in proto.graph.node if n.op_type == "MatMul"}
         kind = mnq.RTNWeightOnlyQuantConfig if algorithm == "rtn" else mnq.KQuantWeightOnlyQuantConfig
         return kind(customized_weight_config=per_node, op_types_to_quantize=op_types)
-    return mnq.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric, accuracy_level=accuracy_level,
-                                            quant_format=QuantFormat.QOperator, op_types_to_quantize=op_types, bits=bits)
+    return mnq.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric,
+                                            accuracy_level=accuracy_level, quant_format=QuantFormat.QOperator,
+                                            op_types_to_quantize=op_types, bits=bits)
 
 
 def embeddings_rowwise(proto, *, nodes=None, exclude=(), min_rows: int = MIN_ROWS) -> list[str]:
