@@ -39,6 +39,7 @@ from statistics import median
 from typing import Optional
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's edgekit, whatever is installed
 WORKLOAD = {"context": 512, "prompt_tokens": 128, "generate_tokens": 32, "kv_cache": "cache"}
 # One contender, measured in a process of its own: its memory is its own.
 MEASURE = ("import json, sys; from edgekit.device.evaluate import evaluate; "
