@@ -10,16 +10,20 @@ packages), the same eval text for every contender. The contenders:
     genai -p int8         the builder with its defaults (`-p int8 -e cpu`)
     genai -p int4         the builder with its defaults (`-p int4 -e cpu`: a 4-bit head)
 
-Each is measured in a fresh process, with one thread, by the device's own evaluation
-(edgekit.device.evaluate): perplexity on the eval windows and its increase over FP32's,
-prefill and decode tokens/s at host-cpu-lm's workload (128-token prompt, 32 new tokens,
-a cache of 512), and peak RSS. Printed as ratios: size and RSS to FP32, speeds to the
-builder's model of the same precision. Speeds are wall-clock, so on a shared machine each
-edgekit model is measured right before the builder's of its precision, in `--rounds`
-rounds (the later ones score one window only: perplexity is deterministic), and a speed
-ratio is the median of the rounds' ratios.
+Quality, size, prefill and memory: each contender once in a fresh process (its memory is
+its own), with one thread, by the device's own evaluation (edgekit.device.evaluate):
+perplexity on the eval windows and its increase over FP32's, prefill tokens/s at
+host-cpu-lm's workload (128-token prompt, a cache of 512) and peak RSS.
 
-    python benchmarks/lm_vs_genai.py [--windows 16] [--rounds 2] [--out bench-results/lm_vs_genai.json]
+Decode speed, the ratio the issue asks for, is measured apart, so that it measures the
+models and not the machine: the four quantized models are loaded into one process and
+run through the same loop (edgekit.device.lm.DecoderLM: the prompt prefilled into a shared
+KV buffer, then greedy steps), in `--rounds` rounds, each round every model in turn. Both
+wall-clock tokens/s and tokens per CPU-second of the one ONNX Runtime thread (it runs in
+the calling thread) are kept; a ratio is the median over rounds of the round's edgekit /
+builder ratio, so that a load change between rounds cancels out.
+
+    python benchmarks/lm_vs_genai.py [--windows 16] [--rounds 8] [--steps 48] [--out bench-results/lm_vs_genai.json]
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from statistics import median
 from typing import Optional
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's edgekit, whatever is installed
 WORKLOAD = {"context": 512, "prompt_tokens": 128, "generate_tokens": 32, "kv_cache": "cache"}
 # One contender, measured in a process of its own: its memory is its own.
 MEASURE = ("import json, sys; from edgekit.device.evaluate import evaluate; "
@@ -82,19 +87,50 @@ def _builder_of(name: str) -> Optional[str]:
     return next((f"genai -p {p}" for p in ("int8", "int4") if p in name and not name.startswith("genai")), None)
 
 
-def with_ratios(rounds: list[dict[str, dict]]) -> list[dict]:
-    """One row per contender: round 1's quality, size and memory (size and RSS to FP32's),
-    median speeds, and the median over rounds of its speed / the builder's of its precision."""
+DECODE = """
+import json, sys, time
+import numpy as np
+from edgekit.device.lm import open_lm
+models, rounds, steps = json.loads(sys.argv[1]), int(sys.argv[3]), int(sys.argv[4])
+prompt = np.load(sys.argv[2])["input_ids"][0][:128]
+lms = {name: open_lm(path, threads=1) for name, path in models.items()}
+for lm in lms.values():
+    lm.generate(prompt[:8], 4)  # warm-up: the first runs allocate and pre-pack
+out = {name: [] for name in lms}
+for _ in range(rounds):
+    for name, lm in lms.items():
+        state = lm.start(len(prompt) + steps + 1)
+        logits = [lm.feed(state, prompt[None, i:i + 64]) for i in range(0, len(prompt), 64)][-1]
+        token, wall, cpu = int(logits[0, -1].argmax()), time.perf_counter(), time.thread_time()
+        for _ in range(steps):
+            token = int(lm.feed(state, np.array([[token]], np.int64))[0, -1].argmax())
+        out[name].append({"wall": steps / (time.perf_counter() - wall), "cpu": steps / (time.thread_time() - cpu)})
+print(json.dumps(out))
+"""
+
+
+def decode_rounds(models: dict[str, Path], eval_npz: Path, rounds: int, steps: int) -> dict[str, list]:
+    """Per model, per round: decode tokens/s (wall) and per CPU-second, all models in one process, in turn."""
+    paths = json.dumps({k: str(v) for k, v in models.items()})
+    proc = subprocess.run([sys.executable, "-c", DECODE, paths, str(eval_npz), str(rounds), str(steps)],
+                          capture_output=True, text=True, check=True, cwd=REPO)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def with_ratios(measured: dict[str, dict], decode: dict[str, list]) -> list[dict]:
+    """One row per contender: quality, size, prefill and memory (size and RSS to FP32's), the
+    median decode rates, and the median over rounds of its decode rate / the builder's."""
     rows = []
-    for name, first in rounds[0].items():
-        r = {"contender": name, **first}
-        for key in ("decode_tokens_per_s", "prefill_tokens_per_s"):
-            r[key] = median(m[name][key] for m in rounds)
-            ref = _builder_of(name)
-            short = key.split("_")[0]
-            r[f"{short}_vs_genai"] = median(m[name][key] / m[ref][key] for m in rounds) if ref else None
-        r["size_vs_fp32"] = r["model_mb"] / rounds[0]["fp32"]["model_mb"]
-        r["rss_vs_fp32"] = r["peak_rss_mb"] / rounds[0]["fp32"]["peak_rss_mb"]
+    for name, m in measured.items():
+        r = {"contender": name, **m, "size_vs_fp32": m["model_mb"] / measured["fp32"]["model_mb"],
+             "rss_vs_fp32": m["peak_rss_mb"] / measured["fp32"]["peak_rss_mb"]}
+        ref = _builder_of(name)
+        r["prefill_vs_genai"] = m["prefill_tokens_per_s"] / measured[ref]["prefill_tokens_per_s"] if ref else None
+        for key in ("wall", "cpu"):
+            runs = decode.get(name)
+            r[f"decode_{key}"] = median(x[key] for x in runs) if runs else None
+            r[f"decode_{key}_vs_genai"] = (median(a[key] / b[key] for a, b in zip(runs, decode[ref]))
+                                          if ref and runs else None)
         rows.append(r)
     return rows
 
@@ -103,21 +139,27 @@ def _ratio(value) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _num(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
 def print_table(rows: list[dict]) -> None:
     print(f"\n{'contender':40} {'MB':>7} {'size/fp32':>9} {'ppl':>8} {'ppl incr':>9} {'decode t/s':>10} "
-          f"{'vs genai':>8} {'prefill t/s':>11} {'vs genai':>8} {'RSS MB':>7} {'RSS/fp32':>8}")
+          f"{'vs genai':>8} {'t/cpu-s':>8} {'vs genai':>8} {'prefill t/s':>11} {'vs genai':>8} {'RSS MB':>7}")
     for r in rows:
         print(f"{r['contender']:40} {r['model_mb']:7.1f} {r['size_vs_fp32']:9.3f} {r['perplexity']:8.3f} "
-              f"{(r['ppl_increase'] or 0):+9.2%} {r['decode_tokens_per_s']:10.1f} {_ratio(r['decode_vs_genai']):>8} "
-              f"{r['prefill_tokens_per_s']:11.1f} {_ratio(r['prefill_vs_genai']):>8} {r['peak_rss_mb']:7.0f} "
-              f"{r['rss_vs_fp32']:8.2f}")
+              f"{(r['ppl_increase'] or 0):+9.2%} {_num(r['decode_wall'], '10.1f')} "
+              f"{_ratio(r['decode_wall_vs_genai']):>8} "
+              f"{_num(r['decode_cpu'], '8.1f')} {_ratio(r['decode_cpu_vs_genai']):>8} "
+              f"{r['prefill_tokens_per_s']:11.1f} {_ratio(r['prefill_vs_genai']):>8} {r['peak_rss_mb']:7.0f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "lm_vs_genai.json")
     parser.add_argument("--windows", type=int, default=16, help="eval windows of 256 tokens to score")
-    parser.add_argument("--rounds", type=int, default=2, help="speed rounds (the first also scores --windows)")
+    parser.add_argument("--rounds", type=int, default=8, help="decode rounds, every quantized model in each")
+    parser.add_argument("--steps", type=int, default=48, help="greedy decode steps per model and round")
     args = parser.parse_args()
     from edgekit.datasets import load_dataset
     from edgekit.lmdemo import prepare
@@ -135,18 +177,18 @@ def main() -> None:
                   "genai -p int4": builder(made["model"], "int4", work / "genai-int4")}
         eval_npz = toolchain.prepare_eval(load_dataset(made["eval"], role="eval data"), fp32, work / "eval.npz",
                                           reference=fp32, samples=args.windows)
-        order = ["fp32", *(n for p in ("int8", "int4") for n in models if p in n)]  # each edgekit one, then genai's
-        rounds = []
-        for i in range(args.rounds):
-            rounds.append({})
-            for name in order:
-                print(f"round {i + 1}: measuring {name}", flush=True)
-                rounds[-1][name] = measure(models[name], eval_npz, args.windows if i == 0 else 1)
-    rows = with_ratios(rounds)
+        measured = {}
+        for name, model in models.items():
+            print(f"measuring {name}", flush=True)
+            measured[name] = measure(model, eval_npz, args.windows)
+        order = [n for p in ("int8", "int4") for n in models if p in n]  # each edgekit model, then the builder's
+        print(f"decode: {args.rounds} rounds of {args.steps} steps, {', '.join(order)} in turn", flush=True)
+        decode = decode_rounds({n: models[n] for n in order}, eval_npz, args.rounds, args.steps)
+    rows = with_ratios(measured, decode)
     print_table(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": cpu_facts(), "workload": WORKLOAD, "windows": args.windows,
-                                    "rounds": rounds,
+                                    "decode_rounds": decode, "steps": args.steps,
                                     "versions": versions("onnxruntime", "onnxruntime-genai"), "rows": rows},
                                    indent=2, default=float))
     print(f"\nwrote {args.out}")

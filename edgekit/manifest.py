@@ -4,7 +4,7 @@ metrics the device's own measurements are compared with (the eval subset: edgeki
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from edgekit.calibration_record import CalibrationRecord, CandidateRecord
 from edgekit.errors import ConfigError, GateError, ModelError
@@ -59,14 +59,23 @@ def chosen_candidate(record: CalibrationRecord, path: Optional[Path] = None) -> 
     return candidate
 
 
-def expected_from_record(record: CalibrationRecord) -> dict:
+def expected_from_record(record: CalibrationRecord, measured_here: Optional[Callable[[], dict]] = None) -> dict:
+    """The chosen candidate's metrics from the record. A language model's perplexity and
+    agreement with FP32 are taken from `measured_here()` instead (measure_expected on the
+    bundle's own windows): calibrate scored other windows, and devices score the bundle's."""
     candidate = chosen_candidate(record)
     metrics, evaluated = candidate.metrics, record.data.eval
     n = evaluated.n_used if evaluated.n_used is not None else metrics.get("n")
     lm = {k: metrics.get(k) for k in _LM_KEYS} if metrics.get("perplexity") is not None else {}
+    data_sha256 = evaluated.sha256
+    if lm and measured_here is not None:
+        here = measured_here()
+        lm.update({k: here.get(k) for k in _LM_QUALITY})
+        n, data_sha256 = here["n"], None
     return {"source": "calibration-record", "candidate": candidate.id,
-            **{k: metrics.get(k) for k in _METRIC_KEYS}, **lm, "baseline_accuracy": (record.baseline or {}).get("accuracy"),
-            "n": n, "data_sha256": evaluated.sha256, "machine": record.machine, "versions": record.versions}
+            **{k: metrics.get(k) for k in _METRIC_KEYS}, **lm,
+            "baseline_accuracy": (record.baseline or {}).get("accuracy"),
+            "n": n, "data_sha256": data_sha256, "machine": record.machine, "versions": record.versions}
 
 
 def measure_expected(model: Path, eval_npz: Path, profile: Profile, options: Optional[dict] = None) -> dict:

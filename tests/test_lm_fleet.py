@@ -126,6 +126,9 @@ def test_lm_rollout_to_local_and_ssh_devices_is_gated_on_perplexity(tmp_path, ss
         metrics = full["metrics"]
         assert metrics["perplexity"] > 1 and metrics["ppl_increase"] == pytest.approx(
             metrics["perplexity"] / metrics["fp32_perplexity"] - 1)
+        # packaged from a calibration record, the bundle expects the perplexity of its own windows
+        assert metrics["expected"]["source"] == "calibration-record"
+        assert metrics["perplexity"] == pytest.approx(metrics["expected"]["perplexity"], rel=1e-4)
         assert metrics["kv_cache_bytes"] == metrics["kv_cache_bytes_measured"] == 2 * 2 * 2 * 16 * 4 * 128
         assert metrics["decode_tokens_per_s"] > 0 and metrics["recompute"]["decode_tokens_per_s"] > 0
     # the runner generates where the device has `tokenizers` (this one does), as `edgekit generate` does

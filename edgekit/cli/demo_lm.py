@@ -97,7 +97,8 @@ def _package(run, step, calibrations: dict, keys, fp32: Path, texts: dict) -> di
     bundles = {}
     for target in calibrations:
         if target not in chosen:
-            console.print(f"  [yellow]{target}: no recipe met the budgets; nothing to package[/]")
+            console.print(f"  [yellow]{target}: no recipe met its budgets, so nothing is packaged or rolled out for "
+                          f"it; {lm.why_unmet(calibrations[target].record)}[/]", highlight=False)
             continue
         with console.status(f"packaging for {target}"):
             bundles[target] = lm.package_release(run, target, chosen[target], keys, fp32, texts)

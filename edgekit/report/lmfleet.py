@@ -8,12 +8,11 @@ json, csv and tables stay as they were.
 
 Drift: a device's perplexity is deterministic given the bundle's tokens, so one further
 than a relative tolerance from the reference is the device (a different runtime, kernel or
-a broken file). The reference is the host's perplexity when the host measured it on the
-bundle's own windows (`metrics.expected`, source `measured`, as `edgekit package` does
-without a calibration record); one taken from a calibration record was measured on
-calibrate's eval windows, other tokens, so then the reference is the median of the
-cohort's devices (at least `min_cohort` of them). Decode speed is compared among siblings
-like latency (a robust score in edgekit.report.analysis).
+a broken file). The reference is the host's perplexity on the bundle's own windows
+(`metrics.expected`: `edgekit package` measures it there, with or without a calibration
+record); a report without it is compared with the median of the cohort's devices (at least
+`min_cohort` of them). Decode speed is compared among siblings like latency (a robust score
+in edgekit.report.analysis).
 """
 
 from __future__ import annotations
@@ -69,7 +68,6 @@ def lm_row(report, columns: dict, budget: dict) -> dict:
             "kv_cache_bytes_measured": _num(m.kv_cache_bytes_measured),
             "fp32_perplexity": _num(m.fp32_perplexity),
             "perplexity_expected": _num(expected.get("perplexity")),
-            "expected_on_bundle_tokens": expected.get("source") == "measured",
             "ppl_increase_expected": _num(expected.get("ppl_increase")),
             "top1_expected": _num(expected.get("top1_agreement")),
             **_workload(report), "kv_curve": _curve(report),
@@ -94,7 +92,7 @@ def lm_drift(members: list[dict], tolerance: float, min_cohort: int) -> list[dic
     siblings = median(r["perplexity"] for r in rows) if len(rows) >= min_cohort else None
     flags = []
     for row in rows:
-        if row["expected_on_bundle_tokens"] and row["perplexity_expected"]:
+        if row["perplexity_expected"]:
             found = _off(row, row["perplexity_expected"], "the host's", tolerance)
         elif siblings:
             found = _off(row, siblings, f"the median of its {len(rows)} cohort devices", tolerance)

@@ -23,7 +23,6 @@ in 42 minutes on SmolLM2-135M), and k-quant's calibration text is not used by on
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 
@@ -74,53 +73,22 @@ def _fp16(proto):
 
 
 def _blocks(proto, bits: int, method: str, block: int):
-    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
+    from edgekit.toolchains.onnx.weightonly import nbits
 
-    mnq.logger.setLevel(logging.WARNING)
     head, emb, tied = normalize(proto)
     if method == "minmax-offset":
         proto = minmax_offset(proto, head, bits, block)
-    else:
-        config = _ort_config(method, bits, block, proto)
-        quantizer = mnq.MatMulNBitsQuantizer(proto, bits=bits, block_size=block, is_symmetric=True,
-                                             accuracy_level=ACCURACY_LEVEL, nodes_to_exclude=[head],
-                                             algo_config=config)
-        quantizer.process()
-        proto = quantizer.model.model
-    proto = _quantize_head(proto, head, block)
+    else:  # edgekit's rtn is onnxruntime's default symmetric blocks (weightonly's algorithm None)
+        proto = nbits(proto, bits=bits, block_size=block, accuracy_level=ACCURACY_LEVEL,
+                      algorithm=None if method == "rtn" else method, exclude=[head])
+    proto = nbits(proto, bits=HEAD_BITS, block_size=block, accuracy_level=ACCURACY_LEVEL, nodes=[head])
+    if head_node(proto.graph).op_type != "MatMulNBits":
+        raise ValueError("the LM head was not quantized")
     if tied:
         share_embedding(proto, emb)
     set_accuracy_level(proto, ACCURACY_LEVEL)
     drop_dead(proto.graph)
     return proto
-
-
-def _ort_config(method: str, bits: int, block: int, proto):
-    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
-
-    if method == "rtn":
-        return mnq.DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, bits=bits)
-    if method == "hqq":
-        return mnq.HQQWeightOnlyQuantConfig(block_size=block, bits=bits)
-    # k-quant (neural-compressor's code) takes 4 bits unless each node says otherwise
-    per_node = {n.name: {"bits": bits, "group_size": block} for n in proto.graph.node if n.op_type == "MatMul"}
-    return mnq.KQuantWeightOnlyQuantConfig(customized_weight_config=per_node)
-
-
-def _quantize_head(proto, head: str, block: int):
-    """The head alone, 8-bit symmetric: the body's MatMuls are MatMulNBits already."""
-    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
-
-    # no op type is quantized as such ("None"): only the node named in nodes_to_include
-    config = mnq.DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, bits=HEAD_BITS,
-                                              op_types_to_quantize=("None",))
-    quantizer = mnq.MatMulNBitsQuantizer(proto, bits=HEAD_BITS, block_size=block, is_symmetric=True,
-                                         algo_config=config, nodes_to_include=[head])
-    quantizer.process()
-    out = quantizer.model.model
-    if head_node(out.graph).op_type != "MatMulNBits":
-        raise ValueError("the LM head was not quantized")
-    return out
 
 
 def minmax_offset(proto, head: str, bits: int, block: int):

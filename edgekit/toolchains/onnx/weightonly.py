@@ -23,6 +23,9 @@ table staying INT8 in memory.
 
 ``keep_8bit`` names nodes that get 8-bit blocks when ``bits`` is 4 (a node that 4 bits hurt);
 ``nodes`` limits the quantization to those nodes, ``exclude`` keeps nodes in float.
+
+``nbits`` is the one place that builds ONNX Runtime's weight-only configuration; the
+language-model recipes (edgekit.toolchains.lm.quantize) call it on their graphs too.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-__all__ = ["quantize_weights", "embeddings_rowwise", "ALGORITHMS"]
+__all__ = ["quantize_weights", "nbits", "embeddings_rowwise", "ALGORITHMS"]
 
 ALGORITHMS = (None, "rtn", "hqq", "kquant")
 MIN_ROWS = 64  # an embedding table smaller than this is not worth the extra nodes
@@ -54,10 +57,11 @@ def quantize_weights(model: Path, out: Path, *, bits: int = 4, block_size: int =
     gathers_by_ort = "Gather" in op_types and bits == 4 and algorithm != "hqq" and _opset(proto) >= 21
     ort_ops = tuple(op for op in op_types if op == "MatMul" or (op == "Gather" and gathers_by_ort))
     if ort_ops:
-        proto = _nbits(proto, bits, block_size, symmetric, accuracy_level, algorithm, ort_ops, nodes,
-                       exclude | keep_8bit)
+        proto = nbits(proto, bits=bits, block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level,
+                      algorithm=algorithm, op_types=ort_ops, nodes=nodes, exclude=exclude | keep_8bit)
     if keep_8bit and bits != 8:
-        proto = _nbits(proto, 8, block_size, symmetric, accuracy_level, None, ("MatMul",), keep_8bit, exclude)
+        proto = nbits(proto, bits=8, block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level,
+                      nodes=keep_8bit, exclude=exclude)
     if "Gather" in op_types and not gathers_by_ort:
         embeddings_rowwise(proto, nodes=nodes, exclude=exclude)
     onnx.save(proto, str(out))
@@ -79,26 +83,44 @@ def _check(bits: int, block_size: int, algorithm: Optional[str]) -> None:
         raise ValueError("hqq writes 8-bit weights the onnxruntime CPU kernel refuses to load; use 4 bits")
 
 
-def _nbits(proto, bits, block_size, symmetric, accuracy_level, algorithm, op_types, nodes, exclude):
+def nbits(proto, *, bits: int, block_size: int, symmetric: bool = True, accuracy_level: Optional[int] = None,
+          algorithm: Optional[str] = None, op_types: Iterable[str] = ("MatMul",),
+          nodes: Optional[Iterable[str]] = None, exclude: Iterable[str] = ()):
+    """`proto` with the weights of its `op_types` nodes (only `nodes`, if given; never `exclude`)
+    in `bits`-bit MatMulNBits blocks by ONNX Runtime's quantizer; returns the new ModelProto."""
+    import logging
+
+    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
+
+    mnq.logger.setLevel(logging.WARNING)  # it logs every node it skips at INFO
+    op_types, exclude = tuple(op_types), set(exclude)
+    if nodes is not None:  # ORT quantizes its op types *and* nodes_to_include: exclude the other nodes
+        nodes = set(nodes)
+        exclude |= {n.name for n in proto.graph.node if n.op_type in op_types and n.name not in nodes}
+    quantizer = mnq.MatMulNBitsQuantizer(proto, bits=bits, block_size=block_size, is_symmetric=symmetric,
+                                         accuracy_level=accuracy_level, nodes_to_exclude=sorted(exclude),
+                                         nodes_to_include=sorted(nodes) if nodes else None,
+                                         op_types_to_quantize=op_types,
+                                         algo_config=_config(proto, bits, block_size, symmetric, accuracy_level,
+                                                             algorithm, op_types))
+    quantizer.process()
+    return quantizer.model.model
+
+
+def _config(proto, bits, block_size, symmetric, accuracy_level, algorithm, op_types):
     from onnxruntime.quantization import QuantFormat
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
     if algorithm == "hqq":
-        config = mnq.HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits, op_types_to_quantize=op_types)
-    elif algorithm == "rtn":
-        config = mnq.RTNWeightOnlyQuantConfig(op_types_to_quantize=op_types)
-    elif algorithm == "kquant":
-        config = mnq.KQuantWeightOnlyQuantConfig(op_types_to_quantize=op_types)
-    else:
-        config = mnq.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric,
-                                                  accuracy_level=accuracy_level, quant_format=QuantFormat.QOperator,
-                                                  op_types_to_quantize=op_types, bits=bits)
-    quantizer = mnq.MatMulNBitsQuantizer(proto, bits=bits, block_size=block_size, is_symmetric=symmetric,
-                                         accuracy_level=accuracy_level, nodes_to_exclude=sorted(exclude),
-                                         nodes_to_include=sorted(nodes) if nodes is not None else None,
-                                         op_types_to_quantize=op_types, algo_config=config)
-    quantizer.process()
-    return quantizer.model.model
+        return mnq.HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits, op_types_to_quantize=op_types)
+    if algorithm in ("rtn", "kquant"):
+        # neural-compressor's code behind both takes 4 bits and its own group size unless each node says
+        per_node = {n.name: {"bits": bits, "group_size": block_size} for n in proto.graph.node if n.op_type == "MatMul"}
+        kind = mnq.RTNWeightOnlyQuantConfig if algorithm == "rtn" else mnq.KQuantWeightOnlyQuantConfig
+        return kind(customized_weight_config=per_node, op_types_to_quantize=op_types)
+    return mnq.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric,
+                                            accuracy_level=accuracy_level, quant_format=QuantFormat.QOperator,
+                                            op_types_to_quantize=op_types, bits=bits)
 
 
 def embeddings_rowwise(proto, *, nodes=None, exclude=(), min_rows: int = MIN_ROWS) -> list[str]:
