@@ -1,6 +1,6 @@
 """edgekit push beside scp and Ansible: one bundle of about 50 MB to 8 loopback sshd devices.
 
-    python benchmarks/push_vs_scp.py [--devices 8] [--mb 50] [--out bench-results/push_vs_scp.json]
+    python benchmarks/push_vs_scp.py [--devices 8] [--mb 50] [--no-ansible] [--out bench-results/push_vs_scp.json]
 
 In one run, against the same servers (real OpenSSH, one per device, edgekit.sim.sshd):
 
@@ -159,14 +159,14 @@ def versions(ansible_version: str | None) -> dict:
             "python": sys.version.split()[0]}
 
 
-def run(devices: int, megabytes: float, work: Path) -> dict:
+def run(devices: int, megabytes: float, work: Path, with_ansible: bool = True) -> dict:
     from edgekit.machine import cpu_facts
     from edgekit.sim.sshd import start_fleet
 
     print(f"building a bundle of about {megabytes:g} MB", flush=True)
     bundle = build_bundle(work, megabytes)
     size_mb = bundle.size / 1e6
-    ansible, ansible_why = ansible_bin()
+    ansible, ansible_why = ansible_bin() if with_ansible else (None, "--no-ansible")
     fleet = start_fleet(work / "fleet", devices, pythons=[sys.executable] * devices)
     try:
         inventory = fleet.write_inventory()
@@ -226,13 +226,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=8)
     parser.add_argument("--mb", type=float, default=50.0, help="model weights in MB (the bundle is a little larger)")
+    parser.add_argument("--no-ansible", action="store_true", help="leave out Ansible's copy (the shortest run)")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "push_vs_scp.json")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # The servers' files go to the system's temporary folder: sshd is stricter about where its
     # host keys may live than about /tmp (it refused them under a checkout in /work here).
     with tempfile.TemporaryDirectory(prefix="push-vs-scp-") as tmp:
-        record = run(args.devices, args.mb, Path(tmp))
+        record = run(args.devices, args.mb, Path(tmp), with_ansible=not args.no_ansible)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     show(record)
     print(f"\nwrote {args.out}")
