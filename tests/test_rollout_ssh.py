@@ -164,7 +164,11 @@ def test_push_starts_one_runner_per_device_and_still_repairs_a_changed_runner(ss
     module.write_bytes(shipped + b"# changed on the device\n")
     repaired, commands = push()
     assert (repaired["runner_updated"], repaired["already_installed"], commands) == (True, True, 1)
+    # Sent as one tar, which the runner's next start unpacks in place of the changed package.
+    assert (server.root / "bin" / "edgekit_device.tar").is_file() and module.read_bytes() != shipped
+    assert device_models(server.root) == {"digits": {"current": None, "previous": None, "installed": ["1.0.0"]}}
     assert module.read_bytes() == shipped
+    assert not [p.name for p in (server.root / "bin").iterdir() if p.name.startswith("edgekit_device.tar")]
 
 
 def test_a_rollout_asks_each_device_for_its_status_once(tmp_path, sshd_fleet, in_fleet_env, bundles):
