@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from helpers.devices import install, install_runner, runner
+from helpers.paths import PY39
 from edgekit.bundle import runner_sha256, write_tar
 from edgekit.fleet.protocol import runner_argv
 from edgekit.fleet.inventory import Device
@@ -22,7 +23,7 @@ def test_a_runner_sent_as_one_tar_is_put_in_place_by_its_next_start(tmp_path):
     root = tmp_path / "dev"
     install_runner(root)
     assert _bin(root) == ["edgekit_device.tar", "edgekit_runner.py"]  # two files sent, nothing unpacked yet
-    code, status = runner(root, "status")
+    code, status = runner(root, "status", python=str(PY39 or sys.executable))  # a device's Python 3.9 when here
     assert code == 0 and status["runner_sha256"] == runner_sha256()  # the very files this host ships
     assert _bin(root) == ["edgekit_device", "edgekit_runner.py"]
     # An update: the old package is moved aside (install and gc remove it), the new one renamed in.
