@@ -1,6 +1,6 @@
 """edgekit push beside scp and Ansible: one bundle of about 50 MB to 8 loopback sshd devices.
 
-    python benchmarks/push_vs_scp.py [--devices 8] [--mb 50] [--out bench-results/push_vs_scp.json]
+    python benchmarks/push_vs_scp.py [--devices 8] [--mb 50] [--no-ansible] [--out bench-results/push_vs_scp.json]
 
 In one run, against the same servers (real OpenSSH, one per device, edgekit.sim.sshd):
 
@@ -13,7 +13,9 @@ In one run, against the same servers (real OpenSSH, one per device, edgekit.sim.
     ansible copy again    the same, for Ansible (it compares checksums)
 
 Every copy is checked afterwards (sha256 on the device). Ratios are each method's wall time
-over edgekit push's; > 1 means slower than edgekit. Results go to JSON.
+over edgekit push's; > 1 means slower than edgekit. Each method's CPU seconds (client, sshd
+and everything its sessions ran) are given too: on a machine shared with other work they
+change less than the wall times. Results go to JSON.
 """
 
 from __future__ import annotations
@@ -134,6 +136,22 @@ def ansible_copy(ansible: Path, inventory: Path, bundle: Path, work: Path, forks
     return seconds, proc.stdout.count('"changed": true')
 
 
+def cpu_seconds(fleet) -> float:
+    """CPU seconds used so far by this process's finished children (edgekit, scp, ansible) and
+    by the sshd servers with their finished sessions (sshd's session processes, sftp-server,
+    the runner): what a method costs this machine, which other load changes less than its
+    wall time (on 2 cores a method that needs 6 CPU seconds takes at least 3 s)."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_CHILDREN)
+    tick = os.sysconf("SC_CLK_TCK")
+    servers = 0
+    for server in fleet.servers:
+        fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        servers += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return own.ru_utime + own.ru_stime + servers / tick
+
+
 def phase_medians(record: dict) -> dict:
     """The median over devices of each step's seconds that push reports per device."""
     steps = {step for d in record["devices"] for step in d["seconds"]}
@@ -159,45 +177,56 @@ def versions(ansible_version: str | None) -> dict:
             "python": sys.version.split()[0]}
 
 
-def run(devices: int, megabytes: float, work: Path) -> dict:
+def run(devices: int, megabytes: float, work: Path, with_ansible: bool = True) -> dict:
     from edgekit.machine import cpu_facts
     from edgekit.sim.sshd import start_fleet
 
     print(f"building a bundle of about {megabytes:g} MB", flush=True)
     bundle = build_bundle(work, megabytes)
     size_mb = bundle.size / 1e6
-    ansible, ansible_why = ansible_bin()
+    ansible, ansible_why = ansible_bin() if with_ansible else (None, "--no-ansible")
     fleet = start_fleet(work / "fleet", devices, pythons=[sys.executable] * devices)
     try:
         inventory = fleet.write_inventory()
         total_mb = size_mb * devices
         results: dict[str, float] = {}
+        cpu: dict[str, float] = {}
+
+        def measure(method: str, fn):
+            """Run one method; its wall seconds and CPU seconds go to results and cpu; fn's other value is returned."""
+            before = cpu_seconds(fleet)
+            out = fn()
+            results[method], more = out if isinstance(out, tuple) else (out, None)
+            cpu[method] = cpu_seconds(fleet) - before
+            return more
+
         print(f"{devices} devices, bundle {size_mb:.1f} MB ({total_mb:.0f} MB in all)", flush=True)
-        results["edgekit push"], pushed = edgekit_push(fleet, inventory, bundle.path, devices)
+        pushed = measure("edgekit push", lambda: edgekit_push(fleet, inventory, bundle.path, devices))
         assert pushed["succeeded"] == devices and not any(d["already_installed"] for d in pushed["devices"])
-        results["scp loop"] = scp_loop(fleet, bundle.path)
+        measure("scp loop", lambda: scp_loop(fleet, bundle.path))
         check_copies(fleet, "scp-loop.edgekit", bundle.sha256)
-        results["scp parallel"] = scp_parallel(fleet, bundle.path)
+        measure("scp parallel", lambda: scp_parallel(fleet, bundle.path))
         check_copies(fleet, "scp-parallel.edgekit", bundle.sha256)
         skipped = {}
         if ansible is not None:
             inv = ansible_inventory(fleet, work)
-            results["ansible copy"], changed = ansible_copy(ansible, inv, bundle.path, work, devices)
+            changed = measure("ansible copy", lambda: ansible_copy(ansible, inv, bundle.path, work, devices))
             assert changed == devices, f"ansible changed {changed} of {devices} hosts"
-            results["ansible copy again (unchanged)"], changed = ansible_copy(ansible, inv, bundle.path, work, devices)
+            changed = measure("ansible copy again (unchanged)",
+                              lambda: ansible_copy(ansible, inv, bundle.path, work, devices))
             assert changed == 0
             check_copies(fleet, "ansible.edgekit", bundle.sha256)
         else:
             print(f"{ansible_why}: skipped", flush=True)
             skipped["ansible copy"] = ansible_why
-        results["edgekit re-push (unchanged)"], again = edgekit_push(fleet, inventory, bundle.path, devices)
+        again = measure("edgekit re-push (unchanged)", lambda: edgekit_push(fleet, inventory, bundle.path, devices))
         assert all(d["already_installed"] for d in again["devices"])
         phases = {"edgekit push": phase_medians(pushed), "edgekit re-push (unchanged)": phase_medians(again)}
     finally:
         fleet.stop()
     base = results["edgekit push"]
-    rows = [{"method": m, "seconds": round(s, 3), "mb_per_s": round(total_mb / s, 1), "ratio_to_edgekit_push": round(s / base, 3)}
-            for m, s in results.items()]
+    rows = [{"method": m, "seconds": round(s, 3), "mb_per_s": round(total_mb / s, 1), "ratio_to_edgekit_push": round(s / base, 3),
+             "cpu_s": round(cpu[m], 2)} for m, s in results.items()]
     return {"benchmark": "push_vs_scp", "devices": devices,
             "bundle": {"name": bundle.path.name, "size_mb": round(size_mb, 2), "sha256": bundle.sha256},
             "results": rows, "edgekit_phases_median_s": phases, "skipped": skipped,
@@ -206,6 +235,8 @@ def run(devices: int, megabytes: float, work: Path) -> dict:
             "notes": ["edgekit push also installs: sha256 and manifest checks, unpacking, and (fresh devices) the runner",
                       "all servers are on 127.0.0.1: this measures protocol and CPU cost, not a network",
                       "mb_per_s is the bundle size times the devices over the wall time",
+                      ("cpu_s: CPU seconds of the method's client processes and of the sshd servers with their "
+                       "sessions (and so the device's runner), from the kernel's accounting"),
                       ("edgekit_phases_median_s: the median over devices of the seconds push reports for each step on "
                        "a device (runner: check or update it, look for the bundle; upload; install: the device's checks "
                        "and unpacking); devices run at the same time, and connecting and the CLI's start are not in them")]}
@@ -213,9 +244,10 @@ def run(devices: int, megabytes: float, work: Path) -> dict:
 
 def show(record: dict) -> None:
     print(f"\n{record['bundle']['name']}: {record['bundle']['size_mb']} MB to {record['devices']} loopback sshd devices")
-    print(f"{'method':32} {'seconds':>9} {'MB/s':>8} {'x edgekit push':>15}")
+    print(f"{'method':32} {'seconds':>9} {'MB/s':>8} {'x edgekit push':>15} {'CPU s':>7}")
     for row in record["results"]:
-        print(f"{row['method']:32} {row['seconds']:9.2f} {row['mb_per_s']:8.1f} {row['ratio_to_edgekit_push']:15.2f}")
+        print(f"{row['method']:32} {row['seconds']:9.2f} {row['mb_per_s']:8.1f} {row['ratio_to_edgekit_push']:15.2f} "
+              f"{row['cpu_s']:7.2f}")
     for method, why in record["skipped"].items():
         print(f"{method:32} skipped: {why}")
     for method, steps in record["edgekit_phases_median_s"].items():
@@ -226,13 +258,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=8)
     parser.add_argument("--mb", type=float, default=50.0, help="model weights in MB (the bundle is a little larger)")
+    parser.add_argument("--no-ansible", action="store_true", help="leave out Ansible's copy (the shortest run)")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "push_vs_scp.json")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # The servers' files go to the system's temporary folder: sshd is stricter about where its
     # host keys may live than about /tmp (it refused them under a checkout in /work here).
     with tempfile.TemporaryDirectory(prefix="push-vs-scp-") as tmp:
-        record = run(args.devices, args.mb, Path(tmp))
+        record = run(args.devices, args.mb, Path(tmp), with_ansible=not args.no_ansible)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     show(record)
     print(f"\nwrote {args.out}")

@@ -25,11 +25,13 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
 
-from edgekit.device_report import DeviceReport
 from edgekit.errors import ConfigError
 from edgekit.words import utc_now
+
+if TYPE_CHECKING:  # its pydantic models load when reports are read: a push's record needs none
+    from edgekit.device_report import DeviceReport
 
 __all__ = ["Store", "open_store", "default_store_path", "utc_now", "SCHEMA_VERSION"]
 
@@ -305,6 +307,8 @@ class Store:
                 version: Optional[str] = None) -> list[dict]:
         """Stored reports, in the order this host received them; each row's columns plus
         `report`, the DeviceReport (validated when it was collected)."""
+        from edgekit.device_report import DeviceReport
+
         where, args = _where(device=device, name=name, version=version)
         rows = self._db.execute(f"SELECT * FROM reports{where} ORDER BY collected_at, finished_at, device, run_id", args)
         return [{**dict(r), "report": DeviceReport.from_json(r["report"])} for r in rows]

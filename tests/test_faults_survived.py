@@ -237,7 +237,9 @@ time.time = lambda: _real_time() + {seconds}
 time.gmtime = lambda secs=None: _real_gmtime(time.time() if secs is None else secs)
 """)
     script = base / f"python-skew-{int(seconds)}"
-    script.write_text(f"#!/bin/sh\nPYTHONPATH={site} exec {sys.executable} \"$@\"\n")
+    # The host starts the runner with -S (no site, so no sitecustomize): this device keeps its
+    # fake clock for every command by leaving the flag out.
+    script.write_text(f'#!/bin/sh\n[ "$1" = "-S" ] && shift\nPYTHONPATH={site} exec {sys.executable} "$@"\n')
     script.chmod(0o755)
     return str(script)
 

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from helpers.cli import run_edgekit
+from helpers.devices import logging_python, runner_commands
 from helpers.fleet import device_models, ssh_device_runs_checked_version
 from helpers.sshd import free_port
 
@@ -141,41 +142,54 @@ def test_collect_is_idempotent_and_a_bad_or_unreachable_device_is_its_own_failur
     assert offline_row["status"] == "failed" and offline_row.get("reachable") is False
 
 
-def test_push_starts_one_runner_per_device_and_still_repairs_a_changed_runner(sshd_fleet, in_fleet_env, bundles):
-    fleet = in_fleet_env(sshd_fleet(1, pythons=[sys.executable]))
+def test_push_starts_one_runner_per_device_and_still_repairs_a_changed_runner(tmp_path, sshd_fleet, in_fleet_env,
+                                                                               bundles):
+    python, log = logging_python(tmp_path, sys.executable)
+    fleet = in_fleet_env(sshd_fleet(1, pythons=[python]))
     server, inventory = fleet.servers[0], fleet.write_inventory()
 
-    def push() -> tuple[dict, int]:
-        before = server.log.read_text().count("Starting session: command")
+    def push() -> tuple[dict, list[str], int]:
+        """The device's record, the runner commands it ran and the SSH sessions it opened."""
+        started, sessions = len(runner_commands(log)), server.log.read_text().count("Starting session:")
         result = run_edgekit("push", bundles["1.0.0"].path, "--inventory", inventory, "--json", env=fleet.env)
         assert result.code == 0, result.stderr
-        return by_device(result)[server.name], server.log.read_text().count("Starting session: command") - before
+        return (by_device(result)[server.name], runner_commands(log)[started:],
+                server.log.read_text().count("Starting session:") - sessions)
 
     # No runner yet: the status asked first finds none (a device is asked before it is looked
-    # at over SFTP, so that every later push needs no SFTP session), then the install.
-    fresh, commands = push()
-    assert (fresh["runner_updated"], fresh["already_installed"], commands) == (True, False, 2)
+    # at over SFTP, so that every later push needs no SFTP session), then the install. Every
+    # command runs in one shell session; SFTP is the other.
+    fresh, commands, sessions = push()
+    assert (fresh["runner_updated"], fresh["already_installed"], commands, sessions) == \
+        (True, False, ["status", "install"], 2)
     assert set(fresh["seconds"]) == {"runner", "upload", "install"} and min(fresh["seconds"].values()) > 0
-    again, commands = push()  # the runner's status only: its hash matches, the bundle is there
-    assert (again["runner_updated"], again["already_installed"], commands) == (False, True, 1)
+    again, commands, sessions = push()  # the runner's status only: its hash matches, the bundle is there
+    assert (again["runner_updated"], again["already_installed"], commands, sessions) == (False, True, ["status"], 1)
     assert list(again["seconds"]) == ["runner"]
     module = server.root / "bin" / "edgekit_device" / "install.py"
     shipped = module.read_bytes()
     module.write_bytes(shipped + b"# changed on the device\n")
-    repaired, commands = push()
-    assert (repaired["runner_updated"], repaired["already_installed"], commands) == (True, True, 1)
+    repaired, commands, sessions = push()
+    assert (repaired["runner_updated"], repaired["already_installed"], commands, sessions) == \
+        (True, True, ["status"], 2)
+    # Sent as one tar, which the runner's next start unpacks in place of the changed package.
+    assert (server.root / "bin" / "edgekit_device.tar").is_file() and module.read_bytes() != shipped
+    assert device_models(server.root) == {"digits": {"current": None, "previous": None, "installed": ["1.0.0"]}}
     assert module.read_bytes() == shipped
+    assert not [p.name for p in (server.root / "bin").iterdir() if p.name.startswith("edgekit_device.tar")]
 
 
 def test_a_rollout_asks_each_device_for_its_status_once(tmp_path, sshd_fleet, in_fleet_env, bundles):
-    fleet = in_fleet_env(sshd_fleet(1, pythons=[sys.executable]))
+    python, log = logging_python(tmp_path, sys.executable)
+    fleet = in_fleet_env(sshd_fleet(1, pythons=[python]))
     server, inventory = fleet.servers[0], fleet.write_inventory()
     first = run_edgekit("push", bundles["1.0.0"].path, "--inventory", inventory, "--activate", env=fleet.env)
     assert first.code == 0, first.stderr
-    before = server.log.read_text().count("Starting session: command")
+    started, sessions = len(runner_commands(log)), server.log.read_text().count("Starting session: command")
     result = run_edgekit("rollout", bundles["1.0.1"].path, "--inventory", inventory, "--store", tmp_path / "s.db",
                          "--json", env=fleet.env)
     assert result.code == 0, result.stderr
     # status, install, activate, evaluate: the status taken before the install also tells
-    # whether the runner is current, so it is not asked for twice
-    assert server.log.read_text().count("Starting session: command") - before == 4
+    # whether the runner is current, so it is not asked for twice; all in one shell session
+    assert runner_commands(log)[started:] == ["status", "install", "activate", "evaluate"]
+    assert server.log.read_text().count("Starting session: command") - sessions == 1

@@ -70,7 +70,8 @@ def test_files_and_commands_round_trip(fleet, tmp_path):
 
 def test_arguments_reach_the_program_literally(fleet, tmp_path):
     marker = tmp_path / "pwned"
-    args = ["a b", "'q'", '"dq"', f"$(touch {marker})", f"`touch {marker}`", f"; touch {marker}", "*", "", "line\nbreak"]
+    args = ["a b", "'q'", '"dq"', f"$(touch {marker})", f"`touch {marker}`", f"; touch {marker}", "*", "", "line\nbreak",
+            "back\\slash \\n \\c \\0101 %b %s"]
     with connect(fleet.device(0).endpoint) as tr:
         result = tr.run(["python3", "-c", "import json, sys; print(json.dumps(sys.argv[1:]))", *args])
     assert result.ok, result.stderr
@@ -220,6 +221,19 @@ def test_run_reads_both_streams_and_honours_timeout(fleet):
             tr.run(["sleep", "30"], timeout=1)
         assert time.monotonic() - start < 5
         assert tr.run(["true"]).ok  # the connection survives a timed-out command
+
+
+def test_commands_share_one_shell_session_and_keep_their_exit_status(fleet):
+    server = fleet.servers[0]
+    sessions = lambda: server.log.read_text().count("Starting session: command")  # noqa: E731
+    before = sessions()
+    with connect(fleet.device(0).endpoint) as tr:
+        codes = [tr.run(["sh", "-c", f"exit {n}"]).exit_code for n in (0, 3, 255)]
+        killed = tr.run(["sh", "-c", "kill -9 $$"])
+        printed = tr.run(["printf", "no newline at the end"])
+        assert sessions() - before == 1  # one login shell for all of them
+    assert codes == [0, 3, 255] and killed.exit_code == 128 + 9
+    assert printed.stdout == "no newline at the end" and printed.ok
 
 
 def test_ssh_config_alias_and_inventory_precedence(fleet, tmp_path, monkeypatch):

@@ -8,7 +8,6 @@ import typer
 from rich.markup import escape
 
 from edgekit.cli._common import JsonFlag, TargetsDir, console, print_json
-from edgekit.targets import load_profile
 from edgekit.terminal import Col, compact_table, fit_table, titled
 
 targets_app = typer.Typer(help="Target-device profiles: what each device class runs and its budgets.",
@@ -67,6 +66,8 @@ def show_cmd(
     json: JsonFlag = False,
 ) -> None:
     """Show one profile, validated."""
+    from edgekit.targets import load_profile
+
     profile = load_profile(name, targets_dir or ())
     if json:
         print_json(profile.snapshot())

@@ -237,13 +237,15 @@ def _place(layout: Layout, staging: str, manifest: dict, meta: dict) -> bool:
 
 def clean_leftovers(layout: Layout) -> None:
     """What killed runners left behind (we hold the lock, so none of it is live): staging
-    directories, and runner copies from an interrupted runner update."""
+    directories, and the folders and claimed archive of a runner update (the launcher's)."""
     for entry in os.listdir(layout.bundles):
         if entry.startswith(".staging-"):
             shutil.rmtree(os.path.join(layout.bundles, entry), ignore_errors=True)
     for entry in os.listdir(layout.bin) if os.path.isdir(layout.bin) else []:
         if entry.startswith("edgekit_device.old-") or entry.startswith("edgekit_device.new-"):
             shutil.rmtree(os.path.join(layout.bin, entry), ignore_errors=True)
+        elif entry.startswith("edgekit_device.tar.unpacking-"):
+            os.unlink(os.path.join(layout.bin, entry))
 
 
 def clean_parts(layout: Layout, idle: float, keep: Optional[str] = None) -> List[tuple]:

@@ -53,23 +53,63 @@ from typing import Dict, List, Optional, Sequence
 from .state import META, Layout, RunnerError, check_name, read_json
 from .trust import trusted_keys, tree_hash
 
-__all__ = ["main", "runner_files", "LAUNCHER_NAME", "LAUNCHER_SOURCE", "PACKAGE_NAME"]
+__all__ = ["main", "runner_files", "LAUNCHER_NAME", "LAUNCHER_SOURCE", "PACKAGE_NAME", "ARCHIVE_NAME",
+           "RUNTIME_COMMANDS"]
 
 LAUNCHER_NAME = "edgekit_runner.py"
 PACKAGE_NAME = "edgekit_device"
-# bin/edgekit_runner.py as shipped: this package, renamed edgekit_device, sits beside it.
+ARCHIVE_NAME = PACKAGE_NAME + ".tar"  # a new runner's package as push sends it: one file
+# bin/edgekit_runner.py as shipped: this package, renamed edgekit_device, sits beside it. A
+# runner that push sent as bin/edgekit_device.tar is put in place by the next start: the tar
+# is claimed by a rename, unpacked into a new folder, and that folder renamed in. A start
+# killed half-way leaves the old package (or none) and leftovers that install and gc remove;
+# the runner's hash then still differs from the host's, so the next push sends it again.
 LAUNCHER_SOURCE = '''#!/usr/bin/env python3
 """edgekit's on-device runner (see edgekit_device/runner.py): python3 edgekit_runner.py --help"""
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
 
-from edgekit_device.runner import main  # noqa: E402
+
+def unpack_new_runner():
+    archive = os.path.join(HERE, "%(archive)s")
+    tag = os.urandom(4).hex()
+    claimed = "%%s.unpacking-%%s" %% (archive, tag)
+    try:
+        os.rename(archive, claimed)
+    except FileNotFoundError:
+        return
+    import tarfile
+
+    package = os.path.join(HERE, "%(package)s")
+    new = "%%s.new-%%s" %% (package, tag)
+    os.mkdir(new)
+    with tarfile.open(claimed, "r:") as tar:
+        for member in tar:
+            if not member.isfile() or "/" in member.name or member.name.startswith(".") or \\
+                    not member.name.endswith(".py"):
+                raise SystemExit("%%s: %%r is not a runner module" %% (archive, member.name))
+            with open(os.path.join(new, member.name), "wb") as out:
+                out.write(tar.extractfile(member).read())
+    if os.path.isdir(package):
+        os.rename(package, "%%s.old-%%s" %% (package, tag))
+    os.rename(new, package)
+    os.unlink(claimed)
+
+
+unpack_new_runner()
+sys.path.insert(0, HERE)
+
+from %(package)s.runner import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())
-'''
+''' % {"archive": ARCHIVE_NAME, "package": PACKAGE_NAME}
+# Commands that import numpy and a runtime. The host starts the runner with `python -S`: a
+# status or an install needs nothing outside the standard library, and site-packages (every
+# .pth file in them) cost a device's Python more than its own start; these turn site on.
+RUNTIME_COMMANDS = ("evaluate", "measure", "generate")
 
 
 def runner_files(package_dir: Optional[str] = None) -> Dict[str, bytes]:
@@ -387,6 +427,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = _parser().parse_args(argv)
         command = args.command
+        if command in RUNTIME_COMMANDS and sys.flags.no_site:
+            import site
+
+            site.main()
         for attr in ("name", "version", "current", "previous"):
             if getattr(args, attr, None) is not None:
                 check_name(getattr(args, attr), attr)

@@ -1,6 +1,7 @@
 """The device layout, the writer lock, per-model state and the atomic `current` switch.
 
     ROOT/bin/edgekit_runner.py         the launcher; bin/edgekit_device/ is this package
+    ROOT/bin/edgekit_device.tar        a new runner as push sends it, put in place by the next start
     ROOT/incoming/                     uploads (*.part while in flight)
     ROOT/bundles/NAME/VERSION/         verified, unpacked bundles (.staging-* while checked)
     ROOT/current/NAME -> ../bundles/NAME/VERSION

@@ -140,7 +140,7 @@ def _check_places(path: Path, devices: list[Device]) -> None:
 
 
 def _check_targets(path: Path, devices: list[Device], targets_dirs: Sequence[Path]) -> None:
-    from edgekit.targets import profile_names
+    from edgekit.target_dirs import profile_names
 
     known = profile_names(tuple(targets_dirs))
     for device in devices:

@@ -1,9 +1,11 @@
 """The runner protocol: how the host talks to a device's runner, and where the device keeps things.
 
-The host runs `INTERPRETER ROOT/bin/edgekit_runner.py --root ROOT COMMAND ...` over a
-Transport and reads the last line of its stdout, one JSON object: {"ok": true, ...} or
+The host runs `INTERPRETER -S ROOT/bin/edgekit_runner.py --root ROOT COMMAND ...` over a
+Transport (-S: no site-packages but for the commands that need a runtime, which turn them on)
+and reads the last line of its stdout, one JSON object: {"ok": true, ...} or
 {"ok": false, "error": ...}. The runner is installed (or updated, when the hash of its
-files differs from this host's copy) by uploading it into ROOT/bin. The device's folder
+files differs from this host's copy) by uploading two files into ROOT/bin: its package as
+one tar, which the runner's next start unpacks, and its launcher. The device's folder
 layout and file names are the device's own (edgekit.device.state, .runner, .install):
 DevicePaths puts them under a device's root, as the host must name them.
 """
@@ -11,7 +13,7 @@ DevicePaths puts them under a device's root, as the host must name them.
 from __future__ import annotations
 
 import json
-import secrets
+import posixpath
 import signal
 import tempfile
 import time
@@ -19,10 +21,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
-from edgekit.bundle import SUFFIX, Bundle, runner_files
+from edgekit.bundle import SUFFIX, Bundle, runner_files, write_tar
 from edgekit.device.install import META
 from edgekit.device.report import OUT_OF_MEMORY
-from edgekit.device.runner import LAUNCHER_NAME, PACKAGE_NAME
+from edgekit.device.runner import ARCHIVE_NAME, LAUNCHER_NAME, PACKAGE_NAME
 from edgekit.device.state import DIRS, RunnerError, check_name
 from edgekit.errors import Interrupted, RemoteCommandError, TransportError
 from edgekit.fleet.inventory import Device
@@ -54,6 +56,7 @@ class DevicePaths:
             setattr(self, sub, f"{self.root}/{sub}")
         self.launcher = f"{self.bin}/{LAUNCHER_NAME}"
         self.package = f"{self.bin}/{PACKAGE_NAME}"
+        self.runner_archive = f"{self.bin}/{ARCHIVE_NAME}"
 
     def relative(self, path: str) -> str:
         """A path under the root as the layout names it (reports/NAME/...), for messages and records."""
@@ -67,7 +70,7 @@ class DevicePaths:
 
 def runner_argv(device: Device, *args: str) -> list[str]:
     paths = DevicePaths(device.root)
-    return [device.interpreter, paths.launcher, "--root", paths.root, *args]
+    return [device.interpreter, "-S", paths.launcher, "--root", paths.root, *args]
 
 
 def run_runner(transport: Transport, device: Device, *args: str, timeout: Optional[float] = 1800,
@@ -163,7 +166,7 @@ def ensure_runner(transport: Transport, device: Device, status: Optional[dict] =
                 return False
         except RemoteCommandError:
             pass  # a broken runner: replace it
-    _upload_runner(transport, DevicePaths(device.root), files, want[:12])
+    _upload_runner(transport, DevicePaths(device.root), files)
     return True
 
 
@@ -177,25 +180,29 @@ def _shipped_runner() -> tuple[dict[str, bytes], str]:
     return files, tree_hash(files)
 
 
-def _upload_runner(transport: Transport, paths: DevicePaths, files: dict[str, bytes], tag: str) -> None:
-    # The package goes to a new folder that is renamed into place; the launcher last. The
-    # folder's name is new every time, so nothing in it is stale (a cut update leaves a
-    # .new- folder, which the runner's gc and install remove) and no file needs removing first.
-    new = f"{paths.package}.new-{tag}-{secrets.token_hex(4)}"
-    transport.makedirs(new)
+@lru_cache(maxsize=1)
+def _runner_archive() -> bytes:
+    """The runner's package as one tar (module name -> source), the same bytes every time."""
+    files, _ = _shipped_runner()
+    members = {rel.split("/", 1)[1]: data for rel, data in files.items() if rel.startswith(PACKAGE_NAME + "/")}
     with tempfile.TemporaryDirectory(prefix="edgekit-runner-") as tmp:
-        for rel, data in files.items():
-            local = Path(tmp) / rel.replace("/", "__")
+        write_tar(Path(tmp) / ARCHIVE_NAME, members, mtime=0)
+        return (Path(tmp) / ARCHIVE_NAME).read_bytes()
+
+
+def _upload_runner(transport: Transport, paths: DevicePaths, files: dict[str, bytes]) -> None:
+    # Two files, each to a .part that is renamed into place (a cut upload leaves a .part that
+    # the next update removes first; never resumed, small and possibly stale): the package as
+    # one tar, which the runner's next start unpacks (LAUNCHER_SOURCE), then the launcher.
+    # Sending the package file by file cost a round trip or four per file.
+    transport.makedirs(paths.bin)
+    with tempfile.TemporaryDirectory(prefix="edgekit-runner-") as tmp:
+        for remote, data in ((paths.runner_archive, _runner_archive()), (paths.launcher, files[LAUNCHER_NAME])):
+            local = Path(tmp) / posixpath.basename(remote)
             local.write_bytes(data)
-            if rel.startswith(PACKAGE_NAME + "/"):
-                transport.put(local, f"{new}/{rel.split('/', 1)[1]}")
-            else:
-                transport.remove(f"{paths.bin}/{rel}.part")  # never resume: small, and a stale one would be wrong
-                transport.put(local, f"{paths.bin}/{rel}.part")
-    if PACKAGE_NAME in transport.listdir(paths.bin):  # the runner's gc and install remove the .old- folder
-        transport.rename(paths.package, f"{paths.package}.old-{secrets.token_hex(4)}")
-    transport.rename(new, paths.package)
-    transport.rename(f"{paths.launcher}.part", paths.launcher)
+            transport.remove(f"{remote}.part")
+            transport.put(local, f"{remote}.part")
+            transport.rename(f"{remote}.part", remote)
 
 
 def device_status(transport: Transport, device: Device, timeout: float = SHORT_STEP_S) -> dict:

@@ -1,4 +1,5 @@
-"""The ssh transport: one paramiko SSHClient per device, and one SFTP session on it once a file is touched.
+"""The ssh transport: one paramiko SSHClient per device, one shell session on it for its commands
+(sshshell.py) and one SFTP session once a file is touched.
 
 Host keys are checked before authentication (see hostkeys.py); commands are argument
 lists quoted with shlex.join for the device's POSIX login shell; every file operation
@@ -9,7 +10,6 @@ edgekit errors in one place, `_translated`.
 from __future__ import annotations
 
 import errno
-import select
 import shlex
 import socket
 import stat
@@ -25,6 +25,7 @@ from edgekit.errors import ConnectError, Interrupted, RemoteCommandError, Transp
 from edgekit.transport.base import Cancel, Endpoint, Progress, RunResult, Transport
 from edgekit.transport.hostkeys import HostKeyPolicy, edgekit_known_hosts, host_key_name, known_key_types, preferring
 from edgekit.transport.sshconfig import Hop, resolve
+from edgekit.transport.sshshell import Shell
 
 __all__ = ["SSHTransport"]
 
@@ -47,6 +48,7 @@ class SSHTransport(Transport):
         self._trust_new = trust_new_hosts
         self._clients: list[paramiko.SSHClient] = []  # jump hosts first, the device last
         self._sftp_client: Optional[paramiko.SFTPClient] = None
+        self._shell: Optional[Shell] = None  # the session that runs commands, opened by the first
         self._lost: Optional[str] = None  # why the watchdog closed the connection
         route = resolve(endpoint)
         self._label = route.target.label
@@ -113,31 +115,36 @@ class SSHTransport(Transport):
 
     def run(self, argv: Sequence[str], *, timeout: Optional[float] = None,
             cancel: Optional[Cancel] = None) -> RunResult:
-        """Run `argv` on the device; each argument reaches the program as it is given. A
-        program killed by a signal exits 128 + the signal's number (sshd's exit-signal,
-        which paramiko drops, would leave -1: the same as a lost connection)."""
-        command = shlex.join(["sh", "-c", '"$@"; exit $?', "edgekit", *(str(a) for a in argv)])
-        with self._translated(f"running {command[:80]}"):
-            chan = self._client.get_transport().open_session(timeout=self._timeout)
+        """Run `argv` on the device in the connection's shell session (sshshell.py); each
+        argument reaches the program as it is given. A program killed by a signal exits
+        128 + the signal's number; -1 means the session ended before the command did."""
+        label = shlex.join(str(a) for a in argv)[:80]
+        with self._translated(f"running {label}"):
+            if self._shell is None:
+                self._shell = Shell(self._client.get_transport(), self._timeout)
             try:
-                chan.exec_command(command)
-                chan.shutdown_write()  # the command's stdin is empty, not a pipe left open
-                out, err = _drain(chan, timeout, cancel)
-                if cancel is not None and cancel.is_set() and out is None:
-                    raise Interrupted(f"device {self.name}: stopped waiting for {argv[0]}: interrupted")
-                if out is None and not chan.get_transport().is_active():
-                    raise TransportError(f"running {argv[0]} on {self.name}: the connection was lost "
-                                         f"({self._lost or 'closed'})", device=self.name)
-                if out is None:
-                    raise RemoteCommandError(f"{command[:80]} did not finish within {timeout:g}s on {self.name}",
-                                             device=self.name, stderr=err.decode(errors="replace")[-2000:])
-                code = chan.recv_exit_status()
-                if code == -1 and self._lost:  # closed by the watchdog, not by the command's end
-                    raise TransportError(f"running {argv[0]} on {self.name}: the connection was lost ({self._lost})",
-                                         device=self.name)
-                return RunResult(code, out.decode(errors="replace"), err.decode(errors="replace"))
-            finally:
-                chan.close()
+                ended = self._shell.run(argv, timeout, cancel)
+            except BaseException:
+                self._close_shell()
+                raise
+            if ended.state != "done":
+                self._close_shell()  # the command may still run: the next one gets a new session
+            err = ended.err.decode(errors="replace")
+            if ended.state == "cancelled":
+                raise Interrupted(f"device {self.name}: stopped waiting for {argv[0]}: interrupted")
+            if ended.state == "ended" and (self._lost or not self._client.get_transport().is_active()):
+                raise TransportError(f"running {argv[0]} on {self.name}: the connection was lost "
+                                     f"({self._lost or 'closed'})", device=self.name)
+            if ended.state == "timeout":
+                raise RemoteCommandError(f"{label} did not finish within {timeout:g}s on {self.name}",
+                                         device=self.name, stderr=err[-2000:])
+            return RunResult(-1 if ended.code is None else ended.code, ended.out.decode(errors="replace"), err)
+
+    def _close_shell(self) -> None:
+        shell, self._shell = self._shell, None
+        if shell is not None:
+            with suppress(paramiko.SSHException, OSError, EOFError):
+                shell.close()
 
     # -- files ----------------------------------------------------------------------------
 
@@ -233,6 +240,7 @@ class SSHTransport(Transport):
 
     def close(self) -> None:
         # Closing a connection that is already gone is not an error worth reporting.
+        self._close_shell()
         sftp, self._sftp_client = self._sftp_client, None
         if sftp is not None:
             with suppress(paramiko.SSHException, OSError, EOFError):
@@ -332,28 +340,6 @@ def _why_not_connected(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, (paramiko.SSHException, EOFError)):
         return f"the SSH handshake failed ({exc or type(exc).__name__})"
     return f"unreachable: {exc.strerror or exc}; check the network path to the device"
-
-
-def _drain(chan: paramiko.Channel, timeout: Optional[float],
-           cancel: Optional[Cancel] = None) -> tuple[Optional[bytes], bytes]:
-    """Read stdout and stderr together until the command exits (reading one stream only
-    could stall the command on a full window of the other). stdout is None on timeout
-    or when `cancel` is set."""
-    out, err = bytearray(), bytearray()
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        while chan.recv_ready():
-            out += chan.recv(65536)
-        while chan.recv_stderr_ready():
-            err += chan.recv_stderr(65536)
-        if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-            return bytes(out), bytes(err)
-        left = None if deadline is None else deadline - time.monotonic()
-        if (left is not None and left <= 0) or (cancel is not None and cancel.is_set()):
-            return None, bytes(err)
-        if not chan.get_transport().is_active():  # the watchdog closed a frozen connection
-            return None, bytes(err)
-        select.select([chan], [], [], 0.5 if left is None else min(left, 0.5))
 
 
 def _is_dir(attrs: paramiko.SFTPAttributes) -> bool:
