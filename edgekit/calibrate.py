@@ -19,6 +19,7 @@ edgekit.calibration_record) and raise_if_unmet raises GateError (exit 3).
 from __future__ import annotations
 
 import shutil
+import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,8 @@ from edgekit.errors import GateError
 from edgekit.machine import cpu_facts, measured_on_host
 from edgekit.progress import OnStep, notify, within
 from edgekit.recipes import Recipe
-from edgekit.screening import PROBE_RUNS, PROBE_SAMPLES, Screen, measure_order, probe_metrics, probe_set
+from edgekit.screening import (PROBE_RUNS, PROBE_SAMPLES, RETIME_ROUNDS, Screen, finalists, measure_order,
+                               probe_metrics, probe_set)
 from edgekit.search.context import SearchOptions
 from edgekit.targets import Profile
 from edgekit.toolchains import Toolchain, toolchain_for
@@ -192,6 +194,7 @@ def calibrate(model: str | Path, profile: Profile, calibration: Dataset, eval_da
             found, search_record = _search(run, search, candidates, on_candidate, on_step)
             candidates += found
         mark_collapsed(candidates, run.baseline)
+        _retime(run, finalists(candidates, profile.objective), on_step)
         chosen, why = choose(candidates, profile)
         if chosen is None and search_record and search_record["stopped"] not in ("off", "not-needed"):
             why += f"; mixed-precision search: {search_record['why']}"
@@ -221,6 +224,19 @@ def _sweep(run: _Run, candidates: list[Candidate], on_candidate, on_step: Option
             c.metrics["drop"] = 0.0 if c.metrics.get("accuracy") is not None else None
         if on_candidate:
             on_candidate(c, i + 1, len(candidates))
+
+
+def _retime(run: _Run, group: list[Candidate], on_step: Optional[OnStep]) -> None:
+    """Time the finalists again in rounds, each in turn (edgekit.screening.finalists)."""
+    rounds = {c.id: [c.metrics["latency_ms"]["p50"]] for c in group}
+    for r in range(RETIME_ROUNDS):
+        for c in group:
+            notify(within(on_step, phase="retime", candidate=c.id), "evaluate", f"timing round {r + 1} of {RETIME_ROUNDS}")
+            m = run.measurer.measure(c.path, run.probe_npz or run.eval_npz, threads=run.profile.threads,
+                                     providers=run.profile.providers, runs=2 * PROBE_RUNS, min_seconds=0.5)
+            rounds[c.id].append(m["latency_ms"]["p50"])
+    for c in group:
+        c.metrics["latency_ms"].update(p50=statistics.median(rounds[c.id]), p50_rounds=rounds[c.id])
 
 
 def _search(run: _Run, options: SearchOptions, uniform: list[Candidate], on_candidate,

@@ -77,3 +77,26 @@ def test_objective_size_skips_a_larger_model_without_measuring_it(edgekit, tmp_p
     assert fp16["error"].startswith(f"cannot win: it is {fp16['metrics']['model_mb']:.3f} MiB, and ")
     table = result.stdout.replace("\n", " ")
     assert "skipped" in table and "fp16: skipped, cannot win: it is" in table
+
+
+def test_the_fastest_passing_candidates_are_timed_again_in_rounds(tmp_path):
+    """With objective latency, the passing candidates within SKIP_MARGIN of the fastest are timed
+    again, in turn; their p50 is the median of the first measurement and the rounds'."""
+    import statistics
+
+    from edgekit.calibrate import calibrate
+    from edgekit.datasets import load_dataset
+    from edgekit.screening import RETIME_ROUNDS
+
+    profile = load_profile("host-cpu").model_copy(update={"per_channel": False, "reduce_range": False,
+                                                          "precisions": ["fp32", "int8-dynamic", "int8-static"]})
+    result = calibrate(EXAMPLE_ONNX, profile, load_dataset(CALIB), load_dataset(EVAL), tmp_path / "out",
+                       measure_opts={"runs": 5, "min_seconds": 0.05})
+    retimed = [c for c in result.candidates if "p50_rounds" in c.metrics.get("latency_ms", {})]
+    assert len(retimed) >= 2 and all(c.passed for c in retimed)
+    for c in retimed:
+        lat = c.metrics["latency_ms"]
+        assert len(lat["p50_rounds"]) == RETIME_ROUNDS + 1 and lat["p50"] == statistics.median(lat["p50_rounds"])
+    fastest_before = min(c.metrics["latency_ms"]["p50_rounds"][0] for c in retimed)
+    assert all(c.metrics["latency_ms"]["p50"] > SKIP_MARGIN * fastest_before
+               for c in result.candidates if c.passed and c not in retimed)
