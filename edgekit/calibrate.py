@@ -231,7 +231,8 @@ def _retime(run: _Run, group: list[Candidate], on_step: Optional[OnStep]) -> Non
     rounds = {c.id: [c.metrics["latency_ms"]["p50"]] for c in group}
     for r in range(RETIME_ROUNDS):
         for c in group:
-            notify(within(on_step, phase="retime", candidate=c.id), "evaluate", f"timing round {r + 1} of {RETIME_ROUNDS}")
+            notify(within(on_step, phase="retime", candidate=c.id), "evaluate",
+                   f"timing round {r + 1} of {RETIME_ROUNDS}")
             m = run.measurer.measure(c.path, run.probe_npz or run.eval_npz, threads=run.profile.threads,
                                      providers=run.profile.providers, runs=2 * PROBE_RUNS, min_seconds=0.5)
             rounds[c.id].append(m["latency_ms"]["p50"])

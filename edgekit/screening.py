@@ -16,7 +16,7 @@ of its time on candidates that were bigger and slower than one already passing. 
                         objective by more than SKIP_MARGIN (size: known exactly once quantized,
                         so by more than NOISE; latency and memory: from a quick probe)
 
-    finalists(cs, obj)  with objective latency, the passing candidates within SKIP_MARGIN of
+    finalists(cs, obj)  with objective latency, the passing candidates within RETIME_BAND of
                         the fastest: calibrate times them again in RETIME_ROUNDS rounds, each
                         round every finalist in turn, and their p50 becomes the median of the
                         first measurement and the rounds' (`latency_ms.p50_rounds`), so that a
@@ -39,12 +39,14 @@ import numpy as np
 
 from edgekit.candidates import NOISE, Candidate, objective_value
 
-__all__ = ["Screen", "measure_order", "probe_set", "probe_metrics", "finalists", "RETIME_ROUNDS", "SKIP_MARGIN", "PROBE_SAMPLES", "PROBE_RUNS"]
+__all__ = ["Screen", "measure_order", "probe_set", "probe_metrics", "finalists", "RETIME_ROUNDS", "RETIME_BAND",
+           "SKIP_MARGIN", "PROBE_SAMPLES", "PROBE_RUNS"]
 
 SKIP_MARGIN = 1.3  # a probe this much slower (or heavier) than a passing candidate cannot win, noise and all
 PROBE_SAMPLES = 16  # eval samples a probe scores
 PROBE_RUNS = 10  # latency runs of a probe (at least, and at least 0.1 s)
 RETIME_ROUNDS = 3  # rounds that time the finalists again, in turn
+RETIME_BAND = 2.0  # finalists: within this of the fastest (a load spike doubled one p50 of a sweep on a real encoder)
 _ORDER = ("fp32", "int8-token", "int8-dynamic", "int8-block", "int4-block", "fp16", "int8-static")
 _UNITS = {"latency": ("p50", "ms"), "size": ("", "MiB"), "memory": ("peak RSS", "MiB")}
 
@@ -104,7 +106,7 @@ def finalists(candidates: list[Candidate], objective: str) -> list[Candidate]:
         return []
     passing = [c for c in candidates if c.passed and c.path is not None]
     best = min((objective_value(c.metrics, objective) for c in passing), default=0.0)
-    near = [c for c in passing if objective_value(c.metrics, objective) <= best * SKIP_MARGIN]
+    near = [c for c in passing if objective_value(c.metrics, objective) <= best * RETIME_BAND]
     return near if len(near) > 1 else []
 
 
