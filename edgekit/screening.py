@@ -23,7 +23,7 @@ of its time on candidates that were bigger and slower than one already passing. 
                         change in the host's load while the sweep ran does not pick the winner
 
 A candidate that cannot win is `skipped`: its reason in the record, its probe's size,
-latency and memory in its metrics (under `probe`, with the samples and runs it took), no
+latency, memory and runtime in its metrics (under `probe`, with the samples and runs it took), no
 accuracy or cosine. choose() never picks one; the search never starts from one, and stops
 growing at a step that cannot win (more nodes in float only make it bigger and slower).
 `--search always` asks for every step in full, so its steps are not screened.
@@ -112,7 +112,7 @@ def finalists(candidates: list[Candidate], objective: str) -> list[Candidate]:
 
 def probe_metrics(measured: dict, samples: int, runs: int) -> dict:
     """What a skipped candidate's record keeps of its probe: size, latency and memory."""
-    kept = {k: measured[k] for k in ("model_mb", "latency_ms", "peak_rss_mb", "load_ms") if k in measured}
+    kept = {k: measured[k] for k in ("model_mb", "latency_ms", "peak_rss_mb", "load_ms", "runtime") if k in measured}
     return dict(kept, probe={"samples": min(samples, measured.get("n") or samples), "runs": runs})
 
 
