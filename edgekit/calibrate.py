@@ -5,7 +5,9 @@ model is loaded once as the toolchain's FP32 file (converted from PyTorch where 
 which is the baseline and the reference for fidelity. Every recipe the toolchain offers
 the target becomes a candidate (edgekit.candidates): quantized, then measured in a fresh
 process on the eval set exactly as a device measures it, by a Measurer: this host's
-(edgekit.evaluate.measure), or a device of the target (edgekit.fleet.measure). A
+(edgekit.evaluate.measure), or a device of the target (edgekit.fleet.measure); one that
+cannot win (bigger and slower than a passing one, told by its size or a quick probe) is
+skipped, with the reason (edgekit.screening). A
 recipe the target's runtime cannot run is recorded as failed ("not offered: ..."), never
 measured; a recipe that fails is recorded as failed, never fatal. For a toolchain that
 searches, the mixed-precision search (edgekit.search) may add candidates. Among the
@@ -17,8 +19,8 @@ edgekit.calibration_record) and raise_if_unmet raises GateError (exit 3).
 from __future__ import annotations
 
 import shutil
+import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Protocol
@@ -30,6 +32,8 @@ from edgekit.errors import GateError
 from edgekit.machine import cpu_facts, measured_on_host
 from edgekit.progress import OnStep, notify, within
 from edgekit.recipes import Recipe
+from edgekit.screening import (PROBE_RUNS, PROBE_SAMPLES, RETIME_ROUNDS, Screen, finalists, measure_order,
+                               probe_metrics, probe_set)
 from edgekit.search.context import SearchOptions
 from edgekit.targets import Profile
 from edgekit.toolchains import Toolchain, toolchain_for
@@ -88,15 +92,21 @@ class _Run:
     eval_npz: Path
     measure_opts: dict
     measurer: Measurer
+    screen: Screen
+    probe_npz: Optional[Path] = None  # a quick look before the full measurement (None: none)
     baseline: Optional[dict] = None
 
     def measure(self, c: Candidate, on_step: Optional[OnStep] = None) -> None:
-        """Quantize, check the target can run it, measure and judge: c is updated in place."""
+        """Quantize, check the target can run it, measure and judge: c is updated in place.
+        A candidate that cannot win (edgekit.screening) is skipped as soon as that is known."""
         refusal = self.toolchain.recipe_refusal(c.recipe, self.profile)
         if refusal:
             c.status, c.error = "failed", f"not offered: {refusal}"
             return
+        self.screen.measured.append(c)
         with attempt(c):
+            if self._skip(c, self.screen.twin(c)):
+                return
             notify(on_step, "quantize")
             c.path = self.toolchain.quantize(self.fp32, c.recipe, self.workdir / f"{c.id}{self.toolchain.suffix}",
                                              calibration=self.calibration, on_step=on_step)
@@ -106,8 +116,30 @@ class _Run:
             if refusal:  # the device's runtime cannot load it: never measured, never chosen
                 c.status, c.error = "failed", f"not offered: {refusal}"
                 return
+            if self._skip(c, self._probe(c, on_step)):
+                return
             score(c, self.eval_npz, self.profile, self.baseline, self.options(c.recipe), on_step=on_step,
                   measure=self.measurer.measure)
+
+    def _probe(self, c: Candidate, on_step: Optional[OnStep]) -> Optional[str]:
+        """Why c cannot win, from its size (objective size) or a quick probe; None: measure it."""
+        if self.probe_npz is None or not self.screen.wants_probe() or c.recipe.precision == "fp32":
+            return None
+        if self.profile.objective == "size":
+            c.metrics = {"model_mb": self.toolchain.size_mb(c.path), "probe": {"samples": 0, "runs": 0}}
+        else:
+            notify(on_step, "evaluate", "quick probe")
+            m = self.measurer.measure(c.path, self.probe_npz, threads=self.profile.threads,
+                                      providers=self.profile.providers, runs=PROBE_RUNS, min_seconds=0.1)
+            c.metrics = probe_metrics(m, PROBE_SAMPLES, PROBE_RUNS)
+        why = self.screen.dominated(c.metrics)
+        return f"cannot win: it {why}" if why else None
+
+    @staticmethod
+    def _skip(c: Candidate, why: Optional[str]) -> bool:
+        if why:
+            c.status, c.error, c.passed = "skipped", why, False
+        return bool(why)
 
     def options(self, recipe: Recipe) -> dict:
         """How to measure `recipe`: the run's options and what its toolchain adds (a language
@@ -133,7 +165,6 @@ def calibrate(model: str | Path, profile: Profile, calibration: Dataset, eval_da
     stage (edgekit.progress). `measurer`: where candidates are measured (this host unless given)."""
     from edgekit.evaluate import eval_set
 
-    started = time.monotonic()
     toolchain = toolchain_for(profile)
     candidates = [Candidate(r.id, r) for r in recipes or toolchain.sweep(profile)]
     out_dir = Path(out_dir)
@@ -150,7 +181,9 @@ def calibrate(model: str | Path, profile: Profile, calibration: Dataset, eval_da
         notify(within(on_step, phase="prepare"), "eval data", "FP32 reference outputs")
         eval_npz = eval_set(toolchain, eval_data, fp32, work / "eval.npz", reference=fp32, samples=eval_samples)
         run = _Run(toolchain, profile, fp32, work, calibration, eval_npz, measure_opts or {},
-                   measurer or HostMeasurer())
+                   measurer or HostMeasurer(), Screen(profile.objective))
+        if not toolchain.measure_options(profile, Recipe(precision="fp32")):  # a language model: no probe
+            run.probe_npz = probe_set(eval_npz, work / "probe.npz")
         if not any(c.recipe.precision == "fp32" for c in candidates):  # a baseline, not a candidate
             notify(within(on_step, phase="baseline", candidate="fp32"), "evaluate")
             run.baseline = run.measure_baseline()
@@ -158,9 +191,10 @@ def calibrate(model: str | Path, profile: Profile, calibration: Dataset, eval_da
         mark_collapsed(candidates, run.baseline)  # a collapsed candidate is no base for the search
         search_record = None
         if search is not None and toolchain.searches:
-            found, search_record = _search(run, search, candidates, started, on_candidate, on_step)
+            found, search_record = _search(run, search, candidates, on_candidate, on_step)
             candidates += found
         mark_collapsed(candidates, run.baseline)
+        _retime(run, finalists(candidates, profile.objective), on_step)
         chosen, why = choose(candidates, profile)
         if chosen is None and search_record and search_record["stopped"] not in ("off", "not-needed"):
             why += f"; mixed-precision search: {search_record['why']}"
@@ -182,7 +216,8 @@ def _write_model(toolchain: Toolchain, chosen: Path, dest: Path) -> Path:
 
 
 def _sweep(run: _Run, candidates: list[Candidate], on_candidate, on_step: Optional[OnStep]) -> None:
-    for i, c in enumerate(candidates):
+    """Every candidate, in edgekit.screening's order (the record keeps the sweep's)."""
+    for i, c in enumerate(measure_order(candidates)):
         run.measure(c, within(on_step, phase="sweep", i=i + 1, n=len(candidates), candidate=c.id))
         if c.recipe.precision == "fp32" and c.status == "ok":
             run.baseline = c.metrics
@@ -191,12 +226,27 @@ def _sweep(run: _Run, candidates: list[Candidate], on_candidate, on_step: Option
             on_candidate(c, i + 1, len(candidates))
 
 
-def _search(run: _Run, options: SearchOptions, uniform: list[Candidate], started: float, on_candidate,
+def _retime(run: _Run, group: list[Candidate], on_step: Optional[OnStep]) -> None:
+    """Time the finalists again in rounds, each in turn (edgekit.screening.finalists)."""
+    rounds = {c.id: [c.metrics["latency_ms"]["p50"]] for c in group}
+    for r in range(RETIME_ROUNDS):
+        for c in group:
+            notify(within(on_step, phase="retime", candidate=c.id), "evaluate",
+                   f"timing round {r + 1} of {RETIME_ROUNDS}")
+            m = run.measurer.measure(c.path, run.probe_npz or run.eval_npz, threads=run.profile.threads,
+                                     providers=run.profile.providers, runs=2 * PROBE_RUNS, min_seconds=0.5)
+            rounds[c.id].append(m["latency_ms"]["p50"])
+    for c in group:
+        c.metrics["latency_ms"].update(p50=statistics.median(rounds[c.id]), p50_rounds=rounds[c.id])
+
+
+def _search(run: _Run, options: SearchOptions, uniform: list[Candidate], on_candidate,
             on_step: Optional[OnStep]) -> tuple[list[Candidate], dict]:
     from edgekit.search.context import SearchContext
     from edgekit.search.mixed import run_search
 
-    ctx = SearchContext(run.fp32, run.calibration, run.workdir, run.baseline, started, on_candidate,
+    run.screen.on = options.mode != "always"  # always: every step measured in full, winning or not
+    ctx = SearchContext(run.fp32, run.calibration, run.workdir, run.baseline, on_candidate,
                         measure=run.measure, on_step=within(on_step, phase="search"),
                         objective=run.profile.objective, precisions=tuple(run.profile.precisions))
     return run_search(options, uniform, ctx)

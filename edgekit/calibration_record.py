@@ -100,7 +100,7 @@ class CandidateRecord(_Part):
     OPTIONAL = ("weights", "collapsed")
     id: str
     recipe: Recipe
-    status: Literal["ok", "failed", "pending", "not-applicable"]  # not-applicable: error says why
+    status: Literal["ok", "failed", "pending", "not-applicable", "skipped"]  # not-applicable, skipped: error says why
     error: Optional[str] = None
     passed: bool = False
     failed_budgets: list[str] = []

@@ -26,7 +26,7 @@ from edgekit.recipes import Recipe
 from edgekit.targets import Profile
 
 __all__ = ["Candidate", "attempt", "score", "check_budgets", "choose", "quality", "mark_collapsed", "NOISE",
-           "QUALITY_DIGITS", "COLLAPSE_LOSS", "COLLAPSE_RATIO"]
+           "QUALITY_DIGITS", "COLLAPSE_LOSS", "COLLAPSE_RATIO", "objective_value"]
 
 OBJECTIVE_KEYS = {"latency": ("latency_ms", "p50"), "size": ("model_mb", None), "memory": ("peak_rss_mb", None)}
 NOISE = 0.05  # objective values within 5% of the best are measurement noise, not a win
@@ -40,7 +40,7 @@ _CALIBRATED = ("model_mb", "peak_rss_mb", "latency_p95", "accuracy_drop", "fidel
 class Candidate:
     id: str
     recipe: Recipe
-    status: str = "pending"  # ok | failed | not-applicable (the recipe quantizes nothing of the model)
+    status: str = "pending"  # ok | failed | not-applicable (it quantizes nothing) | skipped (it cannot win)
     error: Optional[str] = None
     passed: bool = False
     failed_budgets: list[str] = field(default_factory=list)
@@ -114,8 +114,9 @@ def quality(metrics: dict, missing: float = float("-inf")) -> float:
 
 
 def choose(candidates: list[Candidate], profile: Profile) -> tuple[Optional[Candidate], str]:
-    """The best passing candidate by the objective; near-ties go to the more accurate (to
-    QUALITY_DIGITS decimals), then the smaller model, so that timer noise does not pick a recipe."""
+    """The best passing candidate by the objective. Candidates within NOISE of the best value
+    tie (timer noise must not pick a recipe): of those, the smallest models (within NOISE of the
+    smallest) stay, then the more accurate (to QUALITY_DIGITS decimals), then the smaller wins."""
     passing = [c for c in candidates if c.passed]
     if not passing:
         tried = sum(c.status == "ok" for c in candidates)
@@ -123,12 +124,17 @@ def choose(candidates: list[Candidate], profile: Profile) -> tuple[Optional[Cand
                       f"({tried} measured, {len(candidates) - tried} failed)")
     best_value = min(_objective_value(c, profile.objective) for c in passing)
     near = [c for c in passing if _objective_value(c, profile.objective) <= best_value * (1 + NOISE)]
-    best = min(near, key=lambda c: (-round(quality(c.metrics, missing=0.0), QUALITY_DIGITS), c.metrics["model_mb"],
-                                    _objective_value(c, profile.objective)))
+    smallest = min(c.metrics["model_mb"] for c in near)
+    small = [c for c in near if c.metrics["model_mb"] <= smallest * (1 + NOISE)]
+    best = min(small, key=lambda c: (-round(quality(c.metrics, missing=0.0), QUALITY_DIGITS), c.metrics["model_mb"],
+                                     _objective_value(c, profile.objective)))
     unit = {"latency": "p50 latency", "size": "model size", "memory": "peak RSS"}[profile.objective]
     why = (f"objective '{profile.objective}': {len(passing)} of {len(candidates)} candidates meet every budget of "
            f"{profile.name}; {len(near)} within {NOISE:.0%} of the lowest {unit}")
-    return best, why + (", of which this is the most accurate, then smallest model" if len(near) > 1 else "")
+    if len(near) > 1:
+        why += (", of which this is the smallest model" if len(small) == 1 else
+                f", of which {len(small)} within {NOISE:.0%} of the smallest model, and this the most accurate")
+    return best, why
 
 
 def mark_collapsed(candidates: list[Candidate], baseline: Optional[dict]) -> list[Candidate]:
@@ -147,6 +153,10 @@ def mark_collapsed(candidates: list[Candidate], baseline: Optional[dict]) -> lis
 
 
 def _objective_value(c: Candidate, objective: str) -> float:
+    return objective_value(c.metrics, objective)
+
+
+def objective_value(metrics: dict, objective: str) -> float:
+    """The measured value the objective ranks by (lower is better)."""
     key, sub = OBJECTIVE_KEYS[objective]
-    value = c.metrics[key][sub] if sub else c.metrics[key]
-    return float(value)
+    return float(metrics[key][sub] if sub else metrics[key])

@@ -72,13 +72,19 @@ def test_every_candidate_is_measured_on_the_device_and_leaves_it_as_it_was(tmp_p
     assert place["cpu"] and place["cores"] and place["matches_target"] and place["note"] is None
     assert "accuracy or fidelity" in place["measured"]
     assert place["flags"] == cpu_facts()["flags"]  # the device's own reading (this machine's CPU here)
-    # Every candidate was measured by the device's runner, with the device's runtime, once each.
+    # Every candidate was measured by the device's runner, with the device's runtime: in full, or
+    # by a quick probe there that showed it cannot win (skipped; a graph twin of one, unmeasured);
+    # the fastest passing ones again in rounds (calibrate's re-timing).
     commands = runner_commands(log)
-    assert commands.count("measure") == len(record["candidates"]) >= 4
+    full = [c for c in record["candidates"] if c["status"] == "ok"]
+    probed = [c for c in record["candidates"] if c["status"] == "skipped" and c["metrics"]]
+    retimed = [c for c in full if "p50_rounds" in c["metrics"]["latency_ms"]]
+    assert len(full) >= 2 and all(c["status"] in ("ok", "skipped") for c in record["candidates"])
+    least = len(full) + len(probed) + 3 * len(retimed)  # and a probe before a full measurement, at most one each
+    assert least <= commands.count("measure") <= least + len(full)
     assert commands[-1] == "scratch-clean"
     device_ort = _ask(device_python, "import onnxruntime; print(onnxruntime.__version__)")
-    for c in record["candidates"]:
-        assert c["status"] == "ok", c
+    for c in full + probed:
         assert c["metrics"]["runtime"]["version"] == device_ort and c["metrics"]["latency_ms"]["n"] >= 5
     assert f"measured on device cam-01 (host-cpu): {place['cpu']}" in " ".join(result.stdout.split())
     # Nothing the device runs changed, and the scratch folder is gone.

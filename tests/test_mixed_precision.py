@@ -99,7 +99,7 @@ def test_stopped_by_max_minutes_still_writes_the_best_passing_candidate(edgekit,
     model, calib, evald = encoder
     out = tmp_path / "out"
     result = edgekit("calibrate", model, "--target", _int8_profile(tmp_path, 0.95), "--calibration", calib,
-                     "--eval", evald, "-o", out, "--search", "always", "--max-minutes", "0.01", "--json", *FAST)
+                     "--eval", evald, "-o", out, "--search", "always", "--max-minutes", "0", "--json", *FAST)
     assert result.code == 0, result.stderr
     record = result.json()
     assert record["search"]["stopped"] == "time" and record["search"]["steps"] == []

@@ -31,7 +31,7 @@ def calibrate_cmd(
     runs: Annotated[int, typer.Option("--runs", min=5, help="Latency runs per candidate (at least).")] = 50,
     search: Annotated[str, typer.Option("--search", help="Mixed precision: auto (when no uniform recipe meets the budgets) | always | off.")] = "auto",
     max_float_nodes: Annotated[int, typer.Option("--max-float-nodes", min=1, help="Nodes the search may keep in float.")] = 8,
-    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", min=0.0, help="Stop the search once the run has taken this long; the best passing candidate is still written.")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", min=0.0, help="The mixed-precision search's time budget, from its start; the best passing candidate is still written.")] = None,
     measure_on: Annotated[Optional[str], typer.Option("--measure-on", metavar="DEVICE", show_default=False, help="Measure every candidate on this device of the inventory (its target must be the profile's), not on this host.")] = None,
     inventory: Annotated[Optional[Path], typer.Option("--inventory", "-i", show_default=False, help="The inventory (fleet/*.toml) that names the --measure-on device.")] = None,
     trust_new_hosts: TrustNewOpt = False,
@@ -194,6 +194,8 @@ def print_table(record: CalibrationRecord) -> None:
             console.print(f"  {c.id}: {c.error}", style="red", highlight=False, markup=False)
         elif c.status == "not-applicable":
             console.print(f"  {c.id}: not applicable: {c.error}", style="dim", highlight=False, markup=False)
+        elif c.status == "skipped":
+            console.print(f"  {c.id}: skipped, {c.error}", style="dim", highlight=False, markup=False)
         elif c.collapsed:
             console.print(f"  {c.id}: collapsed (far below the other candidates); " + "; ".join(c.failed_budgets),
                           style="red", highlight=False, markup=False)
@@ -223,6 +225,7 @@ def _row(c: CandidateRecord, chosen: Optional[str], metric: str) -> list[str]:
     first = m.get("accuracy") if metric == "accuracy" else fid.get("cosine")
     second = m.get("drop") if metric == "accuracy" else fid.get("top1_agreement")
     verdict = ("[red]error[/]" if c.status == "failed" else "[dim]n/a[/]" if c.status == "not-applicable"
+               else "[dim]skipped[/]" if c.status == "skipped"
                else "[red]collapsed[/]" if c.collapsed else "[green]✓[/]" if c.passed else "[yellow]✗[/]")
     name = ("★ " if c.id == chosen else "  ") + c.id
     if metric == "perplexity":

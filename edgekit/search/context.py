@@ -18,7 +18,7 @@ MODES = ("auto", "always", "off")
 class SearchOptions:
     mode: str = "auto"
     max_float_nodes: int = 8  # nodes the search keeps in float, beyond the user's --exclude
-    max_minutes: Optional[float] = None  # of the whole calibrate run
+    max_minutes: Optional[float] = None  # of the search, from its start (after the uniform sweep)
     ranking_samples: int = 32  # calibration samples the sensitivity ranking runs on
     rerank: Optional[bool] = None  # after failing steps; None: when a ranking costs no more than a step
 
@@ -31,7 +31,6 @@ class SearchContext:
     calibration: object  # edgekit.datasets.Dataset
     workdir: Path
     baseline: Optional[dict]  # the FP32 metrics
-    started: float  # time.monotonic() at the start of the run
     on_candidate: Optional[Callable]  # on_candidate(candidate, i, n), as calibrate's
     measure: Callable  # measure(candidate, on_step): quantize, measure, check budgets, in place
     deadline: Optional[float] = None  # set by run_search from --max-minutes

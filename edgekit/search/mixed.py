@@ -18,8 +18,10 @@ latency, memory), or when a step matches the FP32 quality; pruning then runs. Th
 cannot tell which kept nodes the others made unneeded (on the outlier test encoder, the
 fc1 that crushes the outlier channels fixes what fc2 was blamed for), so growing keeps
 more than needed and pruning gives the rest back. A recipe measured before is not
-measured again. --max-minutes (counted from the start of the calibrate run; the uniform
-sweep always completes) and Ctrl-C stop either phase between steps. Every measured step
+measured again. --max-minutes (the search's own time, counted from its start: the
+uniform sweep before it always completes) and Ctrl-C stop either phase between steps. A
+step that cannot win (edgekit.screening: bigger and slower than a passing candidate) is
+skipped after a quick probe, and growing stops there: more float only adds to both. Every measured step
 is an ordinary candidate, so the best candidate that meets the budgets is chosen and
 written whatever stopped the search; `result` names where the search itself ended.
 
@@ -69,12 +71,12 @@ _EPS = 1e-6
 
 def run_search(opts: SearchOptions, uniform: list, ctx: SearchContext) -> tuple[list, dict]:
     """The search's candidates and its record (see the module docstring)."""
-    ctx.deadline = None if opts.max_minutes is None else ctx.started + 60 * opts.max_minutes
+    start = now()
+    ctx.deadline = None if opts.max_minutes is None else start + 60 * opts.max_minutes
     ctx.count = len(uniform)
     record = {"mode": opts.mode, "max_float_nodes": opts.max_float_nodes, "max_minutes": opts.max_minutes,
               "base": None, "ranking": [], "ranked": 0, "rerank": None, "reranks": [], "steps": [],
               "pruning": None, "result": None, "stopped": None, "why": None, "seconds": 0.0}
-    start = now()
     s = State(opts, ctx, record, [], {c.recipe: c for c in uniform})
     try:
         _search(s, uniform)
@@ -221,6 +223,8 @@ def _limit_reached(s: State) -> Stop:
 def _check_growing(c, s: State) -> None:
     if c.passed and s.opts.mode == "auto":
         raise Stop("budget", f"{c.id} meets every budget")
+    if c.status == "skipped":  # bigger and slower than a passing candidate: more float only adds to both
+        raise Stop("cannot-win", f"{c.id} {c.error}; more nodes in float would not mend it")
     broken = [b for b in c.failed_budgets if b.split(":")[0] not in QUALITY_BUDGETS]
     if broken:
         raise Stop("budget-broken", f"{c.id} breaks {broken[0]}; more nodes in float would not mend it")
