@@ -309,6 +309,14 @@ class Store:
         rows = self._db.execute(f"SELECT * FROM reports{where} ORDER BY collected_at, finished_at, device, run_id", args)
         return [{**dict(r), "report": DeviceReport.from_json(r["report"])} for r in rows]
 
+    def report_texts(self) -> list[dict]:
+        """Every stored report as the store keeps it, in the order of reports(): device, run_id,
+        collected_at and `report`, its JSON text (validated when it was collected), for a
+        reader of many (edgekit report) that reads them as plain data."""
+        rows = self._db.execute("SELECT device, run_id, collected_at, report FROM reports "
+                                "ORDER BY collected_at, finished_at, device, run_id")
+        return [dict(r) for r in rows]
+
     def last_report_times(self) -> dict[str, str]:
         """device -> when this host received its newest report (the host's clock)."""
         rows = self._db.execute("SELECT device, MAX(collected_at) AS at FROM reports GROUP BY device")

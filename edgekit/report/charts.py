@@ -19,7 +19,8 @@ from itertools import count
 from typing import Optional
 
 from edgekit.report.chartaxes import DRIFT, QUALITY_AXIS, budget_axis, quality_format
-from edgekit.report.chartlayout import Label, fit_axis_labels, freeze_layout, marker_boxes, place_labels, thin_ticks
+from edgekit.report.chartlayout import (Label, fit_axis_labels, freeze_layout, marker_boxes, on_top, place_labels,
+                                        thin_ticks)
 
 __all__ = ["to_svg", "triangle_chart", "device_chart", "calibration_chart", "quality_of",
            "triangle_figure", "device_figure", "calibration_figure"]
@@ -79,9 +80,10 @@ def _norm(values: list[float]):
 def _finish(fig, labels_by_axes: list[tuple], note_left_out=None) -> str:
     """Thin the ticks, freeze the layout, place the point labels (those left out go to
     `note_left_out`); the finished figure."""
-    fit_axis_labels(fig)
-    thin_ticks(fig)
-    freeze_layout(fig)
+    # each step draws the figure (a whole layout) only when the one before changed it
+    relabelled = fit_axis_labels(fig)
+    settled = thin_ticks(fig, drawn=not relabelled)
+    freeze_layout(fig, drawn=settled)
     left_out = []
     for ax, labels, obstacles in labels_by_axes:
         left_out += place_labels(ax, labels, marker_boxes(ax, obstacles))
@@ -123,10 +125,19 @@ def triangle_figure(title: str, cohorts: list[dict], rows: list[dict], flagged: 
     qname = next((quality_of(r)[1] for r in measured if quality_of(r)[0] is not None), "quality")
     shown = [c for c in cohorts if any(r["version"] == c["version"] for r in measured)]
     colour = lambda q: q if q is not None else norm.vmin  # noqa: E731
+    # the view first: the device dots are drawn only where they can be seen (on_top)
+    budget_axis(ax, "x", [r[lat] for r in measured], f"{lat[-3:]} latency (ms)",
+                budget.get("max_latency_ms_p95") if lat == "latency_p95" else None, "ms", "slowest device")
+    budget_axis(ax, "y", [r["peak_rss_mb"] for r in measured], "peak memory (MiB)", budget.get("max_peak_rss_mb"),
+                "MiB", "largest")
     labels, obstacles, legend, dots = [], [], [], None
+    by_version: dict[str, list[dict]] = {}
+    for r in measured:
+        by_version.setdefault(r["version"], []).append(r)
     for i, c in enumerate(shown):
         marker = MARKERS[i % len(MARKERS)]
-        members = [r for r in measured if r["version"] == c["version"]]
+        members = by_version.get(c["version"], [])
+        members = [members[j] for j in on_top(ax, [(r[lat], r["peak_rss_mb"]) for r in members])]
         x, y, q = _cohort_point(c, lat)
         m = c["metrics"]
         ax.errorbar(x, y, xerr=[[x - m[lat]["min"]], [m[lat]["max"] - x]],
@@ -143,16 +154,14 @@ def triangle_figure(title: str, cohorts: list[dict], rows: list[dict], flagged: 
         devices = f"{c['ok']} device{'s' if c['ok'] != 1 else ''}"
         legend.append((f"{c['version']}: " + (f"{quality_format(qname)(q, None)}{'' if qname == 'cosine' else '%'}, "
                                               if q is not None else "") + devices, marker))
-    for r in measured:
-        if (r["device"], r["version"]) in flagged:
-            ax.scatter([r[lat]], [r["peak_rss_mb"]], s=180, facecolors="none", edgecolors=DRIFT, linewidths=2, zorder=4)
-            obstacles.append(((r[lat], r["peak_rss_mb"]), 180))
-            labels.append(Label((r[lat], r["peak_rss_mb"]), f"{r['device']} ({r['version']})", 180,
-                                {"fontsize": 8, "color": DRIFT}))
-    budget_axis(ax, "x", [r[lat] for r in measured], f"{lat[-3:]} latency (ms)",
-                budget.get("max_latency_ms_p95") if lat == "latency_p95" else None, "ms", "slowest device")
-    budget_axis(ax, "y", [r["peak_rss_mb"] for r in measured], "peak memory (MiB)", budget.get("max_peak_rss_mb"),
-                "MiB", "largest")
+    ringed = [r for r in measured if (r["device"], r["version"]) in flagged]
+    if ringed:
+        ax.scatter([r[lat] for r in ringed], [r["peak_rss_mb"] for r in ringed], s=180, facecolors="none",
+                   edgecolors=DRIFT, linewidths=2, zorder=4)
+    for r in ringed:
+        obstacles.append(((r[lat], r["peak_rss_mb"]), 180))
+        labels.append(Label((r[lat], r["peak_rss_mb"]), f"{r['device']} ({r['version']})", 180,
+                            {"fontsize": 8, "color": DRIFT}))
     if dots is not None:
         fig.colorbar(dots, ax=ax, label=QUALITY_AXIS.get(qname, qname), format=quality_format(qname))
         _version_legend(fig, legend)

@@ -44,6 +44,26 @@ def _merge_devices(stored: list[dict], listed: list[dict]) -> list[dict]:
     return sorted(known.values(), key=lambda d: d["name"])
 
 
+def _plain(row: dict, path: Path) -> dict:
+    """A stored report as plain data: {device, collected_at, report (its JSON object), columns
+    (report_columns)}. collect validated it on its way in, so it is not typed again (10,000
+    reports took seconds); a row that is not such a report any more is named."""
+    import json
+
+    from edgekit.device_report import report_columns
+
+    try:
+        report = json.loads(row["report"])
+        columns = report_columns(report)
+        if not all(isinstance(columns[k], str) for k in ("run_id", "name", "version", "status")):
+            raise ValueError("run_id, bundle name, version or status is not a string")
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ConfigError(f"--store {path}: the stored report {row['run_id']!r} of device {row['device']!r} is "
+                          f"corrupt ({type(exc).__name__}: {exc}); remove it with `edgekit fleet forget "
+                          f"{row['device']}` and collect again") from exc
+    return {"device": row["device"], "report": report, "columns": columns, "collected_at": row["collected_at"]}
+
+
 def load_fleet(store_path: Path, *, inventory: Optional[Path] = None, targets_dirs: Sequence[Path] = ()) -> dict:
     """{store, reports, devices, rollouts, collect_errors, models, budgets} from the store at `store_path`."""
     from edgekit.store import Store
@@ -54,8 +74,7 @@ def load_fleet(store_path: Path, *, inventory: Optional[Path] = None, targets_di
                           "first, or give the store with --store or EDGEKIT_STORE")
     try:
         with Store(path) as store:
-            reports = [{"device": r["device"], "report": r["report"], "collected_at": r["collected_at"]}
-                       for r in store.reports()]
+            reports = [_plain(row, path) for row in store.report_texts()]
             data = {"store": str(path), "reports": reports, "devices": store.devices(),
                     "rollouts": store.rollouts_whole(),
                     "collect_errors": store.collect_errors(), "models": store.models()}
@@ -66,7 +85,7 @@ def load_fleet(store_path: Path, *, inventory: Optional[Path] = None, targets_di
                           "older edgekit: collect into a new store with --store") from exc
     if inventory is not None:
         data["devices"] = _merge_devices(data["devices"], _inventory_devices(inventory, targets_dirs))
-    targets = {(r["report"].bundle.target or "") for r in reports} | {d.get("target") or "" for d in data["devices"]}
+    targets = {(r["columns"]["target"] or "") for r in reports} | {d.get("target") or "" for d in data["devices"]}
     data["budgets"] = budgets_for(targets, targets_dirs)
     return data
 
