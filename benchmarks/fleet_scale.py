@@ -100,20 +100,21 @@ def render_report(store_path: Path) -> dict:
     from rich.console import Console
 
     from edgekit.report.analysis import DriftRules, analyse
-    from edgekit.report.fleetdata import load_fleet
+    from edgekit.report.fleetdata import load_fleet, plain_data
     from edgekit.report.html import render_fleet
     from edgekit.report.tables import print_fleet
 
-    start = time.perf_counter()
-    data = load_fleet(store_path)
-    loaded = time.perf_counter()
-    result = analyse(data["reports"], data["devices"], data["rollouts"], models=data["models"],
-                     budgets=data["budgets"], collect_errors=data["collect_errors"], rules=DriftRules())
-    analysed = time.perf_counter()
-    print_fleet(Console(file=io.StringIO(), width=200, no_color=True), result, "all")
-    table = time.perf_counter()
-    html = render_fleet(result, store=str(store_path), budgets=data["budgets"], filters={})
-    done = time.perf_counter()
+    with plain_data():  # as `edgekit report` does
+        start = time.perf_counter()
+        data = load_fleet(store_path)
+        loaded = time.perf_counter()
+        result = analyse(data["reports"], data["devices"], data["rollouts"], models=data["models"],
+                         budgets=data["budgets"], collect_errors=data["collect_errors"], rules=DriftRules())
+        analysed = time.perf_counter()
+        print_fleet(Console(file=io.StringIO(), width=200, no_color=True), result, "all")
+        table = time.perf_counter()
+        html = render_fleet(result, store=str(store_path), budgets=data["budgets"], filters={})
+        done = time.perf_counter()
     return {"load_s": round(loaded - start, 3), "analyse_s": round(analysed - loaded, 3),
             "table_s": round(table - analysed, 3), "html_s": round(done - table, 3),
             "total_s": round(done - start, 3), "reports": len(data["reports"]), "html_kb": round(len(html) / 1024)}

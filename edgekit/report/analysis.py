@@ -209,7 +209,8 @@ def cohort_summaries(rows: Iterable[dict]) -> list[dict]:
     for (name, target, version), members in sorted(groups.items()):
         ok = [r for r in members if r["status"] in MEASURED]
         metrics = {}
-        for metric in METRICS + LM_METRICS:  # a one-pass model's rows have no LM columns
+        lm = LM_METRICS if any(is_lm(r) for r in ok) else ()  # a one-pass model's rows have no LM columns
+        for metric in METRICS + lm:
             values = [r[metric] for r in ok if r.get(metric) is not None]
             if values:
                 metrics[metric] = _spread(values)
@@ -332,6 +333,8 @@ def compare_versions(cohorts: list[dict], v1: str, v2: str) -> list[dict]:
 
 def _select(items: Iterable[dict], **given) -> list[dict]:
     wanted = {k: v for k, v in given.items() if v is not None}
+    if not wanted:
+        return list(items)
     return [i for i in items if all(i.get(k) == v for k, v in wanted.items())]
 
 

@@ -7,6 +7,7 @@ point get labels on top of each other. Three steps, each on a drawn figure, in d
     fit_axis_labels  an axis label's second line on (the budget's headroom) wrapped until the
                   label is no longer than its axis, so that neighbouring panels' labels part
     thin_ticks    fewer ticks on every numeric axis whose labels touch, until none do
+                  (settle_layout does both, one draw a round, and freezes the layout)
     place_labels  each point label at the first spot around its point, nearest first, that
                   covers no other label, no marker and does not cross the axes edge (a small
                   adjustText); a label that fits nowhere is left out and reported
@@ -21,8 +22,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-__all__ = ["Label", "on_top", "fit_axis_labels", "thin_ticks", "freeze_layout", "place_labels", "marker_box", "marker_boxes", "drawn_tick_labels",
-           "tick_label_boxes", "label_boxes", "overlap"]
+__all__ = ["Label", "on_top", "fit_axis_labels", "thin_ticks", "settle_layout", "freeze_layout", "place_labels",
+           "marker_box", "marker_boxes", "drawn_tick_labels", "tick_label_boxes", "label_boxes", "overlap"]
 
 GAP = 4            # pixels kept free between two tick labels
 STEPS = [1, 2, 5, 10]  # tick steps: no 2.5, whose labels (0.0125) are the longest
@@ -86,13 +87,11 @@ def _crowded(axis, renderer) -> Optional[int]:
     return max(1, min(fits, len(boxes) - 1) - 1)
 
 
-def fit_axis_labels(fig) -> bool:
-    """Wrap what follows the first line of each axis label until the label fits its axis;
-    whether any label changed (if none did, the figure is as its draw here left it)."""
+def _wrap_labels(fig, renderer) -> bool:
+    """Wrap what follows the first line of each axis label until the label fits its axis, in
+    the layout last drawn; whether any label changed."""
     import textwrap
 
-    renderer = _renderer(fig)
-    fig.canvas.draw()
     changed = False
     for ax in fig.axes:
         frame = ax.get_window_extent(renderer)
@@ -107,38 +106,67 @@ def fit_axis_labels(fig) -> bool:
     return changed
 
 
-def thin_ticks(fig, rounds: int = 6, drawn: bool = False) -> bool:
-    """Fewer ticks on each numeric axis (colour bars too) until no two labels touch; `drawn`:
-    the figure's last draw shows it as it is (a draw less: each lays the whole figure out).
-    Returns whether the last draw here still shows the figure as it is."""
+def _thin_once(fig, renderer) -> bool:
+    """Fewer ticks on each numeric axis (colour bars too) whose labels touch in the layout
+    last drawn; whether any axis changed."""
     from matplotlib.ticker import LogLocator, MaxNLocator
 
+    crowded = [(axis, n) for axis in _numeric_axes(fig) if (n := _crowded(axis, renderer)) is not None]
+    for axis, nbins in crowded:
+        if axis.get_scale() == "log":  # 1-2-5 in each decade, then decades, then fewer decades
+            thinned = getattr(axis.get_major_locator(), "thinned", False)
+            locator = LogLocator(subs=(1.0,), numticks=nbins + 1 if thinned else "auto")
+            locator.thinned = True
+            axis.set_major_locator(locator)
+        else:
+            axis.set_major_locator(MaxNLocator(nbins=nbins, steps=STEPS, min_n_ticks=2))
+    return bool(crowded)
+
+
+def _settle(fig, steps, rounds: int) -> bool:
+    """Draw, apply each step to that layout, again until no step changes anything (True) or
+    `rounds` are spent (False: the last changes are not drawn yet)."""
     for _ in range(rounds):
-        renderer = _renderer(fig)
-        if not drawn:
-            fig.canvas.draw()
-        drawn = False
-        crowded = [(axis, n) for axis in _numeric_axes(fig) if (n := _crowded(axis, renderer)) is not None]
-        if not crowded:
+        renderer = _lay_out(fig)
+        if not any([step(fig, renderer) for step in steps]):  # a list: every step runs each round
             return True
-        for axis, nbins in crowded:
-            if axis.get_scale() == "log":  # 1-2-5 in each decade, then decades, then fewer decades
-                thinned = getattr(axis.get_major_locator(), "thinned", False)
-                locator = LogLocator(subs=(1.0,), numticks=nbins + 1 if thinned else "auto")
-                locator.thinned = True
-                axis.set_major_locator(locator)
-            else:
-                axis.set_major_locator(MaxNLocator(nbins=nbins, steps=STEPS, min_n_ticks=2))
     return False
+
+
+def _lay_out(fig):
+    """Draw the figure without painting a pixel (text is measured, the layout done, ticks
+    placed: what the steps read), and the renderer that measures as that draw did."""
+    fig.draw_without_rendering()
+    return _renderer(fig)
+
+
+def fit_axis_labels(fig) -> None:
+    """Wrap what follows the first line of each axis label until the label fits its axis."""
+    _settle(fig, [_wrap_labels], 1)
+
+
+def thin_ticks(fig, rounds: int = 6) -> None:
+    """Fewer ticks on each numeric axis (colour bars too) until no two labels touch."""
+    _settle(fig, [_thin_once], rounds)
+
+
+def settle_layout(fig, rounds: int = 6) -> None:
+    """Axis labels wrapped to their axes and ticks thinned until none touch, both on one
+    draw a round (each draw lays the whole figure out: the most of a chart's time), then
+    the layout frozen where the last draw put it."""
+    freeze_layout(fig, drawn=_settle(fig, [_wrap_labels, _thin_once], rounds))
 
 
 def freeze_layout(fig, drawn: bool = False) -> None:
     """Keep the axes where the last draw put them (drawing it first unless `drawn` says the
-    last draw shows it as it is): labels are placed in those pixels."""
-    _renderer(fig)
+    last draw shows it as it is): labels are placed in those pixels. No layout engine is
+    left at all, so that saving the figure does not lay it out (draw it) once more."""
+    import matplotlib
+
     if not drawn:
-        fig.canvas.draw()
-    fig.set_layout_engine("none")
+        _lay_out(fig)
+    with matplotlib.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
+        fig.set_layout_engine(None)
 
 
 def marker_box(ax, xy: tuple[float, float], size: float):
