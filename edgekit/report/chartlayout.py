@@ -134,10 +134,17 @@ def _settle(fig, steps, rounds: int) -> bool:
 
 
 def _lay_out(fig):
-    """Draw the figure without painting a pixel (text is measured, the layout done, ticks
-    placed: what the steps read), and the renderer that measures as that draw did."""
-    fig.draw_without_rendering()
-    return _renderer(fig)
+    """Lay the figure out as a draw would, without drawing it: its layout engine measures
+    every text and places the axes, which is all the steps read (tick labels are brought up
+    to date when they are asked for). A figure without an engine is drawn without painting.
+    Returns the renderer that measured."""
+    renderer = _renderer(fig)
+    engine = fig.get_layout_engine()
+    if engine is None:
+        fig.draw_without_rendering()
+    else:
+        engine.execute(fig)
+    return renderer
 
 
 def fit_axis_labels(fig) -> None:
