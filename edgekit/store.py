@@ -387,20 +387,20 @@ class Store:
         waves, events = {r["id"]: [] for r in rows}, {r["id"]: [] for r in rows}
         for w in self._db.execute(f"SELECT * FROM rollout_waves {picked} ORDER BY rollout_id, wave", args):
             waves[w["rollout_id"]].append({**dict(w), "devices": json.loads(w["devices"])})
-        for e in self._db.execute(f"SELECT *, {_detail_sql(detail)} AS picked FROM rollout_events {picked} ORDER BY id",
-                                  args):
-            item = {k: e[k] for k in e.keys() if k != "picked"}
-            events[e["rollout_id"]].append({**item, "ok": bool(e["ok"]), "detail": json.loads(e["picked"])})
+        for e in self._db.execute(f"SELECT {_event_columns(detail)} FROM rollout_events {picked} ORDER BY id", args):
+            events[e["rollout_id"]].append({**dict(e), "ok": bool(e["ok"]), "detail": json.loads(e["detail"])})
         return [{**_rollout_dict(r), "waves": waves[r["id"]], "events": events[r["id"]]} for r in rows]
 
 
-def _detail_sql(keys: Optional[Sequence[str]]) -> str:
-    """An event's detail, or an object of only `keys` of it (ours: plain words, no quoting)."""
+def _event_columns(keys: Optional[Sequence[str]]) -> str:
+    """A rollout event's columns, its detail whole or as an object of only `keys` of it (ours:
+    plain words, no quoting)."""
     if keys is None:
-        return "detail"
+        return "*"
     if not all(k.isidentifier() for k in keys):
         raise ValueError(f"detail keys must be plain words: {keys}")
-    return "json_object(" + ", ".join(f"'{k}', json_extract(detail, '$.{k}')" for k in keys) + ")"
+    picked = ", ".join(f"'{k}', json_extract(detail, '$.{k}')" for k in keys)
+    return f"id, rollout_id, wave, device, event, ok, at, json_object({picked}) AS detail"
 
 
 class _LockedConnection:
