@@ -263,7 +263,8 @@ def roll_out(n: int, bundle, base: Path, workers: int) -> tuple[Path, dict]:
 
 def report_of(source: Path, base: Path, devices: Optional[int], repeats: int) -> dict:
     """The 10-version report: in-process parts, then the CLI end to end and its start-up alone."""
-    print(f"a report of {devices or 'every'} devices x 10 versions", flush=True)
+    who = f"{devices} devices" if devices else "the rollout's devices"
+    print(f"a report of {who} x 10 versions", flush=True)
     ten = ten_versions(source, base, repeats, devices)
     cli = [cli_report(Path(ten["store"]), base / "fleet.html") for _ in range(repeats)]
     start = [cli_start() for _ in range(repeats)]
