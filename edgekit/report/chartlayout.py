@@ -200,8 +200,8 @@ def marker_boxes(ax, obstacles: list[tuple[tuple[float, float], float]]):
 def on_top(ax, points: list[tuple[float, float]], pixel: float = 1.0) -> list[int]:
     """The indices of `points` (data coordinates) a reader can see: of those that fall on the
     same `pixel`-wide cell of the axes, the last (drawn on top of the others), in their order.
-    A fleet's thousands of devices measured alike are a few dozen dots; drawing every one cost
-    seconds and showed nothing more. The axes' view and scales must be set first."""
+    A fleet's thousands of devices measured alike are a handful of dots: drawing each of them
+    (and measuring every label spot against it) showed nothing more. The axes' view and scales must be set first."""
     import numpy as np
 
     if not points:
