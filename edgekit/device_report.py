@@ -6,7 +6,7 @@ report that fails is a failure of that device (DataError, caught by collect), ne
 crash of the host. What passes is a DeviceReport, and it stays one on its way:
 
     validate_report(bytes) -> DeviceReport    the check, where a report comes in (collect)
-    DeviceReport.columns()                    the one flat row of it: the store's columns,
+    DeviceReport.columns()                    the one flat row of it (report_columns): the store's columns,
                                               the numbers the rollout gates judge and those
                                               the fleet report compares
     DeviceReport.record()                     the JSON object as the device sent it (stored)
@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from edgekit.errors import DataError
 from edgekit.words import PLAIN
 
-__all__ = ["DeviceReport", "MAX_REPORT_BYTES", "REPORT_FILE", "parse_report", "validate_report"]
+__all__ = ["DeviceReport", "MAX_REPORT_BYTES", "REPORT_FILE", "parse_report", "report_columns", "validate_report"]
 
 MAX_REPORT_BYTES = 1 << 20
 REPORT_FILE = re.compile(PLAIN.pattern.replace("^", "^(").replace("$", r")\.json$"))
@@ -176,41 +176,49 @@ class DeviceReport(_Part):
         return self._sent
 
     def columns(self) -> dict:
-        """The report as one flat row; numbers as floats, None where nothing finite was measured.
-        `n` and `n_expected` (the samples evaluated, and the host's) are as the device sent them."""
-        m, extra = self.metrics, self.metrics.model_extra or {}
-        latency, fidelity = m.latency_ms, m.fidelity
-        expected, fidelity_expected = _object(extra.get("expected")), _object(extra.get("fidelity_expected"))
-        return {
-            "run_id": self.run_id, "status": self.status, "error": self.error, "started_at": self.started_at,
-            "finished_at": self.finished_at, "name": self.bundle.name, "version": self.bundle.version,
-            "target": self.bundle.target, "precision": self.bundle.precision, "bundle_sha256": self.bundle.sha256,
-            "runtime": self.runtime.name, "runtime_version": self.runtime.version, "arch": self.device.arch,
-            "python": self.device.python,
-            "accuracy": _number(m.accuracy), "accuracy_expected": _number(m.accuracy_expected),
-            "baseline_accuracy": _number(expected.get("baseline_accuracy")),
-            "top1_agreement": _number(fidelity.top1_agreement if fidelity else m.top1_agreement),
-            "top1_expected": _number(fidelity_expected.get("top1_agreement")),
-            "cosine": _number(fidelity.cosine if fidelity else None),
-            "cosine_expected": _number(fidelity_expected.get("cosine")),
-            "n": extra.get("n"), "n_expected": expected.get("n"),
-            "latency_p50": _number(latency.p50 if latency else None),
-            "latency_p95": _number(latency.p95 if latency else None),
-            "peak_rss_mb": _number(m.peak_rss_mb), "load_ms": _number(m.load_ms), "model_mb": _number(m.model_mb),
-            **self._lm_columns(),
-        }
+        """The report as one flat row (report_columns of what the device sent)."""
+        return report_columns(self.record())
 
-    def _lm_columns(self) -> dict:
-        """A language model's numbers (None for other models): quality against FP32, speed and
-        memory with the cache it runs, and without a cache."""
-        m = self.metrics
-        recompute = m.recompute or _Recompute()
-        return {"perplexity": _number(m.perplexity), "ppl_increase": _number(m.ppl_increase),
-                "kl_divergence": _number(m.kl_divergence), "prefill_tokens_per_s": _number(m.prefill_tokens_per_s),
-                "decode_tokens_per_s": _number(m.decode_tokens_per_s), "ttft_ms": _number(m.ttft_ms),
-                "kv_cache": m.kv_cache, "kv_cache_bytes": _number(m.kv_cache_bytes),
-                "recompute_decode_tokens_per_s": _number(recompute.decode_tokens_per_s),
-                "recompute_peak_rss_mb": _number(recompute.peak_rss_mb)}
+
+def report_columns(sent: dict) -> dict:
+    """A checked report's JSON object (DeviceReport.record(), or what the store kept) as one
+    flat row; numbers as floats, None where nothing finite was measured. `n` and `n_expected`
+    (the samples evaluated, and the host's) are as the device sent them. Read from the plain
+    object, so that a store's 10,000 reports need no second validation (collect checked them)."""
+    m, bundle, runtime, device = sent["metrics"], sent["bundle"], sent["runtime"], sent["device"]
+    latency, fidelity = _object(m.get("latency_ms")), m.get("fidelity")
+    expected, fidelity_expected = _object(m.get("expected")), _object(m.get("fidelity_expected"))
+    return {
+        "run_id": sent["run_id"], "status": sent["status"], "error": sent.get("error"),
+        "started_at": sent.get("started_at"), "finished_at": sent.get("finished_at"), "name": bundle["name"],
+        "version": bundle["version"], "target": bundle.get("target"), "precision": bundle.get("precision"),
+        "bundle_sha256": bundle.get("sha256"), "runtime": runtime.get("name"), "runtime_version": runtime.get("version"),
+        "arch": device.get("arch"), "python": device.get("python"),
+        "accuracy": _number(m.get("accuracy")), "accuracy_expected": _number(m.get("accuracy_expected")),
+        "baseline_accuracy": _number(expected.get("baseline_accuracy")),
+        "top1_agreement": _number(fidelity.get("top1_agreement") if isinstance(fidelity, dict)
+                                  else m.get("top1_agreement")),
+        "top1_expected": _number(fidelity_expected.get("top1_agreement")),
+        "cosine": _number(_object(fidelity).get("cosine")),
+        "cosine_expected": _number(fidelity_expected.get("cosine")),
+        "n": m.get("n"), "n_expected": expected.get("n"),
+        "latency_p50": _number(latency.get("p50")), "latency_p95": _number(latency.get("p95")),
+        "peak_rss_mb": _number(m.get("peak_rss_mb")), "load_ms": _number(m.get("load_ms")),
+        "model_mb": _number(m.get("model_mb")), **_lm_columns(m),
+    }
+
+
+def _lm_columns(m: dict) -> dict:
+    """A language model's numbers (None for other models): quality against FP32, speed and
+    memory with the cache it runs, and without a cache."""
+    recompute = _object(m.get("recompute"))
+    return {"perplexity": _number(m.get("perplexity")), "ppl_increase": _number(m.get("ppl_increase")),
+            "kl_divergence": _number(m.get("kl_divergence")),
+            "prefill_tokens_per_s": _number(m.get("prefill_tokens_per_s")),
+            "decode_tokens_per_s": _number(m.get("decode_tokens_per_s")), "ttft_ms": _number(m.get("ttft_ms")),
+            "kv_cache": m.get("kv_cache"), "kv_cache_bytes": _number(m.get("kv_cache_bytes")),
+            "recompute_decode_tokens_per_s": _number(recompute.get("decode_tokens_per_s")),
+            "recompute_peak_rss_mb": _number(recompute.get("peak_rss_mb"))}
 
 
 def _number(value: Any) -> Optional[float]:

@@ -313,6 +313,14 @@ class Store:
         rows = self._db.execute(f"SELECT * FROM reports{where} ORDER BY collected_at, finished_at, device, run_id", args)
         return [{**dict(r), "report": DeviceReport.from_json(r["report"])} for r in rows]
 
+    def report_texts(self) -> list[dict]:
+        """Every stored report as the store keeps it, in the order of reports(): device, run_id,
+        collected_at and `report`, its JSON text (validated when it was collected), for a
+        reader of many (edgekit report) that reads them as plain data."""
+        rows = self._db.execute("SELECT device, run_id, collected_at, report FROM reports "
+                                "ORDER BY collected_at, finished_at, device, run_id")
+        return [dict(r) for r in rows]
+
     def last_report_times(self) -> dict[str, str]:
         """device -> when this host received its newest report (the host's clock)."""
         rows = self._db.execute("SELECT device, MAX(collected_at) AS at FROM reports GROUP BY device")
@@ -369,11 +377,13 @@ class Store:
         found = self._rollouts_whole("WHERE id = ?", (rollout_id,))
         return found[0] if found else None
 
-    def rollouts_whole(self) -> list[dict]:
-        """Every rollout with its waves and events, in three queries (not three per rollout)."""
-        return self._rollouts_whole("", ())
+    def rollouts_whole(self, detail: Optional[Sequence[str]] = None) -> list[dict]:
+        """Every rollout with its waves and events, in three queries (not three per rollout).
+        `detail`: only these keys of each event's detail (SQLite picks them out: a report of
+        10 rollouts to 1000 devices need not decode every deploy's whole record)."""
+        return self._rollouts_whole("", (), detail)
 
-    def _rollouts_whole(self, where: str, args: tuple) -> list[dict]:
+    def _rollouts_whole(self, where: str, args: tuple, detail: Optional[Sequence[str]] = None) -> list[dict]:
         rows = self._db.execute(f"SELECT * FROM rollouts {where} ORDER BY id", args).fetchall()
         if not rows:
             return []
@@ -381,9 +391,20 @@ class Store:
         waves, events = {r["id"]: [] for r in rows}, {r["id"]: [] for r in rows}
         for w in self._db.execute(f"SELECT * FROM rollout_waves {picked} ORDER BY rollout_id, wave", args):
             waves[w["rollout_id"]].append({**dict(w), "devices": json.loads(w["devices"])})
-        for e in self._db.execute(f"SELECT * FROM rollout_events {picked} ORDER BY id", args):
+        for e in self._db.execute(f"SELECT {_event_columns(detail)} FROM rollout_events {picked} ORDER BY id", args):
             events[e["rollout_id"]].append({**dict(e), "ok": bool(e["ok"]), "detail": json.loads(e["detail"])})
         return [{**_rollout_dict(r), "waves": waves[r["id"]], "events": events[r["id"]]} for r in rows]
+
+
+def _event_columns(keys: Optional[Sequence[str]]) -> str:
+    """A rollout event's columns, its detail whole or as an object of only `keys` of it (ours:
+    plain words, no quoting)."""
+    if keys is None:
+        return "*"
+    if not all(k.isidentifier() for k in keys):
+        raise ValueError(f"detail keys must be plain words: {keys}")
+    picked = ", ".join(f"'{k}', json_extract(detail, '$.{k}')" for k in keys)
+    return f"id, rollout_id, wave, device, event, ok, at, json_object({picked}) AS detail"
 
 
 class _LockedConnection:

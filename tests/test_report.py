@@ -168,6 +168,20 @@ def test_an_older_or_foreign_store_is_one_clear_line(tmp_path):
     assert_clean_error(run_edgekit("report", "--store", junk), str(junk))
 
 
+def test_a_corrupt_stored_report_is_one_clear_line_naming_it(report_fleet, tmp_path):
+    """Stored reports are read as plain data (collect validated them): a row that is no report
+    any more, broken JSON or JSON of another shape, is named, never a traceback."""
+    for n, corrupt in enumerate(('{"schema": 1, "run_id": ', '{"schema": 1, "run_id": "r", "status": "ok"}')):
+        store = tmp_path / f"corrupt-{n}.db"
+        with sqlite3.connect(report_fleet.store) as src, sqlite3.connect(store) as dst:
+            src.backup(dst)
+        with sqlite3.connect(store) as db:
+            device, run_id = db.execute("SELECT device, run_id FROM reports ORDER BY device, run_id").fetchone()
+            db.execute("UPDATE reports SET report = ? WHERE device = ? AND run_id = ?", (corrupt, device, run_id))
+        assert_clean_error(run_edgekit("report", "--store", store), f"{run_id!r} of device {device!r} is corrupt",
+                           f"edgekit fleet forget {device}")
+
+
 # -- calibration records ---------------------------------------------------------------------
 
 

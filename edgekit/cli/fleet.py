@@ -264,7 +264,7 @@ def forget_cmd(
     if not path.is_file():
         raise ConfigError(f"--store {path}: no store there; give the store with --store or EDGEKIT_STORE")
     with open_store(path) as db:
-        known = {d["name"] for d in db.devices()} | {r["device"] for r in db.reports()}
+        known = {d["name"] for d in db.devices()} | set(db.last_report_times())
         if name not in known:
             raise ConfigError(f"device {name}: not in {path} (devices there: {', '.join(sorted(known)) or 'none'})")
         gone = db.forget_device(name)

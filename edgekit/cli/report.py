@@ -80,21 +80,24 @@ def report_cmd(
         return
     _check_compare(compare, version)
     from edgekit.report.analysis import DriftRules, analyse
-    from edgekit.report.fleetdata import is_empty, load_fleet
+    from edgekit.report.fleetdata import is_empty, load_fleet, plain_data
     from edgekit.store import default_store_path
 
     path = Path(store) if store is not None else default_store_path()
-    data = load_fleet(path, inventory=inventory, targets_dirs=targets_dir or ())
-    if is_empty(data):
-        err_console.print(f"no reports yet in {escape(str(path))}: run `edgekit collect --inventory FILE "
-                          f"--store {escape(str(path))}` (or `edgekit rollout`) first", highlight=False, soft_wrap=True)
-        return
-    result = analyse(data["reports"], data["devices"], data["rollouts"], models=data["models"], budgets=data["budgets"],
-                     collect_errors=data["collect_errors"], rules=DriftRules(accuracy_tolerance=tolerance),
-                     name=name, version=version, target=target, compare=tuple(compare) if compare else None)
-    _check_filters(result, path, name=name, version=version, target=target, compare=compare)
-    filters = {"name": name, "version": version, "target": target}
-    _emit(_fleet(result, fmt, section, str(path), data["budgets"], filters), fmt, output)
+    with plain_data():
+        data = load_fleet(path, inventory=inventory, targets_dirs=targets_dir or ())
+        if is_empty(data):
+            err_console.print(f"no reports yet in {escape(str(path))}: run `edgekit collect --inventory FILE "
+                              f"--store {escape(str(path))}` (or `edgekit rollout`) first", highlight=False,
+                              soft_wrap=True)
+            return
+        result = analyse(data["reports"], data["devices"], data["rollouts"], models=data["models"],
+                         budgets=data["budgets"], collect_errors=data["collect_errors"],
+                         rules=DriftRules(accuracy_tolerance=tolerance), name=name, version=version, target=target,
+                         compare=tuple(compare) if compare else None)
+        _check_filters(result, path, name=name, version=version, target=target, compare=compare)
+        filters = {"name": name, "version": version, "target": target}
+        _emit(_fleet(result, fmt, section, str(path), data["budgets"], filters), fmt, output)
 
 
 def _format(given: Optional[Format], output: Optional[Path], json: bool) -> Format:

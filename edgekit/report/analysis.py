@@ -2,7 +2,9 @@
 
 Pure functions over plain data, so that they can be tried on reports without a store:
 
-    reports   [{"device", "report", "collected_at"?}]   report: a DeviceReport (edgekit.device_report)
+    reports   [{"device", "report", "collected_at"?}]   report: a DeviceReport (edgekit.device_report),
+              or the JSON object of one as the store keeps it (collect validated it), with
+              its flat row as `columns` (edgekit.report.fleetdata reads them so)
     devices   [{"name", "target", "reachable", "last_contact_at", "last_error"}]
     rollouts  [{"id", "name", "version", "target", "status", "reason", ..., "waves", "events"}]
     budgets   {target: {"max_latency_ms_p95": ..., "max_peak_rss_mb": ...}}
@@ -56,12 +58,27 @@ class DriftRules:
     perplexity_tolerance: float = 0.01
 
 
+def _prepared(reports: Iterable[dict]) -> list[dict]:
+    """Each item with its report as a JSON object and its flat row (`columns`), worked out
+    once here unless the item came with them."""
+    from edgekit.device_report import report_columns
+
+    out = []
+    for item in reports:
+        if "columns" not in item:
+            report = item["report"]
+            record = report if isinstance(report, dict) else report.record()
+            item = {**item, "report": record, "columns": report_columns(record)}
+        out.append(item)
+    return out
+
+
 def _when(item: dict) -> str:
     """When the host received a report (its clock, never the device's: a device clock a year
     ahead must not make an old run look new); the device's time only for reports that came
     without it."""
-    report = item["report"]
-    return item.get("collected_at") or report.finished_at or report.started_at or ""
+    columns = item["columns"]
+    return item.get("collected_at") or columns["finished_at"] or columns["started_at"] or ""
 
 
 def _num(value) -> Optional[float]:
@@ -81,9 +98,8 @@ def running_versions(reports: Iterable[dict], rollouts: Iterable[dict] = (),
         if version and at >= seen.get((device, name), ("", ""))[0]:
             seen[(device, name)] = (at, version)
 
-    for item in reports:
-        bundle = item["report"].bundle
-        note(_when(item), item["device"], bundle.name, bundle.version)
+    for item in _prepared(reports):
+        note(_when(item), item["device"], item["columns"]["name"], item["columns"]["version"])
     for r in rollouts:
         for e in r.get("events") or ():
             detail = e.get("detail") or {}
@@ -97,7 +113,7 @@ def running_versions(reports: Iterable[dict], rollouts: Iterable[dict] = (),
 
 
 def _row(item: dict, runs: int, device: dict, budget: dict) -> dict:
-    r = item["report"].columns()
+    r = item["columns"]
     acc, expected, baseline = r["accuracy"], r["accuracy_expected"], r["baseline_accuracy"]
     measured_at = _when(item)
     return {
@@ -151,21 +167,20 @@ def device_rows(reports: Iterable[dict], devices: Iterable[dict] = (), budgets: 
                 running: Optional[dict] = None, gates: Optional[dict] = None) -> list[dict]:
     """One row per device and bundle version, from its newest report of that version;
     status `gate failed` where the version's latest rollout judged it over its budgets."""
-    reports = list(reports)
-    newest: dict[tuple, dict] = {}
+    reports = _prepared(reports)
+    newest: dict[tuple, tuple[str, dict]] = {}
     runs: dict[tuple, int] = defaultdict(int)
     for item in reports:
-        b = item["report"].bundle
-        key = (item["device"], b.name, b.version)
+        key, when = (item["device"], item["columns"]["name"], item["columns"]["version"]), _when(item)
         runs[key] += 1
-        if key not in newest or _when(item) >= _when(newest[key]):
-            newest[key] = item
+        if key not in newest or when >= newest[key][0]:
+            newest[key] = (when, item)
     info = {d["name"]: d for d in devices}
     running = running_versions(reports) if running is None else running
     rows = []
-    for key, item in newest.items():
+    for key, (_, item) in newest.items():
         device = info.get(item["device"], {})
-        target = item["report"].bundle.target or device.get("target")
+        target = item["columns"]["target"] or device.get("target")
         row = _row(item, runs[key], device, (budgets or {}).get(target) or {})
         row["current"] = running.get((row["device"], row["name"])) == row["version"]
         row["over_budget"] = _over_budget(row, (budgets or {}).get(row["target"]) or {})
@@ -194,7 +209,8 @@ def cohort_summaries(rows: Iterable[dict]) -> list[dict]:
     for (name, target, version), members in sorted(groups.items()):
         ok = [r for r in members if r["status"] in MEASURED]
         metrics = {}
-        for metric in METRICS + LM_METRICS:  # a one-pass model's rows have no LM columns
+        lm = LM_METRICS if any(is_lm(r) for r in ok) else ()  # a one-pass model's rows have no LM columns
+        for metric in METRICS + lm:
             values = [r[metric] for r in ok if r.get(metric) is not None]
             if values:
                 metrics[metric] = _spread(values)
@@ -287,9 +303,11 @@ def find_drift(rows: list[dict], rules: DriftRules = DriftRules()) -> list[dict]
         cohorts[_cohort_key(row)].append(row)
     for members in cohorts.values():
         flags += _outliers(members, rules) + lm_drift(members, rules.perplexity_tolerance, rules.min_cohort)
+    reasons: dict[tuple, list[str]] = defaultdict(list)
+    for f in flags:
+        reasons[(f["device"], f["name"], f["version"])].append(f["reason"])
     for row in rows:
-        row["flags"] = [f["reason"] for f in flags if (f["device"], f["name"], f["version"]) ==
-                        (row["device"], row["name"], row["version"])]
+        row["flags"] = reasons.get((row["device"], row["name"], row["version"]), [])
     return sorted(flags, key=lambda f: (f["name"], f["target"] or "", f["version"], f["device"], f["kind"]))
 
 
@@ -315,6 +333,8 @@ def compare_versions(cohorts: list[dict], v1: str, v2: str) -> list[dict]:
 
 def _select(items: Iterable[dict], **given) -> list[dict]:
     wanted = {k: v for k, v in given.items() if v is not None}
+    if not wanted:
+        return list(items)
     return [i for i in items if all(i.get(k) == v for k, v in wanted.items())]
 
 
@@ -337,6 +357,7 @@ def analyse(reports: list[dict], devices: list[dict] = (), rollouts: list[dict] 
     from all reports and rollouts, so that a filter does not make an old version look current."""
     from edgekit.report.health import rollout_health
 
+    reports = _prepared(reports)
     running = running_versions(reports, rollouts, models)
     every = device_rows(reports, devices, budgets, running, gate_verdicts(rollouts))
     rows = _select(every, name=name, version=None if compare else version, target=target)

@@ -7,6 +7,7 @@ point get labels on top of each other. Three steps, each on a drawn figure, in d
     fit_axis_labels  an axis label's second line on (the budget's headroom) wrapped until the
                   label is no longer than its axis, so that neighbouring panels' labels part
     thin_ticks    fewer ticks on every numeric axis whose labels touch, until none do
+                  (settle_layout does both, one draw a round, and freezes the layout)
     place_labels  each point label at the first spot around its point, nearest first, that
                   covers no other label, no marker and does not cross the axes edge (a small
                   adjustText); a label that fits nowhere is left out and reported
@@ -21,8 +22,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-__all__ = ["Label", "fit_axis_labels", "thin_ticks", "freeze_layout", "place_labels", "marker_box", "marker_boxes", "drawn_tick_labels",
-           "tick_label_boxes", "label_boxes", "overlap"]
+__all__ = ["Label", "on_top", "fit_axis_labels", "thin_ticks", "settle_layout", "freeze_layout", "place_labels",
+           "marker_box", "marker_boxes", "drawn_tick_labels", "tick_label_boxes", "label_boxes", "overlap"]
 
 GAP = 4            # pixels kept free between two tick labels
 STEPS = [1, 2, 5, 10]  # tick steps: no 2.5, whose labels (0.0125) are the longest
@@ -86,12 +87,12 @@ def _crowded(axis, renderer) -> Optional[int]:
     return max(1, min(fits, len(boxes) - 1) - 1)
 
 
-def fit_axis_labels(fig) -> None:
-    """Wrap what follows the first line of each axis label until the label fits its axis."""
+def _wrap_labels(fig, renderer) -> bool:
+    """Wrap what follows the first line of each axis label until the label fits its axis, in
+    the layout last drawn; whether any label changed."""
     import textwrap
 
-    renderer = _renderer(fig)
-    fig.canvas.draw()
+    changed = False
     for ax in fig.axes:
         frame = ax.get_window_extent(renderer)
         for label, length, along in ((ax.xaxis.label, frame.width, "width"), (ax.yaxis.label, frame.height, "height")):
@@ -101,33 +102,78 @@ def fit_axis_labels(fig) -> None:
             while rest and width > 12 and getattr(label.get_window_extent(renderer), along) > length:
                 width -= 4
                 label.set_text(head + "\n" + textwrap.fill(rest, width))
+                changed = True
+    return changed
+
+
+def _thin_once(fig, renderer) -> bool:
+    """Fewer ticks on each numeric axis (colour bars too) whose labels touch in the layout
+    last drawn; whether any axis changed."""
+    from matplotlib.ticker import LogLocator, MaxNLocator
+
+    crowded = [(axis, n) for axis in _numeric_axes(fig) if (n := _crowded(axis, renderer)) is not None]
+    for axis, nbins in crowded:
+        if axis.get_scale() == "log":  # 1-2-5 in each decade, then decades, then fewer decades
+            thinned = getattr(axis.get_major_locator(), "thinned", False)
+            locator = LogLocator(subs=(1.0,), numticks=nbins + 1 if thinned else "auto")
+            locator.thinned = True
+            axis.set_major_locator(locator)
+        else:
+            axis.set_major_locator(MaxNLocator(nbins=nbins, steps=STEPS, min_n_ticks=2))
+    return bool(crowded)
+
+
+def _settle(fig, steps, rounds: int) -> bool:
+    """Draw, apply each step to that layout, again until no step changes anything (True) or
+    `rounds` are spent (False: the last changes are not drawn yet)."""
+    for _ in range(rounds):
+        renderer = _lay_out(fig)
+        if not any([step(fig, renderer) for step in steps]):  # a list: every step runs each round
+            return True
+    return False
+
+
+def _lay_out(fig):
+    """Lay the figure out as a draw would, without drawing it: its layout engine measures
+    every text and places the axes, which is all the steps read (tick labels are brought up
+    to date when they are asked for). A figure without an engine is drawn without painting.
+    Returns the renderer that measured."""
+    renderer = _renderer(fig)
+    engine = fig.get_layout_engine()
+    if engine is None:
+        fig.draw_without_rendering()
+    else:
+        engine.execute(fig)
+    return renderer
+
+
+def fit_axis_labels(fig) -> None:
+    """Wrap what follows the first line of each axis label until the label fits its axis."""
+    _settle(fig, [_wrap_labels], 1)
 
 
 def thin_ticks(fig, rounds: int = 6) -> None:
     """Fewer ticks on each numeric axis (colour bars too) until no two labels touch."""
-    from matplotlib.ticker import LogLocator, MaxNLocator
-
-    for _ in range(rounds):
-        renderer = _renderer(fig)
-        fig.canvas.draw()
-        crowded = [(axis, n) for axis in _numeric_axes(fig) if (n := _crowded(axis, renderer)) is not None]
-        if not crowded:
-            return
-        for axis, nbins in crowded:
-            if axis.get_scale() == "log":  # 1-2-5 in each decade, then decades, then fewer decades
-                thinned = getattr(axis.get_major_locator(), "thinned", False)
-                locator = LogLocator(subs=(1.0,), numticks=nbins + 1 if thinned else "auto")
-                locator.thinned = True
-                axis.set_major_locator(locator)
-            else:
-                axis.set_major_locator(MaxNLocator(nbins=nbins, steps=STEPS, min_n_ticks=2))
+    _settle(fig, [_thin_once], rounds)
 
 
-def freeze_layout(fig) -> None:
-    """Keep the axes where the last draw put them: labels are placed in those pixels."""
-    _renderer(fig)
-    fig.canvas.draw()
-    fig.set_layout_engine("none")
+def settle_layout(fig, rounds: int = 6) -> None:
+    """Axis labels wrapped to their axes and ticks thinned until none touch, both on one
+    draw a round (each draw lays the whole figure out: the most of a chart's time), then
+    the layout frozen where the last draw put it."""
+    freeze_layout(fig, drawn=_settle(fig, [_wrap_labels, _thin_once], rounds))
+
+
+def freeze_layout(fig, drawn: bool = False) -> None:
+    """Keep the axes where the last draw put them (drawing it first unless `drawn` says the
+    last draw shows it as it is): labels are placed in those pixels. No layout engine is
+    left at all, so that saving the figure does not lay it out (draw it) once more."""
+    import matplotlib
+
+    if not drawn:
+        _lay_out(fig)
+    with matplotlib.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
+        fig.set_layout_engine(None)
 
 
 def marker_box(ax, xy: tuple[float, float], size: float):
@@ -149,6 +195,22 @@ def marker_boxes(ax, obstacles: list[tuple[tuple[float, float], float]]):
     centres = ax.transData.transform(np.array([xy for xy, _ in obstacles], dtype=float))
     half = np.sqrt(np.array([size for _, size in obstacles], dtype=float)) / 2 * ax.figure.dpi / 72
     return np.column_stack([centres[:, 0] - half, centres[:, 1] - half, centres[:, 0] + half, centres[:, 1] + half])
+
+
+def on_top(ax, points: list[tuple[float, float]], pixel: float = 1.0) -> list[int]:
+    """The indices of `points` (data coordinates) a reader can see: of those that fall on the
+    same `pixel`-wide cell of the axes, the last (drawn on top of the others), in their order.
+    A fleet's thousands of devices measured alike are a handful of dots: drawing each of them
+    (and measuring every label spot against it) showed nothing more. The axes' view and scales must be set first."""
+    import numpy as np
+
+    if not points:
+        return []
+    cells = np.floor(ax.transData.transform(np.asarray(points, dtype=float)) / pixel)
+    last = {}
+    for i, cell in enumerate(map(tuple, cells.tolist())):
+        last[cell] = i
+    return sorted(last.values())
 
 
 def _offsets(label: Label):

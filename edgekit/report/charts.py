@@ -19,7 +19,7 @@ from itertools import count
 from typing import Optional
 
 from edgekit.report.chartaxes import DRIFT, QUALITY_AXIS, budget_axis, quality_format
-from edgekit.report.chartlayout import Label, fit_axis_labels, freeze_layout, marker_boxes, place_labels, thin_ticks
+from edgekit.report.chartlayout import Label, marker_boxes, on_top, place_labels, settle_layout
 
 __all__ = ["to_svg", "triangle_chart", "device_chart", "calibration_chart", "quality_of",
            "triangle_figure", "device_figure", "calibration_figure"]
@@ -79,9 +79,7 @@ def _norm(values: list[float]):
 def _finish(fig, labels_by_axes: list[tuple], note_left_out=None) -> str:
     """Thin the ticks, freeze the layout, place the point labels (those left out go to
     `note_left_out`); the finished figure."""
-    fit_axis_labels(fig)
-    thin_ticks(fig)
-    freeze_layout(fig)
+    settle_layout(fig)
     left_out = []
     for ax, labels, obstacles in labels_by_axes:
         left_out += place_labels(ax, labels, marker_boxes(ax, obstacles))
@@ -121,12 +119,21 @@ def triangle_figure(title: str, cohorts: list[dict], rows: list[dict], flagged: 
     measured = [r for r in rows if r[lat] is not None and r["peak_rss_mb"] is not None]
     norm = _norm([q for q in (quality_of(r)[0] for r in measured) if q is not None])
     qname = next((quality_of(r)[1] for r in measured if quality_of(r)[0] is not None), "quality")
-    shown = [c for c in cohorts if any(r["version"] == c["version"] for r in measured)]
     colour = lambda q: q if q is not None else norm.vmin  # noqa: E731
+    # the view first: the device dots are drawn only where they can be seen (on_top)
+    budget_axis(ax, "x", [r[lat] for r in measured], f"{lat[-3:]} latency (ms)",
+                budget.get("max_latency_ms_p95") if lat == "latency_p95" else None, "ms", "slowest device")
+    budget_axis(ax, "y", [r["peak_rss_mb"] for r in measured], "peak memory (MiB)", budget.get("max_peak_rss_mb"),
+                "MiB", "largest")
     labels, obstacles, legend, dots = [], [], [], None
+    by_version: dict[str, list[dict]] = {}
+    for r in measured:
+        by_version.setdefault(r["version"], []).append(r)
+    shown = [c for c in cohorts if c["version"] in by_version]
     for i, c in enumerate(shown):
         marker = MARKERS[i % len(MARKERS)]
-        members = [r for r in measured if r["version"] == c["version"]]
+        members = by_version.get(c["version"], [])
+        members = [members[j] for j in on_top(ax, [(r[lat], r["peak_rss_mb"]) for r in members])]
         x, y, q = _cohort_point(c, lat)
         m = c["metrics"]
         ax.errorbar(x, y, xerr=[[x - m[lat]["min"]], [m[lat]["max"] - x]],
@@ -143,16 +150,14 @@ def triangle_figure(title: str, cohorts: list[dict], rows: list[dict], flagged: 
         devices = f"{c['ok']} device{'s' if c['ok'] != 1 else ''}"
         legend.append((f"{c['version']}: " + (f"{quality_format(qname)(q, None)}{'' if qname == 'cosine' else '%'}, "
                                               if q is not None else "") + devices, marker))
-    for r in measured:
-        if (r["device"], r["version"]) in flagged:
-            ax.scatter([r[lat]], [r["peak_rss_mb"]], s=180, facecolors="none", edgecolors=DRIFT, linewidths=2, zorder=4)
-            obstacles.append(((r[lat], r["peak_rss_mb"]), 180))
-            labels.append(Label((r[lat], r["peak_rss_mb"]), f"{r['device']} ({r['version']})", 180,
-                                {"fontsize": 8, "color": DRIFT}))
-    budget_axis(ax, "x", [r[lat] for r in measured], f"{lat[-3:]} latency (ms)",
-                budget.get("max_latency_ms_p95") if lat == "latency_p95" else None, "ms", "slowest device")
-    budget_axis(ax, "y", [r["peak_rss_mb"] for r in measured], "peak memory (MiB)", budget.get("max_peak_rss_mb"),
-                "MiB", "largest")
+    ringed = [r for r in measured if (r["device"], r["version"]) in flagged]
+    if ringed:
+        ax.scatter([r[lat] for r in ringed], [r["peak_rss_mb"] for r in ringed], s=180, facecolors="none",
+                   edgecolors=DRIFT, linewidths=2, zorder=4)
+    for r in ringed:
+        obstacles.append(((r[lat], r["peak_rss_mb"]), 180))
+        labels.append(Label((r[lat], r["peak_rss_mb"]), f"{r['device']} ({r['version']})", 180,
+                            {"fontsize": 8, "color": DRIFT}))
     if dots is not None:
         fig.colorbar(dots, ax=ax, label=QUALITY_AXIS.get(qname, qname), format=quality_format(qname))
         _version_legend(fig, legend)
@@ -165,23 +170,23 @@ def triangle_chart(title: str, cohorts: list[dict], rows: list[dict], flagged: s
     return to_svg(triangle_figure(title, cohorts, rows, flagged, budget))
 
 
-def _dot_panel(ax, labels: list[str], values: list, refs: list, flagged: list[bool],
-               second: Optional[list] = None) -> None:
-    ys = list(range(len(labels)))
+def _dot_panel(ax, values: list, refs: list, flagged: list[bool], second: Optional[list] = None) -> None:
+    """One panel of the device chart, a row a line (the rows' labels are on the shared y axis)."""
+    ys = list(range(len(values)))
     colours = [DRIFT if f else "#1f77b4" for f in flagged]
     shown = [(y, v, c) for y, v, c in zip(ys, values, colours) if v is not None]
     ax.scatter([v for _, v, _ in shown], [y for y, _, _ in shown], c=[c for _, _, c in shown], s=36, zorder=3)
-    if second:
-        for y, lo, hi, c in zip(ys, values, second, colours):
-            if lo is not None and hi is not None:
-                ax.plot([lo, hi], [y, y], color=c, linewidth=2, alpha=0.5)
-                ax.scatter([hi], [y], marker="|", s=80, color=c)
+    spans = [(y, lo, hi, c) for y, lo, hi, c in zip(ys, values, second or (), colours)
+             if lo is not None and hi is not None]
+    if spans:  # one collection each, not an artist per row
+        ax.hlines([y for y, *_ in spans], [lo for _, lo, _, _ in spans], [hi for _, _, hi, _ in spans],
+                  colors=[c for *_, c in spans], linewidth=2, alpha=0.5)
+        ax.scatter([hi for _, _, hi, _ in spans], [y for y, *_ in spans], marker="|", s=80,
+                   c=[c for *_, c in spans])
     ref_shown = [(y, r) for y, r in zip(ys, refs) if r is not None]
     if ref_shown:
         ax.scatter([r for _, r in ref_shown], [y for y, _ in ref_shown], marker="|", s=160, color="black", zorder=2)
-    ax.set_yticks(ys, labels)
     ax.grid(axis="x", alpha=0.3)
-    ax.set_ylim(len(labels) - 0.5, -0.5)  # the first row on top
 
 
 def _device_legend(fig) -> None:
@@ -210,17 +215,19 @@ def device_figure(title: str, rows: list[dict], flags: list[dict], budget: dict)
     ref = {"accuracy": "accuracy_expected", "top1_agreement": "top1_expected", "cosine": "cosine_expected"}[key]
     got = lambda r: kinds.get((r["device"], r["version"]), set())  # noqa: E731
     quality = [r[key] for r in rows]
-    _dot_panel(axes[0], labels, quality, [r[ref] for r in rows],
+    axes[0].set_yticks(range(len(rows)), labels)  # the y axis is shared: its ticks once, for the three panels
+    axes[0].set_ylim(len(rows) - 0.5, -0.5)  # the first row on top
+    _dot_panel(axes[0], quality, [r[ref] for r in rows],
                [bool(got(r) & {"accuracy", "top1_agreement", "cosine"}) for r in rows])
     budget_axis(axes[0], "x", [v for v in quality + [r[ref] for r in rows] if v is not None],
                 QUALITY_AXIS.get(qname, qname), top=1.0)
     axes[0].xaxis.set_major_formatter(quality_format(qname))
     p50, p95 = [r["latency_p50"] for r in rows], [r["latency_p95"] for r in rows]
-    _dot_panel(axes[1], labels, p50, [None] * len(rows), [("latency" in got(r)) for r in rows], second=p95)
+    _dot_panel(axes[1], p50, [None] * len(rows), [("latency" in got(r)) for r in rows], second=p95)
     budget_axis(axes[1], "x", [v for v in p50 + p95 if v is not None], "latency (ms), p50 to p95",
                 budget.get("max_latency_ms_p95") if any(v is not None for v in p95) else None, "ms", "slowest p95")
     rss = [r["peak_rss_mb"] for r in rows]
-    _dot_panel(axes[2], labels, rss, [None] * len(rows), [("memory" in got(r)) for r in rows])
+    _dot_panel(axes[2], rss, [None] * len(rows), [("memory" in got(r)) for r in rows])
     budget_axis(axes[2], "x", [v for v in rss if v is not None], "peak memory (MiB)", budget.get("max_peak_rss_mb"),
                 "MiB", "largest")
     _device_legend(fig)

@@ -35,20 +35,24 @@ def is_lm(row: dict) -> bool:
     return row.get("perplexity") is not None
 
 
-def _expected(report) -> dict:
-    value = (report.metrics.model_extra or {}).get("expected")
+def _object(value) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _curve(report) -> list[dict]:
-    """The cache-vs-recompute points, as plain dicts sorted by context."""
-    points = report.metrics.kv_curve or []
-    return sorted((p.model_dump() for p in points), key=lambda p: p["context"])
+def _curve(metrics: dict) -> list[dict]:
+    """The cache-vs-recompute points, sorted by context, each with every field of the schema's
+    (None where not sent) and what a newer runner adds."""
+    def mode(value) -> Optional[dict]:
+        return None if not isinstance(value, dict) else \
+            {"decode_tokens_per_s": value.get("decode_tokens_per_s"), "rss_mb": value.get("rss_mb"), **value}
+
+    points = [{"context": p["context"], "kv_cache_bytes": p["kv_cache_bytes"], **p, "cache": mode(p.get("cache")),
+               "recompute": mode(p.get("recompute"))} for p in metrics.get("kv_curve") or ()]
+    return sorted(points, key=lambda p: p["context"])
 
 
-def _workload(report) -> dict:
-    lm = (report.metrics.model_extra or {}).get("lm")
-    lm = lm if isinstance(lm, dict) else {}
+def _workload(metrics: dict) -> dict:
+    lm = _object(metrics.get("lm"))
     return {k: lm.get(k) if isinstance(lm.get(k), int) else None for k in ("context", "prompt_tokens", "generate_tokens")}
 
 
@@ -57,20 +61,21 @@ def _num(value) -> Optional[float]:
     return float(value) if ok else None
 
 
-def lm_row(report, columns: dict, budget: dict) -> dict:
+def lm_row(report: dict, columns: dict, budget: dict) -> dict:
     """The LM columns of one row ({} for a one-pass model): the report's own numbers
-    (DeviceReport.columns), the host's for the same bundle, the workload, the budgets."""
+    (`columns`: its flat row, edgekit.device_report.report_columns; `report`: its JSON
+    object), the host's for the same bundle, the workload, the budgets."""
     if columns.get("perplexity") is None:
         return {}
-    expected = _expected(report)
-    m = report.metrics
+    m = report["metrics"]
+    expected = _object(m.get("expected"))
     return {**{k: columns[k] for k in LM_METRICS}, "kv_cache": columns["kv_cache"],
-            "kv_cache_bytes_measured": _num(m.kv_cache_bytes_measured),
-            "fp32_perplexity": _num(m.fp32_perplexity),
+            "kv_cache_bytes_measured": _num(m.get("kv_cache_bytes_measured")),
+            "fp32_perplexity": _num(m.get("fp32_perplexity")),
             "perplexity_expected": _num(expected.get("perplexity")),
             "ppl_increase_expected": _num(expected.get("ppl_increase")),
             "top1_expected": _num(expected.get("top1_agreement")),
-            **_workload(report), "kv_curve": _curve(report),
+            **_workload(m), "kv_curve": _curve(m),
             **{f"{column}_budget": _num(budget.get(name)) for column, name in LM_BUDGET_COLUMNS.items()}}
 
 
