@@ -16,9 +16,7 @@ the same halt rule (rollout.halt_reason) and tells the play whether to go on.
 from __future__ import annotations
 
 import hashlib
-import io
 import posixpath
-import tarfile
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -35,18 +33,13 @@ __all__ = ["role_vars", "pull_fetched", "gate_wave"]
 def role_vars(bundle: Bundle, folder: Path, step_timeout: float, samples: Optional[int] = None) -> dict:
     """The role's variables for rolling out `bundle`; the runner archive and the fetched
     reports go into `folder` (on the controller)."""
-    from edgekit.bundle import runner_files
+    from edgekit.bundle import runner_files, write_tar
     from edgekit.device.trust import tree_hash
     from edgekit.fleet.protocol import SHORT_STEP_S, upload_path
 
     files = runner_files()
-    archive = folder / "runner.tar.gz"
-    folder.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive, "w:gz") as tar:
-        for rel, data in sorted(files.items()):
-            info = tarfile.TarInfo(rel)
-            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
-            tar.addfile(info, io.BytesIO(data))
+    archive = folder / "runner.tar"
+    write_tar(archive, files, int(time.time()))
     anywhere = Device(name="-", transport="local", root="/", target=bundle.target)  # the name does not depend on it
     return {"edgekit_bundle": str(bundle.path.resolve()), "edgekit_bundle_name": bundle.name,
             "edgekit_bundle_version": bundle.version, "edgekit_bundle_sha256": bundle.sha256,
@@ -58,11 +51,8 @@ def role_vars(bundle: Bundle, folder: Path, step_timeout: float, samples: Option
 
 
 def _sha1(path: Path) -> str:
-    h = hashlib.sha1()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha1").hexdigest()
 
 
 def pull_fetched(device: Device, folder: Path, known: set[str], name: str, version: str) -> Pulled:
