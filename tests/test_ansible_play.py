@@ -72,6 +72,7 @@ def test_the_rollout_play_completes_and_halts_at_a_breaking_canary_with_it_put_b
 @pytest.mark.parametrize("args, says", [
     (["--fetched", "{tmp}/nowhere", "-d", "cam"], "/nowhere: no such folder"),
     (["--fetched", "{tmp}", "-d", "cam", "--failed", "cam"], "--failed cam: give HOST=WHY"),
+    (["--fetched", "{tmp}", "-d", "cam", "--rollout", "7"], "--rollout 7: no such rollout"),
 ])
 def test_the_gate_step_refuses_wrong_input(tmp_path, bundles, args, says):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]

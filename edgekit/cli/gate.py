@@ -58,6 +58,8 @@ def gate_cmd(
             raise ConfigError(f"--failed {item}: give HOST=WHY")
         why[host] = text or "failed"
     with open_store(store) as db:
+        if rollout is not None and db.rollout(rollout) is None:
+            raise ConfigError(f"--rollout {rollout}: no such rollout in {db.path} (the first batch's gate starts one)")
         verdict = gate_wave(found, fetched, device, why, kind="canary" if canary else "batch",
                             failures_before=failures_before, max_failures=max_failures, store=db,
                             rollout_id=rollout, last=last)

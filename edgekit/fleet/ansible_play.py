@@ -96,7 +96,7 @@ def _record_wave(store: Store, bundle: Bundle, rollout_id: Optional[int], kind: 
                  reason: Optional[str], failures: int, max_failures: int, last: bool) -> int:
     """The batch as the next wave of the play's rollout record (started on the first batch)."""
     with store.batch():
-        if rollout_id is None or store.rollout(rollout_id) is None:
+        if rollout_id is None:
             rollout_id = store.start_rollout(name=bundle.name, version=bundle.version, target=bundle.target,
                                              sha256=bundle.sha256, path=str(bundle.path),
                                              options={"engine": "ansible-play", "max_failures": max_failures})
