@@ -41,8 +41,11 @@ browser:
 		|| echo "could not install chromium: the tests that render HTML in it will be skipped"; \
 	fi
 
+# Two pytest workers, one test file each at a time (a file's fixtures are built once): most
+# tests wait on device processes and sshd, so two keep two cores busy. The slowest tests are listed.
+TEST_WORKERS ?= 2
 test: $(FULL_STAMP) sshd browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20
 
 demo: $(CORE_STAMP)
 	$(VENV)/bin/edgekit demo

@@ -3,6 +3,7 @@ directly; and device Pythons that misbehave on cue (for the interrupt and fault 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -86,14 +87,17 @@ def device_python() -> str:
     """A Python with only numpy and onnxruntime (and their own dependencies), made once in
     REPO/.venv-device and reused by later test runs. Python 3.9 when pyenv has it."""
     python = DEVICE_VENV / "bin" / "python"
-    ready = python.exists() and subprocess.run([str(python), "-c", "import numpy, onnxruntime"],
-                                               capture_output=True).returncode == 0
-    if not ready:
-        base = str(PY39) if PY39 else sys.executable
-        subprocess.run([base, "-m", "venv", "--clear", str(DEVICE_VENV)], check=True, timeout=300)
-        pip = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "numpy", "onnxruntime"],
-                             capture_output=True, text=True, timeout=900)
-        assert pip.returncode == 0, f"could not make the device venv (pip needs PyPI): {pip.stderr[-2000:]}"
+    # `make test` runs two pytest workers: the first to get here makes the venv, the other waits.
+    with open(REPO / ".venv-device.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ready = python.exists() and subprocess.run([str(python), "-c", "import numpy, onnxruntime"],
+                                                   capture_output=True).returncode == 0
+        if not ready:
+            base = str(PY39) if PY39 else sys.executable
+            subprocess.run([base, "-m", "venv", "--clear", str(DEVICE_VENV)], check=True, timeout=300)
+            pip = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "numpy", "onnxruntime"],
+                                 capture_output=True, text=True, timeout=900)
+            assert pip.returncode == 0, f"could not make the device venv (pip needs PyPI): {pip.stderr[-2000:]}"
     return str(python)
 
 
