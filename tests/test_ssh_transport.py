@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -368,3 +369,16 @@ def test_an_upload_survives_rekeying_with_aes_gcm(fleet, tmp_path):
     # at least one key exchange fell inside the upload (after its first MiB); how many depends
     # on how fast the handshakes go beside the data, so a loaded host sees fewer
     assert kex_inits and sha256(remote) == sha256(payload)
+
+
+def test_invoke_is_imported_only_when_an_ssh_config_needs_match_exec(tmp_path):
+    # paramiko imports invoke for `Match exec` alone; edgekit defers it (most of paramiko's import time)
+    config = tmp_path / "ssh_config"
+    config.write_text(f'Match exec "test -e {tmp_path}"\n    User from-match-exec\n')
+    code = ("import sys; from edgekit.transport.sshconfig import resolve; from edgekit.transport.base import Endpoint\n"
+            "print('invoke.tasks' in sys.modules)\n"
+            "route = resolve(Endpoint(name='d', transport='ssh', root='/r', timeout=5, host='cam'))\n"
+            "print(route.target.user, 'invoke.tasks' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "EDGEKIT_SSH_CONFIG": str(config)}).stdout.split()
+    assert out == ["False", "from-match-exec", "True"], out

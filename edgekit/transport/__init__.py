@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import threading
 import types
 
 from edgekit.transport.base import Endpoint, RunResult, Transport
@@ -19,10 +20,14 @@ __all__ = ["Endpoint", "RunResult", "Transport", "connect"]
 class _Deferred(types.ModuleType):
     """Stands in for a module until one of its attributes is used, then imports it."""
 
+    _lock = threading.Lock()  # two devices' threads may be first at once
+
     def __getattr__(self, attr: str):
-        if sys.modules.get(self.__name__) is self:
-            del sys.modules[self.__name__]
-        return getattr(importlib.import_module(self.__name__), attr)
+        with _Deferred._lock:
+            if sys.modules.get(self.__name__) is self:
+                del sys.modules[self.__name__]
+            module = importlib.import_module(self.__name__)
+        return getattr(module, attr)
 
 
 def _defer_invoke() -> None:
