@@ -150,7 +150,7 @@ def _hashing(path: Path) -> "Future[str]":
     def work() -> None:
         try:
             digest.set_result(sha256_file(str(path)))
-        except BaseException as exc:  # noqa: BLE001  handed to whoever asks for the hash
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever asks for the hash
             digest.set_exception(exc)
     threading.Thread(target=work, name="edgekit-bundle-sha256", daemon=True).start()
     return digest

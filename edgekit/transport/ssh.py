@@ -181,12 +181,13 @@ class SSHTransport(Transport):
     def _write_limit(self) -> int:
         """The most file data the device's SFTP server takes in one write: OpenSSH's says so when
         asked (limits@openssh.com, 255 KiB in 9.x); 32 KiB, what every SFTP server must take,
-        from one that does not answer the question. Asked once per session."""
+        from one that does not answer the question. Asked once per connection."""
         if self._write_most is None:
             try:
                 kind, reply = self._sftp._request(CMD_EXTENDED, "limits@openssh.com")
-                # the answer: max packet, read, write lengths and open handles (0: not said)
-                write = [reply.get_int64() for _ in range(3)][2] if kind == CMD_EXTENDED_REPLY else 0
+                write = 0
+                if kind == CMD_EXTENDED_REPLY:  # max packet, read and write lengths (0: not said), open handles
+                    _packet, _read, write = reply.get_int64(), reply.get_int64(), reply.get_int64()
             except (IOError, paramiko.SSHException):
                 write = 0
             self._write_most = min(write, 256 << 10) or 32768
