@@ -65,8 +65,10 @@ def scp_argv(fleet, server, bundle: Path, dest: str) -> list[str]:
 
 
 def edgekit_push(fleet, inventory: Path, bundle: Path, devices: int) -> tuple[float, dict]:
+    # the fleet's own store beside its inventory: the user's store never hears of these devices
     seconds, proc = timed([sys.executable, "-m", "edgekit.cli.main", "push", str(bundle), "--inventory", str(inventory),
-                           "--workers", str(devices), "--json"], env=fleet.env)
+                           "--workers", str(devices), "--store", str(inventory.parent / "store.db"), "--json"],
+                          env=fleet.env)
     if proc.returncode != 0:
         raise SystemExit(f"edgekit push failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return seconds, json.loads(proc.stdout)

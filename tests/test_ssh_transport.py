@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -275,22 +276,52 @@ def test_fixture_inventory_loads_with_awkward_names(fleet):
     assert inventory.devices[1].name == 'offline "x"'
 
 
-def test_uploads_prefer_aes_gcm_and_send_one_packet_per_write(fleet, tmp_path):
+def _counting_upload(tr, payload: Path, remote: str) -> tuple[int, int]:
+    """(SSH packets, SFTP writes) that tr.put(payload, remote) sent."""
+    from paramiko.sftp import CMD_WRITE
+
+    ssh, sftp = tr._client.get_transport(), tr._sftp  # the SFTP session opens first: its packets are not the upload's
+    packets, writes = [], []
+    send, ask = ssh.packetizer.send_message, sftp._async_request
+    ssh.packetizer.send_message = lambda message: (packets.append(1), send(message))[1]
+    sftp._async_request = lambda fileobj, t, *args: (writes.append(1) if t == CMD_WRITE else None,
+                                                     ask(fileobj, t, *args))[1]
+    tr.put(payload, remote)
+    ssh.packetizer.send_message, sftp._async_request = send, ask
+    return len(packets), len(writes)
+
+
+def test_uploads_prefer_aes_gcm_and_send_full_packets_in_few_writes(fleet, tmp_path):
     payload = tmp_path / "payload.bin"
     payload.write_bytes(os.urandom(1 << 20))
     remote = f"{fleet.servers[0].root}/payload.part"
     with connect(fleet.device(0).endpoint) as tr:
         ssh = tr._client.get_transport()
         assert ssh.local_cipher == ssh.remote_cipher == "aes128-gcm@openssh.com"
-        tr.size(remote)  # opens the SFTP session (on first use): its packets are not the upload's
-        sent = []
-        send = ssh.packetizer.send_message
-        ssh.packetizer.send_message = lambda message: (sent.append(1), send(message))[1]
-        tr.put(payload, remote)
-        ssh.packetizer.send_message = send
-    # 32 KiB writes (paramiko's default) went out as two packets each: 64 and more for 1 MiB
+        packets, writes = _counting_upload(tr, payload, remote)
     assert sha256(Path(remote)) == sha256(payload)
-    assert len(sent) <= (1 << 20) // 32000 + 4, len(sent)
+    # 32 KiB writes (paramiko's default) went out as two packets each: 64 and more for 1 MiB
+    assert packets <= (1 << 20) // 32000 + 6, packets
+    # OpenSSH's sftp-server takes 255 KiB a write (limits@openssh.com): 7 packets' worth each
+    assert writes <= (1 << 20) // 200_000 + 1, writes
+
+
+def test_a_server_that_does_not_say_its_limits_gets_one_packet_writes(fleet, tmp_path):
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(os.urandom((1 << 20) + 5))
+    remote = f"{fleet.servers[0].root}/payload.part"
+    with connect(fleet.device(0).endpoint) as tr:
+        sftp = tr._sftp
+        request = sftp._request
+
+        def no_limits(t, *args):
+            if args[:1] == ("limits@openssh.com",):
+                raise IOError("Operation unsupported")  # what paramiko raises for SSH_FX_OP_UNSUPPORTED
+            return request(t, *args)
+        sftp._request = no_limits
+        packets, writes = _counting_upload(tr, payload, remote)
+    assert sha256(Path(remote)) == sha256(payload)
+    assert writes >= (1 << 20) // 32768 and packets <= writes + 6, (packets, writes)
 
 
 def test_a_server_without_aes_gcm_still_takes_uploads(fleet, tmp_path):
@@ -338,3 +369,16 @@ def test_an_upload_survives_rekeying_with_aes_gcm(fleet, tmp_path):
     # at least one key exchange fell inside the upload (after its first MiB); how many depends
     # on how fast the handshakes go beside the data, so a loaded host sees fewer
     assert kex_inits and sha256(remote) == sha256(payload)
+
+
+def test_invoke_is_imported_only_when_an_ssh_config_needs_match_exec(tmp_path):
+    # paramiko imports invoke for `Match exec` alone; edgekit defers it (most of paramiko's import time)
+    config = tmp_path / "ssh_config"
+    config.write_text(f'Match exec "test -e {tmp_path}"\n    User from-match-exec\n')
+    code = ("import sys; from edgekit.transport.sshconfig import resolve; from edgekit.transport.base import Endpoint\n"
+            "print('invoke.tasks' in sys.modules)\n"
+            "route = resolve(Endpoint(name='d', transport='ssh', root='/r', timeout=5, host='cam'))\n"
+            "print(route.target.user, 'invoke.tasks' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "EDGEKIT_SSH_CONFIG": str(config)}).stdout.split()
+    assert out == ["False", "from-match-exec", "True"], out

@@ -39,17 +39,14 @@ import argparse
 import errno
 import json
 import os
-import platform
-import select
-import shutil
 import sys
-import threading
 import time
 from typing import Dict, List, Optional, Sequence
 
-# install (tarfile, tempfile) and report (socket, numpy later) are imported by the commands
-# that use them: status, activate and restore, most of what a push or rollout asks a device
-# for, start without them (a runner's start is a Python start on every device, every step).
+# install (tarfile, tempfile), report (socket, numpy later), shutil, threading and select are
+# imported by the commands that use them: status, activate and restore, most of what a push
+# or rollout asks a device for, start without them (a runner's start is a Python start on
+# every device, every step; platform, shutil and secrets were a third of a status's CPU).
 from .state import META, Layout, RunnerError, check_name, read_json
 from .trust import trusted_keys, tree_hash
 
@@ -208,6 +205,9 @@ def watch_parent(every: float = 2.0) -> None:
     """Stop this process when whoever started it is gone (the host's connection died: sshd's
     session ended and closed our stdout, or the local edgekit was killed): an evaluation
     nobody will read must not hold the device's CPU and memory."""
+    import select
+    import threading
+
     parent = os.getppid()
     poller = select.poll()
     poller.register(sys.stdout.fileno(), 0)  # POLLERR/POLLHUP are always reported
@@ -245,7 +245,7 @@ def cmd_status(layout: Layout, args) -> dict:
                         "reports": _reports(layout, name),
                         "bundles": {v: _installed_meta(layout, name, v) for v in installed}}
     incoming = sorted(os.listdir(layout.incoming)) if os.path.isdir(layout.incoming) else []
-    return {"root": layout.root, "runner_sha256": tree_hash(runner_files()), "python": platform.python_version(),
+    return {"root": layout.root, "runner_sha256": tree_hash(runner_files()), "python": sys.version.split()[0],
             "models": models, "incoming": incoming, "trusted_keys": [p for p, _ in trusted_keys(layout.trust)],
             "disk_free_bytes": disk_free(layout.root), "now": time.time()}
 
@@ -269,6 +269,8 @@ def disk_free(path: str) -> Optional[int]:
 
 
 def cmd_gc(layout: Layout, args) -> dict:
+    import shutil
+
     from .install import clean_leftovers, clean_parts
     from .scratch import clean_idle as clean_idle_scratch
 

@@ -28,7 +28,6 @@ import fcntl
 import json
 import os
 import re
-import secrets
 import time
 from contextlib import contextmanager
 from typing import Iterator, List, Optional
@@ -86,7 +85,7 @@ def read_json(path: str, limit: int = 4 << 20) -> Optional[dict]:
 
 
 def write_json_atomic(path: str, value: dict) -> None:
-    tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+    tmp = f"{path}.tmp-{os.urandom(4).hex()}"
     with open(tmp, "w") as fh:
         json.dump(value, fh, indent=2, sort_keys=True)
         fh.write("\n")
@@ -158,7 +157,7 @@ class Layout:
             raise RunnerError(f"{name} {version} is not installed (installed: {', '.join(self.versions(name)) or 'none'})",
                               "state", 2)
         os.makedirs(self.current, exist_ok=True)
-        tmp = os.path.join(self.current, f".{name}.tmp-{secrets.token_hex(4)}")
+        tmp = os.path.join(self.current, f".{name}.tmp-{os.urandom(4).hex()}")
         os.symlink(os.path.join("..", "bundles", name, version), tmp)
         try:
             os.replace(tmp, os.path.join(self.current, name))

@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator, Optional, Sequence
 
 import paramiko
+from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
 
 from edgekit.errors import ConnectError, Interrupted, RemoteCommandError, TransportError
 from edgekit.transport.base import Cancel, Endpoint, Progress, RunResult, Transport
@@ -48,6 +49,7 @@ class SSHTransport(Transport):
         self._trust_new = trust_new_hosts
         self._clients: list[paramiko.SSHClient] = []  # jump hosts first, the device last
         self._sftp_client: Optional[paramiko.SFTPClient] = None
+        self._write_most: Optional[int] = None  # the SFTP server's largest write, once asked
         self._shell: Optional[Shell] = None  # the session that runs commands, opened by the first
         self._lost: Optional[str] = None  # why the watchdog closed the connection
         route = resolve(endpoint)
@@ -164,7 +166,7 @@ class SSHTransport(Transport):
             dst = self._sftp.open(remote, "r+b" if start else "wb", 0)
             try:
                 dst.set_pipelined(True)  # don't wait for each write's answer: this is what makes it fast
-                dst.MAX_REQUEST_SIZE = _write_size(self._sftp.get_channel(), dst.handle)
+                dst.MAX_REQUEST_SIZE = _write_size(self._sftp.get_channel(), dst.handle, self._write_limit())
                 with local.open("rb") as src:
                     src.seek(start)
                     dst.seek(start)
@@ -175,6 +177,21 @@ class SSHTransport(Transport):
                 with suppress(Exception):
                     dst.close()
                 raise
+
+    def _write_limit(self) -> int:
+        """The most file data the device's SFTP server takes in one write: OpenSSH's says so when
+        asked (limits@openssh.com, 255 KiB in 9.x); 32 KiB, what every SFTP server must take,
+        from one that does not answer the question. Asked once per connection."""
+        if self._write_most is None:
+            try:
+                kind, reply = self._sftp._request(CMD_EXTENDED, "limits@openssh.com")
+                write = 0
+                if kind == CMD_EXTENDED_REPLY:  # max packet, read and write lengths (0: not said), open handles
+                    _packet, _read, write = reply.get_int64(), reply.get_int64(), reply.get_int64()
+            except (IOError, paramiko.SSHException):
+                write = 0
+            self._write_most = min(write, 256 << 10) or 32768
+        return self._write_most
 
     @staticmethod
     def _send(src, dst, done: int, total: int, progress: Optional[Progress]) -> None:
@@ -311,15 +328,21 @@ def _fast_ciphers(factory):
     return make
 
 
-def _write_size(channel: paramiko.Channel, handle: bytes) -> int:
-    """Bytes of file data per SFTP write, so that each write request fills one SSH packet.
+def _write_size(channel: paramiko.Channel, handle: bytes, most: int) -> int:
+    """Bytes of file data per SFTP write: as many whole SSH packets as the server takes in one
+    write (`most` bytes), at least one.
 
     paramiko writes 32768 bytes per request by default; with the request's header that is
     just over one channel packet (out_max_packet_size - 64 bytes of data), so every write
     went out as a full packet and a 29-byte one: twice the packets, each encrypted and
-    MACed on its own. The header is length, type, id, handle, offset and data length."""
+    MACed on its own. Filling 7 packets per write (OpenSSH takes 255 KiB) cuts the requests
+    and their answers, each parsed in Python on this side, by 7 (8 uploads of 52 MB to
+    loopback sshd: 0.10-0.11 s of the client's CPU a device instead of 0.13-0.15). The
+    header is length, type, id, handle, offset and data length."""
     header = 4 + 1 + 4 + (4 + len(handle)) + 8 + 4
-    return max(1024, min(32768, channel.out_max_packet_size - 64 - header))
+    packet = channel.out_max_packet_size - 64
+    packets = max(1, (most + header) // packet)
+    return max(1024, packets * packet - header)
 
 
 def _why_not_connected(exc: BaseException, timeout: float) -> str:
