@@ -7,7 +7,8 @@ reduce-range, exclude, include), a recipe may carry:
                                             weights per block of `block_size` along K, the
                                             MatMulNBits accuracy level (4: INT8 activations per
                                             block, the fast kernel), the algorithm (None = RTN;
-                                            minmax-offset: a language model's asymmetric blocks)
+                                            minmax-offset: a language model's asymmetric blocks;
+                                            minmax-offset-head4: its head at 4 bits too)
     symmetric                               int8-static: symmetric activations; *-block: symmetric
                                             weights (None: the toolchain's default)
     weight_only                             nodes that, instead of the recipe's INT8, get 8-bit
@@ -28,7 +29,7 @@ from edgekit.words import Precision
 __all__ = ["Recipe", "METHODS", "ALGORITHMS", "KV_CACHE"]
 
 METHODS = ("minmax", "entropy", "percentile")
-ALGORITHMS = ("rtn", "minmax-offset", "hqq", "kquant")
+ALGORITHMS = ("rtn", "minmax-offset", "minmax-offset-head4", "hqq", "kquant")
 KV_CACHE = ("cache", "recompute")  # how a language model generates: keep keys and values, or rerun the prefix
 _LATER = ("block_size", "accuracy_level", "algorithm", "symmetric", "weight_only", "kv_cache")
 
@@ -44,7 +45,7 @@ class Recipe(BaseModel):
     include: tuple[str, ...] = ()
     block_size: Optional[int] = None
     accuracy_level: Optional[int] = None
-    algorithm: Optional[Literal["rtn", "minmax-offset", "hqq", "kquant"]] = None
+    algorithm: Optional[Literal["rtn", "minmax-offset", "minmax-offset-head4", "hqq", "kquant"]] = None
     symmetric: Optional[bool] = None
     weight_only: tuple[str, ...] = ()
     kv_cache: Optional[Literal["cache", "recompute"]] = None  # language models only

@@ -143,7 +143,7 @@ class LMToolchain(Toolchain):
     def sweep(self, profile, exclude: tuple[str, ...] = (), include: tuple[str, ...] = ()) -> list[Recipe]:
         """FP32 first (the baseline), then FP16 and the block recipes the profile allows, each
         in the cache modes its [lm] section leaves open (auto: both)."""
-        from edgekit.toolchains.lm.quantize import DEFAULT_ALGORITHM
+        from edgekit.toolchains.lm.quantize import DEFAULT_ALGORITHM, INT4_CANDIDATES
 
         if exclude or include:
             raise ConfigError("--exclude and --include select nodes of one-pass models; a language model's "
@@ -152,7 +152,7 @@ class LMToolchain(Toolchain):
         allowed = set(profile.precisions)
         plain = [Recipe(precision=p) for p in ("fp32", "fp16") if p == "fp32" or p in allowed]
         blocks = [Recipe(precision=p, algorithm=m, block_size=32) for p in DEFAULT_ALGORITHM if p in allowed
-                  for m in ((DEFAULT_ALGORITHM[p], "rtn") if p == "int4-block" else (DEFAULT_ALGORITHM[p],))]
+                  for m in (INT4_CANDIDATES if p == "int4-block" else (DEFAULT_ALGORITHM[p],))]
         modes = KV_CACHE if profile.lm.kv_cache == "auto" else (profile.lm.kv_cache,)
         return [r.model_copy(update={"kv_cache": mode}) for r in plain + blocks for mode in modes]
 

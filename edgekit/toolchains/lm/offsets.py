@@ -1,0 +1,195 @@
+"""Asymmetric 4-bit blocks with an unrounded per-block offset, on MatMulNBits' fast path.
+
+A block of weights on the grid w = m + q*d (q = 0..15; GGUF Q4_1's grid, and min/max RTN's)
+goes into MatMulNBits with no zero points (implicitly 8), and the offset o = m + 8*d comes
+back through the input's block sums:
+
+    y = MatMulNBits4(x) + MatMulNBits8(blocksum(x), O) ,   O [K/block, N]: the offsets
+
+blocksum is a Reshape and a ReduceSum over each block of the input. O itself is stored as an
+8-bit MatMulNBits (symmetric, blocks of 32 along its K/block rows): a float MatMul of O read
+as many bytes as the 4-bit scales and cost ~8% of a decode step; at 8 bits it is a quarter
+of that and changes perplexity by < 0.1% on SmolLM2-135M. Integer zero points (what
+onnxruntime's asymmetric quantizer writes) round the offset to the grid and lost 22-26% of
+perplexity on that model; float zero points run ~15x slower in onnxruntime 1.32's kernels.
+
+Every node costs a few microseconds however small, so the projections that read one input
+(an MLP's gate and up) are first made one MatMul over their concatenated weights, split
+after: one block sum, one 4-bit and one offset MatMulNBits and one Add for the group.
+
+The head may take the same recipe (`with_head`); the embedding then reads both of its tables
+(`embed_offsets`): the 4-bit codes through GatherBlockQuantized and the offsets through an
+8-bit one, added per block. Alone the head stays float here (quantize.py makes it 8-bit).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["minmax_offset", "embed_offsets", "offset_blocks", "OFFSET_BLOCK"]
+
+OFFSET_BLOCK = 32  # the offsets' own MatMulNBits blocks (8 bits), along K/block
+
+
+def minmax_offset(proto, head: str, bits: int, block: int, with_head: bool = False):
+    """Every constant-weight MatMul whose K is a multiple of `block` (and the head if `with_head`)
+    in asymmetric `bits`-bit blocks with 8-bit offsets. Returns `proto`, changed in place."""
+    from onnx import helper
+
+    from edgekit.toolchains.lm.graph import drop_dead
+
+    skip = set() if with_head else {head}
+    _fuse_shared_inputs(proto, skip | {head}, block)
+    g = proto.graph
+    inits = {i.name: i for i in g.initializer}
+    nodes, sums, new = [], {}, []
+    for node in g.node:
+        weight = _weight(node, inits, block)
+        if weight is None or node.name in skip:
+            nodes.append(node)
+            continue
+        x = node.input[0]
+        if x not in sums:
+            sums[x] = _blocksum(nodes, new, x, weight.dims[0], block, weight.name)
+        nodes += _offset_matmul(node, weight, sums[x], bits, block, new)
+    g.ClearField("node")
+    g.node.extend(nodes)
+    g.initializer.extend(new)
+    if not any(o.domain == "com.microsoft" for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    drop_dead(g)
+    return proto
+
+
+def _weight(node, inits, block):
+    weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) > 1 else None
+    if weight is None or len(weight.dims) != 2 or weight.dims[0] % block:
+        return None  # not a projection this recipe can block (onnxruntime's quantizer would pad K)
+    return weight
+
+
+def _fuse_shared_inputs(proto, skip: set, block: int) -> None:
+    """MatMuls that read one input: one MatMul over their weights side by side, then a Split."""
+    from onnx import helper, numpy_helper
+
+    g = proto.graph
+    inits = {i.name: i for i in g.initializer}
+    groups: dict = {}
+    for node in g.node:
+        if node.name not in skip and _weight(node, inits, block) is not None:
+            groups.setdefault(node.input[0], []).append(node)
+    for x, members in groups.items():
+        if len(members) < 2:
+            continue
+        weights = [numpy_helper.to_array(inits[m.input[1]]) for m in members]
+        name = members[0].name + "_fused"
+        g.initializer.extend([numpy_helper.from_array(np.concatenate(weights, 1), name + ".weight"),
+                              numpy_helper.from_array(np.array([w.shape[1] for w in weights], np.int64),
+                                                      name + "_split")])
+        at = list(g.node).index(members[0])
+        for m in members:
+            g.node.remove(m)
+        g.node.insert(at, helper.make_node("Split", [name + "_y", name + "_split"], [m.output[0] for m in members],
+                                           name=name + "_split", axis=-1))
+        g.node.insert(at, helper.make_node("MatMul", [x, name + ".weight"], [name + "_y"], name=name))
+
+
+def _blocksum(nodes, new, x, k, block, base) -> str:
+    from onnx import helper, numpy_helper
+
+    new += [numpy_helper.from_array(np.array([0, 0, k // block, block], np.int64), base + "_blk_shape"),
+            numpy_helper.from_array(np.array([-1], np.int64), base + "_blk_axes")]
+    nodes += [helper.make_node("Reshape", [x, base + "_blk_shape"], [base + "_x_blocks"], name=base + "_blk"),
+              helper.make_node("ReduceSum", [base + "_x_blocks", base + "_blk_axes"], [base + "_x_blocksum"],
+                               name=base + "_blksum", keepdims=0)]
+    return base + "_x_blocksum"
+
+
+def _offset_matmul(node, weight, blocksum, bits, block, new) -> list:
+    """The 4-bit MatMulNBits, the offsets' 8-bit one over the block sums, and their Add."""
+    from onnx import helper, numpy_helper
+
+    packed, scales, offsets = offset_blocks(numpy_helper.to_array(weight).astype(np.float32), bits, block)
+    oq, os = _sym8(offsets)
+    k, n = weight.dims
+    base = weight.name
+    new += [numpy_helper.from_array(packed, base + "_Qo"), numpy_helper.from_array(scales, base + "_scales_o"),
+            numpy_helper.from_array(oq, base + "_offQ"), numpy_helper.from_array(os, base + "_offS")]
+    ms = "com.microsoft"
+    return [helper.make_node("MatMulNBits", [node.input[0], base + "_Qo", base + "_scales_o"], [base + "_yq"],
+                             name=node.name + "_Q", domain=ms, K=k, N=n, bits=bits, block_size=block),
+            helper.make_node("MatMulNBits", [blocksum, base + "_offQ", base + "_offS"], [base + "_yo"],
+                             name=node.name + "_offset", domain=ms, K=k // block, N=n, bits=8,
+                             block_size=OFFSET_BLOCK),
+            helper.make_node("Add", [base + "_yq", base + "_yo"], list(node.output), name=node.name + "_add")]
+
+
+def offset_blocks(w: np.ndarray, bits: int, block: int):
+    """w [K,N] -> (packed uint8 [N, blocks, blob], scales [N*blocks], offsets [blocks, N])."""
+    qmax, mid = 2 ** bits - 1, 2 ** (bits - 1)
+    k, n = w.shape
+    wt = w.T.reshape(n, k // block, block)
+    lo, hi = wt.min(-1, keepdims=True), wt.max(-1, keepdims=True)
+    scale = np.where(hi > lo, (hi - lo) / qmax, 1.0).astype(np.float32)
+    q = np.clip(np.rint((wt - lo) / scale), 0, qmax).astype(np.uint8)
+    offset = (lo + mid * scale)[..., 0].T.astype(np.float32)  # w = (q - mid) * scale + offset
+    if bits == 4:
+        q = q[..., 0::2] | (q[..., 1::2] << 4)
+    return q, scale.reshape(-1), np.ascontiguousarray(offset)
+
+
+def _sym8(m: np.ndarray):
+    """m [K,N] -> an 8-bit symmetric MatMulNBits weight (packed [N, blocks, 32], scales [N*blocks])."""
+    k, n = m.shape
+    blocks = -(-k // OFFSET_BLOCK)
+    padded = np.zeros((blocks * OFFSET_BLOCK, n), np.float32)
+    padded[:k] = m
+    t = padded.T.reshape(n, blocks, OFFSET_BLOCK)
+    amax = np.abs(t).max(-1, keepdims=True)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    q = (np.clip(np.rint(t / scale), -127, 127) + 128).astype(np.uint8)  # 128: the 8-bit implicit zero point
+    return q, scale.reshape(-1)
+
+
+def embed_offsets(proto, emb_name: str, head_weight: str, block: int) -> None:
+    """The embedding as the offset head's rows: GatherBlockQuantized over its 4-bit codes plus
+    GatherBlockQuantized over its 8-bit offsets, one offset added to each block of a row."""
+    from onnx import helper, numpy_helper
+
+    from edgekit.toolchains.lm.graph import drop_dead
+
+    g = proto.graph
+    inits = {i.name: i for i in g.initializer}
+    emb = next(n for n in g.node if n.name == emb_name)
+    ids, out = emb.input[1], emb.output[0]
+    codes, scales = inits[head_weight + "_Qo"], inits[head_weight + "_scales_o"]
+    offq, offs = inits[head_weight + "_offQ"], inits[head_weight + "_offS"]
+    vocab, blocks, blob = codes.dims
+    _, oblocks, oblk = offq.dims
+    consts = {"emb_q_shape": [vocab, blocks * blob], "emb_s_shape": [vocab, blocks],
+              "emb_oq_shape": [vocab, oblocks * oblk], "emb_os_shape": [vocab, oblocks], "emb_o_start": [0],
+              "emb_o_end": [blocks], "emb_o_axis": [-1], "emb_blocks": [0, 0, blocks, block],
+              "emb_o_blocks": [0, 0, blocks, 1], "emb_hidden": [0, 0, blocks * block]}
+    g.initializer.extend(numpy_helper.from_array(np.array(v, np.int64), k) for k, v in consts.items())
+
+    def gather(data, scale, bits, size, name):
+        return helper.make_node("GatherBlockQuantized", [data, ids, scale], [name], name=name, domain="com.microsoft",
+                                bits=bits, block_size=size, gather_axis=0, quantize_axis=1)
+
+    make = helper.make_node
+    nodes = [make("Reshape", [codes.name, "emb_q_shape"], ["emb_q"]), make("Reshape", [scales.name, "emb_s_shape"], ["emb_s"]),
+             gather("emb_q", "emb_s", 4, block, "emb_codes"),
+             make("Reshape", [offq.name, "emb_oq_shape"], ["emb_oq"]),
+             make("Reshape", [offs.name, "emb_os_shape"], ["emb_os"]),
+             gather("emb_oq", "emb_os", 8, oblk, "emb_offsets_padded"),
+             make("Slice", ["emb_offsets_padded", "emb_o_start", "emb_o_end", "emb_o_axis"], ["emb_offsets"]),
+             make("Reshape", ["emb_codes", "emb_blocks"], ["emb_codes_b"]),
+             make("Reshape", ["emb_offsets", "emb_o_blocks"], ["emb_offsets_b"]),
+             make("Add", ["emb_codes_b", "emb_offsets_b"], ["emb_rows_b"]),
+             make("Reshape", ["emb_rows_b", "emb_hidden"], [out])]
+    at = list(g.node).index(emb)
+    g.node.remove(emb)
+    for i, node in enumerate(nodes):
+        node.name = node.name or f"embed_offsets_{i}"
+        g.node.insert(at + i, node)
+    drop_dead(g)
