@@ -31,6 +31,7 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from edgekit.errors import DataError
+from edgekit.report_row import report_columns
 from edgekit.words import PLAIN
 
 __all__ = ["DeviceReport", "MAX_REPORT_BYTES", "REPORT_FILE", "parse_report", "report_columns", "validate_report"]
@@ -178,57 +179,6 @@ class DeviceReport(_Part):
     def columns(self) -> dict:
         """The report as one flat row (report_columns of what the device sent)."""
         return report_columns(self.record())
-
-
-def report_columns(sent: dict) -> dict:
-    """A checked report's JSON object (DeviceReport.record(), or what the store kept) as one
-    flat row; numbers as floats, None where nothing finite was measured. `n` and `n_expected`
-    (the samples evaluated, and the host's) are as the device sent them. Read from the plain
-    object, so that a store's 10,000 reports need no second validation (collect checked them)."""
-    m, bundle, runtime, device = sent["metrics"], sent["bundle"], sent["runtime"], sent["device"]
-    latency, fidelity = _object(m.get("latency_ms")), m.get("fidelity")
-    expected, fidelity_expected = _object(m.get("expected")), _object(m.get("fidelity_expected"))
-    return {
-        "run_id": sent["run_id"], "status": sent["status"], "error": sent.get("error"),
-        "started_at": sent.get("started_at"), "finished_at": sent.get("finished_at"), "name": bundle["name"],
-        "version": bundle["version"], "target": bundle.get("target"), "precision": bundle.get("precision"),
-        "bundle_sha256": bundle.get("sha256"), "runtime": runtime.get("name"), "runtime_version": runtime.get("version"),
-        "arch": device.get("arch"), "python": device.get("python"),
-        "accuracy": _number(m.get("accuracy")), "accuracy_expected": _number(m.get("accuracy_expected")),
-        "baseline_accuracy": _number(expected.get("baseline_accuracy")),
-        "top1_agreement": _number(fidelity.get("top1_agreement") if isinstance(fidelity, dict)
-                                  else m.get("top1_agreement")),
-        "top1_expected": _number(fidelity_expected.get("top1_agreement")),
-        "cosine": _number(_object(fidelity).get("cosine")),
-        "cosine_expected": _number(fidelity_expected.get("cosine")),
-        "n": m.get("n"), "n_expected": expected.get("n"),
-        "latency_p50": _number(latency.get("p50")), "latency_p95": _number(latency.get("p95")),
-        "peak_rss_mb": _number(m.get("peak_rss_mb")), "load_ms": _number(m.get("load_ms")),
-        "model_mb": _number(m.get("model_mb")), **_lm_columns(m),
-    }
-
-
-def _lm_columns(m: dict) -> dict:
-    """A language model's numbers (None for other models): quality against FP32, speed and
-    memory with the cache it runs, and without a cache."""
-    recompute = _object(m.get("recompute"))
-    return {"perplexity": _number(m.get("perplexity")), "ppl_increase": _number(m.get("ppl_increase")),
-            "kl_divergence": _number(m.get("kl_divergence")),
-            "prefill_tokens_per_s": _number(m.get("prefill_tokens_per_s")),
-            "decode_tokens_per_s": _number(m.get("decode_tokens_per_s")), "ttft_ms": _number(m.get("ttft_ms")),
-            "kv_cache": m.get("kv_cache"), "kv_cache_bytes": _number(m.get("kv_cache_bytes")),
-            "recompute_decode_tokens_per_s": _number(recompute.get("decode_tokens_per_s")),
-            "recompute_peak_rss_mb": _number(recompute.get("peak_rss_mb"))}
-
-
-def _number(value: Any) -> Optional[float]:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def _object(value: Any) -> dict:
-    return value if isinstance(value, dict) else {}
 
 
 def parse_report(data: bytes, source: str) -> dict:

@@ -313,13 +313,26 @@ class Store:
         rows = self._db.execute(f"SELECT * FROM reports{where} ORDER BY collected_at, finished_at, device, run_id", args)
         return [{**dict(r), "report": DeviceReport.from_json(r["report"])} for r in rows]
 
-    def report_texts(self) -> list[dict]:
-        """Every stored report as the store keeps it, in the order of reports(): device, run_id,
-        collected_at and `report`, its JSON text (validated when it was collected), for a
-        reader of many (edgekit report) that reads them as plain data."""
-        rows = self._db.execute("SELECT device, run_id, collected_at, report FROM reports "
-                                "ORDER BY collected_at, finished_at, device, run_id")
-        return [dict(r) for r in rows]
+    def report_rows(self) -> tuple[tuple[str, ...], list[tuple]]:
+        """Every stored report's flat row (edgekit.device_report.report_columns) in the order of
+        reports(), as plain tuples, for a reader of many (edgekit report): (names, rows). A row
+        is device, collected_at, `report` and the columns of REPORT_FIELDS: the
+        store's own columns (report_columns wrote them), the others picked out of the stored
+        JSON by SQLite. `report` is the JSON text of a row whose columns are not all here, to
+        be read whole: one that is no report any more (not JSON, or without its parts; its
+        columns None), or a language model's (its columns are not picked out); else None."""
+        from edgekit.report_row import LM_FIELDS, REPORT_FIELDS, REPORT_PARTS
+
+        # IS, not =: a part that is missing is NULL, which = would carry into NOT (usable)
+        usable = " AND ".join(["json_valid(report)", *(f"json_type(report, '$.{p}') IS 'object'" for p in REPORT_PARTS)])
+        lm = "json_type(report, '$.metrics.perplexity') IN ('integer', 'real')"
+        # json_valid first: the JSON functions refuse broken JSON (SQLite keeps each row's parse)
+        picked = [f if f in REPORT_COLUMNS else "NULL" if f in LM_FIELDS else
+                  f"CASE WHEN json_valid(report) THEN {_field_sql(kind, paths)} END" for f, kind, paths in REPORT_FIELDS]
+        rows = self._db.execute(
+            f"SELECT device, collected_at, CASE WHEN NOT ({usable}) OR {lm} THEN report END, "
+            f"{', '.join(picked)} FROM reports ORDER BY collected_at, finished_at, device, run_id")
+        return ("device", "collected_at", "report", *(f for f, _, _ in REPORT_FIELDS)), rows.fetchall()
 
     def last_report_times(self) -> dict[str, str]:
         """device -> when this host received its newest report (the host's clock)."""
@@ -394,6 +407,19 @@ class Store:
         for e in self._db.execute(f"SELECT {_event_columns(detail)} FROM rollout_events {picked} ORDER BY id", args):
             events[e["rollout_id"]].append({**dict(e), "ok": bool(e["ok"]), "detail": json.loads(e["detail"])})
         return [{**_rollout_dict(r), "waves": waves[r["id"]], "events": events[r["id"]]} for r in rows]
+
+
+def _field_sql(kind: str, paths: tuple[tuple[str, ...], ...]) -> str:
+    """SQL for one of edgekit.device_report.REPORT_FIELDS: the value at the first path whose
+    parent is an object; a "number" only when JSON has a number there (not a boolean), as REAL."""
+    def value(path: str) -> str:
+        if kind != "number":
+            return f"json_extract(report, '{path}')"
+        return f"CASE WHEN json_type(report, '{path}') IN ('integer', 'real') THEN " \
+               f"CAST(json_extract(report, '{path}') AS REAL) END"
+    branches = " ".join(f"WHEN json_type(report, '{'.'.join(('$',) + p[:-1])}') = 'object' "
+                        f"THEN {value('.'.join(('$',) + p))}" for p in paths)
+    return f"CASE {branches} END"
 
 
 def _event_columns(keys: Optional[Sequence[str]]) -> str:

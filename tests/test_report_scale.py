@@ -49,13 +49,21 @@ def test_every_row_is_in_the_json_and_the_terminal_lists_the_one_that_needs_a_lo
     assert listed == [LOW[0]], listed  # the 9,999 rows that passed are counted, not listed
 
 
-def test_the_html_page_has_every_row_in_its_table_and_charts_what_needs_a_look(fleet_store, tmp_path):
+def test_the_html_page_lists_each_devices_latest_row_and_what_needs_a_look_and_charts_it(fleet_store, tmp_path):
     out = tmp_path / "fleet.html"
     page = run_edgekit("report", "--store", fleet_store["path"], "-o", out)
     assert page.code == 0, page.stderr
     html = out.read_text()
     devices_table = html.split("<h3>devices</h3>", 1)[1].split("</table>", 1)[0]
-    assert devices_table.count("<tr class=") == fleet_store["rows"]
+    listed = re.findall(r'<tr class="[^"]*"><td class="l">(cam-\d{4})</td><td class="l">([\d.]+)</td>', devices_table)
+    latest = f"1.0.{VERSIONS - 1}"  # no rollout: each device's newest report is its latest
+    assert sorted(listed) == sorted([(f"cam-{d:04d}", latest) for d in range(DEVICES)] + [LOW])
+    assert f"not listed, the {fleet_store['rows'] - DEVICES - 1} rows of other versions that passed" in devices_table
     charted = re.search(r"(\d+) of (\d+) device rows, those that need a look and the extremes", html)
     assert charted and int(charted.group(2)) == fleet_store["rows"] and 1 <= int(charted.group(1)) <= 16
     assert f"{LOW[0]} · {LOW[1]}" in html  # the drifting row is one of the chart's lines
+    # every row of a version is one --version away
+    one = tmp_path / "one.html"
+    assert run_edgekit("report", "--store", fleet_store["path"], "--version", "1.0.4", "-o", one).code == 0
+    table = one.read_text().split("<h3>devices</h3>", 1)[1].split("</table>", 1)[0]
+    assert table.count("<tr class=") == DEVICES and "not listed" not in table

@@ -9,7 +9,7 @@ import pytest
 from helpers.cli import assert_clean_error, run_edgekit
 from edgekit.device_report import validate_report
 from edgekit.errors import ConfigError
-from edgekit.store import SCHEMA_VERSION, Store, default_store_path, open_store
+from edgekit.store import REPORT_COLUMNS, SCHEMA_VERSION, Store, default_store_path, open_store
 
 
 def test_a_new_store_has_its_schema_in_wal_mode_and_reopens(tmp_path):
@@ -66,6 +66,53 @@ def test_reports_are_stored_once_per_device_and_run(tmp_path, real_report):
         times = store.last_report_times()  # this host's clock when it stored them, not the device's
         assert set(times) == {"cam-1", "cam-2"} and min(times.values()) >= sent["finished_at"]
         assert store.reports(version="9.9.9") == []
+
+
+def _shapes(sent: dict) -> list[dict]:
+    """The report as sent, and as other runners and edits shape what the report's columns read."""
+    import copy
+
+    def edit(change) -> dict:
+        obj = copy.deepcopy(sent)
+        change(obj["metrics"])
+        return obj
+    return [sent,
+            edit(lambda m: m.update(fidelity=None, top1_agreement=0.93)),              # an older runner's place
+            edit(lambda m: m.update(fidelity={"cosine": 0.99, "top1_agreement": 0.97}, top1_agreement=0.5,
+                                    fidelity_expected={"cosine": 0.995, "top1_agreement": 0.98})),
+            edit(lambda m: m.update(fidelity={"cosine": 1}, top1_agreement=0.5)),      # not there: None
+            edit(lambda m: m.update(load_ms=True, n=7.0, expected=None)),              # no boolean is a number
+            edit(lambda m: m.update(load_ms=12, expected={"n": 100, "baseline_accuracy": "high"})),
+            edit(lambda m: m.update(perplexity=12.5, ppl_increase=0.01, kv_cache="static")),  # a language model
+            {**sent, "device": {**sent["device"], "arch": None}}]
+
+
+def test_sqlite_reads_a_stored_reports_columns_as_report_columns_does(tmp_path, real_report):
+    """Store.report_rows picks the columns out in SQL from the same table report_columns reads
+    in Python: every shape of report gives the same row both ways."""
+    import json
+
+    from edgekit.report_row import LM_FIELDS, report_columns
+
+    report, shapes = validate_report(real_report["bytes"], "r.json"), _shapes(real_report["report"])
+    with Store(tmp_path / "s.db") as store:
+        for i in range(len(shapes)):
+            store.add_report(f"cam-{i}", report)
+    with sqlite3.connect(tmp_path / "s.db") as db:  # each shape stored as add_report would store it
+        for i, shape in enumerate(shapes):
+            kept = {k: v for k, v in report_columns(shape).items() if k in REPORT_COLUMNS}
+            db.execute(f"UPDATE reports SET report = ?, {', '.join(f'{k} = ?' for k in kept)} WHERE device = ?",
+                       (json.dumps(shape), *kept.values(), f"cam-{i}"))
+    with Store(tmp_path / "s.db") as store:
+        names, rows = store.report_rows()
+    got = {row[0]: dict(zip(names, row)) for row in rows}
+    for i, shape in enumerate(shapes):
+        row, want = got[f"cam-{i}"], report_columns(shape)
+        lm = want["perplexity"] is not None
+        assert (row["report"] is not None) is lm and (not lm or json.loads(row["report"]) == shape)
+        assert {k: v for k, v in row.items() if k in want and not (lm and k in LM_FIELDS)} == \
+            {k: v for k, v in want.items() if not (lm and k in LM_FIELDS)}, i
+        assert [type(row[k]) for k in want if k not in LM_FIELDS] == [type(want[k]) for k in want if k not in LM_FIELDS]
 
 
 def test_device_contact_and_rollout_records(tmp_path):

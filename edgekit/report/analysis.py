@@ -61,7 +61,7 @@ class DriftRules:
 def _prepared(reports: Iterable[dict]) -> list[dict]:
     """Each item with its report as a JSON object and its flat row (`columns`), worked out
     once here unless the item came with them."""
-    from edgekit.device_report import report_columns
+    from edgekit.report_row import report_columns
 
     out = []
     for item in reports:

@@ -267,20 +267,26 @@ class _Boxes:
 
 
 def _free_spot(ax, label: Label, frame, taken: list, renderer):
-    """((dx, dy, ha, va, ring), box) of the nearest spot that is inside `frame` and clear of `taken`."""
-    probe = ax.annotate(label.text, label.xy, xytext=(0, 0), textcoords="offset points", **label.style)
+    """((dx, dy, ha, va, ring), box) of the nearest spot that is inside `frame` and clear of `taken`.
+    The label is measured once, at its point; each spot's box is that box moved and aligned
+    (a box per spot from matplotlib measured the same text forty times a label)."""
+    from matplotlib.transforms import Bbox
+
+    probe = ax.annotate(label.text, label.xy, xytext=(0, 0), textcoords="offset points", ha="left", va="bottom",
+                        **label.style)
     try:
-        for dx, dy, ha, va, ring in _offsets(label):
-            probe.set_position((dx, dy))
-            probe.set_ha(ha)
-            probe.set_va(va)
-            box = probe.get_window_extent(renderer)
-            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
-            if inside and not taken.hit(box, 1):
-                return (dx, dy, ha, va, ring), box
-        return None
+        at = probe.get_window_extent(renderer)  # its lower left corner on the point
     finally:
         probe.remove()
+    points = ax.figure.dpi / 72
+    for dx, dy, ha, va, ring in _offsets(label):
+        x0 = at.x0 + dx * points - {"left": 0, "center": at.width / 2, "right": at.width}[ha]
+        y0 = at.y0 + dy * points - {"bottom": 0, "center": at.height / 2, "top": at.height}[va]
+        box = Bbox.from_bounds(x0, y0, at.width, at.height)
+        inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+        if inside and not taken.hit(box, 1):
+            return (dx, dy, ha, va, ring), box
+    return None
 
 
 def label_boxes(fig) -> list:

@@ -125,31 +125,39 @@ def triangle_figure(title: str, cohorts: list[dict], rows: list[dict], flagged: 
                 budget.get("max_latency_ms_p95") if lat == "latency_p95" else None, "ms", "slowest device")
     budget_axis(ax, "y", [r["peak_rss_mb"] for r in measured], "peak memory (MiB)", budget.get("max_peak_rss_mb"),
                 "MiB", "largest")
-    labels, obstacles, legend, dots = [], [], [], None
+    labels, obstacles, legend, bars = [], [], [], []
     by_version: dict[str, list[dict]] = {}
     for r in measured:
         by_version.setdefault(r["version"], []).append(r)
-    shown = [c for c in cohorts if c["version"] in by_version]
-    for i, c in enumerate(shown):
+    # one scatter per marker (the versions that share it) for the medians and one for the
+    # devices, and one collection for every version's bars: each artist costs the layout
+    # and the SVG a pass
+    medians: dict[str, list] = {}
+    devices: dict[str, list] = {}
+    for i, c in enumerate(c for c in cohorts if c["version"] in by_version):
         marker = MARKERS[i % len(MARKERS)]
-        members = by_version.get(c["version"], [])
+        members = by_version[c["version"]]
         members = [members[j] for j in on_top(ax, [(r[lat], r["peak_rss_mb"]) for r in members])]
         x, y, q = _cohort_point(c, lat)
         m = c["metrics"]
-        ax.errorbar(x, y, xerr=[[x - m[lat]["min"]], [m[lat]["max"] - x]],
-                    yerr=[[y - m["peak_rss_mb"]["min"]], [m["peak_rss_mb"]["max"] - y]],
-                    fmt="none", ecolor="#888888", elinewidth=1, capsize=3, zorder=1)
-        ax.scatter([x], [y], s=COHORT, c=[colour(q)], cmap=_CMAP, norm=norm, marker=marker, edgecolors="black",
-                   linewidths=1.2, alpha=0.8, zorder=3)  # a version measured alike shows through
-        dots = ax.scatter([r[lat] for r in members], [r["peak_rss_mb"] for r in members],
-                          c=[colour(quality_of(r)[0]) for r in members], cmap=_CMAP, norm=norm, s=DOT, marker=marker,
-                          alpha=0.85, zorder=2, edgecolors="#333333", linewidths=0.4,
-                          rasterized=len(members) > RASTER_DOTS)
+        bars.append(((x, y), (m[lat]["min"], m[lat]["max"]), (m["peak_rss_mb"]["min"], m["peak_rss_mb"]["max"])))
+        medians.setdefault(marker, []).append((x, y, colour(q)))
+        devices.setdefault(marker, []).extend((r[lat], r["peak_rss_mb"], colour(quality_of(r)[0])) for r in members)
         labels.append(Label((x, y), c["version"], COHORT, {"fontsize": 9, "weight": "bold"}))
         obstacles += [((x, y), COHORT)] + [((r[lat], r["peak_rss_mb"]), DOT) for r in members]
-        devices = f"{c['ok']} device{'s' if c['ok'] != 1 else ''}"
+        count = f"{c['ok']} device{'s' if c['ok'] != 1 else ''}"
         legend.append((f"{c['version']}: " + (f"{quality_format(qname)(q, None)}{'' if qname == 'cosine' else '%'}, "
-                                              if q is not None else "") + devices, marker))
+                                              if q is not None else "") + count, marker))
+    _spread_bars(ax, bars)
+    dots = None
+    for marker, points in medians.items():
+        x, y, q = zip(*points)
+        ax.scatter(x, y, s=COHORT, c=q, cmap=_CMAP, norm=norm, marker=marker, edgecolors="black",
+                   linewidths=1.2, alpha=0.8, zorder=3)  # a version measured alike shows through
+    for marker, points in devices.items():
+        x, y, q = zip(*points)
+        dots = ax.scatter(x, y, c=q, cmap=_CMAP, norm=norm, s=DOT, marker=marker, alpha=0.85, zorder=2,
+                          edgecolors="#333333", linewidths=0.4, rasterized=len(points) > RASTER_DOTS)
     ringed = [r for r in measured if (r["device"], r["version"]) in flagged]
     if ringed:
         ax.scatter([r[lat] for r in ringed], [r["peak_rss_mb"] for r in ringed], s=180, facecolors="none",
@@ -164,6 +172,22 @@ def triangle_figure(title: str, cohorts: list[dict], rows: list[dict], flagged: 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     return _finish(fig, [(ax, labels, obstacles)])
+
+
+def _spread_bars(ax, bars: list[tuple]) -> None:
+    """Each version's bars from its lowest to its highest device, across and up, with caps
+    (as errorbar draws them, 3 points each side): one line collection and two cap scatters
+    for all the versions."""
+    from matplotlib.collections import LineCollection
+
+    if not bars:
+        return
+    across = [[(lo, y), (hi, y)] for (_, y), (lo, hi), _ in bars]
+    up = [[(x, lo), (x, hi)] for (x, _), _, (lo, hi) in bars]
+    ax.add_collection(LineCollection(across + up, colors="#888888", linewidths=1, zorder=1), autolim=False)
+    cap = {"c": "#888888", "s": (2 * 3) ** 2, "linewidths": 1, "zorder": 1}
+    ax.scatter([p[0] for seg in across for p in seg], [p[1] for seg in across for p in seg], marker="|", **cap)
+    ax.scatter([p[0] for seg in up for p in seg], [p[1] for seg in up for p in seg], marker="_", **cap)
 
 
 def triangle_chart(title: str, cohorts: list[dict], rows: list[dict], flagged: set, budget: dict) -> str:

@@ -49,24 +49,31 @@ def _merge_devices(stored: list[dict], listed: list[dict]) -> list[dict]:
     return sorted(known.values(), key=lambda d: d["name"])
 
 
-def _plain(row: dict, path: Path) -> dict:
-    """A stored report as plain data: {device, collected_at, report (its JSON object), columns
-    (report_columns)}. collect validated it on its way in, so it is not typed again (10,000
-    reports took seconds); a row that is not such a report any more is named."""
+def _plain(names: tuple[str, ...], row: tuple, path: Path) -> dict:
+    """A stored report as plain data: {device, collected_at, report, columns (report_columns)}.
+    collect validated it on its way in, so it is not typed again (10,000 reports took
+    seconds). SQLite picked its columns (Store.report_rows); a row it gave the JSON text of
+    is read here: a language model's (`report`, its JSON object, holds its curve) or one
+    that is no report any more, which is named."""
+    item = dict(zip(names, row))
+    text = item.pop("report")
+    device, collected_at, run_id = item.pop("device"), item.pop("collected_at"), item["run_id"]
+    if text is None:
+        return {"device": device, "report": None, "columns": item, "collected_at": collected_at}
     import json
 
-    from edgekit.device_report import report_columns
+    from edgekit.report_row import report_columns
 
     try:
-        report = json.loads(row["report"])
+        report = json.loads(text)
         columns = report_columns(report)
         if not all(isinstance(columns[k], str) for k in ("run_id", "name", "version", "status")):
             raise ValueError("run_id, bundle name, version or status is not a string")
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise ConfigError(f"--store {path}: the stored report {row['run_id']!r} of device {row['device']!r} is "
+        raise ConfigError(f"--store {path}: the stored report {run_id!r} of device {device!r} is "
                           f"corrupt ({type(exc).__name__}: {exc}); remove it with `edgekit fleet forget "
-                          f"{row['device']}` and collect again") from exc
-    return {"device": row["device"], "report": report, "columns": columns, "collected_at": row["collected_at"]}
+                          f"{device}` and collect again") from exc
+    return {"device": device, "report": report, "columns": columns, "collected_at": collected_at}
 
 
 def load_fleet(store_path: Path, *, inventory: Optional[Path] = None, targets_dirs: Sequence[Path] = ()) -> dict:
@@ -79,7 +86,8 @@ def load_fleet(store_path: Path, *, inventory: Optional[Path] = None, targets_di
                           "first, or give the store with --store or EDGEKIT_STORE")
     try:
         with Store(path) as store:
-            reports = [_plain(row, path) for row in store.report_texts()]
+            names, rows = store.report_rows()
+            reports = [_plain(names, row, path) for row in rows]
             data = {"store": str(path), "reports": reports, "devices": store.devices(),
                     "rollouts": store.rollouts_whole(EVENT_DETAIL),
                     "collect_errors": store.collect_errors(), "models": store.models()}

@@ -19,7 +19,7 @@ from typing import Optional
 from edgekit.report.charts import calibration_chart, device_chart, triangle_chart
 from edgekit.report.htmltable import html_table, row_class, row_view
 from edgekit.report.lmfleet import is_lm
-from edgekit.report.views import at_scale, health_items
+from edgekit.report.views import ROWS_IN_FULL, at_scale, health_items, latest_or_a_look
 
 __all__ = ["render_fleet", "render_calibration", "CSS"]
 
@@ -124,7 +124,7 @@ def _target_section(result: dict, name: str, target: str, budgets: dict) -> str:
 
 
 # Past this many device x version rows the device chart (a line each) shows those that need
-# a look and the extremes (views.at_scale); the table below it keeps every row.
+# a look and the extremes (views.at_scale).
 CHART_ROWS = 60
 
 
@@ -133,15 +133,25 @@ def _device_chart(name: str, target: str, rows: list[dict], flags: list[dict], b
         return device_chart(f"{name} on {target}: every device", rows, flags, budget)
     shown = at_scale(rows)
     return device_chart(f"{name} on {target}: {len(shown)} of {len(rows)} device rows, those that need a look and "
-                        "the extremes (every row in the table below)", shown, flags, budget)
+                        "the extremes", shown, flags, budget)
 
 
 def _devices_table(rows: list[dict], flags: list[dict], budget: dict) -> str:
+    """Every device x version row; past ROWS_IN_FULL, each device's latest row and those that
+    need a look, with how many more passed (each version's numbers are in its cohort below)."""
     kinds: dict[tuple, set] = {}
     for f in flags:
         kinds.setdefault((f["device"], f["version"]), set()).add(f["kind"])
-    views = [row_view(r, kinds.get((r["device"], r["version"]), set())) for r in rows]
-    return html_table(_row_columns(budget), views, row_class)
+    shown = rows if len(rows) <= ROWS_IN_FULL else latest_or_a_look(rows)
+    views = [row_view(r, kinds.get((r["device"], r["version"]), set())) for r in shown]
+    table = html_table(_row_columns(budget), views, row_class)
+    if len(shown) == len(rows):
+        return table
+    return (f'<p class="meta">{len(rows)} device × version rows: listed, each device\'s latest (the version it '
+            f"runs, else the newest it reported) and every row that needs a look; not listed, the {len(rows) - len(shown)} "
+            "rows of other versions that passed, without drift or broken budgets: their medians and ranges are in "
+            "Cohorts below, and <code>edgekit report --version V</code> (or <code>-f csv</code>) gives every "
+            f"row.</p>{table}")
 
 
 def _cohort_table(cohorts: list[dict]) -> str:

@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from edgekit.report.lmfleet import is_lm
 from edgekit.report.lmtables import LM_COMPARED, print_lm_cohorts, print_lm_rows
-from edgekit.report.views import health_items, needs_a_look
+from edgekit.report.views import ROWS_IN_FULL, health_items, needs_a_look
 from edgekit.terminal import (Col, fit_columns, fit_table, fits, fmt_mib, fmt_ms, fmt_pct, fmt_pp, fmt_sig, fmt_time,
                               print_notes, titled)
 
@@ -55,19 +55,13 @@ def _row_notes(rows: list[dict]) -> list[tuple[str, str]]:
     return notes
 
 
-# A terminal shows every device x version row up to this many; past it (a fleet), the rows
-# that need a look, and how many more passed: -f csv, json or html, or --version/--target,
-# give every row. rich lays 10,000 rows out in minutes, and nobody reads them in a terminal.
-ROWS_IN_FULL = 200
-
-
 def _rows(out: Console, result: dict) -> None:
     rows = result["rows"]
     out.print("devices (* = runs it now; drop, fp32: pp below the host's and FP32's accuracy; ms, MiB)", highlight=False)
     if len(rows) > ROWS_IN_FULL:
         shown = [r for r in rows if needs_a_look(r)]
         out.print(f"{len(rows)} rows: {len(shown)} that need a look below, {len(rows) - len(shown)} ok without "
-                  "drift or broken budgets not listed (every row: -f csv, json or html; or narrow with --version, "
+                  "drift or broken budgets not listed (every row: -f csv or json; or narrow with --version, "
                   "--target)", highlight=False)
         if not shown:
             return

@@ -14,15 +14,32 @@ from pathlib import Path
 from edgekit.report.analysis import METRICS
 from edgekit.report.lmfleet import LM_METRICS
 
-__all__ = ["SECTIONS", "sections", "health_items", "needs_a_look", "at_scale", "cohort_flat", "to_csv", "load_calibration",
+__all__ = ["SECTIONS", "ROWS_IN_FULL", "sections", "health_items", "needs_a_look", "latest_or_a_look", "at_scale", "cohort_flat", "to_csv", "load_calibration",
            "calibration_rows", "quality_key"]
 
 SECTIONS = ("rows", "cohorts", "drift", "health", "rollouts", "compare")
+# A report lists every device x version row up to this many. Past it (a fleet) the terminal
+# lists the rows that need a look, and the HTML page each device's latest row and those that
+# need a look; -f csv and json, or --version/--target, give every row. Nobody reads 10,000
+# rows (rich lays them out in minutes, and they were most of a 5 MB page).
+ROWS_IN_FULL = 200
 
 
 def needs_a_look(row: dict) -> bool:
     """A device x version row that failed, drifts or breaks a budget."""
     return row["status"] != "ok" or bool(row["flags"]) or bool(row["over_budget"])
+
+
+def latest_or_a_look(rows: list[dict]) -> list[dict]:
+    """The rows a fleet's device table lists, in their order: each device's latest (the version
+    it runs, else the newest it reported) and every row that needs a look."""
+    latest: dict[tuple, int] = {}
+    for i, r in enumerate(rows):
+        key, was = (r["device"], r["name"]), latest.get((r["device"], r["name"]))
+        if was is None or (r["current"], r["measured_at"]) >= (rows[was]["current"], rows[was]["measured_at"]):
+            latest[key] = i
+    chosen = set(latest.values()) | {i for i, r in enumerate(rows) if needs_a_look(r)}
+    return [rows[i] for i in sorted(chosen)]
 
 
 def at_scale(rows: list[dict], extremes: int = 5) -> list[dict]:
