@@ -137,7 +137,8 @@ def test_a_recipe_is_made_once_per_process_and_linked_for_another_target(tiny_lm
     again = toolchain.quantize(tiny_lm.fp32, recipe.model_copy(update={"kv_cache": "recompute"}),
                                tmp_path / "b" / "model.onnx", on_step=lambda *a, **k: heard.append(a))
     assert len(heard) == 1  # one "quantize" step: the first call's
-    assert {f.name: f.read_bytes() for f in toolchain.files(again)} == {**made, "model.onnx": made.pop("q.onnx")}
+    graph = made.pop("q.onnx")
+    assert {f.name: f.read_bytes() for f in toolchain.files(again)} == {**made, "model.onnx": graph}
     open_lm(str(again)).window_logits(_windows(tiny_lm)[0])  # its weights are where the graph says
 
 
