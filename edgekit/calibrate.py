@@ -234,7 +234,8 @@ def _retime(run: _Run, group: list[Candidate], on_step: Optional[OnStep]) -> Non
             notify(within(on_step, phase="retime", candidate=c.id), "evaluate",
                    f"timing round {r + 1} of {RETIME_ROUNDS}")
             m = run.measurer.measure(c.path, run.probe_npz or run.eval_npz, threads=run.profile.threads,
-                                     providers=run.profile.providers, runs=2 * PROBE_RUNS, min_seconds=0.5)
+                                     providers=run.profile.providers, runs=2 * PROBE_RUNS, min_seconds=0.5,
+                                     **run.toolchain.measure_options(run.profile, c.recipe))  # an LM's workload
             rounds[c.id].append(m["latency_ms"]["p50"])
     for c in group:
         c.metrics["latency_ms"].update(p50=statistics.median(rounds[c.id]), p50_rounds=rounds[c.id])

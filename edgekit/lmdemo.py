@@ -6,7 +6,8 @@
     export     the FP32 ONNX decoder with a KV cache, once (kept in the cache too); both
                targets calibrate from it and every bundle's FP32 reference is it
     calibrate  per language-model target (host-cpu-lm, raspberry-pi-5-lm): INT8 and INT4
-               weight-only blocks with the cache (each also measured without it); the
+               weight-only blocks with the cache (each also measured without it; each
+               quantized once, for the first target, and linked for the second); the
                perplexity increase, decode speed, time to the first token and memory budgets
                choose. The Pi's speed budgets are a Pi's: judged on a small shared x86 host,
                they may fail, and then the demo says which and packages nothing for it

@@ -18,7 +18,7 @@ __all__ = ["detect_precision", "load_record", "chosen_candidate", "expected_from
 
 _METRIC_KEYS = ("accuracy", "fidelity", "drop", "model_mb", "latency_ms", "peak_rss_mb", "load_ms", "n")
 # a language model's, beside them (edgekit.device.lm_evaluate)
-_LM_QUALITY = ("perplexity", "fp32_perplexity", "ppl_increase", "kl_divergence", "top1_agreement")
+_LM_QUALITY = ("perplexity", "fp32_perplexity", "ppl_increase", "ppl_increase_se", "kl_divergence", "top1_agreement")
 _LM_KEYS = (*_LM_QUALITY, "prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms", "kv_cache", "kv_cache_bytes",
             "recompute")
 
@@ -87,9 +87,12 @@ def measure_expected(model: Path, eval_npz: Path, profile: Profile, options: Opt
     from edgekit.device.evaluate import DataFormatError, evaluate
     from edgekit.machine import cpu_facts, versions
 
+    options = dict(options or {})
+    if "lm" in options:  # a language model's quality alone: its generation would only be timed, and dropped
+        options["lm"] = {**options["lm"], "quality_only": True}
     try:
         measured = evaluate(str(model), str(eval_npz), threads=profile.threads, providers=profile.providers,
-                            warmup=0, runs=1, min_seconds=0.0, max_seconds=1.0, **(options or {}))
+                            warmup=0, runs=1, min_seconds=0.0, max_seconds=1.0, **options)
     except (ModelLoadError, DataFormatError) as exc:
         raise ModelError(f"measuring {model} on this host failed: {exc}") from exc
     lm = {k: measured.get(k) for k in _LM_QUALITY} if "perplexity" in measured else {}

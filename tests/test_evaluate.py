@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from helpers.cli import assert_clean_error
-from helpers.paths import EVAL, EXAMPLE_ONNX, EXAMPLE_PT2
+from helpers.paths import EVAL, EXAMPLE_ONNX, EXAMPLE_PT2, REPO
 from edgekit.datasets import load_dataset
 from edgekit.device import metrics
 from edgekit.device.backends import ModelLoadError, open_backend
@@ -131,6 +131,26 @@ def test_latency_runs_at_least_runs_and_min_seconds_and_stops_at_max():
     assert len(time_runs(backend, arrays, len(x), warmup=0, runs=1, min_seconds=0.1, max_seconds=5)) > 1
     capped = time_runs(backend, arrays, len(x), warmup=0, runs=10**9, min_seconds=0.0, max_seconds=0.1)
     assert 1 < len(capped) < 10**9
+
+
+def test_the_runtime_gets_no_more_threads_than_the_cores_and_the_report_says_both(tmp_path):
+    """A profile written for a 4-core device, run on one core: ONNX Runtime is given 1 thread
+    (its session options say so) and the runtime block records what was asked and what was used."""
+    import json
+    import subprocess
+    import sys
+
+    code = textwrap.dedent(f"""
+        import json, os
+        os.sched_setaffinity(0, {{sorted(os.sched_getaffinity(0))[0]}})
+        from edgekit.device.backends import open_backend
+        b = open_backend({str(EXAMPLE_ONNX)!r}, threads=4)
+        print(json.dumps([b.describe(), b._session.get_session_options().intra_op_num_threads]))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    described, given = json.loads(out.stdout)
+    assert (described["threads"], described["threads_asked"], given) == (1, 4, 1)
+    assert open_backend(str(EXAMPLE_ONNX)).describe()["threads"] == 0  # 0 asks for the runtime's default
 
 
 def test_metrics_match_their_definitions():

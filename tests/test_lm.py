@@ -157,6 +157,28 @@ def test_quantized_models_stay_close_to_fp32(tiny_lm, recipes):
         assert 0 <= kl < 0.05, (rid, kl)
 
 
+def test_a_recipe_is_made_once_per_process_and_linked_for_another_target(tiny_lm, tmp_path):
+    """The second calibration (another target, another folder, the first one deleted) gets the
+    same files, linked from the copy kept when the recipe was made, and does not quantize again."""
+    import shutil
+
+    from edgekit.device.lm import open_lm
+    from edgekit.recipes import Recipe
+    from edgekit.toolchains.lm.toolchain import LMToolchain
+
+    toolchain, recipe = LMToolchain(), Recipe(precision="int8-block", block_size=32, kv_cache="cache")
+    heard = []
+    first = toolchain.quantize(tiny_lm.fp32, recipe, tmp_path / "a" / "q.onnx", on_step=lambda *a, **k: heard.append(a))
+    made = {f.name: f.read_bytes() for f in toolchain.files(first)}
+    shutil.rmtree(tmp_path / "a")
+    again = toolchain.quantize(tiny_lm.fp32, recipe.model_copy(update={"kv_cache": "recompute"}),
+                               tmp_path / "b" / "model.onnx", on_step=lambda *a, **k: heard.append(a))
+    assert len(heard) == 1  # one "quantize" step: the first call's
+    graph = made.pop("q.onnx")
+    assert {f.name: f.read_bytes() for f in toolchain.files(again)} == {**made, "model.onnx": graph}
+    open_lm(str(again)).window_logits(_windows(tiny_lm)[0])  # its weights are where the graph says
+
+
 @pytest.fixture(scope="module")
 def eval_npz(tiny_lm, tmp_path_factory) -> Path:
     from edgekit.datasets import load_dataset
@@ -178,6 +200,7 @@ def test_host_metrics_of_fp32_are_its_own_reference_and_match_transformers(tiny_
     m = _measure(tiny_lm.fp32, eval_npz, curve_points=3)
     assert all(m.get(k) is not None for k in LM_METRICS), {k: m.get(k) for k in LM_METRICS}
     assert abs(m["ppl_increase"]) < 1e-5 and m["kl_divergence"] < 1e-6 and m["top1_agreement"] == 1.0
+    assert m["ppl_increase_se"] < 1e-5
     with np.load(eval_npz) as npz:
         windows = npz["input_ids"]
     logits = _torch_logits(tiny_lm.hf, windows)
@@ -201,6 +224,24 @@ def test_host_metrics_of_a_quantized_model_and_recompute_mode(recipes, eval_npz)
     assert m["decode_tokens_per_s"] == m["recompute"]["decode_tokens_per_s"]
     assert m["kl_divergence"] > 0 and 0.5 < m["top1_agreement"] < 1.0
     assert m["perplexity"] == pytest.approx(m["fp32_perplexity"] * (1 + m["ppl_increase"]))
+    # its standard error: from the per-token NLL differences to FP32's, by the delta method
+    from edgekit.device.lm import log_softmax, open_lm
+
+    with np.load(eval_npz) as npz:
+        windows, ref = npz["input_ids"], npz["_ref_target_logp"].astype(np.float64)
+    model = open_lm(str(recipes["int4-block-b32-minmax-offset"]))
+    nll = np.stack([-np.take_along_axis(log_softmax(model.window_logits(w))[:-1], w[1:, None], -1)[:, 0] for w in windows])
+    diff = (nll + ref).reshape(-1)
+    assert m["ppl_increase_se"] == pytest.approx((1 + m["ppl_increase"]) * diff.std(ddof=1) / np.sqrt(diff.size), rel=1e-3)
+
+
+def test_quality_only_scores_the_same_text_and_times_nothing(recipes, eval_npz):
+    """What a package's expected metrics use: the same perplexity, no generation timed."""
+    model = recipes["int8-block-b32-rtn"]
+    full, quality = _measure(model, eval_npz), _measure(model, eval_npz, quality_only=True)
+    assert quality["perplexity"] == full["perplexity"] and quality["kl_divergence"] == full["kl_divergence"]
+    assert all(quality[k] is None for k in ("decode_tokens_per_s", "ttft_ms", "peak_rss_mb", "recompute", "kv_curve"))
+    assert full["decode_tokens_per_s"] > 0 and quality["model_mb"] == full["model_mb"]
 
 
 # -- text data sets -------------------------------------------------------------------
@@ -305,6 +346,15 @@ def test_evaluate_measures_a_language_model_on_text_against_its_reference(tiny_l
 
     assert m["n"] == 2 and m["kv_cache"] == "cache" and m["model_mb"] < 0.6 * TOOLCHAINS["lm"].size_mb(tiny_lm.fp32)
     assert m["perplexity"] == pytest.approx(m["fp32_perplexity"] * (1 + m["ppl_increase"]))
+    # its standard error: from the per-token NLL differences to FP32's, by the delta method
+    from edgekit.device.lm import log_softmax, open_lm
+
+    with np.load(eval_npz) as npz:
+        windows, ref = npz["input_ids"], npz["_ref_target_logp"].astype(np.float64)
+    model = open_lm(str(recipes["int4-block-b32-minmax-offset"]))
+    nll = np.stack([-np.take_along_axis(log_softmax(model.window_logits(w))[:-1], w[1:, None], -1)[:, 0] for w in windows])
+    diff = (nll + ref).reshape(-1)
+    assert m["ppl_increase_se"] == pytest.approx((1 + m["ppl_increase"]) * diff.std(ddof=1) / np.sqrt(diff.size), rel=1e-3)
     assert 0 < m["kl_divergence"] < 0.05 and 0.5 < m["top1_agreement"] <= 1
     table = run_edgekit("evaluate", recipes["int8-block-b32-rtn"], "--data", tiny_lm.eval, "--samples", "1")
     assert table.code == 0 and "perplexity" in table.stdout and "decode tokens/s" in table.stdout

@@ -6,6 +6,8 @@ REPO/.venv-device-litert (git ignores them)."""
 
 from __future__ import annotations
 
+import os
+
 import shutil
 import subprocess
 import sys
@@ -77,7 +79,8 @@ def test_the_calibrated_model_runs_standalone_on_each_runtime(device, runner_cop
     runtime, python = device
     out, record = calibrated(tmp_path_factory)
     result = _standalone(python, runner_copy, out / "model.tflite")
-    assert result["runtime"] == {"name": runtime, "version": VERSIONS[runtime], "providers": []}
+    assert result["runtime"] == {"name": runtime, "version": VERSIONS[runtime], "providers": [],
+                                 "threads": min(4, len(os.sched_getaffinity(0))), "threads_asked": 4}
     assert abs(result["accuracy"] - _host_accuracy(record)) <= TOLERANCE
     assert result["n"] == record["data"]["eval"]["n_used"] and result["latency_ms"]["n"] >= 10
     # The venv holds numpy and the runtime only: edgekit, torch and pydantic are not there to import.

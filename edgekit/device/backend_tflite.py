@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .backends import Backend, ModelLoadError
+from .backends import Backend, ModelLoadError, usable_threads
 
 __all__ = ["TFLiteBackend", "find_runtime", "RUNTIMES"]
 
@@ -104,9 +104,10 @@ class TFLiteBackend(Backend):
     def __init__(self, model_path: str, threads: int = 0, providers: Optional[Sequence[str]] = None):
         self.name, self.version, interpreter_cls = find_runtime()
         self.providers = []  # LiteRT applies its CPU delegate (XNNPACK) by itself
+        self.threads_asked, self.threads = int(threads), usable_threads(threads)
         start = time.perf_counter()
         try:
-            self._interp = interpreter_cls(model_path=model_path, num_threads=int(threads) or None)
+            self._interp = interpreter_cls(model_path=model_path, num_threads=self.threads or None)
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:  # unknown op or op version, not a flatbuffer, ...
             raise ModelLoadError(f"{model_path}: {self.name} {self.version} cannot load the model: "

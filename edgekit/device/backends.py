@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["Backend", "ModelLoadError", "open_backend", "BACKENDS"]
+__all__ = ["Backend", "ModelLoadError", "open_backend", "BACKENDS", "device_cores", "usable_threads"]
 
 CPU = "CPUExecutionProvider"
 
@@ -43,13 +43,32 @@ class Backend(abc.ABC):
     inputs: List[Tuple[str, str, Tuple[Optional[int], ...]]] = []  # (name, dtype, shape)
     output_names: List[str] = []
     load_ms = 0.0    # time to create the session, measured
+    threads_asked = 0  # what the bundle's profile (or --threads) asked for; 0: the runtime's default
+    threads = 0        # what the runtime was given: never more than the device's cores
 
     @abc.abstractmethod
     def run(self, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
         """The model's outputs for one batch of inputs keyed by input name."""
 
     def describe(self) -> dict:
-        return {"name": self.name, "version": self.version, "providers": list(self.providers)}
+        return {"name": self.name, "version": self.version, "providers": list(self.providers),
+                "threads": self.threads, "threads_asked": self.threads_asked}
+
+
+def device_cores() -> int:
+    """The CPUs this process may run on (its affinity where the OS tells it, else the CPU count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def usable_threads(asked: int) -> int:
+    """The intra-op threads to give a runtime: what was asked, but at most one per core. A profile
+    written for a 4-core device, run where 2 cores are free, would otherwise put 4 spinning
+    threads on 2 cores: slower, and each waits for the others in every operator."""
+    asked = int(asked)
+    return min(asked, device_cores()) if asked > 0 else 0
 
 
 class OnnxRuntimeBackend(Backend):
@@ -61,7 +80,8 @@ class OnnxRuntimeBackend(Backend):
         self.version = ort.__version__
         self.providers = _usable_providers(providers, ort.get_available_providers())
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads)  # 0: the runtime's default
+        self.threads_asked, self.threads = int(threads), usable_threads(threads)
+        options.intra_op_num_threads = self.threads  # 0: the runtime's default
         options.log_severity_level = 3  # warnings would go to stderr, which callers report on failure
         start = time.perf_counter()
         try:

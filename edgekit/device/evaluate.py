@@ -146,7 +146,7 @@ def evaluate(model_path: str, data_path: str, *, threads: int = 0, providers: Op
              min_seconds: float = 0.5, max_seconds: float = 10.0, lm: Optional[dict] = None) -> dict:
     """Load the model, score it on the data, time it, and report what was measured. A
     language model (edgekit.device.lm) is measured by edgekit.device.lm_evaluate, with
-    `lm`'s settings (context, prompt_tokens, generate_tokens, kv_cache, curve_points)."""
+    `lm`'s settings (context, prompt_tokens, generate_tokens, kv_cache, curve_points, quality_only)."""
     _check_settings(threads=threads, samples=samples, batch_size=batch_size, warmup=warmup, runs=runs,
                     min_seconds=min_seconds, max_seconds=max_seconds)
     backend = open_backend(model_path, threads=threads, providers=providers)
@@ -173,7 +173,7 @@ def evaluate(model_path: str, data_path: str, *, threads: int = 0, providers: Op
     return result
 
 
-LM_SETTINGS = ("context", "prompt_tokens", "generate_tokens", "kv_cache", "curve_points")
+LM_SETTINGS = ("context", "prompt_tokens", "generate_tokens", "kv_cache", "curve_points", "quality_only")
 
 
 def _evaluate_lm(backend: Backend, model_path: str, arrays: Dict[str, np.ndarray], data_path: str,

@@ -49,6 +49,7 @@ TOP_K = 16
 KV_MODES = ("cache", "recompute")
 RECOMPUTE_TOKENS = 8  # decode steps without a cache: each reruns the whole prefix
 CURVE_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
+CURVE_STEPS = 4  # tokens generated with the cache at each context of the curve (3 timed decode steps)
 _TINY = 1e-12
 
 
@@ -74,15 +75,18 @@ class TextScore:
         self.ref_nll = 0.0
         self.kl = 0.0
         self.top1 = 0
+        self.diff_sq = 0.0  # sum over tokens of (model NLL - FP32 NLL)^2: the paired spread
         self.has_reference = False
 
     def update(self, logits: np.ndarray, window: np.ndarray, ref_ids=None, ref_logp=None, ref_target=None) -> None:
         logp = log_softmax(logits[:-1])
         targets = np.asarray(window[1:], dtype=np.int64)
-        self.nll -= float(logp[np.arange(len(targets)), targets].sum())
+        nll = -logp[np.arange(len(targets)), targets].astype(np.float64)
+        self.nll += float(nll.sum())
         self.tokens += len(targets)
         if ref_ids is None:
             return
+        self.diff_sq += float(((nll + np.asarray(ref_target, dtype=np.float64)) ** 2).sum())
         self.has_reference = True
         ref_ids = np.asarray(ref_ids, dtype=np.int64)
         p_log = np.asarray(ref_logp, dtype=np.float64)
@@ -99,12 +103,22 @@ class TextScore:
             raise ValueError("perplexity of no tokens")
         ppl = float(np.exp(self.nll / self.tokens))
         out = {"perplexity": ppl, "tokens_scored": self.tokens, "fp32_perplexity": None, "ppl_increase": None,
-               "kl_divergence": None, "top1_agreement": None}
+               "ppl_increase_se": None, "kl_divergence": None, "top1_agreement": None}
         if self.has_reference:
             ref = float(np.exp(self.ref_nll / self.tokens))
-            out.update(fp32_perplexity=ref, ppl_increase=ppl / ref - 1.0, kl_divergence=self.kl / self.tokens,
-                       top1_agreement=self.top1 / self.tokens)
+            out.update(fp32_perplexity=ref, ppl_increase=ppl / ref - 1.0, ppl_increase_se=self._increase_se(ppl / ref),
+                       kl_divergence=self.kl / self.tokens, top1_agreement=self.top1 / self.tokens)
         return out
+
+    def _increase_se(self, ratio: float) -> Optional[float]:
+        """The standard error of ppl_increase from the per-token NLL differences to FP32 (paired, so
+        far smaller than the perplexity's own): ratio x SE of their mean (the delta method).
+        Tokens are taken as independent; neighbours in a text are not quite, so read it as a floor."""
+        if self.tokens < 2:
+            return None
+        mean = (self.nll - self.ref_nll) / self.tokens
+        var = max(self.diff_sq / self.tokens - mean * mean, 0.0) * self.tokens / (self.tokens - 1)
+        return ratio * float(np.sqrt(var / self.tokens))
 
 
 def score_text(lm: DecoderLM, arrays: Dict[str, np.ndarray], n: int) -> dict:
@@ -157,23 +171,38 @@ def kv_curve(lm: DecoderLM, arrays: Dict[str, np.ndarray], n: int, context: int,
     larger activations."""
     contexts = sorted({max(16, int(context * f)) for f in CURVE_FRACTIONS[-points:]} if points else set())
     rows = {ctx: {"context": ctx, "kv_cache_bytes": lm.kv_cache_bytes(ctx)} for ctx in contexts if ctx <= context}
-    for mode, new in (("cache", 4), ("recompute", 2)):
-        for ctx, row in rows.items():
-            reset_peak_rss()
-            run = lm.generate(_pool(arrays, n, ctx - new), new, use_cache=mode == "cache", max_len=ctx)
-            row[mode] = {"decode_tokens_per_s": _rate(len(run["step_s"]), sum(run["step_s"])), "rss_mb": peak_rss_mb()}
+    for ctx, row in rows.items():  # 3 decode steps into a cache of ctx tokens, the last at ctx - 1
+        reset_peak_rss()
+        run = lm.generate(_pool(arrays, n, ctx - CURVE_STEPS), CURVE_STEPS, max_len=ctx)
+        row["cache"] = {"decode_tokens_per_s": _rate(len(run["step_s"]), sum(run["step_s"])), "rss_mb": peak_rss_mb()}
+    for ctx, row in rows.items():
+        row["recompute"] = _recompute_step(lm, _pool(arrays, n, ctx - 1))
     return list(rows.values())
 
 
+def _recompute_step(lm: DecoderLM, prefix: np.ndarray) -> dict:
+    """One decode step without a cache after `prefix`: a single pass over the whole prefix, timed
+    (that pass is the step: running the prefix once before it, untimed, would only double the work)."""
+    reset_peak_rss()
+    run = lm.generate(prefix, 1, use_cache=False)
+    return {"decode_tokens_per_s": _rate(1, run["prefill_s"]), "rss_mb": peak_rss_mb()}
+
+
 def evaluate_lm(backend, model_path: str, arrays: Dict[str, np.ndarray], n: int, *, context: int = 256, prompt_tokens: int = 64,
-                generate_tokens: int = 32, kv_cache: str = "cache", curve_points: int = 0, repeats: int = 2) -> dict:
-    """Measure the opened model (`backend`) on everything the module docstring lists; n windows are scored."""
+                generate_tokens: int = 32, kv_cache: str = "cache", curve_points: int = 0, repeats: int = 2,
+                quality_only: bool = False) -> dict:
+    """Measure the opened model (`backend`) on everything the module docstring lists; n windows are
+    scored. `quality_only`: the text scores alone (a package's expected metrics: its timings would
+    be thrown away), the speed and memory fields None."""
     if kv_cache not in KV_MODES:
         raise ValueError(f"kv_cache must be one of {', '.join(KV_MODES)}, got {kv_cache!r}")
     if not 0 < prompt_tokens < context:
         raise ValueError(f"prompt_tokens ({prompt_tokens}) must be at least 1 and below the context ({context})")
     lm = DecoderLM(backend)
     new = max(2, min(generate_tokens, context - prompt_tokens))
+    if quality_only:
+        return _result(lm, model_path, n, score_text(lm, arrays, n), kv_cache=kv_cache,
+                       lm={"context": context, "prompt_tokens": prompt_tokens, "generate_tokens": new})
     prompt = _pool(arrays, n, prompt_tokens)
     lm.generate(prompt[:8], 2)  # warm-up: the first runs allocate and pre-pack
     cached = _speed(lm, prompt, new, context, True, repeats)
@@ -181,20 +210,26 @@ def evaluate_lm(backend, model_path: str, arrays: Dict[str, np.ndarray], n: int,
     recomputed = _speed(lm, prompt, min(new, RECOMPUTE_TOKENS), context, False, 1)
     curve = kv_curve(lm, arrays, n, context, curve_points)
     chosen = cached if kv_cache == "cache" else recomputed
-    result = dict(score_text(lm, arrays, n))
-    result.update({
-        "accuracy": None, "fidelity": None, "kv_cache": kv_cache,
-        "prefill_tokens_per_s": chosen["prefill_tokens_per_s"], "decode_tokens_per_s": chosen["decode_tokens_per_s"],
-        "ttft_ms": chosen["ttft_ms"], "latency_ms": chosen["latency_ms"], "peak_rss_mb": chosen["peak_rss_mb"],
-        "kv_cache_bytes": lm.kv_cache_bytes(context) if kv_cache == "cache" else 0,
-        "kv_cache_bytes_measured": cached["cache_bytes"] if kv_cache == "cache" else 0,
-        "recompute": {"decode_tokens_per_s": recomputed["decode_tokens_per_s"], "peak_rss_mb": recomputed["peak_rss_mb"],
-                      "ttft_ms": recomputed["ttft_ms"]},
-        "kv_curve": curve,
-        "lm": {"context": context, "prompt_tokens": prompt_tokens, "generate_tokens": new},
-        "load_ms": lm.backend.load_ms, "model_mb": model_mb(model_path, lm.meta), "n": n,
-        "runtime": lm.backend.describe(),
-    })
+    return _result(lm, model_path, n, score_text(lm, arrays, n), kv_cache=kv_cache,
+                   prefill_tokens_per_s=chosen["prefill_tokens_per_s"], decode_tokens_per_s=chosen["decode_tokens_per_s"],
+                   ttft_ms=chosen["ttft_ms"], latency_ms=chosen["latency_ms"], peak_rss_mb=chosen["peak_rss_mb"],
+                   kv_cache_bytes=lm.kv_cache_bytes(context) if kv_cache == "cache" else 0,
+                   kv_cache_bytes_measured=cached["cache_bytes"] if kv_cache == "cache" else 0,
+                   recompute={"decode_tokens_per_s": recomputed["decode_tokens_per_s"],
+                              "peak_rss_mb": recomputed["peak_rss_mb"], "ttft_ms": recomputed["ttft_ms"]},
+                   kv_curve=curve, lm={"context": context, "prompt_tokens": prompt_tokens, "generate_tokens": new})
+
+
+_SPEED = ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms", "latency_ms", "peak_rss_mb", "kv_cache_bytes",
+          "kv_cache_bytes_measured", "recompute", "kv_curve")
+
+
+def _result(model: DecoderLM, model_path: str, n: int, scores: dict, **measured) -> dict:
+    """The evaluation's JSON: the text scores, what was measured (None for what was not), the model and runtime."""
+    result = dict(scores, accuracy=None, fidelity=None, **{k: None for k in _SPEED})
+    result.update(measured)
+    result.update({"load_ms": model.backend.load_ms, "model_mb": model_mb(model_path, model.meta), "n": n,
+                   "runtime": model.backend.describe()})
     return result
 
 

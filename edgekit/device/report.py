@@ -100,7 +100,7 @@ def _measure(layout: Layout, manifest: dict, samples: Optional[int]) -> dict:
 
 
 # What a language model's evaluation adds to a report's metrics (edgekit.device.lm_evaluate).
-LM_METRICS = ("perplexity", "fp32_perplexity", "ppl_increase", "kl_divergence", "top1_agreement", "tokens_scored",
+LM_METRICS = ("perplexity", "fp32_perplexity", "ppl_increase", "ppl_increase_se", "kl_divergence", "top1_agreement", "tokens_scored",
               "prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms", "kv_cache", "kv_cache_bytes",
               "kv_cache_bytes_measured", "recompute", "kv_curve", "lm")
 

@@ -10,6 +10,7 @@ weights in a .data file and their tokenizer.json beside them.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -33,7 +34,8 @@ class LMToolchain(Toolchain):
     label = "language model"
 
     def __init__(self) -> None:
-        self._made: dict = {}  # (model, recipe without its cache mode) -> the file quantize wrote
+        self._made: dict = {}  # _made_key -> a kept copy of the file quantize wrote (None: none kept)
+        self._kept: Optional[Path] = None  # the folder of those copies
 
     # -- a model ------------------------------------------------------------------------
 
@@ -178,26 +180,58 @@ class LMToolchain(Toolchain):
 
     def quantize(self, model: Path, recipe: Recipe, out: Path, *, calibration: Optional[Dataset] = None,
                  max_samples: int = 512, on_step: Optional[OnStep] = None) -> Path:
-        """The cache mode changes how the model runs, not its file: a recipe already made in this
-        run for the other mode is linked, not made again."""
+        """A recipe is made once per process: the same recipe on the same export (for the other
+        cache mode, or for another target: the file does not depend on the target) is linked
+        from the copy kept then, not made again."""
         from edgekit.errors import QuantizeError
         from edgekit.toolchains.lm.quantize import quantize_lm
 
         self.check_recipe(recipe)
         out = Path(out)
-        key = (str(Path(model).resolve()), recipe.model_copy(update={"kv_cache": None}))
-        made = self._made.get(key)
-        if made is not None and made.is_file() and made.parent == out.parent:
-            if out.exists():
-                out.unlink()
-            os.link(made, out)  # the graph file; it names its weights' .data file, which stays shared
-            return out
+        key = _made_key(Path(model), recipe)
+        kept = self._made.get(key)
+        if kept is not None and kept.is_file():
+            return self._link(kept, out)
         notify(on_step, "quantize", recipe.id)
         try:
             quantize_lm(Path(model), recipe, out)
         except (ValueError, RuntimeError, KeyError) as exc:
             raise QuantizeError(f"recipe {recipe.id} failed on {model}: {message(exc)}") from exc
-        self._made[key] = out
+        self._made[key] = self._keep(out, len(self._made))
+        return out
+
+    def _keep(self, made: Path, index: int) -> Optional[Path]:
+        """Hard links to a made model's files in a folder of this process (removed at exit), so
+        that they outlive the calibration folder they were made in; None where links fail."""
+        import atexit
+        import tempfile
+
+        if self._kept is None:
+            self._kept = Path(tempfile.mkdtemp(prefix="edgekit-lm-made-"))
+            atexit.register(shutil.rmtree, self._kept, True)
+        folder = self._kept / str(index)
+        folder.mkdir()
+        try:
+            for f in self.files(made):
+                os.link(f, folder / f.name)
+        except OSError:  # another file system: keep nothing
+            return None
+        return folder / made.name
+
+    def _link(self, kept: Path, out: Path) -> Path:
+        """`kept`'s files into out's folder: the graph as `out`, its .data and tokenizer under their
+        own names (the graph names its .data file)."""
+        for f in self.files(kept):
+            dest = out if f == kept else out.parent / f.name
+            if dest.exists():
+                if os.path.samefile(dest, f):
+                    continue
+                dest.unlink()
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(f, dest)
+            except OSError:
+                shutil.copyfile(f, dest)
         return out
 
     # -- records ------------------------------------------------------------------------
@@ -216,3 +250,10 @@ class LMToolchain(Toolchain):
         from edgekit.machine import versions
 
         return versions("onnxruntime", "onnxruntime-genai", "onnx", "transformers", "tokenizers", "numpy")
+
+
+def _made_key(model: Path, recipe: Recipe) -> tuple:
+    """What a quantized file depends on (quantize_lm reads no calibration text): the export (its
+    path, size and time) and the recipe less its cache mode (how the model runs, not its file)."""
+    stat = model.stat()
+    return (str(model.resolve()), stat.st_size, stat.st_mtime_ns, recipe.model_copy(update={"kv_cache": None}))
