@@ -81,18 +81,15 @@ def expected_from_record(record: CalibrationRecord, measured_here: Optional[Call
 def measure_expected(model: Path, eval_npz: Path, profile: Profile, options: Optional[dict] = None) -> dict:
     """Accuracy and fidelity (a language model's perplexity and agreement with FP32) on the
     bundled subset, with the device's code, on this host; `options` as the device measures
-    (edgekit.toolchains.base.Toolchain.measure_options). Timings and memory are left out:
+    (edgekit.toolchains.base.Toolchain.quality_options). Timings and memory are left out:
     they would make every bundle's bytes different."""
     from edgekit.device.backends import ModelLoadError
     from edgekit.device.evaluate import DataFormatError, evaluate
     from edgekit.machine import cpu_facts, versions
 
-    options = dict(options or {})
-    if "lm" in options:  # a language model's quality alone: its generation would only be timed, and dropped
-        options["lm"] = {**options["lm"], "quality_only": True}
     try:
         measured = evaluate(str(model), str(eval_npz), threads=profile.threads, providers=profile.providers,
-                            warmup=0, runs=1, min_seconds=0.0, max_seconds=1.0, **options)
+                            warmup=0, runs=1, min_seconds=0.0, max_seconds=1.0, **(options or {}))
     except (ModelLoadError, DataFormatError) as exc:
         raise ModelError(f"measuring {model} on this host failed: {exc}") from exc
     lm = {k: measured.get(k) for k in _LM_QUALITY} if "perplexity" in measured else {}

@@ -177,8 +177,8 @@ def package(model: Path, profile: Profile, eval_data: Dataset, *, name: str, ver
         raw = eval_set(toolchain, subset(eval_data, indices), model, Path(tmp) / "raw.npz", reference=ref)
         eval_npz = deterministic_npz(raw, Path(tmp) / "eval.npz")
         step("measuring the expected host metrics")
-        measure = toolchain.measure_options(profile, recipe)
-        here = partial(measure_expected, model, eval_npz, profile, measure)  # on the bundle's own windows
+        quality = toolchain.quality_options(profile, recipe)
+        here = partial(measure_expected, model, eval_npz, profile, quality)  # on the bundle's own windows
         expected = expected_from_record(record, here) if record else here()
         measure = toolchain.device_measure_options(profile, recipe)
         if expected.get("baseline_accuracy") is None and precision == "fp32":

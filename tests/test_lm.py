@@ -346,15 +346,6 @@ def test_evaluate_measures_a_language_model_on_text_against_its_reference(tiny_l
 
     assert m["n"] == 2 and m["kv_cache"] == "cache" and m["model_mb"] < 0.6 * TOOLCHAINS["lm"].size_mb(tiny_lm.fp32)
     assert m["perplexity"] == pytest.approx(m["fp32_perplexity"] * (1 + m["ppl_increase"]))
-    # its standard error: from the per-token NLL differences to FP32's, by the delta method
-    from edgekit.device.lm import log_softmax, open_lm
-
-    with np.load(eval_npz) as npz:
-        windows, ref = npz["input_ids"], npz["_ref_target_logp"].astype(np.float64)
-    model = open_lm(str(recipes["int4-block-b32-minmax-offset"]))
-    nll = np.stack([-np.take_along_axis(log_softmax(model.window_logits(w))[:-1], w[1:, None], -1)[:, 0] for w in windows])
-    diff = (nll + ref).reshape(-1)
-    assert m["ppl_increase_se"] == pytest.approx((1 + m["ppl_increase"]) * diff.std(ddof=1) / np.sqrt(diff.size), rel=1e-3)
     assert 0 < m["kl_divergence"] < 0.05 and 0.5 < m["top1_agreement"] <= 1
     table = run_edgekit("evaluate", recipes["int8-block-b32-rtn"], "--data", tiny_lm.eval, "--samples", "1")
     assert table.code == 0 and "perplexity" in table.stdout and "decode tokens/s" in table.stdout

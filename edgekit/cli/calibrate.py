@@ -62,7 +62,7 @@ def calibrate_cmd(
         print_table(result.record)
         print_search(result.record.search)
         where = f"wrote {result.model_path} and {result.record_path}" if result.model_path else f"wrote {result.record_path}"
-        err_console.print(where, highlight=False)
+        err_console.print(where, highlight=False, markup=False, soft_wrap=True)  # paths unbroken
     raise_if_unmet(result)
 
 

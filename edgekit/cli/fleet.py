@@ -326,7 +326,7 @@ def export_inventory_cmd(
         console.out(text, end="", highlight=False)
         return
     out.write_text(text)
-    err_console.print(f"wrote {escape(str(out))}", highlight=False)
+    err_console.print(f"wrote {escape(str(out))}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -113,6 +113,11 @@ class Toolchain(abc.ABC):
         """What a device measures beyond calibrate's numbers (a bundle's manifest): by default the same."""
         return self.measure_options(profile, recipe)
 
+    def quality_options(self, profile, recipe: Recipe) -> dict:
+        """What a package's expected host metrics need: quality alone, no timings (they would
+        only be dropped). By default what calibrate measures with."""
+        return self.measure_options(profile, recipe)
+
     # -- recipes ------------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -140,6 +140,11 @@ class LMToolchain(Toolchain):
         options = self.measure_options(profile, recipe)
         return {"lm": {**options["lm"], "curve_points": CURVE_POINTS}}
 
+    def quality_options(self, profile, recipe: Recipe) -> dict:
+        """Perplexity and agreement alone: a generation would only be timed, and dropped."""
+        options = self.measure_options(profile, recipe)
+        return {"lm": {**options["lm"], "quality_only": True}}
+
     # -- recipes ------------------------------------------------------------------------
 
     def sweep(self, profile, exclude: tuple[str, ...] = (), include: tuple[str, ...] = ()) -> list[Recipe]:
