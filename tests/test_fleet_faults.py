@@ -54,7 +54,13 @@ def test_a_cut_upload_leaves_the_device_unchanged_and_the_next_push_resumes(tmp_
     before, models = without_incoming(tree_state(server.root)), device_models(server.root)
     size = big_bundle.stat().st_size
 
-    with DroppingProxy(server.port, drop_after=size // 2) as proxy:
+    def some_bytes_on_the_device() -> bool:  # the cut comes once the device holds a part of the bundle
+        try:
+            return any(f.stat().st_size > 0 for f in (server.root / "incoming").iterdir())
+        except OSError:
+            return False
+
+    with DroppingProxy(server.port, drop_after=size // 2, drop_when=some_bytes_on_the_device) as proxy:
         fleet.known_hosts.write_text(fleet.known_hosts.read_text() + server.known_hosts_line(port=proxy.port) + "\n")
         inventory = write_inventory(tmp_path / "via-proxy.toml", [fleet.device_dict(server, port=proxy.port)])
         cut = run_edgekit("push", big_bundle, "-i", inventory, "--activate", "--json", env=fleet.env)

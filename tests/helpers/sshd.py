@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import pytest
 
@@ -65,12 +65,16 @@ def sshd_fleet(tmp_path):
 
 class DroppingProxy:
     """A loopback TCP proxy 127.0.0.1:`port` -> 127.0.0.1:`target_port` that counts bytes
-    and, when `drop_after` is set, cuts the connection once that many bytes went upstream;
+    and, when `drop_after` is set, cuts the connection once that many bytes went upstream
+    (and, with `drop_when`, once that also holds: the bytes sent are not yet the server's,
+    which may lag far behind on a busy machine; nothing more is forwarded meanwhile);
     `throttle` (bytes/s) makes the upstream a slow link."""
 
-    def __init__(self, target_port: int, drop_after: Optional[int] = None, throttle: Optional[float] = None):
+    def __init__(self, target_port: int, drop_after: Optional[int] = None, throttle: Optional[float] = None,
+                 drop_when: Optional[Callable[[], bool]] = None):
         self.target_port = target_port
         self.drop_after = drop_after
+        self.drop_when = drop_when
         self.throttle = throttle
         self.bytes_up = 0      # client -> server, over all connections
         self.dropped = threading.Event()
@@ -102,6 +106,9 @@ class DroppingProxy:
                         self.bytes_up += len(data)
                     if room is not None and room <= len(data):
                         dst.sendall(data)
+                        deadline = time.monotonic() + 30
+                        while self.drop_when and not self.drop_when() and time.monotonic() < deadline:
+                            time.sleep(0.01)
                         self._cut(src, dst)
                         return
                     if self.throttle:
