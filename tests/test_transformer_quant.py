@@ -178,6 +178,8 @@ def test_quantize_command_refuses_what_does_not_fit(edgekit, work, tmp_path):
                                tmp_path / "q.onnx"), "block size 12")
     assert_clean_error(edgekit("quantize", model, "--precision", "int8-dynamic", "--block-size", "32", "-o",
                                tmp_path / "q.onnx"), "int8-block and int4-block only")
+    assert_clean_error(edgekit("quantize", model, "--precision", "int4-block", "--algorithm", "minmax-offset", "-o",
+                               tmp_path / "q.onnx"), "--algorithm minmax-offset")  # a language model's
     assert_clean_error(edgekit("quantize", EXAMPLE_ONNX, "--precision", "int8-token", "-o", tmp_path / "q.onnx"),
                        "quantizes no weight of this model")
     result = edgekit("quantize", model, "--precision", "int4-block", "--block-size", "32", "--algorithm", "kquant",

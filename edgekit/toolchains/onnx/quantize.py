@@ -97,6 +97,11 @@ def check_recipe(recipe: Recipe) -> None:
         raise ConfigError(f"recipe {recipe.id}: block size {recipe.block_size}: a power of two, at least 16")
     if recipe.accuracy_level not in (None, 0, 1, 2, 3, 4):
         raise ConfigError(f"recipe {recipe.id}: accuracy level {recipe.accuracy_level}: 0 to 4")
+    from edgekit.toolchains.onnx.weightonly import ALGORITHMS
+
+    if recipe.algorithm not in ALGORITHMS:  # the language models' own (minmax-offset ...)
+        offered = ", ".join(a for a in ALGORITHMS if a)
+        raise ConfigError(f"--algorithm {recipe.algorithm}: a one-pass model's {recipe.precision} offers {offered}")
     if recipe.algorithm == "hqq" and recipe.precision == "int8-block":
         raise ConfigError(f"recipe {recipe.id}: hqq takes int4-block only (onnxruntime refuses its 8-bit model)")
 
