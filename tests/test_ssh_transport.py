@@ -375,10 +375,13 @@ def test_invoke_is_imported_only_when_an_ssh_config_needs_match_exec(tmp_path):
     # paramiko imports invoke for `Match exec` alone; edgekit defers it (most of paramiko's import time)
     config = tmp_path / "ssh_config"
     config.write_text(f'Match exec "test -e {tmp_path}"\n    User from-match-exec\n')
-    code = ("import sys; from edgekit.transport.sshconfig import resolve; from edgekit.transport.base import Endpoint\n"
+    code = ("import sys; from edgekit.transport import defer_invoke\n"
+            "print('invoke' in sys.modules)\n"  # importing edgekit leaves a library user's invoke alone
+            "defer_invoke()\n"  # as the edgekit command does first
+            "from edgekit.transport.sshconfig import resolve; from edgekit.transport.base import Endpoint\n"
             "print('invoke.tasks' in sys.modules)\n"
             "route = resolve(Endpoint(name='d', transport='ssh', root='/r', timeout=5, host='cam'))\n"
             "print(route.target.user, 'invoke.tasks' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "EDGEKIT_SSH_CONFIG": str(config)}).stdout.split()
-    assert out == ["False", "from-match-exec", "True"], out
+    assert out == ["False", "False", "from-match-exec", "True"], out

@@ -76,6 +76,9 @@ for _name in COMMAND_MODULES:
 def main() -> None:
     """Run the CLI: typer parses and runs the command; errors become one line, an exit code
     and, under --json, one JSON object."""
+    from edgekit.transport import defer_invoke
+
+    defer_invoke()
     try:
         code = app(standalone_mode=False)  # returns the code of a typer.Exit
     except EdgekitError as exc:

@@ -14,7 +14,7 @@ import types
 
 from edgekit.transport.base import Endpoint, RunResult, Transport
 
-__all__ = ["Endpoint", "RunResult", "Transport", "connect"]
+__all__ = ["Endpoint", "RunResult", "Transport", "connect", "defer_invoke"]
 
 
 class _Deferred(types.ModuleType):
@@ -30,15 +30,14 @@ class _Deferred(types.ModuleType):
         return getattr(module, attr)
 
 
-def _defer_invoke() -> None:
-    # paramiko.config imports `invoke` (a task runner, with its own YAML parser, asyncio and
-    # unittest.mock: 0.06-0.1 s of CPU, most of paramiko's import) for one use, an ssh config's
-    # `Match exec`. Every `edgekit push` paid it at start; now only a `Match exec` does.
+def defer_invoke() -> None:
+    """paramiko.config imports `invoke` (a task runner, with its own YAML parser, asyncio and
+    unittest.mock: 0.06-0.1 s of CPU, most of paramiko's import) for one use, an ssh config's
+    `Match exec`. Every `edgekit push` paid it at start; after this only a `Match exec` does.
+    The `edgekit` command calls it (it owns its process): a program that imports edgekit as a
+    library keeps its own `invoke` untouched."""
     if "invoke" not in sys.modules and importlib.util.find_spec("invoke") is not None:
         sys.modules["invoke"] = _Deferred("invoke")
-
-
-_defer_invoke()
 
 
 def connect(endpoint: Endpoint, *, trust_new_hosts: bool = False, known_hosts: str | None = None) -> Transport:
