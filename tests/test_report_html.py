@@ -157,6 +157,10 @@ def test_fleet_html_shows_every_device_self_contained_and_renders(report_fleet, 
     assert {d for cls, d in device_rows if cls == "drift"} == {LOW, SLOW}  # highlighted, and no one else
     assert {d for cls, d in device_rows if cls == "failed"} == {FAILING}
     assert page.count("<svg") == 4  # per target: the triangle and the per-device chart
+    # what one chart refers to (markers, clip paths) is its own, also when workers drew the charts
+    referred = set(re.findall(r'(?:href="#|url\(#)([^")]+)', page))
+    ids = [i for i in re.findall(r'\sid="([^"]+)"', page) if i in referred]
+    assert referred and len(ids) == len(set(ids)) == len(referred), sorted(i for i in set(ids) if ids.count(i) > 1)[:5]
     assert "5.0 pp below the host" in text and "robust score" in text and "halted" in text
     seen = render(chromium, out, tmp_path)
     assert seen["console"] == [] and seen["requests"] == []

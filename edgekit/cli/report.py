@@ -84,7 +84,7 @@ def report_cmd(
     from edgekit.store import default_store_path
 
     path = Path(store) if store is not None else default_store_path()
-    with plain_data():
+    with _chart_pool(fmt, path) as charts, plain_data():
         data = load_fleet(path, inventory=inventory, targets_dirs=targets_dir or ())
         if is_empty(data):
             err_console.print(f"no reports yet in {escape(str(path))}: run `edgekit collect --inventory FILE "
@@ -97,7 +97,15 @@ def report_cmd(
                          compare=tuple(compare) if compare else None)
         _check_filters(result, path, name=name, version=version, target=target, compare=compare)
         filters = {"name": name, "version": version, "target": target}
-        _emit(_fleet(result, fmt, section, str(path), data["budgets"], filters), fmt, output)
+        _emit(_fleet(result, fmt, section, str(path), data["budgets"], filters, charts), fmt, output)
+
+
+def _chart_pool(fmt: Format, path: Path):
+    """An HTML page's chart workers, started now so that they import matplotlib while the
+    store is read (edgekit.report.chartpool); none for other formats or a missing store."""
+    from edgekit.report.chartpool import ChartPool
+
+    return ChartPool.for_html(None if fmt == Format.html and path.is_file() else 0)
 
 
 def _format(given: Optional[Format], output: Optional[Path], json: bool) -> Format:
@@ -153,7 +161,7 @@ def _dump(obj) -> str:
     return json.dumps(obj, indent=2, default=str) + "\n"
 
 
-def _fleet(result: dict, fmt: Format, section: Section, store: str, budgets: dict, filters: dict):
+def _fleet(result: dict, fmt: Format, section: Section, store: str, budgets: dict, filters: dict, charts):
     from edgekit.report.views import sections, to_csv
 
     if section == Section.compare and "compare" not in result:
@@ -161,7 +169,7 @@ def _fleet(result: dict, fmt: Format, section: Section, store: str, budgets: dic
     if fmt == Format.html:
         from edgekit.report.html import render_fleet
 
-        return render_fleet(result, store=store, budgets=budgets, filters=filters)
+        return charts.fill(render_fleet(result, store=store, budgets=budgets, filters=filters, draw=charts.draw))
     if fmt == Format.csv:
         if section == Section.all:
             section = Section.rows

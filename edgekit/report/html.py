@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import time
 from html import escape
-from typing import Optional
+from typing import Callable, Optional
 
-from edgekit.report.charts import calibration_chart, device_chart, triangle_chart
+from edgekit.report.chartpool import draw_now
+from edgekit.report.charts import calibration_chart, device_chart, triangle_chart, triangle_rows
 from edgekit.report.htmltable import html_table, row_class, row_view
 from edgekit.report.lmfleet import is_lm
 from edgekit.report.views import ROWS_IN_FULL, at_scale, health_items, latest_or_a_look
@@ -103,7 +104,7 @@ def _groups(result: dict) -> list[tuple[str, str]]:
     return sorted({(r["name"], r["target"] or "") for r in result["rows"]})
 
 
-def _target_section(result: dict, name: str, target: str, budgets: dict) -> str:
+def _target_section(result: dict, name: str, target: str, budgets: dict, draw) -> str:
     rows = [r for r in result["rows"] if (r["name"], r["target"] or "") == (name, target)]
     cohorts = [c for c in result["cohorts"] if (c["name"], c["target"]) == (name, target)]
     flags = [f for f in result["drift"] if (f["name"], f["target"] or "") == (name, target)]
@@ -115,10 +116,12 @@ def _target_section(result: dict, name: str, target: str, budgets: dict) -> str:
     if any(is_lm(r) for r in rows):
         from edgekit.report.lmhtml import lm_target_section
 
-        return "".join(head) + lm_target_section(name, target, rows, cohorts, flags, flagged, budget)
+        return "".join(head) + lm_target_section(name, target, rows, cohorts, flags, flagged, budget, draw)
+    triangle = draw(triangle_chart, f"{name} on {target}: each version by latency and memory", cohorts,
+                    triangle_rows(rows), flagged, budget)
     parts = [*head,
-             f'<div class="panel">{triangle_chart(f"{name} on {target}: each version by latency and memory", cohorts, rows, flagged, budget)}</div>',
-             f'<div class="panel">{_device_chart(name, target, rows, flags, budget)}</div>',
+             f'<div class="panel">{triangle}</div>',
+             f'<div class="panel">{_device_chart(name, target, rows, flags, budget, draw)}</div>',
              f'<h3>devices</h3><div class="panel">{_devices_table(rows, flags, budget)}</div>']
     return "".join(parts)
 
@@ -128,12 +131,13 @@ def _target_section(result: dict, name: str, target: str, budgets: dict) -> str:
 CHART_ROWS = 60
 
 
-def _device_chart(name: str, target: str, rows: list[dict], flags: list[dict], budget: dict) -> str:
+def _device_chart(name: str, target: str, rows: list[dict], flags: list[dict], budget: dict, draw) -> str:
     if len(rows) <= CHART_ROWS:
-        return device_chart(f"{name} on {target}: every device", rows, flags, budget)
+        return draw(device_chart, f"{name} on {target}: every device", rows, flags, budget)
     shown = at_scale(rows)
-    return device_chart(f"{name} on {target}: {len(shown)} of {len(rows)} device rows, those that need a look and "
-                        "the extremes", shown, flags, budget)
+    return draw(device_chart, f"{name} on {target}: {len(shown)} of {len(rows)} device rows, those that need a look "
+                "and the extremes", shown, [f for f in flags if (f["device"], f["version"]) in
+                                            {(r["device"], r["version"]) for r in shown}], budget)
 
 
 def _devices_table(rows: list[dict], flags: list[dict], budget: dict) -> str:
@@ -188,8 +192,10 @@ def _compare_section(rows: list[dict]) -> str:
     return f'<h2 id="compare">{escape(v1)} → {escape(v2)}</h2><div class="panel">{table}</div>'
 
 
-def render_fleet(result: dict, *, store: str, budgets: dict, filters: Optional[dict] = None) -> str:
-    """The fleet report page for `result` (edgekit.report.analysis.analyse)."""
+def render_fleet(result: dict, *, store: str, budgets: dict, filters: Optional[dict] = None,
+                 draw: Callable[..., str] = draw_now) -> str:
+    """The fleet report page for `result` (edgekit.report.analysis.analyse). `draw(chart, *args)`
+    draws each chart (edgekit.report.chartpool: a pool's marks, filled in afterwards)."""
     h = result["health"]
     shown = ", ".join(f"{k} {v}" for k, v in (filters or {}).items() if v) or "everything"
     cards = "".join([
@@ -204,7 +210,7 @@ def render_fleet(result: dict, *, store: str, budgets: dict, filters: Optional[d
     body = [f"<h1>edgekit fleet report</h1><div class=\"meta\">store {escape(store)} · {escape(shown)} · "
             f"generated {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime())}</div>",
             f'<div class="cards">{cards}</div>', _attention(result)]
-    body += [_target_section(result, name, target, budgets) for name, target in _groups(result)]
+    body += [_target_section(result, name, target, budgets, draw) for name, target in _groups(result)]
     one_pass = [c for c in result["cohorts"] if "perplexity" not in c["metrics"]]
     lm = [c for c in result["cohorts"] if "perplexity" in c["metrics"]]
     if one_pass or not lm:

@@ -4,6 +4,7 @@ one table of the LM cohorts."""
 
 from __future__ import annotations
 
+from edgekit.report.chartpool import draw_now
 from edgekit.report.htmltable import html_table, row_class, row_view
 from edgekit.report.lmcharts import kv_curve_chart, lm_triangle_chart
 
@@ -57,13 +58,15 @@ def _devices_table(rows: list[dict], flags: list[dict], budget: dict) -> str:
 
 
 def lm_target_section(name: str, target: str, rows: list[dict], cohorts: list[dict], flags: list[dict],
-                      flagged: set, budget: dict) -> str:
+                      flagged: set, budget: dict, draw=draw_now) -> str:
     context = next((r["context"] for r in rows if r.get("context")), None)
     curve = any(r.get("kv_curve") for r in rows)
-    parts = [f'<div class="panel">{lm_triangle_chart(f"{name} on {target}: decode speed and memory, by perplexity increase", cohorts, rows, flagged, budget)}</div>']
+    triangle = draw(lm_triangle_chart, f"{name} on {target}: decode speed and memory, by perplexity increase", cohorts,
+                    rows, flagged, budget)
+    parts = [f'<div class="panel">{triangle}</div>']
     if curve:
         title = f"{name} on {target}: KV cache against recompute" + (f" (profile context {context})" if context else "")
-        parts.append(f'<div class="panel">{kv_curve_chart(title, rows)}</div>')
+        parts.append(f'<div class="panel">{draw(kv_curve_chart, title, rows)}</div>')
     parts.append(f'<h3>devices</h3><div class="panel">{_devices_table(rows, flags, budget)}</div>')
     return "".join(parts)
 
