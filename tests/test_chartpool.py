@@ -47,3 +47,13 @@ def test_without_workers_charts_are_drawn_at_once(monkeypatch):
     with ChartPool.for_html() as charts:
         assert charts.draw(_chart, "t", [1, 2]) == "<svg>t:3:here</svg>"
         assert charts.fill("page") == "page"
+
+
+def test_a_host_that_cannot_start_workers_draws_here(monkeypatch):
+    import edgekit.report.chartpool as chartpool
+
+    def no_semaphores(workers):
+        raise OSError(38, "Function not implemented")  # as on a host without /dev/shm
+    monkeypatch.setattr(chartpool, "_start", no_semaphores)
+    with ChartPool(2) as charts:
+        assert charts.draw(_chart, "t", [4]) == "<svg>t:4:here</svg>"

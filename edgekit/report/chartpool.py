@@ -63,6 +63,16 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def _start(workers: int):
+    from concurrent.futures import ProcessPoolExecutor
+
+    fork = multiprocessing.get_context("fork")
+    importing = fork.BoundedSemaphore(max(1, min(workers, _cpus() - 1)))
+    executor = ProcessPoolExecutor(workers, mp_context=fork, initializer=_warm, initargs=(importing,))
+    executor.submit(int)  # a forking pool starts all its workers at its first task: now
+    return executor
+
+
 class ChartPool:
     """draw(chart, *args) hands a chart to a worker and returns a mark for it; fill(page) puts
     each chart's SVG where its mark is. Without workers draw() returns the SVG itself."""
@@ -72,12 +82,10 @@ class ChartPool:
         self._pending: dict[str, tuple] = {}
         self._salt = secrets.token_hex(8)
         if workers > 0:
-            from concurrent.futures import ProcessPoolExecutor
-
-            fork = multiprocessing.get_context("fork")
-            importing = fork.BoundedSemaphore(max(1, min(workers, _cpus() - 1)))
-            self._executor = ProcessPoolExecutor(workers, mp_context=fork, initializer=_warm, initargs=(importing,))
-            self._executor.submit(int)  # a forking pool starts all its workers at its first task: now
+            try:
+                self._executor = _start(workers)
+            except OSError:  # no semaphores here (a container without /dev/shm), no fork: draw here
+                self._executor = None
 
     @classmethod
     def for_html(cls, workers: Optional[int] = None) -> "ChartPool":
