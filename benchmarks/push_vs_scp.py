@@ -11,9 +11,12 @@ In one run, against the same servers (real OpenSSH, one per device, edgekit.sim.
     ansible copy          ansible-core's copy module, 8 forks (in its own venv, made if missing)
     edgekit re-push       the same bundle again: the devices have it, nothing is sent
     ansible copy again    the same, for Ansible (it compares checksums)
+    edgekit push, new version
+                          the next version of the bundle (same size) to the devices, which have
+                          the runner now: a fleet's everyday push
 
 Every copy is checked afterwards (sha256 on the device). Ratios are each method's wall time
-over edgekit push's; > 1 means slower than edgekit. Each method's CPU seconds (client, sshd
+over edgekit push's (> 1 means slower than edgekit) and over parallel scp's. Each method's CPU seconds (client, sshd
 and everything its sessions ran) are given too: on a machine shared with other work they
 change less than the wall times. Results go to JSON.
 """
@@ -37,7 +40,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]  # this checkout's edgekit; the 
 ANSIBLE_VENV = REPO / "bench-results" / ".venv-ansible"
 
 
-def build_bundle(work: Path, megabytes: float):
+def build_bundle(work: Path, megabytes: float, version: str = "1.0.0"):
     from helpers.widemodel import wide_digits_model
 
     from edgekit.datasets import load_dataset
@@ -46,7 +49,7 @@ def build_bundle(work: Path, megabytes: float):
 
     model = wide_digits_model(work / "wide.onnx", megabytes)
     return package(model, load_profile("host-cpu"), load_dataset(REPO / "calibration" / "digits" / "eval.npz"),
-                   name="wide", version="1.0.0", out_dir=work / "dist", eval_samples=100)
+                   name="wide", version=version, out_dir=work / "dist", eval_samples=100)
 
 
 def timed(argv: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
@@ -185,6 +188,7 @@ def run(devices: int, megabytes: float, work: Path, with_ansible: bool = True) -
 
     print(f"building a bundle of about {megabytes:g} MB", flush=True)
     bundle = build_bundle(work, megabytes)
+    update = build_bundle(work, megabytes, version="1.0.1")  # the same model: the same size
     size_mb = bundle.size / 1e6
     ansible, ansible_why = ansible_bin() if with_ansible else (None, "--no-ansible")
     fleet = start_fleet(work / "fleet", devices, pythons=[sys.executable] * devices)
@@ -223,12 +227,16 @@ def run(devices: int, megabytes: float, work: Path, with_ansible: bool = True) -
             skipped["ansible copy"] = ansible_why
         again = measure("edgekit re-push (unchanged)", lambda: edgekit_push(fleet, inventory, bundle.path, devices))
         assert all(d["already_installed"] for d in again["devices"])
-        phases = {"edgekit push": phase_medians(pushed), "edgekit re-push (unchanged)": phase_medians(again)}
+        newer = measure("edgekit push, new version (runner there)",
+                        lambda: edgekit_push(fleet, inventory, update.path, devices))
+        assert not any(d["already_installed"] or d["runner_updated"] for d in newer["devices"])
+        phases = {"edgekit push": phase_medians(pushed), "edgekit re-push (unchanged)": phase_medians(again),
+                  "edgekit push, new version (runner there)": phase_medians(newer)}
     finally:
         fleet.stop()
-    base = results["edgekit push"]
+    base, scp = results["edgekit push"], results["scp parallel"]
     rows = [{"method": m, "seconds": round(s, 3), "mb_per_s": round(total_mb / s, 1), "ratio_to_edgekit_push": round(s / base, 3),
-             "cpu_s": round(cpu[m], 2)} for m, s in results.items()]
+             "ratio_to_scp_parallel": round(s / scp, 3), "cpu_s": round(cpu[m], 2)} for m, s in results.items()]
     return {"benchmark": "push_vs_scp", "devices": devices,
             "bundle": {"name": bundle.path.name, "size_mb": round(size_mb, 2), "sha256": bundle.sha256},
             "results": rows, "edgekit_phases_median_s": phases, "skipped": skipped,
@@ -246,12 +254,12 @@ def run(devices: int, megabytes: float, work: Path, with_ansible: bool = True) -
 
 def show(record: dict) -> None:
     print(f"\n{record['bundle']['name']}: {record['bundle']['size_mb']} MB to {record['devices']} loopback sshd devices")
-    print(f"{'method':32} {'seconds':>9} {'MB/s':>8} {'x edgekit push':>15} {'CPU s':>7}")
+    print(f"{'method':40} {'seconds':>9} {'MB/s':>8} {'x edgekit push':>15} {'x scp parallel':>15} {'CPU s':>7}")
     for row in record["results"]:
-        print(f"{row['method']:32} {row['seconds']:9.2f} {row['mb_per_s']:8.1f} {row['ratio_to_edgekit_push']:15.2f} "
-              f"{row['cpu_s']:7.2f}")
+        print(f"{row['method']:40} {row['seconds']:9.2f} {row['mb_per_s']:8.1f} {row['ratio_to_edgekit_push']:15.2f} "
+              f"{row['ratio_to_scp_parallel']:15.2f} {row['cpu_s']:7.2f}")
     for method, why in record["skipped"].items():
-        print(f"{method:32} skipped: {why}")
+        print(f"{method:40} skipped: {why}")
     for method, steps in record["edgekit_phases_median_s"].items():
         print(f"{method}, median per device: " + ", ".join(f"{step} {sec:.2f} s" for step, sec in steps.items()))
 
