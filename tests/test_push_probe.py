@@ -135,7 +135,7 @@ def test_the_runner_is_asked_when_the_shells_answer_is_not_whole_or_not_this_hos
 
 
 def test_an_unsigned_install_is_not_taken_as_there_once_the_device_trusts_keys(device, bundles, keys):
-    d, server, log = device
+    d, server, _ = device
     bundle = read_bundle(bundles["1.0.0"].path)
     with connect(d.endpoint) as t:
         install_bundle(t, d, bundle)

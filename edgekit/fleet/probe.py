@@ -40,8 +40,8 @@ from edgekit.transport import Transport
 __all__ = ["probe_status", "PROBE_LIMIT"]
 
 PROBE_LIMIT = 65536  # bytes of a state or meta file the probe reads; a larger one is the runner's to read
-# $1 root, $2 name, $3 version, $4 a random token that starts each item, $5 the most bytes read of a file: "\nTOKEN KEY FLAG\n",
-# then the item's bytes. FLAG 1: here (the bytes follow), 0: not there, x: there but unreadable.
+# $1 root, $2 name, $3 version, $4 a random token, $5 the most bytes read of a file. Each item is
+# "\nTOKEN KEY FLAG\n", then its bytes; FLAG 1: here (the bytes follow), 0: not there, x: there but unreadable.
 SCRIPT = r"""r=$1 n=$2 v=$3 t=$4 most=$5
 item() { printf '\n%s %s %s\n' "$t" "$1" "$2"; }
 file() { if [ -f "$2" ] && [ -r "$2" ]; then item "$1" 1; dd if="$2" bs="$most" count=1 2>/dev/null
@@ -86,8 +86,9 @@ def probe_status(transport: Transport, device: Device, bundle: Bundle, runner_sh
     if items["launcher"][0] != "1":  # no runner: what a status would say, and whether the bundle is here all the same
         if meta is False or disk is None:
             return None
-        return {"models": {name: {"current": None, "previous": None, "bundles": {version: meta}}}, "runner_sha256": None,
-                "trusted_keys": _lines(items["trust"]), "disk_free_bytes": disk, "note": "no edgekit runner installed yet"}
+        return {"models": {name: {"current": None, "previous": None, "bundles": {version: meta}}},
+                "runner_sha256": None, "trusted_keys": _lines(items["trust"]), "disk_free_bytes": disk,
+                "note": "no edgekit runner installed yet"}
     if items["pending"][0] != "0" or _runner_hash(items["runner"]) != runner_sha256 or meta is False:
         return None
     state = _state(name, items["state"], items["link"])
