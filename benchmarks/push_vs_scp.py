@@ -1,6 +1,7 @@
 """edgekit push beside scp and Ansible: one bundle of about 50 MB to 8 loopback sshd devices.
 
-    python benchmarks/push_vs_scp.py [--devices 8] [--mb 50] [--no-ansible] [--out bench-results/push_vs_scp.json]
+    python benchmarks/push_vs_scp.py [--devices 8] [--mb 50] [--no-ansible] [--plain-login]
+                                     [--out bench-results/push_vs_scp.json]
 
 In one run, against the same servers (real OpenSSH, one per device, edgekit.sim.sshd):
 
@@ -19,6 +20,11 @@ Every copy is checked afterwards (sha256 on the device). Ratios are each method'
 over edgekit push's (> 1 means slower than edgekit) and over parallel scp's. Each method's CPU seconds (client, sshd
 and everything its sessions ran) are given too: on a machine shared with other work they
 change less than the wall times. Results go to JSON.
+
+The devices are this machine's user, so every SSH session (scp's, edgekit's) starts the user's
+login shell with its ~/.bashrc (here root's runs `pyenv init`: 0.12 CPU s a session);
+--plain-login gives the devices' sessions an empty HOME instead, as on a device whose login
+shell does nothing much.
 """
 
 from __future__ import annotations
@@ -182,7 +188,7 @@ def versions(ansible_version: str | None) -> dict:
             "python": sys.version.split()[0]}
 
 
-def run(devices: int, megabytes: float, work: Path, with_ansible: bool = True) -> dict:
+def run(devices: int, megabytes: float, work: Path, with_ansible: bool = True, plain_login: bool = False) -> dict:
     from edgekit.machine import cpu_facts
     from edgekit.sim.sshd import start_fleet
 
@@ -191,7 +197,10 @@ def run(devices: int, megabytes: float, work: Path, with_ansible: bool = True) -
     update = build_bundle(work, megabytes, version="1.0.1")  # the same model: the same size
     size_mb = bundle.size / 1e6
     ansible, ansible_why = ansible_bin() if with_ansible else (None, "--no-ansible")
-    fleet = start_fleet(work / "fleet", devices, pythons=[sys.executable] * devices)
+    home = work / "plain-home" if plain_login else None
+    if home is not None:
+        home.mkdir()
+    fleet = start_fleet(work / "fleet", devices, pythons=[sys.executable] * devices, login_home=home)
     try:
         inventory = fleet.write_inventory()
         total_mb = size_mb * devices
@@ -238,6 +247,7 @@ def run(devices: int, megabytes: float, work: Path, with_ansible: bool = True) -
     rows = [{"method": m, "seconds": round(s, 3), "mb_per_s": round(total_mb / s, 1), "ratio_to_edgekit_push": round(s / base, 3),
              "ratio_to_scp_parallel": round(s / scp, 3), "cpu_s": round(cpu[m], 2)} for m, s in results.items()]
     return {"benchmark": "push_vs_scp", "devices": devices,
+            "device_login": "an empty folder (no ~/.bashrc)" if plain_login else f"this user's own ({Path.home()})",
             "bundle": {"name": bundle.path.name, "size_mb": round(size_mb, 2), "sha256": bundle.sha256},
             "results": rows, "edgekit_phases_median_s": phases, "skipped": skipped,
             "versions": versions(ansible_why if ansible else None),
@@ -253,7 +263,9 @@ def run(devices: int, megabytes: float, work: Path, with_ansible: bool = True) -
 
 
 def show(record: dict) -> None:
-    print(f"\n{record['bundle']['name']}: {record['bundle']['size_mb']} MB to {record['devices']} loopback sshd devices")
+    bundle = record["bundle"]
+    print(f"\n{bundle['name']}: {bundle['size_mb']} MB to {record['devices']} loopback sshd devices "
+          f"(their login shell's HOME: {record['device_login']})")
     print(f"{'method':40} {'seconds':>9} {'MB/s':>8} {'x edgekit push':>15} {'x scp parallel':>15} {'CPU s':>7}")
     for row in record["results"]:
         print(f"{row['method']:40} {row['seconds']:9.2f} {row['mb_per_s']:8.1f} {row['ratio_to_edgekit_push']:15.2f} "
@@ -269,13 +281,15 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=8)
     parser.add_argument("--mb", type=float, default=50.0, help="model weights in MB (the bundle is a little larger)")
     parser.add_argument("--no-ansible", action="store_true", help="leave out Ansible's copy (the shortest run)")
+    parser.add_argument("--plain-login", action="store_true",
+                        help="the devices' sessions get an empty HOME: no ~/.bashrc of this machine's user")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "push_vs_scp.json")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # The servers' files go to the system's temporary folder: sshd is stricter about where its
     # host keys may live than about /tmp (it refused them under a checkout in /work here).
     with tempfile.TemporaryDirectory(prefix="push-vs-scp-") as tmp:
-        record = run(args.devices, args.mb, Path(tmp), with_ansible=not args.no_ansible)
+        record = run(args.devices, args.mb, Path(tmp), with_ansible=not args.no_ansible, plain_login=args.plain_login)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     show(record)
     print(f"\nwrote {args.out}")
