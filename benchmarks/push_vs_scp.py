@@ -1,6 +1,7 @@
 """edgekit push beside scp and Ansible: one bundle of about 50 MB to 8 loopback sshd devices.
 
-    python benchmarks/push_vs_scp.py [--devices 8] [--mb 50] [--no-ansible] [--out bench-results/push_vs_scp.json]
+    python benchmarks/push_vs_scp.py [--devices 8] [--mb 50] [--no-ansible] [--plain-login]
+                                     [--out bench-results/push_vs_scp.json]
 
 In one run, against the same servers (real OpenSSH, one per device, edgekit.sim.sshd):
 
@@ -11,11 +12,19 @@ In one run, against the same servers (real OpenSSH, one per device, edgekit.sim.
     ansible copy          ansible-core's copy module, 8 forks (in its own venv, made if missing)
     edgekit re-push       the same bundle again: the devices have it, nothing is sent
     ansible copy again    the same, for Ansible (it compares checksums)
+    edgekit push, new version
+                          the next version of the bundle (same size) to the devices, which have
+                          the runner now: a fleet's everyday push
 
 Every copy is checked afterwards (sha256 on the device). Ratios are each method's wall time
-over edgekit push's; > 1 means slower than edgekit. Each method's CPU seconds (client, sshd
+over edgekit push's (> 1 means slower than edgekit) and over parallel scp's. Each method's CPU seconds (client, sshd
 and everything its sessions ran) are given too: on a machine shared with other work they
 change less than the wall times. Results go to JSON.
+
+The devices are this machine's user, so every SSH session (scp's, edgekit's) starts the user's
+login shell with its ~/.bashrc (here root's runs `pyenv init`: 0.12 CPU s a session);
+--plain-login gives the devices' sessions an empty HOME instead, as on a device whose login
+shell does nothing much.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]  # this checkout's edgekit; the 
 ANSIBLE_VENV = REPO / "bench-results" / ".venv-ansible"
 
 
-def build_bundle(work: Path, megabytes: float):
+def build_bundle(work: Path, megabytes: float, version: str = "1.0.0"):
     from helpers.widemodel import wide_digits_model
 
     from edgekit.datasets import load_dataset
@@ -46,7 +55,7 @@ def build_bundle(work: Path, megabytes: float):
 
     model = wide_digits_model(work / "wide.onnx", megabytes)
     return package(model, load_profile("host-cpu"), load_dataset(REPO / "calibration" / "digits" / "eval.npz"),
-                   name="wide", version="1.0.0", out_dir=work / "dist", eval_samples=100)
+                   name="wide", version=version, out_dir=work / "dist", eval_samples=100)
 
 
 def timed(argv: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
@@ -179,15 +188,19 @@ def versions(ansible_version: str | None) -> dict:
             "python": sys.version.split()[0]}
 
 
-def run(devices: int, megabytes: float, work: Path, with_ansible: bool = True) -> dict:
+def run(devices: int, megabytes: float, work: Path, with_ansible: bool = True, plain_login: bool = False) -> dict:
     from edgekit.machine import cpu_facts
     from edgekit.sim.sshd import start_fleet
 
     print(f"building a bundle of about {megabytes:g} MB", flush=True)
     bundle = build_bundle(work, megabytes)
+    update = build_bundle(work, megabytes, version="1.0.1")  # the same model: the same size
     size_mb = bundle.size / 1e6
     ansible, ansible_why = ansible_bin() if with_ansible else (None, "--no-ansible")
-    fleet = start_fleet(work / "fleet", devices, pythons=[sys.executable] * devices)
+    home = work / "plain-home" if plain_login else None
+    if home is not None:
+        home.mkdir()
+    fleet = start_fleet(work / "fleet", devices, pythons=[sys.executable] * devices, login_home=home)
     try:
         inventory = fleet.write_inventory()
         total_mb = size_mb * devices
@@ -223,13 +236,18 @@ def run(devices: int, megabytes: float, work: Path, with_ansible: bool = True) -
             skipped["ansible copy"] = ansible_why
         again = measure("edgekit re-push (unchanged)", lambda: edgekit_push(fleet, inventory, bundle.path, devices))
         assert all(d["already_installed"] for d in again["devices"])
-        phases = {"edgekit push": phase_medians(pushed), "edgekit re-push (unchanged)": phase_medians(again)}
+        newer = measure("edgekit push, new version (runner there)",
+                        lambda: edgekit_push(fleet, inventory, update.path, devices))
+        assert not any(d["already_installed"] or d["runner_updated"] for d in newer["devices"])
+        phases = {"edgekit push": phase_medians(pushed), "edgekit re-push (unchanged)": phase_medians(again),
+                  "edgekit push, new version (runner there)": phase_medians(newer)}
     finally:
         fleet.stop()
-    base = results["edgekit push"]
+    base, scp = results["edgekit push"], results["scp parallel"]
     rows = [{"method": m, "seconds": round(s, 3), "mb_per_s": round(total_mb / s, 1), "ratio_to_edgekit_push": round(s / base, 3),
-             "cpu_s": round(cpu[m], 2)} for m, s in results.items()]
+             "ratio_to_scp_parallel": round(s / scp, 3), "cpu_s": round(cpu[m], 2)} for m, s in results.items()]
     return {"benchmark": "push_vs_scp", "devices": devices,
+            "device_login": "an empty folder (no ~/.bashrc)" if plain_login else f"this user's own ({Path.home()})",
             "bundle": {"name": bundle.path.name, "size_mb": round(size_mb, 2), "sha256": bundle.sha256},
             "results": rows, "edgekit_phases_median_s": phases, "skipped": skipped,
             "versions": versions(ansible_why if ansible else None),
@@ -245,13 +263,15 @@ def run(devices: int, megabytes: float, work: Path, with_ansible: bool = True) -
 
 
 def show(record: dict) -> None:
-    print(f"\n{record['bundle']['name']}: {record['bundle']['size_mb']} MB to {record['devices']} loopback sshd devices")
-    print(f"{'method':32} {'seconds':>9} {'MB/s':>8} {'x edgekit push':>15} {'CPU s':>7}")
+    bundle = record["bundle"]
+    print(f"\n{bundle['name']}: {bundle['size_mb']} MB to {record['devices']} loopback sshd devices "
+          f"(their login shell's HOME: {record['device_login']})")
+    print(f"{'method':40} {'seconds':>9} {'MB/s':>8} {'x edgekit push':>15} {'x scp parallel':>15} {'CPU s':>7}")
     for row in record["results"]:
-        print(f"{row['method']:32} {row['seconds']:9.2f} {row['mb_per_s']:8.1f} {row['ratio_to_edgekit_push']:15.2f} "
-              f"{row['cpu_s']:7.2f}")
+        print(f"{row['method']:40} {row['seconds']:9.2f} {row['mb_per_s']:8.1f} {row['ratio_to_edgekit_push']:15.2f} "
+              f"{row['ratio_to_scp_parallel']:15.2f} {row['cpu_s']:7.2f}")
     for method, why in record["skipped"].items():
-        print(f"{method:32} skipped: {why}")
+        print(f"{method:40} skipped: {why}")
     for method, steps in record["edgekit_phases_median_s"].items():
         print(f"{method}, median per device: " + ", ".join(f"{step} {sec:.2f} s" for step, sec in steps.items()))
 
@@ -261,13 +281,15 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=8)
     parser.add_argument("--mb", type=float, default=50.0, help="model weights in MB (the bundle is a little larger)")
     parser.add_argument("--no-ansible", action="store_true", help="leave out Ansible's copy (the shortest run)")
+    parser.add_argument("--plain-login", action="store_true",
+                        help="the devices' sessions get an empty HOME: no ~/.bashrc of this machine's user")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "push_vs_scp.json")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # The servers' files go to the system's temporary folder: sshd is stricter about where its
     # host keys may live than about /tmp (it refused them under a checkout in /work here).
     with tempfile.TemporaryDirectory(prefix="push-vs-scp-") as tmp:
-        record = run(args.devices, args.mb, Path(tmp), with_ansible=not args.no_ansible)
+        record = run(args.devices, args.mb, Path(tmp), with_ansible=not args.no_ansible, plain_login=args.plain_login)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     show(record)
     print(f"\nwrote {args.out}")

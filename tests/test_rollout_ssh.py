@@ -156,20 +156,19 @@ def test_push_starts_one_runner_per_device_and_still_repairs_a_changed_runner(tm
         return (by_device(result)[server.name], runner_commands(log)[started:],
                 server.log.read_text().count("Starting session:") - sessions)
 
-    # No runner yet: the status asked first finds none (a device is asked before it is looked
-    # at over SFTP, so that every later push needs no SFTP session), then the install. Every
-    # command runs in one shell session; SFTP is the other.
+    # No runner yet: the device's shell says so (probe.py: no failed runner start, and no SFTP
+    # session to look), then the install. Every command runs in one shell session; SFTP is the other.
     fresh, commands, sessions = push()
     assert (fresh["runner_updated"], fresh["already_installed"], commands, sessions) == \
-        (True, False, ["status", "install"], 2)
+        (True, False, ["install"], 2)
     assert set(fresh["seconds"]) == {"runner", "upload", "install"} and min(fresh["seconds"].values()) > 0
-    again, commands, sessions = push()  # the runner's status only: its hash matches, the bundle is there
-    assert (again["runner_updated"], again["already_installed"], commands, sessions) == (False, True, ["status"], 1)
+    again, commands, sessions = push()  # the shell's answer only: the runner's hash matches, the bundle is there
+    assert (again["runner_updated"], again["already_installed"], commands, sessions) == (False, True, [], 1)
     assert list(again["seconds"]) == ["runner"]
     module = server.root / "bin" / "edgekit_device" / "install.py"
     shipped = module.read_bytes()
     module.write_bytes(shipped + b"# changed on the device\n")
-    repaired, commands, sessions = push()
+    repaired, commands, sessions = push()  # the files' hash is not this host's: the runner is asked, then replaced
     assert (repaired["runner_updated"], repaired["already_installed"], commands, sessions) == \
         (True, True, ["status"], 2)
     # Sent as one tar, which the runner's next start unpacks in place of the changed package.

@@ -385,3 +385,14 @@ def test_invoke_is_imported_only_when_an_ssh_config_needs_match_exec(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "EDGEKIT_SSH_CONFIG": str(config)}).stdout.split()
     assert out == ["False", "False", "from-match-exec", "True"], out
+
+
+def test_a_simulated_device_logs_in_with_the_home_it_is_given(sshd_fleet, tmp_path, monkeypatch):
+    """push_vs_scp.py --plain-login: the sessions' login shell reads its rc files from an empty HOME."""
+    home = tmp_path / "plain home"
+    home.mkdir()
+    fleet = sshd_fleet(1, login_home=home)
+    for key, value in fleet.env.items():
+        monkeypatch.setenv(key, value)
+    with connect(fleet.device(0).endpoint) as tr:
+        assert tr.run(["sh", "-c", 'printf %s "$HOME"']).stdout == str(home)

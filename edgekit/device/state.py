@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from typing import Iterator, List, Optional
 
 __all__ = ["META", "Layout", "RunnerError", "check_name", "write_json_atomic", "read_json", "utc_now", "NAME_PATTERN",
-           "TIME_FORMAT", "DIRS"]
+           "TIME_FORMAT", "DIRS", "reconciled"]
 
 # Names and versions become path components: the host checks them with this same pattern.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
@@ -183,7 +183,7 @@ class Layout:
             problem = None if stored is not None or not self.versions(name) else "is missing"
         except RunnerError as exc:
             stored, problem = None, f"could not be read ({exc})"
-        state, note = _reconciled(name, stored or {}, self.current_version(name))
+        state, note = reconciled(name, stored or {}, self.current_version(name))
         if problem:
             note = f"{self.state_path(name)} {problem}: rebuilt from current/{name} (previous version unknown)"
             state["history"] = state["history"] + [{"action": "rebuilt", "version": state["current"], "at": utc_now()}]
@@ -225,7 +225,7 @@ class Layout:
         write_json_atomic(self.state_path(name), {k: v for k, v in state.items() if v is not None or k != "pending"})
 
 
-def _reconciled(name: str, stored: dict, live: Optional[str]) -> tuple:
+def reconciled(name: str, stored: dict, live: Optional[str]) -> tuple:
     """(state, repair note or None): a stored state made to agree with the live link."""
     history = stored.get("history") if isinstance(stored.get("history"), list) else []
     current, previous = stored.get("current"), stored.get("previous")

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Tuple
 
 from .state import RunnerError
 
-__all__ = ["NAMESPACE", "sha256_file", "tree_hash", "trusted_keys", "verify_signature"]
+__all__ = ["NAMESPACE", "sha256_file", "tree_hash", "digests_hash", "trusted_keys", "verify_signature"]
 
 NAMESPACE = "edgekit-bundle"
 _KEY_LINE = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+|sk-ssh-ed25519@openssh\.com)\s+([A-Za-z0-9+/=]+)")
@@ -34,9 +34,15 @@ def sha256_file(path: str) -> str:
 
 def tree_hash(files: Dict[str, bytes]) -> str:
     """One hash for a set of files (relative path -> content), independent of order."""
+    return digests_hash({rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()})
+
+
+def digests_hash(digests: Dict[str, str]) -> str:
+    """tree_hash from each file's sha256 (relative path -> hex digest): what a host computes from
+    the `sha256sum` of a device's files (edgekit.fleet.probe) without reading them."""
     h = hashlib.sha256()
-    for rel in sorted(files):
-        h.update(f"{rel}\0{hashlib.sha256(files[rel]).hexdigest()}\n".encode())
+    for rel in sorted(digests):
+        h.update(f"{rel}\0{digests[rel]}\n".encode())
     return h.hexdigest()
 
 

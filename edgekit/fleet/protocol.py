@@ -33,7 +33,7 @@ from edgekit.transport.base import Cancel, RunResult
 from edgekit.words import PLAIN
 
 __all__ = ["DevicePaths", "SHORT_STEP_S", "runner_argv", "run_runner", "runner_reply", "payload", "exit_cause", "has_runner",
-           "ensure_runner", "device_status", "model_state", "upload_path", "installed_meta"]
+           "ensure_runner", "device_status", "model_state", "upload_path", "installed_meta", "shipped_runner"]
 
 SHORT_STEP_S = 120  # status, activate, restore: a runner that needs longer is stuck
 
@@ -157,7 +157,7 @@ def has_runner(transport: Transport, device: Device) -> bool:
 def ensure_runner(transport: Transport, device: Device, status: Optional[dict] = None) -> bool:
     """Install or update ROOT/bin from this host's runner when the hashes differ; True if it did.
     `status` is the runner's status when the caller has just asked for it (no second run)."""
-    files, want = _shipped_runner()
+    files, want = shipped_runner()
     if status is not None and status.get("runner_sha256") == want:
         return False
     if status is None and has_runner(transport, device):
@@ -171,7 +171,7 @@ def ensure_runner(transport: Transport, device: Device, status: Optional[dict] =
 
 
 @lru_cache(maxsize=1)
-def _shipped_runner() -> tuple[dict[str, bytes], str]:
+def shipped_runner() -> tuple[dict[str, bytes], str]:
     """This host's runner files and their hash: read and hashed once per process, not once
     per device (a push to a fleet asked for them from every worker)."""
     from edgekit.device.trust import tree_hash
@@ -183,7 +183,7 @@ def _shipped_runner() -> tuple[dict[str, bytes], str]:
 @lru_cache(maxsize=1)
 def _runner_archive() -> bytes:
     """The runner's package as one tar (module name -> source), the same bytes every time."""
-    files, _ = _shipped_runner()
+    files, _ = shipped_runner()
     members = {rel.split("/", 1)[1]: data for rel, data in files.items() if rel.startswith(PACKAGE_NAME + "/")}
     with tempfile.TemporaryDirectory(prefix="edgekit-runner-") as tmp:
         write_tar(Path(tmp) / ARCHIVE_NAME, members, mtime=0)

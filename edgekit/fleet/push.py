@@ -18,8 +18,9 @@ from edgekit.bundle import Bundle
 from edgekit.errors import ConfigError, TransportError
 from edgekit.fleet.fanout import WORKERS, DeviceResult, FleetResult, check_cancel, fan_out
 from edgekit.fleet.inventory import Device
+from edgekit.fleet.probe import probe_status
 from edgekit.fleet.protocol import (SHORT_STEP_S, DevicePaths, device_status, ensure_runner, has_runner,
-                                    installed_meta, model_state, payload, run_runner, upload_path)
+                                    installed_meta, model_state, payload, run_runner, shipped_runner, upload_path)
 from edgekit.transport import Transport
 from edgekit.transport.base import Cancel
 
@@ -66,11 +67,15 @@ def install_bundle(transport: Transport, device: Device, bundle: Bundle, *, acti
     step_timeout = step_timeout or step_timeout_for(bundle)
     short = min(SHORT_STEP_S, step_timeout)
     with _timed(seconds, "runner"):
-        status = device_status(transport, device, timeout=short) if status is None else status
+        # Asked of the device's shell first (no Python start), of the runner when the shell's
+        # answer is not whole (probe.py); a status the caller has is used as it is.
+        probed = probe_status(transport, device, bundle, shipped_runner()[1], timeout=short) if status is None else None
+        status = status if status is not None else probed or device_status(transport, device, timeout=short)
         before = model_state(status, bundle.name)
         check_cancel(cancel, device, "the runner update", {"before": before})
         updated = ensure_runner(transport, device, status)
-        installed = installed_meta(transport, device, bundle, None if updated else status)
+        # after an update an old runner's list of bundles is not taken; the probe's was read from the files
+        installed = installed_meta(transport, device, bundle, None if updated and not probed else status)
     detail = {"name": bundle.name, "version": bundle.version, "before": before, "runner_updated": updated,
               "seconds": seconds}
     if installed is None:

@@ -120,9 +120,11 @@ def _wait_for_banner(server: SshServer, timeout: float = 10.0) -> None:
                        f"{server.log.read_text(errors='replace')}")
 
 
-def _sshd_config(server: SshServer, authorized_keys: Path) -> str:
+def _sshd_config(server: SshServer, authorized_keys: Path, login_home: Optional[Path] = None) -> str:
     sftp = str(SFTP_SERVER) if SFTP_SERVER.exists() else "internal-sftp"
-    return "\n".join([
+    # A session's login shell reads $HOME/.bashrc; an empty HOME makes it a plain shell
+    home = [f'SetEnv HOME="{login_home}"'] if login_home is not None else []
+    return "\n".join(home + [
         f"Port {server.port}",
         "ListenAddress 127.0.0.1",
         f"HostKey {server.dir / 'ssh_host_ed25519_key'}",
@@ -208,9 +210,12 @@ def _toml_table(name: str, entry: dict) -> str:
 
 
 def start_fleet(base: Path, n: int, *, names: Optional[Sequence[str]] = None,
-                roots: Optional[Sequence[str]] = None, pythons: Optional[Sequence[Optional[str]]] = None) -> SshFleet:
+                roots: Optional[Sequence[str]] = None, pythons: Optional[Sequence[Optional[str]]] = None,
+                login_home: Optional[Path] = None) -> SshFleet:
     """Start `n` sshd servers under `base`. `names` and `roots` (directory names under
-    base/devices, spaces and quotes welcome) default to dev-01.., `pythons` to None."""
+    base/devices, spaces and quotes welcome) default to dev-01.., `pythons` to None.
+    `login_home`: HOME for the devices' sessions (default: the user's own, whose login
+    shell's rc files then run at every session, as on the machine itself)."""
     if not sshd_available():
         raise ConfigError(f"{SSHD} is missing: install openssh-server (apt-get install openssh-server, "
                           "or `make sshd`) to simulate SSH devices")
@@ -227,7 +232,7 @@ def start_fleet(base: Path, n: int, *, names: Optional[Sequence[str]] = None,
     pythons = list(pythons or [None] * n)
     try:
         for name, root, python in zip(names, roots, pythons):
-            fleet.servers.append(_start_server(base, name, base / "devices" / root, python, authorized))
+            fleet.servers.append(_start_server(base, name, base / "devices" / root, python, authorized, login_home))
     except BaseException:
         fleet.stop()
         raise
@@ -235,7 +240,8 @@ def start_fleet(base: Path, n: int, *, names: Optional[Sequence[str]] = None,
     return fleet
 
 
-def _start_server(base: Path, name: str, root: Path, python: Optional[str], authorized: Path) -> SshServer:
+def _start_server(base: Path, name: str, root: Path, python: Optional[str], authorized: Path,
+                  login_home: Optional[Path] = None) -> SshServer:
     server_dir = base / "servers" / f"sshd-{len(list(base.glob('servers/sshd-*'))):02d}"
     server_dir.mkdir(parents=True)
     root.mkdir(parents=True, exist_ok=True)
@@ -243,7 +249,7 @@ def _start_server(base: Path, name: str, root: Path, python: Optional[str], auth
     for attempt in range(5):  # another process may grab the free port before sshd binds it
         server = SshServer(name=name, port=free_port(), root=root, dir=server_dir, host_key_line=host_pub,
                            python=python)
-        (server_dir / "sshd_config").write_text(_sshd_config(server, authorized))
+        (server_dir / "sshd_config").write_text(_sshd_config(server, authorized, login_home))
         try:
             server.start()
             return server
