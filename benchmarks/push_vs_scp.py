@@ -1,6 +1,6 @@
 """edgekit push beside scp and Ansible: one bundle of about 50 MB to 8 loopback sshd devices.
 
-    python benchmarks/push_vs_scp.py [--devices 8] [--mb 50] [--no-ansible] [--plain-login]
+    python benchmarks/push_vs_scp.py [--devices 8] [--mb 50] [--no-ansible] [--host-login]
                                      [--out bench-results/push_vs_scp.json]
 
 In one run, against the same servers (real OpenSSH, one per device, edgekit.sim.sshd):
@@ -21,10 +21,12 @@ over edgekit push's (> 1 means slower than edgekit) and over parallel scp's. Eac
 and everything its sessions ran) are given too: on a machine shared with other work they
 change less than the wall times. Results go to JSON.
 
-The devices are this machine's user, so every SSH session (scp's, edgekit's) starts the user's
-login shell with its ~/.bashrc (here root's runs `pyenv init`: 0.12 CPU s a session);
---plain-login gives the devices' sessions an empty HOME instead, as on a device whose login
-shell does nothing much.
+The devices are this machine's user, and every SSH session (scp's, edgekit's) starts that
+user's login shell, which reads ~/.bashrc. A device's does next to nothing for a command
+(Debian's default ~/.bashrc returns at once in a shell that is not interactive), so the
+devices' sessions get a HOME of their own, empty. --host-login gives them this machine's
+user's HOME instead (root's ~/.bashrc here runs `pyenv init`: 0.12 CPU s and 0.3 s a session,
+which scp pays once a device and a push twice: its command session and SFTP).
 """
 
 from __future__ import annotations
@@ -188,7 +190,7 @@ def versions(ansible_version: str | None) -> dict:
             "python": sys.version.split()[0]}
 
 
-def run(devices: int, megabytes: float, work: Path, with_ansible: bool = True, plain_login: bool = False) -> dict:
+def run(devices: int, megabytes: float, work: Path, with_ansible: bool = True, plain_login: bool = True) -> dict:
     from edgekit.machine import cpu_facts
     from edgekit.sim.sshd import start_fleet
 
@@ -281,15 +283,15 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=8)
     parser.add_argument("--mb", type=float, default=50.0, help="model weights in MB (the bundle is a little larger)")
     parser.add_argument("--no-ansible", action="store_true", help="leave out Ansible's copy (the shortest run)")
-    parser.add_argument("--plain-login", action="store_true",
-                        help="the devices' sessions get an empty HOME: no ~/.bashrc of this machine's user")
+    parser.add_argument("--host-login", action="store_true",
+                        help="the devices' sessions get this machine's user's HOME (its ~/.bashrc), not an empty one")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "push_vs_scp.json")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # The servers' files go to the system's temporary folder: sshd is stricter about where its
     # host keys may live than about /tmp (it refused them under a checkout in /work here).
     with tempfile.TemporaryDirectory(prefix="push-vs-scp-") as tmp:
-        record = run(args.devices, args.mb, Path(tmp), with_ansible=not args.no_ansible, plain_login=args.plain_login)
+        record = run(args.devices, args.mb, Path(tmp), with_ansible=not args.no_ansible, plain_login=not args.host_login)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     show(record)
     print(f"\nwrote {args.out}")

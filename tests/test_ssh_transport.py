@@ -388,7 +388,7 @@ def test_invoke_is_imported_only_when_an_ssh_config_needs_match_exec(tmp_path):
 
 
 def test_a_simulated_device_logs_in_with_the_home_it_is_given(sshd_fleet, tmp_path, monkeypatch):
-    """push_vs_scp.py --plain-login: the sessions' login shell reads its rc files from an empty HOME."""
+    """push_vs_scp.py: the sessions' login shell reads its rc files from the HOME the device is given."""
     home = tmp_path / "plain home"
     home.mkdir()
     fleet = sshd_fleet(1, login_home=home)
