@@ -65,15 +65,19 @@ def test_cache_and_recompute_generate_the_same_tokens(tiny_lm):
 @pytest.fixture(scope="module")
 def recipes(tiny_lm, tmp_path_factory) -> dict:
     """Every recipe the toolchain offers, applied to the tiny export: id -> model file."""
+    from edgekit.datasets import load_dataset
     from edgekit.recipes import Recipe
-    from edgekit.toolchains.lm.quantize import BLOCK_ALGORITHMS, quantize_lm
+    from edgekit.toolchains import TOOLCHAINS
+    from edgekit.toolchains.lm.quantize import BLOCK_ALGORITHMS, CALIBRATED, quantize_lm
 
     out = tmp_path_factory.mktemp("lm-recipes")
+    calib = TOOLCHAINS["lm"].model_data(tiny_lm.fp32, load_dataset(tiny_lm.calib), "calibration data")
     made = {"fp16": quantize_lm(tiny_lm.fp32, Recipe(precision="fp16"), out / "fp16.onnx")}
     for precision, methods in BLOCK_ALGORITHMS.items():
         for method in methods:
             recipe = Recipe(precision=precision, algorithm=method, block_size=32)
-            made[recipe.id] = quantize_lm(tiny_lm.fp32, recipe, out / f"{recipe.id}.onnx")
+            made[recipe.id] = quantize_lm(tiny_lm.fp32, recipe, out / f"{recipe.id}.onnx",
+                                          calibration=calib.arrays["input_ids"] if method in CALIBRATED else None)
     return made
 
 
@@ -103,7 +107,7 @@ def test_each_recipe_shrinks_the_model_and_keeps_head_and_embedding_at_8_bits(ti
         assert nbits and all(a["accuracy_level"] == 4 and a["block_size"] == 32 for a in nbits)
         head = [a for op, a in ops.values() if op == "MatMulNBits" and a["N"] == 512]
         gathers = [a for op, a in ops.values() if op == "GatherBlockQuantized"]
-        if rid.endswith("head4"):  # a 4-bit head and its 8-bit offsets; the embedding reads both tables
+        if rid.endswith(("head4", "lean")):  # a 4-bit head and its 8-bit offsets; the embedding reads both tables
             assert sorted(a["bits"] for a in head) == sorted(a["bits"] for a in gathers) == [4, 8]
             continue
         assert [a["bits"] for a in head] == [8]
