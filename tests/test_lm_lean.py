@@ -18,7 +18,8 @@ def calib(tiny_lm) -> np.ndarray:
     from edgekit.datasets import load_dataset
     from edgekit.toolchains import TOOLCHAINS
 
-    return TOOLCHAINS["lm"].model_data(tiny_lm.fp32, load_dataset(tiny_lm.calib), "calibration data").arrays["input_ids"]
+    data = TOOLCHAINS["lm"].model_data(tiny_lm.fp32, load_dataset(tiny_lm.calib), "calibration data")
+    return data.arrays["input_ids"]
 
 
 @pytest.fixture(scope="module")

@@ -186,7 +186,8 @@ def _zero_point_matmul(node, weight, bits, block, new):
     q, scale, zero = zero_point_grid(numpy_helper.to_array(weight).astype(np.float32), bits, block)
     k, n = weight.dims
     base = weight.name
-    new += [numpy_helper.from_array(_pack(q, bits), base + "_Qz"), numpy_helper.from_array(scale.reshape(-1), base + "_scales_z"),
+    new += [numpy_helper.from_array(_pack(q, bits), base + "_Qz"),
+            numpy_helper.from_array(scale.reshape(-1), base + "_scales_z"),
             numpy_helper.from_array(_pack(zero[..., 0], bits).reshape(-1), base + "_zp")]
     return helper.make_node("MatMulNBits", [node.input[0], base + "_Qz", base + "_scales_z", base + "_zp"],
                             list(node.output), name=node.name + "_Q", domain="com.microsoft", K=k, N=n, bits=bits,

@@ -94,7 +94,8 @@ def _blocks(proto, bits: int, method: str, block: int, calibration: tuple):
     if method == "minmax-offset-head4":
         return _offset_head(proto, head, emb, tied, bits, block)
     if method == "minmax-offset-lean":
-        return _offset_head(proto, head, emb, tied, bits, block, _lean(proto, head, emb, tied, bits, block, *calibration))
+        plain = _lean(proto, head, emb, tied, bits, block, *calibration)
+        return _offset_head(proto, head, emb, tied, bits, block, plain)
     if method == "minmax-offset":
         proto = minmax_offset(proto, head, bits, block)
     else:  # edgekit's rtn is onnxruntime's default symmetric blocks (weightonly's algorithm None)
