@@ -6,8 +6,10 @@ packages), the same eval text for every contender. The contenders:
     fp32                  edgekit's export (the builder's `-p fp32`, tagged): the reference
     edgekit int8-block    edgekit's INT8 recipe on that export (calibrate's first INT8 candidate)
     edgekit int4-block    edgekit's INT4 recipe (minmax-offset: the 4-bit grid with an unrounded
-                          offset; head and embedding at 8 bits, shared), and the same with
-                          the head at 4 bits with its own offsets (minmax-offset-head4)
+                          offset; head and embedding at 8 bits, shared), the same with
+                          the head at 4 bits with its own offsets (minmax-offset-head4), and
+                          that less the offsets the calibration text shows cheapest to drop
+                          (minmax-offset-lean)
     genai -p int8         the builder with its defaults (`-p int8 -e cpu`)
     genai -p int4         the builder with its defaults (`-p int4 -e cpu`: a 4-bit head)
 
@@ -60,18 +62,21 @@ def builder(hf: Path, precision: str, out: Path) -> Path:
     return model
 
 
-def edgekit_models(fp32: Path, work: Path) -> dict[str, Path]:
+def edgekit_models(fp32: Path, work: Path, calibration: Path) -> dict[str, Path]:
+    from edgekit.datasets import load_dataset
     from edgekit.recipes import Recipe
     from edgekit.targets import load_profile
     from edgekit.toolchains import toolchain_for
 
     toolchain = toolchain_for(load_profile("host-cpu-lm"))
     out = {}
-    for precision, algorithm in (("int8-block", None), ("int4-block", None), ("int4-block", "minmax-offset-head4")):
+    calib = load_dataset(calibration, role="calibration data")
+    for precision, algorithm in (("int8-block", None), ("int4-block", None), ("int4-block", "minmax-offset-head4"),
+                                 ("int4-block", "minmax-offset-lean")):
         recipe = Recipe(precision=precision, block_size=32, algorithm=algorithm)
         path = work / f"edgekit-{recipe.id}" / "model.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
-        out[f"edgekit {precision} ({recipe.id})"] = toolchain.quantize(fp32, recipe, path)
+        out[f"edgekit {precision} ({recipe.id})"] = toolchain.quantize(fp32, recipe, path, calibration=calib)
     return out
 
 
@@ -145,10 +150,10 @@ def _num(value, fmt: str) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'contender':40} {'MB':>7} {'size/fp32':>9} {'ppl':>8} {'ppl incr':>9} {'decode t/s':>10} "
+    print(f"\n{'contender':56} {'MB':>7} {'size/fp32':>9} {'ppl':>8} {'ppl incr':>9} {'decode t/s':>10} "
           f"{'vs genai':>8} {'t/cpu-s':>8} {'vs genai':>8} {'prefill t/s':>11} {'vs genai':>8} {'RSS MB':>7}")
     for r in rows:
-        print(f"{r['contender']:40} {r['model_mb']:7.1f} {r['size_vs_fp32']:9.3f} {r['perplexity']:8.3f} "
+        print(f"{r['contender']:56} {r['model_mb']:7.1f} {r['size_vs_fp32']:9.3f} {r['perplexity']:8.3f} "
               f"{(r['ppl_increase'] or 0):+9.2%} {_num(r['decode_wall'], '10.1f')} "
               f"{_ratio(r['decode_wall_vs_genai']):>8} "
               f"{_num(r['decode_cpu'], '8.1f')} {_ratio(r['decode_cpu_vs_genai']):>8} "
@@ -173,7 +178,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lm-vs-genai-") as tmp:
         work = Path(tmp)
         fp32 = toolchain.load(made["model"], workdir=work / "fp32")
-        models = {"fp32": fp32, **edgekit_models(fp32, work),
+        models = {"fp32": fp32, **edgekit_models(fp32, work, made["calibration"]),
                   "genai -p int8": builder(made["model"], "int8", work / "genai-int8"),
                   "genai -p int4": builder(made["model"], "int4", work / "genai-int4")}
         eval_npz = toolchain.prepare_eval(load_dataset(made["eval"], role="eval data"), fp32, work / "eval.npz",

@@ -8,7 +8,9 @@ reduce-range, exclude, include), a recipe may carry:
                                             MatMulNBits accuracy level (4: INT8 activations per
                                             block, the fast kernel), the algorithm (None = RTN;
                                             minmax-offset: a language model's asymmetric blocks;
-                                            minmax-offset-head4: its head at 4 bits too)
+                                            minmax-offset-head4: its head at 4 bits too;
+                                            minmax-offset-lean: that, less the offsets the
+                                            calibration text shows cheapest to drop)
     symmetric                               int8-static: symmetric activations; *-block: symmetric
                                             weights (None: the toolchain's default)
     weight_only                             nodes that, instead of the recipe's INT8, get 8-bit
@@ -29,7 +31,7 @@ from edgekit.words import Precision
 __all__ = ["Recipe", "METHODS", "ALGORITHMS", "KV_CACHE"]
 
 METHODS = ("minmax", "entropy", "percentile")
-ALGORITHMS = ("rtn", "minmax-offset", "minmax-offset-head4", "hqq", "kquant")
+ALGORITHMS = ("rtn", "minmax-offset", "minmax-offset-head4", "minmax-offset-lean", "hqq", "kquant")
 KV_CACHE = ("cache", "recompute")  # how a language model generates: keep keys and values, or rerun the prefix
 _LATER = ("block_size", "accuracy_level", "algorithm", "symmetric", "weight_only", "kv_cache")
 
@@ -45,7 +47,8 @@ class Recipe(BaseModel):
     include: tuple[str, ...] = ()
     block_size: Optional[int] = None
     accuracy_level: Optional[int] = None
-    algorithm: Optional[Literal["rtn", "minmax-offset", "minmax-offset-head4", "hqq", "kquant"]] = None
+    algorithm: Optional[Literal["rtn", "minmax-offset", "minmax-offset-head4", "minmax-offset-lean", "hqq",
+                                "kquant"]] = None
     symmetric: Optional[bool] = None
     weight_only: tuple[str, ...] = ()
     kv_cache: Optional[Literal["cache", "recompute"]] = None  # language models only

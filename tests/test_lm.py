@@ -65,15 +65,19 @@ def test_cache_and_recompute_generate_the_same_tokens(tiny_lm):
 @pytest.fixture(scope="module")
 def recipes(tiny_lm, tmp_path_factory) -> dict:
     """Every recipe the toolchain offers, applied to the tiny export: id -> model file."""
+    from edgekit.datasets import load_dataset
     from edgekit.recipes import Recipe
-    from edgekit.toolchains.lm.quantize import BLOCK_ALGORITHMS, quantize_lm
+    from edgekit.toolchains import TOOLCHAINS
+    from edgekit.toolchains.lm.quantize import BLOCK_ALGORITHMS, CALIBRATED, quantize_lm
 
     out = tmp_path_factory.mktemp("lm-recipes")
+    calib = TOOLCHAINS["lm"].model_data(tiny_lm.fp32, load_dataset(tiny_lm.calib), "calibration data")
     made = {"fp16": quantize_lm(tiny_lm.fp32, Recipe(precision="fp16"), out / "fp16.onnx")}
     for precision, methods in BLOCK_ALGORITHMS.items():
         for method in methods:
             recipe = Recipe(precision=precision, algorithm=method, block_size=32)
-            made[recipe.id] = quantize_lm(tiny_lm.fp32, recipe, out / f"{recipe.id}.onnx")
+            made[recipe.id] = quantize_lm(tiny_lm.fp32, recipe, out / f"{recipe.id}.onnx",
+                                          calibration=calib.arrays["input_ids"] if method in CALIBRATED else None)
     return made
 
 
@@ -103,7 +107,7 @@ def test_each_recipe_shrinks_the_model_and_keeps_head_and_embedding_at_8_bits(ti
         assert nbits and all(a["accuracy_level"] == 4 and a["block_size"] == 32 for a in nbits)
         head = [a for op, a in ops.values() if op == "MatMulNBits" and a["N"] == 512]
         gathers = [a for op, a in ops.values() if op == "GatherBlockQuantized"]
-        if rid.endswith("head4"):  # a 4-bit head and its 8-bit offsets; the embedding reads both tables
+        if rid.endswith(("head4", "lean")):  # a 4-bit head and its 8-bit offsets; the embedding reads both tables
             assert sorted(a["bits"] for a in head) == sorted(a["bits"] for a in gathers) == [4, 8]
             continue
         assert [a["bits"] for a in head] == [8]
@@ -130,18 +134,63 @@ def test_offset_blocks_are_exact_on_their_own_grid(tiny_lm, tmp_path):
             k, n = w.shape
             step = rng.uniform(0.01, 0.03, (k // 32, 1, n)).astype(np.float32)
             low = rng.uniform(-0.3, 0.0, (k // 32, 1, n)).astype(np.float32)  # not a multiple of the step
-            grid = low + rng.integers(0, 16, (k // 32, 32, n)) * step
+            codes = rng.integers(0, 16, (k // 32, 32, n))
+            codes[:, 0], codes[:, 1] = 0, 15  # a Q4_1 block's minimum and maximum are its own (codes 0 and 15)
+            grid = low + codes * step
             init.CopyFrom(numpy_helper.from_array(grid.reshape(k, n).astype(np.float32), init.name))
     gridded = save(proto, tmp_path / "grid" / "model.onnx", lm_meta_of(proto))
     window = _windows(tiny_lm)[2]
     ref = open_lm(str(gridded)).window_logits(window)
-    kl = {}
+    kl, models = {}, {}
     for method in ("minmax-offset", "rtn"):
-        model = quantize_lm(gridded, Recipe(precision="int4-block", algorithm=method, block_size=32),
-                            tmp_path / method / "model.onnx")
-        got = open_lm(str(model)).window_logits(window)
+        models[method] = quantize_lm(gridded, Recipe(precision="int4-block", algorithm=method, block_size=32),
+                                     tmp_path / method / "model.onnx")
+        got = open_lm(str(models[method])).window_logits(window)
         kl[method] = float((np.exp(log_softmax(ref)) * (log_softmax(ref) - log_softmax(got))).sum(-1).mean())
     assert kl["minmax-offset"] < kl["rtn"] / 5, kl
+    # the weights themselves, read back from the model's tables: the grid's up to the offsets' 8 bits
+    # (the logits' KL also holds the int8 activations' error, which depends on the tiny model)
+    grid = _grid_weights(onnx.load(str(gridded)))
+    read = _offset_weights_of(models["minmax-offset"])
+    assert read.keys() == grid.keys() and len(read) == 8, (read.keys(), grid.keys())
+    for name, w in read.items():
+        assert np.abs(w - grid[name]).max() < 0.003, name
+
+
+def _grid_weights(proto) -> dict:
+    """Projection name -> its weights [K, N], as minmax_offset names them (an input's MatMuls fused)."""
+    from onnx import numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    by_input: dict = {}
+    for node in proto.graph.node:
+        if node.op_type == "MatMul" and node.input[1] in inits and "lm_head" not in node.input[1]:
+            by_input.setdefault(node.input[0], []).append(node)
+    return {(ms[0].name + "_fused" if len(ms) > 1 else ms[0].name): np.concatenate([inits[m.input[1]] for m in ms], 1)
+            for ms in by_input.values()}
+
+
+def _offset_weights_of(model: Path) -> dict:
+    """Projection name -> the weights [K, N] a minmax-offset model computes with: its 4-bit codes
+    and scales plus the 8-bit offsets added back per block."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(model)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    offsets = {n.name[:-len("_offset")]: n for n in graph.node if n.name.endswith("_offset")}
+    out = {}
+    for node in graph.node:
+        name = node.name[:-len("_Q")]
+        if node.op_type != "MatMulNBits" or not node.name.endswith("_Q") or name not in offsets:
+            continue
+        codes = inits[node.input[1]]  # [N, blocks, 16]: two 4-bit codes a byte, the low nibble first
+        q = np.stack([codes & 15, codes >> 4], -1).reshape(codes.shape[0], codes.shape[1], -1).astype(np.float32)
+        n, blocks, _ = q.shape
+        oq, oscale = (inits[i] for i in offsets[name].input[1:3])  # 8-bit [N, oblocks, 32], symmetric about 128
+        o = ((oq.astype(np.float32) - 128) * oscale.reshape(n, -1, 1)).reshape(n, -1)[:, :blocks]
+        out[name] = ((q - 8) * inits[node.input[2]].reshape(n, blocks, 1) + o[..., None]).reshape(n, -1).T
+    return out
 
 
 def test_quantized_models_stay_close_to_fp32(tiny_lm, recipes):

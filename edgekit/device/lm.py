@@ -102,11 +102,13 @@ class DecoderLM:
 
     # -- one call ---------------------------------------------------------------------
 
-    def forward(self, ids: np.ndarray, past: Optional[List[np.ndarray]] = None) -> Tuple[np.ndarray, list]:
-        """ids [1,S] int64 (and the past, or none) -> (logits [1,S,V], present)."""
+    def forward(self, ids: np.ndarray, past: Optional[List[np.ndarray]] = None,
+                extra: Optional[dict] = None) -> Tuple[np.ndarray, list]:
+        """ids [1,S] int64 (and the past, or none) -> (logits [1,S,V], present); `extra`: more
+        inputs a model made for measuring takes."""
         past = past if past is not None else self.empty_past()
         p, s = past[0].shape[2], ids.shape[1]
-        feed = {"input_ids": ids, "attention_mask": np.ones((1, p + s), np.int64)}
+        feed = {"input_ids": ids, "attention_mask": np.ones((1, p + s), np.int64), **(extra or {})}
         if self.has_position_ids:
             feed["position_ids"] = np.arange(p, p + s, dtype=np.int64)[None]
         feed.update(zip(self.past_names, past))

@@ -26,20 +26,24 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["minmax_offset", "embed_offsets", "offset_blocks", "OFFSET_BLOCK"]
+__all__ = ["minmax_offset", "embed_offsets", "offset_blocks", "offset_grid", "zero_point_grid", "fuse_shared_inputs",
+           "projections", "OFFSET_BLOCK"]
 
 OFFSET_BLOCK = 32  # the offsets' own MatMulNBits blocks (8 bits), along K/block
 
 
-def minmax_offset(proto, head: str, bits: int, block: int, with_head: bool = False):
+def minmax_offset(proto, head: str, bits: int, block: int, with_head: bool = False, plain=()):
     """Every constant-weight MatMul whose K is a multiple of `block` (and the head if `with_head`)
-    in asymmetric `bits`-bit blocks with 8-bit offsets. Returns `proto`, changed in place."""
+    in asymmetric `bits`-bit blocks with 8-bit offsets; the projections named in `plain` (after
+    fusion: `projections`) in onnxruntime's asymmetric blocks instead, integer zero points and
+    no offsets (fewer nodes, less accurate: edgekit.toolchains.lm.lean chooses them).
+    Returns `proto`, changed in place."""
     from onnx import helper
 
     from edgekit.toolchains.lm.graph import drop_dead
 
     skip = set() if with_head else {head}
-    _fuse_shared_inputs(proto, skip | {head}, block)
+    fuse_shared_inputs(proto, skip | {head}, block)
     g = proto.graph
     inits = {i.name: i for i in g.initializer}
     nodes, sums, new = [], {}, []
@@ -47,6 +51,9 @@ def minmax_offset(proto, head: str, bits: int, block: int, with_head: bool = Fal
         weight = _weight(node, inits, block)
         if weight is None or node.name in skip:
             nodes.append(node)
+            continue
+        if node.name in plain:
+            nodes.append(_zero_point_matmul(node, weight, bits, block, new))
             continue
         x = node.input[0]
         if x not in sums:
@@ -68,7 +75,14 @@ def _weight(node, inits, block):
     return weight
 
 
-def _fuse_shared_inputs(proto, skip: set, block: int) -> None:
+def projections(proto, block: int, skip=()) -> dict:
+    """The MatMuls `minmax_offset` blocks (names not in `skip`): name -> (input, weight initializer)."""
+    inits = {i.name: i for i in proto.graph.initializer}
+    return {n.name: (n.input[0], _weight(n, inits, block)) for n in proto.graph.node
+            if n.name not in skip and _weight(n, inits, block) is not None}
+
+
+def fuse_shared_inputs(proto, skip: set, block: int) -> None:
     """MatMuls that read one input: one MatMul over their weights side by side, then a Split."""
     from onnx import helper, numpy_helper
 
@@ -126,16 +140,58 @@ def _offset_matmul(node, weight, blocksum, bits, block, new) -> list:
 
 def offset_blocks(w: np.ndarray, bits: int, block: int):
     """w [K,N] -> (packed uint8 [N, blocks, blob], scales [N*blocks], offsets [blocks, N])."""
+    q, scale, offset = offset_grid(w, bits, block)
+    return _pack(q, bits), scale.reshape(-1), np.ascontiguousarray(offset[..., 0].T)
+
+
+def offset_grid(w: np.ndarray, bits: int, block: int):
+    """w [K,N] -> codes q [N, blocks, block], scales and offsets [N, blocks, 1]:
+    w = (q - 2**(bits-1)) * scale + offset."""
     qmax, mid = 2 ** bits - 1, 2 ** (bits - 1)
     k, n = w.shape
     wt = w.T.reshape(n, k // block, block)
     lo, hi = wt.min(-1, keepdims=True), wt.max(-1, keepdims=True)
     scale = np.where(hi > lo, (hi - lo) / qmax, 1.0).astype(np.float32)
     q = np.clip(np.rint((wt - lo) / scale), 0, qmax).astype(np.uint8)
-    offset = (lo + mid * scale)[..., 0].T.astype(np.float32)  # w = (q - mid) * scale + offset
-    if bits == 4:
-        q = q[..., 0::2] | (q[..., 1::2] << 4)
-    return q, scale.reshape(-1), np.ascontiguousarray(offset)
+    return q, scale, (lo + mid * scale).astype(np.float32)
+
+
+def zero_point_grid(w: np.ndarray, bits: int, block: int):
+    """onnxruntime's asymmetric blocks: the range widened to hold 0 so that the zero point is an
+    integer. w [K,N] -> codes q [N, blocks, block], scales and zero points [N, blocks, 1]:
+    w = (q - zero point) * scale."""
+    qmax = 2 ** bits - 1
+    k, n = w.shape
+    wt = w.T.reshape(n, k // block, block)
+    lo, hi = np.minimum(wt.min(-1, keepdims=True), 0), np.maximum(wt.max(-1, keepdims=True), 0)
+    scale = np.where(hi > lo, (hi - lo) / qmax, 1.0).astype(np.float32)
+    zero = np.clip(np.rint(-lo / scale), 0, qmax)
+    q = np.clip(np.rint(wt / scale) + zero, 0, qmax).astype(np.uint8)
+    return q, scale, zero.astype(np.uint8)
+
+
+def _pack(q: np.ndarray, bits: int) -> np.ndarray:
+    """Codes along the last axis, two to a byte at 4 bits (the low nibble first)."""
+    if bits != 4:
+        return q
+    if q.shape[-1] % 2:
+        q = np.concatenate([q, np.zeros(q.shape[:-1] + (1,), np.uint8)], -1)
+    return q[..., 0::2] | (q[..., 1::2] << 4)
+
+
+def _zero_point_matmul(node, weight, bits, block, new):
+    """One MatMulNBits with integer zero points (MLAS' fast path too) in place of `node`."""
+    from onnx import helper, numpy_helper
+
+    q, scale, zero = zero_point_grid(numpy_helper.to_array(weight).astype(np.float32), bits, block)
+    k, n = weight.dims
+    base = weight.name
+    new += [numpy_helper.from_array(_pack(q, bits), base + "_Qz"),
+            numpy_helper.from_array(scale.reshape(-1), base + "_scales_z"),
+            numpy_helper.from_array(_pack(zero[..., 0], bits).reshape(-1), base + "_zp")]
+    return helper.make_node("MatMulNBits", [node.input[0], base + "_Qz", base + "_scales_z", base + "_zp"],
+                            list(node.output), name=node.name + "_Q", domain="com.microsoft", K=k, N=n, bits=bits,
+                            block_size=block)
 
 
 def _sym8(m: np.ndarray):

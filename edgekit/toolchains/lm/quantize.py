@@ -12,6 +12,10 @@ head shared with the embedding.
                   minmax-offset-head4  the same with the head at 4 bits too, with its own
                                  offsets: smaller and faster, for a loss the budgets judge
                                  (+6% perplexity on SmolLM2-135M)
+                  minmax-offset-lean  minmax-offset-head4 less the offsets of the projections
+                                 where dropping them costs least, measured on the calibration
+                                 text, up to 2% perplexity (edgekit.toolchains.lm.lean): fewer
+                                 nodes per decode step; needs calibration text
                   rtn            onnxruntime's default (symmetric round-to-nearest)
                   hqq            onnxruntime's HQQ (needs torch; float zero points: slow kernels)
                   kquant         onnxruntime's k-quant (asymmetric, searched scales; slow to make)
@@ -39,17 +43,21 @@ from edgekit.toolchains.lm.offsets import embed_offsets, minmax_offset
 __all__ = ["quantize_lm", "BLOCK_ALGORITHMS", "DEFAULT_ALGORITHM", "INT4_CANDIDATES", "BITS", "ACCURACY_LEVEL"]
 
 BITS = {"int8-block": 8, "int4-block": 4}
-BLOCK_ALGORITHMS = {"int8-block": ("rtn",), "int4-block": ("minmax-offset", "minmax-offset-head4", "rtn", "hqq", "kquant")}
+BLOCK_ALGORITHMS = {"int8-block": ("rtn",),
+                    "int4-block": ("minmax-offset", "minmax-offset-head4", "minmax-offset-lean", "rtn", "hqq", "kquant")}
 DEFAULT_ALGORITHM = {"int8-block": "rtn", "int4-block": "minmax-offset"}
 # what calibrate tries at 4 bits: the lossless-grid body with an 8-bit head, the same with a 4-bit
-# head (faster, smaller, less accurate: the budgets choose), and onnxruntime's default
-INT4_CANDIDATES = ("minmax-offset", "minmax-offset-head4", "rtn")
+# head (faster, smaller, less accurate: the budgets choose), that less its cheapest offsets
+# (faster again), and onnxruntime's default
+INT4_CANDIDATES = ("minmax-offset", "minmax-offset-head4", "minmax-offset-lean", "rtn")
+CALIBRATED = ("minmax-offset-lean",)  # the algorithms that read calibration text
 ACCURACY_LEVEL = 4
 HEAD_BITS = 8
 
 
-def quantize_lm(model: Path, recipe: Recipe, out: Path) -> Path:
-    """Write `model` (the FP32 export) quantized by `recipe` to `out` and `out`.data."""
+def quantize_lm(model: Path, recipe: Recipe, out: Path, calibration=None) -> Path:
+    """Write `model` (the FP32 export) quantized by `recipe` to `out` and `out`.data.
+    `calibration`: token windows [N, S] (the CALIBRATED algorithms need them)."""
     import onnx
 
     proto = onnx.load(str(model))
@@ -58,7 +66,7 @@ def quantize_lm(model: Path, recipe: Recipe, out: Path) -> Path:
         proto = _fp16(proto)
     elif recipe.precision in BITS:
         proto = _blocks(proto, BITS[recipe.precision], recipe.algorithm or DEFAULT_ALGORITHM[recipe.precision],
-                        recipe.block_size or 32)
+                        recipe.block_size or 32, (Path(model), calibration))
     save(proto, out, meta)
     _keep_tokenizer(Path(model), Path(out))
     return out
@@ -79,12 +87,15 @@ def _fp16(proto):
     return convert_float_to_float16(proto, keep_io_types=True)
 
 
-def _blocks(proto, bits: int, method: str, block: int):
+def _blocks(proto, bits: int, method: str, block: int, calibration: tuple):
     from edgekit.toolchains.onnx.weightonly import nbits
 
     head, emb, tied = normalize(proto)
     if method == "minmax-offset-head4":
         return _offset_head(proto, head, emb, tied, bits, block)
+    if method == "minmax-offset-lean":
+        plain = _lean(proto, head, emb, tied, bits, block, *calibration)
+        return _offset_head(proto, head, emb, tied, bits, block, plain)
     if method == "minmax-offset":
         proto = minmax_offset(proto, head, bits, block)
     else:  # edgekit's rtn is onnxruntime's default symmetric blocks (weightonly's algorithm None)
@@ -100,9 +111,22 @@ def _blocks(proto, bits: int, method: str, block: int):
     return proto
 
 
-def _offset_head(proto, head: str, emb: str, tied: bool, bits: int, block: int):
-    """Head and body alike in offset blocks; a tied embedding reads the head's two tables."""
-    proto = minmax_offset(proto, head, bits, block, with_head=True)
+def _lean(proto, head: str, emb: str, tied: bool, bits: int, block: int, fp32: Path, windows) -> list:
+    """The projections whose offsets are cheapest to drop, measured on `windows`."""
+    from edgekit.toolchains.lm.lean import choose_plain
+    from edgekit.toolchains.lm.offsets import fuse_shared_inputs
+
+    if windows is None:
+        raise ValueError("minmax-offset-lean measures what each projection's offsets are worth on calibration "
+                         "text: give one")
+    fuse_shared_inputs(proto, {head}, block)
+    return choose_plain(proto, fp32, head, tied, emb, bits, block, windows).plain
+
+
+def _offset_head(proto, head: str, emb: str, tied: bool, bits: int, block: int, plain=()):
+    """Head and body alike in offset blocks (but the `plain` projections); a tied embedding
+    reads the head's two tables."""
+    proto = minmax_offset(proto, head, bits, block, with_head=True, plain=plain)
     if head_node(proto.graph).op_type != "MatMulNBits":
         raise ValueError(f"the LM head's input size is not a multiple of the block ({block})")
     if tied:

@@ -193,17 +193,30 @@ class LMToolchain(Toolchain):
 
         self.check_recipe(recipe)
         out = Path(out)
-        key = _made_key(Path(model), recipe)
+        windows = self._calibration_windows(Path(model), recipe, calibration)
+        key = _made_key(Path(model), recipe, calibration if windows is not None else None)
         kept = self._made.get(key)
         if kept is not None and kept.is_file():
             return self._link(kept, out)
         notify(on_step, "quantize", recipe.id)
         try:
-            quantize_lm(Path(model), recipe, out)
+            quantize_lm(Path(model), recipe, out, calibration=windows)
         except (ValueError, RuntimeError, KeyError) as exc:
             raise QuantizeError(f"recipe {recipe.id} failed on {model}: {message(exc)}") from exc
         self._made[key] = self._keep(out, len(self._made))
         return out
+
+    def _calibration_windows(self, model: Path, recipe: Recipe, calibration: Optional[Dataset]):
+        """The calibration text as token windows, for the algorithms that measure on it (None for others)."""
+        from edgekit.toolchains.lm.evaldata import WINDOW, token_windows
+        from edgekit.toolchains.lm.quantize import CALIBRATED
+
+        if recipe.algorithm not in CALIBRATED:
+            return None
+        if calibration is None:
+            raise ConfigError(f"--algorithm {recipe.algorithm} measures on calibration text which offsets to keep: "
+                              "pass --calibration TEXT (.txt, .jsonl or a text data set)")
+        return token_windows(model, calibration, "calibration data", WINDOW).arrays["input_ids"]
 
     def _keep(self, made: Path, index: int) -> Optional[Path]:
         """Hard links to a made model's files in a folder of this process (removed at exit), so
@@ -257,8 +270,10 @@ class LMToolchain(Toolchain):
         return versions("onnxruntime", "onnxruntime-genai", "onnx", "transformers", "tokenizers", "numpy")
 
 
-def _made_key(model: Path, recipe: Recipe) -> tuple:
-    """What a quantized file depends on (quantize_lm reads no calibration text): the export (its
-    path, size and time) and the recipe less its cache mode (how the model runs, not its file)."""
+def _made_key(model: Path, recipe: Recipe, calibration: Optional[Dataset] = None) -> tuple:
+    """What a quantized file depends on: the export (its path, size and time), the recipe less
+    its cache mode (how the model runs, not its file) and the calibration text where the
+    algorithm reads it."""
     stat = model.stat()
-    return (str(model.resolve()), stat.st_size, stat.st_mtime_ns, recipe.model_copy(update={"kv_cache": None}))
+    return (str(model.resolve()), stat.st_size, stat.st_mtime_ns, recipe.model_copy(update={"kv_cache": None}),
+            calibration.sha256 if calibration is not None else None)
