@@ -19,12 +19,14 @@ perplexity on the eval windows and its increase over FP32's, prefill tokens/s at
 host-cpu-lm's workload (128-token prompt, a cache of 512) and peak RSS.
 
 Decode speed, the ratio the issue asks for, is measured apart, so that it measures the
-models and not the machine: the quantized models are loaded into one process and
-run through the same loop (edgekit.device.lm.DecoderLM: the prompt prefilled into a shared
-KV buffer, then greedy steps), in `--rounds` rounds, each round every model in turn. Both
-wall-clock tokens/s and tokens per CPU-second of the one ONNX Runtime thread (it runs in
-the calling thread) are kept; a ratio is the median over rounds of the round's edgekit /
-builder ratio, so that a load change between rounds cancels out.
+models and not the machine: side by side, each edgekit model with the builder's model of its
+precision, the two loaded into one process of their own and run through the same loop
+(edgekit.device.lm.DecoderLM: the prompt prefilled into a shared KV buffer, then greedy
+steps), in `--rounds` rounds, each round the two in turn. (With all the models in one turn
+order, a model between others read 0.01-0.04 lower than in a pair.) Both wall-clock tokens/s
+and tokens per CPU-second of the one ONNX Runtime thread (it runs in the calling thread) are
+kept; a ratio is the median over rounds of the round's edgekit / builder ratio, so that a
+load change between rounds cancels out.
 
     python benchmarks/lm_vs_genai.py [--windows 16] [--rounds 8] [--steps 48] [--out bench-results/lm_vs_genai.json]
 """
@@ -123,20 +125,37 @@ def decode_rounds(models: dict[str, Path], eval_npz: Path, rounds: int, steps: i
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def with_ratios(measured: dict[str, dict], decode: dict[str, list]) -> list[dict]:
+def decode_pairs(models: dict[str, Path], eval_npz: Path, rounds: int, steps: int) -> dict[str, dict]:
+    """Per edgekit model: its decode rounds and the builder's of its precision, the two in
+    turn in a process of their own ({"runs", "builder_runs"})."""
+    pairs = {}
+    for name, path in models.items():
+        ref = _builder_of(name)
+        if ref is None or ref not in models:
+            continue
+        print(f"decode: {rounds} rounds of {steps} steps, {name} and {ref} in turn", flush=True)
+        runs = decode_rounds({name: path, ref: models[ref]}, eval_npz, rounds, steps)
+        pairs[name] = {"runs": runs[name], "builder_runs": runs[ref]}
+    return pairs
+
+
+def with_ratios(measured: dict[str, dict], pairs: dict[str, dict]) -> list[dict]:
     """One row per contender: quality, size, prefill and memory (size and RSS to FP32's), the
-    median decode rates, and the median over rounds of its decode rate / the builder's."""
+    median decode rates (a builder's over every pair it was in), and the median over rounds of
+    its decode rate / the builder's beside it."""
     rows = []
     for name, m in measured.items():
         r = {"contender": name, **m, "size_vs_fp32": m["model_mb"] / measured["fp32"]["model_mb"],
              "rss_vs_fp32": m["peak_rss_mb"] / measured["fp32"]["peak_rss_mb"]}
         ref = _builder_of(name)
         r["prefill_vs_genai"] = m["prefill_tokens_per_s"] / measured[ref]["prefill_tokens_per_s"] if ref else None
+        pair = pairs.get(name)
+        runs = pair["runs"] if pair else [x for other, p in pairs.items() if _builder_of(other) == name
+                                          for x in p["builder_runs"]]
         for key in ("wall", "cpu"):
-            runs = decode.get(name)
             r[f"decode_{key}"] = median(x[key] for x in runs) if runs else None
-            r[f"decode_{key}_vs_genai"] = (median(a[key] / b[key] for a, b in zip(runs, decode[ref]))
-                                          if ref and runs else None)
+            r[f"decode_{key}_vs_genai"] = (median(a[key] / b[key] for a, b in zip(pair["runs"], pair["builder_runs"]))
+                                          if pair else None)
         rows.append(r)
     return rows
 
@@ -164,7 +183,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "lm_vs_genai.json")
     parser.add_argument("--windows", type=int, default=16, help="eval windows of 256 tokens to score")
-    parser.add_argument("--rounds", type=int, default=8, help="decode rounds, every quantized model in each")
+    parser.add_argument("--rounds", type=int, default=8, help="decode rounds of each edgekit model and the builder's beside it")
     parser.add_argument("--steps", type=int, default=48, help="greedy decode steps per model and round")
     args = parser.parse_args()
     from edgekit.datasets import load_dataset
@@ -187,9 +206,7 @@ def main() -> None:
         for name, model in models.items():
             print(f"measuring {name}", flush=True)
             measured[name] = measure(model, eval_npz, args.windows)
-        order = [n for p in ("int8", "int4") for n in models if p in n]  # each edgekit model, then the builder's
-        print(f"decode: {args.rounds} rounds of {args.steps} steps, {', '.join(order)} in turn", flush=True)
-        decode = decode_rounds({n: models[n] for n in order}, eval_npz, args.rounds, args.steps)
+        decode = decode_pairs(models, eval_npz, args.rounds, args.steps)
     rows = with_ratios(measured, decode)
     print_table(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
