@@ -1,4 +1,5 @@
-"""minmax-offset-lean on the tiny Llama (tests/helpers/lmkit.py): the offset groups it drops are
+"""minmax-offset-lean on the tiny Llama (tests/helpers/lmkit.py), its weights put on a Q4_1-like
+grid (as SmolLM2's GGUF source has them): the offset groups it drops are
 the ones the calibration text measured cheapest, their joint drop stays inside the budget, the
 model it makes has exactly those groups without offsets and runs, and quantize asks for the
 calibration text it measures on."""
@@ -23,34 +24,67 @@ def calib(tiny_lm) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def fused(tiny_lm):
+def grid_fp32(tiny_lm, tmp_path_factory):
+    """The tiny export with each projection's weights on a 4-bit grid with a float minimum per
+    block of 32 inputs, as a Q4_1 GGUF file's are (SmolLM2-135M's source, what the recipe is for):
+    there the offsets are exact and dropping them costs. (The tiny model as trained barely tells
+    offsets from integer zero points: its costs were noise around 0, either sign.)"""
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(tiny_lm.fp32))
+    weights = {n.input[1] for n in proto.graph.node if n.op_type == "MatMul"}
+    for init in proto.graph.initializer:
+        w = numpy_helper.to_array(init) if init.name in weights else None
+        if w is not None and w.ndim == 2 and w.shape[0] % BLOCK == 0:
+            init.CopyFrom(numpy_helper.from_array(_on_grid(w), init.name))
+    out = tmp_path_factory.mktemp("grid") / "model.onnx"
+    for item in tiny_lm.fp32.parent.iterdir():  # the tokenizer and what else the export keeps beside it
+        if not item.name.startswith("model.onnx") and item.is_file():
+            shutil.copy(item, out.parent / item.name)
+    onnx.save(proto, str(out), save_as_external_data=True, location="model.onnx.data")
+    return out
+
+
+def _on_grid(w: np.ndarray) -> np.ndarray:
+    k, n = w.shape
+    blocks = w.reshape(k // BLOCK, BLOCK, n)
+    lo, hi = blocks.min(1, keepdims=True), blocks.max(1, keepdims=True)
+    step = np.where(hi > lo, (hi - lo) / 15, 1.0)
+    return (lo + step * np.round((blocks - lo) / step)).reshape(k, n).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def fused(grid_fp32):
     """The export normalized and its shared-input projections fused, as the recipe measures it."""
     import onnx
 
     from edgekit.toolchains.lm.graph import normalize
     from edgekit.toolchains.lm.offsets import fuse_shared_inputs
 
-    proto = onnx.load(str(tiny_lm.fp32))
+    proto = onnx.load(str(grid_fp32))
     head, emb, tied = normalize(proto)
     fuse_shared_inputs(proto, {head}, BLOCK)
     return proto, head, emb, tied
 
 
-def _choose(tiny_lm, fused, calib, **budget):
+def _choose(grid_fp32, fused, calib, **budget):
     from edgekit.toolchains.lm.lean import choose_plain
 
     proto, head, emb, tied = fused
-    return choose_plain(proto, tiny_lm.fp32, head, tied, emb, 4, BLOCK, calib, **budget)
+    return choose_plain(proto, grid_fp32, head, tied, emb, 4, BLOCK, calib, **budget)
 
 
-def test_lean_drops_the_cheapest_groups_within_its_budget(tiny_lm, fused, calib):
+def test_lean_drops_the_cheapest_groups_within_its_budget(grid_fp32, fused, calib):
     from edgekit.toolchains.lm.lean import LEAN_BUDGET
     from edgekit.toolchains.lm.offsets import projections
 
     groups = set(projections(fused[0], BLOCK, skip={fused[1]}))
     assert len(groups) == 8  # 2 layers x (q/k/v fused, attention output, gate/up fused, down)
-    choice = _choose(tiny_lm, fused, calib)
-    assert set(choice.costs) == groups and choice.base_kl > 0
+    choice = _choose(grid_fp32, fused, calib)
+    assert set(choice.costs) == groups and abs(choice.base_kl) < 1e-5  # head4 is exact on this grid
     assert choice.limit == pytest.approx(np.log1p(LEAN_BUDGET)) and choice.spent <= choice.limit
     kept = groups - set(choice.plain)
     if choice.plain and kept:
@@ -58,14 +92,14 @@ def test_lean_drops_the_cheapest_groups_within_its_budget(tiny_lm, fused, calib)
     # a budget the cheapest group alone fits in: that group goes, not all of them (each drop costs)
     order = sorted(choice.costs, key=choice.costs.get)
     assert choice.costs[order[-1]] > 0
-    tight = _choose(tiny_lm, fused, calib, budget=float(np.expm1(choice.costs[order[0]])) + 1e-9)
+    tight = _choose(grid_fp32, fused, calib, budget=float(np.expm1(choice.costs[order[0]])) + 1e-9)
     assert 1 <= len(tight.plain) < len(groups) and tight.plain == order[:len(tight.plain)], tight
     assert tight.spent <= tight.limit
     # a budget past what dropping everything costs: every group goes
-    assert sorted(_choose(tiny_lm, fused, calib, budget=10.0).plain) == sorted(groups)
+    assert sorted(_choose(grid_fp32, fused, calib, budget=10.0).plain) == sorted(groups)
 
 
-def test_the_lean_model_drops_exactly_the_chosen_offsets_and_runs(tiny_lm, fused, calib, tmp_path, monkeypatch):
+def test_the_lean_model_drops_exactly_the_chosen_offsets_and_runs(grid_fp32, fused, calib, tmp_path, monkeypatch):
     import onnx
 
     from edgekit.device.lm import log_softmax, open_lm
@@ -73,18 +107,18 @@ def test_the_lean_model_drops_exactly_the_chosen_offsets_and_runs(tiny_lm, fused
     from edgekit.toolchains.lm import lean
     from edgekit.toolchains.lm.quantize import quantize_lm
 
-    costs = sorted(_choose(tiny_lm, fused, calib, budget=0.0).costs.values())
+    costs = sorted(_choose(grid_fp32, fused, calib, budget=0.0).costs.values())
     monkeypatch.setattr(lean, "LEAN_BUDGET", float(np.expm1(costs[0])) + 1e-9)  # some groups, not all
-    choice = _choose(tiny_lm, fused, calib)
+    choice = _choose(grid_fp32, fused, calib)
     assert 1 <= len(choice.plain) < len(costs)
-    model = quantize_lm(tiny_lm.fp32, Recipe(precision="int4-block", algorithm="minmax-offset-lean", block_size=BLOCK),
+    model = quantize_lm(grid_fp32, Recipe(precision="int4-block", algorithm="minmax-offset-lean", block_size=BLOCK),
                         tmp_path / "lean" / "model.onnx", calibration=calib)
     nodes = {n.name: n for n in onnx.load(str(model), load_external_data=False).graph.node}
     for group in choice.costs:  # dropped: one MatMulNBits with integer zero points; kept: offsets added back
         dropped = group in choice.plain
         assert (group + "_offset" in nodes, len(nodes[group + "_Q"].input)) == (not dropped, 4 if dropped else 3)
     window = calib[0]
-    ref = log_softmax(open_lm(str(tiny_lm.fp32)).window_logits(window))
+    ref = log_softmax(open_lm(str(grid_fp32)).window_logits(window))
     got = log_softmax(open_lm(str(model)).window_logits(window))
     assert 0 <= float((np.exp(ref) * (ref - got)).sum(-1).mean()) < 0.05
 
