@@ -118,7 +118,7 @@ print(json.dumps(out))
 
 
 def decode_rounds(models: dict[str, Path], eval_npz: Path, rounds: int, steps: int) -> dict[str, list]:
-    """Per model, per round: decode tokens/s (wall) and per CPU-second, all models in one process, in turn."""
+    """Per model, per round: decode tokens/s (wall) and per CPU-second, the given models in one process, in turn."""
     paths = json.dumps({k: str(v) for k, v in models.items()})
     proc = subprocess.run([sys.executable, "-c", DECODE, paths, str(eval_npz), str(rounds), str(steps)],
                           capture_output=True, text=True, check=True, cwd=REPO)

@@ -110,13 +110,19 @@ class ChartPool:
         self._pending.clear()
         return page
 
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+    def close(self, abandon: bool = False) -> None:
+        """Shut the workers down; `abandon` (an error, Ctrl-C): stop them first, as they may
+        still be importing matplotlib (a bad --store waited a second and more for that)."""
+        if self._executor is None:
+            return
+        if abandon:
+            for process in list((getattr(self._executor, "_processes", None) or {}).values()):
+                process.terminate()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._executor = None
 
     def __enter__(self) -> "ChartPool":
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc_info) -> None:
+        self.close(abandon=exc_type is not None)

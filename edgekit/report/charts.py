@@ -194,7 +194,8 @@ def _spread_bars(ax, bars: list[tuple]) -> None:
 
 
 # What triangle_figure reads of a device row: a fleet's 10,000 rows, cut to these, travel to
-# a chart worker (edgekit.report.chartpool) in a fifth of the time.
+# a chart worker (edgekit.report.chartpool) as 0.8 MB of pickle instead of 3.8 (0.01 s to
+# pickle instead of 0.09 here).
 TRIANGLE_FIELDS = ("device", "version", "latency_p50", "latency_p95", "peak_rss_mb", "accuracy", "top1_agreement",
                    "cosine")
 

@@ -135,9 +135,9 @@ def _device_chart(name: str, target: str, rows: list[dict], flags: list[dict], b
     if len(rows) <= CHART_ROWS:
         return draw(device_chart, f"{name} on {target}: every device", rows, flags, budget)
     shown = at_scale(rows)
+    keys = {(r["device"], r["version"]) for r in shown}  # only their flags go to the chart (and its worker)
     return draw(device_chart, f"{name} on {target}: {len(shown)} of {len(rows)} device rows, those that need a look "
-                "and the extremes", shown, [f for f in flags if (f["device"], f["version"]) in
-                                            {(r["device"], r["version"]) for r in shown}], budget)
+                "and the extremes", shown, [f for f in flags if (f["device"], f["version"]) in keys], budget)
 
 
 def _devices_table(rows: list[dict], flags: list[dict], budget: dict) -> str:
