@@ -1,8 +1,9 @@
 """A device report's flat row: the columns the store keeps, the rollout gates judge and the
 fleet report compares, read from the report's plain JSON object (what the device sent and
-the store keeps). Plain Python, no pydantic: `edgekit report` reads 10,000 stored reports
-through it (or through SQLite, edgekit.store.Store.report_rows, from the same table) without
-the typed models of edgekit.device_report, which checks a report where it comes in.
+the store keeps). Plain Python, no pydantic: the store keeps each report's row as this
+makes it when the report comes in (edgekit.store: its columns and `picked`), and `edgekit
+report` reads 10,000 stored reports without the typed models of edgekit.device_report,
+which checks a report where it comes in.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ __all__ = ["REPORT_FIELDS", "LM_FIELDS", "REPORT_PARTS", "report_columns"]
 # `where` is one path or more: the first whose parent is an object counts (a runner that
 # sends `metrics.fidelity` has its top-1 agreement there, an older one in `metrics`), and
 # none gives None. kind "number": a finite number, as a float, else None; "as sent": the
-# value itself. report_columns reads it in Python, edgekit.store in SQL (Store.report_rows):
-# one table for both, so that they cannot tell a different story.
+# value itself. report_columns is the one reader: the store keeps what it gives.
 _M, _F, _FE, _E, _R = ("metrics",), ("metrics", "fidelity"), ("metrics", "fidelity_expected"), \
     ("metrics", "expected"), ("metrics", "recompute")
 REPORT_FIELDS: tuple[tuple[str, str, tuple[tuple[str, ...], ...]], ...] = (

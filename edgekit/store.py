@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
 
 from edgekit.errors import ConfigError
+from edgekit.report_row import REPORT_FIELDS, report_columns
 from edgekit.words import utc_now
 
 if TYPE_CHECKING:  # its pydantic models load when reports are read: a push's record needs none
@@ -91,12 +92,20 @@ MIGRATIONS = [
     CREATE INDEX rollout_events_by_rollout ON rollout_events (rollout_id, id);
     CREATE INDEX device_events_by_rollout ON device_events (rollout_id)
     """,
+    # A report's other fields (PICKED), picked out once when it is stored, not on every read:
+    # SQLite's JSON functions took 0.25 s to pick them out of 10,000 reports for each report.
+    """
+    ALTER TABLE reports ADD COLUMN picked TEXT
+    """,
+    lambda db: _fill_picked(db),  # the reports stored before
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 REPORT_COLUMNS = ("device", "run_id", "name", "version", "status", "error", "started_at", "finished_at",
                   "collected_at", "target", "precision", "bundle_sha256", "runtime", "runtime_version",
                   "accuracy", "accuracy_expected", "cosine", "latency_p50", "latency_p95", "peak_rss_mb",
                   "model_mb", "source")
+# A report's fields beyond the store's columns, kept as one JSON array (`picked`, picked_of)
+PICKED = tuple(f for f, _, _ in REPORT_FIELDS if f not in REPORT_COLUMNS)
 
 
 
@@ -143,8 +152,11 @@ class Store:
             if have > SCHEMA_VERSION:
                 raise ConfigError(f"--store {self.path} has schema {have}, newer than this edgekit's "
                                   f"{SCHEMA_VERSION}; upgrade edgekit or use another store")
-            for version in range(have, SCHEMA_VERSION):
-                for statement in MIGRATIONS[version].split(";"):  # our own SQL: no ';' inside strings
+            for step in MIGRATIONS[have:]:
+                if callable(step):
+                    step(self._db)
+                    continue
+                for statement in step.split(";"):  # our own SQL: no ';' inside strings
                     if statement.strip():
                         self._db.execute(statement)
             if have != SCHEMA_VERSION:
@@ -291,11 +303,12 @@ class Store:
 
     def add_report(self, device: str, report: DeviceReport, *, source: str = "") -> bool:
         """Insert a validated report; False when (device, run_id) is stored already."""
-        row = {**report.columns(), "device": device, "collected_at": utc_now(), "source": source}
+        record = report.record()
+        row = {**report_columns(record), "device": device, "collected_at": utc_now(), "source": source}
         cur = self._db.execute(
-            f"INSERT OR IGNORE INTO reports ({', '.join(REPORT_COLUMNS)}, report) "
-            f"VALUES ({', '.join('?' * (len(REPORT_COLUMNS) + 1))})",
-            [row[c] for c in REPORT_COLUMNS] + [_dumps(report.record())])
+            f"INSERT OR IGNORE INTO reports ({', '.join(REPORT_COLUMNS)}, report, picked) "
+            f"VALUES ({', '.join('?' * (len(REPORT_COLUMNS) + 2))})",
+            [row[c] for c in REPORT_COLUMNS] + [_dumps(record), picked_of(row)])
         return cur.rowcount == 1
 
     def add_reports(self, device: str, reports: Iterable[tuple[DeviceReport, str]]) -> int:
@@ -314,25 +327,24 @@ class Store:
         return [{**dict(r), "report": DeviceReport.from_json(r["report"])} for r in rows]
 
     def report_rows(self) -> tuple[tuple[str, ...], list[tuple]]:
-        """Every stored report's flat row (edgekit.device_report.report_columns) in the order of
+        """Every stored report's flat row (edgekit.report_row.report_columns) in the order of
         reports(), as plain tuples, for a reader of many (edgekit report): (names, rows). A row
-        is device, collected_at, `report` and the columns of REPORT_FIELDS: the
-        store's own columns (report_columns wrote them), the others picked out of the stored
-        JSON by SQLite. `report` is the JSON text of a row whose columns are not all here, to
-        be read whole: one that is no report any more (not JSON, or without its parts; its
-        columns None), or a language model's (its columns are not picked out); else None."""
-        from edgekit.report_row import LM_FIELDS, REPORT_FIELDS, REPORT_PARTS
-
-        # IS, not =: a part that is missing is NULL, which = would carry into NOT (usable)
-        usable = " AND ".join(["json_valid(report)", *(f"json_type(report, '$.{p}') IS 'object'" for p in REPORT_PARTS)])
-        lm = "json_type(report, '$.metrics.perplexity') IN ('integer', 'real')"
-        # json_valid first: the JSON functions refuse broken JSON (SQLite keeps each row's parse)
-        picked = [f if f in REPORT_COLUMNS else "NULL" if f in LM_FIELDS else
-                  f"CASE WHEN json_valid(report) THEN {_field_sql(kind, paths)} END" for f, kind, paths in REPORT_FIELDS]
+        is device, collected_at, `report` and the columns of REPORT_FIELDS: the store's own
+        columns and the PICKED ones, both written from report_columns when the report was
+        stored. `report` is the JSON text of a row to be read whole, whose PICKED columns are
+        None here: a language model's (its curve is in it), or one that is no report any
+        more (not JSON, or not the row's run); else None."""
+        own = [f for f, _, _ in REPORT_FIELDS if f in REPORT_COLUMNS]
+        # a report text that is not JSON, or not this row's run, any more (the file was edited)
+        # is read whole too, and named; its shape is not checked here (0.15 s a 10,000 rows)
+        whole = "picked IS NULL OR NOT json_valid(report) OR json_extract(report, '$.run_id') IS NOT run_id"
         rows = self._db.execute(
-            f"SELECT device, collected_at, CASE WHEN NOT ({usable}) OR {lm} THEN report END, "
-            f"{', '.join(picked)} FROM reports ORDER BY collected_at, finished_at, device, run_id")
-        return ("device", "collected_at", "report", *(f for f, _, _ in REPORT_FIELDS)), rows.fetchall()
+            f"SELECT device, collected_at, CASE WHEN {whole} THEN report END, {', '.join(own)}, picked "
+            "FROM reports ORDER BY collected_at, finished_at, device, run_id").fetchall()
+        unread = (None,) * len(PICKED)
+        loads = json.loads
+        return (("device", "collected_at", "report", *own, *PICKED),
+                [(*row[:-1], *(loads(row[-1]) if row[2] is None else unread)) for row in rows])
 
     def last_report_times(self) -> dict[str, str]:
         """device -> when this host received its newest report (the host's clock)."""
@@ -409,17 +421,23 @@ class Store:
         return [{**_rollout_dict(r), "waves": waves[r["id"]], "events": events[r["id"]]} for r in rows]
 
 
-def _field_sql(kind: str, paths: tuple[tuple[str, ...], ...]) -> str:
-    """SQL for one of edgekit.device_report.REPORT_FIELDS: the value at the first path whose
-    parent is an object; a "number" only when JSON has a number there (not a boolean), as REAL."""
-    def value(path: str) -> str:
-        if kind != "number":
-            return f"json_extract(report, '{path}')"
-        return f"CASE WHEN json_type(report, '{path}') IN ('integer', 'real') THEN " \
-               f"CAST(json_extract(report, '{path}') AS REAL) END"
-    branches = " ".join(f"WHEN json_type(report, '{'.'.join(('$',) + p[:-1])}') = 'object' "
-                        f"THEN {value('.'.join(('$',) + p))}" for p in paths)
-    return f"CASE {branches} END"
+def _fill_picked(db) -> None:
+    """`picked` for the reports stored before it was kept (a migration); a row that is no
+    report any more keeps None: edgekit report reads it whole, and names it."""
+    for row in db.execute("SELECT rowid, report FROM reports WHERE picked IS NULL").fetchall():
+        try:
+            picked = picked_of(report_columns(json.loads(row["report"])))
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+            picked = None
+        db.execute("UPDATE reports SET picked = ? WHERE rowid = ?", (picked, row["rowid"]))
+
+
+def picked_of(columns: dict) -> Optional[str]:
+    """What the store keeps of a report's flat row beside its own columns (PICKED, as a JSON
+    array), or None: a language model's report is read whole (its curve is in it)."""
+    if columns.get("perplexity") is not None:
+        return None
+    return _dumps([columns[f] for f in PICKED])
 
 
 def _event_columns(keys: Optional[Sequence[str]]) -> str:

@@ -87,32 +87,65 @@ def _shapes(sent: dict) -> list[dict]:
             {**sent, "device": {**sent["device"], "arch": None}}]
 
 
-def test_sqlite_reads_a_stored_reports_columns_as_report_columns_does(tmp_path, real_report):
-    """Store.report_rows picks the columns out in SQL from the same table report_columns reads
-    in Python: every shape of report gives the same row both ways."""
+def _store_before_picked(path, shapes: list) -> None:
+    """A store as edgekit wrote it before `picked` was kept (schema 4), holding each shape,
+    and one row that is no report any more."""
     import json
 
-    from edgekit.report_row import LM_FIELDS, report_columns
+    from edgekit.report_row import report_columns
+    from edgekit.store import MIGRATIONS
+
+    with sqlite3.connect(path) as db:
+        db.executescript(";".join(m for m in MIGRATIONS[:4]))
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        db.execute("INSERT INTO schema_version VALUES (4)")
+        columns = [c for c in REPORT_COLUMNS if c not in ("device", "collected_at", "source")]
+        for i, shape in enumerate([*shapes, None]):
+            row = report_columns(shape) if shape else {c: "x" if c in ("run_id", "name", "version", "status") else None
+                                                       for c in columns}
+            db.execute(f"INSERT INTO reports (device, collected_at, source, report, {', '.join(columns)}) "
+                       f"VALUES (?, ?, '', ?, {', '.join('?' * len(columns))})",
+                       (f"cam-{i}", f"2026-01-01T00:00:{i:02d}Z", json.dumps(shape) if shape else "{not json",
+                        *(row[c] for c in columns)))
+
+
+@pytest.mark.parametrize("stored", ["by this edgekit", "before picked was kept"])
+def test_a_stored_reports_row_reads_back_as_report_columns_gives_it(tmp_path, real_report, stored):
+    """Store.report_rows gives back each report's flat row (report_columns), for every shape
+    of report, whether it was stored with its picked fields or by an edgekit before them (the
+    migration picks them); a language model's report, and one that is no report, come whole."""
+    import json
+
+    from edgekit.report_row import report_columns
+    from edgekit.store import picked_of
 
     report, shapes = validate_report(real_report["bytes"], "r.json"), _shapes(real_report["report"])
-    with Store(tmp_path / "s.db") as store:
-        for i in range(len(shapes)):
-            store.add_report(f"cam-{i}", report)
-    with sqlite3.connect(tmp_path / "s.db") as db:  # each shape stored as add_report would store it
-        for i, shape in enumerate(shapes):
-            kept = {k: v for k, v in report_columns(shape).items() if k in REPORT_COLUMNS}
-            db.execute(f"UPDATE reports SET report = ?, {', '.join(f'{k} = ?' for k in kept)} WHERE device = ?",
-                       (json.dumps(shape), *kept.values(), f"cam-{i}"))
+    if stored == "by this edgekit":
+        with Store(tmp_path / "s.db") as store:
+            for i in range(len(shapes)):
+                store.add_report(f"cam-{i}", report)
+        with sqlite3.connect(tmp_path / "s.db") as db:  # each shape stored as add_report would store it
+            for i, shape in enumerate(shapes):
+                kept = {k: v for k, v in report_columns(shape).items() if k in REPORT_COLUMNS}
+                db.execute(f"UPDATE reports SET report = ?, picked = ?, {', '.join(f'{k} = ?' for k in kept)} "
+                           "WHERE device = ?",
+                           (json.dumps(shape), picked_of(report_columns(shape)), *kept.values(), f"cam-{i}"))
+    else:
+        _store_before_picked(tmp_path / "s.db", shapes)
     with Store(tmp_path / "s.db") as store:
         names, rows = store.report_rows()
     got = {row[0]: dict(zip(names, row)) for row in rows}
+    assert set(names) >= set(report_columns(shapes[0])) and len(got) == len(shapes) + (stored != "by this edgekit")
     for i, shape in enumerate(shapes):
         row, want = got[f"cam-{i}"], report_columns(shape)
         lm = want["perplexity"] is not None
         assert (row["report"] is not None) is lm and (not lm or json.loads(row["report"]) == shape)
-        assert {k: v for k, v in row.items() if k in want and not (lm and k in LM_FIELDS)} == \
-            {k: v for k, v in want.items() if not (lm and k in LM_FIELDS)}, i
-        assert [type(row[k]) for k in want if k not in LM_FIELDS] == [type(want[k]) for k in want if k not in LM_FIELDS]
+        if lm:  # read whole: only the store's own columns come picked
+            want = {k: v for k, v in want.items() if k in REPORT_COLUMNS}
+        assert {k: v for k, v in row.items() if k in want} == want, i
+        assert [type(row[k]) for k in want] == [type(want[k]) for k in want]
+    if stored != "by this edgekit":  # no report any more: read whole, so that edgekit report names it
+        assert got[f"cam-{len(shapes)}"]["report"] == "{not json"
 
 
 def test_device_contact_and_rollout_records(tmp_path):

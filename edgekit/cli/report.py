@@ -105,7 +105,7 @@ def _chart_pool(fmt: Format, path: Path):
     store is read (edgekit.report.chartpool); none for other formats or a missing store."""
     from edgekit.report.chartpool import ChartPool
 
-    return ChartPool.for_html(None if fmt == Format.html and path.is_file() else 0)
+    return ChartPool.for_html(None if fmt == Format.html and path.is_file() else 0, program=("edgekit.cli.main",))
 
 
 def _format(given: Optional[Format], output: Optional[Path], json: bool) -> Format:

@@ -2,11 +2,13 @@
 
 Most of an HTML fleet report's time is matplotlib's: its import (about 0.5 s here) and each
 chart's layout and SVG (about 0.4 s). With two or more CPUs, `edgekit report -f html` starts
-its chart workers before it reads the store: they import matplotlib while this process
-reads and analyses, and then draw the page's charts side by side while this one builds the
-tables. Workers are forked (Linux only: elsewhere a fork may not carry a process's libraries
-safely), so they start with edgekit already imported. Without them every chart is drawn here,
-one after the other; the page is the same either way.
+a chart server before it reads the store: a Python process of its own (multiprocessing's
+forkserver) that imports matplotlib and the chart modules while this process reads and
+analyses. Each chart then goes to a worker forked from that server, with matplotlib already
+imported: the page's charts are drawn side by side while this process builds the tables, and
+matplotlib is imported once, not once a worker (on two CPUs a second import took the CPU the
+reading needed). Without workers every chart is drawn here, one after the other; the page is
+the same either way.
 
     with ChartPool.for_html() as charts:
         ...                                  # read the store, analyse
@@ -18,7 +20,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import secrets
-import signal
 import sys
 from typing import Callable, Optional
 
@@ -33,18 +34,9 @@ def draw_now(chart: Callable[..., str], *args) -> str:
     return chart(*args)
 
 
-def _warm(importing) -> None:
-    """A worker's start: matplotlib and the chart modules imported before the first chart
-    comes. `importing` lets one CPU fewer than there are import at once: the store is read
-    meanwhile, on a CPU of its own (two workers importing on two CPUs made it wait). Ctrl-C
-    is this process's to handle: a worker ignores it and is shut down with the pool."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with importing:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
-        from matplotlib.figure import Figure  # noqa: F401
-
-        import edgekit.report.charts  # noqa: F401
-        import edgekit.report.lmcharts  # noqa: F401
+# What the server imports before it forks a worker: its own rules first (edgekit.report._chartserver)
+PRELOAD = ("edgekit.report._chartserver", "matplotlib.backends.backend_agg", "matplotlib.figure",
+           "edgekit.report.charts", "edgekit.report.lmcharts")
 
 
 def _workers() -> int:
@@ -54,7 +46,7 @@ def _workers() -> int:
             return max(0, int(given))
         except ValueError:
             return 0
-    if not sys.platform.startswith("linux") or "fork" not in multiprocessing.get_all_start_methods():
+    if not sys.platform.startswith("linux") or "forkserver" not in multiprocessing.get_all_start_methods():
         return 0
     return min(_cpus(), MAX_WORKERS) if _cpus() > 1 else 0
 
@@ -63,33 +55,37 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _start(workers: int):
+def _start(workers: int, program: tuple[str, ...]):
+    """The pool, its server started now (it imports while the store is read); each worker is
+    forked from it when a chart needs one. `program`: the modules of the program that runs
+    (the server imports them too: multiprocessing has each worker run the program's main
+    module again, as `__mp_main__`, which took a worker 0.2 s of CPU for edgekit's command)."""
     from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import forkserver
 
-    fork = multiprocessing.get_context("fork")
-    importing = fork.BoundedSemaphore(max(1, min(workers, _cpus() - 1)))
-    executor = ProcessPoolExecutor(workers, mp_context=fork, initializer=_warm, initargs=(importing,))
-    executor.submit(int)  # a forking pool starts all its workers at its first task: now
-    return executor
+    server = multiprocessing.get_context("forkserver")
+    server.set_forkserver_preload([*PRELOAD, *program])
+    forkserver.ensure_running()  # returns at once: the server imports on its own
+    return ProcessPoolExecutor(workers, mp_context=server)
 
 
 class ChartPool:
     """draw(chart, *args) hands a chart to a worker and returns a mark for it; fill(page) puts
     each chart's SVG where its mark is. Without workers draw() returns the SVG itself."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, program: tuple[str, ...] = ()):
         self._executor = None
         self._pending: dict[str, tuple] = {}
         self._salt = secrets.token_hex(8)
         if workers > 0:
             try:
-                self._executor = _start(workers)
+                self._executor = _start(workers, program)
             except OSError:  # no semaphores here (a container without /dev/shm), no fork: draw here
                 self._executor = None
 
     @classmethod
-    def for_html(cls, workers: Optional[int] = None) -> "ChartPool":
-        return cls(_workers() if workers is None else workers)
+    def for_html(cls, workers: Optional[int] = None, program: tuple[str, ...] = ()) -> "ChartPool":
+        return cls(_workers() if workers is None else workers, program)
 
     def draw(self, chart: Callable[..., str], *args) -> str:
         if self._executor is None:

@@ -52,9 +52,9 @@ def _merge_devices(stored: list[dict], listed: list[dict]) -> list[dict]:
 def _plain(names: tuple[str, ...], row: tuple, path: Path) -> dict:
     """A stored report as plain data: {device, collected_at, report, columns (report_columns)}.
     collect validated it on its way in, so it is not typed again (10,000 reports took
-    seconds). SQLite picked its columns (Store.report_rows); a row it gave the JSON text of
-    is read here: a language model's (`report`, its JSON object, holds its curve) or one
-    that is no report any more, which is named."""
+    seconds). The store kept its columns when it came in (Store.report_rows); a row it gave
+    the JSON text of is read here: a language model's (`report`, its JSON object, holds its
+    curve) or one that is no report any more, which is named."""
     item = dict(zip(names, row))
     text = item.pop("report")
     device, collected_at, run_id = item.pop("device"), item.pop("collected_at"), item["run_id"]
