@@ -15,12 +15,16 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
+# An editable install leaves the checkout without bytecode, and where PYTHONDONTWRITEBYTECODE is
+# set every run compiled edgekit's modules again: compile them once, as `pip install` does.
 $(CORE_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e .
+	$(PY) -m compileall -q edgekit >/dev/null
 	touch $@
 
 $(FULL_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev,tflite,lm,ansible]'
+	$(PY) -m compileall -q edgekit >/dev/null
 	touch $@ $(CORE_STAMP)
 
 venv: $(FULL_STAMP)
