@@ -234,3 +234,26 @@ def test_interrupted_push_over_ssh_during_the_upload(tmp_path, sshd_fleet, bundl
     assert again.code == 0, again.stderr
     assert runs({server.name: server.root}) == {server.name: "2.0.0"} and not list(incoming.glob("*.part"))
     store_agrees_with_devices(store, direct, env=ssh.env)
+
+
+def test_ctrl_c_where_no_command_handles_it_says_interrupted(tmp_path):
+    """Ctrl-C in a command that does not handle it (here `edgekit report`, while it reads the
+    store) stops it with exit code 130 and one word on stderr, no traceback."""
+    import subprocess
+    import sys
+
+    store = tmp_path / "s.db"
+    from edgekit.store import Store
+
+    Store(store).close()
+    code = ("import os, signal, sys, time\n"
+            "import edgekit.report.fleetdata as fleetdata\n"
+            "def load_fleet(*a, **k):\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    time.sleep(5)\n"
+            "fleetdata.load_fleet = load_fleet\n"
+            "from edgekit.cli.main import main\n"
+            f"sys.argv = ['edgekit', 'report', '--store', {str(store)!r}]\n"
+            "main()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130 and proc.stderr.strip() == "interrupted", (proc.returncode, proc.stderr)

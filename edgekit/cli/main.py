@@ -79,6 +79,7 @@ def main() -> None:
     from edgekit.transport import defer_invoke
 
     defer_invoke()
+    ctrl_c = _CtrlC.install()
     try:
         code = app(standalone_mode=False)  # returns the code of a typer.Exit
     except EdgekitError as exc:
@@ -100,7 +101,31 @@ def main() -> None:
     except KeyboardInterrupt:  # a second Ctrl-C, or one where no work handles it: stop at once
         err_console.print("interrupted")
         exit_now(130)
+    if code == 130 and ctrl_c.seen:  # typer made a Ctrl-C no command handles its Exit(130), silently
+        err_console.print("interrupted")
     sys.exit(code if isinstance(code, int) else 0)
+
+
+class _CtrlC:
+    """Python's own Ctrl-C (KeyboardInterrupt), noted: typer turns a KeyboardInterrupt into
+    exit code 130 without a word, and a command that handles Ctrl-C itself (edgekit.cli._common.
+    interrupts) puts its own handler in place and says what it did."""
+
+    def __init__(self):
+        self.seen = False
+
+    @classmethod
+    def install(cls) -> "_CtrlC":
+        import signal
+
+        noted = cls()
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored, not a host program's
+
+            def handler(signum, frame):
+                noted.seen = True
+                signal.default_int_handler(signum, frame)
+            signal.signal(signal.SIGINT, handler)
+        return noted
 
 
 def _json_error(message: str, exit_code: int, hint: str | None) -> None:
