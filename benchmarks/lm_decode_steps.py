@@ -6,8 +6,10 @@ the models' decode steps alternately, the order reversed every step, and sums ea
 CPU time (the ORT thread is the calling thread). A round's ratio is the reference's CPU time
 over the model's, so load changes within a round hit both alike: on a loaded 2-core machine
 this held ratios to +-0.02 where whole-round alternation (benchmarks/lm_vs_genai.py) moved +-0.1.
+With --whole each model runs all its steps of a round at once instead (as a device runs one
+model; lm_vs_genai's decode pairs), the models' order reversed every round.
 
-    python benchmarks/lm_decode_steps.py REF=ref/model.onnx A=a/model.onnx [B=...] [--rounds 6] [--steps 32]
+    python benchmarks/lm_decode_steps.py REF=ref/model.onnx A=a/model.onnx [B=...] [--rounds 6] [--steps 32] [--whole]
 """
 
 from __future__ import annotations
@@ -23,26 +25,27 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's edgekit
 
 
-def run(models: dict, rounds: int, steps: int, prompt: np.ndarray) -> dict:
+def run(models: dict, rounds: int, steps: int, prompt: np.ndarray, whole: bool = False) -> dict:
     from edgekit.device.lm import open_lm
 
     lms = {name: open_lm(path, threads=1) for name, path in models.items()}
     for lm in lms.values():
         lm.generate(prompt[:8], 4)  # warm-up: the first runs allocate and pre-pack
     cpu = {name: [] for name in lms}
-    for _ in range(rounds):
+    for r in range(rounds):
         states, tokens, spent = {}, {}, dict.fromkeys(lms, 0.0)
         for name, lm in lms.items():
             states[name] = lm.start(len(prompt) + steps + 1)
             logits = [lm.feed(states[name], prompt[None, i:i + 64]) for i in range(0, len(prompt), 64)][-1]
             tokens[name] = int(logits[0, -1].argmax())
-        order = list(lms)
-        for step in range(steps):
-            for name in order if step % 2 == 0 else order[::-1]:
-                start = time.thread_time()
-                logits = lms[name].feed(states[name], np.array([[tokens[name]]], np.int64))
-                spent[name] += time.thread_time() - start
-                tokens[name] = int(logits[0, -1].argmax())
+        order = list(lms)[::-1] if whole and r % 2 else list(lms)
+        turns = [[name] * steps for name in order] if whole else [order if i % 2 == 0 else order[::-1]
+                                                                   for i in range(steps)]
+        for name in (name for turn in turns for name in turn):
+            start = time.thread_time()
+            logits = lms[name].feed(states[name], np.array([[tokens[name]]], np.int64))
+            spent[name] += time.thread_time() - start
+            tokens[name] = int(logits[0, -1].argmax())
         for name in lms:
             cpu[name].append(spent[name])
     return cpu
@@ -53,10 +56,11 @@ def main() -> None:
     parser.add_argument("models", nargs="+", help="NAME=model.onnx; the first is the reference")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--whole", action="store_true", help="each model's steps of a round at once, not interleaved")
     args = parser.parse_args()
     models = dict(m.split("=", 1) for m in args.models)
     prompt = (np.arange(128, dtype=np.int64) * 7919) % 1000 + 100  # decode cost does not depend on the tokens
-    cpu = run(models, args.rounds, args.steps, prompt)
+    cpu = run(models, args.rounds, args.steps, prompt, args.whole)
     ref = next(iter(models))
     for name, spent in cpu.items():
         rate = median(args.steps / s for s in spent)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from helpers.cli import assert_clean_error, run_edgekit
-from helpers.lmkit import TINY_TARGET, tiny_lm_target
+from helpers.lmkit import TINY_TARGET, offset_weights_of, tiny_lm_target
 
 LM_METRICS = ("perplexity", "ppl_increase", "kl_divergence", "top1_agreement", "prefill_tokens_per_s",
               "decode_tokens_per_s", "ttft_ms", "peak_rss_mb", "model_mb", "kv_cache_bytes", "recompute")
@@ -151,7 +151,7 @@ def test_offset_blocks_are_exact_on_their_own_grid(tiny_lm, tmp_path):
     # the weights themselves, read back from the model's tables: the grid's up to the offsets' 8 bits
     # (the logits' KL also holds the int8 activations' error, which depends on the tiny model)
     grid = _grid_weights(onnx.load(str(gridded)))
-    read = _offset_weights_of(models["minmax-offset"])
+    read = offset_weights_of(models["minmax-offset"])
     assert read.keys() == grid.keys() and len(read) == 8, (read.keys(), grid.keys())
     for name, w in read.items():
         assert np.abs(w - grid[name]).max() < 0.003, name
@@ -168,29 +168,6 @@ def _grid_weights(proto) -> dict:
             by_input.setdefault(node.input[0], []).append(node)
     return {(ms[0].name + "_fused" if len(ms) > 1 else ms[0].name): np.concatenate([inits[m.input[1]] for m in ms], 1)
             for ms in by_input.values()}
-
-
-def _offset_weights_of(model: Path) -> dict:
-    """Projection name -> the weights [K, N] a minmax-offset model computes with: its 4-bit codes
-    and scales plus the 8-bit offsets added back per block."""
-    import onnx
-    from onnx import numpy_helper
-
-    graph = onnx.load(str(model)).graph
-    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    offsets = {n.name[:-len("_offset")]: n for n in graph.node if n.name.endswith("_offset")}
-    out = {}
-    for node in graph.node:
-        name = node.name[:-len("_Q")]
-        if node.op_type != "MatMulNBits" or not node.name.endswith("_Q") or name not in offsets:
-            continue
-        codes = inits[node.input[1]]  # [N, blocks, 16]: two 4-bit codes a byte, the low nibble first
-        q = np.stack([codes & 15, codes >> 4], -1).reshape(codes.shape[0], codes.shape[1], -1).astype(np.float32)
-        n, blocks, _ = q.shape
-        oq, oscale = (inits[i] for i in offsets[name].input[1:3])  # 8-bit [N, oblocks, 32], symmetric about 128
-        o = ((oq.astype(np.float32) - 128) * oscale.reshape(n, -1, 1)).reshape(n, -1)[:, :blocks]
-        out[name] = ((q - 8) * inits[node.input[2]].reshape(n, blocks, 1) + o[..., None]).reshape(n, -1).T
-    return out
 
 
 def test_quantized_models_stay_close_to_fp32(tiny_lm, recipes):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from helpers.cli import assert_clean_error, run_edgekit
+from helpers.lmkit import offset_weights_of
 
 BLOCK = 32
 
@@ -117,10 +118,33 @@ def test_the_lean_model_drops_exactly_the_chosen_offsets_and_runs(grid_fp32, fus
     for group in choice.costs:  # dropped: one MatMulNBits with integer zero points; kept: offsets added back
         dropped = group in choice.plain
         assert (group + "_offset" in nodes, len(nodes[group + "_Q"].input)) == (not dropped, 4 if dropped else 3)
+    _kept_offsets_are_float_products_of_block_means(model, nodes, [g for g in choice.costs if g not in choice.plain],
+                                                    fused)
     window = calib[0]
     ref = log_softmax(open_lm(str(grid_fp32)).window_logits(window))
     got = log_softmax(open_lm(str(model)).window_logits(window))
     assert 0 <= float((np.exp(ref) * (ref - got)).sum(-1).mean()) < 0.05
+
+
+def _kept_offsets_are_float_products_of_block_means(model, nodes: dict, kept: list, fused) -> None:
+    """A kept group's offsets: one float MatMul over the block means of its input (one
+    AveragePool per input, shared), which gives back the grid's weights exactly (8-bit offsets
+    were off by up to half their step)."""
+    from onnx import numpy_helper
+
+    from edgekit.toolchains.lm.offsets import projections
+
+    producer = {o: n for n in nodes.values() for o in n.output}
+    for group in kept:
+        product = nodes[group + "_offset"]
+        pool = producer[product.input[0]]
+        assert (product.op_type, pool.op_type, pool.input[0]) == ("MatMul", "AveragePool", nodes[group + "_Q"].input[0])
+    pooled = [n.input[0] for n in nodes.values() if n.op_type == "AveragePool"]
+    assert len(pooled) == len(set(pooled)), pooled
+    grid = {name: numpy_helper.to_array(w) for name, (_, w) in projections(fused[0], BLOCK, skip={fused[1]}).items()}
+    read = offset_weights_of(model)
+    for group in kept:
+        assert np.abs(read[group] - grid[group]).max() < 1e-5, group
 
 
 def test_quantize_asks_for_calibration_text(tiny_lm, tmp_path):

@@ -102,3 +102,33 @@ def tiny_lm_target(folder: Path, name: str = "tiny-lm", kv_cache: str = "auto", 
              *(f"{k} = {v!r}" for k, v in budgets.items())]
     (folder / f"{name}.toml").write_text("\n".join(lines) + "\n")
     return folder
+
+
+def offset_weights_of(model: Path) -> dict:
+    """Projection name -> the weights [K, N] a minmax-offset model computes with: its 4-bit codes
+    and scales plus the offsets added back per block (its offset product reads block means, so
+    its table holds the block size times the offsets: 8-bit MatMulNBits, or float MatMul)."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = onnx.load(str(model)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    offsets = {n.name[:-len("_offset")]: n for n in graph.node if n.name.endswith("_offset")}
+    out = {}
+    for node in graph.node:
+        name = node.name[:-len("_Q")]
+        if node.op_type != "MatMulNBits" or not node.name.endswith("_Q") or name not in offsets:
+            continue
+        codes = inits[node.input[1]]  # [N, blocks, 16]: two 4-bit codes a byte, the low nibble first
+        q = np.stack([codes & 15, codes >> 4], -1).reshape(codes.shape[0], codes.shape[1], -1).astype(np.float32)
+        n, blocks, block = q.shape
+        product = offsets[name]
+        if product.op_type == "MatMul":
+            o = inits[product.input[1]].T  # float [blocks, N]
+        else:
+            oq, oscale = (inits[i] for i in product.input[1:3])  # 8-bit [N, oblocks, 32], symmetric about 128
+            o = ((oq.astype(np.float32) - 128) * oscale.reshape(n, -1, 1)).reshape(n, -1)[:, :blocks]
+        assert {a.name: helper.get_attribute_value(a) for a in node.attribute}["block_size"] == block
+        out[name] = ((q - 8) * inits[node.input[2]].reshape(n, blocks, 1) + o[..., None] / block).reshape(n, -1).T
+    return out

@@ -1,8 +1,9 @@
 """minmax-offset-lean: which projections keep their offsets, measured on the calibration text.
 
 Each offset group (one fused projection: a layer's q/k/v, its attention output, its gate/up,
-its down projection) costs a block sum, a second MatMulNBits and an Add per decode step: 36-53
-us each on SmolLM2-135M, whose steps take ~26 ms. Without its offsets a group is onnxruntime's
+its down projection) costs a block mean (shared by the groups that read one input), an offset
+product and an Add per decode step: 36-53 us each on SmolLM2-135M with 8-bit offset products
+(steps of ~26 ms), less with the float ones the recipe now writes. Without its offsets a group is onnxruntime's
 asymmetric 4-bit blocks (integer zero points; one MatMulNBits), which rounds the grid's offset
 and loses accuracy, more in some groups than in others. So the lean recipe measures:
 

@@ -2,24 +2,27 @@
 
 A block of weights on the grid w = m + q*d (q = 0..15; GGUF Q4_1's grid, and min/max RTN's)
 goes into MatMulNBits with no zero points (implicitly 8), and the offset o = m + 8*d comes
-back through the input's block sums:
+back through the input's block means:
 
-    y = MatMulNBits4(x) + MatMulNBits8(blocksum(x), O) ,   O [K/block, N]: the offsets
+    y = MatMulNBits4(x) + blockmean(x) @ (block * O) ,   O [K/block, N]: the offsets
 
-blocksum is a Reshape and a ReduceSum over each block of the input. O itself is stored as an
-8-bit MatMulNBits (symmetric, blocks of 32 along its K/block rows): a float MatMul of O read
-as many bytes as the 4-bit scales and cost ~8% of a decode step; at 8 bits it is a quarter
-of that and changes perplexity by < 0.1% on SmolLM2-135M. Integer zero points (what
-onnxruntime's asymmetric quantizer writes) round the offset to the grid and lost 22-26% of
-perplexity on that model; float zero points run ~15x slower in onnxruntime 1.32's kernels.
+blockmean is one AveragePool over each block of the input's last axis (a Reshape and a
+ReduceSum took two nodes, and every node costs a few microseconds however small). The
+product is either an 8-bit MatMulNBits (symmetric, blocks of 32 along its K/block rows: a
+quarter of a float table's bytes, < 0.1% perplexity on SmolLM2-135M) or, with
+`float_offsets`, a float MatMul (exact; 4x the offsets' bytes, but the 8-bit kernel's fixed
+cost per call is higher at K = 18: 3% faster decode on SmolLM2-135M). Integer zero points
+(what onnxruntime's asymmetric quantizer writes) round the offset to the grid and lost 22-26%
+of perplexity on that model; float zero points run ~15x slower in onnxruntime 1.32's kernels.
 
-Every node costs a few microseconds however small, so the projections that read one input
-(an MLP's gate and up) are first made one MatMul over their concatenated weights, split
-after: one block sum, one 4-bit and one offset MatMulNBits and one Add for the group.
+The projections that read one input (an MLP's gate and up) are first made one MatMul over
+their concatenated weights, split after: one block mean, one 4-bit MatMulNBits, one offset
+product and one Add for the group.
 
-The head may take the same recipe (`with_head`); the embedding then reads both of its tables
-(`embed_offsets`): the 4-bit codes through GatherBlockQuantized and the offsets through an
-8-bit one, added per block. Alone the head stays float here (quantize.py makes it 8-bit).
+The head may take the same recipe (`with_head`), its offsets always at 8 bits (its table is
+49152 wide on SmolLM2); the embedding then reads both of its tables (`embed_offsets`): the
+4-bit codes through GatherBlockQuantized and the offsets through an 8-bit one, added per
+block. Alone the head stays float here (quantize.py makes it 8-bit).
 """
 
 from __future__ import annotations
@@ -32,12 +35,13 @@ __all__ = ["minmax_offset", "embed_offsets", "offset_blocks", "offset_grid", "ze
 OFFSET_BLOCK = 32  # the offsets' own MatMulNBits blocks (8 bits), along K/block
 
 
-def minmax_offset(proto, head: str, bits: int, block: int, with_head: bool = False, plain=()):
+def minmax_offset(proto, head: str, bits: int, block: int, with_head: bool = False, plain=(),
+                  float_offsets: bool = False):
     """Every constant-weight MatMul whose K is a multiple of `block` (and the head if `with_head`)
-    in asymmetric `bits`-bit blocks with 8-bit offsets; the projections named in `plain` (after
-    fusion: `projections`) in onnxruntime's asymmetric blocks instead, integer zero points and
-    no offsets (fewer nodes, less accurate: edgekit.toolchains.lm.lean chooses them).
-    Returns `proto`, changed in place."""
+    in asymmetric `bits`-bit blocks with 8-bit offsets (float ones but the head's with
+    `float_offsets`); the projections named in `plain` (after fusion: `projections`) in
+    onnxruntime's asymmetric blocks instead, integer zero points and no offsets (fewer nodes,
+    less accurate: edgekit.toolchains.lm.lean chooses them). Returns `proto`, changed in place."""
     from onnx import helper
 
     from edgekit.toolchains.lm.graph import drop_dead
@@ -46,7 +50,7 @@ def minmax_offset(proto, head: str, bits: int, block: int, with_head: bool = Fal
     fuse_shared_inputs(proto, skip | {head}, block)
     g = proto.graph
     inits = {i.name: i for i in g.initializer}
-    nodes, sums, new = [], {}, []
+    nodes, means, new = [], {}, []
     for node in g.node:
         weight = _weight(node, inits, block)
         if weight is None or node.name in skip:
@@ -56,9 +60,9 @@ def minmax_offset(proto, head: str, bits: int, block: int, with_head: bool = Fal
             nodes.append(_zero_point_matmul(node, weight, bits, block, new))
             continue
         x = node.input[0]
-        if x not in sums:
-            sums[x] = _blocksum(nodes, new, x, weight.dims[0], block, weight.name)
-        nodes += _offset_matmul(node, weight, sums[x], bits, block, new)
+        if x not in means:
+            means[x] = _blockmean(nodes, x, block, weight.name)
+        nodes += _offset_matmul(node, weight, means[x], bits, block, new, float_offsets and node.name != head)
     g.ClearField("node")
     g.node.extend(nodes)
     g.initializer.extend(new)
@@ -108,33 +112,37 @@ def fuse_shared_inputs(proto, skip: set, block: int) -> None:
         g.node.insert(at, helper.make_node("MatMul", [x, name + ".weight"], [name + "_y"], name=name))
 
 
-def _blocksum(nodes, new, x, k, block, base) -> str:
-    from onnx import helper, numpy_helper
+def _blockmean(nodes, x, block, base) -> str:
+    """The mean of each block of `block` inputs along x's last axis: [.., S, K] -> [.., S, K/block]."""
+    from onnx import helper
 
-    new += [numpy_helper.from_array(np.array([0, 0, k // block, block], np.int64), base + "_blk_shape"),
-            numpy_helper.from_array(np.array([-1], np.int64), base + "_blk_axes")]
-    nodes += [helper.make_node("Reshape", [x, base + "_blk_shape"], [base + "_x_blocks"], name=base + "_blk"),
-              helper.make_node("ReduceSum", [base + "_x_blocks", base + "_blk_axes"], [base + "_x_blocksum"],
-                               name=base + "_blksum", keepdims=0)]
-    return base + "_x_blocksum"
+    nodes.append(helper.make_node("AveragePool", [x], [base + "_x_blockmean"], name=base + "_blockmean",
+                                  kernel_shape=[block], strides=[block]))
+    return base + "_x_blockmean"
 
 
-def _offset_matmul(node, weight, blocksum, bits, block, new) -> list:
-    """The 4-bit MatMulNBits, the offsets' 8-bit one over the block sums, and their Add."""
+def _offset_matmul(node, weight, means, bits, block, new, float_offsets) -> list:
+    """The 4-bit MatMulNBits, the offsets' product with the block means (block * offsets, so that
+    it adds the block sums times the offsets: 8-bit MatMulNBits or float MatMul), and their Add."""
     from onnx import helper, numpy_helper
 
     packed, scales, offsets = offset_blocks(numpy_helper.to_array(weight).astype(np.float32), bits, block)
-    oq, os = _sym8(offsets)
     k, n = weight.dims
     base = weight.name
-    new += [numpy_helper.from_array(packed, base + "_Qo"), numpy_helper.from_array(scales, base + "_scales_o"),
-            numpy_helper.from_array(oq, base + "_offQ"), numpy_helper.from_array(os, base + "_offS")]
+    new += [numpy_helper.from_array(packed, base + "_Qo"), numpy_helper.from_array(scales, base + "_scales_o")]
     ms = "com.microsoft"
+    if float_offsets:
+        new.append(numpy_helper.from_array(offsets * np.float32(block), base + "_offF"))
+        product = helper.make_node("MatMul", [means, base + "_offF"], [base + "_yo"], name=node.name + "_offset")
+    else:
+        oq, os = _sym8(offsets * np.float32(block))
+        new += [numpy_helper.from_array(oq, base + "_offQ"), numpy_helper.from_array(os, base + "_offS")]
+        product = helper.make_node("MatMulNBits", [means, base + "_offQ", base + "_offS"], [base + "_yo"],
+                                   name=node.name + "_offset", domain=ms, K=k // block, N=n, bits=8,
+                                   block_size=OFFSET_BLOCK)
     return [helper.make_node("MatMulNBits", [node.input[0], base + "_Qo", base + "_scales_o"], [base + "_yq"],
                              name=node.name + "_Q", domain=ms, K=k, N=n, bits=bits, block_size=block),
-            helper.make_node("MatMulNBits", [blocksum, base + "_offQ", base + "_offS"], [base + "_yo"],
-                             name=node.name + "_offset", domain=ms, K=k // block, N=n, bits=8,
-                             block_size=OFFSET_BLOCK),
+            product,
             helper.make_node("Add", [base + "_yq", base + "_yo"], list(node.output), name=node.name + "_add")]
 
 
@@ -209,7 +217,8 @@ def _sym8(m: np.ndarray):
 
 def embed_offsets(proto, emb_name: str, head_weight: str, block: int) -> None:
     """The embedding as the offset head's rows: GatherBlockQuantized over its 4-bit codes plus
-    GatherBlockQuantized over its 8-bit offsets, one offset added to each block of a row."""
+    GatherBlockQuantized over its 8-bit offsets (with the head's offset scales over the block:
+    the head's product reads block means), one offset added to each block of a row."""
     from onnx import helper, numpy_helper
 
     from edgekit.toolchains.lm.graph import drop_dead
@@ -227,6 +236,7 @@ def embed_offsets(proto, emb_name: str, head_weight: str, block: int) -> None:
               "emb_o_end": [blocks], "emb_o_axis": [-1], "emb_blocks": [0, 0, blocks, block],
               "emb_o_blocks": [0, 0, blocks, 1], "emb_hidden": [0, 0, blocks * block]}
     g.initializer.extend(numpy_helper.from_array(np.array(v, np.int64), k) for k, v in consts.items())
+    g.initializer.append(numpy_helper.from_array(numpy_helper.to_array(offs) / np.float32(block), "emb_offS"))
 
     def gather(data, scale, bits, size, name):
         return helper.make_node("GatherBlockQuantized", [data, ids, scale], [name], name=name, domain="com.microsoft",
@@ -236,7 +246,7 @@ def embed_offsets(proto, emb_name: str, head_weight: str, block: int) -> None:
     nodes = [make("Reshape", [codes.name, "emb_q_shape"], ["emb_q"]), make("Reshape", [scales.name, "emb_s_shape"], ["emb_s"]),
              gather("emb_q", "emb_s", 4, block, "emb_codes"),
              make("Reshape", [offq.name, "emb_oq_shape"], ["emb_oq"]),
-             make("Reshape", [offs.name, "emb_os_shape"], ["emb_os"]),
+             make("Reshape", ["emb_offS", "emb_os_shape"], ["emb_os"]),
              gather("emb_oq", "emb_os", 8, oblk, "emb_offsets_padded"),
              make("Slice", ["emb_offsets_padded", "emb_o_start", "emb_o_end", "emb_o_axis"], ["emb_offsets"]),
              make("Reshape", ["emb_codes", "emb_blocks"], ["emb_codes_b"]),

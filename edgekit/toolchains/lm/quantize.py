@@ -7,15 +7,16 @@ head shared with the embedding.
     int4-block  the same at 4 bits, by method:
                   minmax-offset  asymmetric min/max per block with the offset kept unrounded
                                  (GGUF Q4_1's grid): 4-bit weights without zero points (MLAS'
-                                 fast path) plus blocksum(x) @ offsets added back (default;
-                                 edgekit.toolchains.lm.offsets)
+                                 fast path) plus the block sums of x times the offsets
+                                 added back (default; edgekit.toolchains.lm.offsets)
                   minmax-offset-head4  the same with the head at 4 bits too, with its own
                                  offsets: smaller and faster, for a loss the budgets judge
                                  (+6% perplexity on SmolLM2-135M)
                   minmax-offset-lean  minmax-offset-head4 less the offsets of the projections
                                  where dropping them costs least, measured on the calibration
                                  text, up to 2% perplexity (edgekit.toolchains.lm.lean): fewer
-                                 nodes per decode step; needs calibration text
+                                 nodes per decode step; the kept offsets as float products
+                                 (faster than 8-bit ones); needs calibration text
                   rtn            onnxruntime's default (symmetric round-to-nearest)
                   hqq            onnxruntime's HQQ (needs torch; float zero points: slow kernels)
                   kquant         onnxruntime's k-quant (asymmetric, searched scales; slow to make)
@@ -95,7 +96,7 @@ def _blocks(proto, bits: int, method: str, block: int, calibration: tuple):
         return _offset_head(proto, head, emb, tied, bits, block)
     if method == "minmax-offset-lean":
         plain = _lean(proto, head, emb, tied, bits, block, *calibration)
-        return _offset_head(proto, head, emb, tied, bits, block, plain)
+        return _offset_head(proto, head, emb, tied, bits, block, plain, float_offsets=True)
     if method == "minmax-offset":
         proto = minmax_offset(proto, head, bits, block)
     else:  # edgekit's rtn is onnxruntime's default symmetric blocks (weightonly's algorithm None)
@@ -123,10 +124,10 @@ def _lean(proto, head: str, emb: str, tied: bool, bits: int, block: int, fp32: P
     return choose_plain(proto, fp32, head, tied, emb, bits, block, windows).plain
 
 
-def _offset_head(proto, head: str, emb: str, tied: bool, bits: int, block: int, plain=()):
+def _offset_head(proto, head: str, emb: str, tied: bool, bits: int, block: int, plain=(), float_offsets=False):
     """Head and body alike in offset blocks (but the `plain` projections); a tied embedding
     reads the head's two tables."""
-    proto = minmax_offset(proto, head, bits, block, with_head=True, plain=plain)
+    proto = minmax_offset(proto, head, bits, block, with_head=True, plain=plain, float_offsets=float_offsets)
     if head_node(proto.graph).op_type != "MatMulNBits":
         raise ValueError(f"the LM head's input size is not a multiple of the block ({block})")
     if tied:
