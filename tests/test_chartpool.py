@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import pytest
 
@@ -57,3 +58,39 @@ def test_a_host_that_cannot_start_workers_draws_here(monkeypatch):
     monkeypatch.setattr(chartpool, "_start", no_semaphores)
     with ChartPool(2) as charts:
         assert charts.draw(_chart, "t", [4]) == "<svg>t:4:here</svg>"
+
+
+@needs_fork
+def test_a_chart_server_killed_is_started_again():
+    """A chart server killed (out of memory, by hand) before it forked a worker: the next
+    chart starts another (multiprocessing's forkserver), and the page is whole."""
+    import signal
+    from multiprocessing import forkserver
+
+    with ChartPool(2) as charts:
+        pid = forkserver._forkserver._forkserver_pid  # the server the pool started
+        os.kill(pid, signal.SIGKILL)
+        while _state(pid) != "Z":  # dead, not yet reaped
+            time.sleep(0.01)
+        page = charts.fill("".join(f"<p>{charts.draw(_chart, f't{i}', [i], HOST)}</p>" for i in range(3)))
+    assert page == "".join(f"<p><svg>t{i}:{i}:worker</svg></p>" for i in range(3))
+    assert forkserver._forkserver._forkserver_pid != pid
+
+
+@needs_fork
+def test_a_chart_no_worker_can_take_is_drawn_here(monkeypatch):
+    """When a worker cannot be had (the server cannot be reached or started), the chart is
+    drawn here and the page is whole."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    def unreachable(self, fn, *args, **kwargs):
+        raise ConnectionRefusedError(111, "Connection refused")
+    with ChartPool(2) as charts:
+        monkeypatch.setattr(ProcessPoolExecutor, "submit", unreachable)
+        page = charts.fill("".join(f"<p>{charts.draw(_chart, f't{i}', [i], HOST)}</p>" for i in range(2)))
+    assert page == "<p><svg>t0:0:here</svg></p><p><svg>t1:1:here</svg></p>"
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0]

@@ -90,8 +90,14 @@ class ChartPool:
     def draw(self, chart: Callable[..., str], *args) -> str:
         if self._executor is None:
             return chart(*args)
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            future = self._executor.submit(chart, *args)
+        except (OSError, EOFError, BrokenProcessPool):  # the server or a worker is gone: draw it here
+            return chart(*args)
         mark = f"\x00chart-{self._salt}-{len(self._pending)}\x00"  # salted: no text from a store can mimic it
-        self._pending[mark] = (self._executor.submit(chart, *args), chart, args)
+        self._pending[mark] = (future, chart, args)
         return mark
 
     def fill(self, page: str) -> str:
