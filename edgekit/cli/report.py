@@ -103,8 +103,9 @@ def report_cmd(
 
 
 def _chart_pool(fmt: Format, path: Path):
-    """An HTML page's chart workers, started now so that they import matplotlib while the
-    store is read (edgekit.report.chartpool); none for other formats or a missing store."""
+    """An HTML page's chart workers, their server started now so that it imports matplotlib
+    while the store is read (edgekit.report.chartpool); none for other formats or a missing
+    store. The server imports this command line too: each worker runs it again."""
     from edgekit.report.chartpool import ChartPool
 
     return ChartPool.for_html(None if fmt == Format.html and path.is_file() else 0, program=("edgekit.cli.main",))

@@ -25,7 +25,7 @@ from typing import Callable, Optional
 
 __all__ = ["ChartPool", "draw_now"]
 
-MAX_WORKERS = 4   # a page has two charts per target; each worker imports matplotlib once
+MAX_WORKERS = 4   # a page has two charts per target
 ENV = "EDGEKIT_CHART_WORKERS"   # how many workers; 0 draws in this process
 
 
@@ -114,7 +114,8 @@ class ChartPool:
 
     def close(self, abandon: bool = False) -> None:
         """Shut the workers down; `abandon` (an error, Ctrl-C): stop them first, as they may
-        still be importing matplotlib (a bad --store waited a second and more for that)."""
+        be drawing a chart no one will read. The server finishes its imports and ends with
+        this process (it holds none of its output: edgekit.report._chartserver)."""
         if self._executor is None:
             return
         if abandon:
