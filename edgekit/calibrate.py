@@ -27,7 +27,7 @@ from typing import Callable, Optional, Protocol
 
 from edgekit.calibration_record import SCHEMA, CalibrationRecord
 from edgekit.candidates import Candidate, attempt, choose, mark_collapsed, score
-from edgekit.datasets import Dataset
+from edgekit.datasets import Dataset, check_disjoint
 from edgekit.errors import GateError
 from edgekit.machine import cpu_facts, measured_on_host
 from edgekit.progress import OnStep, notify, within
@@ -165,6 +165,7 @@ def calibrate(model: str | Path, profile: Profile, calibration: Dataset, eval_da
     stage (edgekit.progress). `measurer`: where candidates are measured (this host unless given)."""
     from edgekit.evaluate import eval_set
 
+    check_disjoint(calibration, eval_data)
     toolchain = toolchain_for(profile)
     candidates = [Candidate(r.id, r) for r in recipes or toolchain.sweep(profile)]
     out_dir = Path(out_dir)

@@ -22,11 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgekit._toml import pydantic_error_line, read_toml
 from edgekit.errors import DataError
-from edgekit.textdata import TEXT_SUFFIXES, TextSource, read_documents
+from edgekit.textdata import TEXT_SUFFIXES, TextSource, read_documents, shared_text
 
-__all__ = ["Dataset", "InputSpec", "load_dataset", "LABELS"]
+__all__ = ["Dataset", "InputSpec", "load_dataset", "check_disjoint", "LABELS"]
 
 LABELS = "labels"
+SHARED_TEXT = 0.01  # the share of eval text that may repeat calibration documents (a heading, a signature)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
@@ -236,6 +237,20 @@ def load_dataset(path: str | Path, role: str = "data") -> Dataset:
     if path.suffix == ".npy":
         return Dataset(path, arrays=_check_lengths(path, role, {"input": _open_npy(path, role)}))
     return Dataset(path, arrays=_check_lengths(path, role, _open_npz(path, role)))
+
+
+def check_disjoint(calibration: Dataset, eval_data: Dataset) -> None:
+    """DataError when the eval set is the calibration set, or (text) repeats its documents: a
+    model measured on what it was calibrated on looks better than it is."""
+    hint = "evaluate on data the model is not calibrated on"
+    if calibration.text is not None and eval_data.text is not None:
+        share = shared_text(calibration.text, eval_data.text)
+        if share > SHARED_TEXT:
+            raise DataError(f"eval data {eval_data.path}: {share:.0%} of its text is documents of the calibration "
+                            f"data {calibration.path}", hint=hint)
+    elif calibration.sha256 == eval_data.sha256:
+        raise DataError(f"eval data {eval_data.path}: the same data as the calibration data {calibration.path}",
+                        hint=hint)
 
 
 def _check_lengths(path: Path, role: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

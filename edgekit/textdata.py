@@ -4,6 +4,11 @@
     NAME.jsonl            one JSON object per line, its "text" field a string
     DIR/dataset.toml      format = "text", files = ["a.txt", "b.jsonl", ...] (relative to DIR)
 
+Text is read as Python's text mode reads it: a UTF-8 byte-order mark dropped, Windows (CRLF) and
+old Mac (CR) line ends as "\n", so the same text tokenizes the same whatever wrote it. A .jsonl
+file is split at "\n" alone: JSON allows U+2028 and other Unicode line separators unescaped
+inside a string, where str.splitlines() would cut the object.
+
 Documents (a .txt file, a .jsonl line) are joined by a blank line and tokenized with the
 model's own tokenizer (its tokenizer.json) into non-overlapping windows of `length` tokens;
 the tail shorter than a window is dropped. Windows are what a language model is evaluated
@@ -22,7 +27,7 @@ import numpy as np
 
 from edgekit.errors import DataError
 
-__all__ = ["TextSource", "TEXT_SUFFIXES", "read_documents", "tokenize_windows", "INPUT_IDS"]
+__all__ = ["TextSource", "TEXT_SUFFIXES", "read_documents", "tokenize_windows", "shared_text", "INPUT_IDS"]
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
 INPUT_IDS = "input_ids"
@@ -37,20 +42,22 @@ class TextSource:
 
 
 def _read_utf8(path: Path, role: str) -> str:
+    """The file's text: UTF-8 less a byte-order mark, its line ends "\n"."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{role} {path}: cannot read: {exc.strerror}") from exc
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(f"{role} {path}: not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r})",
                         hint="convert it to UTF-8, e.g. iconv -f cp1252 -t utf-8") from exc
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _jsonl_documents(path: Path, role: str) -> list[str]:
     docs = []
-    for no, line in enumerate(_read_utf8(path, role).splitlines(), start=1):
+    for no, line in enumerate(_read_utf8(path, role).split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -75,6 +82,13 @@ def read_documents(source: TextSource, role: str = "data") -> list[str]:
     if not docs:
         raise DataError(f"{role} {', '.join(map(str, source.files))}: no text in it")
     return docs
+
+
+def shared_text(known: TextSource, new: TextSource) -> float:
+    """The share of `new`'s text (in characters) that is documents `known` holds too."""
+    seen = {d.strip() for d in read_documents(known)}
+    docs = [d.strip() for d in read_documents(new)]
+    return sum(len(d) for d in docs if d in seen) / max(1, sum(len(d) for d in docs))
 
 
 def tokenize_windows(source: TextSource, tokenizer_file: Path, length: int, role: str = "data") -> np.ndarray:
