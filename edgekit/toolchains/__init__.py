@@ -4,7 +4,7 @@
     toolchain_for(profile)  the toolchain a target runs: a profile with an [lm] section runs
                             language models, any other the toolchain of its runtime
     toolchain_of(path)      the toolchain whose model file this is (a language model is an
-                            .onnx file that says so), or None
+                            .onnx file that says so, a Hugging Face folder or a .gguf file), or None
     toolchain_for_model(*names)  for a model given without a target (and the file it is written
                             to): a TFLite file among them asks for TFLite, anything else is ONNX's
                             (which also converts PyTorch models)

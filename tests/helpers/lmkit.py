@@ -35,16 +35,17 @@ def _texts(folder: Path) -> tuple[Path, Path]:
     return calib, evalt
 
 
-def make_tiny_hf(out: Path, text: Path) -> Path:
+def make_tiny_hf(out: Path, text: Path, steps: int = 120, **shape) -> Path:
+    """The tiny Llama, trained `steps` on `text`; `shape` overrides its config (hidden_size, ...)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
-                         rope_theta=10000.0, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
-                         pad_token_id=2)
+    config = LlamaConfig(**{**dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                   max_position_embeddings=2048, rope_theta=10000.0, tie_word_embeddings=True,
+                                   bos_token_id=1, eos_token_id=2, pad_token_id=2), **shape})
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -54,7 +55,7 @@ def make_tiny_hf(out: Path, text: Path) -> Path:
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<|endoftext|>", bos_token="<|im_start|>",
                             eos_token="<|im_end|>", pad_token="<|im_end|>").save_pretrained(out)
     model = LlamaForCausalLM(config)
-    _train(model, tok.encode(text.read_text()).ids)
+    _train(model, tok.encode(text.read_text()).ids, steps)
     model.eval().save_pretrained(out)
     return out
 

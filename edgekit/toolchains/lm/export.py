@@ -13,7 +13,8 @@ runner sizes the cache to the profile's context. Its own quantized presets are n
 edgekit quantizes the FP32 export (edgekit.toolchains.lm.quantize).
 
 The export gets the metadata `edgekit.lm` (edgekit.device.lm) from the builder's
-genai_config.json, and its tokenizer.json beside it.
+genai_config.json, and its tokenizer.json beside it; it is checked against transformers before
+anything uses it (edgekit.toolchains.lm.verify).
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ from pathlib import Path
 
 from edgekit.device.lm import TOKENIZER
 from edgekit.errors import ConfigError, ModelError
+from edgekit.toolchains.lm.verify import verify_export
 
 __all__ = ["export", "source_kind", "INSTALL_HINT"]
 
 INSTALL_HINT = "pip install 'edgekit[lm]' (onnxruntime-genai, transformers, gguf, accelerate)"
 TAIL = 600
+BUILDER_HINT = "README.md, Language models, lists the architectures edgekit exports"
 
 
 def source_kind(spec) -> str:
@@ -68,6 +71,7 @@ def export(spec, workdir: Path) -> Path:
     with open(out / "genai_config.json") as fh:
         config = json.load(fh)["model"]
     _tag(model, config)
+    verify_export(model, source, config)
     if not (out / TOKENIZER).is_file():
         shutil.copyfile(source / TOKENIZER, out / TOKENIZER)
     return model
@@ -81,8 +85,11 @@ def _run_builder(source: Path, out: Path, cache: Path) -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")  # a local folder: never a hub
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0 or not (out / "model.onnx").is_file():
-        tail = " | ".join(ln.strip() for ln in proc.stderr.strip().splitlines() if ln.strip())[-TAIL:]
-        raise ModelError(f"model {source}: onnxruntime-genai's builder could not export it: {tail or 'no output'}")
+        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+        # a traceback's news is its last line (KeyError: 'rope_type'), not the frames before it
+        why = next((ln for ln in reversed(lines) if "Error" in ln or "Exception" in ln), lines[-1] if lines else "")
+        raise ModelError(f"model {source}: onnxruntime-genai's builder could not export it: "
+                         f"{why[-TAIL:] or 'no output'}", hint=BUILDER_HINT)
 
 
 def _tag(model: Path, config: dict) -> None:

@@ -1,5 +1,6 @@
 """The graph work around a decoder's weights: find its LM head and token embedding, give each
-its own initializer, share one 8-bit table between them, and save the result.
+its own initializer, share one 8-bit table between them (or, untied, give the embedding an 8-bit
+table of its own), and save the result.
 
 Exporters wire a tied head and embedding differently (the builder feeds the embedding a
 Transpose of the head's weight; optimum and torch feed the head a Transpose of the
@@ -17,8 +18,8 @@ import numpy as np
 
 from edgekit.device.lm import META_KEY
 
-__all__ = ["normalize", "drop_dead", "head_node", "share_embedding", "set_accuracy_level", "external_files",
-           "set_lm_meta", "lm_meta_of", "save"]
+__all__ = ["normalize", "drop_dead", "head_node", "share_embedding", "quantize_embedding", "set_accuracy_level",
+           "external_files", "set_lm_meta", "lm_meta_of", "save"]
 
 HEAD, EMBED = "lm_head.weight", "embed_tokens.weight"
 
@@ -101,17 +102,46 @@ def share_embedding(model, emb_name: str) -> None:
     attrs = {a.name: helper.get_attribute_value(a) for a in head.attribute}
     weight, scales = inits[head.input[1]], inits[head.input[2]]
     vocab, blocks, blob = weight.dims
-    hidden, padded = attrs["K"], blocks * attrs["block_size"]
-    emb = next(n for n in g.node if n.name == emb_name)
     consts = {"embed_q_shape": [vocab, blocks * blob], "embed_scale_shape": [vocab, blocks]}
     g.initializer.extend(numpy_helper.from_array(np.array(v, np.int64), k) for k, v in consts.items())
+    reshape = [helper.make_node("Reshape", [weight.name, "embed_q_shape"], ["embed_q_data"], name="embed_q_reshape"),
+               helper.make_node("Reshape", [scales.name, "embed_scale_shape"], ["embed_q_scales"],
+                                name="embed_scale_reshape")]
+    _gather_blocks(g, emb_name, "embed_q_data", "embed_q_scales", attrs["bits"], attrs["block_size"], attrs["K"],
+                   reshape)
+
+
+def quantize_embedding(model, emb_name: str, block: int) -> None:
+    """An embedding of its own (untied from the head) as an 8-bit table of symmetric blocks read by
+    GatherBlockQuantized: a quarter of its float bytes, for one row read per token."""
+    from onnx import numpy_helper
+
+    g = model.graph
+    emb = next(n for n in g.node if n.name == emb_name)
+    table = numpy_helper.to_array(_inits(g)[emb.input[0]]).astype(np.float32)
+    vocab, hidden = table.shape
+    blocks = -(-hidden // block)
+    padded = np.zeros((vocab, blocks * block), np.float32)
+    padded[:, :hidden] = table
+    amax = np.abs(padded.reshape(vocab, blocks, block)).max(-1)
+    scales = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    codes = np.rint(padded.reshape(vocab, blocks, block) / scales[..., None]).clip(-127, 127) + 128  # 128: zero
+    g.initializer.extend([numpy_helper.from_array(codes.astype(np.uint8).reshape(vocab, -1), "embed_q8_data"),
+                          numpy_helper.from_array(scales, "embed_q8_scales")])
+    _gather_blocks(g, emb_name, "embed_q8_data", "embed_q8_scales", 8, block, hidden, [])
+
+
+def _gather_blocks(g, emb_name: str, data: str, scales: str, bits: int, block: int, hidden: int, before: list) -> None:
+    """Replace the embedding's Gather by GatherBlockQuantized over data [V, padded] and scales [V,
+    blocks] (after the nodes `before`), the padding past `hidden` sliced off."""
+    from onnx import helper, numpy_helper
+
+    emb = next(n for n in g.node if n.name == emb_name)
+    padded = -(-hidden // block) * block
     out = emb.output[0] if padded == hidden else "embed_q_padded"
-    nodes = [helper.make_node("Reshape", [weight.name, "embed_q_shape"], ["embed_q_data"], name="embed_q_reshape"),
-             helper.make_node("Reshape", [scales.name, "embed_scale_shape"], ["embed_q_scales"],
-                              name="embed_scale_reshape"),
-             helper.make_node("GatherBlockQuantized", ["embed_q_data", emb.input[1], "embed_q_scales"], [out],
-                              name="embed_tokens_GatherBlockQuantized", domain="com.microsoft",
-                              bits=attrs["bits"], block_size=attrs["block_size"], gather_axis=0, quantize_axis=1)]
+    nodes = before + [helper.make_node("GatherBlockQuantized", [data, emb.input[1], scales], [out],
+                                       name="embed_tokens_GatherBlockQuantized", domain="com.microsoft",
+                                       bits=bits, block_size=block, gather_axis=0, quantize_axis=1)]
     if padded != hidden:
         for key, value in (("start", 0), ("end", hidden), ("axis", -1)):
             g.initializer.append(numpy_helper.from_array(np.array([value], np.int64), f"embed_slice_{key}"))

@@ -22,10 +22,12 @@ head shared with the embedding.
                   kquant         onnxruntime's k-quant (asymmetric, searched scales; slow to make)
 
 For every other block recipe the LM head becomes an 8-bit symmetric MatMulNBits and the embedding
-reads that same table (edgekit.toolchains.lm.graph.share_embedding): small models collapse
-when the head goes to 4 bits (+36% perplexity on SmolLM2-135M, +22% with an 8-bit head on
-the same body). accuracy_level 4 (int8 activations) on every MatMulNBits: without it MLAS
-has no fast kernel (20x slower decode). GPTQ is not offered: onnxruntime's implementation
+reads that same table (edgekit.toolchains.lm.graph.share_embedding; an untied embedding gets an
+8-bit table of its own): small models collapse when the head goes to 4 bits (+36% perplexity on
+SmolLM2-135M, +22% with an 8-bit head on the same body). A projection whose input size is not a
+multiple of the block (a hidden size of 72, an MLP of 200), which minmax-offset and k-quant
+cannot block, gets onnxruntime's default blocks (K padded): none stays FP32. accuracy_level 4
+(int8 activations) on every MatMulNBits: without it MLAS has no fast kernel (20x slower decode). GPTQ is not offered: onnxruntime's implementation
 reruns the whole model per distinct MatMul input and calibration sample (it did not finish
 in 42 minutes on SmolLM2-135M), and k-quant's calibration text is not used by onnxruntime.
 """
@@ -37,8 +39,8 @@ from pathlib import Path
 
 
 from edgekit.recipes import Recipe
-from edgekit.toolchains.lm.graph import (HEAD, drop_dead, head_node, lm_meta_of, normalize, save,
-                                         set_accuracy_level, share_embedding)
+from edgekit.toolchains.lm.graph import (HEAD, drop_dead, head_node, lm_meta_of, normalize, quantize_embedding,
+                                         save, set_accuracy_level, share_embedding)
 from edgekit.toolchains.lm.offsets import embed_offsets, minmax_offset
 
 __all__ = ["quantize_lm", "BLOCK_ALGORITHMS", "DEFAULT_ALGORITHM", "INT4_CANDIDATES", "BITS", "ACCURACY_LEVEL"]
@@ -92,6 +94,8 @@ def _blocks(proto, bits: int, method: str, block: int, calibration: tuple):
     from edgekit.toolchains.onnx.weightonly import nbits
 
     head, emb, tied = normalize(proto)
+    if method in ("minmax-offset-head4", "minmax-offset-lean"):
+        _check_head_blocks(proto, head, block)
     if method == "minmax-offset-head4":
         return _offset_head(proto, head, emb, tied, bits, block)
     if method == "minmax-offset-lean":
@@ -101,15 +105,53 @@ def _blocks(proto, bits: int, method: str, block: int, calibration: tuple):
         proto = minmax_offset(proto, head, bits, block)
     else:  # edgekit's rtn is onnxruntime's default symmetric blocks (weightonly's algorithm None)
         proto = nbits(proto, bits=bits, block_size=block, accuracy_level=ACCURACY_LEVEL,
-                      algorithm=None if method == "rtn" else method, exclude=[head])
+                      algorithm=None if method == "rtn" else method, exclude=[head, *_unaligned(proto, block, method)])
+    proto = _rest(proto, bits, block, head)
     proto = nbits(proto, bits=HEAD_BITS, block_size=block, accuracy_level=ACCURACY_LEVEL, nodes=[head])
     if head_node(proto.graph).op_type != "MatMulNBits":
         raise ValueError("the LM head was not quantized")
     if tied:
         share_embedding(proto, emb)
+    else:
+        quantize_embedding(proto, emb, block)
     set_accuracy_level(proto, ACCURACY_LEVEL)
     drop_dead(proto.graph)
     return proto
+
+
+def _check_head_blocks(proto, head: str, block: int) -> None:
+    """The head in offset blocks needs its input size (the hidden size) a multiple of the block."""
+    node = next(n for n in proto.graph.node if n.name == head)
+    hidden = next(i.dims[0] for i in proto.graph.initializer if i.name == node.input[1])
+    if hidden % block:
+        raise ValueError(f"the hidden size ({hidden}) is not a multiple of the block ({block}): this method puts the "
+                         "LM head in offset blocks, which need that; minmax-offset keeps the head at 8 bits, or "
+                         "give a --block-size that divides it")
+
+
+def _unaligned(proto, block: int, method: str) -> list[str]:
+    """The projections onnxruntime's k-quant cannot block: it packs two 4-bit zero points a byte
+    across rows, so each row needs an even number of whole blocks (K a multiple of twice the
+    block; a hidden size of 96 fails). The other methods pad K."""
+    if method != "kquant":
+        return []
+    inits = {i.name: i for i in proto.graph.initializer}
+    return [n.name for n in proto.graph.node if n.op_type == "MatMul" and n.input[1] in inits
+            and inits[n.input[1]].dims[0] % (2 * block)]
+
+
+def _rest(proto, bits: int, block: int, head: str):
+    """The projections the method left float (minmax-offset and k-quant block only K a multiple of
+    the block: a hidden size of 72 or an MLP of 200) in onnxruntime's default symmetric blocks,
+    which pad K: no projection stays FP32. An offset product (`*_offset`) is no projection."""
+    from edgekit.toolchains.onnx.weightonly import nbits
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    rest = [n.name for n in proto.graph.node if n.op_type == "MatMul" and n.name != head
+            and not n.name.endswith("_offset") and n.input[1] in inits and len(inits[n.input[1]].dims) == 2]
+    if not rest:
+        return proto
+    return nbits(proto, bits=bits, block_size=block, accuracy_level=ACCURACY_LEVEL, nodes=rest)
 
 
 def _lean(proto, head: str, emb: str, tied: bool, bits: int, block: int, fp32: Path, windows) -> list:
@@ -128,10 +170,11 @@ def _offset_head(proto, head: str, emb: str, tied: bool, bits: int, block: int, 
     """Head and body alike in offset blocks (but the `plain` projections); a tied embedding
     reads the head's two tables."""
     proto = minmax_offset(proto, head, bits, block, with_head=True, plain=plain, float_offsets=float_offsets)
-    if head_node(proto.graph).op_type != "MatMulNBits":
-        raise ValueError(f"the LM head's input size is not a multiple of the block ({block})")
+    proto = _rest(proto, bits, block, head)
     if tied:
         embed_offsets(proto, emb, HEAD, block)
+    else:
+        quantize_embedding(proto, emb, block)
     set_accuracy_level(proto, ACCURACY_LEVEL)
     drop_dead(proto.graph)
     return proto

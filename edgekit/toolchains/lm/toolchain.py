@@ -40,8 +40,13 @@ class LMToolchain(Toolchain):
     # -- a model ------------------------------------------------------------------------
 
     def claims(self, path) -> bool:
-        """An .onnx file that says it is a language model (its `edgekit.lm` metadata)."""
+        """An .onnx file that says it is a language model (its `edgekit.lm` metadata), or what the
+        export takes (a Hugging Face folder, a .gguf file): quantize and evaluate need no target."""
         path = Path(str(path))
+        if path.is_dir():
+            return (path / "config.json").is_file()
+        if path.suffix == ".gguf":
+            return path.is_file()
         return path.suffix == self.suffix and path.is_file() and bool(self._meta(path, quiet=True))
 
     def load(self, spec, *, workdir: Path, example_data: Optional[Dataset] = None,
