@@ -5,9 +5,9 @@
     it agrees      with transformers on the same tokens, to MAX_LOGP_DIFF nats per log-probability
 
 The builder exports models it then gets wrong or that onnxruntime refuses to run (a head size
-that is not a multiple of 16; OLMo, whose export disagrees with transformers by 0.23 nats on a
-random tiny model): without these checks such an export fails in every later step, or, worse,
-quantizes and ships a model that is not the source.
+that is not a multiple of 16; OLMo, whose export disagrees with transformers by about 0.2 nats
+on a random tiny model): without these checks such an export fails in every later step, or,
+worse, is quantized and shipped as a model it is not.
 """
 
 from __future__ import annotations
