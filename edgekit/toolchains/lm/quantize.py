@@ -25,11 +25,12 @@ For every other block recipe the LM head becomes an 8-bit symmetric MatMulNBits 
 reads that same table (edgekit.toolchains.lm.graph.share_embedding; an untied embedding gets an
 8-bit table of its own): small models collapse when the head goes to 4 bits (+36% perplexity on
 SmolLM2-135M, +22% with an 8-bit head on the same body). A projection whose input size is not a
-multiple of the block (a hidden size of 72, an MLP of 200), which minmax-offset and k-quant
+multiple of the block (a hidden size of 80, an MLP of 200), which minmax-offset and k-quant
 cannot block, gets onnxruntime's default blocks (K padded): none stays FP32. accuracy_level 4
-(int8 activations) on every MatMulNBits: without it MLAS has no fast kernel (20x slower decode). GPTQ is not offered: onnxruntime's implementation
-reruns the whole model per distinct MatMul input and calibration sample (it did not finish
-in 42 minutes on SmolLM2-135M), and k-quant's calibration text is not used by onnxruntime.
+(int8 activations) on every MatMulNBits: without it MLAS has no fast kernel (20x slower
+decode). GPTQ is not offered: onnxruntime's implementation reruns the whole model per distinct
+MatMul input and calibration sample (it did not finish in 42 minutes on SmolLM2-135M), and
+k-quant's calibration text is not used by onnxruntime.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def _unaligned(proto, block: int, method: str) -> list[str]:
 
 def _rest(proto, bits: int, block: int, head: str):
     """The projections the method left float (minmax-offset and k-quant block only K a multiple of
-    the block: a hidden size of 72 or an MLP of 200) in onnxruntime's default symmetric blocks,
+    the block: a hidden size of 80 or an MLP of 200) in onnxruntime's default symmetric blocks,
     which pad K: no projection stays FP32. An offset product (`*_offset`) is no projection."""
     from edgekit.toolchains.onnx.weightonly import nbits
 
