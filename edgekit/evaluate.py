@@ -237,7 +237,7 @@ def evaluate_model(model: Path, data: Union[Dataset, str, Path], *, reference: O
     with tempfile.TemporaryDirectory(prefix="edgekit-evaluate-") as tmp:
         step("preparing the evaluation data")
         if lm is not None:  # text -> token windows; the reference gives FP32's next-token log-probs
-            dataset = lm.model_data(Path(model), dataset, "eval data")
+            dataset = lm.model_data(lm.check(Path(model)), dataset, "eval data")
             npz = lm.prepare_eval(dataset, Path(model), Path(tmp) / "eval.npz", reference=reference, samples=samples)
             opts["lm"] = {"kv_cache": "cache"}  # edgekit.device.lm_evaluate's default workload
         else:

@@ -104,3 +104,25 @@ def test_an_export_that_is_not_its_source_is_refused(tiny_lm, tmp_path):
     windowed = {**config, "decoder": {**config["decoder"], "sliding_window": {"window_size": 64, "layers": [0]}}}
     with pytest.raises(ModelError, match="sliding-window KV cache"):
         verify_export(tiny_lm.fp32, tiny_lm.hf, windowed)
+
+
+def test_an_onnx_export_onnxruntime_cannot_run_is_refused_by_every_step(tiny_lm, tmp_path):
+    """An .onnx edgekit (or an older builder) exported before, which this onnxruntime cannot run
+    (here: its attention told of 3 KV heads for 4 query heads), is refused in one line up front."""
+    import shutil
+
+    import onnx
+    from onnx import helper
+
+    proto = onnx.load(str(tiny_lm.fp32), load_external_data=False)
+    for node in (n for n in proto.graph.node if n.op_type == "GroupQueryAttention"):
+        for attr in (a for a in node.attribute if a.name == "kv_num_heads"):
+            attr.CopyFrom(helper.make_attribute("kv_num_heads", 3))
+    bad = tmp_path / "bad" / "model.onnx"
+    bad.parent.mkdir()
+    onnx.save(proto, str(bad))
+    for f in ("model.onnx.data", "tokenizer.json"):
+        shutil.copy(tiny_lm.fp32.parent / f, bad.parent / f)
+    for args in (("quantize", bad, "-p", "int8-block", "-o", tmp_path / "q" / "model.onnx"),
+                 ("evaluate", bad, "--data", tiny_lm.eval, "--samples", "1")):
+        assert_clean_error(run_edgekit(*args), f"model {bad}", "cannot run its export")

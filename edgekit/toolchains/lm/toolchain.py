@@ -41,7 +41,7 @@ class LMToolchain(Toolchain):
 
     def claims(self, path) -> bool:
         """An .onnx file that says it is a language model (its `edgekit.lm` metadata), or what the
-        export takes (a Hugging Face folder, a .gguf file): quantize and evaluate need no target."""
+        export takes (a Hugging Face folder, a .gguf file): quantize needs no target."""
         path = Path(str(path))
         if path.is_dir():
             return (path / "config.json").is_file()
@@ -53,12 +53,16 @@ class LMToolchain(Toolchain):
              on_step: Optional[OnStep] = None) -> Path:
         from edgekit.toolchains.lm.export import export, source_kind
 
-        if source_kind(spec) != "onnx":
-            notify(on_step, "convert", "to ONNX with a KV cache")
-        return self.check(export(spec, Path(workdir)))
+        if source_kind(spec) == "onnx":
+            return self.check(Path(str(spec)).expanduser())
+        notify(on_step, "convert", "to ONNX with a KV cache")
+        return export(spec, Path(workdir))  # checked on the way (edgekit.toolchains.lm.verify)
 
     def check(self, path: Path) -> Path:
-        self._meta(Path(path))
+        """`path` if it is a language model of edgekit that onnxruntime runs, else ModelError."""
+        from edgekit.toolchains.lm.verify import check_runs
+
+        check_runs(Path(path), self._meta(Path(path))["vocab"])
         return Path(path)
 
     def _meta(self, path: Path, quiet: bool = False) -> dict:
@@ -66,6 +70,9 @@ class LMToolchain(Toolchain):
 
         from edgekit.toolchains.lm.graph import lm_meta_of
 
+        if path.is_dir() and not quiet:
+            raise ModelError(f"model {path}: a model folder; this step takes its ONNX export",
+                             hint=f"make it with: edgekit quantize {path} -p fp32 -o model.onnx")
         try:
             meta = lm_meta_of(onnx.load(str(path), load_external_data=False))
         except Exception as exc:  # protobuf's errors: not a model

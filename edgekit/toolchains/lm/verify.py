@@ -19,7 +19,7 @@ import numpy as np
 from edgekit.device.lm import log_softmax
 from edgekit.errors import ModelError
 
-__all__ = ["verify_export", "MAX_LOGP_DIFF", "TOKENS"]
+__all__ = ["verify_export", "check_runs", "MAX_LOGP_DIFF", "TOKENS"]
 
 # FP32 against FP32: the same arithmetic in another order agrees to ~1e-5 on the tiny test models
 # and to ~1e-4 on SmolLM2-135M; a wrong graph is off by tenths.
@@ -35,7 +35,7 @@ def verify_export(model: Path, source: Path, config: dict) -> None:
     if window:
         raise ModelError(f"model {source}: its export keeps a sliding-window KV cache ({window.get('window_size')} "
                          f"tokens in layers {window.get('layers')}), which edgekit's runner does not manage", hint=HINT)
-    ids = (np.arange(1, TOKENS + 1) * 7919) % config["vocab_size"]  # any tokens: the two must agree on all
+    ids = _tokens(config["vocab_size"])
     got = _onnx_logits(model, source, ids)
     want = _source_logits(source, ids)
     diff = float(np.abs(log_softmax(got) - log_softmax(want)).max())
@@ -43,6 +43,16 @@ def verify_export(model: Path, source: Path, config: dict) -> None:
         raise ModelError(f"model {source}: its ONNX export disagrees with transformers by {diff:.3g} nats on a "
                          f"log-probability (at most {MAX_LOGP_DIFF}): the builder gets this architecture wrong",
                          hint=HINT)
+
+
+def check_runs(model: Path, vocab: int) -> None:
+    """ModelError unless onnxruntime runs `model` through its cache (an .onnx exported before, by
+    an older edgekit or builder, is checked so before any step relies on it)."""
+    _onnx_logits(model, model, _tokens(vocab))
+
+
+def _tokens(vocab: int) -> np.ndarray:
+    return (np.arange(1, TOKENS + 1) * 7919) % vocab  # any tokens: export and source must agree on all
 
 
 def _onnx_logits(model: Path, source: Path, ids: np.ndarray) -> np.ndarray:
