@@ -21,9 +21,11 @@ fan-out's worker threads: every statement, and every transaction as a whole, hol
 from __future__ import annotations
 
 import json
+import urllib.parse
 import os
 import sqlite3
 import threading
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
 
@@ -126,7 +128,9 @@ def _dumps(value: Any) -> str:
 class Store:
     """An open store; use as a context manager or call close()."""
 
-    def __init__(self, path: Union[str, Path]):
+    def __init__(self, path: Union[str, Path], *, read_only_ok: bool = False):
+        """`read_only_ok`: a reader's open (report); a store it cannot write (a read-only file,
+        folder or medium) is then read as it is, if it is of this edgekit's schema."""
         self.path = Path(path).expanduser()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,11 +140,39 @@ class Store:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:
-            raise ConfigError(f"--store {self.path}: not a usable edgekit store ({exc}); "
-                              "give another path with --store or EDGEKIT_STORE") from exc
+            if not _cannot_write(exc, self.path):
+                raise ConfigError(f"--store {self.path}: not a usable edgekit store ({exc}); "
+                                  "give another path with --store or EDGEKIT_STORE") from exc
+            if not read_only_ok:
+                raise ConfigError(f"--store {self.path}: cannot write to it (a read-only file, folder or "
+                                  "disk); give a writable path with --store or EDGEKIT_STORE") from exc
+            self._open_read_only()
         except OSError as exc:
             raise ConfigError(f"--store {self.path}: cannot create it ({exc.strerror}); "
                               "give a writable path with --store or EDGEKIT_STORE") from exc
+
+    def _open_read_only(self) -> None:
+        """The store as it is on disk: read-only, or immutable where SQLite cannot even keep its
+        shared-memory file beside it (a read-only folder or medium: nothing else writes there)."""
+        with suppress(Exception):
+            self._db.close()
+        uri = "file:" + urllib.parse.quote(str(self.path.resolve()))
+        for mode in ("?mode=ro", "?immutable=1"):
+            try:
+                self._db = _LockedConnection(sqlite3.connect(uri + mode, uri=True, check_same_thread=False,
+                                                             isolation_level=None))
+                row = self._db.execute("SELECT version FROM schema_version").fetchone()
+                break
+            except sqlite3.DatabaseError as exc:
+                error = exc
+        else:
+            raise ConfigError(f"--store {self.path}: cannot read it ({error}); copy it to a writable "
+                              "folder and give the copy with --store") from error
+        have = row["version"] if row else 0
+        if have != SCHEMA_VERSION:
+            raise ConfigError(f"--store {self.path}: schema {have}, which this edgekit upgrades to "
+                              f"{SCHEMA_VERSION} on first use, but it cannot write to it (read-only); "
+                              "copy it to a writable folder and give the copy with --store")
 
     def _migrate(self) -> None:
         self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
@@ -430,6 +462,12 @@ def _fill_picked(db) -> None:
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
             picked = None
         db.execute("UPDATE reports SET picked = ? WHERE rowid = ?", (picked, row["rowid"]))
+
+
+def _cannot_write(exc: sqlite3.DatabaseError, path: Path) -> bool:
+    """SQLite's ways of saying an existing store may be read but not written here."""
+    message = str(exc).lower()
+    return path.is_file() and ("readonly" in message or "read-only" in message or "unable to open" in message)
 
 
 def picked_of(columns: dict) -> Optional[str]:
