@@ -132,6 +132,15 @@ class Store:
         """`read_only_ok`: a reader's open (report); a store it cannot write (a read-only file,
         folder or medium) is then read as it is, if it is of this edgekit's schema."""
         self.path = Path(path).expanduser()
+        self._db = None
+        try:
+            self._open(read_only_ok)
+        except BaseException:
+            if self._db is not None:  # a store refused is not left open (its file, its folder's mount)
+                self._db.close()
+            raise
+
+    def _open(self, read_only_ok: bool) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = _LockedConnection(sqlite3.connect(self.path, timeout=30, isolation_level=None,
@@ -156,6 +165,7 @@ class Store:
         shared-memory file beside it (a read-only folder or medium: nothing else writes there)."""
         with suppress(Exception):
             self._db.close()
+        self._db = None
         uri = "file:" + urllib.parse.quote(str(self.path.resolve()))
         for mode in ("?mode=ro", "?immutable=1"):
             try:
@@ -165,6 +175,9 @@ class Store:
                 break
             except sqlite3.DatabaseError as exc:
                 error = exc
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
         else:
             raise ConfigError(f"--store {self.path}: cannot read it ({error}); copy it to a writable "
                               "folder and give the copy with --store") from error

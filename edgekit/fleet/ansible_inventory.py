@@ -7,9 +7,9 @@ with.
 
 Ansible -> edgekit: `read_ansible` reads an INI or YAML inventory into the raw device
 entries that edgekit.fleet.inventory validates like those of a TOML one (groups become
-tags), each with the line it was given on, for errors that name it. Only plain host names
-are taken (no ranges, no dynamic inventory plugins); variables edgekit has no use for are
-left to Ansible.
+tags), each with the line it was given on, for errors that name it, with what Ansible reads
+beside it (host ranges, group_vars/ and host_vars/: edgekit.fleet.ansible_sources). Dynamic
+inventory plugins are not run; variables edgekit has no use for are left to Ansible.
 """
 
 from __future__ import annotations
@@ -21,14 +21,22 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from edgekit.errors import ConfigError
+from edgekit.fleet.ansible_sources import expand_hosts, lenient_loader, plain_value, read_vars_file, vars_files
 
 __all__ = ["host_vars", "group_name", "as_ansible", "dump_yaml", "read_ansible", "is_ansible_inventory"]
 
 ANSIBLE_SUFFIXES = (".ini", ".yml", ".yaml", ".cfg", ".hosts")
-# Ansible host variable -> edgekit device field, when both say the same thing.
-FROM_ANSIBLE = {"ansible_host": "host", "ansible_port": "port", "ansible_user": "user",
-                "ansible_ssh_private_key_file": "identity_file", "edgekit_root": "root", "edgekit_python": "python",
-                "edgekit_target": "target", "edgekit_connect_timeout": "connect_timeout"}
+# Ansible host variable -> edgekit device field, when both say the same thing. Where Ansible
+# has two names for one setting, the later one wins when both are set, as in Ansible's ssh
+# connection (its options' variables are looked up in order, the last found kept).
+FROM_ANSIBLE = {"ansible_host": "host", "ansible_ssh_host": "host", "ansible_port": "port",
+                "ansible_ssh_port": "port", "ansible_user": "user", "ansible_ssh_user": "user",
+                "ansible_private_key_file": "identity_file", "ansible_ssh_private_key_file": "identity_file",
+                "edgekit_root": "root", "edgekit_python": "python", "edgekit_target": "target",
+                "edgekit_connect_timeout": "connect_timeout"}
+USED = ("ansible_connection", "ansible_python_interpreter", "ansible_ssh_common_args")  # read besides FROM_ANSIBLE
+# Ansible's interpreter discovery: edgekit's own default (python3 on the device) instead
+INTERPRETER_DISCOVERY = ("auto", "auto_silent", "auto_legacy", "auto_legacy_silent")
 CONNECTIONS = {"local": "local", "ssh": "ssh", "smart": "ssh", "paramiko": "ssh"}
 PLAYBOOK_PYTHON = "{{ ansible_playbook_python }}"  # a local device runs on the controller's Python
 
@@ -134,23 +142,39 @@ class _Groups:
         return order
 
     def entries(self) -> list[tuple[int, dict]]:
-        """(line, raw device entry) for every host: group vars (all, parents, children), then its own."""
+        """(line, raw device entry) for every host, its variables merged as Ansible merges them
+        (edgekit.fleet.ansible_sources): the inventory's group vars, group_vars/, its own, host_vars/."""
         out = []
+        files = {}  # group -> its group_vars, read once
         for name, (line, own) in self.hosts.items():
-            groups = self.groups_of(name)
-            merged: dict = dict(self.vars.get("all", {}))
+            groups = ["all"] + [g for g in self.groups_of(name) if g != "all"]
+            merged: dict = {}
             for group in groups:
                 merged.update(self.vars.get(group, {}))
+            for group in groups:
+                if group not in files:
+                    files[group] = self._file_vars("group", group)
+                merged.update(files[group])
             merged.update(own)
+            merged.update(self._file_vars("host", name))
             out.append((line, _entry(self.path, line, name, merged, sorted(g for g in groups if g not in ("all", "ungrouped")))))
         if not out:
             raise ConfigError(f"{self.path}: no hosts in this Ansible inventory")
         return out
 
+    def _file_vars(self, kind: str, name: str) -> dict:
+        merged: dict = {}
+        for path in vars_files(self.path, kind, name):
+            merged.update(read_vars_file(path))
+        return merged
+
 
 def _entry(path: Path, line: int, name: str, variables: dict, tags: list[str]) -> dict:
     """An edgekit device entry from a host's Ansible variables."""
     raw: dict[str, Any] = {"name": name, "tags": tags}
+    where = f"{path}:{line}: host '{name}'"
+    variables = {k: plain_value(v, where, k) if (k in FROM_ANSIBLE or k in USED) and v != PLAYBOOK_PYTHON else v
+                 for k, v in variables.items()}
     connection = str(variables.get("ansible_connection", "ssh"))
     if connection not in CONNECTIONS:
         raise ConfigError(f"{path}:{line}: host '{name}': ansible_connection={connection}: edgekit reaches devices "
@@ -159,8 +183,9 @@ def _entry(path: Path, line: int, name: str, variables: dict, tags: list[str]) -
     for key, field in FROM_ANSIBLE.items():
         if key in variables:
             raw[field] = _typed(path, line, name, key, variables[key], field)
-    if "python" not in raw and "ansible_python_interpreter" in variables:
-        raw["python"] = str(variables["ansible_python_interpreter"])
+    interpreter = str(variables.get("ansible_python_interpreter", "auto"))
+    if "python" not in raw and interpreter not in INTERPRETER_DISCOVERY:
+        raw["python"] = interpreter
     jump = re.search(r"(?:-o\s*ProxyJump[=\s]|-J\s*)(\S+)", str(variables.get("ansible_ssh_common_args", "")))
     if jump:
         raw["proxy_jump"] = jump.group(1)
@@ -226,14 +251,9 @@ def _read_ini(path: Path, text: str, groups: _Groups) -> None:
                 raise ConfigError(f"{path}:{number}: '{line}': a [{section}:vars] line is key=value")
             groups.vars.setdefault(section, {})[key.strip()] = _ini_value(value.strip())
         else:
-            groups.add_host(section, _host_name(path, number, words[0]), number,
-                            _ini_vars(path, number, words[0], words[1:]))
-
-
-def _host_name(path: Path, number: int, name: str) -> str:
-    if "[" in name or "]" in name:
-        raise ConfigError(f"{path}:{number}: host '{name}': host ranges are not read by edgekit; list each host")
-    return name
+            variables = _ini_vars(path, number, words[0], words[1:])
+            for host in expand_hosts(words[0], f"{path}:{number}"):
+                groups.add_host(section, host, number, dict(variables))
 
 
 def _ini_vars(path: Path, number: int, host: str, words: list[str]) -> dict:
@@ -286,7 +306,7 @@ def _plain(node) -> Any:
     """A composed YAML node as Python values."""
     import yaml
 
-    return yaml.SafeLoader("").construct_document(node)
+    return lenient_loader()("").construct_document(node)
 
 
 def _yaml_group(path: Path, group: str, node, groups: _Groups) -> None:
@@ -297,7 +317,8 @@ def _yaml_group(path: Path, group: str, node, groups: _Groups) -> None:
                 variables = _plain(hvars) or {}
                 if not isinstance(variables, dict):
                     raise ConfigError(f"{path}:{at}: host '{host}': expected its variables as a mapping")
-                groups.add_host(group, _host_name(path, at, host), at, variables)
+                for name in expand_hosts(host, f"{path}:{at}"):
+                    groups.add_host(group, name, at, dict(variables))
         elif key == "vars":
             groups.vars.setdefault(group, {}).update(_plain(value) or {})
         elif key == "children":
