@@ -303,9 +303,7 @@ def _mapping(path: Path, node, what: str) -> list[tuple[str, Any]]:
 
 
 def _plain(node) -> Any:
-    """A composed YAML node as Python values."""
-    import yaml
-
+    """A composed YAML node as Python values (Ansible's own tags kept: ansible_sources)."""
     return lenient_loader()("").construct_document(node)
 
 

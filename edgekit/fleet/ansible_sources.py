@@ -19,7 +19,7 @@ import itertools
 import re
 import string
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from edgekit.errors import ConfigError
 
@@ -128,12 +128,3 @@ def plain_value(value: Any, where: str, key: str) -> Any:
                           "give the value itself")
     return str(value) if isinstance(value, Unresolved) else value
 
-
-def iter_host_files(inventory: Path, hosts: dict) -> Iterator[tuple[str, dict]]:
-    """(host, its host_vars) for each host that has any."""
-    for host in hosts:
-        merged: dict = {}
-        for path in vars_files(inventory, "host", host):
-            merged.update(read_vars_file(path))
-        if merged:
-            yield host, merged
