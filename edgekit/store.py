@@ -469,12 +469,19 @@ class Store:
 def _fill_picked(db) -> None:
     """`picked` for the reports stored before it was kept (a migration); a row that is no
     report any more keeps None: edgekit report reads it whole, and names it."""
-    for row in db.execute("SELECT rowid, report FROM reports WHERE picked IS NULL").fetchall():
-        try:
-            picked = picked_of(report_columns(json.loads(row["report"])))
-        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
-            picked = None
-        db.execute("UPDATE reports SET picked = ? WHERE rowid = ?", (picked, row["rowid"]))
+    last = 0
+    while True:  # a thousand reports at a time: a store of millions is not read into memory at once
+        rows = db.execute("SELECT rowid, report FROM reports WHERE picked IS NULL AND rowid > ? ORDER BY rowid "
+                          "LIMIT 1000", (last,)).fetchall()
+        if not rows:
+            return
+        for row in rows:
+            try:
+                picked = picked_of(report_columns(json.loads(row["report"])))
+            except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+                picked = None
+            db.execute("UPDATE reports SET picked = ? WHERE rowid = ?", (picked, row["rowid"]))
+        last = rows[-1]["rowid"]
 
 
 def _cannot_write(exc: sqlite3.DatabaseError, path: Path) -> bool:
