@@ -162,12 +162,19 @@ def _spread_inventory(base: Path) -> Path:
     return base / "hosts.ini"
 
 
-def test_an_inventory_spread_over_ranges_and_vars_files_reads_as_ansible_reads_it(tmp_path):
+@pytest.mark.parametrize("given", ["file", "folder"])
+def test_an_inventory_spread_over_ranges_and_vars_files_reads_as_ansible_reads_it(tmp_path, given):
     """Each host, and every setting edgekit takes from it, as `ansible-inventory --list` (the
-    real Ansible) resolves them; Ansible's later-wins aliases for one setting too."""
+    real Ansible) resolves them; Ansible's later-wins aliases for one setting too. Given as
+    a folder, its files are read in name order (what Ansible skips, skipped)."""
     from edgekit.fleet.inventory import load_inventory
 
     path = _spread_inventory(tmp_path)
+    if given == "folder":
+        (tmp_path / "site-b.yml").write_text("all:\n  children:\n    cams:\n      hosts:\n        cam09:\n"
+                                            "          ansible_port: 2299\n")
+        (tmp_path / "README.md").write_text("# the lab's inventory\n")
+        path = tmp_path
     listed = json.loads(subprocess.run([str(ANSIBLE_INVENTORY), "-i", str(path), "--list"], capture_output=True,
                                        text=True, check=True).stdout)
     hostvars = listed["_meta"]["hostvars"]
@@ -192,5 +199,15 @@ def test_an_inventory_spread_over_ranges_and_vars_files_reads_as_ansible_reads_i
     seen = {d.name: {"host": d.host, "port": d.port or 22, "user": d.user, "root": d.root, "target": d.target,
                      "python": d.python, "tags": set(d.tags)} for d in devices}
     assert [d.name for d in devices][:4] == ["cam01", "cam02", "cam03", "cam04"]
-    assert len(seen) == 9 and seen == expected
+    assert len(seen) == (10 if given == "folder" else 9) and seen == expected
     assert seen["cam02"]["port"] == 2223 and seen["gw-a.lan"]["root"] == "/opt/edge"  # the cases are exercised
+
+
+def test_a_dynamic_inventory_in_an_inventory_folder_is_refused_by_name(tmp_path):
+    _spread_inventory(tmp_path)
+    script = tmp_path / "cloud.py"
+    script.write_text("#!/usr/bin/env python3\nprint('{}')\n")
+    script.chmod(0o755)
+    result = run_edgekit("fleet", "status", "-i", tmp_path)
+    assert_clean_error(result)
+    assert f"{script}: an executable file in the inventory folder (a dynamic inventory" in result.stderr

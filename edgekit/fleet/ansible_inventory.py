@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from edgekit.errors import ConfigError
-from edgekit.fleet.ansible_sources import expand_hosts, lenient_loader, plain_value, read_vars_file, vars_files
+from edgekit.fleet.ansible_sources import (expand_hosts, inventory_files, lenient_loader, plain_value, read_vars_file,
+                                          vars_files)
 
 __all__ = ["host_vars", "group_name", "as_ansible", "dump_yaml", "read_ansible", "is_ansible_inventory"]
 
@@ -110,18 +111,21 @@ def is_ansible_inventory(path: Path) -> bool:
 
 
 class _Groups:
-    """Hosts, groups and variables as an inventory declares them, with the line of each host."""
+    """Hosts, groups and variables as an inventory declares them (a file, or the files of a
+    folder), with the file and line of each host."""
 
     def __init__(self, path: Path):
-        self.path = path
-        self.hosts: dict[str, tuple[int, dict]] = {}       # host -> (line, its own vars)
+        self.path = path                                   # the inventory as given
+        self.base = path if path.is_dir() else path.parent  # where group_vars/ and host_vars/ are
+        self.source = path                                 # the file being read
+        self.hosts: dict[str, tuple[Path, int, dict]] = {}  # host -> (file, line, its own vars)
         self.members: dict[str, set[str]] = {}             # group -> hosts
         self.children: dict[str, set[str]] = {}            # group -> child groups
         self.vars: dict[str, dict] = {}                    # group -> vars
 
     def add_host(self, group: str, name: str, line: int, variables: dict) -> None:
-        seen = self.hosts.setdefault(name, (line, {}))
-        seen[1].update(variables)
+        seen = self.hosts.setdefault(name, (self.source, line, {}))
+        seen[2].update(variables)
         self.members.setdefault(group, set()).add(name)
 
     def groups_of(self, host: str) -> list[str]:
@@ -141,12 +145,13 @@ class _Groups:
             climb(group)
         return order
 
-    def entries(self) -> list[tuple[int, dict]]:
+    def entries(self) -> list[tuple[Path, int, dict]]:
         """(line, raw device entry) for every host, its variables merged as Ansible merges them
-        (edgekit.fleet.ansible_sources): the inventory's group vars, group_vars/, its own, host_vars/."""
+        (edgekit.fleet.ansible_sources): the inventory's group vars, group_vars/, its own, host_vars/;
+        with the file and line that named the host."""
         out = []
         files = {}  # group -> its group_vars, read once
-        for name, (line, own) in self.hosts.items():
+        for name, (source, line, own) in self.hosts.items():
             groups = ["all"] + [g for g in self.groups_of(name) if g != "all"]
             merged: dict = {}
             for group in groups:
@@ -157,14 +162,15 @@ class _Groups:
                 merged.update(files[group])
             merged.update(own)
             merged.update(self._file_vars("host", name))
-            out.append((line, _entry(self.path, line, name, merged, sorted(g for g in groups if g not in ("all", "ungrouped")))))
+            tags = sorted(g for g in groups if g not in ("all", "ungrouped"))
+            out.append((source, line, _entry(source, line, name, merged, tags)))
         if not out:
             raise ConfigError(f"{self.path}: no hosts in this Ansible inventory")
         return out
 
     def _file_vars(self, kind: str, name: str) -> dict:
         merged: dict = {}
-        for path in vars_files(self.path, kind, name):
+        for path in vars_files(self.base, kind, name):
             merged.update(read_vars_file(path))
         return merged
 
@@ -209,17 +215,20 @@ def _typed(path: Path, line: int, name: str, key: str, value: Any, field: str) -
     return str(value)
 
 
-def read_ansible(path: Path) -> list[tuple[int, dict]]:
-    """(line, raw device entry) of every host of an Ansible INI or YAML inventory."""
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the inventory: {exc}") from exc
+def read_ansible(path: Path) -> list[tuple[Path, int, dict]]:
+    """(file, line, raw device entry) of every host of an Ansible INI or YAML inventory, or of
+    an inventory folder: its files in name order, as Ansible reads one (inventory_files)."""
     groups = _Groups(path)
-    if path.suffix.lower() in (".yml", ".yaml") or text.lstrip().startswith(("all:", "---")):
-        _read_yaml(path, text, groups)
-    else:
-        _read_ini(path, text, groups)
+    for source in inventory_files(path) if path.is_dir() else [path]:
+        try:
+            text = source.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{source}: cannot read the inventory: {exc}") from exc
+        groups.source = source
+        if source.suffix.lower() in (".yml", ".yaml") or text.lstrip().startswith(("all:", "---")):
+            _read_yaml(source, text, groups)
+        else:
+            _read_ini(source, text, groups)
     return groups.entries()
 
 

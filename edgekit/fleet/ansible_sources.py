@@ -16,6 +16,7 @@ group_vars/GROUP (parents before children) < the inventory file's host vars < ho
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import string
 from pathlib import Path
@@ -23,10 +24,28 @@ from typing import Any
 
 from edgekit.errors import ConfigError
 
-__all__ = ["expand_hosts", "vars_files", "read_vars_file", "lenient_loader", "plain_value", "Unresolved"]
+__all__ = ["expand_hosts", "inventory_files", "vars_files", "read_vars_file", "lenient_loader", "plain_value", "Unresolved"]
 
 _RANGE = re.compile(r"\[([^\[\]:]+):([^\[\]:]+)(?::([^\[\]:]+))?\]")
 VARS_SUFFIXES = ("", ".yml", ".yaml", ".json")
+# what Ansible skips in an inventory folder (its INVENTORY_IGNORE_EXTS), and edgekit's own files
+IGNORED_SUFFIXES = (".pyc", ".pyo", ".swp", ".bak", "~", ".rpm", ".md", ".txt", ".rst", ".orig", ".cfg", ".retry")
+
+
+def inventory_files(folder: Path) -> list[Path]:
+    """The inventory files of an inventory folder, in name order; a dynamic inventory (an
+    executable file, which Ansible would run) is refused: edgekit runs nothing it reads."""
+    files = []
+    for path in sorted(folder.iterdir()):
+        if path.is_dir() or path.name.startswith(".") or path.name.endswith(IGNORED_SUFFIXES):
+            continue
+        if os.access(path, os.X_OK):
+            raise ConfigError(f"{path}: an executable file in the inventory folder (a dynamic inventory, "
+                              "which edgekit does not run); write its output to a YAML file, or move it out")
+        files.append(path)
+    if not files:
+        raise ConfigError(f"{folder}: no inventory files in this folder")
+    return files
 
 
 def expand_hosts(pattern: str, where: str) -> list[str]:
@@ -61,9 +80,9 @@ def _one_range(start: str, end: str, step: str | None, where: str) -> list[str]:
     raise ConfigError(f"{where}: host range [{start}:{end}]: give numbers (01:40) or single letters (a:f)")
 
 
-def vars_files(inventory: Path, kind: str, name: str) -> list[Path]:
-    """group_vars/NAME or host_vars/NAME beside the inventory, as files (kind: group or host)."""
-    base = inventory.parent / f"{kind}_vars"
+def vars_files(folder: Path, kind: str, name: str) -> list[Path]:
+    """group_vars/NAME or host_vars/NAME in `folder` (the inventory's), as files (kind: group or host)."""
+    base = folder / f"{kind}_vars"
     found = []
     for suffix in VARS_SUFFIXES:
         path = base / f"{name}{suffix}"

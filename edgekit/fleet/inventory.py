@@ -90,10 +90,10 @@ def load_inventory(path: str | Path, targets_dirs: Sequence[Path] = ()) -> Inven
     from edgekit.fleet.ansible_inventory import is_ansible_inventory, read_ansible
 
     path = Path(path).expanduser()
-    if path.is_file() and is_ansible_inventory(path):
+    if path.is_dir() or path.is_file() and is_ansible_inventory(path):
         entries = read_ansible(path)
-        return _validated(path, [_device(path, line, raw, f"{path}:{line}: host '{raw['name']}'")
-                                 for line, raw in entries], targets_dirs)
+        return _validated(path, [_device(source, line, raw, f"{source}:{line}: host '{raw['name']}'")
+                                 for source, line, raw in entries], targets_dirs)
     data = read_toml(path)
     unknown = set(data) - {"defaults", "device"}
     if unknown:
