@@ -113,3 +113,13 @@ def test_the_command_line_starts_the_chart_server_first_only_for_a_fleet_page(ar
     from edgekit.cli.main import _html_report_asked
 
     assert _html_report_asked(["edgekit", *argv]) is asked
+
+
+def test_a_chart_worker_count_that_is_no_number_is_named(tmp_path):
+    from helpers.cli import assert_clean_error, run_edgekit
+    from edgekit.store import Store
+
+    Store(tmp_path / "s.db").close()
+    result = run_edgekit("report", "--store", tmp_path / "s.db", "-f", "html", "-o", tmp_path / "page.html",
+                         env={"EDGEKIT_CHART_WORKERS": "two"})
+    assert_clean_error(result, "EDGEKIT_CHART_WORKERS=two: give a number of chart workers")

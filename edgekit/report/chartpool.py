@@ -42,10 +42,11 @@ PRELOAD = ("edgekit.report._chartserver", "matplotlib.backends.backend_agg", "ma
 def _workers() -> int:
     given = os.environ.get(ENV, "").strip()
     if given:
-        try:
-            return max(0, int(given))
-        except ValueError:
-            return 0
+        if not given.isdigit():
+            from edgekit.errors import ConfigError
+
+            raise ConfigError(f"{ENV}={given}: give a number of chart workers (0 draws every chart in this process)")
+        return int(given)
     if not sys.platform.startswith("linux") or "forkserver" not in multiprocessing.get_all_start_methods():
         return 0
     return min(_cpus(), MAX_WORKERS) if _cpus() > 1 else 0
@@ -62,8 +63,13 @@ def start_server(program: tuple[str, ...] = ()) -> bool:
     imports them too: multiprocessing has each worker run the program's main module again,
     as `__mp_main__`, which took a worker 0.2 s of CPU for edgekit's command). Calling it
     again, or _start after it, finds the same server running."""
-    if _workers() <= 0:
-        return False
+    from edgekit.errors import ConfigError
+
+    try:
+        if _workers() <= 0:
+            return False
+    except ConfigError:
+        return False  # the command says so, when it makes its page
     from multiprocessing import forkserver
 
     multiprocessing.get_context("forkserver").set_forkserver_preload([*PRELOAD, *program])
