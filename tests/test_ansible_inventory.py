@@ -117,6 +117,8 @@ def test_stdout_export_is_the_same_inventory(tmp_path):
     ("hosts.ini", "[cams:hosts]\ncam1\n", "hosts.ini:1: [cams:hosts]: unknown section kind"),
     ("hosts.ini", "[cams]\ncam[01:x] edgekit_target=host-cpu\n", "hosts.ini:2: host range [01:x]: give numbers"),
     ("hosts.ini", "[cams]\ncam[1:3 edgekit_target=host-cpu\n", "hosts.ini:2: host 'cam[1:3': a host range is"),
+    ("fleet.toml", "[[device]]\nname = 'cam1'\nhost = 'h'\ntarget = 'host-cpu'\n[device.ansible_vars]\nansible_port = 22\n",
+     "device[0] 'cam1': field 'ansible_vars': ansible_port is the device's 'port': give it there"),
     ("hosts.ini", "[cams]\ncam1 edgekit_target=host-cpu ansible_host=\"{{ lookup('env','CAM') }}\"\n",
      "hosts.ini:2: host 'cam1': ansible_host={{ lookup('env','CAM') }}: a Jinja template"),
     ("hosts.yml", "all:\n  hosts:\n    cam1:\n      edgekit_target: host-cpu\n      ansible_host: !vault |\n"
@@ -147,12 +149,12 @@ def _spread_inventory(base: Path) -> Path:
     (base / "group_vars" / "cams").mkdir(parents=True)
     (base / "host_vars").mkdir()
     (base / "hosts.ini").write_text(
-        "[cams]\ncam[01:04]\n\n[gws]\ngw-[a:b].lan ansible_ssh_port=2200\n"
+        "[cams]\ncam[01:04]\n\n[gws]\ngw-[a:b].lan ansible_ssh_port=2200 ansible_ssh_common_args='-o ProxyJump=bastion -o Compression=no'\n"
         "n[0:20:10] ansible_port=2201\n\n[site_a:children]\ncams\ngws\n\n"
         "[site_a:vars]\nedgekit_root=/srv/inventory\nansible_user=root\n\n"
         "[all:vars]\nansible_python_interpreter=auto_silent\n")
     (base / "group_vars" / "all.yml").write_text(
-        "edgekit_target: host-cpu\nedgekit_root: /srv/edge\nansible_become_password: !vault |\n"
+        "edgekit_target: host-cpu\nedgekit_root: /srv/edge\nansible_become: true\nansible_become_password: !vault |\n"
         "  $ANSIBLE_VAULT;1.1;AES256\n  6162636465\n")
     (base / "group_vars" / "cams" / "10-port.yml").write_text("ansible_port: 2222\n")
     (base / "group_vars" / "cams" / "20-user.yaml").write_text("ansible_user: pi\n")
@@ -201,6 +203,16 @@ def test_an_inventory_spread_over_ranges_and_vars_files_reads_as_ansible_reads_i
     assert [d.name for d in devices][:4] == ["cam01", "cam02", "cam03", "cam04"]
     assert len(seen) == (10 if given == "folder" else 9) and seen == expected
     assert seen["cam02"]["port"] == 2223 and seen["gw-a.lan"]["root"] == "/opt/edge"  # the cases are exercised
+    # Ansible's other settings of a host ride along for the Ansible engine, but a vaulted one
+    from edgekit.fleet.ansible_inventory import EDGEKIT_SETS, FROM_ANSIBLE, host_vars
+
+    passed = {h: {k for k in v if k.startswith("ansible_") and k not in FROM_ANSIBLE and k not in EDGEKIT_SETS
+                  and k != "ansible_become_password"} for h, v in hostvars.items()}
+    assert {d.name: set(d.ansible_vars) for d in devices} == passed and passed["cam01"] == {"ansible_become"}
+    assert all(host_vars(d)["ansible_become"] is True for d in devices)
+    gw = next(d for d in devices if d.name == "gw-a.lan")  # the jump is a field, the rest rides along
+    assert gw.proxy_jump == "bastion" and gw.ansible_vars["ansible_ssh_common_args"] == "-o Compression=no"
+    assert host_vars(gw)["ansible_ssh_common_args"] == "-o ProxyJump=bastion -o Compression=no"
 
 
 def test_a_dynamic_inventory_in_an_inventory_folder_is_refused_by_name(tmp_path):

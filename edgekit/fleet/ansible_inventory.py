@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from edgekit.errors import ConfigError
-from edgekit.fleet.ansible_sources import (expand_hosts, inventory_files, lenient_loader, plain_value, read_vars_file,
-                                          vars_files)
+from edgekit.fleet.ansible_sources import (Unresolved, expand_hosts, inventory_files, lenient_loader, plain_value,
+                                          read_vars_file, vars_files)
 
 __all__ = ["host_vars", "group_name", "as_ansible", "dump_yaml", "read_ansible", "is_ansible_inventory"]
 
@@ -36,10 +36,14 @@ FROM_ANSIBLE = {"ansible_host": "host", "ansible_ssh_host": "host", "ansible_por
                 "edgekit_root": "root", "edgekit_python": "python", "edgekit_target": "target",
                 "edgekit_connect_timeout": "connect_timeout"}
 USED = ("ansible_connection", "ansible_python_interpreter", "ansible_ssh_common_args")  # read besides FROM_ANSIBLE
+# what the Ansible engine sets itself; every other ansible_* variable of a host is passed on
+# (Device.ansible_vars) but a vaulted one (edgekit gives Ansible no vault password)
+EDGEKIT_SETS = ("ansible_connection", "ansible_python_interpreter")
 # Ansible's interpreter discovery: edgekit's own default (python3 on the device) instead
 INTERPRETER_DISCOVERY = ("auto", "auto_silent", "auto_legacy", "auto_legacy_silent")
 CONNECTIONS = {"local": "local", "ssh": "ssh", "smart": "ssh", "paramiko": "ssh"}
 PLAYBOOK_PYTHON = "{{ ansible_playbook_python }}"  # a local device runs on the controller's Python
+JUMP = re.compile(r"(?:-o\s*ProxyJump[=\s]|-J\s*)(\S+)")  # a jump host in ansible_ssh_common_args
 
 
 # edgekit.fleet.inventory reads Ansible inventories with this module: the devices written
@@ -51,8 +55,10 @@ def host_vars(d) -> dict[str, Any]:
     if d.transport == "ssh":
         out.update({k: v for k, v in (("ansible_host", d.host), ("ansible_port", d.port), ("ansible_user", d.user),
                                       ("ansible_ssh_private_key_file", d.identity_file)) if v is not None})
-        if d.proxy_jump:
-            out["ansible_ssh_common_args"] = f"-o ProxyJump={d.proxy_jump}"
+    out.update(d.ansible_vars)  # the inventory's own ansible_* settings (become, ssh arguments, ...)
+    if d.transport == "ssh" and d.proxy_jump:
+        out["ansible_ssh_common_args"] = " ".join([f"-o ProxyJump={d.proxy_jump}",
+                                                   *[str(d.ansible_vars.get("ansible_ssh_common_args", ""))]]).strip()
     python = d.python or (PLAYBOOK_PYTHON if d.transport == "local" else None)
     if python:  # the modules and the runner run on the same Python
         out.update(ansible_python_interpreter=python, edgekit_python=python)
@@ -192,11 +198,20 @@ def _entry(path: Path, line: int, name: str, variables: dict, tags: list[str]) -
     interpreter = str(variables.get("ansible_python_interpreter", "auto"))
     if "python" not in raw and interpreter not in INTERPRETER_DISCOVERY:
         raw["python"] = interpreter
-    jump = re.search(r"(?:-o\s*ProxyJump[=\s]|-J\s*)(\S+)", str(variables.get("ansible_ssh_common_args", "")))
+    common = str(variables.get("ansible_ssh_common_args", ""))
+    jump = JUMP.search(common)
     if jump:
         raw["proxy_jump"] = jump.group(1)
+    rest = JUMP.sub("", common).strip()  # the other ssh arguments ride along (below), the jump is a field
+    variables = {k: v for k, v in variables.items() if k != "ansible_ssh_common_args"}
+    if rest:
+        variables["ansible_ssh_common_args"] = rest
     if raw.get("python") == PLAYBOOK_PYTHON:
         del raw["python"]  # this Python, as for a local device of a TOML inventory
+    passed = {k: v for k, v in variables.items() if k.startswith("ansible_") and k not in FROM_ANSIBLE
+              and k not in EDGEKIT_SETS and not isinstance(v, Unresolved) and isinstance(v, (bool, int, float, str))}
+    if passed:
+        raw["ansible_vars"] = passed
     if raw["transport"] == "ssh":
         raw.setdefault("host", name)  # as Ansible does: the inventory name is the address
     if "target" not in raw:
