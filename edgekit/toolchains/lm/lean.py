@@ -50,16 +50,17 @@ class LeanChoice:
 
 
 def choose_plain(proto, reference: Path, head: str, tied: bool, emb: str, bits: int, block: int,
-                 windows: np.ndarray, budget: Optional[float] = None) -> LeanChoice:
+                 windows: np.ndarray, budget: Optional[float] = None, importance=None) -> LeanChoice:
     """The groups of `proto` (normalized and fused: edgekit.toolchains.lm.offsets) to make plain.
     `reference`: the FP32 model; `windows` [N, S]: calibration token ids; `budget`: LEAN_BUDGET
-    unless given."""
+    unless given; `importance`: the blocks' weights by input (as minmax_offset takes them), so
+    that what is measured is what the recipe writes."""
     from edgekit.device.lm import log_softmax, open_lm
     from edgekit.toolchains.lm.graph import lm_meta_of, save
 
     tokens = _tokens(windows)
     ref = log_softmax(open_lm(str(reference)).window_logits(tokens))
-    gated, names = _gated_copy(proto, head, tied, emb, bits, block)
+    gated, names = _gated_copy(proto, head, tied, emb, bits, block, importance or {})
     with tempfile.TemporaryDirectory(prefix="edgekit-lean-") as tmp:
         lm = open_lm(str(save(gated, Path(tmp) / "gated.onnx", lm_meta_of(proto))))
 
@@ -98,7 +99,7 @@ def _longest_run(order: list, added, limit: float) -> tuple:
     return lo, spent
 
 
-def _gated_copy(proto, head: str, tied: bool, emb: str, bits: int, block: int):
+def _gated_copy(proto, head: str, tied: bool, emb: str, bits: int, block: int, importance: dict):
     """A float copy: each group's MatMul reads its offset weights and adds gate[i] times x @
     (zero-point weights - offset weights); the head (and a tied embedding) its offset weights."""
     import onnx
@@ -113,24 +114,24 @@ def _gated_copy(proto, head: str, tied: bool, emb: str, bits: int, block: int):
     nodes = {n.name: n for n in g.node}
     inits = {i.name: i for i in g.initializer}
     head_w = nodes[head].input[1]
-    w_head = _offset_weights(numpy_helper.to_array(inits[head_w]), bits, block)
+    w_head = _offset_weights(numpy_helper.to_array(inits[head_w]), bits, block, importance.get(nodes[head].input[0]))
     inits[head_w].CopyFrom(numpy_helper.from_array(w_head, head_w))
     if tied:
         table = nodes[emb].input[0]
         inits[table].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w_head.T), table))
     g.input.append(helper.make_tensor_value_info(GATE, onnx.TensorProto.FLOAT, [len(groups)]))
     for i, (name, (x, weight)) in enumerate(groups.items()):
-        _gate(g, nodes[name], x, numpy_helper.to_array(weight).astype(np.float32), bits, block, i)
+        _gate(g, nodes[name], x, numpy_helper.to_array(weight).astype(np.float32), bits, block, i, importance.get(x))
     return copy, list(groups)
 
 
-def _gate(g, node, x: str, w: np.ndarray, bits: int, block: int, index: int) -> None:
+def _gate(g, node, x: str, w: np.ndarray, bits: int, block: int, index: int, importance=None) -> None:
     from onnx import helper, numpy_helper
 
-    off = _offset_weights(w, bits, block)
+    off = _offset_weights(w, bits, block, importance)
     base, y = node.name, node.output[0]
     g.initializer.extend([numpy_helper.from_array(off, base + "_lean_off"),
-                          numpy_helper.from_array(_zero_point_weights(w, bits, block) - off, base + "_lean_delta"),
+                          numpy_helper.from_array(_zero_point_weights(w, bits, block, importance) - off, base + "_lean_delta"),
                           numpy_helper.from_array(np.array(index, np.int64), base + "_lean_index")])
     node.input[1], node.output[0] = base + "_lean_off", base + "_lean_y"
     make = helper.make_node
@@ -143,17 +144,17 @@ def _gate(g, node, x: str, w: np.ndarray, bits: int, block: int, index: int) -> 
         g.node.insert(at + k, extra)
 
 
-def _offset_weights(w: np.ndarray, bits: int, block: int) -> np.ndarray:
+def _offset_weights(w: np.ndarray, bits: int, block: int, importance=None) -> np.ndarray:
     from edgekit.toolchains.lm.offsets import offset_grid
 
-    q, scale, offset = offset_grid(w, bits, block)
+    q, scale, offset = offset_grid(w, bits, block, importance)
     return _unblock((q.astype(np.float32) - 2 ** (bits - 1)) * scale + offset)
 
 
-def _zero_point_weights(w: np.ndarray, bits: int, block: int) -> np.ndarray:
+def _zero_point_weights(w: np.ndarray, bits: int, block: int, importance=None) -> np.ndarray:
     from edgekit.toolchains.lm.offsets import zero_point_grid
 
-    q, scale, zero = zero_point_grid(w, bits, block)
+    q, scale, zero = zero_point_grid(w, bits, block, importance)
     return _unblock((q.astype(np.float32) - zero) * scale)
 
 
