@@ -13,12 +13,16 @@ and loses accuracy, more in some groups than in others. So the lean recipe measu
 2. cost of a group = mean KL(FP32 || model) per token on the calibration windows with that
    group dropped alone, minus the KL with none dropped (nats/token);
 3. the groups sorted by cost, the longest run of the cheapest whose joint drop (measured, not
-   summed: binary search on the run's length) adds at most ln(1 + LEAN_BUDGET) nats/token.
+   summed: binary search on the run's length) keeps the model's whole KL (head4's own plus
+   what the drop adds) at most ln(1 + LEAN_BUDGET) nats/token.
 
-The KL added approximates the log of the perplexity ratio on text like the calibration text
-(the expected cross-entropy added is the KL), so LEAN_BUDGET reads as a perplexity increase.
-It is fixed, not the target's: the file does not depend on the target (the calibrate search
-judges it against each target's max_ppl_increase beside the accurate candidates).
+The KL approximates the log of the perplexity ratio on text like the calibration text (the
+expected cross-entropy added is the KL), so LEAN_BUDGET reads as a perplexity increase over
+FP32. It bounds the total, not the drops alone: how much the drops may spend then follows from
+how good head4 already is (the calibration-weighted blocks halved its KL on SmolLM2-135M, and a
+budget over head4's own would have left that gain unspent). It is fixed, not the target's: the
+file does not depend on the target (the calibrate search judges it against each target's
+max_ppl_increase beside the accurate candidates).
 """
 
 from __future__ import annotations
@@ -32,15 +36,18 @@ import numpy as np
 
 __all__ = ["LEAN_BUDGET", "LEAN_TOKENS", "LeanChoice", "choose_plain"]
 
-LEAN_BUDGET = 0.02  # perplexity the dropped offsets may add over minmax-offset-head4 (see the README)
+# perplexity increase over FP32 the lean model may reach on the calibration text: 7% of the
+# issue's 10%, since eval text read up to 1.26x the calibration text's (README)
+LEAN_BUDGET = 0.07
 LEAN_TOKENS = 256  # calibration tokens measured per model (one window of 256: ~1 s per run on SmolLM2-135M)
 GATE = "lean_gate"
 
 
 @dataclass
 class LeanChoice:
-    """What was measured: per group the KL its drop alone adds, the groups dropped, and the KL
-    the joint drop adds (nats/token over the head4 model's own)."""
+    """What was measured: per group the KL its drop alone adds, the groups dropped, the KL the
+    joint drop adds (nats/token over the head4 model's own: `base_kl`) and what it could add
+    (`limit`: the budget less `base_kl`)."""
 
     costs: dict
     plain: list = field(default_factory=list)
@@ -73,7 +80,7 @@ def choose_plain(proto, reference: Path, head: str, tied: bool, emb: str, bits: 
         base = kl([])
         costs = {n: kl([n]) - base for n in names}
         order = sorted(names, key=costs.get)
-        limit = float(np.log1p(LEAN_BUDGET if budget is None else budget))
+        limit = float(np.log1p(LEAN_BUDGET if budget is None else budget)) - base
         keep, spent = _longest_run(order, lambda run: kl(run) - base, limit)
     return LeanChoice(costs=costs, plain=order[:keep], spent=spent, base_kl=base, limit=limit)
 
