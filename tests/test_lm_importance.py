@@ -122,3 +122,20 @@ def test_calibration_text_makes_the_offset_recipes_closer_to_fp32(tiny_lm, calib
     plain, weighted = scores
     assert weighted["kl_divergence"] < plain["kl_divergence"], scores
     assert abs(weighted["ppl_increase"]) <= abs(plain["ppl_increase"]) + 1e-3, scores
+
+
+def test_the_toolchain_weighs_by_calibration_text_when_given_and_needs_none(tiny_lm, tmp_path):
+    """`edgekit quantize` / calibrate's path: the offset recipes take the calibration text when
+    there is some (the head's blocks change) and are made without it all the same."""
+    from edgekit.datasets import load_dataset
+    from edgekit.recipes import Recipe
+    from edgekit.toolchains import TOOLCHAINS
+
+    lm = TOOLCHAINS["lm"]
+    recipe = Recipe(precision="int4-block", algorithm="minmax-offset-head4", block_size=BLOCK)
+    plain = lm.quantize(tiny_lm.fp32, recipe, tmp_path / "plain" / "model.onnx")
+    weighted = lm.quantize(tiny_lm.fp32, recipe, tmp_path / "weighted" / "model.onnx",
+                           calibration=load_dataset(tiny_lm.calib))
+    # (the toolchain keeps hard links to what it made, which onnx.load refuses: compare the bytes)
+    data = [(path.parent / (path.name + ".data")).read_bytes() for path in (plain, weighted)]
+    assert len(data[0]) == len(data[1]) and data[0] != data[1]
