@@ -99,8 +99,9 @@ def test_importance_is_the_mean_square_of_each_projection_input(tiny_lm, calib):
 @pytest.mark.parametrize("algorithm", ["minmax-offset", "minmax-offset-head4"])
 def test_calibration_text_makes_the_offset_recipes_closer_to_fp32(tiny_lm, calib, algorithm, tmp_path):
     """The same recipe with and without the calibration text, scored on the eval text (not the
-    calibration text) against FP32: the weighted one's KL is lower and its perplexity no further
-    from FP32's (the tiny model's may land either side of it)."""
+    calibration text) against FP32: the weighted one's KL is lower. (Its perplexity is only
+    checked to stay near FP32's: the tiny model's, about 85, moves by +-0.3% either way with any
+    change of weights, so KL says which model is closer; SmolLM2's figures are in the README.)"""
     from edgekit.datasets import load_dataset
     from edgekit.device.lm import open_lm
     from edgekit.device.lm_evaluate import TextScore, reference_of
@@ -120,8 +121,8 @@ def test_calibration_text_makes_the_offset_recipes_closer_to_fp32(tiny_lm, calib
             score.update(lm.window_logits(w), w, *r)
         scores.append(score.result())
     plain, weighted = scores
-    assert weighted["kl_divergence"] < plain["kl_divergence"], scores
-    assert abs(weighted["ppl_increase"]) <= abs(plain["ppl_increase"]) + 1e-3, scores
+    assert weighted["kl_divergence"] < 0.95 * plain["kl_divergence"], scores
+    assert abs(weighted["ppl_increase"]) < 0.01 and weighted["top1_agreement"] > 0.9, scores
 
 
 def test_the_toolchain_weighs_by_calibration_text_when_given_and_needs_none(tiny_lm, tmp_path):
