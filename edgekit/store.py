@@ -1,16 +1,6 @@
 """The host's store: one SQLite file with devices, device reports and rollouts.
 
-    schema_version    one row: the schema this file has (migrations bring it up to date)
-    devices           every device seen: target, last contact, last error
-    reports           validated device reports, one per (device, run_id): collecting twice adds nothing
-    collect_errors    reports that failed validation, per device and file
-    rollouts          one per `edgekit rollout`: bundle, options, outcome
-    rollout_waves     the waves of a rollout (canary, batch 1, ...) and how each ended
-    rollout_events    what happened to each device in each wave (install, gate, rollback, ...)
-    device_models     what the store believes runs where: per device and bundle name, the
-                      current and previous versions, from the last command that changed or saw them
-    device_events     every change of what a device runs (push --activate, rollback, restore,
-                      gc, a rollout's deploy and restore), with where it came from
+    its tables and migrations: edgekit.store_schema
 
 The default file is $EDGEKIT_STORE, else $XDG_DATA_HOME/edgekit/edgekit.db, else
 ~/.local/share/edgekit/edgekit.db; `--store` overrides both. The file is opened in WAL mode
@@ -23,91 +13,21 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
 
 from edgekit.errors import ConfigError
 from edgekit.report_row import REPORT_FIELDS, report_columns
+from edgekit.store_schema import MIGRATIONS, PICKED, REPORT_COLUMNS, SCHEMA_VERSION, picked_of
+from edgekit.store_sqlite import LockedConnection, Transaction, cannot_write, open_read_only
 from edgekit.words import utc_now
 
 if TYPE_CHECKING:  # its pydantic models load when reports are read: a push's record needs none
     from edgekit.device_report import DeviceReport
 
-__all__ = ["Store", "open_store", "default_store_path", "utc_now", "SCHEMA_VERSION"]
-
-MIGRATIONS = [
-    """
-    CREATE TABLE devices (
-        name TEXT PRIMARY KEY, target TEXT, transport TEXT, host TEXT,
-        first_seen_at TEXT NOT NULL, last_contact_at TEXT, reachable INTEGER, last_error TEXT
-    );
-    CREATE TABLE reports (
-        device TEXT NOT NULL, run_id TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL,
-        status TEXT NOT NULL, error TEXT, started_at TEXT, finished_at TEXT, collected_at TEXT NOT NULL,
-        target TEXT, precision TEXT, bundle_sha256 TEXT, runtime TEXT, runtime_version TEXT,
-        accuracy REAL, accuracy_expected REAL, cosine REAL,
-        latency_p50 REAL, latency_p95 REAL, peak_rss_mb REAL, model_mb REAL,
-        source TEXT, report TEXT NOT NULL,
-        PRIMARY KEY (device, run_id)
-    );
-    CREATE INDEX reports_by_bundle ON reports (name, version);
-    CREATE TABLE collect_errors (
-        device TEXT NOT NULL, source TEXT NOT NULL, error TEXT NOT NULL,
-        first_seen_at TEXT NOT NULL, last_seen_at TEXT NOT NULL,
-        PRIMARY KEY (device, source, error)
-    );
-    CREATE TABLE rollouts (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, version TEXT NOT NULL, target TEXT NOT NULL,
-        bundle_sha256 TEXT NOT NULL, bundle_path TEXT, options TEXT NOT NULL,
-        started_at TEXT NOT NULL, finished_at TEXT, status TEXT NOT NULL, reason TEXT
-    );
-    CREATE TABLE rollout_waves (
-        rollout_id INTEGER NOT NULL REFERENCES rollouts(id), wave INTEGER NOT NULL, kind TEXT NOT NULL,
-        devices TEXT NOT NULL, started_at TEXT NOT NULL, finished_at TEXT, status TEXT NOT NULL, reason TEXT,
-        PRIMARY KEY (rollout_id, wave)
-    );
-    CREATE TABLE rollout_events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, rollout_id INTEGER NOT NULL REFERENCES rollouts(id),
-        wave INTEGER NOT NULL, device TEXT NOT NULL, event TEXT NOT NULL, ok INTEGER NOT NULL,
-        detail TEXT NOT NULL, at TEXT NOT NULL
-    );
-    """,
-    """
-    CREATE TABLE device_models (
-        device TEXT NOT NULL, name TEXT NOT NULL, current TEXT, previous TEXT, installed TEXT,
-        gated INTEGER NOT NULL, good TEXT, source TEXT NOT NULL, updated_at TEXT NOT NULL,
-        PRIMARY KEY (device, name)
-    );
-    CREATE TABLE device_events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL, name TEXT NOT NULL, action TEXT NOT NULL,
-        ok INTEGER NOT NULL, before TEXT, after TEXT, rollout_id INTEGER, detail TEXT NOT NULL, at TEXT NOT NULL
-    );
-    CREATE INDEX device_events_by_device ON device_events (device, name);
-    ALTER TABLE devices ADD COLUMN clock_skew_s REAL
-    """,
-    # A rollout's events are read by rollout id (every report loads every rollout's): without
-    # these, each rollout read the whole event table of every rollout before it.
-    """
-    CREATE INDEX rollout_events_by_rollout ON rollout_events (rollout_id, id);
-    CREATE INDEX device_events_by_rollout ON device_events (rollout_id)
-    """,
-    # A report's other fields (PICKED), picked out once when it is stored, not on every read:
-    # SQLite's JSON functions took 0.25 s to pick them out of 10,000 reports for each report.
-    """
-    ALTER TABLE reports ADD COLUMN picked TEXT
-    """,
-    lambda db: _fill_picked(db),  # the reports stored before
-]
-SCHEMA_VERSION = len(MIGRATIONS)
-REPORT_COLUMNS = ("device", "run_id", "name", "version", "status", "error", "started_at", "finished_at",
-                  "collected_at", "target", "precision", "bundle_sha256", "runtime", "runtime_version",
-                  "accuracy", "accuracy_expected", "cosine", "latency_p50", "latency_p95", "peak_rss_mb",
-                  "model_mb", "source")
-# A report's fields beyond the store's columns, kept as one JSON array (`picked`, picked_of)
-PICKED = tuple(f for f, _, _ in REPORT_FIELDS if f not in REPORT_COLUMNS)
-
-
+__all__ = ["Store", "open_store", "default_store_path", "utc_now", "SCHEMA_VERSION", "REPORT_COLUMNS", "MIGRATIONS",
+           "picked_of"]
 
 
 def default_store_path() -> Path:
@@ -126,21 +46,49 @@ def _dumps(value: Any) -> str:
 class Store:
     """An open store; use as a context manager or call close()."""
 
-    def __init__(self, path: Union[str, Path]):
+    def __init__(self, path: Union[str, Path], *, read_only_ok: bool = False):
+        """`read_only_ok`: a reader's open (report); a store it cannot write (a read-only file,
+        folder or medium) is then read as it is, if it is of this edgekit's schema."""
         self.path = Path(path).expanduser()
+        self._db = None
+        try:
+            self._open(read_only_ok)
+        except BaseException:
+            if self._db is not None:  # a store refused is not left open (its file, its folder's mount)
+                self._db.close()
+            raise
+
+    def _open(self, read_only_ok: bool) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = _LockedConnection(sqlite3.connect(self.path, timeout=30, isolation_level=None,
+            self._db = LockedConnection(sqlite3.connect(self.path, timeout=30, isolation_level=None,
                                                          check_same_thread=False))
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:
-            raise ConfigError(f"--store {self.path}: not a usable edgekit store ({exc}); "
-                              "give another path with --store or EDGEKIT_STORE") from exc
+            if not cannot_write(exc, self.path):
+                raise ConfigError(f"--store {self.path}: not a usable edgekit store ({exc}); "
+                                  "give another path with --store or EDGEKIT_STORE") from exc
+            if not read_only_ok:
+                raise ConfigError(f"--store {self.path}: cannot write to it (a read-only file, folder or "
+                                  "disk); give a writable path with --store or EDGEKIT_STORE") from exc
+            self._open_read_only()
         except OSError as exc:
             raise ConfigError(f"--store {self.path}: cannot create it ({exc.strerror}); "
                               "give a writable path with --store or EDGEKIT_STORE") from exc
+
+    def _open_read_only(self) -> None:
+        with suppress(Exception):
+            self._db.close()
+        self._db, have, error = open_read_only(self.path)
+        if self._db is None:
+            raise ConfigError(f"--store {self.path}: cannot read it ({error}); copy it to a writable "
+                              "folder and give the copy with --store") from error
+        if have != SCHEMA_VERSION:
+            raise ConfigError(f"--store {self.path}: schema {have}, which this edgekit upgrades to "
+                              f"{SCHEMA_VERSION} on first use, but it cannot write to it (read-only); "
+                              "copy it to a writable folder and give the copy with --store")
 
     def _migrate(self) -> None:
         self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
@@ -164,13 +112,13 @@ class Store:
                 self._db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
 
     def _transaction(self):
-        return _Transaction(self._db)
+        return Transaction(self._db)
 
     def batch(self):
         """One transaction for many writes (a wave's device records): one commit, one sync to
         disk, instead of one for each. Writes inside it that open their own transaction
         join this one; another thread's statements wait until it ends."""
-        return _Transaction(self._db)
+        return Transaction(self._db)
 
     def schema_version(self) -> int:
         return self._db.execute("SELECT version FROM schema_version").fetchone()["version"]
@@ -421,25 +369,6 @@ class Store:
         return [{**_rollout_dict(r), "waves": waves[r["id"]], "events": events[r["id"]]} for r in rows]
 
 
-def _fill_picked(db) -> None:
-    """`picked` for the reports stored before it was kept (a migration); a row that is no
-    report any more keeps None: edgekit report reads it whole, and names it."""
-    for row in db.execute("SELECT rowid, report FROM reports WHERE picked IS NULL").fetchall():
-        try:
-            picked = picked_of(report_columns(json.loads(row["report"])))
-        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
-            picked = None
-        db.execute("UPDATE reports SET picked = ? WHERE rowid = ?", (picked, row["rowid"]))
-
-
-def picked_of(columns: dict) -> Optional[str]:
-    """What the store keeps of a report's flat row beside its own columns (PICKED, as a JSON
-    array), or None: a language model's report is read whole (its curve is in it)."""
-    if columns.get("perplexity") is not None:
-        return None
-    return _dumps([columns[f] for f in PICKED])
-
-
 def _event_columns(keys: Optional[Sequence[str]]) -> str:
     """A rollout event's columns, its detail whole or as an object of only `keys` of it (ours:
     plain words, no quoting)."""
@@ -449,53 +378,6 @@ def _event_columns(keys: Optional[Sequence[str]]) -> str:
         raise ValueError(f"detail keys must be plain words: {keys}")
     picked = ", ".join(f"'{k}', json_extract(detail, '$.{k}')" for k in keys)
     return f"id, rollout_id, wave, device, event, ok, at, json_object({picked}) AS detail"
-
-
-class _LockedConnection:
-    """A connection that one thread at a time uses: a statement, or a whole transaction."""
-
-    def __init__(self, db: sqlite3.Connection):
-        db.row_factory = sqlite3.Row
-        self._conn = db
-        self.lock = threading.RLock()
-        self.depth = 0  # open transactions (nested ones join the outermost); guarded by `lock`
-
-    def execute(self, sql: str, args: Sequence = ()) -> sqlite3.Cursor:
-        with self.lock:
-            return self._conn.execute(sql, args)
-
-    def close(self) -> None:
-        with self.lock:
-            self._conn.close()
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (autocommit otherwise); the
-    connection's lock is held throughout, so another thread's statement waits. Nested in
-    another on the same thread, it is part of the outer one (which commits or rolls back)."""
-
-    def __init__(self, db: _LockedConnection):
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.lock.acquire()
-        self._db.depth += 1
-        if self._db.depth > 1:
-            return
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            self._db.depth -= 1
-            self._db.lock.release()
-            raise
-
-    def __exit__(self, exc_type, *_) -> None:
-        self._db.depth -= 1
-        try:
-            if self._db.depth == 0:
-                self._db.execute("ROLLBACK" if exc_type else "COMMIT")
-        finally:
-            self._db.lock.release()
 
 
 def _where(**filters) -> tuple[str, list]:

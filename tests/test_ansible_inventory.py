@@ -115,7 +115,14 @@ def test_stdout_export_is_the_same_inventory(tmp_path):
     ("hosts.ini", "[cams]\ncam1 ansible_host=10.0.0.1\n", "hosts.ini:2: host 'cam1': no edgekit_target"),
     ("hosts.ini", "[cams\ncam1\n", "hosts.ini:1: '[cams': a section is [group]"),
     ("hosts.ini", "[cams:hosts]\ncam1\n", "hosts.ini:1: [cams:hosts]: unknown section kind"),
-    ("hosts.ini", "[cams]\ncam[01:20] edgekit_target=host-cpu\n", "hosts.ini:2: host 'cam[01:20]': host ranges"),
+    ("hosts.ini", "[cams]\ncam[01:x] edgekit_target=host-cpu\n", "hosts.ini:2: host range [01:x]: give numbers"),
+    ("hosts.ini", "[cams]\ncam[1:3 edgekit_target=host-cpu\n", "hosts.ini:2: host 'cam[1:3': a host range is"),
+    ("fleet.toml", "[[device]]\nname = 'cam1'\nhost = 'h'\ntarget = 'host-cpu'\n[device.ansible_vars]\nansible_port = 22\n",
+     "device[0] 'cam1': field 'ansible_vars': ansible_port is the device's 'port': give it there"),
+    ("hosts.ini", "[cams]\ncam1 edgekit_target=host-cpu ansible_host=\"{{ lookup('env','CAM') }}\"\n",
+     "hosts.ini:2: host 'cam1': ansible_host={{ lookup('env','CAM') }}: a Jinja template"),
+    ("hosts.yml", "all:\n  hosts:\n    cam1:\n      edgekit_target: host-cpu\n      ansible_host: !vault |\n"
+     "        $ANSIBLE_VAULT;1.1;AES256\n        6162\n", "hosts.yml:3: host 'cam1': ansible_host is encrypted"),
     ("hosts.ini", "[cams]\ncam1 edgekit_target=host-cpu ansible_connection=winrm\n",
      "hosts.ini:2: host 'cam1': ansible_connection=winrm"),
     ("hosts.ini", "[cams]\ncam1 edgekit_target=host-cpu ansible_port=70000\n", "hosts.ini:2: host 'cam1': field 'port'"),
@@ -133,3 +140,86 @@ def test_a_wrong_ansible_inventory_is_named_by_file_and_line(tmp_path, name, tex
     result = run_edgekit("fleet", "status", "-i", path)
     assert_clean_error(result)
     assert says in result.stderr, result.stderr
+
+
+def _spread_inventory(base: Path) -> Path:
+    """An INI inventory as fleets write them: host ranges, nested groups, group_vars/ and
+    host_vars/ files and folders beside it, old and new names of one setting, a vaulted
+    secret edgekit does not need, interpreter discovery."""
+    (base / "group_vars" / "cams").mkdir(parents=True)
+    (base / "host_vars").mkdir()
+    (base / "hosts.ini").write_text(
+        "[cams]\ncam[01:04]\n\n[gws]\ngw-[a:b].lan ansible_ssh_port=2200 ansible_ssh_common_args='-o ProxyJump=bastion -o Compression=no'\n"
+        "n[0:20:10] ansible_port=2201\n\n[site_a:children]\ncams\ngws\n\n"
+        "[site_a:vars]\nedgekit_root=/srv/inventory\nansible_user=root\n\n"
+        "[all:vars]\nansible_python_interpreter=auto_silent\n")
+    (base / "group_vars" / "all.yml").write_text(
+        "edgekit_target: host-cpu\nedgekit_root: /srv/edge\nansible_become: true\nansible_become_password: !vault |\n"
+        "  $ANSIBLE_VAULT;1.1;AES256\n  6162636465\n")
+    (base / "group_vars" / "cams" / "10-port.yml").write_text("ansible_port: 2222\n")
+    (base / "group_vars" / "cams" / "20-user.yaml").write_text("ansible_user: pi\n")
+    (base / "group_vars" / "gws.json").write_text('{"edgekit_root": "/opt/edge"}')
+    (base / "host_vars" / "cam02.yml").write_text("ansible_ssh_port: 2223\nedgekit_python: /usr/bin/python3.11\n")
+    (base / "host_vars" / "cam03").write_text("ansible_port: 2224\nansible_ssh_host: 10.0.0.3\nansible_host: 10.9.9.9\n")
+    return base / "hosts.ini"
+
+
+@pytest.mark.parametrize("given", ["file", "folder"])
+def test_an_inventory_spread_over_ranges_and_vars_files_reads_as_ansible_reads_it(tmp_path, given):
+    """Each host, and every setting edgekit takes from it, as `ansible-inventory --list` (the
+    real Ansible) resolves them; Ansible's later-wins aliases for one setting too. Given as
+    a folder, its files are read in name order (what Ansible skips, skipped)."""
+    from edgekit.fleet.inventory import load_inventory
+
+    path = _spread_inventory(tmp_path)
+    if given == "folder":
+        (tmp_path / "site-b.yml").write_text("all:\n  children:\n    cams:\n      hosts:\n        cam09:\n"
+                                            "          ansible_port: 2299\n")
+        (tmp_path / "README.md").write_text("# the lab's inventory\n")
+        path = tmp_path
+    listed = json.loads(subprocess.run([str(ANSIBLE_INVENTORY), "-i", str(path), "--list"], capture_output=True,
+                                       text=True, check=True).stdout)
+    hostvars = listed["_meta"]["hostvars"]
+
+    def groups_of(host: str) -> set:
+        direct = {g for g, v in listed.items() if host in v.get("hosts", [])}
+        parents = {g for g, v in listed.items() for child in v.get("children", []) if child in direct}
+        while parents - direct:
+            direct |= parents
+            parents = {g for g, v in listed.items() for child in v.get("children", []) if child in direct}
+        return direct - {"all", "ungrouped"}
+
+    def last(v: dict, *names):
+        return next((v[n] for n in reversed(names) if n in v), None)
+
+    expected = {h: {"host": last(v, "ansible_host", "ansible_ssh_host") or h,
+                    "port": int(last(v, "ansible_port", "ansible_ssh_port") or 22),
+                    "user": last(v, "ansible_user", "ansible_ssh_user"), "root": v["edgekit_root"],
+                    "target": v["edgekit_target"], "python": v.get("edgekit_python"), "tags": groups_of(h)}
+                for h, v in hostvars.items()}
+    devices = load_inventory(path).devices
+    seen = {d.name: {"host": d.host, "port": d.port or 22, "user": d.user, "root": d.root, "target": d.target,
+                     "python": d.python, "tags": set(d.tags)} for d in devices}
+    assert [d.name for d in devices][:4] == ["cam01", "cam02", "cam03", "cam04"]
+    assert len(seen) == (10 if given == "folder" else 9) and seen == expected
+    assert seen["cam02"]["port"] == 2223 and seen["gw-a.lan"]["root"] == "/opt/edge"  # the cases are exercised
+    # Ansible's other settings of a host ride along for the Ansible engine, but a vaulted one
+    from edgekit.fleet.ansible_inventory import EDGEKIT_SETS, FROM_ANSIBLE, host_vars
+
+    passed = {h: {k for k in v if k.startswith("ansible_") and k not in FROM_ANSIBLE and k not in EDGEKIT_SETS
+                  and k != "ansible_become_password"} for h, v in hostvars.items()}
+    assert {d.name: set(d.ansible_vars) for d in devices} == passed and passed["cam01"] == {"ansible_become"}
+    assert all(host_vars(d)["ansible_become"] is True for d in devices)
+    gw = next(d for d in devices if d.name == "gw-a.lan")  # the jump is a field, the rest rides along
+    assert gw.proxy_jump == "bastion" and gw.ansible_vars["ansible_ssh_common_args"] == "-o Compression=no"
+    assert host_vars(gw)["ansible_ssh_common_args"] == "-o ProxyJump=bastion -o Compression=no"
+
+
+def test_a_dynamic_inventory_in_an_inventory_folder_is_refused_by_name(tmp_path):
+    _spread_inventory(tmp_path)
+    script = tmp_path / "cloud.py"
+    script.write_text("#!/usr/bin/env python3\nprint('{}')\n")
+    script.chmod(0o755)
+    result = run_edgekit("fleet", "status", "-i", tmp_path)
+    assert_clean_error(result)
+    assert f"{script}: an executable file in the inventory folder (a dynamic inventory" in result.stderr

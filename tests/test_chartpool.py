@@ -94,3 +94,32 @@ def test_a_chart_no_worker_can_take_is_drawn_here(monkeypatch):
 def _state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as fh:
         return fh.read().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.parametrize("argv, asked", [
+    (["report", "-f", "html", "-o", "page.html"], True),
+    (["report", "--store", "s.db", "--format", "html"], True),
+    (["report", "--format=html"], True),
+    (["report", "-o", "fleet.HTML"], True),
+    (["report", "-o", "fleet.html", "--json"], False),
+    (["report", "-f", "json", "-o", "x.html"], False),
+    (["report", "--calibration", "c.json", "-f", "html"], False),
+    (["report", "-f", "html", "--help"], False),
+    (["report"], False),
+    (["push", "-o", "x.html"], False),
+    ([], False),
+])
+def test_the_command_line_starts_the_chart_server_first_only_for_a_fleet_page(argv, asked):
+    from edgekit.cli.main import _html_report_asked
+
+    assert _html_report_asked(["edgekit", *argv]) is asked
+
+
+def test_a_chart_worker_count_that_is_no_number_is_named(tmp_path):
+    from helpers.cli import assert_clean_error, run_edgekit
+    from edgekit.store import Store
+
+    Store(tmp_path / "s.db").close()
+    result = run_edgekit("report", "--store", tmp_path / "s.db", "-f", "html", "-o", tmp_path / "page.html",
+                         env={"EDGEKIT_CHART_WORKERS": "two"})
+    assert_clean_error(result, "EDGEKIT_CHART_WORKERS=two: give a number of chart workers")

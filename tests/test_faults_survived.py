@@ -16,14 +16,14 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import pytest
 
 from helpers.cli import run_edgekit
 from helpers.fleet import every_device_safe, package_with_budget, runs, store_agrees_with_devices, write_inventory
+from helpers.mounts import needs_mount, read_only
 
 
 def misbehaving_python(base: Path, name: str, step: str, action: str) -> str:
@@ -61,33 +61,6 @@ def gc_leaves_incoming_empty(inventory: Path, roots: dict[str, Path], store: Pat
 
 def rows_of(result) -> dict:
     return {d["device"]: d for w in result.json()["waves"] for d in w["devices"]}
-
-
-def can_mount() -> bool:
-    probe = Path(f"/tmp/edgekit-mount-probe-{os.getpid()}")
-    probe.mkdir(exist_ok=True)
-    try:
-        ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(probe)],
-                            capture_output=True).returncode == 0
-        if ok:
-            subprocess.run(["umount", str(probe)], check=True)
-        return ok
-    finally:
-        probe.rmdir()
-
-
-needs_mount = pytest.mark.skipif(os.geteuid() != 0 or not can_mount(),
-                                 reason="needs root and mount(8) for tmpfs roots and read-only bind mounts")
-
-
-@contextmanager
-def read_only(path: Path) -> Iterator[None]:
-    subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
-    try:
-        subprocess.run(["mount", "-o", "remount,ro,bind", str(path)], check=True)
-        yield
-    finally:
-        subprocess.run(["umount", str(path)], check=False)
 
 
 # -- hung, crashing and starving runners (local devices) -----------------------------------------

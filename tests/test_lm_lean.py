@@ -71,36 +71,70 @@ def fused(grid_fp32):
     return proto, head, emb, tied
 
 
-def _choose(grid_fp32, fused, calib, **budget):
+@pytest.fixture(scope="module")
+def importance(fused, calib):
+    """The inputs' importance on the calibration text, as the recipe weighs its blocks by it."""
+    from edgekit.toolchains.lm.quantize import _importance
+
+    return _importance(fused[0], BLOCK, calib)
+
+
+def _choose(grid_fp32, fused, calib, importance, **budget):
     from edgekit.toolchains.lm.lean import choose_plain
 
     proto, head, emb, tied = fused
-    return choose_plain(proto, grid_fp32, head, tied, emb, 4, BLOCK, calib, **budget)
+    return choose_plain(proto, grid_fp32, head, tied, emb, 4, BLOCK, calib, importance=importance, **budget)
 
 
-def test_lean_drops_the_cheapest_groups_within_its_budget(grid_fp32, fused, calib):
+def test_lean_drops_the_cheapest_groups_within_its_budget(grid_fp32, fused, calib, importance):
     from edgekit.toolchains.lm.lean import LEAN_BUDGET
     from edgekit.toolchains.lm.offsets import projections
 
     groups = set(projections(fused[0], BLOCK, skip={fused[1]}))
     assert len(groups) == 8  # 2 layers x (q/k/v fused, attention output, gate/up fused, down)
-    choice = _choose(grid_fp32, fused, calib)
+    choice = _choose(grid_fp32, fused, calib, importance)
     assert set(choice.costs) == groups and abs(choice.base_kl) < 1e-5  # head4 is exact on this grid
-    assert choice.limit == pytest.approx(np.log1p(LEAN_BUDGET)) and choice.spent <= choice.limit
+    assert choice.limit == pytest.approx(np.log1p(LEAN_BUDGET) - choice.base_kl) and choice.spent <= choice.limit
     kept = groups - set(choice.plain)
     if choice.plain and kept:
         assert max(choice.costs[g] for g in choice.plain) <= min(choice.costs[g] for g in kept), choice
     # a budget the cheapest group alone fits in: that group goes, not all of them (each drop costs)
     order = sorted(choice.costs, key=choice.costs.get)
     assert choice.costs[order[-1]] > 0
-    tight = _choose(grid_fp32, fused, calib, budget=float(np.expm1(choice.costs[order[0]])) + 1e-9)
+    tight = _choose(grid_fp32, fused, calib, importance, budget=float(np.expm1(choice.base_kl + choice.costs[order[0]])) + 1e-9)
     assert 1 <= len(tight.plain) < len(groups) and tight.plain == order[:len(tight.plain)], tight
     assert tight.spent <= tight.limit
     # a budget past what dropping everything costs: every group goes
-    assert sorted(_choose(grid_fp32, fused, calib, budget=10.0).plain) == sorted(groups)
+    assert sorted(_choose(grid_fp32, fused, calib, importance, budget=10.0).plain) == sorted(groups)
 
 
-def test_the_lean_model_drops_exactly_the_chosen_offsets_and_runs(grid_fp32, fused, calib, tmp_path, monkeypatch):
+def test_the_budget_bounds_the_whole_kl_not_the_drops_alone(tiny_lm, calib):
+    """On the tiny export as trained (off any grid: head4 itself costs KL), a budget below
+    head4's own KL drops nothing, and one above it lets the drops spend only the difference."""
+    import onnx
+
+    from edgekit.toolchains.lm.graph import normalize
+    from edgekit.toolchains.lm.lean import choose_plain
+    from edgekit.toolchains.lm.offsets import fuse_shared_inputs
+    from edgekit.toolchains.lm.quantize import _importance
+
+    proto = onnx.load(str(tiny_lm.fp32))
+    head, emb, tied = normalize(proto)
+    fuse_shared_inputs(proto, {head}, BLOCK)
+    imp = _importance(proto, BLOCK, calib)
+
+    def choose(budget):
+        return choose_plain(proto, tiny_lm.fp32, head, tied, emb, 4, BLOCK, calib, budget=budget, importance=imp)
+
+    base = choose(0.0)
+    assert base.base_kl > 0 and base.plain == [] and base.limit == pytest.approx(-base.base_kl)
+    assert choose(float(np.expm1(0.5 * base.base_kl))).plain == []
+    some = choose(float(np.expm1(3 * base.base_kl)))
+    assert some.limit == pytest.approx(2 * base.base_kl) and some.spent <= some.limit
+
+
+def test_the_lean_model_drops_exactly_the_chosen_offsets_and_runs(grid_fp32, fused, calib, importance, tmp_path,
+                                                                   monkeypatch):
     import onnx
 
     from edgekit.device.lm import log_softmax, open_lm
@@ -108,9 +142,10 @@ def test_the_lean_model_drops_exactly_the_chosen_offsets_and_runs(grid_fp32, fus
     from edgekit.toolchains.lm import lean
     from edgekit.toolchains.lm.quantize import quantize_lm
 
-    costs = sorted(_choose(grid_fp32, fused, calib, budget=0.0).costs.values())
-    monkeypatch.setattr(lean, "LEAN_BUDGET", float(np.expm1(costs[0])) + 1e-9)  # some groups, not all
-    choice = _choose(grid_fp32, fused, calib)
+    measured = _choose(grid_fp32, fused, calib, importance, budget=0.0)
+    costs = sorted(measured.costs.values())
+    monkeypatch.setattr(lean, "LEAN_BUDGET", float(np.expm1(measured.base_kl + costs[0])) + 1e-9)  # some, not all
+    choice = _choose(grid_fp32, fused, calib, importance)
     assert 1 <= len(choice.plain) < len(costs)
     model = quantize_lm(grid_fp32, Recipe(precision="int4-block", algorithm="minmax-offset-lean", block_size=BLOCK),
                         tmp_path / "lean" / "model.onnx", calibration=calib)

@@ -4,9 +4,12 @@ need a runtime."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import subprocess
 import sys
+import time
 
 from helpers.devices import install, install_runner, runner
 from helpers.paths import PY39
@@ -37,6 +40,31 @@ def test_a_runner_sent_as_one_tar_is_put_in_place_by_its_next_start(tmp_path):
     assert len(leftovers) == 1
     code, _ = runner(root, "gc", "--keep", "1")
     assert code == 0 and _bin(root) == ["edgekit_device", "edgekit_runner.py"]
+
+
+def test_a_runner_update_waits_for_the_device_lock(tmp_path):
+    """The launcher unpacks a sent runner under ROOT/.lock: an install holding it (which
+    cleans unpack leftovers) is never raced, and the start unpacks once the lock is free."""
+    root = tmp_path / "dev"
+    install_runner(root)
+    assert runner(root, "status")[0] == 0
+    changed = {p.name: p.read_bytes() for p in (root / "bin" / "edgekit_device").glob("*.py")}
+    changed["trust.py"] += b"# a later runner\n"
+    write_tar(root / "bin" / "edgekit_device.tar", changed, mtime=0)
+    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as an install in progress holds it
+    try:
+        start = subprocess.Popen([sys.executable, str(root / "bin" / "edgekit_runner.py"), "status"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        assert start.poll() is None  # waiting for the lock ...
+        assert _bin(root) == ["edgekit_device", "edgekit_device.tar", "edgekit_runner.py"]  # ... tar not claimed
+    finally:
+        os.close(fd)
+    out, err = start.communicate(timeout=60)
+    assert start.returncode == 0, err
+    assert json.loads(out.splitlines()[-1])["runner_sha256"] != runner_sha256()
+    assert (root / "bin" / "edgekit_device" / "trust.py").read_bytes().endswith(b"# a later runner\n")
 
 
 def test_a_runner_tar_with_anything_but_plain_modules_is_refused(tmp_path):

@@ -7,6 +7,7 @@ import sqlite3
 import pytest
 
 from helpers.cli import assert_clean_error, run_edgekit
+from helpers.mounts import needs_mount, read_only
 from edgekit.device_report import validate_report
 from edgekit.errors import ConfigError
 from edgekit.store import REPORT_COLUMNS, SCHEMA_VERSION, Store, default_store_path, open_store
@@ -200,3 +201,25 @@ def test_every_rollout_read_at_once_is_each_rollout_read_alone(tmp_path):
         whole = store.rollouts_whole()
         assert whole == [store.rollout(rid) for rid in ids]
         assert [len(r["events"]) for r in whole] == [1, 2, 3] and store.rollout(999) is None
+
+
+@needs_mount
+def test_a_store_on_a_read_only_folder_is_read_by_report_and_refused_to_writers(tmp_path, real_report):
+    """A store copied onto read-only media (or a folder edgekit may not write) still reports,
+    if it is of this edgekit's schema; one that needs its one-time upgrade, and any command
+    that records, say so in one line."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    with Store(folder / "now.db") as store:
+        store.add_report("cam-1", validate_report(real_report["bytes"], "r.json"))
+    _store_before_picked(folder / "old.db", [])
+    with read_only(folder):
+        with Store(folder / "now.db", read_only_ok=True) as store:
+            assert len(store.report_rows()[1]) == 1
+        done = run_edgekit("report", "--store", folder / "now.db", "--json")
+        assert done.code == 0 and [r["device"] for r in done.json()["rows"]] == ["cam-1"], done.stderr
+        with pytest.raises(ConfigError, match="cannot write to it"):
+            Store(folder / "now.db")
+        with pytest.raises(ConfigError, match="schema 4, which this edgekit upgrades .* copy it to a writable"):
+            Store(folder / "old.db", read_only_ok=True)
+        assert_clean_error(run_edgekit("report", "--store", folder / "old.db"), "copy it to a writable folder")

@@ -24,7 +24,7 @@ def quantize_cmd(
     include: Annotated[Optional[list[str]], typer.Option("--include", help="Quantize only these op types (repeatable).")] = None,
     block_size: Annotated[Optional[int], typer.Option("--block-size", help="int8-block / int4-block: weights per block (32 default; a power of two, at least 16).")] = None,
     accuracy_level: Annotated[Optional[int], typer.Option("--accuracy-level", help="int8-block / int4-block: MatMulNBits accuracy level 0-4 (4: the fast kernel).")] = None,
-    algorithm: Annotated[Optional[str], typer.Option("--algorithm", help="int8-block / int4-block: rtn (default) | hqq (4 bits) | kquant; a language model's int4-block also minmax-offset (its default) | minmax-offset-head4 | minmax-offset-lean (needs --calibration text).")] = None,
+    algorithm: Annotated[Optional[str], typer.Option("--algorithm", help="int8-block / int4-block: rtn (default) | hqq (4 bits) | kquant; a language model's int4-block also minmax-offset (its default) | minmax-offset-head4 | minmax-offset-lean (needs --calibration text; the minmax-offset ones weigh their 4-bit blocks by it when given).")] = None,
     calibration: Annotated[Optional[Path], typer.Option("--calibration", help="Calibration data set (.npz or directory; a language model's: text); int8-static and minmax-offset-lean need one.")] = None,
     max_samples: Annotated[int, typer.Option("--max-samples", min=1, help="Calibrate on at most this many samples.")] = 512,
     target: Annotated[Optional[str], typer.Option("--target", "-t", help="Target profile name or TOML: a tflite target gets a .tflite model.")] = None,

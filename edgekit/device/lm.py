@@ -106,14 +106,22 @@ class DecoderLM:
                 extra: Optional[dict] = None) -> Tuple[np.ndarray, list]:
         """ids [1,S] int64 (and the past, or none) -> (logits [1,S,V], present); `extra`: more
         inputs a model made for measuring takes."""
+        out = self.session.run(["logits"] + self.present_names, self._feed(ids, past, extra))
+        return out[0], out[1:]
+
+    def outputs(self, names: Sequence[str], ids: np.ndarray) -> list:
+        """The named outputs of one pass over ids [1,S] from an empty cache (a model made for
+        measuring exposes inner tensors as outputs)."""
+        return self.session.run(list(names), self._feed(ids, None, None))
+
+    def _feed(self, ids: np.ndarray, past: Optional[List[np.ndarray]], extra: Optional[dict]) -> dict:
         past = past if past is not None else self.empty_past()
         p, s = past[0].shape[2], ids.shape[1]
         feed = {"input_ids": ids, "attention_mask": np.ones((1, p + s), np.int64), **(extra or {})}
         if self.has_position_ids:
             feed["position_ids"] = np.arange(p, p + s, dtype=np.int64)[None]
         feed.update(zip(self.past_names, past))
-        out = self.session.run(["logits"] + self.present_names, feed)
-        return out[0], out[1:]
+        return feed
 
     def empty_past(self) -> List[np.ndarray]:
         return [np.zeros((1, self.kv_heads, 0, self.head_dim), self.kv_dtype) for _ in self.past_names]

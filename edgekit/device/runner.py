@@ -57,8 +57,10 @@ LAUNCHER_NAME = "edgekit_runner.py"
 PACKAGE_NAME = "edgekit_device"
 ARCHIVE_NAME = PACKAGE_NAME + ".tar"  # a new runner's package as push sends it: one file
 # bin/edgekit_runner.py as shipped: this package, renamed edgekit_device, sits beside it. A
-# runner that push sent as bin/edgekit_device.tar is put in place by the next start: the tar
-# is claimed by a rename, unpacked into a new folder, and that folder renamed in. A start
+# runner that push sent as bin/edgekit_device.tar is put in place by the next start: under
+# the device's writer lock, the tar is claimed by a rename, unpacked into a new folder, and
+# that folder renamed in. The lock keeps an install's cleaning of leftovers (install.py) off
+# a start that is unpacking, and a second start from importing the package mid-swap. A start
 # killed half-way leaves the old package (or none) and leftovers that install and gc remove;
 # the runner's hash then still differs from the host's, so the next push sends it again.
 LAUNCHER_SOURCE = '''#!/usr/bin/env python3
@@ -69,17 +71,48 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def device_lock():
+    """ROOT/.lock, the runner's writer lock (edgekit_device/state.py), for up to a minute: an
+    install cleaning leftovers and another start swapping the package in wait for this one."""
+    import fcntl
+    import time
+
+    fd = os.open(os.path.join(os.path.dirname(HERE), ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                return None  # held too long: run the runner as it is; a later start unpacks
+            time.sleep(0.05)
+
+
 def unpack_new_runner():
     archive = os.path.join(HERE, "%(archive)s")
+    package = os.path.join(HERE, "%(package)s")
+    if not os.path.exists(archive) and os.path.isdir(package):
+        return  # nothing sent, nothing being swapped: no lock taken
+    fd = device_lock()
+    if fd is None:
+        return
+    try:
+        unpack_locked(archive, package)
+    finally:
+        os.close(fd)
+
+
+def unpack_locked(archive, package):
     tag = os.urandom(4).hex()
     claimed = "%%s.unpacking-%%s" %% (archive, tag)
     try:
         os.rename(archive, claimed)
     except FileNotFoundError:
-        return
+        return  # another start put it in place while this one waited
     import tarfile
 
-    package = os.path.join(HERE, "%(package)s")
     new = "%%s.new-%%s" %% (package, tag)
     os.mkdir(new)
     with tarfile.open(claimed, "r:") as tar:

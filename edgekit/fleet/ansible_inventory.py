@@ -7,9 +7,9 @@ with.
 
 Ansible -> edgekit: `read_ansible` reads an INI or YAML inventory into the raw device
 entries that edgekit.fleet.inventory validates like those of a TOML one (groups become
-tags), each with the line it was given on, for errors that name it. Only plain host names
-are taken (no ranges, no dynamic inventory plugins); variables edgekit has no use for are
-left to Ansible.
+tags), each with the line it was given on, for errors that name it, with what Ansible reads
+beside it (host ranges, group_vars/ and host_vars/: edgekit.fleet.ansible_sources). Dynamic
+inventory plugins are not run; variables edgekit has no use for are left to Ansible.
 """
 
 from __future__ import annotations
@@ -21,16 +21,29 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from edgekit.errors import ConfigError
+from edgekit.fleet.ansible_sources import (Unresolved, expand_hosts, inventory_files, lenient_loader, plain_value,
+                                          read_vars_file, vars_files)
 
 __all__ = ["host_vars", "group_name", "as_ansible", "dump_yaml", "read_ansible", "is_ansible_inventory"]
 
 ANSIBLE_SUFFIXES = (".ini", ".yml", ".yaml", ".cfg", ".hosts")
-# Ansible host variable -> edgekit device field, when both say the same thing.
-FROM_ANSIBLE = {"ansible_host": "host", "ansible_port": "port", "ansible_user": "user",
-                "ansible_ssh_private_key_file": "identity_file", "edgekit_root": "root", "edgekit_python": "python",
-                "edgekit_target": "target", "edgekit_connect_timeout": "connect_timeout"}
+# Ansible host variable -> edgekit device field, when both say the same thing. Where Ansible
+# has two names for one setting, the later one wins when both are set, as in Ansible's ssh
+# connection (its options' variables are looked up in order, the last found kept).
+FROM_ANSIBLE = {"ansible_host": "host", "ansible_ssh_host": "host", "ansible_port": "port",
+                "ansible_ssh_port": "port", "ansible_user": "user", "ansible_ssh_user": "user",
+                "ansible_private_key_file": "identity_file", "ansible_ssh_private_key_file": "identity_file",
+                "edgekit_root": "root", "edgekit_python": "python", "edgekit_target": "target",
+                "edgekit_connect_timeout": "connect_timeout"}
+USED = ("ansible_connection", "ansible_python_interpreter", "ansible_ssh_common_args")  # read besides FROM_ANSIBLE
+# what the Ansible engine sets itself; every other ansible_* variable of a host is passed on
+# (Device.ansible_vars) but a vaulted one (edgekit gives Ansible no vault password)
+EDGEKIT_SETS = ("ansible_connection", "ansible_python_interpreter")
+# Ansible's interpreter discovery: edgekit's own default (python3 on the device) instead
+INTERPRETER_DISCOVERY = ("auto", "auto_silent", "auto_legacy", "auto_legacy_silent")
 CONNECTIONS = {"local": "local", "ssh": "ssh", "smart": "ssh", "paramiko": "ssh"}
 PLAYBOOK_PYTHON = "{{ ansible_playbook_python }}"  # a local device runs on the controller's Python
+JUMP = re.compile(r"(?:-o\s*ProxyJump[=\s]|-J\s*)(\S+)")  # a jump host in ansible_ssh_common_args
 
 
 # edgekit.fleet.inventory reads Ansible inventories with this module: the devices written
@@ -42,8 +55,10 @@ def host_vars(d) -> dict[str, Any]:
     if d.transport == "ssh":
         out.update({k: v for k, v in (("ansible_host", d.host), ("ansible_port", d.port), ("ansible_user", d.user),
                                       ("ansible_ssh_private_key_file", d.identity_file)) if v is not None})
-        if d.proxy_jump:
-            out["ansible_ssh_common_args"] = f"-o ProxyJump={d.proxy_jump}"
+    out.update(d.ansible_vars)  # the inventory's own ansible_* settings (become, ssh arguments, ...)
+    if d.transport == "ssh" and d.proxy_jump:
+        out["ansible_ssh_common_args"] = " ".join([f"-o ProxyJump={d.proxy_jump}",
+                                                   *[str(d.ansible_vars.get("ansible_ssh_common_args", ""))]]).strip()
     python = d.python or (PLAYBOOK_PYTHON if d.transport == "local" else None)
     if python:  # the modules and the runner run on the same Python
         out.update(ansible_python_interpreter=python, edgekit_python=python)
@@ -102,18 +117,21 @@ def is_ansible_inventory(path: Path) -> bool:
 
 
 class _Groups:
-    """Hosts, groups and variables as an inventory declares them, with the line of each host."""
+    """Hosts, groups and variables as an inventory declares them (a file, or the files of a
+    folder), with the file and line of each host."""
 
     def __init__(self, path: Path):
-        self.path = path
-        self.hosts: dict[str, tuple[int, dict]] = {}       # host -> (line, its own vars)
+        self.path = path                                   # the inventory as given
+        self.base = path if path.is_dir() else path.parent  # where group_vars/ and host_vars/ are
+        self.source = path                                 # the file being read
+        self.hosts: dict[str, tuple[Path, int, dict]] = {}  # host -> (file, line, its own vars)
         self.members: dict[str, set[str]] = {}             # group -> hosts
         self.children: dict[str, set[str]] = {}            # group -> child groups
         self.vars: dict[str, dict] = {}                    # group -> vars
 
     def add_host(self, group: str, name: str, line: int, variables: dict) -> None:
-        seen = self.hosts.setdefault(name, (line, {}))
-        seen[1].update(variables)
+        seen = self.hosts.setdefault(name, (self.source, line, {}))
+        seen[2].update(variables)
         self.members.setdefault(group, set()).add(name)
 
     def groups_of(self, host: str) -> list[str]:
@@ -133,24 +151,42 @@ class _Groups:
             climb(group)
         return order
 
-    def entries(self) -> list[tuple[int, dict]]:
-        """(line, raw device entry) for every host: group vars (all, parents, children), then its own."""
+    def entries(self) -> list[tuple[Path, int, dict]]:
+        """(line, raw device entry) for every host, its variables merged as Ansible merges them
+        (edgekit.fleet.ansible_sources): the inventory's group vars, group_vars/, its own, host_vars/;
+        with the file and line that named the host."""
         out = []
-        for name, (line, own) in self.hosts.items():
-            groups = self.groups_of(name)
-            merged: dict = dict(self.vars.get("all", {}))
+        files = {}  # group -> its group_vars, read once
+        for name, (source, line, own) in self.hosts.items():
+            groups = ["all"] + [g for g in self.groups_of(name) if g != "all"]
+            merged: dict = {}
             for group in groups:
                 merged.update(self.vars.get(group, {}))
+            for group in groups:
+                if group not in files:
+                    files[group] = self._file_vars("group", group)
+                merged.update(files[group])
             merged.update(own)
-            out.append((line, _entry(self.path, line, name, merged, sorted(g for g in groups if g not in ("all", "ungrouped")))))
+            merged.update(self._file_vars("host", name))
+            tags = sorted(g for g in groups if g not in ("all", "ungrouped"))
+            out.append((source, line, _entry(source, line, name, merged, tags)))
         if not out:
             raise ConfigError(f"{self.path}: no hosts in this Ansible inventory")
         return out
+
+    def _file_vars(self, kind: str, name: str) -> dict:
+        merged: dict = {}
+        for path in vars_files(self.base, kind, name):
+            merged.update(read_vars_file(path))
+        return merged
 
 
 def _entry(path: Path, line: int, name: str, variables: dict, tags: list[str]) -> dict:
     """An edgekit device entry from a host's Ansible variables."""
     raw: dict[str, Any] = {"name": name, "tags": tags}
+    where = f"{path}:{line}: host '{name}'"
+    variables = {k: plain_value(v, where, k) if (k in FROM_ANSIBLE or k in USED) and v != PLAYBOOK_PYTHON else v
+                 for k, v in variables.items()}
     connection = str(variables.get("ansible_connection", "ssh"))
     if connection not in CONNECTIONS:
         raise ConfigError(f"{path}:{line}: host '{name}': ansible_connection={connection}: edgekit reaches devices "
@@ -159,13 +195,23 @@ def _entry(path: Path, line: int, name: str, variables: dict, tags: list[str]) -
     for key, field in FROM_ANSIBLE.items():
         if key in variables:
             raw[field] = _typed(path, line, name, key, variables[key], field)
-    if "python" not in raw and "ansible_python_interpreter" in variables:
-        raw["python"] = str(variables["ansible_python_interpreter"])
-    jump = re.search(r"(?:-o\s*ProxyJump[=\s]|-J\s*)(\S+)", str(variables.get("ansible_ssh_common_args", "")))
+    interpreter = str(variables.get("ansible_python_interpreter", "auto"))
+    if "python" not in raw and interpreter not in INTERPRETER_DISCOVERY:
+        raw["python"] = interpreter
+    common = str(variables.get("ansible_ssh_common_args", ""))
+    jump = JUMP.search(common)
     if jump:
         raw["proxy_jump"] = jump.group(1)
+    rest = JUMP.sub("", common).strip()  # the other ssh arguments ride along (below), the jump is a field
+    variables = {k: v for k, v in variables.items() if k != "ansible_ssh_common_args"}
+    if rest:
+        variables["ansible_ssh_common_args"] = rest
     if raw.get("python") == PLAYBOOK_PYTHON:
         del raw["python"]  # this Python, as for a local device of a TOML inventory
+    passed = {k: v for k, v in variables.items() if k.startswith("ansible_") and k not in FROM_ANSIBLE
+              and k not in EDGEKIT_SETS and not isinstance(v, Unresolved) and isinstance(v, (bool, int, float, str))}
+    if passed:
+        raw["ansible_vars"] = passed
     if raw["transport"] == "ssh":
         raw.setdefault("host", name)  # as Ansible does: the inventory name is the address
     if "target" not in raw:
@@ -184,17 +230,20 @@ def _typed(path: Path, line: int, name: str, key: str, value: Any, field: str) -
     return str(value)
 
 
-def read_ansible(path: Path) -> list[tuple[int, dict]]:
-    """(line, raw device entry) of every host of an Ansible INI or YAML inventory."""
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the inventory: {exc}") from exc
+def read_ansible(path: Path) -> list[tuple[Path, int, dict]]:
+    """(file, line, raw device entry) of every host of an Ansible INI or YAML inventory, or of
+    an inventory folder: its files in name order, as Ansible reads one (inventory_files)."""
     groups = _Groups(path)
-    if path.suffix.lower() in (".yml", ".yaml") or text.lstrip().startswith(("all:", "---")):
-        _read_yaml(path, text, groups)
-    else:
-        _read_ini(path, text, groups)
+    for source in inventory_files(path) if path.is_dir() else [path]:
+        try:
+            text = source.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{source}: cannot read the inventory: {exc}") from exc
+        groups.source = source
+        if source.suffix.lower() in (".yml", ".yaml") or text.lstrip().startswith(("all:", "---")):
+            _read_yaml(source, text, groups)
+        else:
+            _read_ini(source, text, groups)
     return groups.entries()
 
 
@@ -226,14 +275,9 @@ def _read_ini(path: Path, text: str, groups: _Groups) -> None:
                 raise ConfigError(f"{path}:{number}: '{line}': a [{section}:vars] line is key=value")
             groups.vars.setdefault(section, {})[key.strip()] = _ini_value(value.strip())
         else:
-            groups.add_host(section, _host_name(path, number, words[0]), number,
-                            _ini_vars(path, number, words[0], words[1:]))
-
-
-def _host_name(path: Path, number: int, name: str) -> str:
-    if "[" in name or "]" in name:
-        raise ConfigError(f"{path}:{number}: host '{name}': host ranges are not read by edgekit; list each host")
-    return name
+            variables = _ini_vars(path, number, words[0], words[1:])
+            for host in expand_hosts(words[0], f"{path}:{number}"):
+                groups.add_host(section, host, number, dict(variables))
 
 
 def _ini_vars(path: Path, number: int, host: str, words: list[str]) -> dict:
@@ -283,10 +327,8 @@ def _mapping(path: Path, node, what: str) -> list[tuple[str, Any]]:
 
 
 def _plain(node) -> Any:
-    """A composed YAML node as Python values."""
-    import yaml
-
-    return yaml.SafeLoader("").construct_document(node)
+    """A composed YAML node as Python values (Ansible's own tags kept: ansible_sources)."""
+    return lenient_loader()("").construct_document(node)
 
 
 def _yaml_group(path: Path, group: str, node, groups: _Groups) -> None:
@@ -297,7 +339,8 @@ def _yaml_group(path: Path, group: str, node, groups: _Groups) -> None:
                 variables = _plain(hvars) or {}
                 if not isinstance(variables, dict):
                     raise ConfigError(f"{path}:{at}: host '{host}': expected its variables as a mapping")
-                groups.add_host(group, _host_name(path, at, host), at, variables)
+                for name in expand_hosts(host, f"{path}:{at}"):
+                    groups.add_host(group, name, at, dict(variables))
         elif key == "vars":
             groups.vars.setdefault(group, {}).update(_plain(value) or {})
         elif key == "children":

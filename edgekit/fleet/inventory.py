@@ -14,9 +14,9 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Literal, Optional, Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgekit._toml import pydantic_error_line, read_toml
 from edgekit.errors import ConfigError
@@ -40,12 +40,27 @@ class Device(BaseModel):
     target: str
     tags: list[str] = []
     connect_timeout: float = Field(default=10.0, gt=0)
+    # Ansible's own host variables the Ansible engine passes on (become, ssh arguments, ...):
+    # what an Ansible inventory says of a host beyond the fields above; edgekit's own
+    # transport does not read them
+    ansible_vars: dict[str, Union[bool, int, float, str]] = {}
 
     @model_validator(mode="after")
     def _ssh_needs_host(self) -> "Device":
         if self.transport == "ssh" and not self.host:
             raise ValueError("an ssh device needs 'host' (an address or a Host alias from ~/.ssh/config)")
         return self
+
+    @field_validator("ansible_vars")
+    @classmethod
+    def _ansibles_own(cls, given: dict) -> dict:
+        from edgekit.fleet.ansible_inventory import EDGEKIT_SETS, FROM_ANSIBLE
+
+        for key in given:
+            if key in FROM_ANSIBLE or key in EDGEKIT_SETS:
+                field = FROM_ANSIBLE.get(key, "transport" if key == "ansible_connection" else "python")
+                raise ValueError(f"{key} is the device's '{field}': give it there")
+        return given
 
     @property
     def interpreter(self) -> str:
@@ -90,10 +105,10 @@ def load_inventory(path: str | Path, targets_dirs: Sequence[Path] = ()) -> Inven
     from edgekit.fleet.ansible_inventory import is_ansible_inventory, read_ansible
 
     path = Path(path).expanduser()
-    if path.is_file() and is_ansible_inventory(path):
+    if path.is_dir() or path.is_file() and is_ansible_inventory(path):
         entries = read_ansible(path)
-        return _validated(path, [_device(path, line, raw, f"{path}:{line}: host '{raw['name']}'")
-                                 for line, raw in entries], targets_dirs)
+        return _validated(path, [_device(source, line, raw, f"{source}:{line}: host '{raw['name']}'")
+                                 for source, line, raw in entries], targets_dirs)
     data = read_toml(path)
     unknown = set(data) - {"defaults", "device"}
     if unknown:

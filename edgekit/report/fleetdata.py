@@ -85,7 +85,7 @@ def load_fleet(store_path: Path, *, inventory: Optional[Path] = None, targets_di
         raise ConfigError(f"--store {path}: no store there; run `edgekit collect --inventory FILE --store {path}` "
                           "first, or give the store with --store or EDGEKIT_STORE")
     try:
-        with Store(path) as store:
+        with Store(path, read_only_ok=True) as store:
             names, rows = store.report_rows()
             reports = [_plain(names, row, path) for row in rows]
             data = {"store": str(path), "reports": reports, "devices": store.devices(),

@@ -13,12 +13,16 @@ and loses accuracy, more in some groups than in others. So the lean recipe measu
 2. cost of a group = mean KL(FP32 || model) per token on the calibration windows with that
    group dropped alone, minus the KL with none dropped (nats/token);
 3. the groups sorted by cost, the longest run of the cheapest whose joint drop (measured, not
-   summed: binary search on the run's length) adds at most ln(1 + LEAN_BUDGET) nats/token.
+   summed: binary search on the run's length) keeps the model's whole KL (head4's own plus
+   what the drop adds) at most ln(1 + LEAN_BUDGET) nats/token.
 
-The KL added approximates the log of the perplexity ratio on text like the calibration text
-(the expected cross-entropy added is the KL), so LEAN_BUDGET reads as a perplexity increase.
-It is fixed, not the target's: the file does not depend on the target (the calibrate search
-judges it against each target's max_ppl_increase beside the accurate candidates).
+The KL approximates the log of the perplexity ratio on text like the calibration text (the
+expected cross-entropy added is the KL), so LEAN_BUDGET reads as a perplexity increase over
+FP32. It bounds the total, not the drops alone: how much the drops may spend then follows from
+how good head4 already is (the calibration-weighted blocks halved its KL on SmolLM2-135M, and a
+budget over head4's own would have left that gain unspent). It is fixed, not the target's: the
+file does not depend on the target (the calibrate search judges it against each target's
+max_ppl_increase beside the accurate candidates).
 """
 
 from __future__ import annotations
@@ -32,15 +36,18 @@ import numpy as np
 
 __all__ = ["LEAN_BUDGET", "LEAN_TOKENS", "LeanChoice", "choose_plain"]
 
-LEAN_BUDGET = 0.02  # perplexity the dropped offsets may add over minmax-offset-head4 (see the README)
+# perplexity increase over FP32 the lean model may reach on the calibration text: 7% of the
+# issue's 10%, since eval text read up to 1.26x the calibration text's (README)
+LEAN_BUDGET = 0.07
 LEAN_TOKENS = 256  # calibration tokens measured per model (one window of 256: ~1 s per run on SmolLM2-135M)
 GATE = "lean_gate"
 
 
 @dataclass
 class LeanChoice:
-    """What was measured: per group the KL its drop alone adds, the groups dropped, and the KL
-    the joint drop adds (nats/token over the head4 model's own)."""
+    """What was measured: per group the KL its drop alone adds, the groups dropped, the KL the
+    joint drop adds (nats/token over the head4 model's own: `base_kl`) and what it could add
+    (`limit`: the budget less `base_kl`)."""
 
     costs: dict
     plain: list = field(default_factory=list)
@@ -50,16 +57,17 @@ class LeanChoice:
 
 
 def choose_plain(proto, reference: Path, head: str, tied: bool, emb: str, bits: int, block: int,
-                 windows: np.ndarray, budget: Optional[float] = None) -> LeanChoice:
+                 windows: np.ndarray, budget: Optional[float] = None, importance=None) -> LeanChoice:
     """The groups of `proto` (normalized and fused: edgekit.toolchains.lm.offsets) to make plain.
     `reference`: the FP32 model; `windows` [N, S]: calibration token ids; `budget`: LEAN_BUDGET
-    unless given."""
+    unless given; `importance`: the blocks' weights by input (as minmax_offset takes them), so
+    that what is measured is what the recipe writes."""
     from edgekit.device.lm import log_softmax, open_lm
     from edgekit.toolchains.lm.graph import lm_meta_of, save
 
     tokens = _tokens(windows)
     ref = log_softmax(open_lm(str(reference)).window_logits(tokens))
-    gated, names = _gated_copy(proto, head, tied, emb, bits, block)
+    gated, names = _gated_copy(proto, head, tied, emb, bits, block, importance or {})
     with tempfile.TemporaryDirectory(prefix="edgekit-lean-") as tmp:
         lm = open_lm(str(save(gated, Path(tmp) / "gated.onnx", lm_meta_of(proto))))
 
@@ -72,7 +80,7 @@ def choose_plain(proto, reference: Path, head: str, tied: bool, emb: str, bits: 
         base = kl([])
         costs = {n: kl([n]) - base for n in names}
         order = sorted(names, key=costs.get)
-        limit = float(np.log1p(LEAN_BUDGET if budget is None else budget))
+        limit = float(np.log1p(LEAN_BUDGET if budget is None else budget)) - base
         keep, spent = _longest_run(order, lambda run: kl(run) - base, limit)
     return LeanChoice(costs=costs, plain=order[:keep], spent=spent, base_kl=base, limit=limit)
 
@@ -98,7 +106,7 @@ def _longest_run(order: list, added, limit: float) -> tuple:
     return lo, spent
 
 
-def _gated_copy(proto, head: str, tied: bool, emb: str, bits: int, block: int):
+def _gated_copy(proto, head: str, tied: bool, emb: str, bits: int, block: int, importance: dict):
     """A float copy: each group's MatMul reads its offset weights and adds gate[i] times x @
     (zero-point weights - offset weights); the head (and a tied embedding) its offset weights."""
     import onnx
@@ -113,24 +121,24 @@ def _gated_copy(proto, head: str, tied: bool, emb: str, bits: int, block: int):
     nodes = {n.name: n for n in g.node}
     inits = {i.name: i for i in g.initializer}
     head_w = nodes[head].input[1]
-    w_head = _offset_weights(numpy_helper.to_array(inits[head_w]), bits, block)
+    w_head = _offset_weights(numpy_helper.to_array(inits[head_w]), bits, block, importance.get(nodes[head].input[0]))
     inits[head_w].CopyFrom(numpy_helper.from_array(w_head, head_w))
     if tied:
         table = nodes[emb].input[0]
         inits[table].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w_head.T), table))
     g.input.append(helper.make_tensor_value_info(GATE, onnx.TensorProto.FLOAT, [len(groups)]))
     for i, (name, (x, weight)) in enumerate(groups.items()):
-        _gate(g, nodes[name], x, numpy_helper.to_array(weight).astype(np.float32), bits, block, i)
+        _gate(g, nodes[name], x, numpy_helper.to_array(weight).astype(np.float32), bits, block, i, importance.get(x))
     return copy, list(groups)
 
 
-def _gate(g, node, x: str, w: np.ndarray, bits: int, block: int, index: int) -> None:
+def _gate(g, node, x: str, w: np.ndarray, bits: int, block: int, index: int, importance=None) -> None:
     from onnx import helper, numpy_helper
 
-    off = _offset_weights(w, bits, block)
+    off = _offset_weights(w, bits, block, importance)
     base, y = node.name, node.output[0]
     g.initializer.extend([numpy_helper.from_array(off, base + "_lean_off"),
-                          numpy_helper.from_array(_zero_point_weights(w, bits, block) - off, base + "_lean_delta"),
+                          numpy_helper.from_array(_zero_point_weights(w, bits, block, importance) - off, base + "_lean_delta"),
                           numpy_helper.from_array(np.array(index, np.int64), base + "_lean_index")])
     node.input[1], node.output[0] = base + "_lean_off", base + "_lean_y"
     make = helper.make_node
@@ -143,17 +151,17 @@ def _gate(g, node, x: str, w: np.ndarray, bits: int, block: int, index: int) -> 
         g.node.insert(at + k, extra)
 
 
-def _offset_weights(w: np.ndarray, bits: int, block: int) -> np.ndarray:
+def _offset_weights(w: np.ndarray, bits: int, block: int, importance=None) -> np.ndarray:
     from edgekit.toolchains.lm.offsets import offset_grid
 
-    q, scale, offset = offset_grid(w, bits, block)
+    q, scale, offset = offset_grid(w, bits, block, importance)
     return _unblock((q.astype(np.float32) - 2 ** (bits - 1)) * scale + offset)
 
 
-def _zero_point_weights(w: np.ndarray, bits: int, block: int) -> np.ndarray:
+def _zero_point_weights(w: np.ndarray, bits: int, block: int, importance=None) -> np.ndarray:
     from edgekit.toolchains.lm.offsets import zero_point_grid
 
-    q, scale, zero = zero_point_grid(w, bits, block)
+    q, scale, zero = zero_point_grid(w, bits, block, importance)
     return _unblock((q.astype(np.float32) - zero) * scale)
 
 

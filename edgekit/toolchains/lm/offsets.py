@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgekit.toolchains.lm.importance import refine_offset, refine_zero_point
+
 __all__ = ["minmax_offset", "embed_offsets", "offset_blocks", "offset_grid", "zero_point_grid", "fuse_shared_inputs",
            "projections", "OFFSET_BLOCK"]
 
@@ -36,12 +38,14 @@ OFFSET_BLOCK = 32  # the offsets' own MatMulNBits blocks (8 bits), along K/block
 
 
 def minmax_offset(proto, head: str, bits: int, block: int, with_head: bool = False, plain=(),
-                  float_offsets: bool = False):
+                  float_offsets: bool = False, importance=None):
     """Every constant-weight MatMul whose K is a multiple of `block` (and the head if `with_head`)
     in asymmetric `bits`-bit blocks with 8-bit offsets (float ones but the head's with
     `float_offsets`); the projections named in `plain` (after fusion: `projections`) in
     onnxruntime's asymmetric blocks instead, integer zero points and no offsets (fewer nodes,
-    less accurate: edgekit.toolchains.lm.lean chooses them). Returns `proto`, changed in place."""
+    less accurate: edgekit.toolchains.lm.lean chooses them). `importance`: input tensor name ->
+    its channels' weights (edgekit.toolchains.lm.importance), to search each block's parameters
+    against instead of taking its min/max. Returns `proto`, changed in place."""
     from onnx import helper
 
     from edgekit.toolchains.lm.graph import drop_dead
@@ -56,13 +60,14 @@ def minmax_offset(proto, head: str, bits: int, block: int, with_head: bool = Fal
         if weight is None or node.name in skip:
             nodes.append(node)
             continue
+        imp = (importance or {}).get(node.input[0])
         if node.name in plain:
-            nodes.append(_zero_point_matmul(node, weight, bits, block, new))
+            nodes.append(_zero_point_matmul(node, weight, bits, block, new, imp))
             continue
         x = node.input[0]
         if x not in means:
             means[x] = _blockmean(nodes, x, block, weight.name)
-        nodes += _offset_matmul(node, weight, means[x], bits, block, new, float_offsets and node.name != head)
+        nodes += _offset_matmul(node, weight, means[x], bits, block, new, float_offsets and node.name != head, imp)
     g.ClearField("node")
     g.node.extend(nodes)
     g.initializer.extend(new)
@@ -121,12 +126,12 @@ def _blockmean(nodes, x, block, base) -> str:
     return base + "_x_blockmean"
 
 
-def _offset_matmul(node, weight, means, bits, block, new, float_offsets) -> list:
+def _offset_matmul(node, weight, means, bits, block, new, float_offsets, importance=None) -> list:
     """The 4-bit MatMulNBits, the offsets' product with the block means (block * offsets, so that
     it adds the block sums times the offsets: 8-bit MatMulNBits or float MatMul), and their Add."""
     from onnx import helper, numpy_helper
 
-    packed, scales, offsets = offset_blocks(numpy_helper.to_array(weight).astype(np.float32), bits, block)
+    packed, scales, offsets = offset_blocks(numpy_helper.to_array(weight).astype(np.float32), bits, block, importance)
     k, n = weight.dims
     base = weight.name
     new += [numpy_helper.from_array(packed, base + "_Qo"), numpy_helper.from_array(scales, base + "_scales_o")]
@@ -146,28 +151,31 @@ def _offset_matmul(node, weight, means, bits, block, new, float_offsets) -> list
             helper.make_node("Add", [base + "_yq", base + "_yo"], list(node.output), name=node.name + "_add")]
 
 
-def offset_blocks(w: np.ndarray, bits: int, block: int):
+def offset_blocks(w: np.ndarray, bits: int, block: int, importance=None):
     """w [K,N] -> (packed uint8 [N, blocks, blob], scales [N*blocks], offsets [blocks, N])."""
-    q, scale, offset = offset_grid(w, bits, block)
+    q, scale, offset = offset_grid(w, bits, block, importance)
     return _pack(q, bits), scale.reshape(-1), np.ascontiguousarray(offset[..., 0].T)
 
 
-def offset_grid(w: np.ndarray, bits: int, block: int):
+def offset_grid(w: np.ndarray, bits: int, block: int, importance=None):
     """w [K,N] -> codes q [N, blocks, block], scales and offsets [N, blocks, 1]:
-    w = (q - 2**(bits-1)) * scale + offset."""
+    w = (q - 2**(bits-1)) * scale + offset. min/max per block, or with `importance` [K] searched
+    against it (edgekit.toolchains.lm.importance)."""
     qmax, mid = 2 ** bits - 1, 2 ** (bits - 1)
     k, n = w.shape
     wt = w.T.reshape(n, k // block, block)
     lo, hi = wt.min(-1, keepdims=True), wt.max(-1, keepdims=True)
     scale = np.where(hi > lo, (hi - lo) / qmax, 1.0).astype(np.float32)
     q = np.clip(np.rint((wt - lo) / scale), 0, qmax).astype(np.uint8)
+    if importance is not None:
+        q, scale, lo = refine_offset(wt, q, scale, lo, importance, qmax)
     return q, scale, (lo + mid * scale).astype(np.float32)
 
 
-def zero_point_grid(w: np.ndarray, bits: int, block: int):
+def zero_point_grid(w: np.ndarray, bits: int, block: int, importance=None):
     """onnxruntime's asymmetric blocks: the range widened to hold 0 so that the zero point is an
     integer. w [K,N] -> codes q [N, blocks, block], scales and zero points [N, blocks, 1]:
-    w = (q - zero point) * scale."""
+    w = (q - zero point) * scale. With `importance` [K]: searched against it, as offset_grid."""
     qmax = 2 ** bits - 1
     k, n = w.shape
     wt = w.T.reshape(n, k // block, block)
@@ -175,6 +183,8 @@ def zero_point_grid(w: np.ndarray, bits: int, block: int):
     scale = np.where(hi > lo, (hi - lo) / qmax, 1.0).astype(np.float32)
     zero = np.clip(np.rint(-lo / scale), 0, qmax)
     q = np.clip(np.rint(wt / scale) + zero, 0, qmax).astype(np.uint8)
+    if importance is not None:
+        q, scale, zero = refine_zero_point(wt, q, scale, zero, importance, qmax)
     return q, scale, zero.astype(np.uint8)
 
 
@@ -187,11 +197,11 @@ def _pack(q: np.ndarray, bits: int) -> np.ndarray:
     return q[..., 0::2] | (q[..., 1::2] << 4)
 
 
-def _zero_point_matmul(node, weight, bits, block, new):
+def _zero_point_matmul(node, weight, bits, block, new, importance=None):
     """One MatMulNBits with integer zero points (MLAS' fast path too) in place of `node`."""
     from onnx import helper, numpy_helper
 
-    q, scale, zero = zero_point_grid(numpy_helper.to_array(weight).astype(np.float32), bits, block)
+    q, scale, zero = zero_point_grid(numpy_helper.to_array(weight).astype(np.float32), bits, block, importance)
     k, n = weight.dims
     base = weight.name
     new += [numpy_helper.from_array(_pack(q, bits), base + "_Qz"),

@@ -14,9 +14,12 @@ head shared with the embedding.
                                  (+6% perplexity on SmolLM2-135M)
                   minmax-offset-lean  minmax-offset-head4 less the offsets of the projections
                                  where dropping them costs least, measured on the calibration
-                                 text, up to 2% perplexity (edgekit.toolchains.lm.lean): fewer
+                                 text, up to 7% perplexity over FP32 in all (edgekit.toolchains.lm.lean): fewer
                                  nodes per decode step; the kept offsets as float products
                                  (faster than 8-bit ones); needs calibration text
+                  (given calibration text, the three minmax-offset ones choose each 4-bit block's
+                  range by an importance-weighted error search instead of its min/max:
+                  edgekit.toolchains.lm.importance; on SmolLM2-135M head4's +6% -> +3%)
                   rtn            onnxruntime's default (symmetric round-to-nearest)
                   hqq            onnxruntime's HQQ (needs torch; float zero points: slow kernels)
                   kquant         onnxruntime's k-quant (asymmetric, searched scales; slow to make)
@@ -54,14 +57,17 @@ DEFAULT_ALGORITHM = {"int8-block": "rtn", "int4-block": "minmax-offset"}
 # head (faster, smaller, less accurate: the budgets choose), that less its cheapest offsets
 # (faster again), and onnxruntime's default
 INT4_CANDIDATES = ("minmax-offset", "minmax-offset-head4", "minmax-offset-lean", "rtn")
-CALIBRATED = ("minmax-offset-lean",)  # the algorithms that read calibration text
+CALIBRATED = ("minmax-offset-lean",)  # the algorithms that need calibration text
+# the algorithms that use it when given: each 4-bit block's parameters searched against the
+# calibration text's input importance (edgekit.toolchains.lm.importance) instead of min/max
+WEIGHTED = ("minmax-offset", "minmax-offset-head4", "minmax-offset-lean")
 ACCURACY_LEVEL = 4
 HEAD_BITS = 8
 
 
 def quantize_lm(model: Path, recipe: Recipe, out: Path, calibration=None) -> Path:
     """Write `model` (the FP32 export) quantized by `recipe` to `out` and `out`.data.
-    `calibration`: token windows [N, S] (the CALIBRATED algorithms need them)."""
+    `calibration`: token windows [N, S] (the CALIBRATED algorithms need them, the WEIGHTED ones use them)."""
     import onnx
 
     proto = onnx.load(str(model))
@@ -97,13 +103,14 @@ def _blocks(proto, bits: int, method: str, block: int, calibration: tuple):
     head, emb, tied = normalize(proto)
     if method in ("minmax-offset-head4", "minmax-offset-lean"):
         _check_head_blocks(proto, head, block)
+    importance = _importance(proto, block, calibration[1]) if method in WEIGHTED else None
     if method == "minmax-offset-head4":
-        return _offset_head(proto, head, emb, tied, bits, block)
+        return _offset_head(proto, head, emb, tied, bits, block, importance=importance)
     if method == "minmax-offset-lean":
-        plain = _lean(proto, head, emb, tied, bits, block, *calibration)
-        return _offset_head(proto, head, emb, tied, bits, block, plain, float_offsets=True)
+        plain = _lean(proto, head, emb, tied, bits, block, *calibration, importance)
+        return _offset_head(proto, head, emb, tied, bits, block, plain, float_offsets=True, importance=importance)
     if method == "minmax-offset":
-        proto = minmax_offset(proto, head, bits, block)
+        proto = minmax_offset(proto, head, bits, block, importance=importance)
     else:  # edgekit's rtn is onnxruntime's default symmetric blocks (weightonly's algorithm None)
         proto = nbits(proto, bits=bits, block_size=block, accuracy_level=ACCURACY_LEVEL,
                       algorithm=None if method == "rtn" else method, exclude=[head, *_unaligned(proto, block, method)])
@@ -155,7 +162,17 @@ def _rest(proto, bits: int, block: int, head: str):
     return nbits(proto, bits=bits, block_size=block, accuracy_level=ACCURACY_LEVEL, nodes=rest)
 
 
-def _lean(proto, head: str, emb: str, tied: bool, bits: int, block: int, fp32: Path, windows) -> list:
+def _importance(proto, block: int, windows):
+    """Input tensor -> its channels' importance on the calibration windows (None without them)."""
+    from edgekit.toolchains.lm.importance import input_importance
+    from edgekit.toolchains.lm.offsets import projections
+
+    if windows is None:
+        return None
+    return input_importance(proto, [x for x, _ in projections(proto, block).values()], windows)
+
+
+def _lean(proto, head: str, emb: str, tied: bool, bits: int, block: int, fp32: Path, windows, importance) -> list:
     """The projections whose offsets are cheapest to drop, measured on `windows`."""
     from edgekit.toolchains.lm.lean import choose_plain
     from edgekit.toolchains.lm.offsets import fuse_shared_inputs
@@ -164,13 +181,15 @@ def _lean(proto, head: str, emb: str, tied: bool, bits: int, block: int, fp32: P
         raise ValueError("minmax-offset-lean measures what each projection's offsets are worth on calibration "
                          "text: give one")
     fuse_shared_inputs(proto, {head}, block)
-    return choose_plain(proto, fp32, head, tied, emb, bits, block, windows).plain
+    return choose_plain(proto, fp32, head, tied, emb, bits, block, windows, importance=importance).plain
 
 
-def _offset_head(proto, head: str, emb: str, tied: bool, bits: int, block: int, plain=(), float_offsets=False):
+def _offset_head(proto, head: str, emb: str, tied: bool, bits: int, block: int, plain=(), float_offsets=False,
+                 importance=None):
     """Head and body alike in offset blocks (but the `plain` projections); a tied embedding
     reads the head's two tables."""
-    proto = minmax_offset(proto, head, bits, block, with_head=True, plain=plain, float_offsets=float_offsets)
+    proto = minmax_offset(proto, head, bits, block, with_head=True, plain=plain, float_offsets=float_offsets,
+                          importance=importance)
     proto = _rest(proto, bits, block, head)
     if tied:
         embed_offsets(proto, emb, HEAD, block)

@@ -219,11 +219,13 @@ class LMToolchain(Toolchain):
         return out
 
     def _calibration_windows(self, model: Path, recipe: Recipe, calibration: Optional[Dataset]):
-        """The calibration text as token windows, for the algorithms that measure on it (None for others)."""
+        """The calibration text as token windows, for the algorithms that measure on it (None for
+        others, and for those that only use it when given: WEIGHTED)."""
         from edgekit.toolchains.lm.evaldata import WINDOW, token_windows
-        from edgekit.toolchains.lm.quantize import CALIBRATED
+        from edgekit.toolchains.lm.quantize import CALIBRATED, DEFAULT_ALGORITHM, WEIGHTED
 
-        if recipe.algorithm not in CALIBRATED:
+        algorithm = recipe.algorithm or DEFAULT_ALGORITHM.get(recipe.precision)
+        if algorithm not in CALIBRATED + WEIGHTED or (calibration is None and algorithm not in CALIBRATED):
             return None
         if calibration is None:
             raise ConfigError(f"--algorithm {recipe.algorithm} measures on calibration text which offsets to keep: "
