@@ -30,7 +30,9 @@ def _html_report_asked(argv: list[str]) -> bool:
     return any(flag in ("-o", "--output") and value.lower().endswith(".html") for flag, value in zip(words, words[1:]))
 
 
-if _html_report_asked(sys.argv):
+# not in a chart worker, which runs this module again as __mp_main__ (`python -m`) with the
+# command's argv, and may start no process while multiprocessing prepares it
+if __name__ != "__mp_main__" and _html_report_asked(sys.argv):
     from edgekit.report.chartpool import start_server
 
     start_server(program=("edgekit.cli.main",))
