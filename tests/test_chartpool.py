@@ -96,25 +96,6 @@ def _state(pid: int) -> str:
         return fh.read().rsplit(")", 1)[1].split()[0]
 
 
-@pytest.mark.parametrize("argv, asked", [
-    (["report", "-f", "html", "-o", "page.html"], True),
-    (["report", "--store", "s.db", "--format", "html"], True),
-    (["report", "--format=html"], True),
-    (["report", "-o", "fleet.HTML"], True),
-    (["report", "-o", "fleet.html", "--json"], False),
-    (["report", "-f", "json", "-o", "x.html"], False),
-    (["report", "--calibration", "c.json", "-f", "html"], False),
-    (["report", "-f", "html", "--help"], False),
-    (["report"], False),
-    (["push", "-o", "x.html"], False),
-    ([], False),
-])
-def test_the_command_line_starts_the_chart_server_first_only_for_a_fleet_page(argv, asked):
-    from edgekit.cli.main import _html_report_asked
-
-    assert _html_report_asked(["edgekit", *argv]) is asked
-
-
 def test_a_chart_worker_count_that_is_no_number_is_named(tmp_path):
     from helpers.cli import assert_clean_error, run_edgekit
     from edgekit.store import Store
@@ -124,19 +105,3 @@ def test_a_chart_worker_count_that_is_no_number_is_named(tmp_path):
                          env={"EDGEKIT_CHART_WORKERS": "two"})
     assert_clean_error(result, "EDGEKIT_CHART_WORKERS=two: give a number of chart workers")
 
-
-def test_a_chart_worker_running_the_command_line_again_starts_no_server():
-    """`python -m edgekit.cli.main report -f html`: each worker runs the module again as
-    __mp_main__ with the command's argv, where starting a process is an error that killed the
-    worker (every chart was then drawn in the command itself, a second slower)."""
-    import subprocess
-
-    probe = ("import runpy, sys\n"
-             "sys.argv = ['edgekit', 'report', '-f', 'html', '-o', 'page.html']\n"
-             "runpy.run_module('edgekit.cli.main', run_name='__mp_main__')\n"
-             "from multiprocessing import forkserver\n"
-             "print(forkserver._forkserver._forkserver_pid)\n")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "EDGEKIT_CHART_WORKERS": "2"})
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split()[-1] == "None"

@@ -12,32 +12,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-
-def _html_report_asked(argv: list[str]) -> bool:
-    """`edgekit report ... -f html` (or -o PAGE.html): a fleet page, whose chart server is
-    best started before this command line has even imported its flags' parser. A wrong guess
-    costs a spare process that ends with this one."""
-    words = argv[1:]
-    if not words or words[0] != "report" or "--calibration" in words or "--help" in words:
-        return False
-    for flag, value in zip(words, words[1:] + [""]):
-        if flag in ("-f", "--format"):
-            return value == "html"
-        if flag.startswith(("--format=", "-fhtml")):
-            return flag.endswith("html")
-        if flag == "--json":
-            return False
-    return any(flag in ("-o", "--output") and value.lower().endswith(".html") for flag, value in zip(words, words[1:]))
-
-
-# not in a chart worker, which runs this module again as __mp_main__ (`python -m`) with the
-# command's argv, and may start no process while multiprocessing prepares it
-if __name__ != "__mp_main__" and _html_report_asked(sys.argv):
-    from edgekit.report.chartpool import start_server
-
-    start_server(program=("edgekit.cli.main",))
-
-import typer  # noqa: E402
+import typer
 from rich.markup import escape
 
 from edgekit import __version__

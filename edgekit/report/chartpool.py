@@ -23,7 +23,7 @@ import secrets
 import sys
 from typing import Callable, Optional
 
-__all__ = ["ChartPool", "draw_now", "start_server"]
+__all__ = ["ChartPool", "draw_now"]
 
 MAX_WORKERS = 4   # a page has two charts per target
 ENV = "EDGEKIT_CHART_WORKERS"   # how many workers; 0 draws in this process
@@ -56,36 +56,17 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def start_server(program: tuple[str, ...] = ()) -> bool:
-    """Start the chart server now, if this machine draws with workers: it imports on its own
-    while the caller goes on (a command line that will make a page calls this before it has
-    even parsed its flags). `program`: the modules of the program that runs (the server
-    imports them too: multiprocessing has each worker run the program's main module again,
-    as `__mp_main__`, which took a worker 0.2 s of CPU for edgekit's command). Calling it
-    again, or _start after it, finds the same server running."""
-    from edgekit.errors import ConfigError
-
-    try:
-        if _workers() <= 0:
-            return False
-    except ConfigError:
-        return False  # the command says so, when it makes its page
-    from multiprocessing import forkserver
-
-    multiprocessing.get_context("forkserver").set_forkserver_preload([*PRELOAD, *program])
-    forkserver.ensure_running()  # returns at once: the server imports on its own
-    return True
-
-
 def _start(workers: int, program: tuple[str, ...]):
-    """The pool, its server started now if not yet (it imports while the store is read); each
-    worker is forked from it when a chart needs one."""
+    """The pool, its server started now (it imports while the store is read); each worker is
+    forked from it when a chart needs one. `program`: the modules of the program that runs
+    (the server imports them too: multiprocessing has each worker run the program's main
+    module again, as `__mp_main__`, which took a worker 0.2 s of CPU for edgekit's command)."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import forkserver
 
     server = multiprocessing.get_context("forkserver")
     server.set_forkserver_preload([*PRELOAD, *program])
-    forkserver.ensure_running()
+    forkserver.ensure_running()  # returns at once: the server imports on its own
     return ProcessPoolExecutor(workers, mp_context=server)
 
 
