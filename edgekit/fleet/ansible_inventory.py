@@ -57,8 +57,8 @@ def host_vars(d) -> dict[str, Any]:
                                       ("ansible_ssh_private_key_file", d.identity_file)) if v is not None})
     out.update(d.ansible_vars)  # the inventory's own ansible_* settings (become, ssh arguments, ...)
     if d.transport == "ssh" and d.proxy_jump:
-        out["ansible_ssh_common_args"] = " ".join([f"-o ProxyJump={d.proxy_jump}",
-                                                   *[str(d.ansible_vars.get("ansible_ssh_common_args", ""))]]).strip()
+        rest = d.ansible_vars.get("ansible_ssh_common_args", "")
+        out["ansible_ssh_common_args"] = f"-o ProxyJump={d.proxy_jump} {rest}".strip()
     python = d.python or (PLAYBOOK_PYTHON if d.transport == "local" else None)
     if python:  # the modules and the runner run on the same Python
         out.update(ansible_python_interpreter=python, edgekit_python=python)

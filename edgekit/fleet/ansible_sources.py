@@ -15,6 +15,7 @@ group_vars/GROUP (parents before children) < the inventory file's host vars < ho
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import re
@@ -121,8 +122,10 @@ class Unresolved(str):
     tag = ""
 
 
+@functools.lru_cache(maxsize=None)
 def lenient_loader():
-    """PyYAML's safe loader, with any other tag (Ansible's !vault, !unsafe) read as Unresolved."""
+    """PyYAML's safe loader, with any other tag (Ansible's !vault, !unsafe) read as Unresolved
+    (one class, made once: a thousand hosts' variables go through it)."""
     import yaml
 
     class Loader(yaml.SafeLoader):
