@@ -223,3 +223,9 @@ def test_a_dynamic_inventory_in_an_inventory_folder_is_refused_by_name(tmp_path)
     result = run_edgekit("fleet", "status", "-i", tmp_path)
     assert_clean_error(result)
     assert f"{script}: an executable file in the inventory folder (a dynamic inventory" in result.stderr
+
+
+def test_a_toml_inventory_inside_an_inventory_folder_is_named(tmp_path):
+    (tmp_path / "fleet.toml").write_text("[[device]]\nname = 'a'\nhost = 'h'\ntarget = 'host-cpu'\n")
+    result = run_edgekit("fleet", "status", "-i", tmp_path)
+    assert_clean_error(result, "give the TOML file itself with --inventory")

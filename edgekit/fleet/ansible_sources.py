@@ -40,6 +40,9 @@ def inventory_files(folder: Path) -> list[Path]:
     for path in sorted(folder.iterdir()):
         if path.is_dir() or path.name.startswith(".") or path.name.endswith(IGNORED_SUFFIXES):
             continue
+        if path.suffix == ".toml":
+            raise ConfigError(f"{path}: an edgekit TOML inventory in a folder read as an Ansible inventory; "
+                              "give the TOML file itself with --inventory")
         if os.access(path, os.X_OK):
             raise ConfigError(f"{path}: an executable file in the inventory folder (a dynamic inventory, "
                               "which edgekit does not run); write its output to a YAML file, or move it out")
