@@ -29,7 +29,8 @@ GAP = 4            # pixels kept free between two tick labels
 STEPS = [1, 2, 5, 10]  # tick steps: no 2.5, whose labels (0.0125) are the longest
 # Around a point: right first (where a reader looks), then above, below, left, the diagonals.
 DIRECTIONS = ((1, 0), (0, 1), (0, -1), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1))
-RINGS = (0, 6, 14, 26, 42)   # points beyond the marker's edge; from the second a leader line
+RINGS = (0, 6, 14, 26, 42)
+PREWRAP = 0.9  # of its axis: what an axis label is wrapped to before the first layout (settle_layout)
 
 
 @dataclass
@@ -87,15 +88,16 @@ def _crowded(axis, renderer) -> Optional[int]:
     return max(1, min(fits, len(boxes) - 1) - 1)
 
 
-def _wrap_labels(fig, renderer) -> bool:
-    """Wrap what follows the first line of each axis label until the label fits its axis, in
-    the layout last drawn; whether any label changed."""
+def _wrap_labels(fig, renderer, room: float = 1.0) -> bool:
+    """Wrap what follows the first line of each axis label until the label fits `room` times
+    its axis, in the layout last drawn; whether any label changed."""
     import textwrap
 
     changed = False
     for ax in fig.axes:
         frame = ax.get_window_extent(renderer)
-        for label, length, along in ((ax.xaxis.label, frame.width, "width"), (ax.yaxis.label, frame.height, "height")):
+        for label, length, along in ((ax.xaxis.label, frame.width * room, "width"),
+                                     (ax.yaxis.label, frame.height * room, "height")):
             head, _, rest = label.get_text().partition("\n")
             rest = " ".join(rest.split())
             width = len(rest)
@@ -162,10 +164,14 @@ def settle_layout(fig, rounds: int = 6) -> None:
     draw a round (each draw lays the whole figure out: the most of a chart's time), then
     the layout frozen where the last draw put it. The spines are left out of the layout:
     their extent (the tick marks) lies within the tick labels', and measuring it brought
-    every tick up to date once more a draw."""
+    every tick up to date once more a draw. The labels are wrapped once before the first draw,
+    to PREWRAP of their axes as they stand before the layout: a label wrapped only after it
+    took a draw a second one (a third of a chart's time), and the axes the layout leaves
+    are seldom much narrower than those."""
     for ax in fig.axes:
         for spine in ax.spines.values():
             spine.set_in_layout(False)
+    _wrap_labels(fig, _renderer(fig), PREWRAP)
     freeze_layout(fig, drawn=_settle(fig, [_wrap_labels, _thin_once], rounds))
 
 
