@@ -13,9 +13,9 @@ calibration candidate without an accuracy does not), never the rule itself.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
-__all__ = ["Measured", "Rule", "Breach", "RULES", "check", "QUALITY_BUDGETS", "LM_GATES"]
+__all__ = ["Measured", "Rule", "Breach", "RULES", "check", "checker", "QUALITY_BUDGETS", "LM_GATES"]
 
 
 @dataclass(frozen=True)
@@ -103,21 +103,32 @@ def check(measured: Measured, budgets, *, gates: Optional[Iterable[str]] = None,
 
     An accuracy budget judges labelled data; the fidelity budget judges unlabelled data,
     and labelled data only when no accuracy budget is set."""
+    return checker(budgets, gates=gates, require=require)(measured)
+
+
+def checker(budgets, *, gates: Optional[Iterable[str]] = None,
+            require: bool = False) -> Callable[[Measured], list[Breach]]:
+    """check() with its budgets and gates given once, for judging many rows against one
+    profile (a fleet report's 10,000): the rules with a limit set are picked here, not a row."""
     limits = budgets if isinstance(budgets, dict) else budgets.model_dump()
     chosen = set(gates) if gates is not None else None
-    found = []
-    for rule in RULES:
-        limit = limits.get(rule.budget)
-        if limit is None or (chosen is not None and rule.gate not in chosen) or not _applies(rule, measured, limits):
-            continue
-        value = getattr(measured, rule.measured)
-        if value is None:
-            if require:
-                found.append(Breach(rule, None, float(limit)))
-            continue
-        if rule.broken(float(value), float(limit)):
-            found.append(Breach(rule, float(value), float(limit)))
-    return found
+    judged = [(rule, float(limits[rule.budget])) for rule in RULES
+              if limits.get(rule.budget) is not None and (chosen is None or rule.gate in chosen)]
+
+    def breaches(measured: Measured) -> list[Breach]:
+        found = []
+        for rule, limit in judged:
+            if not _applies(rule, measured, limits):
+                continue
+            value = getattr(measured, rule.measured)
+            if value is None:
+                if require:
+                    found.append(Breach(rule, None, limit))
+            elif rule.broken(float(value), limit):
+                found.append(Breach(rule, float(value), limit))
+        return found
+
+    return breaches
 
 
 def _applies(rule: Rule, m: Measured, limits: dict) -> bool:

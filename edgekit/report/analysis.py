@@ -137,13 +137,18 @@ def _row(item: dict, runs: int, device: dict, budget: dict) -> dict:
     }
 
 
-def _over_budget(row: dict, budget: dict) -> list[str]:
-    """What the row's own numbers break of its target's latency and memory budgets."""
-    from edgekit.budgets import Measured, check
+def _over_budget(budget: dict):
+    """row -> what the row's own numbers break of its target's latency and memory budgets
+    (`budget`: the target's; made once a target)."""
+    from edgekit.budgets import Measured, checker
 
-    measured = Measured(latency_p95=row["latency_p95"], peak_rss_mb=row["peak_rss_mb"])
-    return [b.sentence() for b in check(measured, budget, gates=("latency_p95", "peak_rss_mb"))] + \
-        lm_over_budget(row, budget)
+    judge, lm_judge = checker(budget, gates=("latency_p95", "peak_rss_mb")), lm_over_budget(budget)
+
+    def over(row: dict) -> list[str]:
+        measured = Measured(latency_p95=row["latency_p95"], peak_rss_mb=row["peak_rss_mb"])
+        return [b.sentence() for b in judge(measured)] + lm_judge(row)
+
+    return over
 
 
 def gate_verdicts(rollouts: Iterable[dict]) -> dict[tuple[str, str, str], list[str]]:
@@ -177,13 +182,15 @@ def device_rows(reports: Iterable[dict], devices: Iterable[dict] = (), budgets: 
             newest[key] = (when, item)
     info = {d["name"]: d for d in devices}
     running = running_versions(reports) if running is None else running
-    rows = []
+    rows, judges = [], {}
     for key, (_, item) in newest.items():
         device = info.get(item["device"], {})
         target = item["columns"]["target"] or device.get("target")
         row = _row(item, runs[key], device, (budgets or {}).get(target) or {})
         row["current"] = running.get((row["device"], row["name"])) == row["version"]
-        row["over_budget"] = _over_budget(row, (budgets or {}).get(row["target"]) or {})
+        if row["target"] not in judges:
+            judges[row["target"]] = _over_budget((budgets or {}).get(row["target"]) or {})
+        row["over_budget"] = judges[row["target"]](row)
         broken = (gates or {}).get((row["device"], row["name"], row["version"]))
         if broken and row["status"] == "ok":  # a failed evaluation stays `failed`, with the device's error
             row["status"], row["error"] = "gate failed", "; ".join(broken)

@@ -79,15 +79,21 @@ def lm_row(report: dict, columns: dict, budget: dict) -> dict:
             **{f"{column}_budget": _num(budget.get(name)) for column, name in LM_BUDGET_COLUMNS.items()}}
 
 
-def lm_over_budget(row: dict, budget: dict) -> list[str]:
-    """What an LM row's own numbers break of its target's LM budgets."""
-    from edgekit.budgets import LM_GATES, Measured, check
+def lm_over_budget(budget: dict):
+    """row -> what an LM row's own numbers break of its target's LM budgets (`budget`: the
+    target's; made once a target)."""
+    from edgekit.budgets import LM_GATES, Measured, checker
 
-    if not is_lm(row):
-        return []
-    measured = Measured(ppl_increase=row["ppl_increase"], decode_tokens_per_s=row["decode_tokens_per_s"],
-                        ttft_ms=row["ttft_ms"])
-    return [b.sentence() for b in check(measured, budget, gates=LM_GATES)]
+    judge = checker(budget, gates=LM_GATES)
+
+    def over(row: dict) -> list[str]:
+        if not is_lm(row):
+            return []
+        measured = Measured(ppl_increase=row["ppl_increase"], decode_tokens_per_s=row["decode_tokens_per_s"],
+                            ttft_ms=row["ttft_ms"])
+        return [b.sentence() for b in judge(measured)]
+
+    return over
 
 
 def lm_drift(members: list[dict], tolerance: float, min_cohort: int) -> list[dict]:
