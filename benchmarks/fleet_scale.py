@@ -51,6 +51,7 @@ from typing import Optional
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's edgekit
+from _checkout import compile_edgekit  # noqa: E402  (benchmarks/, beside this script)
 DEVICE_VENV_PYTHON = REPO / ".venv-device" / "bin" / "python"  # numpy + onnxruntime, made by the tests
 
 
@@ -253,16 +254,6 @@ def _timed(argv: list[str]) -> tuple[float, float]:
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed:\n{proc.stderr[-3000:]}")
     return round(seconds, 3), round(cpu, 3)
-
-
-def compile_edgekit() -> bool:
-    """This checkout's edgekit byte-compiled before the CLI timings, as `pip install` leaves an
-    installed copy: where PYTHONDONTWRITEBYTECODE is set (this machine's sessions set it) a
-    checkout without current __pycache__ compiled every module it imports again on each run,
-    the chart server's too. True if it compiled."""
-    import compileall
-
-    return bool(compileall.compile_dir(str(REPO / "edgekit"), quiet=1))
 
 
 def cli_report(store: Path, out: Path) -> tuple[float, float]:

@@ -49,6 +49,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]  # this checkout's edgekit; the tests' wide model builder
+from _checkout import compile_edgekit  # noqa: E402  (benchmarks/, beside this script)
 ANSIBLE_VENV = REPO / "bench-results" / ".venv-ansible"
 
 
@@ -77,16 +78,6 @@ def ssh_opts(fleet) -> list[str]:
 
 def scp_argv(fleet, server, bundle: Path, dest: str) -> list[str]:
     return ["scp", "-q", *ssh_opts(fleet), "-P", str(server.port), str(bundle), f"root@127.0.0.1:{server.root}/{dest}"]
-
-
-def compile_edgekit() -> bool:
-    """Byte-compile this checkout's edgekit before any timing, as `pip install` does for an
-    installed copy: with PYTHONDONTWRITEBYTECODE set (this machine's sessions set it) and no
-    current __pycache__, every edgekit run compiled its modules from source (0.3-0.4 CPU s
-    on the host here), which neither an installed edgekit nor scp pays. True if it compiled."""
-    import compileall
-
-    return bool(compileall.compile_dir(str(REPO / "edgekit"), quiet=1))
 
 
 def edgekit_push(fleet, inventory: Path, bundle: Path, devices: int) -> tuple[float, dict]:
