@@ -102,7 +102,7 @@ def _blocks(proto, bits: int, method: str, block: int, calibration: tuple):
 
     head, emb, tied = normalize(proto)
     if method in ("minmax-offset-head4", "minmax-offset-lean"):
-        _check_head_blocks(proto, head, block)
+        _check_head_blocks(proto, head, block, method)
     importance = _importance(proto, block, calibration[1]) if method in WEIGHTED else None
     if method == "minmax-offset-head4":
         return _offset_head(proto, head, emb, tied, bits, block, importance=importance)
@@ -127,14 +127,17 @@ def _blocks(proto, bits: int, method: str, block: int, calibration: tuple):
     return proto
 
 
-def _check_head_blocks(proto, head: str, block: int) -> None:
-    """The head in offset blocks needs its input size (the hidden size) a multiple of the block."""
+def _check_head_blocks(proto, head: str, block: int, method: str) -> None:
+    """The head in offset blocks needs its input size (the hidden size) a multiple of the block:
+    else the recipe does not apply to this model (exit 2; calibrate records it so)."""
+    from edgekit.errors import NotApplicable
+
     node = next(n for n in proto.graph.node if n.name == head)
     hidden = next(i.dims[0] for i in proto.graph.initializer if i.name == node.input[1])
     if hidden % block:
-        raise ValueError(f"the hidden size ({hidden}) is not a multiple of the block ({block}): this method puts the "
-                         "LM head in offset blocks, which need that; minmax-offset keeps the head at 8 bits, or "
-                         "give a --block-size that divides it")
+        raise NotApplicable(f"{method}: the hidden size ({hidden}) is not a multiple of the block ({block}): this "
+                            "method puts the LM head in offset blocks, which need that; minmax-offset keeps the head "
+                            "at 8 bits, or give a --block-size that divides it")
 
 
 def _unaligned(proto, block: int, method: str) -> list[str]:
