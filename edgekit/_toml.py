@@ -42,18 +42,26 @@ def pydantic_error_hint(exc: Exception) -> str | None:
 
 
 def pydantic_error_line(path: Path, exc: Exception) -> str:
-    """One line naming the file, the field and what is wrong, from a pydantic ValidationError."""
-    first = exc.errors()[0]  # type: ignore[attr-defined]
+    """One line naming the file, the field and what is wrong, from a pydantic ValidationError.
+    A missing key beside an unknown one in the same table names both: the unknown one is most
+    often the missing one misspelled (`kind` for `format`)."""
+    errors = exc.errors()  # type: ignore[attr-defined]
+    first = errors[0]
     field = ".".join(str(p) for p in first["loc"]) or "(top level)"
     kind = first["type"]
+    named = [first]
     if kind == "extra_forbidden":
         what = "unknown key"
     elif kind == "missing":
         what = "required key is missing"
+        beside = [e for e in errors if e["type"] == "extra_forbidden" and e["loc"][:-1] == first["loc"][:-1]]
+        if beside:
+            named.append(beside[0])
+            what += f", and '{'.'.join(str(p) for p in beside[0]['loc'])}' is no key here (misspelled?)"
     elif kind == "value_error":  # our own validators' messages say what was given and what to do
         what = str(first["ctx"]["error"])
     else:
         what = f"{first['msg']} (got {first.get('input')!r})"
-    more = len(exc.errors()) - 1  # type: ignore[attr-defined]
+    more = len(errors) - len(named)
     tail = f" (and {more} more)" if more else ""
     return f"{path}: field '{field}': {what}{tail}"

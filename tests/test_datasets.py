@@ -103,6 +103,16 @@ def test_missing_and_corrupt_files(tmp_path):
         load_dataset(tmp_path / "d")
 
 
+def test_a_misspelled_key_is_named_beside_the_missing_one(tmp_path):
+    """`kind = "text"` for `format = "text"`: the line names both, not "and 1 more"."""
+    (tmp_path / "a.txt").write_text("Some text to read.\n")
+    (tmp_path / "dataset.toml").write_text('kind = "text"\nfiles = ["a.txt"]\n')
+    with pytest.raises(DataError) as caught:
+        load_dataset(tmp_path)
+    assert "field 'format': required key is missing, and 'kind' is no key here" in str(caught.value)
+    assert "more" not in str(caught.value)
+
+
 def test_a_set_is_scanned_once_per_model_signature(tmp_path, monkeypatch):
     np.savez(tmp_path / "d.npz", input=np.zeros((5, 1, 8, 8), np.float32))
     ds = load_dataset(tmp_path / "d.npz")
