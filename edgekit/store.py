@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
 
@@ -79,7 +78,7 @@ class Store:
                               "give a writable path with --store or EDGEKIT_STORE") from exc
 
     def _open_read_only(self) -> None:
-        with suppress(Exception):
+        if self._db is not None:  # the writable open that failed
             self._db.close()
         self._db, have, error = open_read_only(self.path)
         if self._db is None:
