@@ -4,6 +4,7 @@ at export. Each is the tiny Llama of tests/helpers/lmkit.py with another config.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +127,25 @@ def test_an_onnx_export_onnxruntime_cannot_run_is_refused_by_every_step(tiny_lm,
     for args in (("quantize", bad, "-p", "int8-block", "-o", tmp_path / "q" / "model.onnx"),
                  ("evaluate", bad, "--data", tiny_lm.eval, "--samples", "1")):
         assert_clean_error(run_edgekit(*args), f"model {bad}", "cannot run its export")
+
+
+def test_a_model_is_run_checked_once_a_process_until_it_changes(tiny_lm, tmp_path, monkeypatch):
+    """calibrate loads the FP32 model and evaluates it: one run check, not one a step; a file
+    written again (another mtime) is checked again."""
+    import shutil
+
+    import edgekit.toolchains.lm.verify as verify
+    from edgekit.toolchains.lm.toolchain import LMToolchain
+
+    model = tmp_path / "m" / "model.onnx"
+    shutil.copytree(tiny_lm.fp32.parent, model.parent)
+    checked = []
+    real = verify.check_runs
+    monkeypatch.setattr(verify, "check_runs", lambda path, vocab: checked.append(path) or real(path, vocab))
+    lm = LMToolchain()
+    lm.check(model)
+    lm.check(model.parent / "." / "model.onnx")
+    assert checked == [model]
+    os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns + 1_000_000))
+    lm.check(model)
+    assert len(checked) == 2

@@ -35,6 +35,7 @@ class LMToolchain(Toolchain):
 
     def __init__(self) -> None:
         self._made: dict = {}  # _made_key -> a kept copy of the file quantize wrote (None: none kept)
+        self._runs: set = set()  # (path, size, mtime) of the models check() saw onnxruntime run
         self._kept: Optional[Path] = None  # the folder of those copies
 
     # -- a model ------------------------------------------------------------------------
@@ -62,8 +63,15 @@ class LMToolchain(Toolchain):
         """`path` if it is a language model of edgekit that onnxruntime runs, else ModelError."""
         from edgekit.toolchains.lm.verify import check_runs
 
-        check_runs(Path(path), self._meta(Path(path))["vocab"])
-        return Path(path)
+        path = Path(path)
+        if not path.is_file():  # what _meta says of a folder or nothing
+            check_runs(path, self._meta(path)["vocab"])
+        stat = path.stat()
+        seen = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if seen not in self._runs:  # once a process: calibrate's load, then its evaluate, check one model
+            check_runs(path, self._meta(path)["vocab"])
+            self._runs.add(seen)
+        return path
 
     def _meta(self, path: Path, quiet: bool = False) -> dict:
         import onnx
