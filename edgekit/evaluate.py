@@ -237,9 +237,12 @@ def evaluate_model(model: Path, data: Union[Dataset, str, Path], *, reference: O
     with tempfile.TemporaryDirectory(prefix="edgekit-evaluate-") as tmp:
         step("preparing the evaluation data")
         if lm is not None:  # text -> token windows; the reference gives FP32's next-token log-probs
+            from edgekit.device.lm_evaluate import default_workload
+
             dataset = lm.model_data(lm.check(Path(model)), dataset, "eval data")
             npz = lm.prepare_eval(dataset, Path(model), Path(tmp) / "eval.npz", reference=reference, samples=samples)
-            opts["lm"] = {"kv_cache": "cache"}  # edgekit.device.lm_evaluate's default workload
+            # edgekit.device.lm_evaluate's default workload, no longer than the model runs at
+            opts["lm"] = {"kv_cache": "cache", **default_workload(lm.model_context(Path(model)))}
         else:
             npz = prepare_eval_data(dataset, Path(model), Path(tmp) / "eval.npz", reference=reference, samples=samples)
         step(f"measuring {Path(model).name}")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from helpers.cli import assert_clean_error, run_edgekit
-from helpers.lmkit import make_tiny_hf
+from helpers.lmkit import make_tiny_hf, tiny_lm_target
 
 ODD = dict(hidden_size=96, intermediate_size=200, num_attention_heads=6, num_key_value_heads=1, head_dim=16,
            tie_word_embeddings=False)
@@ -149,3 +149,32 @@ def test_a_model_is_run_checked_once_a_process_until_it_changes(tiny_lm, tmp_pat
     os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns + 1_000_000))
     lm.check(model)
     assert len(checked) == 2
+
+
+def test_a_model_shorter_than_the_window_or_the_target_is_measured_within_it_or_refused(tiny_lm, tmp_path):
+    """A model of 96 positions: evaluation windows shrink to it, a longer prompt and a target whose
+    context is longer are refused in one line; an older export's context is read off its graph."""
+    import onnx
+
+    from edgekit.datasets import Dataset
+    from edgekit.errors import DataError
+    from edgekit.toolchains import TOOLCHAINS
+    from edgekit.toolchains.lm.graph import lm_meta_of, set_lm_meta
+
+    hf = make_tiny_hf(tmp_path / "hf", tiny_lm.calib, steps=0, max_position_embeddings=96)
+    short = tmp_path / "short" / "model.onnx"
+    assert run_edgekit("quantize", hf, "-p", "fp32", "-o", short).code == 0
+    assert TOOLCHAINS["lm"].model_context(short) == 96
+    evaluated = run_edgekit("evaluate", short, "--data", tiny_lm.eval, "--samples", "2", "--json")
+    assert evaluated.code == 0, evaluated.stderr
+    assert_clean_error(run_edgekit("generate", short, "word " * 200, "-n", "4"), "runs at (96 tokens)")
+    targets = tiny_lm_target(tmp_path / "targets")  # context 128
+    result = run_edgekit("calibrate", short, "--target", "tiny-lm", "--targets-dir", targets,
+                         "--calibration", tiny_lm.calib, "--eval", tiny_lm.eval, "-o", tmp_path / "out")
+    assert_clean_error(result, "target tiny-lm", "context = 128 is longer than", "(96 tokens")
+    with pytest.raises(DataError, match="windows of 128 tokens"):  # token windows given as arrays
+        TOOLCHAINS["lm"].model_data(short, Dataset(tmp_path / "w.npz", arrays={"input_ids": np.ones((2, 128), int)}),
+                                    "eval data")
+    old = onnx.load(str(short), load_external_data=False)
+    set_lm_meta(old, {k: v for k, v in lm_meta_of(old).items() if k != "context"})
+    assert "context" not in old.metadata_props[-1].value and lm_meta_of(old)["context"] == 96

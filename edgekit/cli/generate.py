@@ -30,7 +30,8 @@ def generate_cmd(
     with tempfile.TemporaryDirectory(prefix="edgekit-generate-") as tmp:
         path = lm.load(model, workdir=Path(tmp), on_step=lambda *_: err_console.print("exporting to ONNX first"))
         try:
-            result = generate_text(str(path), prompt, new_tokens, chat=chat, threads=threads)
+            result = generate_text(str(path), prompt, new_tokens, chat=chat, threads=threads,
+                                   positions=lm.model_context(path))
         except GenerateError as exc:
             raise ConfigError(str(exc)) from exc
     result["model"] = model

@@ -7,7 +7,8 @@ The model is an ONNX decoder with a KV cache (edgekit.toolchains.lm writes them)
     outputs  logits [B,S,V], present.{i}.key / .value [B, kv_heads, T, head_dim]     (T = P + S)
 
 and carries its shape in the metadata entry `edgekit.lm` (JSON: layers, kv_heads, head_dim,
-vocab, eos, bos, shared_buffer), so that a device needs no other file to run it.
+vocab, eos, bos, shared_buffer, context: the longest sequence it runs at), so that a device
+needs no other file to run it.
 
 Two ways to keep the cache. A model whose attention is GroupQueryAttention (`shared_buffer`)
 gets one buffer per layer preallocated at the *profile's* context, bound as both past and
@@ -86,6 +87,9 @@ class DecoderLM:
         self.session, self.meta = session, meta
         self.layers, self.kv_heads, self.head_dim = meta["layers"], meta["kv_heads"], meta["head_dim"]
         self.vocab = meta["vocab"]
+        # the longest sequence it runs at (its position table), None where the export did not say
+        context = meta.get("context")
+        self.context = context if isinstance(context, int) and context > 0 else None
         self.eos = [int(e) for e in (meta.get("eos") or [])]
         inputs = {i.name: i for i in session.get_inputs()}
         self.past_names = ["past_key_values.%d.%s" % (i, kv) for i in range(self.layers) for kv in ("key", "value")]
@@ -128,8 +132,14 @@ class DecoderLM:
 
     # -- a cache that lives across calls ----------------------------------------------
 
+    def fits(self, tokens: int, what: str) -> None:
+        """ValueError naming `what` when `tokens` are more than the model runs at."""
+        if self.context is not None and tokens > self.context:
+            raise ValueError(f"{what} ({tokens} tokens) is longer than the model runs at ({self.context} tokens)")
+
     def start(self, max_len: int) -> dict:
         """A fresh cache for up to `max_len` tokens (preallocated when the model shares its buffer)."""
+        self.fits(max_len, "the cache")
         if not self.shared_buffer:
             return {"past": self.empty_past(), "total": 0, "max_len": max_len}
         import onnxruntime as ort
@@ -175,6 +185,7 @@ class DecoderLM:
         With the cache, the prompt is prefilled PREFILL_CHUNK tokens at a time into a cache of
         `max_len` tokens (prompt + new by default); without it every token reruns the prefix."""
         ids = np.asarray(prompt, dtype=np.int64).reshape(1, -1)
+        self.fits(max_len or ids.shape[1] + new_tokens, "the prompt and its answer")
         state = self.start(max_len or ids.shape[1] + new_tokens) if use_cache else None
         start = time.perf_counter()
         if use_cache:
@@ -199,6 +210,7 @@ class DecoderLM:
 
     def window_logits(self, window: np.ndarray) -> np.ndarray:
         """Teacher-forced logits [S,V] of one window of token ids, from an empty cache."""
+        self.fits(np.size(window), "an evaluation window")
         logits, _ = self.forward(np.asarray(window, dtype=np.int64).reshape(1, -1))
         return logits[0]
 

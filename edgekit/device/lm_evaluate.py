@@ -51,6 +51,17 @@ RECOMPUTE_TOKENS = 8  # decode steps without a cache: each reruns the whole pref
 CURVE_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
 CURVE_STEPS = 4  # tokens generated with the cache at each context of the curve (3 timed decode steps)
 _TINY = 1e-12
+# the workload measured without a target profile (`edgekit evaluate`), shortened for a model that
+# runs at fewer tokens (default_workload)
+DEFAULT_CONTEXT, DEFAULT_PROMPT, DEFAULT_GENERATE = 256, 64, 32
+
+
+def default_workload(model_context: Optional[int] = None) -> dict:
+    """context, prompt_tokens, generate_tokens without a profile: the defaults, or for a model that
+    runs at fewer than DEFAULT_CONTEXT tokens that many, a quarter of them the prompt."""
+    context = min(DEFAULT_CONTEXT, model_context or DEFAULT_CONTEXT)
+    prompt = max(1, min(DEFAULT_PROMPT, context // 4))
+    return {"context": context, "prompt_tokens": prompt, "generate_tokens": min(DEFAULT_GENERATE, context - prompt)}
 
 
 def reference_of(logits: np.ndarray, window: np.ndarray, k: int = TOP_K):
@@ -188,8 +199,8 @@ def _recompute_step(lm: DecoderLM, prefix: np.ndarray) -> dict:
     return {"decode_tokens_per_s": _rate(1, run["prefill_s"]), "rss_mb": peak_rss_mb()}
 
 
-def evaluate_lm(backend, model_path: str, arrays: Dict[str, np.ndarray], n: int, *, context: int = 256, prompt_tokens: int = 64,
-                generate_tokens: int = 32, kv_cache: str = "cache", curve_points: int = 0, repeats: int = 2,
+def evaluate_lm(backend, model_path: str, arrays: Dict[str, np.ndarray], n: int, *, context: int = DEFAULT_CONTEXT,
+                prompt_tokens: int = DEFAULT_PROMPT, generate_tokens: int = DEFAULT_GENERATE, kv_cache: str = "cache", curve_points: int = 0, repeats: int = 2,
                 quality_only: bool = False) -> dict:
     """Measure the opened model (`backend`) on everything the module docstring lists; n windows are
     scored. `quality_only`: the text scores alone (a package's expected metrics: its timings would
@@ -199,6 +210,8 @@ def evaluate_lm(backend, model_path: str, arrays: Dict[str, np.ndarray], n: int,
     if not 0 < prompt_tokens < context:
         raise ValueError(f"prompt_tokens ({prompt_tokens}) must be at least 1 and below the context ({context})")
     lm = DecoderLM(backend)
+    if not quality_only:
+        lm.fits(context, "the profile's context")
     new = max(2, min(generate_tokens, context - prompt_tokens))
     if quality_only:
         return _result(lm, model_path, n, score_text(lm, arrays, n), kv_cache=kv_cache,

@@ -37,9 +37,11 @@ def _tokenizer(model_path: str):
 
 
 def generate_text(model_path: str, prompt: str, new_tokens: int = 64, *, chat: bool = False, threads: int = 0,
-                  context: Optional[int] = None) -> dict:
+                  context: Optional[int] = None, positions: Optional[int] = None) -> dict:
     """{prompt, text, tokens, prompt_tokens, ttft_ms, decode_tokens_per_s}: greedy, stopping at
-    the model's end-of-sequence token; the cache sized to prompt + new tokens (or `context`)."""
+    the model's end-of-sequence token; the cache sized to prompt + new tokens (or `context`).
+    `positions`: the longest sequence the model runs at, where its metadata does not say (an
+    older export: the host reads it from the graph)."""
     if not prompt.strip():
         raise GenerateError("the prompt is empty")
     if new_tokens < 1:
@@ -54,6 +56,10 @@ def generate_text(model_path: str, prompt: str, new_tokens: int = 64, *, chat: b
     max_len = context or len(ids) + new_tokens
     if len(ids) + new_tokens > max_len:
         raise GenerateError(f"{len(ids)} prompt tokens + {new_tokens} new do not fit a context of {max_len}")
+    most = lm.context or positions
+    if most is not None and max_len > most:
+        raise GenerateError(f"{len(ids)} prompt tokens + {new_tokens} new are more than model {model_path} runs at "
+                            f"({most} tokens): give a shorter prompt or fewer new tokens")
     start = time.perf_counter()
     run = lm.generate(ids, new_tokens, max_len=max_len, stop_at_eos=True)
     tokens = [t for t in run["tokens"] if t not in lm.eos]

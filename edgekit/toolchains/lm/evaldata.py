@@ -20,9 +20,11 @@ __all__ = ["WINDOW", "window_length", "token_windows", "write_eval"]
 WINDOW = 256  # tokens per evaluation window (the profile's context, when shorter)
 
 
-def window_length(profile=None) -> int:
+def window_length(profile=None, model_context=None) -> int:
+    """Tokens per window: WINDOW, or the profile's context or the model's (its `context`
+    metadata) when shorter."""
     lm = getattr(profile, "lm", None)
-    return min(WINDOW, lm.context) if lm is not None else WINDOW
+    return min(WINDOW, *(c for c in (lm.context if lm is not None else None, model_context) if c))
 
 
 def token_windows(model: Path, data: Dataset, role: str, length: int) -> Dataset:

@@ -96,7 +96,7 @@ def _tag(model: Path, config: dict) -> None:
     """Write the `edgekit.lm` metadata into the (small) graph file; the weights stay where they are."""
     import onnx
 
-    from edgekit.toolchains.lm.graph import external_files, set_lm_meta
+    from edgekit.toolchains.lm.graph import external_files, rotary_positions, set_lm_meta
 
     proto = onnx.load(str(model), load_external_data=False)
     dec = config["decoder"]
@@ -105,7 +105,8 @@ def _tag(model: Path, config: dict) -> None:
             "vocab": config["vocab_size"], "bos": config.get("bos_token_id"),
             "eos": eos if isinstance(eos, list) else [eos] if eos is not None else [],
             "shared_buffer": any(n.op_type == "GroupQueryAttention" for n in proto.graph.node),
-            "data": external_files(proto), "type": config.get("type")}
+            "data": external_files(proto), "type": config.get("type"),
+            "context": rotary_positions(proto) or config.get("context_length")}
     set_lm_meta(proto, meta)
     onnx.save(proto, str(model))
 

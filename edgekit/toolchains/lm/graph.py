@@ -18,7 +18,7 @@ import numpy as np
 
 from edgekit.device.lm import META_KEY
 
-__all__ = ["normalize", "drop_dead", "head_node", "share_embedding", "quantize_embedding", "set_accuracy_level",
+__all__ = ["rotary_positions", "normalize", "drop_dead", "head_node", "share_embedding", "quantize_embedding", "set_accuracy_level",
            "external_files", "set_lm_meta", "lm_meta_of", "save"]
 
 HEAD, EMBED = "lm_head.weight", "embed_tokens.weight"
@@ -174,8 +174,24 @@ def external_files(proto) -> list[str]:
 
 
 def lm_meta_of(proto) -> dict:
+    """The model's `edgekit.lm` metadata ({} for other models), with its `context` (the longest
+    it runs at: rotary_positions) filled in where an older export left it out."""
     entry = next((p.value for p in proto.metadata_props if p.key == META_KEY), None)
-    return json.loads(entry) if entry else {}
+    meta = json.loads(entry) if entry else {}
+    if meta and meta.get("context") is None:
+        meta["context"] = rotary_positions(proto)
+    return meta
+
+
+def rotary_positions(proto):
+    """How many positions the model's rotary tables hold (GroupQueryAttention's cos_cache rows):
+    the longest sequence onnxruntime runs it at (a longer one fails inside the attention). None
+    when its attention has no such table."""
+    tables = {i.name: i for i in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "GroupQueryAttention" and len(node.input) > 7 and node.input[7] in tables:
+            return int(tables[node.input[7]].dims[0])
+    return None
 
 
 def set_lm_meta(proto, meta: dict) -> None:

@@ -16,7 +16,7 @@ from typing import Optional
 
 from edgekit.calibration_record import InputRecord, ModelRecord
 from edgekit.datasets import Dataset, InputSpec
-from edgekit.errors import ConfigError, ModelError
+from edgekit.errors import ConfigError, DataError, ModelError
 from edgekit.progress import OnStep, notify
 from edgekit.recipes import KV_CACHE, Recipe
 from edgekit.toolchains.base import Toolchain, message, model_sha256
@@ -72,6 +72,10 @@ class LMToolchain(Toolchain):
             check_runs(path, self._meta(path)["vocab"])
             self._runs.add(seen)
         return path
+
+    def model_context(self, path: Path) -> Optional[int]:
+        """The longest sequence the model runs at (its position table), None if it does not say."""
+        return self._meta(Path(path)).get("context")
 
     def _meta(self, path: Path, quiet: bool = False) -> dict:
         import onnx
@@ -133,15 +137,35 @@ class LMToolchain(Toolchain):
         return "perplexity"
 
     def model_data(self, model: Path, data: Dataset, role: str, profile=None) -> Dataset:
+        """`data` as token windows for `model`: at most the profile's context long, and at most
+        the model's (a target whose context the model cannot run at is refused here first)."""
         from edgekit.toolchains.lm.evaldata import token_windows, window_length
 
-        return token_windows(Path(model), data, role, window_length(profile))
+        refusal = self.model_refusal(Path(model), profile, what=f"model {model}")
+        if refusal:
+            raise ConfigError(f"target {profile.name}: {refusal}")
+        context = self.model_context(model)
+        windows = token_windows(Path(model), data, role, window_length(profile, context))
+        length = windows.arrays["input_ids"].shape[1]
+        if context and length > context:  # windows given as token arrays
+            raise DataError(f"{role} {data.path}: windows of {length} tokens, and model {model} runs at {context} "
+                            "at most: give shorter windows")
+        return windows
+
+    def model_refusal(self, model: Path, profile, what: str = "it") -> Optional[str]:
+        """A target whose [lm] context is longer than the model runs at (its rotary table's rows)."""
+        lm = getattr(profile, "lm", None)
+        context = self.model_context(model) if lm is not None else None
+        if context and lm.context > context:
+            return (f"[lm] context = {lm.context} is longer than {what} runs at ({context} tokens, its "
+                    f"position table); give context <= {context}")
+        return None
 
     def prepare_eval(self, data: Dataset, model: Path, dest: Path, *, reference: Optional[Path] = None,
                      samples: Optional[int] = None) -> Path:
         from edgekit.toolchains.lm.evaldata import token_windows, window_length, write_eval
 
-        data = token_windows(Path(model), data, "eval data", window_length())
+        data = token_windows(Path(model), data, "eval data", window_length(None, self.model_context(model)))
         return write_eval(data, Path(model), Path(dest), reference, samples, self._meta(Path(model))["vocab"])
 
     def remake_reference(self, source: str, workdir: Path) -> Optional[Path]:
