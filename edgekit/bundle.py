@@ -65,7 +65,7 @@ class Bundle:
 
 def runner_files() -> dict[str, bytes]:
     """The device runner as shipped: bin/edgekit_runner.py and bin/edgekit_device/*.py."""
-    from edgekit.device.runner import runner_files as device_runner_files
+    from edgekit.device.launcher import runner_files as device_runner_files
 
     return device_runner_files(str(Path(__file__).resolve().parent / "device"))
 

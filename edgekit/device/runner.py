@@ -41,117 +41,21 @@ import json
 import os
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Optional, Sequence
 
 # install (tarfile, tempfile), report (socket, numpy later), shutil, threading and select are
 # imported by the commands that use them: status, activate and restore, most of what a push
 # or rollout asks a device for, start without them (a runner's start is a Python start on
 # every device, every step; platform, shutil and secrets were a third of a status's CPU).
-from .state import META, Layout, RunnerError, check_name, read_json
-from .trust import trusted_keys, tree_hash
+from .state import Layout, RunnerError, check_name
+from .upkeep import cmd_gc, cmd_repair, cmd_status
 
-__all__ = ["main", "runner_files", "LAUNCHER_NAME", "LAUNCHER_SOURCE", "PACKAGE_NAME", "ARCHIVE_NAME",
-           "RUNTIME_COMMANDS"]
+__all__ = ["main", "RUNTIME_COMMANDS"]
 
-LAUNCHER_NAME = "edgekit_runner.py"
-PACKAGE_NAME = "edgekit_device"
-ARCHIVE_NAME = PACKAGE_NAME + ".tar"  # a new runner's package as push sends it: one file
-# bin/edgekit_runner.py as shipped: this package, renamed edgekit_device, sits beside it. A
-# runner that push sent as bin/edgekit_device.tar is put in place by the next start: under
-# the device's writer lock, the tar is claimed by a rename, unpacked into a new folder, and
-# that folder renamed in. The lock keeps an install's cleaning of leftovers (install.py) off
-# a start that is unpacking, and a second start from importing the package mid-swap. A start
-# killed half-way leaves the old package (or none) and leftovers that install and gc remove;
-# the runner's hash then still differs from the host's, so the next push sends it again.
-LAUNCHER_SOURCE = '''#!/usr/bin/env python3
-"""edgekit's on-device runner (see edgekit_device/runner.py): python3 edgekit_runner.py --help"""
-import os
-import sys
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def device_lock():
-    """ROOT/.lock, the runner's writer lock (edgekit_device/state.py), for up to a minute: an
-    install cleaning leftovers and another start swapping the package in wait for this one."""
-    import fcntl
-    import time
-
-    fd = os.open(os.path.join(os.path.dirname(HERE), ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except OSError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                return None  # held too long: run the runner as it is; a later start unpacks
-            time.sleep(0.05)
-
-
-def unpack_new_runner():
-    archive = os.path.join(HERE, "%(archive)s")
-    package = os.path.join(HERE, "%(package)s")
-    if not os.path.exists(archive) and os.path.isdir(package):
-        return  # nothing sent, nothing being swapped: no lock taken
-    fd = device_lock()
-    if fd is None:
-        return
-    try:
-        unpack_locked(archive, package)
-    finally:
-        os.close(fd)
-
-
-def unpack_locked(archive, package):
-    tag = os.urandom(4).hex()
-    claimed = "%%s.unpacking-%%s" %% (archive, tag)
-    try:
-        os.rename(archive, claimed)
-    except FileNotFoundError:
-        return  # another start put it in place while this one waited
-    import tarfile
-
-    new = "%%s.new-%%s" %% (package, tag)
-    os.mkdir(new)
-    with tarfile.open(claimed, "r:") as tar:
-        for member in tar:
-            if not member.isfile() or "/" in member.name or member.name.startswith(".") or \\
-                    not member.name.endswith(".py"):
-                raise SystemExit("%%s: %%r is not a runner module" %% (archive, member.name))
-            with open(os.path.join(new, member.name), "wb") as out:
-                out.write(tar.extractfile(member).read())
-    if os.path.isdir(package):
-        os.rename(package, "%%s.old-%%s" %% (package, tag))
-    os.rename(new, package)
-    os.unlink(claimed)
-
-
-unpack_new_runner()
-sys.path.insert(0, HERE)
-
-from %(package)s.runner import main  # noqa: E402
-
-if __name__ == "__main__":
-    sys.exit(main())
-''' % {"archive": ARCHIVE_NAME, "package": PACKAGE_NAME}
 # Commands that import numpy and a runtime. The host starts the runner with `python -S`: a
 # status or an install needs nothing outside the standard library, and site-packages (every
 # .pth file in them) cost a device's Python more than its own start; these turn site on.
 RUNTIME_COMMANDS = ("evaluate", "measure", "generate")
-
-
-def runner_files(package_dir: Optional[str] = None) -> Dict[str, bytes]:
-    """The runner as shipped (relative path -> bytes): the launcher and this package's
-    modules. Host and device both hash this to tell whether bin/ is up to date."""
-    package_dir = package_dir or os.path.dirname(os.path.abspath(__file__))
-    files = {LAUNCHER_NAME: LAUNCHER_SOURCE.encode()}
-    for entry in sorted(os.listdir(package_dir)):
-        if entry.endswith(".py"):
-            with open(os.path.join(package_dir, entry), "rb") as fh:
-                files[f"{PACKAGE_NAME}/{entry}"] = fh.read()
-    return files
 
 
 def cmd_install(layout: Layout, args) -> dict:
@@ -258,116 +162,6 @@ def watch_parent(every: float = 2.0) -> None:
             time.sleep(every)
         os._exit(3)
     threading.Thread(target=watch, name="edgekit-watch-parent", daemon=True).start()
-
-
-def _reports(layout: Layout, name: str) -> Dict[str, List[str]]:
-    base = os.path.join(layout.reports, name)
-    if not os.path.isdir(base):
-        return {}
-    return {v: sorted(f for f in os.listdir(os.path.join(base, v)) if f.endswith(".json"))
-            for v in sorted(os.listdir(base)) if os.path.isdir(os.path.join(base, v))}
-
-
-def cmd_status(layout: Layout, args) -> dict:
-    models = {}
-    for name in layout.names():
-        state = layout.read_state(name)
-        installed = layout.versions(name)
-        models[name] = {"current": state["current"], "previous": state["previous"],
-                        "installed": installed, "history": state["history"][-10:],
-                        "reports": _reports(layout, name),
-                        "bundles": {v: _installed_meta(layout, name, v) for v in installed}}
-    incoming = sorted(os.listdir(layout.incoming)) if os.path.isdir(layout.incoming) else []
-    return {"root": layout.root, "runner_sha256": tree_hash(runner_files()), "python": sys.version.split()[0],
-            "models": models, "incoming": incoming, "trusted_keys": [p for p, _ in trusted_keys(layout.trust)],
-            "disk_free_bytes": disk_free(layout.root), "now": time.time()}
-
-
-def _installed_meta(layout: Layout, name: str, version: str) -> Optional[dict]:
-    """The sha256 and signer the install recorded for NAME VERSION (None if unreadable): with
-    them in the status, a push learns in the same call whether a bundle is there already."""
-    try:
-        meta = read_json(os.path.join(layout.bundle_dir(name, version), META), 65536) or {}
-    except RunnerError:
-        return None
-    return {"sha256": meta.get("sha256"), "signer": meta.get("signer")}
-
-
-def disk_free(path: str) -> Optional[int]:
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return None
-    return st.f_bavail * st.f_frsize
-
-
-def cmd_gc(layout: Layout, args) -> dict:
-    import shutil
-
-    from .install import clean_leftovers, clean_parts
-    from .scratch import clean_idle as clean_idle_scratch
-
-    removed = []
-    with layout.locked():
-        clean_leftovers(layout)
-        parts = clean_parts(layout, args.part_idle)
-        for name in layout.names():
-            state = layout.read_state(name, repair=True)
-            versions = layout.versions(name)  # oldest first
-            keep = set(versions[max(0, len(versions) - args.keep):] if args.keep else []) | {state["current"], state["previous"]}
-            for version in versions:
-                if version not in keep:
-                    # Rename first: a half-deleted bundle never looks installed.
-                    trash = os.path.join(layout.bundles, f".staging-gc-{name}-{version}")
-                    os.rename(layout.bundle_dir(name, version), trash)
-                    shutil.rmtree(trash, ignore_errors=True)
-                    removed.append({"name": name, "version": version})
-    return {"removed": removed, "keep": args.keep, "parts_removed": [p for p, _ in parts],
-            "freed_bytes": sum(n for _, n in parts), "scratch_removed": clean_idle_scratch(layout, args.part_idle)}
-
-
-def cmd_repair(layout: Layout, args) -> dict:
-    """Bring the device's own records back in line with what is installed and active."""
-    from .install import clean_leftovers
-
-    fixed = []
-    with layout.locked():
-        clean_leftovers(layout)
-        for entry in os.listdir(layout.current) if os.path.isdir(layout.current) else []:
-            if entry.startswith("."):  # a link switch killed half-way
-                os.unlink(os.path.join(layout.current, entry))
-                fixed.append(f"removed current/{entry}, left by an interrupted switch")
-        for name in layout.names():
-            live = layout.current_version(name)
-            if live is not None and not os.path.isdir(layout.bundle_dir(name, live)):
-                layout.unlink_current(name)
-                fixed.append(f"current/{name} pointed at {live}, which is not installed: {name} runs nothing now")
-            layout.read_state(name, repair=True)
-            broken = corrupted_files(layout, name)
-            fixed += [f"{name} {v}: {why}; install it again (push) or gc it" for v, why in broken]
-    fixed += layout.warnings
-    layout.warnings = []
-    return {"fixed": fixed, "models": cmd_status(layout, args)["models"]}
-
-
-def corrupted_files(layout: Layout, name: str) -> List[tuple]:
-    """(version, what is wrong) for installed versions whose files no longer match their manifest."""
-    from .install import bundle_manifest
-    from .trust import sha256_file
-
-    out = []
-    for version in layout.versions(name):
-        try:
-            manifest = bundle_manifest(layout, name, version)
-        except RunnerError as exc:
-            out.append((version, str(exc)))
-            continue
-        for rel, want in sorted((manifest.get("files") or {}).items()):
-            path = os.path.join(layout.bundle_dir(name, version), rel)
-            if not os.path.isfile(path) or sha256_file(path) != want.get("sha256"):
-                out.append((version, f"{rel} is missing or changed since install"))
-                break
-    return out
 
 
 class _Parser(argparse.ArgumentParser):

@@ -30,7 +30,7 @@ import secrets
 from typing import Optional
 
 from edgekit.bundle import Bundle
-from edgekit.device.runner import ARCHIVE_NAME, LAUNCHER_NAME, PACKAGE_NAME
+from edgekit.device.launcher import ARCHIVE_NAME, LAUNCHER_NAME, PACKAGE_NAME
 from edgekit.device.state import META, RunnerError, check_name, reconciled
 from edgekit.device.trust import digests_hash
 from edgekit.errors import TransportError

@@ -24,7 +24,7 @@ from typing import Optional
 from edgekit.bundle import SUFFIX, Bundle, runner_files, write_tar
 from edgekit.device.install import META
 from edgekit.device.report import OUT_OF_MEMORY
-from edgekit.device.runner import ARCHIVE_NAME, LAUNCHER_NAME, PACKAGE_NAME
+from edgekit.device.launcher import ARCHIVE_NAME, LAUNCHER_NAME, PACKAGE_NAME
 from edgekit.device.state import DIRS, RunnerError, check_name
 from edgekit.errors import Interrupted, RemoteCommandError, TransportError
 from edgekit.fleet.inventory import Device
