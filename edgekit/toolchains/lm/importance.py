@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["input_importance", "input_hessians", "importance_of", "refine_offset", "refine_zero_point", "IMPORTANCE_TOKENS", "SHRINK"]
+__all__ = ["input_importance", "refine_offset", "refine_zero_point", "IMPORTANCE_TOKENS", "SHRINK"]
 
 IMPORTANCE_TOKENS = 4096  # calibration tokens the importance is averaged over (16 windows of 256)
 SHRINK = np.linspace(0.0, 0.2, 6)  # candidate fractions of a block's range given up at each end
@@ -37,25 +37,6 @@ CHUNK = 1 << 16  # blocks searched at once (bounds the temporaries)
 def input_importance(proto, inputs, windows, tokens: int = IMPORTANCE_TOKENS) -> dict:
     """Tensor name -> mean over the calibration tokens of its square per channel (last axis),
     for each of `inputs` (tensors of `proto`, a float decoder); `windows` [N, S] token ids."""
-    sums = _input_sums(proto, inputs, windows, tokens, lambda x: (x * x).sum(0))
-    return {name: importance_of(total / count) for name, (total, count) in sums.items()}
-
-
-def input_hessians(proto, inputs, windows, tokens: int = IMPORTANCE_TOKENS) -> dict:
-    """Tensor name -> mean x x^T over the calibration tokens (float64 [K, K]: GPTQ's Hessian,
-    whose diagonal is the importance's mean square), for each of `inputs`, as input_importance."""
-    sums = _input_sums(proto, inputs, windows, tokens, lambda x: x.T @ x)
-    return {name: total / count for name, (total, count) in sums.items()}
-
-
-def importance_of(mean_square) -> np.ndarray:
-    """The importance from each channel's mean square (a Hessian's diagonal): floored."""
-    mean = np.asarray(mean_square, np.float64)
-    return np.maximum(mean, FLOOR * mean.mean()).astype(np.float32)
-
-
-def _input_sums(proto, inputs, windows, tokens: int, stat) -> dict:
-    """name -> (sum over the calibration tokens of stat(x [T, K] float64), token count)."""
     import onnx
     from onnx import helper
 
@@ -70,15 +51,19 @@ def _input_sums(proto, inputs, windows, tokens: int, stat) -> dict:
     outputs = {o.name for o in copy.graph.output}
     copy.graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
                              for n in names if n not in outputs)
-    sums = {}
+    sums, count = {}, 0
     with tempfile.TemporaryDirectory(prefix="edgekit-importance-") as tmp:
         lm = open_lm(str(save(copy, Path(tmp) / "inputs.onnx", lm_meta_of(proto))))
         for window in rows:
             for name, x in zip(names, lm.outputs(names, window[None])):
                 x = x.reshape(-1, x.shape[-1]).astype(np.float64)
-                sums[name] = sums.get(name, 0.0) + stat(x)
-    count = rows.size
-    return {name: (total, count) for name, total in sums.items()}
+                sums[name] = sums.get(name, 0.0) + (x * x).sum(0)
+            count += rows.shape[1]
+    out = {}
+    for name, total in sums.items():
+        mean = total / count
+        out[name] = np.maximum(mean, FLOOR * mean.mean()).astype(np.float32)
+    return out
 
 
 def refine_offset(wt, q, scale, lo, importance, qmax: int):

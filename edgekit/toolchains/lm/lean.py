@@ -57,18 +57,17 @@ class LeanChoice:
 
 
 def choose_plain(proto, reference: Path, head: str, tied: bool, emb: str, bits: int, block: int,
-                 windows: np.ndarray, budget: Optional[float] = None, importance=None, grids=None) -> LeanChoice:
+                 windows: np.ndarray, budget: Optional[float] = None, importance=None) -> LeanChoice:
     """The groups of `proto` (normalized and fused: edgekit.toolchains.lm.offsets) to make plain.
     `reference`: the FP32 model; `windows` [N, S]: calibration token ids; `budget`: LEAN_BUDGET
-    unless given; `importance`, `grids`: the blocks' weights and the groups' integer-zero-point
-    grids by input (as minmax_offset takes them), so that what is measured is what the recipe
-    writes."""
+    unless given; `importance`: the blocks' weights by input (as minmax_offset takes them), so
+    that what is measured is what the recipe writes."""
     from edgekit.device.lm import log_softmax, open_lm
     from edgekit.toolchains.lm.graph import lm_meta_of, save
 
     tokens = _tokens(windows)
     ref = log_softmax(open_lm(str(reference)).window_logits(tokens))
-    gated, names = _gated_copy(proto, head, tied, emb, bits, block, importance or {}, grids or {})
+    gated, names = _gated_copy(proto, head, tied, emb, bits, block, importance or {})
     with tempfile.TemporaryDirectory(prefix="edgekit-lean-") as tmp:
         lm = open_lm(str(save(gated, Path(tmp) / "gated.onnx", lm_meta_of(proto))))
 
@@ -107,7 +106,7 @@ def _longest_run(order: list, added, limit: float) -> tuple:
     return lo, spent
 
 
-def _gated_copy(proto, head: str, tied: bool, emb: str, bits: int, block: int, importance: dict, grids: dict):
+def _gated_copy(proto, head: str, tied: bool, emb: str, bits: int, block: int, importance: dict):
     """A float copy: each group's MatMul reads its offset weights and adds gate[i] times x @
     (zero-point weights - offset weights); the head (and a tied embedding) its offset weights."""
     import onnx
@@ -129,19 +128,17 @@ def _gated_copy(proto, head: str, tied: bool, emb: str, bits: int, block: int, i
         inits[table].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w_head.T), table))
     g.input.append(helper.make_tensor_value_info(GATE, onnx.TensorProto.FLOAT, [len(groups)]))
     for i, (name, (x, weight)) in enumerate(groups.items()):
-        _gate(g, nodes[name], x, numpy_helper.to_array(weight).astype(np.float32), bits, block, i, importance.get(x),
-              grids.get(x))
+        _gate(g, nodes[name], x, numpy_helper.to_array(weight).astype(np.float32), bits, block, i, importance.get(x))
     return copy, list(groups)
 
 
-def _gate(g, node, x: str, w: np.ndarray, bits: int, block: int, index: int, importance=None, grid=None) -> None:
+def _gate(g, node, x: str, w: np.ndarray, bits: int, block: int, index: int, importance=None) -> None:
     from onnx import helper, numpy_helper
 
     off = _offset_weights(w, bits, block, importance)
     base, y = node.name, node.output[0]
-    plain = _zero_point_weights(w, bits, block, importance, grid)
     g.initializer.extend([numpy_helper.from_array(off, base + "_lean_off"),
-                          numpy_helper.from_array(plain - off, base + "_lean_delta"),
+                          numpy_helper.from_array(_zero_point_weights(w, bits, block, importance) - off, base + "_lean_delta"),
                           numpy_helper.from_array(np.array(index, np.int64), base + "_lean_index")])
     node.input[1], node.output[0] = base + "_lean_off", base + "_lean_y"
     make = helper.make_node
@@ -161,10 +158,10 @@ def _offset_weights(w: np.ndarray, bits: int, block: int, importance=None) -> np
     return _unblock((q.astype(np.float32) - 2 ** (bits - 1)) * scale + offset)
 
 
-def _zero_point_weights(w: np.ndarray, bits: int, block: int, importance=None, grid=None) -> np.ndarray:
+def _zero_point_weights(w: np.ndarray, bits: int, block: int, importance=None) -> np.ndarray:
     from edgekit.toolchains.lm.offsets import zero_point_grid
 
-    q, scale, zero = grid or zero_point_grid(w, bits, block, importance)
+    q, scale, zero = zero_point_grid(w, bits, block, importance)
     return _unblock((q.astype(np.float32) - zero) * scale)
 
 

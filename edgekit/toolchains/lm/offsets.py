@@ -38,16 +38,14 @@ OFFSET_BLOCK = 32  # the offsets' own MatMulNBits blocks (8 bits), along K/block
 
 
 def minmax_offset(proto, head: str, bits: int, block: int, with_head: bool = False, plain=(),
-                  float_offsets: bool = False, importance=None, grids=None):
+                  float_offsets: bool = False, importance=None):
     """Every constant-weight MatMul whose K is a multiple of `block` (and the head if `with_head`)
     in asymmetric `bits`-bit blocks with 8-bit offsets (float ones but the head's with
     `float_offsets`); the projections named in `plain` (after fusion: `projections`) in
     onnxruntime's asymmetric blocks instead, integer zero points and no offsets (fewer nodes,
     less accurate: edgekit.toolchains.lm.lean chooses them). `importance`: input tensor name ->
     its channels' weights (edgekit.toolchains.lm.importance), to search each block's parameters
-    against instead of taking its min/max; `grids`: input tensor name -> the `plain` projection's
-    integer-zero-point grid made elsewhere (GPTQ: edgekit.toolchains.lm.gptq), in place of the
-    search. Returns `proto`, changed in place."""
+    against instead of taking its min/max. Returns `proto`, changed in place."""
     from onnx import helper
 
     from edgekit.toolchains.lm.graph import drop_dead
@@ -64,7 +62,7 @@ def minmax_offset(proto, head: str, bits: int, block: int, with_head: bool = Fal
             continue
         imp = (importance or {}).get(node.input[0])
         if node.name in plain:
-            nodes.append(_zero_point_matmul(node, weight, bits, block, new, imp, (grids or {}).get(node.input[0])))
+            nodes.append(_zero_point_matmul(node, weight, bits, block, new, imp))
             continue
         x = node.input[0]
         if x not in means:
@@ -199,12 +197,11 @@ def _pack(q: np.ndarray, bits: int) -> np.ndarray:
     return q[..., 0::2] | (q[..., 1::2] << 4)
 
 
-def _zero_point_matmul(node, weight, bits, block, new, importance=None, grid=None):
-    """One MatMulNBits with integer zero points (MLAS' fast path too) in place of `node`: on
-    `grid` (q, scale, zero point) if given, else zero_point_grid's."""
+def _zero_point_matmul(node, weight, bits, block, new, importance=None):
+    """One MatMulNBits with integer zero points (MLAS' fast path too) in place of `node`."""
     from onnx import helper, numpy_helper
 
-    q, scale, zero = grid or zero_point_grid(numpy_helper.to_array(weight).astype(np.float32), bits, block, importance)
+    q, scale, zero = zero_point_grid(numpy_helper.to_array(weight).astype(np.float32), bits, block, importance)
     k, n = weight.dims
     base = weight.name
     new += [numpy_helper.from_array(_pack(q, bits), base + "_Qz"),

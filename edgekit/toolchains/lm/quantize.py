@@ -41,7 +41,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 
 from edgekit.recipes import Recipe
 from edgekit.toolchains.lm.graph import (HEAD, drop_dead, head_node, lm_meta_of, normalize, quantize_embedding,
@@ -108,10 +107,8 @@ def _blocks(proto, bits: int, method: str, block: int, calibration: tuple):
     if method == "minmax-offset-head4":
         return _offset_head(proto, head, emb, tied, bits, block, importance=importance)
     if method == "minmax-offset-lean":
-        grids = _gptq(proto, head, bits, block, calibration[1])
-        plain = _lean(proto, head, emb, tied, bits, block, *calibration, importance, grids)
-        return _offset_head(proto, head, emb, tied, bits, block, plain, float_offsets=True, importance=importance,
-                            grids=grids)
+        plain = _lean(proto, head, emb, tied, bits, block, *calibration, importance)
+        return _offset_head(proto, head, emb, tied, bits, block, plain, float_offsets=True, importance=importance)
     if method == "minmax-offset":
         proto = minmax_offset(proto, head, bits, block, importance=importance)
     else:  # edgekit's rtn is onnxruntime's default symmetric blocks (weightonly's algorithm None)
@@ -175,36 +172,24 @@ def _importance(proto, block: int, windows):
     return input_importance(proto, [x for x, _ in projections(proto, block).values()], windows)
 
 
-def _gptq(proto, head: str, bits: int, block: int, windows) -> dict:
-    """Each projection group's (fused: one per input) weights by GPTQ on integer zero points, by
-    input: what the lean recipe writes for the groups it drops the offsets of."""
-    from onnx import numpy_helper
-
-    from edgekit.toolchains.lm.gptq import gptq_grids
-    from edgekit.toolchains.lm.offsets import fuse_shared_inputs, projections
+def _lean(proto, head: str, emb: str, tied: bool, bits: int, block: int, fp32: Path, windows, importance) -> list:
+    """The projections whose offsets are cheapest to drop, measured on `windows`."""
+    from edgekit.toolchains.lm.lean import choose_plain
+    from edgekit.toolchains.lm.offsets import fuse_shared_inputs
 
     if windows is None:
         raise ValueError("minmax-offset-lean measures what each projection's offsets are worth on calibration "
                          "text: give one")
     fuse_shared_inputs(proto, {head}, block)
-    weights = {x: numpy_helper.to_array(w).astype(np.float32) for x, w in projections(proto, block, skip={head}).values()}
-    return gptq_grids(proto, weights, windows, bits, block)
-
-
-def _lean(proto, head: str, emb: str, tied: bool, bits: int, block: int, fp32: Path, windows, importance,
-          grids) -> list:
-    """The projections whose offsets are cheapest to drop, measured on `windows`."""
-    from edgekit.toolchains.lm.lean import choose_plain
-
-    return choose_plain(proto, fp32, head, tied, emb, bits, block, windows, importance=importance, grids=grids).plain
+    return choose_plain(proto, fp32, head, tied, emb, bits, block, windows, importance=importance).plain
 
 
 def _offset_head(proto, head: str, emb: str, tied: bool, bits: int, block: int, plain=(), float_offsets=False,
-                 importance=None, grids=None):
+                 importance=None):
     """Head and body alike in offset blocks (but the `plain` projections); a tied embedding
     reads the head's two tables."""
     proto = minmax_offset(proto, head, bits, block, with_head=True, plain=plain, float_offsets=float_offsets,
-                          importance=importance, grids=grids)
+                          importance=importance)
     proto = _rest(proto, bits, block, head)
     if tied:
         embed_offsets(proto, emb, HEAD, block)
