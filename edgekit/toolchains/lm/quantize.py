@@ -32,7 +32,9 @@ multiple of the block (a hidden size of 80, an MLP of 200), which minmax-offset 
 cannot block, gets onnxruntime's default blocks (K padded): none stays FP32. accuracy_level 4
 (int8 activations) on every MatMulNBits: without it MLAS has no fast kernel (20x slower
 decode). GPTQ is not offered: onnxruntime's implementation reruns the whole model per distinct
-MatMul input and calibration sample (it did not finish in 42 minutes on SmolLM2-135M), and
+MatMul input and calibration sample (it did not finish in 42 minutes on SmolLM2-135M), its
+`gptq()` core as shipped in 1.32 spreads no error (plain rounding), and read right it made the
+lean recipe's plain groups no better on eval text than the importance search (README), and
 k-quant's calibration text is not used by onnxruntime.
 """
 
