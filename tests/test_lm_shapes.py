@@ -168,6 +168,9 @@ def test_a_model_shorter_than_the_window_or_the_target_is_measured_within_it_or_
     evaluated = run_edgekit("evaluate", short, "--data", tiny_lm.eval, "--samples", "2", "--json")
     assert evaluated.code == 0, evaluated.stderr
     assert_clean_error(run_edgekit("generate", short, "word " * 200, "-n", "4"), "runs at (96 tokens)")
+    lean = run_edgekit("quantize", short, "-p", "int4-block", "--algorithm", "minmax-offset-lean",
+                       "--calibration", tiny_lm.calib, "-o", tmp_path / "lean" / "model.onnx")
+    assert lean.code == 0, lean.stderr  # its calibration sequence and windows no longer than 96
     targets = tiny_lm_target(tmp_path / "targets")  # context 128
     result = run_edgekit("calibrate", short, "--target", "tiny-lm", "--targets-dir", targets,
                          "--calibration", tiny_lm.calib, "--eval", tiny_lm.eval, "-o", tmp_path / "out")

@@ -65,7 +65,7 @@ def choose_plain(proto, reference: Path, head: str, tied: bool, emb: str, bits: 
     from edgekit.device.lm import log_softmax, open_lm
     from edgekit.toolchains.lm.graph import lm_meta_of, save
 
-    tokens = _tokens(windows)
+    tokens = _tokens(windows, lm_meta_of(proto).get("context"))
     ref = log_softmax(open_lm(str(reference)).window_logits(tokens))
     gated, names = _gated_copy(proto, head, tied, emb, bits, block, importance or {})
     with tempfile.TemporaryDirectory(prefix="edgekit-lean-") as tmp:
@@ -85,11 +85,13 @@ def choose_plain(proto, reference: Path, head: str, tied: bool, emb: str, bits: 
     return LeanChoice(costs=costs, plain=order[:keep], spent=spent, base_kl=base, limit=limit)
 
 
-def _tokens(windows: np.ndarray) -> np.ndarray:
+def _tokens(windows: np.ndarray, context=None) -> np.ndarray:
+    """One sequence of LEAN_TOKENS calibration tokens (the windows run on), at most as many as
+    the model runs at (`context`: its metadata's)."""
     flat = np.asarray(windows, dtype=np.int64).reshape(-1)
     if flat.size < 2:
         raise ValueError("minmax-offset-lean needs calibration text (at least two tokens)")
-    return flat[:LEAN_TOKENS]
+    return flat[:min(LEAN_TOKENS, context or LEAN_TOKENS)]
 
 
 def _longest_run(order: list, added, limit: float) -> tuple:

@@ -253,7 +253,7 @@ class LMToolchain(Toolchain):
     def _calibration_windows(self, model: Path, recipe: Recipe, calibration: Optional[Dataset]):
         """The calibration text as token windows, for the algorithms that measure on it (None for
         others, and for those that only use it when given: WEIGHTED)."""
-        from edgekit.toolchains.lm.evaldata import WINDOW, token_windows
+        from edgekit.toolchains.lm.evaldata import token_windows, window_length
         from edgekit.toolchains.lm.quantize import CALIBRATED, DEFAULT_ALGORITHM, WEIGHTED
 
         algorithm = recipe.algorithm or DEFAULT_ALGORITHM.get(recipe.precision)
@@ -262,7 +262,8 @@ class LMToolchain(Toolchain):
         if calibration is None:
             raise ConfigError(f"--algorithm {recipe.algorithm} measures on calibration text which offsets to keep: "
                               "pass --calibration TEXT (.txt, .jsonl or a text data set)")
-        return token_windows(model, calibration, "calibration data", WINDOW).arrays["input_ids"]
+        length = window_length(None, self.model_context(model))
+        return token_windows(model, calibration, "calibration data", length).arrays["input_ids"]
 
     def _keep(self, made: Path, index: int) -> Optional[Path]:
         """Hard links to a made model's files in a folder of this process (removed at exit), so
