@@ -200,7 +200,8 @@ def _recompute_step(lm: DecoderLM, prefix: np.ndarray) -> dict:
 
 
 def evaluate_lm(backend, model_path: str, arrays: Dict[str, np.ndarray], n: int, *, context: int = DEFAULT_CONTEXT,
-                prompt_tokens: int = DEFAULT_PROMPT, generate_tokens: int = DEFAULT_GENERATE, kv_cache: str = "cache", curve_points: int = 0, repeats: int = 2,
+                prompt_tokens: int = DEFAULT_PROMPT, generate_tokens: int = DEFAULT_GENERATE, kv_cache: str = "cache",
+                curve_points: int = 0, repeats: int = 2,
                 quality_only: bool = False) -> dict:
     """Measure the opened model (`backend`) on everything the module docstring lists; n windows are
     scored. `quality_only`: the text scores alone (a package's expected metrics: its timings would

@@ -18,8 +18,8 @@ import numpy as np
 
 from edgekit.device.lm import META_KEY
 
-__all__ = ["rotary_positions", "normalize", "drop_dead", "head_node", "share_embedding", "quantize_embedding", "set_accuracy_level",
-           "external_files", "set_lm_meta", "lm_meta_of", "save"]
+__all__ = ["rotary_positions", "normalize", "drop_dead", "head_node", "share_embedding", "quantize_embedding",
+           "set_accuracy_level", "external_files", "set_lm_meta", "lm_meta_of", "save"]
 
 HEAD, EMBED = "lm_head.weight", "embed_tokens.weight"
 
