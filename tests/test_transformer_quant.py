@@ -171,6 +171,17 @@ def test_a_node_can_get_8_bit_weight_blocks_instead_of_int8(work):
     assert _cosine(mixed, model, evald) > _cosine(uniform, model, evald)
 
 
+def test_an_fp16_export_is_named_as_such_when_int8_finds_no_float32_weight(edgekit, tmp_path):
+    """onnxruntime's quantizer reads float32 weights only: an FP16 export gets told to give the
+    FP32 one, not that it has no weight."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    half = tmp_path / "half.onnx"
+    onnx.save(convert_float_to_float16(onnx.load(str(EXAMPLE_ONNX))), str(half))
+    assert_clean_error(edgekit("quantize", half, "--precision", "int8-dynamic", "-o", tmp_path / "q.onnx"),
+                       "half.onnx holds float16 ones", "FP32 export")
+
+
 def test_quantize_command_refuses_what_does_not_fit(edgekit, work, tmp_path):
     d, _, _ = work
     model = build_encoder(d / "plain.onnx")

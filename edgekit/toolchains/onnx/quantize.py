@@ -42,7 +42,7 @@ from typing import Optional
 
 
 from edgekit.datasets import Dataset
-from edgekit.errors import ConfigError, EdgekitError, QuantizeError
+from edgekit.errors import ConfigError, EdgekitError, NotApplicable, QuantizeError
 from edgekit.progress import OnStep, notify
 from edgekit.recipes import Recipe
 from edgekit.toolchains.onnx.models import check_onnx, external_data_files, model_inputs
@@ -63,6 +63,9 @@ def quantize(model: Path, recipe: Recipe, out: Path, *, calibration: Optional[Da
     # absolute paths: pre-processing runs in a temporary working directory
     model, out = check_onnx(Path(model).resolve()), Path(out).resolve()
     _check_recipe(recipe, calibration, max_samples, batch_size)
+    if recipe.precision != "fp32" and _half_weights(model):
+        raise NotApplicable(f"{recipe.id} quantizes float32 weights, and {model.name} holds float16 ones (an FP16 "
+                            "export): give the model's FP32 export")
     if recipe.precision == "int8-static":
         calibration.check(model_inputs(model), role="calibration data")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -267,6 +270,17 @@ def _bytes(model: Path) -> int:
     from edgekit.toolchains.onnx.models import external_data_files
 
     return sum(p.stat().st_size for p in [Path(model), *external_data_files(model)])
+
+
+def _half_weights(model: Path) -> bool:
+    """Whether the model's weight matrices are float16 and none float32: onnxruntime's quantizer
+    reads float32 weights only (on an FP16 export it quantized nothing, or failed on its Casts)."""
+    import onnx
+    from onnx import TensorProto
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    matrices = {t.data_type for t in graph.initializer if len(t.dims) >= 2}
+    return TensorProto.FLOAT16 in matrices and TensorProto.FLOAT not in matrices
 
 
 def _why_none(recipe: Recipe) -> str:
