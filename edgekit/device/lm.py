@@ -185,8 +185,10 @@ class DecoderLM:
         With the cache, the prompt is prefilled PREFILL_CHUNK tokens at a time into a cache of
         `max_len` tokens (prompt + new by default); without it every token reruns the prefix."""
         ids = np.asarray(prompt, dtype=np.int64).reshape(1, -1)
-        self.fits(max_len or ids.shape[1] + new_tokens, "the prompt and its answer")
-        state = self.start(max_len or ids.shape[1] + new_tokens) if use_cache else None
+        total = max_len or ids.shape[1] + new_tokens
+        if not use_cache:  # start() checks the cache's length
+            self.fits(total, "the prompt and its answer")
+        state = self.start(total) if use_cache else None
         start = time.perf_counter()
         if use_cache:
             for i in range(0, ids.shape[1], PREFILL_CHUNK):

@@ -37,11 +37,11 @@ def _tokenizer(model_path: str):
 
 
 def generate_text(model_path: str, prompt: str, new_tokens: int = 64, *, chat: bool = False, threads: int = 0,
-                  context: Optional[int] = None, positions: Optional[int] = None) -> dict:
+                  positions: Optional[int] = None) -> dict:
     """{prompt, text, tokens, prompt_tokens, ttft_ms, decode_tokens_per_s}: greedy, stopping at
-    the model's end-of-sequence token; the cache sized to prompt + new tokens (or `context`).
-    `positions`: the longest sequence the model runs at, where its metadata does not say (an
-    older export: the host reads it from the graph)."""
+    the model's end-of-sequence token; the cache sized to prompt + new tokens. `positions`: the
+    longest sequence the model runs at, where its metadata does not say (an older export: the
+    host reads it from the graph)."""
     if not prompt.strip():
         raise GenerateError("the prompt is empty")
     if new_tokens < 1:
@@ -53,9 +53,7 @@ def generate_text(model_path: str, prompt: str, new_tokens: int = 64, *, chat: b
         prompt = CHAT_TURNS[0] + prompt + CHAT_TURNS[1]
     ids = tokenizer.encode(prompt).ids
     lm = open_lm(model_path, threads=threads)
-    max_len = context or len(ids) + new_tokens
-    if len(ids) + new_tokens > max_len:
-        raise GenerateError(f"{len(ids)} prompt tokens + {new_tokens} new do not fit a context of {max_len}")
+    max_len = len(ids) + new_tokens
     most = lm.context or positions
     if most is not None and max_len > most:
         raise GenerateError(f"{len(ids)} prompt tokens + {new_tokens} new are more than model {model_path} runs at "

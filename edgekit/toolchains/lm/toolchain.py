@@ -64,12 +64,11 @@ class LMToolchain(Toolchain):
         from edgekit.toolchains.lm.verify import check_runs
 
         path = Path(path)
-        if not path.is_file():  # what _meta says of a folder or nothing
-            check_runs(path, self._meta(path)["vocab"])
+        vocab = self._meta(path)["vocab"]  # ModelError for a folder, a missing file or another model
         stat = path.stat()
         seen = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
         if seen not in self._runs:  # once a process: calibrate's load, then its evaluate, check one model
-            check_runs(path, self._meta(path)["vocab"])
+            check_runs(path, vocab)
             self._runs.add(seen)
         return path
 
