@@ -8,6 +8,7 @@ mode 0644: the same inputs give the same bytes. The runner ships inside it under
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -40,6 +41,7 @@ class Bundle:
     digest: Union[str, "Future[str]"] = field(repr=False, compare=False)
     size: int
     manifest: dict
+    manifest_sha256: str = field(default="", compare=False)  # of manifest.json's bytes in the tar
 
     @property
     def sha256(self) -> str:
@@ -128,7 +130,8 @@ def read_bundle(path: Union[str, Path]) -> Bundle:
             member = tar.getmember(MANIFEST)
             if not member.isreg() or member.size > (4 << 20):
                 raise BundleError(f"bundle {path}: {MANIFEST} is not a regular file under 4 MiB")
-            manifest = json.loads(tar.extractfile(member).read().decode("utf-8"))
+            raw = tar.extractfile(member).read()
+            manifest = json.loads(raw.decode("utf-8"))
     except KeyError as exc:
         raise BundleError(f"bundle {path}: no {MANIFEST} inside (is it an edgekit bundle?)") from exc
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
@@ -136,7 +139,7 @@ def read_bundle(path: Union[str, Path]) -> Bundle:
     for key in ("schema", "name", "version", "target", "files"):
         if key not in manifest:
             raise BundleError(f"bundle {path}: manifest field '{key}' is missing")
-    return Bundle(path, _hashing(path), path.stat().st_size, manifest)
+    return Bundle(path, _hashing(path), path.stat().st_size, manifest, hashlib.sha256(raw).hexdigest())
 
 
 def _hashing(path: Path) -> "Future[str]":

@@ -15,7 +15,7 @@ import pytest
 
 from helpers.bundles import regular, tar_members, write_raw_tar
 from helpers.devices import install, install_runner, runner, snapshot, upload
-from edgekit.bundle import write_tar
+from edgekit.bundle import read_bundle, write_tar
 from edgekit.device.install import PAUSE_ENV
 from edgekit.device.trust import sha256_file
 
@@ -49,10 +49,20 @@ def signed_device(tmp_path, bundles, keys):
     return root
 
 
-def install_file(root, path, **kw):
+def install_file(root, path, *extra, **kw):
     """Upload `path` with its own size and sha256 (a bundle broken at the source, not in transit)."""
     return runner(root, "install", upload(root, path), "--sha256", sha256_file(str(path)),
-                  "--size", str(path.stat().st_size), **kw)
+                  "--size", str(path.stat().st_size), *extra, **kw)
+
+
+def by_manifest(path, checked: str) -> tuple:
+    """The install's options for a `checked` upload: "whole" (the file's sha256 alone, as an
+    older host gives) or "manifest" (the manifest's sha256 too, as push gives: the whole file
+    is then not hashed unless something is refused)."""
+    return ("--manifest-sha256", read_bundle(path).manifest_sha256) if checked == "manifest" else ()
+
+
+CHECKED = pytest.mark.parametrize("checked", ["whole", "manifest"])
 
 
 def assert_refused(root, before, code, reply, *needles, kind=None):
@@ -77,14 +87,16 @@ def rebuilt(tmp_path, built, change):
     return dest
 
 
-def test_a_byte_flipped_in_the_model_is_refused(device, bundles, tmp_path):
+@CHECKED
+def test_a_byte_flipped_in_the_model_is_refused(device, bundles, tmp_path, checked):
     def flip(members):
         model = bytearray(members["model.onnx"])
         model[len(model) // 2] ^= 0x01
         members["model.onnx"] = bytes(model)
 
     before = snapshot(device)
-    code, reply = install_file(device, rebuilt(tmp_path, bundles["1.0.1"], flip))
+    path = rebuilt(tmp_path, bundles["1.0.1"], flip)
+    code, reply = install_file(device, path, *by_manifest(path, checked))
     assert_refused(device, before, code, reply, "sha256 mismatch for model.onnx in digits-1.0.1", kind="integrity")
 
 
@@ -138,14 +150,34 @@ def test_a_truncated_upload_is_refused_and_removed(device, bundles):
     assert_refused(device, before, code, reply, "truncated", kind="integrity")
 
 
-def test_an_upload_corrupted_in_transfer_is_refused(device, bundles):
+@CHECKED
+@pytest.mark.parametrize("where", ["header", "model", "manifest"])
+def test_an_upload_corrupted_in_transfer_is_refused(device, bundles, checked, where):
     built = bundles["1.0.1"]
     data = bytearray(built.path.read_bytes())
-    data[1000] ^= 0xFF
+    with tarfile.open(built.path) as tar:
+        member = tar.getmember({"header": "eval.npz", "model": "model.onnx", "manifest": "manifest.json"}[where])
+    data[member.offset + 100 if where == "header" else member.offset_data + member.size // 2] ^= 0xFF
     before = snapshot(device)
     code, reply = runner(device, "install", upload(device, built.path, bytes(data)),
-                         "--sha256", built.sha256, "--size", str(len(data)))
+                         "--sha256", built.sha256, "--size", str(len(data)), *by_manifest(built.path, checked))
     assert_refused(device, before, code, reply, "corrupted in transfer", kind="integrity")
+
+
+def test_an_install_checked_by_its_manifest_records_the_bundle_as_the_host_names_it(device, bundles):
+    built = bundles["1.0.1"]
+    code, reply = install_file(device, built.path, *by_manifest(built.path, "manifest"))
+    assert code == 0 and reply["sha256"] == built.sha256 and reply["installed"], reply
+    code, status = runner(device, "status")
+    assert status["models"]["digits"]["bundles"]["1.0.1"]["sha256"] == built.sha256
+
+
+def test_a_manifest_hash_that_is_not_the_bundles_is_refused(device, bundles):
+    built = bundles["1.0.1"]
+    other = read_bundle(bundles["1.0.0"].path).manifest_sha256
+    before = snapshot(device)
+    code, reply = install_file(device, built.path, "--manifest-sha256", other)
+    assert_refused(device, before, code, reply, "manifest.json is not the one the host gave", kind="integrity")
 
 
 def test_a_device_that_trusts_a_key_refuses_an_unsigned_bundle(signed_device, bundles):

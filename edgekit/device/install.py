@@ -71,14 +71,16 @@ class _Hashing:
     """A read-only file that hashes every byte read from it, in order; tarfile reads the
     bundle front to back, so extracting through it hashes the upload in the same pass
     (a second pass over a 50 MB bundle cost as much as the extraction). `rest()` reads
-    what tarfile left (the end-of-archive blocks) so that the digest covers the file."""
+    what tarfile left (the end-of-archive blocks) so that the digest covers the file.
+    With `whole` false nothing is hashed (the manifest's hash stands for the upload)."""
 
-    def __init__(self, fh):
-        self._fh, self._hash, self._at = fh, hashlib.sha256(), 0
+    def __init__(self, fh, whole: bool = True):
+        self._fh, self._hash, self._at = fh, hashlib.sha256() if whole else None, 0
 
     def read(self, size: int = -1) -> bytes:
         data = self._fh.read(size)
-        self._hash.update(data)
+        if self._hash is not None:
+            self._hash.update(data)
         self._at += len(data)
         return data
 
@@ -86,7 +88,8 @@ class _Hashing:
         """read() into the caller's buffer: a member's data goes through one reused buffer,
         not a new megabyte object per read (whose pages the kernel maps and zeroes anew)."""
         got = self._fh.readinto(view)
-        self._hash.update(view[:got])
+        if self._hash is not None:
+            self._hash.update(view[:got])
         self._at += got
         return got
 
@@ -104,7 +107,9 @@ class _Hashing:
                 break
         return self._at
 
-    def rest(self) -> str:
+    def rest(self) -> Optional[str]:
+        if self._hash is None:
+            return None
         while self.read(1 << 20):
             pass
         return self._hash.hexdigest()
@@ -132,14 +137,14 @@ def _check_member(member: tarfile.TarInfo, seen: Dict[str, dict]) -> str:
     return name
 
 
-def extract(bundle: str, staging: str) -> Tuple[Dict[str, dict], str]:
+def extract(bundle: str, staging: str, whole: bool = True) -> Tuple[Dict[str, dict], Optional[str]]:
     """Copy each member's bytes into staging by hand; returns ({name: {sha256, size}}, the
-    sha256 of the whole bundle file, hashed in the same pass)."""
+    sha256 of the whole bundle file, hashed in the same pass, or None when not `whole`)."""
     files: Dict[str, dict] = {}
     total = 0
     try:
         with open(bundle, "rb") as raw:
-            source = _Hashing(raw)
+            source = _Hashing(raw, whole)
             buffer = memoryview(bytearray(1 << 20))
             with tarfile.open(fileobj=source, mode="r:") as tar:  # plain tar only: no decompression bombs
                 for member in tar:
@@ -155,11 +160,40 @@ def extract(bundle: str, staging: str) -> Tuple[Dict[str, dict], str]:
     return files, digest
 
 
-def _extract_checked(tar_path: str, unpacked: str, name: str, sha256: Optional[str]) -> Tuple[Dict[str, dict], str]:
-    """extract(); a bundle it refuses is hashed on its own, so that an upload corrupted in
-    transfer is named as such rather than by the tar damage it caused."""
+def _extract_checked(tar_path: str, unpacked: str, name: str, sha256: Optional[str],
+                     by_manifest: bool) -> Tuple[Dict[str, dict], Optional[str]]:
+    """extract(), hashing the whole file unless `by_manifest`; a bundle it refuses is hashed
+    on its own, so that an upload corrupted in transfer is named as such rather than by the
+    tar damage it caused."""
     try:
-        return extract(tar_path, unpacked)
+        return extract(tar_path, unpacked, whole=not by_manifest)
+    except RunnerError:
+        check_digest(name, sha256_file(tar_path), sha256)
+        raise
+
+
+def _checked(tar_path: str, unpacked: str, name: str, sha256: Optional[str],
+             manifest_sha256: Optional[str]) -> Tuple[dict, Dict[str, dict], str]:
+    """(manifest, files, the bundle's sha256): the upload extracted and checked against the
+    host's hashes and every file against the manifest.
+
+    The host gives the whole file's sha256, and may give the manifest's too. Every file is
+    hashed against the manifest anyway, so a manifest that is the host's binds every byte
+    installed to the host's bundle: with it the whole file is not hashed a second time (a
+    third of an install's CPU) and the host's sha256 names the bundle. A refusal on that
+    path hashes the whole file after all, to name an upload corrupted in transfer as such."""
+    by_manifest = bool(sha256 and manifest_sha256)
+    files, digest = _extract_checked(tar_path, unpacked, name, sha256, by_manifest)
+    if not by_manifest:
+        # Only the staging directory holds what was extracted: a bundle whose hash is not
+        # the host's is refused here, before anything of it is read or placed.
+        check_digest(name, digest or "", sha256)
+        return check_manifest(unpacked, files), files, digest or ""
+    try:
+        if (files.get(MANIFEST) or {}).get("sha256") != manifest_sha256.lower():
+            raise _bad(f"upload {name}: its manifest.json is not the one the host gave (sha256 "
+                       f"{manifest_sha256[:12]}..), though the whole file's hash is; push again", "integrity")
+        return check_manifest(unpacked, files), files, sha256.lower()
     except RunnerError:
         check_digest(name, sha256_file(tar_path), sha256)
         raise
@@ -284,7 +318,8 @@ def clean_parts(layout: Layout, idle: float, keep: Optional[str] = None) -> List
     return gone
 
 
-def install(layout: Layout, given: str, *, sha256: Optional[str] = None, size: Optional[int] = None) -> dict:
+def install(layout: Layout, given: str, *, sha256: Optional[str] = None, size: Optional[int] = None,
+            manifest_sha256: Optional[str] = None) -> dict:
     """Install the upload `given` (a file in incoming/); see the module docstring.
 
     Once its size and hash are checked, the upload moves into the staging directory, so
@@ -300,11 +335,7 @@ def install(layout: Layout, given: str, *, sha256: Optional[str] = None, size: O
             tar_path, unpacked = os.path.join(staging, "bundle.tar"), os.path.join(staging, "files")
             os.rename(path, tar_path)
             os.mkdir(unpacked)
-            files, digest = _extract_checked(tar_path, unpacked, os.path.basename(path), sha256)
-            # Only the staging directory holds what was extracted: a bundle whose hash is not
-            # the host's is refused here, before anything of it is read or placed.
-            check_digest(os.path.basename(path), digest, sha256)
-            manifest = check_manifest(unpacked, files)
+            manifest, files, digest = _checked(tar_path, unpacked, os.path.basename(path), sha256, manifest_sha256)
             signer = _check_signature(layout, unpacked, files)
             meta = {"sha256": digest, "size": os.path.getsize(tar_path), "signer": signer,
                     "installed_at": utc_now(), "name": manifest["name"], "version": manifest["version"]}

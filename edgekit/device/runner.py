@@ -2,7 +2,10 @@
 
     python3 ROOT/bin/edgekit_runner.py [--root ROOT] COMMAND ...
 
-    install FILE [--sha256 H] [--size N]   FILE in ROOT/incoming/; verify, unpack into bundles/
+    install FILE [--sha256 H] [--size N] [--manifest-sha256 M]
+                                           FILE in ROOT/incoming/; verify, unpack into bundles/
+                                           (with M, the file is checked by its manifest's hash,
+                                           not hashed whole: every file is hashed against it)
     activate NAME VERSION                  switch current/NAME atomically
     rollback NAME                          back to the previous version
     restore NAME [--current V] [--previous V]
@@ -61,7 +64,7 @@ RUNTIME_COMMANDS = ("evaluate", "measure", "generate")
 def cmd_install(layout: Layout, args) -> dict:
     from .install import install
 
-    return install(layout, args.file, sha256=args.sha256, size=args.size)
+    return install(layout, args.file, sha256=args.sha256, size=args.size, manifest_sha256=args.manifest_sha256)
 
 
 def cmd_activate(layout: Layout, args) -> dict:
@@ -191,6 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("file")
     s.add_argument("--sha256")
     s.add_argument("--size", type=_non_negative)
+    s.add_argument("--manifest-sha256")
     s = sub.add_parser("activate")
     s.add_argument("name")
     s.add_argument("version")

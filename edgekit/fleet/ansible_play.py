@@ -43,6 +43,7 @@ def role_vars(bundle: Bundle, folder: Path, step_timeout: float, samples: Option
     anywhere = Device(name="-", transport="local", root="/", target=bundle.target)  # the name does not depend on it
     return {"edgekit_bundle": str(bundle.path.resolve()), "edgekit_bundle_name": bundle.name,
             "edgekit_bundle_version": bundle.version, "edgekit_bundle_sha256": bundle.sha256,
+            "edgekit_bundle_manifest_sha256": bundle.manifest_sha256,
             "edgekit_bundle_sha1": _sha1(bundle.path), "edgekit_bundle_size": bundle.size,
             "edgekit_upload_name": posixpath.basename(upload_path(anywhere, bundle)),
             "edgekit_runner_archive": str(archive), "edgekit_runner_sha256": tree_hash(files),

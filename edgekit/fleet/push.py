@@ -93,7 +93,8 @@ def install_bundle(transport: Transport, device: Device, bundle: Bundle, *, acti
         check_cancel(cancel, device, "the install", detail)
         with _timed(seconds, "install"):
             installed = run_runner(transport, device, "install", remote, "--sha256", bundle.sha256,
-                                   "--size", str(bundle.size), timeout=step_timeout)
+                                   "--size", str(bundle.size), "--manifest-sha256", bundle.manifest_sha256,
+                                   timeout=step_timeout)
     detail.update(already_installed=installed.get("already_installed", False), signer=installed.get("signer"),
                   installed=True)
     if activate:
