@@ -157,10 +157,11 @@ def test_push_starts_one_runner_per_device_and_still_repairs_a_changed_runner(tm
                 server.log.read_text().count("Starting session:") - sessions)
 
     # No runner yet: the device's shell says so (probe.py: no failed runner start, and no SFTP
-    # session to look), then the install. Every command runs in one shell session; SFTP is the other.
+    # session to look), then the install. Every command runs in one shell session; SFTP carries the
+    # runner's two files, and a session of its own the bundle, into the install that unpacks it.
     fresh, commands, sessions = push()
     assert (fresh["runner_updated"], fresh["already_installed"], commands, sessions) == \
-        (True, False, ["install"], 2)
+        (True, False, ["install"], 3)
     assert set(fresh["seconds"]) == {"runner", "upload", "install"} and min(fresh["seconds"].values()) > 0
     again, commands, sessions = push()  # the shell's answer only: the runner's hash matches, the bundle is there
     assert (again["runner_updated"], again["already_installed"], commands, sessions) == (False, True, [], 1)
@@ -185,10 +186,13 @@ def test_a_rollout_asks_each_device_for_its_status_once(tmp_path, sshd_fleet, in
     first = run_edgekit("push", bundles["1.0.0"].path, "--inventory", inventory, "--activate", env=fleet.env)
     assert first.code == 0, first.stderr
     started, sessions = len(runner_commands(log)), server.log.read_text().count("Starting session: command")
+    sftp = server.log.read_text().count("Starting session: subsystem")
     result = run_edgekit("rollout", bundles["1.0.1"].path, "--inventory", inventory, "--store", tmp_path / "s.db",
                          "--json", env=fleet.env)
     assert result.code == 0, result.stderr
     # status, install, activate, evaluate: the status taken before the install also tells
-    # whether the runner is current, so it is not asked for twice; all in one shell session
+    # whether the runner is current, so it is not asked for twice; all in one shell session but
+    # the install, which gets the bundle as its input in a session of its own; SFTP fetches the report
     assert runner_commands(log)[started:] == ["status", "install", "activate", "evaluate"]
-    assert server.log.read_text().count("Starting session: command") - sessions == 1
+    assert server.log.read_text().count("Starting session: command") - sessions == 2
+    assert server.log.read_text().count("Starting session: subsystem") - sftp == 1

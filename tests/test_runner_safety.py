@@ -16,7 +16,7 @@ import pytest
 from helpers.bundles import regular, tar_members, write_raw_tar
 from helpers.devices import install, install_runner, runner, snapshot, upload
 from edgekit.bundle import read_bundle, write_tar
-from edgekit.device.install import PAUSE_ENV
+from edgekit.device.untar import PAUSE_ENV
 from edgekit.device.trust import sha256_file
 
 FORBIDDEN = ("torch", "paramiko", "typer", "pydantic", "rich", "onnx")

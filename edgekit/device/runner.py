@@ -2,10 +2,12 @@
 
     python3 ROOT/bin/edgekit_runner.py [--root ROOT] COMMAND ...
 
-    install FILE [--sha256 H] [--size N] [--manifest-sha256 M]
+    install FILE [--sha256 H] [--size N] [--manifest-sha256 M] [--stdin]
                                            FILE in ROOT/incoming/; verify, unpack into bundles/
                                            (with M, the file is checked by its manifest's hash,
-                                           not hashed whole: every file is hashed against it)
+                                           not hashed whole: every file is hashed against it;
+                                           --stdin: FILE arrives on stdin as it is installed,
+                                           after the line "edgekit-offset K" says what is here)
     activate NAME VERSION                  switch current/NAME atomically
     rollback NAME                          back to the previous version
     restore NAME [--current V] [--previous V]
@@ -64,6 +66,12 @@ RUNTIME_COMMANDS = ("evaluate", "measure", "generate")
 def cmd_install(layout: Layout, args) -> dict:
     from .install import install
 
+    if args.stdin:
+        from .receive import receive
+
+        if args.size is None:
+            raise RunnerError("install --stdin needs --size: the bytes to receive", "usage", 2)
+        return receive(layout, args.file, size=args.size, sha256=args.sha256, manifest_sha256=args.manifest_sha256)
     return install(layout, args.file, sha256=args.sha256, size=args.size, manifest_sha256=args.manifest_sha256)
 
 
@@ -195,6 +203,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--sha256")
     s.add_argument("--size", type=_non_negative)
     s.add_argument("--manifest-sha256")
+    s.add_argument("--stdin", action="store_true")
     s = sub.add_parser("activate")
     s.add_argument("name")
     s.add_argument("version")

@@ -32,7 +32,7 @@ from edgekit.transport import Transport
 from edgekit.transport.base import Cancel, RunResult
 from edgekit.words import PLAIN
 
-__all__ = ["DevicePaths", "SHORT_STEP_S", "runner_argv", "run_runner", "runner_reply", "payload", "exit_cause", "has_runner",
+__all__ = ["DevicePaths", "SHORT_STEP_S", "runner_argv", "run_runner", "runner_reply", "payload", "exit_cause", "transport_cause", "has_runner",
            "ensure_runner", "device_status", "model_state", "upload_path", "installed_meta", "shipped_runner"]
 
 SHORT_STEP_S = 120  # status, activate, restore: a runner that needs longer is stuck
@@ -84,7 +84,7 @@ def run_runner(transport: Transport, device: Device, *args: str, timeout: Option
     except Interrupted:
         raise
     except TransportError as exc:  # no answer: timed out, or the connection went
-        raise RemoteCommandError(f"device {device.name}: {step}: {_transport_cause(exc, timeout)}",
+        raise RemoteCommandError(f"device {device.name}: {step}: {transport_cause(exc, timeout)}",
                                  device=device.name) from exc
     return runner_reply(device, step, result)
 
@@ -140,7 +140,7 @@ def _signal_name(number: int) -> str:
         return "unknown signal"
 
 
-def _transport_cause(exc: TransportError, timeout: Optional[float]) -> str:
+def transport_cause(exc: TransportError, timeout: Optional[float]) -> str:
     text = str(exc)
     if "did not finish within" in text:
         return f"timed out after {timeout:g} s"

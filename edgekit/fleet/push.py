@@ -15,16 +15,17 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 from edgekit.bundle import Bundle
-from edgekit.errors import ConfigError, TransportError
+from edgekit.errors import ConfigError, RemoteCommandError, TransportError
 from edgekit.fleet.fanout import WORKERS, DeviceResult, FleetResult, check_cancel, fan_out
 from edgekit.fleet.inventory import Device
 from edgekit.fleet.probe import probe_status
 from edgekit.fleet.protocol import (SHORT_STEP_S, DevicePaths, device_status, ensure_runner, has_runner,
-                                    installed_meta, model_state, payload, run_runner, shipped_runner, upload_path)
+                                    installed_meta, model_state, payload, run_runner, runner_argv, runner_reply,
+                                    shipped_runner, transport_cause, upload_path)
 from edgekit.transport import Transport
 from edgekit.transport.base import Cancel
 
-__all__ = ["upload_bundle", "install_bundle", "push", "activate", "rollback", "status", "remote_evaluate",
+__all__ = ["install_bundle", "push", "activate", "rollback", "status", "remote_evaluate",
            "trust_key", "for_target", "gc", "repair", "step_timeout_for", "space_needed"]
 
 
@@ -45,15 +46,6 @@ def step_timeout_for(bundle: Bundle) -> float:
     else:  # packaged without timings: a second per MiB of model stands in for them
         host_s = bundle.size / (1 << 20)
     return max(300.0, 60 + 30 * host_s)
-
-
-def upload_bundle(transport: Transport, device: Device, bundle: Bundle,
-                  progress: Optional[Callable[[int, int], None]] = None) -> str:
-    """Upload to upload_path(), resuming a partial upload of the same bundle; returns the remote path."""
-    remote = upload_path(device, bundle)
-    transport.makedirs(posixpath.dirname(remote))
-    transport.put(bundle.path, remote, progress=progress)
-    return remote
 
 
 def install_bundle(transport: Transport, device: Device, bundle: Bundle, *, activate: bool = False,
@@ -81,20 +73,8 @@ def install_bundle(transport: Transport, device: Device, bundle: Bundle, *, acti
     if installed is None:
         check_cancel(cancel, device, "the upload", detail)
         _check_room(transport, device, bundle, status)
-        with _timed(seconds, "upload"):
-            try:
-                remote = upload_bundle(transport, device, bundle, _cancellable(progress, cancel, device, detail))
-            except TransportError as exc:
-                if "No space left" not in str(exc):
-                    raise
-                raise TransportError(f"device {device.name}: upload: disk full: {_room_text(bundle, status)}; the "
-                                     "partial upload stays in incoming/ to resume (`edgekit fleet gc` removes it)",
-                                     device=device.name) from exc
-        check_cancel(cancel, device, "the install", detail)
-        with _timed(seconds, "install"):
-            installed = run_runner(transport, device, "install", remote, "--sha256", bundle.sha256,
-                                   "--size", str(bundle.size), "--manifest-sha256", bundle.manifest_sha256,
-                                   timeout=step_timeout)
+        installed = _send_and_install(transport, device, bundle, seconds, step_timeout,
+                                      _cancellable(progress, cancel, device, detail), status)
     detail.update(already_installed=installed.get("already_installed", False), signer=installed.get("signer"),
                   installed=True)
     if activate:
@@ -103,6 +83,44 @@ def install_bundle(transport: Transport, device: Device, bundle: Bundle, *, acti
             active = run_runner(transport, device, "activate", bundle.name, bundle.version, timeout=short)
         detail.update(current=active["current"], previous=active["previous"], activated=True)
     return detail
+
+
+def _send_and_install(transport: Transport, device: Device, bundle: Bundle, seconds: dict[str, float],
+                      step_timeout: float, progress, status: dict) -> dict:
+    """The bundle sent to the runner's `install --stdin`, which unpacks and checks it as it
+    arrives (edgekit.device.receive): one pass on the device, and the install done a moment
+    after the last byte rather than after the upload. `seconds`: "upload" until the last
+    byte went, "install" from then to the answer."""
+    remote = upload_path(device, bundle)
+    started, sent = time.perf_counter(), []
+
+    def timed_progress(done: int, total: int) -> None:
+        if done >= total and not sent:
+            sent.append(time.perf_counter())
+        if progress:
+            progress(done, total)
+
+    argv = runner_argv(device, "install", remote, "--stdin", "--sha256", bundle.sha256, "--size", str(bundle.size),
+                       "--manifest-sha256", bundle.manifest_sha256)
+    try:
+        result = transport.feed(argv, bundle.path, progress=timed_progress, timeout=step_timeout)
+    except TransportError as exc:  # a cut connection keeps the transport's words (and its hint to resume)
+        if "did not finish within" not in str(exc):
+            raise
+        raise RemoteCommandError(f"device {device.name}: install: {transport_cause(exc, step_timeout)}",
+                                 device=device.name) from exc
+    finally:
+        ended = time.perf_counter()
+        seconds["upload"] = round((sent[0] if sent else ended) - started, 3)
+        seconds["install"] = round(ended - (sent[0] if sent else ended), 3)
+    try:
+        return runner_reply(device, "install", result)
+    except RemoteCommandError as exc:
+        if (getattr(exc, "reply", None) or {}).get("errno") not in ("ENOSPC", "EDQUOT"):
+            raise
+        raise TransportError(f"device {device.name}: upload: disk full: {_room_text(bundle, status)}; the "
+                             "partial upload stays in incoming/ to resume (`edgekit fleet gc` removes it)",
+                             device=device.name) from exc
 
 
 def space_needed(bundle: Bundle) -> int:
@@ -121,8 +139,10 @@ def _room_text(bundle: Bundle, status: dict) -> str:
 def _check_room(transport: Transport, device: Device, bundle: Bundle, status: dict) -> None:
     """Refuse before uploading what cannot fit (a full disk would stop the device's other work)."""
     free = status.get("disk_free_bytes")
+    if not isinstance(free, int) or free >= space_needed(bundle):
+        return  # (asking for a cut upload's size would open SFTP for nothing)
     sent = transport.size(upload_path(device, bundle)) or 0  # a cut upload resumes: its bytes are there
-    if isinstance(free, int) and free + min(sent, bundle.size) < space_needed(bundle):
+    if free + min(sent, bundle.size) < space_needed(bundle):
         raise TransportError(f"device {device.name}: upload: disk full: {_room_text(bundle, status)}; free space "
                              "(`edgekit fleet gc -i INVENTORY --keep 1`) and push again", device=device.name)
 

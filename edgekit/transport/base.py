@@ -74,6 +74,18 @@ class Transport(ABC):
         it only to commands that may be abandoned: an evaluation, never an install)."""
 
     @abstractmethod
+    def feed(self, argv: Sequence[str], local: Path, *, progress: Optional[Progress] = None,
+             timeout: Optional[float] = None) -> RunResult:
+        """Run a receiving command with the bytes of `local` on its stdin. Its first line of
+        stdout is "WORD K" (K: the bytes it has already, from an earlier cut transfer): the rest
+        of `local` from K is sent, then its stdin is closed. A first line of another form
+        means it refused before receiving: nothing is sent. A command that ends while bytes
+        are still being sent stops the sending. Returns how it ended (the first line left
+        out when it was an offset); `timeout` bounds the wait after the last byte.
+        `progress(done, total)` may raise to stop the sending (the command sees its stdin
+        close before the end)."""
+
+    @abstractmethod
     def size(self, remote: str) -> Optional[int]:
         """The size of a remote file, or None when it does not exist."""
 
@@ -101,3 +113,11 @@ class Transport(ABC):
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def offset_of(line: bytes) -> Optional[int]:
+    """K from a receiving command's first line "WORD K" (Transport.feed), else None."""
+    parts = line.split()
+    if len(parts) == 2 and parts[1].isdigit():
+        return int(parts[1])
+    return None

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from edgekit.errors import ConnectError, Interrupted, TransportError
-from edgekit.transport.base import Cancel, Endpoint, Progress, RunResult, Transport
+from edgekit.transport.base import Cancel, Endpoint, Progress, RunResult, Transport, offset_of
 
 __all__ = ["LocalTransport"]
 
@@ -84,6 +84,45 @@ class LocalTransport(Transport):
                 _stop(proc)
                 raise TransportError(f"device {self.name}: {argv[0]} did not finish within {timeout:g}s",
                                      device=self.name)
+
+    def feed(self, argv: Sequence[str], local: Path, *, progress: Optional[Progress] = None,
+             timeout: Optional[float] = None) -> RunResult:
+        try:
+            proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    cwd=self.root, start_new_session=True)
+        except FileNotFoundError:
+            return RunResult(127, "", f"{argv[0]}: command not found")
+        try:
+            first = proc.stdout.readline()
+            offset = offset_of(first)
+            if offset is not None:
+                first = b""
+                self._send(proc, local, offset, progress)
+            out, err = proc.communicate(timeout=timeout)  # closes its stdin first
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+            raise TransportError(f"device {self.name}: {argv[0]} did not finish within {timeout:g}s",
+                                 device=self.name) from None
+        except BaseException:
+            _stop(proc)
+            raise
+        return RunResult(proc.returncode, (first + out).decode(errors="replace"), err.decode(errors="replace"))
+
+    def _send(self, proc: subprocess.Popen, local: Path, offset: int, progress: Optional[Progress]) -> None:
+        total = os.path.getsize(local)
+        done = min(offset, total)
+        try:
+            with open(local, "rb") as src:
+                src.seek(done)
+                for chunk in iter(lambda: src.read(CHUNK), b""):
+                    proc.stdin.write(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, total)
+        except BrokenPipeError:
+            return  # it stopped reading: its answer says why
+        except OSError as exc:
+            raise self._fail(f"cannot send {local}", exc) from exc
 
     def size(self, remote: str) -> Optional[int]:
         try:

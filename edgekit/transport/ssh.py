@@ -26,6 +26,7 @@ from edgekit.errors import ConnectError, Interrupted, RemoteCommandError, Transp
 from edgekit.transport.base import Cancel, Endpoint, Progress, RunResult, Transport
 from edgekit.transport.hostkeys import HostKeyPolicy, edgekit_known_hosts, host_key_name, known_key_types, preferring
 from edgekit.transport.sshconfig import Hop, resolve
+from edgekit.transport.sshfeed import feed
 from edgekit.transport.sshshell import Shell
 
 __all__ = ["SSHTransport"]
@@ -177,6 +178,20 @@ class SSHTransport(Transport):
                 with suppress(Exception):
                     dst.close()
                 raise
+
+    def feed(self, argv: Sequence[str], local: Path, *, progress: Optional[Progress] = None,
+             timeout: Optional[float] = None) -> RunResult:
+        """Transport.feed in a session of its own (sshfeed.py)."""
+        label = shlex.join(str(a) for a in argv)[:80]
+        with self._translated(f"sending {Path(local).name} to {label}", hint="; run it again to resume the upload"):
+            chan = self._client.get_transport().open_session(timeout=self._timeout)
+            try:
+                ended = feed(chan, argv, Path(local), progress, timeout, IO_TIMEOUT_S)
+            finally:
+                chan.close()
+        if ended is None:
+            raise RemoteCommandError(f"{label} did not finish within {timeout:g}s on {self.name}", device=self.name)
+        return ended
 
     def _write_limit(self) -> int:
         """The most file data the device's SFTP server takes in one write: OpenSSH's says so when
