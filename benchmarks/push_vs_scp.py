@@ -5,8 +5,9 @@
 
 In one run, against the same servers (real OpenSSH, one per device, edgekit.sim.sshd):
 
-    edgekit push          upload over SFTP + on-device sha256, unpack and checks (fresh devices,
-                          so the runner is installed too), 8 devices in parallel
+    edgekit push          the bundle streamed into the runner's install, which hashes, unpacks
+                          and checks it as it arrives (fresh devices, so the runner is
+                          installed too, over SFTP), 8 devices in parallel
     scp loop              plain `scp` of the bundle file, one device after the other
     scp parallel          8 `scp` processes at once
     ansible copy          ansible-core's copy module, 8 forks (in its own venv, made if missing)
