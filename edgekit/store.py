@@ -363,9 +363,23 @@ class Store:
         waves, events = {r["id"]: [] for r in rows}, {r["id"]: [] for r in rows}
         for w in self._db.execute(f"SELECT * FROM rollout_waves {picked} ORDER BY rollout_id, wave", args):
             waves[w["rollout_id"]].append({**dict(w), "devices": json.loads(w["devices"])})
-        for e in self._db.execute(f"SELECT {_event_columns(detail)} FROM rollout_events {picked} ORDER BY id", args):
-            events[e["rollout_id"]].append({**dict(e), "ok": bool(e["ok"]), "detail": json.loads(e["detail"])})
+        found = self._db.execute(f"SELECT {_event_columns(detail)} FROM rollout_events {picked} ORDER BY id", args)
+        for e in _decoded_events(found.fetchall(), picked_here=detail is not None):
+            events[e["rollout_id"]].append(e)
         return [{**_rollout_dict(r), "waves": waves[r["id"]], "events": events[r["id"]]} for r in rows]
+
+
+def _decoded_events(rows: list[sqlite3.Row], picked_here: bool) -> list[dict]:
+    """Rollout events as dicts, `ok` a bool and `detail` decoded. A detail SQLite made here
+    (`picked_here`: json_object, one JSON value each) is decoded with the others in one
+    array, one call for a fleet's 10,000 events rather than one each; a stored one is read
+    alone, so that one a hand edited is no JSON and is not taken for parts of its neighbours."""
+    if not rows:
+        return []
+    texts = [row["detail"] for row in rows]
+    details = json.loads("[" + ",".join(texts) + "]") if picked_here else [json.loads(t) for t in texts]
+    names = rows[0].keys()
+    return [{**dict(zip(names, row)), "ok": bool(row["ok"]), "detail": detail} for row, detail in zip(rows, details)]
 
 
 def _event_columns(keys: Optional[Sequence[str]]) -> str:

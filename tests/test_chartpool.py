@@ -36,6 +36,22 @@ def test_each_mark_is_filled_with_its_own_chart_drawn_by_a_worker():
     assert filled == "".join(f"<p><svg>t{i}:{sum(range(i))}:worker</svg></p>" for i in range(5))
 
 
+def _collector(title: str, host: int) -> str:
+    import gc
+
+    where = "here" if os.getpid() == host else "worker"
+    return f"<svg>{title}:{where}:collects={gc.isenabled()}:frozen={gc.get_freeze_count() > 0}</svg>"
+
+
+@needs_fork
+def test_a_worker_collects_its_own_cycles_not_the_servers_imports():
+    """The server imports with the cycle collector off; a worker collects again (a chart's
+    figure is cycles), what it inherited frozen out of the collector's way."""
+    with ChartPool(1) as charts:
+        page = charts.fill(charts.draw(_collector, "gc", HOST))
+    assert page == "<svg>gc:worker:collects=True:frozen=True</svg>"
+
+
 @needs_fork
 def test_a_chart_whose_worker_died_is_drawn_here():
     with ChartPool(1) as charts:

@@ -83,23 +83,29 @@ def report_cmd(
 
     path = Path(store) if store is not None else default_store_path()
     with _chart_pool(fmt, path) as charts:  # first: its server imports while this process does the rest
-        from edgekit.report.analysis import DriftRules, analyse
-        from edgekit.report.fleetdata import is_empty, load_fleet, plain_data
+        from edgekit.report.fleetdata import plain_data
 
-        with plain_data():
-            data = load_fleet(path, inventory=inventory, targets_dirs=targets_dir or ())
-            if is_empty(data):
-                err_console.print(f"no reports yet in {escape(str(path))}: run `edgekit collect --inventory FILE "
-                                  f"--store {escape(str(path))}` (or `edgekit rollout`) first", highlight=False,
-                                  soft_wrap=True)
-                return
-            result = analyse(data["reports"], data["devices"], data["rollouts"], models=data["models"],
-                             budgets=data["budgets"], collect_errors=data["collect_errors"],
-                             rules=DriftRules(accuracy_tolerance=tolerance), name=name, version=version, target=target,
-                             compare=tuple(compare) if compare else None)
-            _check_filters(result, path, name=name, version=version, target=target, compare=compare)
-            filters = {"name": name, "version": version, "target": target}
-            _emit(_fleet(result, fmt, section, str(path), data["budgets"], filters, charts), fmt, output)
+        with plain_data():  # the store's data is freed when _fleet_report returns, before the collector is on
+            _fleet_report(path, fmt, output, section, charts, inventory=inventory, targets_dirs=targets_dir or (),
+                          tolerance=tolerance, name=name, version=version, target=target, compare=compare)
+
+
+def _fleet_report(path: Path, fmt: Format, output: Optional[Path], section: Section, charts, *, inventory, targets_dirs,
+                  tolerance: float, name, version, target, compare) -> None:
+    from edgekit.report.analysis import DriftRules, analyse
+    from edgekit.report.fleetdata import is_empty, load_fleet
+
+    data = load_fleet(path, inventory=inventory, targets_dirs=targets_dirs)
+    if is_empty(data):
+        err_console.print(f"no reports yet in {escape(str(path))}: run `edgekit collect --inventory FILE "
+                          f"--store {escape(str(path))}` (or `edgekit rollout`) first", highlight=False, soft_wrap=True)
+        return
+    result = analyse(data["reports"], data["devices"], data["rollouts"], models=data["models"], budgets=data["budgets"],
+                     collect_errors=data["collect_errors"], rules=DriftRules(accuracy_tolerance=tolerance), name=name,
+                     version=version, target=target, compare=tuple(compare) if compare else None)
+    _check_filters(result, path, name=name, version=version, target=target, compare=compare)
+    filters = {"name": name, "version": version, "target": target}
+    _emit(_fleet(result, fmt, section, str(path), data["budgets"], filters, charts), fmt, output)
 
 
 def _chart_pool(fmt: Format, path: Path):

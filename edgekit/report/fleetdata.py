@@ -55,9 +55,9 @@ def _plain(names: tuple[str, ...], row: tuple, path: Path) -> dict:
     seconds). The store kept its columns when it came in (Store.report_rows); a row it gave
     the JSON text of is read here: a language model's (`report`, its JSON object, holds its
     curve) or one that is no report any more, which is named."""
-    item = dict(zip(names, row))
-    text = item.pop("report")
-    device, collected_at, run_id = item.pop("device"), item.pop("collected_at"), item["run_id"]
+    device, collected_at, text = row[:3]  # Store.report_rows' first three
+    item = dict(zip(names[3:], row[3:]))
+    run_id = item["run_id"]
     if text is None:
         return {"device": device, "report": None, "columns": item, "collected_at": collected_at}
     import json
@@ -108,7 +108,10 @@ def plain_data():
     """Python's cycle collector off while a report is read and drawn: its data is plain dicts
     and lists without cycles, which reference counting frees, and the collector would scan
     the 10,000 reports' 300,000 objects again and again (a third of the load and half the
-    analysis). What matplotlib leaves in cycles is collected when it is back on."""
+    analysis). What matplotlib leaves in cycles is collected when it is back on. Let the data
+    go inside the block (return from the function that holds it): the collector's first
+    pass when it is back on scans every container made while it was off that is still
+    alive, the whole fleet's (0.03 s for 10,000 reports) just before the process ends."""
     import gc
 
     was = gc.isenabled()
