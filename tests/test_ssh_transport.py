@@ -396,3 +396,52 @@ def test_a_simulated_device_logs_in_with_the_home_it_is_given(sshd_fleet, tmp_pa
         monkeypatch.setenv(key, value)
     with connect(fleet.device(0).endpoint) as tr:
         assert tr.run(["sh", "-c", 'printf %s "$HOME"']).stdout == str(home)
+
+
+# A receiving command as Transport.feed expects one: it names the bytes it has, then reads the
+# rest from stdin into OUT (appending), and prints how many it read; REFUSE_AT: it stops reading there.
+RECEIVER = r"""
+import os, sys
+out, refuse_at = sys.argv[1], int(sys.argv[2])
+have = os.path.getsize(out) if os.path.exists(out) else 0
+print("offset", have, flush=True)
+got = 0
+with open(out, "ab") as f:
+    while True:
+        chunk = sys.stdin.buffer.read(min(1 << 16, refuse_at - got) if refuse_at >= 0 else 1 << 16)
+        if not chunk:
+            break
+        f.write(chunk)
+        got += len(chunk)
+        if 0 <= refuse_at <= got:
+            print("refused at", got, flush=True)
+            sys.exit(2)
+print("read", got)
+"""
+
+
+@pytest.mark.parametrize("kind", ["ssh", "local"])
+def test_feed_sends_from_the_offset_named_and_stops_when_the_command_ends(fleet, tmp_path, kind):
+    from edgekit.fleet.inventory import Device
+
+    data = os.urandom(3 << 20)
+    local = tmp_path / "data.bin"
+    local.write_bytes(data)
+    device = fleet.device(0) if kind == "ssh" else Device(name="d", transport="local", root=str(tmp_path / "dev"),
+                                                          target="host-cpu", python=sys.executable)
+    out = tmp_path / f"{kind}-received.bin"
+    out.write_bytes(data[:12345])  # what a cut transfer left
+    seen = []
+    with connect(device.endpoint) as tr:
+        python = "python3" if kind == "ssh" else sys.executable
+        done = tr.feed([python, "-c", RECEIVER, str(out), "-1"], local, progress=lambda d, t: seen.append((d, t)))
+        assert done.ok and done.stdout.strip() == f"read {len(data) - 12345}", done
+        assert out.read_bytes() == data and seen[0] == (12345, len(data)) and seen[-1] == (len(data), len(data))
+        out.unlink()
+        refused = tr.feed([python, "-c", RECEIVER, str(out), str(1 << 20)], local, timeout=30)
+        assert refused.exit_code == 2 and refused.stdout.strip() == f"refused at {1 << 20}", refused
+        said = tr.feed([python, "-c", "print('no offset here'); import sys; sys.exit(3)"], local)
+        assert said.exit_code == 3 and said.stdout.strip() == "no offset here"
+        if kind == "ssh":
+            killed = tr.feed(["sh", "-c", "kill -9 $$"], local)
+            assert killed.exit_code == 128 + 9  # a signal is not taken for a lost connection

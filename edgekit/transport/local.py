@@ -114,6 +114,8 @@ class LocalTransport(Transport):
         try:
             with open(local, "rb") as src:
                 src.seek(done)
+                if progress:
+                    progress(done, total)
                 for chunk in iter(lambda: src.read(CHUNK), b""):
                     proc.stdin.write(chunk)
                     done += len(chunk)
