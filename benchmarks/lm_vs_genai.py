@@ -22,7 +22,9 @@ Decode speed, the ratio the issue asks for, is measured apart, so that it measur
 models and not the machine: side by side, each edgekit model with the builder's model of its
 precision, the two loaded into one process of their own and run through the same loop
 (edgekit.device.lm.DecoderLM: the prompt prefilled into a shared KV buffer, then greedy
-steps), in `--rounds` rounds, each round the two in turn. (With all the models in one turn
+steps), in `--rounds` rounds, each round the two in turn; half the rounds in a process that
+loads the edgekit model first, half in one that loads the builder's first (the model loaded
+first in a process decodes about 5% slower, whichever it is). (With all the models in one turn
 order, a model between others read 0.01-0.04 lower than in a pair.) Both wall-clock tokens/s
 and tokens per CPU-second of the one ONNX Runtime thread (it runs in the calling thread) are
 kept; a ratio is the median over rounds of the round's edgekit / builder ratio, so that a
@@ -127,15 +129,21 @@ def decode_rounds(models: dict[str, Path], eval_npz: Path, rounds: int, steps: i
 
 def decode_pairs(models: dict[str, Path], eval_npz: Path, rounds: int, steps: int) -> dict[str, dict]:
     """Per edgekit model: its decode rounds and the builder's of its precision, the two in
-    turn in a process of their own ({"runs", "builder_runs"})."""
+    turn ({"runs", "builder_runs"}), in two processes: one loads the edgekit model first, the
+    other the builder's. The model loaded first in a process decodes slower (the same model
+    loaded twice read 5% slower the first time), so each model takes each place alike."""
     pairs = {}
     for name, path in models.items():
         ref = _builder_of(name)
         if ref is None or ref not in models:
             continue
         print(f"decode: {rounds} rounds of {steps} steps, {name} and {ref} in turn", flush=True)
-        runs = decode_rounds({name: path, ref: models[ref]}, eval_npz, rounds, steps)
-        pairs[name] = {"runs": runs[name], "builder_runs": runs[ref]}
+        pair = {"runs": [], "builder_runs": []}
+        for order, n in (((name, ref), (rounds + 1) // 2), ((ref, name), rounds // 2)):
+            runs = decode_rounds({k: models[k] for k in order}, eval_npz, n, steps) if n else {name: [], ref: []}
+            pair["runs"] += runs[name]
+            pair["builder_runs"] += runs[ref]
+        pairs[name] = pair
     return pairs
 
 
