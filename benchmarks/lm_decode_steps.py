@@ -1,13 +1,15 @@
 """Decode speed of language models against a reference, their steps interleaved one at a time.
 
-Every model is loaded into one process (one ONNX Runtime thread each, edgekit's DecoderLM
+Every model is loaded into each process (one ONNX Runtime thread each, edgekit's DecoderLM
 with a shared KV buffer); each round prefills the same 128-token prompt into each, then runs
 the models' decode steps alternately, the order reversed every step, and sums each model's
 CPU time (the ORT thread is the calling thread). A round's ratio is the reference's CPU time
 over the model's, so load changes within a round hit both alike: on a loaded 2-core machine
 this held ratios to +-0.02 where whole-round alternation (benchmarks/lm_vs_genai.py) moved +-0.1.
 With --whole each model runs all its steps of a round at once instead (as a device runs one
-model; lm_vs_genai's decode pairs), the models' order reversed every round.
+model; lm_vs_genai's decode pairs), the models' order reversed every round. The rounds are
+shared among one process per rotation of the models' order of loading: the model loaded first
+in a process decodes about 5% slower (the same model loaded twice read so), whichever it is.
 
     python benchmarks/lm_decode_steps.py REF=ref/model.onnx A=a/model.onnx [B=...] [--rounds 6] [--steps 32] [--whole]
 """
@@ -15,6 +17,7 @@ model; lm_vs_genai's decode pairs), the models' order reversed every round.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -51,6 +54,22 @@ def run(models: dict, rounds: int, steps: int, prompt: np.ndarray, whole: bool =
     return cpu
 
 
+def rotated(models: dict, rounds: int, steps: int, prompt: np.ndarray, whole: bool) -> dict:
+    """`run` in one process per rotation of the models' load order, the rounds shared out, their
+    CPU times pooled: the model loaded first in a process decodes about 5% slower (the same
+    model loaded twice read so), so every model is loaded first alike."""
+    names, cpu = list(models), {name: [] for name in models}
+    spawn = multiprocessing.get_context("spawn")  # a fresh process: nothing loaded before
+    for k in range(len(names)):
+        share = rounds // len(names) + (k < rounds % len(names))
+        if share:
+            with spawn.Pool(1) as pool:
+                part = pool.apply(run, ({n: models[n] for n in names[k:] + names[:k]}, share, steps, prompt, whole))
+            for name in names:
+                cpu[name] += part[name]
+    return cpu
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="NAME=model.onnx; the first is the reference")
@@ -60,7 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     models = dict(m.split("=", 1) for m in args.models)
     prompt = (np.arange(128, dtype=np.int64) * 7919) % 1000 + 100  # decode cost does not depend on the tokens
-    cpu = run(models, args.rounds, args.steps, prompt, args.whole)
+    cpu = rotated(models, args.rounds, args.steps, prompt, args.whole)
     ref = next(iter(models))
     for name, spent in cpu.items():
         rate = median(args.steps / s for s in spent)

@@ -22,13 +22,16 @@ Decode speed, the ratio the issue asks for, is measured apart, so that it measur
 models and not the machine: side by side, each edgekit model with the builder's model of its
 precision, the two loaded into one process of their own and run through the same loop
 (edgekit.device.lm.DecoderLM: the prompt prefilled into a shared KV buffer, then greedy
-steps), in `--rounds` rounds, each round the two in turn. (With all the models in one turn
+steps), in `--rounds` rounds, each round the two in turn; half the rounds in a process that
+loads the edgekit model first, half in one that loads the builder's first (the model loaded
+first in a process decodes about 5% slower, whichever it is). (With all the models in one turn
 order, a model between others read 0.01-0.04 lower than in a pair.) Both wall-clock tokens/s
 and tokens per CPU-second of the one ONNX Runtime thread (it runs in the calling thread) are
 kept; a ratio is the median over rounds of the round's edgekit / builder ratio, so that a
 load change between rounds cancels out.
 
     python benchmarks/lm_vs_genai.py [--windows 16] [--rounds 8] [--steps 48] [--out bench-results/lm_vs_genai.json]
+    python benchmarks/lm_vs_genai.py --decode-only EDGEKIT/model.onnx BUILDER/model.onnx EVAL.npz [--rounds 12] [--steps 40]
 """
 
 from __future__ import annotations
@@ -125,17 +128,25 @@ def decode_rounds(models: dict[str, Path], eval_npz: Path, rounds: int, steps: i
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def decode_pairs(models: dict[str, Path], eval_npz: Path, rounds: int, steps: int) -> dict[str, dict]:
+def decode_pairs(models: dict[str, Path], eval_npz: Path, rounds: int, steps: int,
+                 ref: Optional[str] = None) -> dict[str, dict]:
     """Per edgekit model: its decode rounds and the builder's of its precision, the two in
-    turn in a process of their own ({"runs", "builder_runs"})."""
+    turn ({"runs", "builder_runs"}), in two processes: one loads the edgekit model first, the
+    other the builder's. The model loaded first in a process decodes slower (the same model
+    loaded twice read 5% slower the first time), so each model takes each place alike. `ref`:
+    the one builder's model for every other model (default: the builder's of its precision)."""
     pairs = {}
-    for name, path in models.items():
-        ref = _builder_of(name)
-        if ref is None or ref not in models:
+    for name in models:
+        ref_of = ref or _builder_of(name)
+        if ref_of is None or ref_of not in models or ref_of == name:
             continue
-        print(f"decode: {rounds} rounds of {steps} steps, {name} and {ref} in turn", flush=True)
-        runs = decode_rounds({name: path, ref: models[ref]}, eval_npz, rounds, steps)
-        pairs[name] = {"runs": runs[name], "builder_runs": runs[ref]}
+        print(f"decode: {rounds} rounds of {steps} steps, {name} and {ref_of} in turn", flush=True)
+        pair = {"runs": [], "builder_runs": []}
+        for order, n in (((name, ref_of), (rounds + 1) // 2), ((ref_of, name), rounds // 2)):
+            runs = decode_rounds({k: models[k] for k in order}, eval_npz, n, steps) if n else {name: [], ref_of: []}
+            pair["runs"] += runs[name]
+            pair["builder_runs"] += runs[ref_of]
+        pairs[name] = pair
     return pairs
 
 
@@ -179,13 +190,28 @@ def print_table(rows: list[dict]) -> None:
               f"{r['prefill_tokens_per_s']:11.1f} {_ratio(r['prefill_vs_genai']):>8} {r['peak_rss_mb']:7.0f}")
 
 
+def decode_only(edgekit: Path, builder_model: Path, eval_npz: Path, rounds: int, steps: int) -> None:
+    """The decode pair of two models already made: the median over rounds of their ratio."""
+    pair = decode_pairs({"edgekit": edgekit, "genai": builder_model}, eval_npz, rounds, steps, ref="genai")["edgekit"]
+    for key in ("wall", "cpu"):
+        ratios = [a[key] / b[key] for a, b in zip(pair["runs"], pair["builder_runs"])]
+        print(f"decode {key:4}: edgekit {median(x[key] for x in pair['runs']):6.1f} t/s, builder "
+              f"{median(x[key] for x in pair['builder_runs']):6.1f} t/s, ratio {median(ratios):.3f} "
+              f"(rounds {min(ratios):.2f}-{max(ratios):.2f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "lm_vs_genai.json")
     parser.add_argument("--windows", type=int, default=16, help="eval windows of 256 tokens to score")
     parser.add_argument("--rounds", type=int, default=8, help="decode rounds of each edgekit model and the builder's beside it")
     parser.add_argument("--steps", type=int, default=48, help="greedy decode steps per model and round")
+    parser.add_argument("--decode-only", nargs=3, metavar=("EDGEKIT", "BUILDER", "EVAL_NPZ"), type=Path,
+                        help="only the decode pair of two models already made (their model.onnx), the prompt "
+                             "from an eval .npz: a few minutes, where a whole run takes ten")
     args = parser.parse_args()
+    if args.decode_only:
+        return decode_only(*args.decode_only, rounds=args.rounds, steps=args.steps)
     from edgekit.datasets import load_dataset
     from edgekit.lmdemo import prepare
     from edgekit.machine import cpu_facts, versions

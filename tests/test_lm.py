@@ -49,6 +49,10 @@ def test_the_export_has_a_kv_cache_and_matches_transformers(tiny_lm):
     stepped = np.concatenate([lm.feed(state, ids[:, i:i + 1]) for i in range(40)], axis=1)
     assert np.abs(stepped - want).max() < 1e-3
     assert lm.cache_nbytes(state) == lm.kv_cache_bytes(40) == 2 * 2 * 2 * 16 * 4 * 40
+    # single steps (their logits bound to a buffer) and chunks (allocated per call) in turn
+    state, cuts = lm.start(40), (0, 1, 8, 9, 10, 40)
+    mixed = np.concatenate([lm.feed(state, ids[:, a:b]) for a, b in zip(cuts, cuts[1:])], axis=1)
+    assert np.abs(mixed - want).max() < 1e-3
 
 
 def test_cache_and_recompute_generate_the_same_tokens(tiny_lm):
