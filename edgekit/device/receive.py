@@ -60,10 +60,6 @@ class _Incoming:
         self._fd = sys.stdin.fileno()
         _widen(self._fd)
 
-    @property
-    def received(self) -> int:
-        return self._at
-
     def readinto(self, view: memoryview) -> int:
         want = min(len(view), self._size - self._at)
         if want <= 0:

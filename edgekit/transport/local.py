@@ -103,8 +103,8 @@ class LocalTransport(Transport):
             _stop(proc)
             raise TransportError(f"device {self.name}: {argv[0]} did not finish within {timeout:g}s",
                                  device=self.name) from None
-        except BaseException:
-            _stop(proc)
+        except BaseException:  # stopped sending (Ctrl-C): its stdin ends early, as a cut connection's does
+            _let_go(proc)
             raise
         return RunResult(proc.returncode, (first + out).decode(errors="replace"), err.decode(errors="replace"))
 
@@ -157,6 +157,20 @@ class LocalTransport(Transport):
             pass
         except OSError as exc:
             raise self._fail(f"cannot remove {remote}", exc) from exc
+
+
+def _let_go(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Close a fed command's stdin and give it `grace` seconds to end on its own (a receiving
+    install keeps what came and cleans its staging folder), then kill it."""
+    stdin, proc.stdin = proc.stdin, None  # communicate() flushes a stdin it still holds, closed or not
+    try:
+        stdin.close()
+    except OSError:
+        pass
+    try:
+        proc.communicate(timeout=grace)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
 
 
 def _stop(proc: subprocess.Popen) -> None:
