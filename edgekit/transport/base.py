@@ -12,7 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Callable, Iterator, Optional, Protocol, Sequence
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
@@ -113,6 +113,23 @@ class Transport(ABC):
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def chunks_from(local: Path, offset: int, progress: Optional[Progress], size: int = 1 << 20) -> Iterator[bytes]:
+    """`local` from `offset` (a receiving command's K), a megabyte at a time: what every
+    Transport.feed sends. `progress(done, total)` is told at the start and after each chunk
+    the caller has taken."""
+    total = local.stat().st_size
+    done = min(offset, total)
+    with local.open("rb") as src:
+        src.seek(done)
+        if progress:
+            progress(done, total)
+        while chunk := src.read(size):
+            yield chunk
+            done += len(chunk)
+            if progress:
+                progress(done, total)
 
 
 def offset_of(line: bytes) -> Optional[int]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from edgekit.errors import ConnectError, Interrupted, TransportError
-from edgekit.transport.base import Cancel, Endpoint, Progress, RunResult, Transport, offset_of
+from edgekit.transport.base import Cancel, Endpoint, Progress, RunResult, Transport, chunks_from, offset_of
 
 __all__ = ["LocalTransport"]
 
@@ -109,18 +109,9 @@ class LocalTransport(Transport):
         return RunResult(proc.returncode, (first + out).decode(errors="replace"), err.decode(errors="replace"))
 
     def _send(self, proc: subprocess.Popen, local: Path, offset: int, progress: Optional[Progress]) -> None:
-        total = os.path.getsize(local)
-        done = min(offset, total)
         try:
-            with open(local, "rb") as src:
-                src.seek(done)
-                if progress:
-                    progress(done, total)
-                for chunk in iter(lambda: src.read(CHUNK), b""):
-                    proc.stdin.write(chunk)
-                    done += len(chunk)
-                    if progress:
-                        progress(done, total)
+            for chunk in chunks_from(Path(local), offset, progress):
+                proc.stdin.write(chunk)
         except BrokenPipeError:
             return  # it stopped reading: its answer says why
         except OSError as exc:

@@ -1,7 +1,7 @@
 """Transport.feed over SSH: a receiving command with a file's bytes as its stdin, in a session of
 its own (the command session's commands get no stdin: sshshell.py).
 
-The bytes go as the session's data, 1 MiB at a time, without SFTP's requests and answers. The
+The bytes go as the session's data (base.chunks_from), without SFTP's requests and answers. The
 command runs under `sh -c '"$0" "$@"; exit $?'`, so that a command killed by a signal exits
 128 + its number (the shell stays to say so) rather than leaving the session without an
 exit status, which is what a lost connection leaves.
@@ -17,12 +17,9 @@ from typing import Optional, Sequence
 
 import paramiko
 
-from edgekit.transport.base import Progress, RunResult, offset_of
+from edgekit.transport.base import Progress, RunResult, chunks_from, offset_of
 
 __all__ = ["feed"]
-
-CHUNK = 1 << 20
-
 
 def feed(chan: paramiko.Channel, argv: Sequence[str], local: Path, progress: Optional[Progress],
          timeout: Optional[float], io_timeout: float) -> Optional[RunResult]:
@@ -46,24 +43,15 @@ def feed(chan: paramiko.Channel, argv: Sequence[str], local: Path, progress: Opt
 
 
 def _send(chan: paramiko.Channel, local: Path, offset: int, progress: Optional[Progress]) -> None:
-    total = local.stat().st_size
-    done = min(offset, total)
-    with local.open("rb") as src:
-        src.seek(done)
-        if progress:
-            progress(done, total)
-        while chunk := src.read(CHUNK):
-            if chan.exit_status_ready():  # it ended early (refused what it got), or the session did:
-                return  # what comes next says which
-            try:
-                chan.sendall(chunk)
-            except OSError:
-                if chan.exit_status_ready():
-                    return
-                raise
-            done += len(chunk)
-            if progress:
-                progress(done, total)
+    for chunk in chunks_from(local, offset, progress):
+        if chan.exit_status_ready():  # it ended early (refused what it got), or the session did:
+            return  # what comes next says which
+        try:
+            chan.sendall(chunk)
+        except OSError:
+            if chan.exit_status_ready():
+                return
+            raise
 
 
 def _first_line(chan: paramiko.Channel, most: int = 4096) -> tuple[bytes, bytes]:
