@@ -11,7 +11,9 @@ In one run, against the same servers (real OpenSSH, one per device, edgekit.sim.
     scp loop              plain `scp` of the bundle file, one device after the other
     scp parallel          8 `scp` processes at once
     ansible copy          ansible-core's copy module, 8 forks (in its own venv, made if missing)
-    edgekit re-push       the same bundle again: the devices have it, nothing is sent
+    edgekit re-push       the same bundle again: the devices have it, nothing is sent (its
+                          sha256 is the one the first push remembered, edgekit.hashcache; the
+                          runs keep that cache in the work folder, so the first push hashes)
     ansible copy again    the same, for Ansible (it compares checksums)
     edgekit push, new version
                           the next version of the bundle (same size) to the devices, which have
@@ -85,7 +87,7 @@ def edgekit_push(fleet, inventory: Path, bundle: Path, devices: int) -> tuple[fl
     # the fleet's own store beside its inventory: the user's store never hears of these devices
     seconds, proc = timed([sys.executable, "-m", "edgekit.cli.main", "push", str(bundle), "--inventory", str(inventory),
                            "--workers", str(devices), "--store", str(inventory.parent / "store.db"), "--json"],
-                          env=fleet.env)
+                          env={**fleet.env, "EDGEKIT_CACHE": str(inventory.parent / "cache")})
     if proc.returncode != 0:
         raise SystemExit(f"edgekit push failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return seconds, json.loads(proc.stdout)

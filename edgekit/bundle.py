@@ -145,14 +145,16 @@ def read_bundle(path: Union[str, Path]) -> Bundle:
 def _hashing(path: Path) -> "Future[str]":
     """The bundle's sha256, computed in a thread of its own: a push or rollout reads the
     inventory and connects to its devices meanwhile (hashing 50 MB took 0.1 s of the
-    host's CPU before the first connection was opened; hashlib lets go of the GIL)."""
+    host's CPU before the first connection was opened; hashlib lets go of the GIL). A
+    bundle this host hashed before is not hashed again (edgekit.hashcache)."""
     from edgekit.device.trust import sha256_file
+    from edgekit.hashcache import cached_sha256
 
     digest: "Future[str]" = Future()
 
     def work() -> None:
         try:
-            digest.set_result(sha256_file(str(path)))
+            digest.set_result(cached_sha256(path, lambda: sha256_file(str(path))))
         except BaseException as exc:  # noqa: BLE001 - handed to whoever asks for the hash
             digest.set_exception(exc)
     threading.Thread(target=work, name="edgekit-bundle-sha256", daemon=True).start()

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Optional
 
 from edgekit.demo import Demo
+from edgekit.hashcache import cache_home
 
 __all__ = ["LM_TARGETS", "NAME", "GOOD", "CARELESS", "EVAL_WINDOWS", "cache_dir", "prepare", "export_fp32",
            "demo_recipes", "why_unmet", "calibrate_target", "package_release", "package_careless"]
@@ -42,9 +43,7 @@ EVAL_WINDOWS = 4  # of 256 tokens: ~1k scored tokens per candidate
 
 def cache_dir() -> Path:
     """Where the SmolLM2 example is kept between demo runs (the work directory is emptied each run)."""
-    given = os.environ.get("EDGEKIT_CACHE")
-    base = Path(given).expanduser() if given else Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "edgekit"
-    return base / "smollm2"
+    return cache_home() / "smollm2"
 
 
 def prepare(say=None) -> dict[str, Path]:
