@@ -306,6 +306,16 @@ def test_uploads_prefer_aes_gcm_and_send_full_packets_in_few_writes(fleet, tmp_p
     assert writes <= (1 << 20) // 200_000 + 1, writes
 
 
+def test_the_connection_sends_and_acknowledges_without_delay(fleet):
+    """Nagle's algorithm off and each read acknowledged at once: a login and a session's
+    opening then wait for no delayed ACK (edgekit.transport.ssh._Prompt)."""
+    with connect(fleet.device(0).endpoint) as tr:
+        sock = tr._client.get_transport().sock
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert tr.run(["echo", "still a socket"]).stdout == "still a socket\n"
+        assert type(sock).recv is not socket.socket.recv
+
+
 def test_a_server_that_does_not_say_its_limits_gets_one_packet_writes(fleet, tmp_path):
     payload = tmp_path / "payload.bin"
     payload.write_bytes(os.urandom((1 << 20) + 5))

@@ -332,23 +332,49 @@ class _Watchdog(threading.Thread):
 
 def _fast_ciphers(factory):
     """A Transport factory that offers FAST_CIPHERS first (SSH takes the client's first cipher
-    that the server also has, so a server without GCM gets aes-ctr as before), on a TCP socket
-    that sends each packet at once.
-
-    paramiko leaves Nagle's algorithm on, and a handshake is small messages that each wait for
-    an answer: a message that went out in two writes waited for the device's delayed ACK, 40 ms
-    on Linux, three times in a login (loopback sshd: 85-120 ms to log in, 33 ms without)."""
+    that the server also has, so a server without GCM gets aes-ctr as before), over a TCP
+    socket that neither holds back what it sends nor what it owes (_Prompt)."""
     def make(sock, **kwargs) -> paramiko.Transport:
-        if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport = factory(sock, **kwargs)
+        transport = factory(_Prompt.taking(sock), **kwargs)
         options = transport.get_security_options()
         options.ciphers = [c for c in FAST_CIPHERS if c in options.ciphers] + \
             [c for c in options.ciphers if c not in FAST_CIPHERS]
         return transport
 
     return make
+
+
+class _Prompt(socket.socket):
+    """A TCP socket that sends each write at once and acknowledges each read at once.
+
+    A login and a session's opening are small messages that each wait for an answer, and on
+    Linux each could wait 40 ms for a delayed ACK: paramiko leaves Nagle's algorithm on, so a
+    message it wrote in two parts waited for the device's ACK of the first (three times in a
+    login); and sshd, whose Nagle is on until a session starts, held its answer to the first
+    channel open until this side acknowledged the notices it had sent just before. Loopback
+    sshd: 80-120 ms to log in and open a session, 30-35 ms with both off."""
+
+    @classmethod
+    def taking(cls, sock):
+        """`sock` as a _Prompt when it is a TCP socket (not a ProxyCommand or a jump host's channel)."""
+        if type(sock) is not socket.socket or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return sock
+        timeout = sock.gettimeout()
+        prompt = cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        prompt.settimeout(timeout)
+        with suppress(OSError):
+            prompt.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return prompt
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data = super().recv(bufsize, flags)
+        if QUICKACK is not None:
+            with suppress(OSError):
+                self.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)  # Linux sends the ACK it owes now
+        return data
+
+
+QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only; elsewhere the reads are plain
 
 
 def _write_size(channel: paramiko.Channel, handle: bytes, most: int) -> int:
