@@ -103,7 +103,7 @@ class SSHTransport(Transport):
                 client.connect(end.hostname, end.port, username=end.user, sock=sock,
                                key_filename=list(end.identity_files) or None, look_for_keys=end.look_for_keys,
                                allow_agent=True, timeout=t, banner_timeout=t + 5, auth_timeout=t, channel_timeout=t,
-                               transport_factory=_fast_ciphers(preferring(known_types)))
+                               transport_factory=_fast_transport(preferring(known_types)))
             except paramiko.SSHException as exc:
                 transport = client.get_transport()
                 if transport is not None and transport.is_active() and transport.host_key is None:
@@ -330,7 +330,7 @@ class _Watchdog(threading.Thread):
             answered.set()
 
 
-def _fast_ciphers(factory):
+def _fast_transport(factory):
     """A Transport factory that offers FAST_CIPHERS first (SSH takes the client's first cipher
     that the server also has, so a server without GCM gets aes-ctr as before), over a TCP
     socket that neither holds back what it sends nor what it owes (_Prompt)."""
