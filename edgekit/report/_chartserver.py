@@ -41,9 +41,9 @@ warnings.filterwarnings("ignore", message=r".* found in sys\.modules after impor
 def _no_property_docs() -> None:
     """As matplotlib defines each Artist class it writes the class's settable properties into
     the docstring and signature of its set() (matplotlib.artist.kwdoc, ArtistInspector): a
-    third of its import's CPU here (0.17 of 0.53 s), for help text no chart shows. The server
-    has set() made as matplotlib makes it, without them; a matplotlib that works otherwise is
-    left as it is."""
+    third of its import's CPU here (0.17 of 0.53 s), for help text no chart shows. Here each
+    class still gets its own set() as matplotlib makes it, only without that text; a matplotlib
+    whose classes are made otherwise is left as it is."""
     import matplotlib.artist as artist
 
     if not (callable(getattr(artist, "kwdoc", None))
