@@ -52,6 +52,44 @@ def test_a_worker_collects_its_own_cycles_not_the_servers_imports():
     assert page == "<svg>gc:worker:collects=True:frozen=True</svg>"
 
 
+def _fleet_chart() -> str:
+    """A real chart: three versions of two devices each, one of them drifting."""
+    from edgekit.report.analysis import METRICS, cohort_summaries
+    from edgekit.report.charts import triangle_chart
+
+    rows = [{**{m: None for m in METRICS}, "device": f"d-{i}", "version": f"1.{v}.0", "name": "digits",
+             "target": "host-cpu", "status": "ok", "accuracy": 0.97 - 0.01 * v, "accuracy_expected": 0.97,
+             "latency_p50": 10.0 + v, "latency_p95": 12.0 + v + i, "peak_rss_mb": 80.0 + 2 * v + i}
+            for v in range(3) for i in range(2)]
+    return triangle_chart("digits on host-cpu", cohort_summaries(rows), rows, {("d-1", "1.2.0")},
+                          {"max_latency_ms_p95": 20.0, "max_peak_rss_mb": 100.0})
+
+
+def _property_docs() -> str:
+    """Whether this process's matplotlib wrote an Artist's property list into its set()'s docstring."""
+    from matplotlib.lines import Line2D
+
+    return str("linewidth" in (Line2D.set.__doc__ or ""))
+
+
+def _unsalted(svg: str) -> str:
+    """A chart's SVG without its ids, salted by the process that drew it (edgekit.report.charts.to_svg)."""
+    import re
+
+    return re.sub(r'(id="|url\(#|href="#)[\w-]+', r"\1ID", svg)
+
+
+@needs_fork
+def test_a_worker_draws_the_chart_this_process_draws():
+    """The chart server's matplotlib skips the property lists of its docstrings
+    (edgekit.report._chartserver): its charts are the same."""
+    with ChartPool(1) as charts:
+        page = charts.fill(charts.draw(_fleet_chart) + "|" + charts.draw(_property_docs))
+    drawn, docs = page.rsplit("|", 1)
+    assert (docs, _property_docs()) == ("False", "True")
+    assert _unsalted(drawn) == _unsalted(_fleet_chart())
+
+
 @needs_fork
 def test_a_chart_whose_worker_died_is_drawn_here():
     with ChartPool(1) as charts:

@@ -110,6 +110,20 @@ def _store_before_picked(path, shapes: list) -> None:
                         *(row[c] for c in columns)))
 
 
+def test_picked_columns_are_decoded_together_and_a_hand_edit_alone():
+    """Store.report_rows decodes every row's picked array in one call; two edited rows that
+    would read as one array together are decoded one by one, and the broken one fails as it did."""
+    import json
+
+    from edgekit.store import _picked_values
+    from edgekit.store_schema import PICKED
+
+    whole = json.dumps([None] * len(PICKED))
+    assert _picked_values([whole, whole]) == [[None] * len(PICKED)] * 2
+    with pytest.raises(ValueError):
+        _picked_values([whole[:-1], "null]"])  # joined: one array of len(PICKED) + 1
+
+
 @pytest.mark.parametrize("stored", ["by this edgekit", "before picked was kept"])
 def test_a_stored_reports_row_reads_back_as_report_columns_gives_it(tmp_path, real_report, stored):
     """Store.report_rows gives back each report's flat row (report_columns), for every shape

@@ -86,7 +86,8 @@ def running_versions(reports: Iterable[dict], rollouts: Iterable[dict] = (),
     return running
 
 
-def _row(item: dict, runs: int, device: dict, budget: dict) -> dict:
+def _row(item: dict, runs: int, device: dict, budget: dict, limits: tuple) -> dict:
+    """`limits`: the target's (latency_budget_p95, rss_budget_mb), read from `budget` once a target."""
     r = item["columns"]
     acc, expected, baseline = r["accuracy"], r["accuracy_expected"], r["baseline_accuracy"]
     measured_at = _when(item)
@@ -102,8 +103,8 @@ def _row(item: dict, runs: int, device: dict, budget: dict) -> dict:
         "cosine": r["cosine"], "cosine_expected": r["cosine_expected"],
         "n": r["n"], "n_expected": r["n_expected"],
         "latency_p50": r["latency_p50"], "latency_p95": r["latency_p95"],
-        "latency_budget_p95": _num(budget.get("max_latency_ms_p95")),
-        "peak_rss_mb": r["peak_rss_mb"], "rss_budget_mb": _num(budget.get("max_peak_rss_mb")),
+        "latency_budget_p95": limits[0],
+        "peak_rss_mb": r["peak_rss_mb"], "rss_budget_mb": limits[1],
         "load_ms": r["load_ms"], "model_mb": r["model_mb"],
         "runs": runs, "run_id": r["run_id"], "measured_at": measured_at, "device_time": r["finished_at"],
         "last_seen": max(measured_at, device.get("last_contact_at") or ""),
@@ -156,15 +157,18 @@ def device_rows(reports: Iterable[dict], devices: Iterable[dict] = (), budgets: 
             newest[key] = (when, item)
     info = {d["name"]: d for d in devices}
     running = running_versions(reports) if running is None else running
-    rows, judges = [], {}
+    rows, per_target = [], {}
     for key, (_, item) in newest.items():
         device = info.get(item["device"], {})
         target = item["columns"]["target"] or device.get("target")
-        row = _row(item, runs[key], device, (budgets or {}).get(target) or {})
+        if target not in per_target:  # a target's budgets read, and their judge made, once
+            budget = (budgets or {}).get(target) or {}
+            limits = (_num(budget.get("max_latency_ms_p95")), _num(budget.get("max_peak_rss_mb")))
+            per_target[target] = (budget, limits, _over_budget(budget))
+        budget, limits, over_budget = per_target[target]
+        row = _row(item, runs[key], device, budget, limits)
         row["current"] = running.get((row["device"], row["name"])) == row["version"]
-        if row["target"] not in judges:
-            judges[row["target"]] = _over_budget((budgets or {}).get(row["target"]) or {})
-        row["over_budget"] = judges[row["target"]](row)
+        row["over_budget"] = over_budget(row)
         broken = (gates or {}).get((row["device"], row["name"], row["version"]))
         if broken and row["status"] == "ok":  # a failed evaluation stays `failed`, with the device's error
             row["status"], row["error"] = "gate failed", "; ".join(broken)
@@ -188,7 +192,7 @@ def cohort_summaries(rows: Iterable[dict]) -> list[dict]:
         metrics = {}
         lm = LM_METRICS if any(is_lm(r) for r in ok) else ()  # a one-pass model's rows have no LM columns
         for metric in METRICS + lm:
-            values = [r[metric] for r in ok if r.get(metric) is not None]
+            values = [v for r in ok if (v := r.get(metric)) is not None]
             if values:
                 metrics[metric] = _spread(values)
         out.append({"name": name, "target": target, "version": version, "devices": len(members),
