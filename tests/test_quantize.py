@@ -102,6 +102,28 @@ def test_pt2_quantizes_with_the_data_sets_input_names(edgekit, tmp_path):
     assert _accuracy(out) > 0.9
 
 
+
+def _fixed_batch_copy(path, rows: int):
+    """The example model as an export without a dynamic batch axis (torch.onnx.export's default)."""
+    model = onnx.load(str(EXAMPLE_ONNX))
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = rows
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_int8_static_calibrates_a_model_with_a_fixed_batch(edgekit, tmp_path, fp32_accuracy, rows):
+    # calibration batches of 16 were refused by such a model ("Got invalid dimensions for input"), exit 1;
+    # 3 rows: 512 calibration samples leave a short last batch, padded
+    model, out = _fixed_batch_copy(tmp_path / "fixed.onnx", rows), tmp_path / "q.onnx"
+    result = edgekit("quantize", model, "--precision", "int8-static", "--calibration", CALIB, "-o", out)
+    assert result.code == 0, result.stderr
+    session = _session(out)
+    outputs = [session.run(None, {"input": EVAL_X[i:i + rows]})[0] for i in range(0, len(EVAL_X) - rows + 1, rows)]
+    predicted = np.concatenate(outputs).argmax(1)
+    assert (predicted == EVAL_Y[:len(predicted)]).mean() >= fp32_accuracy - 0.02
+
 # -- every method and option, through the library ---------------------------------------
 
 @pytest.mark.parametrize("method", METHODS)
