@@ -32,6 +32,16 @@ def test_a_near_tie_on_the_objective_goes_to_the_smaller_model():
     assert chosen is close and "within 5% of the smallest model, and this the most accurate" in why
 
 
+
+def test_when_none_passes_the_reason_counts_each_status_by_its_name():
+    """A recipe that quantizes nothing is 'not applicable', not a failure: the reason said
+    '1 measured, 6 failed' for a tiny model whose INT8 files were no smaller than FP32."""
+    fp32 = _measured("fp32", 0.002, 0.01, 1.0, passed=False)
+    tried = [Candidate("", Recipe(precision="int8-static", method=m)) for m in ("minmax", "entropy")]
+    tried[0].status, tried[1].status = "not-applicable", "failed"
+    chosen, why = choose([fp32, *tried], load_profile("host-cpu"))
+    assert chosen is None and why.endswith("(1 measured, 1 not applicable, 1 failed)")
+
 def test_what_a_passing_candidate_beats_on_size_and_objective_cannot_win():
     screen = Screen("latency")
     fast = _measured("int8-token", 21.9, 30.0, 0.9965)
