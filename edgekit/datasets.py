@@ -13,6 +13,7 @@ members are memory-mapped, images are decoded one batch at a time.
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal, Optional, Sequence
@@ -236,6 +237,10 @@ def load_dataset(path: str | Path, role: str = "data") -> Dataset:
         return Dataset(path, text=TextSource((path,)))
     if path.suffix == ".npy":
         return Dataset(path, arrays=_check_lengths(path, role, {"input": _open_npy(path, role)}))
+    if path.suffix.lower() != ".npz" and not zipfile.is_zipfile(path):  # a .csv, .json, .parquet ...
+        raise DataError(f"{role} {path}: edgekit does not read {path.suffix or 'this'} files: give a .npz file, "
+                        "a directory with dataset.toml, or text (.txt, .jsonl); calibration/README.md shows how "
+                        "to write a .npz")
     return Dataset(path, arrays=_check_lengths(path, role, _open_npz(path, role)))
 
 

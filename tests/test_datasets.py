@@ -95,6 +95,9 @@ def test_missing_and_corrupt_files(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(DataError, match="not a readable .npz"):
         load_dataset(tmp_path / "junk.npz")
+    (tmp_path / "iris.csv").write_text("sepal_length,label\n5.1,0\n")  # said "not a readable .npz file"
+    with pytest.raises(DataError, match=r"iris.csv: edgekit does not read .csv files: give a .npz file"):
+        load_dataset(tmp_path / "iris.csv")
     (tmp_path / "d").mkdir()
     with pytest.raises(DataError, match="dataset.toml"):
         load_dataset(tmp_path / "d")
