@@ -157,3 +157,15 @@ def test_keys_trust_makes_devices_refuse_unsigned_bundles(tmp_path, fleet, bundl
 ])
 def test_fleet_commands_report_bad_input_in_one_line(args, needle):
     assert_clean_error(run_edgekit(*args), needle)
+
+
+def test_status_names_a_bundle_installed_but_not_active(tmp_path, fleet, bundles):
+    # a push without --activate (or a first rollout put back) leaves no version active: the
+    # status said 'digits - (prev -)'
+    inventory, devices = fleet
+    env = {"EDGEKIT_STORE": str(tmp_path / "store.db")}
+    pushed = run_edgekit("push", bundles["1.0.0"].path, "--inventory", inventory, "--device", devices[0].name, env=env)
+    assert pushed.code == 0, pushed.stderr
+    status = run_edgekit("fleet", "status", "--inventory", inventory, "--device", devices[0].name, env=env)
+    assert status.code == 0, status.stderr
+    assert "digits: nothing active (1.0.0 installed)" in status.stdout and "(prev -)" not in status.stdout
