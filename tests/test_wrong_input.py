@@ -291,3 +291,13 @@ def test_a_result_already_printed_is_the_one_json_object(edgekit, tmp_path):
     assert result.code == 3, result.stderr
     record = json.loads(result.stdout)
     assert record["chosen"] is None and record["schema"].startswith("edgekit.calibration/")
+
+
+def test_a_name_that_looks_like_an_emoji_code_is_printed_as_written(edgekit, tmp_path):
+    # rich turned 'nomod:x: cannot import' into 'nomod❌ cannot import', and a device 'cam:fire:' into 'cam🔥'
+    result = edgekit("evaluate", EXAMPLE_ONNX, "--data", tmp_path / "set:x:1.npz", *FAST)
+    assert_clean_error(result, "set:x:1.npz: not found")
+    inventory = write_inventory(tmp_path / "fleet.toml", [{"name": "cam:fire:", "transport": "local",
+                                                            "root": str(tmp_path / "cam"), "target": "host-cpu"}])
+    status = edgekit("fleet", "status", "--inventory", inventory)
+    assert status.code == 0 and "cam:fire:" in status.stdout, status.stdout

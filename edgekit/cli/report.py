@@ -156,7 +156,7 @@ def _emit(render, fmt: Format, output: Optional[Path]) -> None:
         output.parent.mkdir(parents=True, exist_ok=True)
         with open(output, "w", encoding="utf-8") as fh:
             if callable(render):
-                render(Console(file=fh, width=200, no_color=True))
+                render(Console(file=fh, width=200, no_color=True, emoji=False))
             else:
                 fh.write(render)
     except OSError as exc:
