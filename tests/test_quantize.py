@@ -309,3 +309,19 @@ def test_relative_output_path_keeps_pre_processing(edgekit, tmp_path):
     assert result.code == 0, result.stderr
     assert "pre-processing" not in result.stderr and (tmp_path / "rel.onnx").is_file()
     assert not list(tmp_path.glob(".edgekit-quantize-*"))
+
+
+def test_per_channel_static_int8_of_an_older_opset_is_refused_before_writing(edgekit, tmp_path):
+    # onnxruntime wrote a DequantizeLinear with an axis (opset 13 on) into an opset-11 model:
+    # exit 0, and a file that no runtime loads ("Unrecognized attribute: axis")
+    model = onnx.load(str(EXAMPLE_ONNX))
+    model.opset_import[0].version = 11  # its Conv, MaxPool, Flatten, Relu and Gemm are the same there
+    onnx.save(model, str(tmp_path / "op11.onnx"))
+    out = tmp_path / "q.onnx"
+    refused = edgekit("quantize", tmp_path / "op11.onnx", "-p", "int8-static", "--per-channel", "--calibration", CALIB,
+                      "-o", out)
+    assert_clean_error(refused, "needs ai.onnx opset 13 or newer, and op11.onnx imports opset 11")
+    assert not out.exists()
+    per_tensor = edgekit("quantize", tmp_path / "op11.onnx", "-p", "int8-static", "--calibration", CALIB, "-o", out)
+    assert per_tensor.code == 0, per_tensor.stderr
+    assert _accuracy(out) > 0.9
