@@ -325,3 +325,10 @@ def test_per_channel_static_int8_of_an_older_opset_is_refused_before_writing(edg
     per_tensor = edgekit("quantize", tmp_path / "op11.onnx", "-p", "int8-static", "--calibration", CALIB, "-o", out)
     assert per_tensor.code == 0, per_tensor.stderr
     assert _accuracy(out) > 0.9
+
+
+def test_a_transformer_recipe_on_a_cnn_says_what_it_looks_for(edgekit, tmp_path):
+    # it said 'the model keeps its weights elsewhere', also of a model with a (small) embedding table
+    result = edgekit("quantize", EXAMPLE_ONNX, "-p", "int8-token", "-o", tmp_path / "q.onnx")
+    assert_clean_error(result, "int8-token quantizes no weight of this model", "Gather", "exports as Gemm",
+                       "int8-dynamic and int8-static")

@@ -299,7 +299,9 @@ def _half_weights(model: Path) -> bool:
 
 def _why_none(recipe: Recipe) -> str:
     if recipe.precision in _TRANSFORMER:
-        return "the recipe takes MatMul weights and embedding tables, and the model keeps its weights elsewhere"
+        return ("the recipe takes the constant weights of MatMul nodes and embedding tables (Gather), large enough "
+                "to pay, and this model has none (a Linear layer on 2-D input exports as Gemm, and a Conv is no "
+                "MatMul: int8-dynamic and int8-static quantize those)")
     return "it has no node with a constant float weight of an op type the recipe quantizes"
 
 
