@@ -127,6 +127,7 @@ def test_compare_gives_each_metric_change_per_target(report_fleet, whole):
         assert r["change"] == pytest.approx(after["median"] - before["median"])
     table = _report(report_fleet, "--compare", "1.0.0", "1.0.1", "--section", "compare").stdout
     assert "1.0.0 -> 1.0.1" in table and "p95 ms" in table  # latency_p95, labelled with its unit
+    assert "drop_fp32" not in table and "FP32 drop %" in table  # shown as its field name, in fractions, before
 
 
 def test_filters_select_and_a_wrong_filter_names_what_is_there(report_fleet):
