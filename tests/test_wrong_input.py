@@ -301,3 +301,12 @@ def test_a_name_that_looks_like_an_emoji_code_is_printed_as_written(edgekit, tmp
                                                             "root": str(tmp_path / "cam"), "target": "host-cpu"}])
     status = edgekit("fleet", "status", "--inventory", inventory)
     assert status.code == 0 and "cam:fire:" in status.stdout, status.stdout
+
+
+def test_rollout_check_refuses_what_the_rollout_refuses(edgekit, tmp_path):
+    # --check planned a rollout with --max-failures -1 (exit 0) that the rollout itself refuses
+    bundle = build(tmp_path / "dist", "1.0.0")
+    inventory = write_inventory(tmp_path / "fleet.toml", [{"name": "dev", "transport": "local",
+                                                            "root": str(tmp_path / "dev"), "target": "host-cpu"}])
+    result = edgekit("rollout", "--check", bundle.path, "-i", inventory, "--max-failures", "-1")
+    assert result.code == 2 and "--max-failures" in result.stderr and "Traceback" not in result.stderr
