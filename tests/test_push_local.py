@@ -169,3 +169,16 @@ def test_status_names_a_bundle_installed_but_not_active(tmp_path, fleet, bundles
     status = run_edgekit("fleet", "status", "--inventory", inventory, "--device", devices[0].name, env=env)
     assert status.code == 0, status.stderr
     assert "digits: nothing active (1.0.0 installed)" in status.stdout and "(prev -)" not in status.stdout
+
+
+def test_status_names_an_active_version_whose_folder_is_gone(tmp_path, fleet, bundles):
+    # the link current/digits led nowhere and the status said 'digits 1.0.0 (prev -)', all well
+    inventory, devices = fleet
+    env = {"EDGEKIT_STORE": str(tmp_path / "store.db")}
+    one = ("--inventory", inventory, "--device", devices[0].name)
+    pushed = run_edgekit("push", bundles["1.0.0"].path, *one, "--activate", env=env)
+    assert pushed.code == 0, pushed.stderr
+    shutil.rmtree(Path(devices[0].root) / "bundles" / "digits" / "1.0.0")
+    status = run_edgekit("fleet", "status", *one, env=env)
+    assert status.code == 0, status.stderr
+    assert "digits 1.0.0 (not installed: its folder is gone; run edgekit fleet repair)" in status.stdout, status.stdout
