@@ -96,12 +96,19 @@ def _check_label_classes(data: Dataset, model: Path, first_feeds: dict) -> None:
     last axis): else accuracy is 0 and every drop is 0. A dynamic class axis is measured on
     the first batch. The whole set's labels are checked (data.check found their span)."""
     out = _first_output(model)
-    if len(out.shape) < 2:  # no class axis: the evaluation's own shape check says so
-        return
+    no_labels = "or leave out labels to score fidelity to --reference"
+    if len(out.shape) < 2:  # class ids (an ArgMax in the graph) or one score: nothing to take the argmax of
+        raise DataError(f"eval data {data.path}: labels need a score per class, and {model.name}'s output "
+                        f"'{out.name}' {_fmt(out.shape)} holds one value per sample",
+                        hint=f"export the class scores (the logits before an ArgMax), {no_labels}")
     classes = out.shape[-1]
     if classes is None:
         classes = int(_run_first_output(model, first_feeds).shape[-1])
     shape = _fmt(out.shape[:-1] + (classes,)) + (" on the first batch" if out.shape[-1] is None else "")
+    if classes == 1:  # a binary classifier's one sigmoid or logit: argmax would always say class 0
+        raise DataError(f"eval data {data.path}: labels need a score per class, and {model.name}'s output "
+                        f"'{out.name}' {shape} holds one score per sample (a binary classifier's)",
+                        hint=f"export both classes' scores (1 - p and p, or -z and z), {no_labels}")
     data.check_labels(classes, f"{model.name} outputs {classes} classes (output '{out.name}' {shape})",
                       role="eval data")
 

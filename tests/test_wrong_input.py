@@ -310,3 +310,29 @@ def test_rollout_check_refuses_what_the_rollout_refuses(edgekit, tmp_path):
                                                             "root": str(tmp_path / "dev"), "target": "host-cpu"}])
     result = edgekit("rollout", "--check", bundle.path, "-i", inventory, "--max-failures", "-1")
     assert result.code == 2 and "--max-failures" in result.stderr and "Traceback" not in result.stderr
+
+
+def _one_score_model(path, shape: list, dtype=TensorProto.FLOAT):
+    """The digits input (N, 1, 8, 8) reduced to one value per sample: a binary classifier's sigmoid
+    (N, 1), or one value (N,) as class ids after an ArgMax are."""
+    nodes = [helper.make_node("ReduceMean", ["input"], ["m"], axes=[1, 2, 3], keepdims=0),
+             helper.make_node("Unsqueeze", ["m", "one"], ["p"]) if len(shape) == 2 else
+             helper.make_node("Cast", ["m"], ["p"], to=dtype)]
+    axes = [helper.make_tensor("one", TensorProto.INT64, [1], [1])] if len(shape) == 2 else []
+    graph = helper.make_graph(nodes, "one-score", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                                  ["N", 1, 8, 8])],
+                              [helper.make_tensor_value_info("p", dtype, shape)], axes)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("shape, dtype, needles", [
+    (["N", 1], TensorProto.FLOAT, ("'p' (N, 1) holds one score per sample", "export both classes' scores")),
+    (["N"], TensorProto.INT64, ("'p' (N) holds one value per sample", "the logits before an ArgMax")),
+])
+def test_labels_on_a_model_with_one_value_per_sample_say_what_accuracy_needs(edgekit, tmp_path, shape, dtype,
+                                                                             needles):
+    # a sigmoid output was refused as '1 classes ... labels must be class indices 0..0', and class ids
+    # as "labels have shape (64,), the model's predictions ()"
+    model = _one_score_model(tmp_path / "one.onnx", shape, dtype)
+    assert_clean_error(edgekit("evaluate", model, "--data", EVAL, *FAST), "labels need a score per class", *needles)
