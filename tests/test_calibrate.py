@@ -11,6 +11,7 @@ from edgekit.calibrate import calibrate, sweep_recipes
 from edgekit.datasets import load_dataset
 from edgekit.errors import QuantizeError
 from edgekit.targets import load_file, load_profile
+from edgekit.recipes import Recipe
 
 FAST = ["--runs", "5"]
 
@@ -141,3 +142,16 @@ def test_bad_input_is_one_line(edgekit, tmp_path):
     result = edgekit("calibrate", EXAMPLE_ONNX, "--target", "host-cpu", "--calibration", tmp_path / "wrong.npz",
                      "--eval", EVAL, "-o", tmp_path / "o")
     assert_clean_error(result, "lacks input 'input'")
+
+
+def test_the_table_shows_a_tiny_models_sizes_and_times_to_three_significant_digits():
+    # with 3 decimals, an iris MLP's 0.00150 and 0.00144 MiB (4% apart) read 0.002 and 0.001 (2x apart)
+    from edgekit.calibration_record import CandidateRecord
+    from edgekit.cli.calibrate import _row
+
+    sizes = {"fp32": 0.00150, "fp16": 0.00144}
+    rows = {k: _row(CandidateRecord(id=k, recipe=Recipe(precision=k), status="ok", passed=True,
+                                    metrics={"accuracy": 0.97, "drop": 0.0, "model_mb": mb, "peak_rss_mb": 72.0,
+                                             "latency_ms": {"p50": 0.0200, "p95": 0.000412}}), "fp16", "accuracy")
+            for k, mb in sizes.items()}
+    assert rows["fp32"][3:6] == ["0.00150", "0.0200", "0.000412"] and rows["fp16"][3] == "0.00144"
