@@ -182,3 +182,14 @@ def test_status_names_an_active_version_whose_folder_is_gone(tmp_path, fleet, bu
     status = run_edgekit("fleet", "status", *one, env=env)
     assert status.code == 0, status.stderr
     assert "digits 1.0.0 (not installed: its folder is gone; run edgekit fleet repair)" in status.stdout, status.stdout
+
+
+def test_keys_trust_refuses_a_file_that_is_no_public_key(tmp_path, fleet):
+    # it copied it to every device ('ok'); a device whose trust/ holds no key it can read takes
+    # unsigned bundles, so the fleet was as open as before while the table said it was locked
+    inventory, devices = fleet
+    junk = tmp_path / "typo.pub"
+    junk.write_text("ssh-ed25519 this-is-not-base64 me@host\n")
+    assert_clean_error(run_edgekit("keys", "trust", junk, "--inventory", inventory),
+                       "typo.pub: not an OpenSSH public key", "edgekit keys init")
+    assert not any((Path(d.root) / "trust").exists() for d in devices)
