@@ -155,3 +155,21 @@ def test_the_table_shows_a_tiny_models_sizes_and_times_to_three_significant_digi
                                              "latency_ms": {"p50": 0.0200, "p95": 0.000412}}), "fp16", "accuracy")
             for k, mb in sizes.items()}
     assert rows["fp32"][3:6] == ["0.00150", "0.0200", "0.000412"] and rows["fp16"][3] == "0.00144"
+
+
+def test_recipes_not_applicable_for_one_reason_are_said_in_one_line():
+    # a CNN's sweep said the same 5 lines for int8-token, int8-token-rr and int8-block, one after another
+    from edgekit.calibration_record import CandidateRecord
+    from edgekit.cli.calibrate import _shared_reasons
+
+    def na(precision, error, **recipe):
+        r = Recipe(precision=precision, **recipe)
+        return CandidateRecord(id=r.id, recipe=r, status="not-applicable", error=error.format(r.id))
+
+    candidates = [na("int8-token", "{} quantizes no weight of this model: none"),
+                  na("int8-token", "{} quantizes no weight of this model: none", reduce_range=True),
+                  na("int8-dynamic", "{} quantized 2 of 2 weights but its model (2916 bytes) is not smaller")]
+    shared = _shared_reasons(candidates)
+    assert shared == {"int8-token": (["int8-token", "int8-token-rr"], "quantizes no weight of this model: none"),
+                      "int8-dynamic": (["int8-dynamic"], "quantized 2 of 2 weights but its model (2916 bytes) is "
+                                                         "not smaller")}

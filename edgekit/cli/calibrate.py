@@ -175,6 +175,17 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _shared_reasons(candidates) -> dict:
+    """{first id: (ids, reason)} of the not-applicable candidates, one entry per reason: recipes
+    that cannot take the model for the same reason are said in one line, not one each."""
+    by_reason: dict[str, list[str]] = {}
+    for c in candidates:
+        if c.status == "not-applicable":
+            reason = (c.error or "").removeprefix(f"{c.id}: ").removeprefix(f"{c.id} ")
+            by_reason.setdefault(reason, []).append(c.id)
+    return {ids[0]: (ids, reason) for reason, ids in by_reason.items()}
+
+
 def print_table(record: CalibrationRecord) -> None:
     metric = record.metric
     headers = ["candidate", "acc" if metric == "accuracy" else "cosine", "drop" if metric == "accuracy" else "top1",
@@ -189,11 +200,15 @@ def print_table(record: CalibrationRecord) -> None:
     for c in record.candidates:
         table.add_row(*_row(c, record.chosen, metric))
     console.print(table)
+    shared = _shared_reasons(record.candidates)
     for c in record.candidates:  # the reasons, below the table so that it fits 80 columns
         if c.status == "failed":
             console.print(f"  {c.id}: {c.error}", style="red", highlight=False, markup=False)
+        elif c.status == "not-applicable" and c.id in shared:
+            ids, reason = shared[c.id]
+            console.print(f"  {', '.join(ids)}: not applicable: {reason}", style="dim", highlight=False, markup=False)
         elif c.status == "not-applicable":
-            console.print(f"  {c.id}: not applicable: {c.error}", style="dim", highlight=False, markup=False)
+            pass  # said with the first candidate of its reason
         elif c.status == "skipped":
             console.print(f"  {c.id}: skipped, {c.error}", style="dim", highlight=False, markup=False)
         elif c.collapsed:
