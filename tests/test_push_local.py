@@ -193,3 +193,23 @@ def test_keys_trust_refuses_a_file_that_is_no_public_key(tmp_path, fleet):
     assert_clean_error(run_edgekit("keys", "trust", junk, "--inventory", inventory),
                        "typo.pub: not an OpenSSH public key", "edgekit keys init")
     assert not any((Path(d.root) / "trust").exists() for d in devices)
+
+
+def test_a_bad_report_file_removed_from_the_device_needs_no_look_after_the_next_collect(tmp_path, fleet):
+    # it stayed under "needs a look" for good: only `fleet forget` (which drops every report) removed it
+    inventory, devices = fleet
+    env = {"EDGEKIT_STORE": str(tmp_path / "store.db")}
+    one = ("--inventory", inventory, "--device", devices[0].name)
+    folder = Path(devices[0].root) / "reports" / "digits" / "1.0.0"
+    folder.mkdir(parents=True)
+    (folder / "20260101T000000Z-abcdef.json").write_text('{"schema": 1,')
+
+    def bad_reports() -> list:
+        return run_edgekit("report", "--format", "json", env=env).json()["health"]["bad_reports"]
+
+    assert run_edgekit("collect", *one, env=env).code == 1
+    assert [b["source"] for b in bad_reports()] == ["reports/digits/1.0.0/20260101T000000Z-abcdef.json"]
+    (folder / "20260101T000000Z-abcdef.json").unlink()
+    collected = run_edgekit("collect", *one, env=env)
+    assert collected.code == 0, collected.stdout + collected.stderr
+    assert bad_reports() == []
