@@ -336,3 +336,20 @@ def test_labels_on_a_model_with_one_value_per_sample_say_what_accuracy_needs(edg
     # as "labels have shape (64,), the model's predictions ()"
     model = _one_score_model(tmp_path / "one.onnx", shape, dtype)
     assert_clean_error(edgekit("evaluate", model, "--data", EVAL, *FAST), "labels need a score per class", *needles)
+
+
+def test_an_output_path_that_cannot_be_written_is_one_line(edgekit, tmp_path):
+    # each was a traceback (IsADirectoryError, FileExistsError, FileNotFoundError), exit 1, or (the
+    # model itself) wrote the quantized model over its FP32 source
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a-file").write_text("")
+    model = tmp_path / "model.onnx"
+    model.write_bytes(EXAMPLE_ONNX.read_bytes())
+    assert_clean_error(edgekit("quantize", EXAMPLE_ONNX, "-p", "fp16", "-o", tmp_path / "folder"),
+                       "folder: a folder; give the file to write")
+    assert_clean_error(edgekit("quantize", model, "-p", "fp16", "-o", model), "the model itself")
+    assert model.read_bytes() == EXAMPLE_ONNX.read_bytes()
+    assert_clean_error(edgekit("quantize", EXAMPLE_ONNX, "-p", "fp16", "-o", tmp_path / "a-file" / "q.onnx"),
+                       "a-file")
+    assert_clean_error(edgekit("package", EXAMPLE_ONNX, "--target", "host-cpu", "--eval", EVAL, "--name", "d",
+                               "--version", "1", "-o", tmp_path / "a-file"), "a-file: File exists")
