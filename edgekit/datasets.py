@@ -178,6 +178,10 @@ class Dataset:
                 _check_array(self.path, role, spec, inputs_batch[spec.name])
             if labels is not None and not np.issubdtype(labels.dtype, np.integer):
                 raise DataError(f"{role} {self.path}: 'labels' must be integer class ids, got {labels.dtype}")
+            if labels is not None and labels.ndim != 1:  # a column (N, 1), or one-hot rows (N, C)
+                raise DataError(f"{role} {self.path}: 'labels' must hold one class id per sample, shape (N,); got "
+                                f"shape (N, {', '.join(map(str, labels.shape[1:]))})",
+                                hint="save labels.ravel() for a column, labels.argmax(1) for one-hot rows")
             if not self.images and LABELS in self.arrays and len(self.arrays[LABELS]) != len(self):
                 raise DataError(f"{role} {self.path}: 'labels' has {len(self.arrays[LABELS])} rows, inputs have {len(self)}")
             span = _span(span, [labels]) if labels is not None else span

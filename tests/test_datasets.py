@@ -81,6 +81,9 @@ def test_image_folder(tmp_path):
     ({"input": np.full((3, 1, 8, 8), np.nan, np.float32)}, "NaN"),
     ({"input": np.zeros((0, 1, 8, 8), np.float32)}, "empty"),
     ({"input": np.zeros((3, 1, 8, 8), np.float32), "labels": np.zeros(2, np.int64)}, "axis 0"),
+    # a column of labels failed only in the evaluation: "labels have shape (64, 1), the model's predictions (64,)"
+    ({"input": np.zeros((3, 1, 8, 8), np.float32), "labels": np.zeros((3, 1), np.int64)},
+     "must hold one class id per sample"),
 ])
 def test_bad_data_is_named(tmp_path, arrays, needle):
     np.savez(tmp_path / "bad.npz", **arrays)
