@@ -139,6 +139,10 @@ def choose(candidates: list[Candidate], profile: Profile) -> tuple[Optional[Cand
     if len(near) > 1:
         why += (", of which this is the smallest model" if len(small) == 1 else
                 f", of which {len(small)} within {NOISE:.0%} of the smallest model, and this the most accurate")
+    top = round(quality(best.metrics, missing=0.0), QUALITY_DIGITS)
+    tied = sum(round(quality(c.metrics, missing=0.0), QUALITY_DIGITS) == top for c in small) - 1
+    if len(small) > 1 and tied:  # an equal accuracy decided nothing: the size did
+        why += f" (tied with {tied} other{'s' if tied > 1 else ''} to {QUALITY_DIGITS} decimals) and the smallest"
     return best, why
 
 
