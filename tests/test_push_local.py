@@ -213,3 +213,16 @@ def test_a_bad_report_file_removed_from_the_device_needs_no_look_after_the_next_
     collected = run_edgekit("collect", *one, env=env)
     assert collected.code == 0, collected.stdout + collected.stderr
     assert bad_reports() == []
+
+
+def test_a_device_whose_trust_holds_no_readable_key_refuses_bundles(tmp_path, fleet, bundles):
+    # it trusted no key, so it took unsigned bundles: a device someone meant to lock stayed open
+    inventory, devices = fleet
+    trust = Path(devices[0].root) / "trust"
+    trust.mkdir(parents=True)
+    (trust / "ops.pub").write_text("-----BEGIN PUBLIC KEY-----\nMIIB...\n")  # a PEM key, not OpenSSH's format
+    pushed = run_edgekit("push", bundles["1.0.0"].path, "--inventory", inventory, "--device", devices[0].name,
+                         "--json", env={"EDGEKIT_STORE": str(tmp_path / "store.db")})
+    assert pushed.code == 1, pushed.stdout + pushed.stderr
+    assert "trust/ops.pub holds no public key this device can read" in pushed.json()["devices"][0]["error"]
+    assert not (Path(devices[0].root) / "current" / "digits").exists()
