@@ -372,3 +372,14 @@ def test_a_failed_run_is_one_line_without_the_runtimes_coloured_log(edgekit, tmp
     assert result.code == 1 and "Traceback" not in result.stderr
     assert "idx=99" in result.stderr and "\x1b" not in result.stderr and "stderr:" not in result.stderr
     assert result.stderr.count("out of data bounds") == 1
+
+
+def test_without_labels_or_reference_it_says_why_there_is_no_quality(edgekit, tmp_path):
+    # the table's accuracy read '-' with no word of why
+    with np.load(EVAL) as npz:
+        np.savez(tmp_path / "unlabelled.npz", input=npz["input"][:50])
+    result = edgekit("evaluate", EXAMPLE_ONNX, "--data", tmp_path / "unlabelled.npz", *FAST)
+    assert result.code == 0, result.stderr
+    assert "no accuracy or fidelity: the data has no labels and no --reference was given" in result.stdout
+    labelled = edgekit("evaluate", EXAMPLE_ONNX, "--data", EVAL, *FAST)
+    assert "no accuracy or fidelity" not in labelled.stdout
