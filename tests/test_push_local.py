@@ -11,6 +11,7 @@ import pytest
 
 from helpers.cli import assert_clean_error, run_edgekit
 from helpers.devices import REPORT_FIELDS, local_device, runner
+from helpers.fleet import write_inventory
 from helpers.paths import EVAL, EXAMPLE_ONNX, REPO
 
 
@@ -226,3 +227,14 @@ def test_a_device_whose_trust_holds_no_readable_key_refuses_bundles(tmp_path, fl
     assert pushed.code == 1, pushed.stdout + pushed.stderr
     assert "trust/ops.pub holds no public key this device can read" in pushed.json()["devices"][0]["error"]
     assert not (Path(devices[0].root) / "current" / "digits").exists()
+
+
+def test_status_of_a_new_device_without_its_python_says_so(tmp_path):
+    # a device never pushed to was 'ok, reachable, nothing installed' whatever its `python`; the
+    # first push then failed on it
+    inventory = write_inventory(tmp_path / "fleet.toml", [{"name": "new", "transport": "local", "target": "host-cpu",
+                                                            "root": str(tmp_path / "new"),
+                                                            "python": "/nonexistent/python3"}])
+    status = run_edgekit("fleet", "status", "--inventory", inventory, env={"EDGEKIT_STORE": str(tmp_path / "s.db")})
+    assert status.code == 1 and "Traceback" not in status.stderr
+    assert "/nonexistent/python3: command not found on the device" in status.stdout, status.stdout
