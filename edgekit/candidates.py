@@ -14,6 +14,7 @@ leave the choice to choose().
 from __future__ import annotations
 
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,15 +114,19 @@ def quality(metrics: dict, missing: float = float("-inf")) -> float:
     return (metrics.get("fidelity") or {}).get("cosine") or missing
 
 
+def _tally(candidates: list[Candidate]) -> str:
+    """'3 measured, 2 not applicable, 1 failed': how many of each status, measured first."""
+    counts = Counter("measured" if c.status == "ok" else c.status.replace("-", " ") for c in candidates)
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items(), key=lambda i: i[0] != "measured"))
+
+
 def choose(candidates: list[Candidate], profile: Profile) -> tuple[Optional[Candidate], str]:
     """The best passing candidate by the objective. Candidates within NOISE of the best value
     tie (timer noise must not pick a recipe): of those, the smallest models (within NOISE of the
     smallest) stay, then the more accurate (to QUALITY_DIGITS decimals), then the smaller wins."""
     passing = [c for c in candidates if c.passed]
     if not passing:
-        tried = sum(c.status == "ok" for c in candidates)
-        return None, (f"no candidate meets the budgets of {profile.name} "
-                      f"({tried} measured, {len(candidates) - tried} failed)")
+        return None, f"no candidate meets the budgets of {profile.name} ({_tally(candidates)})"
     best_value = min(_objective_value(c, profile.objective) for c in passing)
     near = [c for c in passing if _objective_value(c, profile.objective) <= best_value * (1 + NOISE)]
     smallest = min(c.metrics["model_mb"] for c in near)
@@ -134,6 +139,10 @@ def choose(candidates: list[Candidate], profile: Profile) -> tuple[Optional[Cand
     if len(near) > 1:
         why += (", of which this is the smallest model" if len(small) == 1 else
                 f", of which {len(small)} within {NOISE:.0%} of the smallest model, and this the most accurate")
+    top = round(quality(best.metrics, missing=0.0), QUALITY_DIGITS)
+    tied = sum(round(quality(c.metrics, missing=0.0), QUALITY_DIGITS) == top for c in small) - 1
+    if len(small) > 1 and tied:  # an equal accuracy decided nothing: the size did
+        why += f" (tied with {tied} other{'s' if tied > 1 else ''} to {QUALITY_DIGITS} decimals) and the smallest"
     return best, why
 
 

@@ -13,6 +13,7 @@ members are memory-mapped, images are decoded one batch at a time.
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal, Optional, Sequence
@@ -177,6 +178,10 @@ class Dataset:
                 _check_array(self.path, role, spec, inputs_batch[spec.name])
             if labels is not None and not np.issubdtype(labels.dtype, np.integer):
                 raise DataError(f"{role} {self.path}: 'labels' must be integer class ids, got {labels.dtype}")
+            if labels is not None and labels.ndim != 1:  # a column (N, 1), or one-hot rows (N, C)
+                raise DataError(f"{role} {self.path}: 'labels' must hold one class id per sample, shape (N,); got "
+                                f"shape (N, {', '.join(map(str, labels.shape[1:]))})",
+                                hint="save labels.ravel() for a column, labels.argmax(1) for one-hot rows")
             if not self.images and LABELS in self.arrays and len(self.arrays[LABELS]) != len(self):
                 raise DataError(f"{role} {self.path}: 'labels' has {len(self.arrays[LABELS])} rows, inputs have {len(self)}")
             span = _span(span, [labels]) if labels is not None else span
@@ -236,6 +241,10 @@ def load_dataset(path: str | Path, role: str = "data") -> Dataset:
         return Dataset(path, text=TextSource((path,)))
     if path.suffix == ".npy":
         return Dataset(path, arrays=_check_lengths(path, role, {"input": _open_npy(path, role)}))
+    if path.suffix.lower() != ".npz" and not zipfile.is_zipfile(path):  # a .csv, .json, .parquet ...
+        raise DataError(f"{role} {path}: edgekit does not read {path.suffix or 'this'} files: give a .npz file, "
+                        "a directory with dataset.toml, or text (.txt, .jsonl); calibration/README.md shows how "
+                        "to write a .npz")
     return Dataset(path, arrays=_check_lengths(path, role, _open_npz(path, role)))
 
 

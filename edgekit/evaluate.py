@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,7 @@ __all__ = ["prepare_eval_data", "eval_set", "measure", "evaluate_model", "REFERE
 REFERENCE = "_reference"  # the key edgekit.device.evaluate reads reference outputs from
 BATCH = 64
 STDERR_TAIL = 600  # characters of the evaluation's stderr quoted in an error
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _ERRORS = {"model": ModelError, "data": DataError, "usage": ConfigError}
 
 
@@ -94,12 +96,19 @@ def _check_label_classes(data: Dataset, model: Path, first_feeds: dict) -> None:
     last axis): else accuracy is 0 and every drop is 0. A dynamic class axis is measured on
     the first batch. The whole set's labels are checked (data.check found their span)."""
     out = _first_output(model)
-    if len(out.shape) < 2:  # no class axis: the evaluation's own shape check says so
-        return
+    no_labels = "or leave out labels to score fidelity to --reference"
+    if len(out.shape) < 2:  # class ids (an ArgMax in the graph) or one score: nothing to take the argmax of
+        raise DataError(f"eval data {data.path}: labels need a score per class, and {model.name}'s output "
+                        f"'{out.name}' {_fmt(out.shape)} holds one value per sample",
+                        hint=f"export the class scores (the logits before an ArgMax), {no_labels}")
     classes = out.shape[-1]
     if classes is None:
         classes = int(_run_first_output(model, first_feeds).shape[-1])
     shape = _fmt(out.shape[:-1] + (classes,)) + (" on the first batch" if out.shape[-1] is None else "")
+    if classes == 1:  # a binary classifier's one sigmoid or logit: argmax would always say class 0
+        raise DataError(f"eval data {data.path}: labels need a score per class, and {model.name}'s output "
+                        f"'{out.name}' {shape} holds one score per sample (a binary classifier's)",
+                        hint=f"export both classes' scores (1 - p and p, or -z and z), {no_labels}")
     data.check_labels(classes, f"{model.name} outputs {classes} classes (output '{out.name}' {shape})",
                       role="eval data")
 
@@ -207,6 +216,13 @@ def _child_env() -> dict:
     return dict(os.environ, PYTHONPATH=root + (os.pathsep + path if path else ""))
 
 
+def _news(stderr: str, said: str) -> list[str]:
+    """stderr's lines without terminal colours, and without the runtime's log lines that only
+    repeat the error the evaluation already gave (ONNX Runtime logs a failed run's message too)."""
+    lines = (_ANSI.sub("", ln).strip() for ln in stderr.splitlines())
+    return [ln for ln in lines if ln and not (said and ln.rsplit("] ", 1)[-1] in said)]
+
+
 def _parse_result(model: Path, proc: subprocess.CompletedProcess) -> dict:
     lines = proc.stdout.strip().splitlines()
     try:
@@ -215,8 +231,9 @@ def _parse_result(model: Path, proc: subprocess.CompletedProcess) -> dict:
         result = None
     if proc.returncode == 0 and isinstance(result, dict) and "error" not in result:
         return result
-    tail = " | ".join(ln.strip() for ln in proc.stderr.strip().splitlines() if ln.strip())[-STDERR_TAIL:]
-    if isinstance(result, dict) and "error" in result:
+    said = result["error"] if isinstance(result, dict) and "error" in result else ""
+    tail = " | ".join(_news(proc.stderr, said))[-STDERR_TAIL:]
+    if said:
         error = _ERRORS.get(result.get("kind"), EdgekitError)
         raise error(f"evaluation of {model} failed: {result['error']}" + (f" (stderr: {tail})" if tail else ""))
     raise EdgekitError(f"evaluation of {model} crashed with exit code {proc.returncode}"

@@ -305,6 +305,14 @@ class Store:
                ON CONFLICT(device, source, error) DO UPDATE SET last_seen_at = excluded.last_seen_at""",
             (device, source, error, now, now))
 
+    def clear_collect_errors(self, device: str, prefix: str, keep: set[str]) -> None:
+        """Forget the device's bad report files under `prefix` (reports/...) but those in `keep`:
+        a listing of that folder no longer found them bad."""
+        rows = self._db.execute("SELECT DISTINCT source FROM collect_errors WHERE device = ?", (device,))
+        gone = [r["source"] for r in rows if r["source"].startswith(prefix) and r["source"] not in keep]
+        for source in gone:
+            self._db.execute("DELETE FROM collect_errors WHERE device = ? AND source = ?", (device, source))
+
     def collect_errors(self, device: Optional[str] = None) -> list[dict]:
         where, args = _where(device=device)
         return [dict(r) for r in self._db.execute(f"SELECT * FROM collect_errors{where} ORDER BY device, source", args)]

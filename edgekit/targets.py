@@ -24,7 +24,7 @@ from edgekit.target_dirs import (BUILTIN_DIR, profile_files, profile_names, sear
                                  user_dir)
 from edgekit.words import PRECISIONS, Precision
 
-__all__ = ["Budgets", "LMWorkload", "Profile", "PRECISIONS", "load_profile", "list_profiles", "profile_names", "search_dirs",
+__all__ = ["Budgets", "LMWorkload", "Profile", "PRECISIONS", "load_profile", "load_found", "list_profiles", "profile_names", "search_dirs",
            "sourced_dirs", "sourced_files", "user_dir", "BUILTIN_DIR"]
 
 
@@ -150,11 +150,22 @@ def load_profile(spec: str | Path, targets_dirs: list[Path] | tuple[Path, ...] =
     for d in search_dirs(targets_dirs):
         candidate = d / f"{spec}.toml"
         if candidate.is_file():
-            return load_file(candidate)
+            return load_found(candidate)
     known = ", ".join(profile_names(targets_dirs)) or "none"
     raise ConfigError(f"unknown target '{spec}' (known: {known}; or give a path to a .toml file)")
 
 
 def list_profiles(targets_dirs: list[Path] | tuple[Path, ...] = ()) -> list[tuple[Path, Profile]]:
     """Every profile in the search folders; a broken file raises ConfigError naming it."""
-    return [(p, load_file(p)) for p in profile_files(targets_dirs)]
+    return [(p, load_found(p)) for p in profile_files(targets_dirs)]
+
+
+def load_found(path: Path) -> Profile:
+    """A profile found in a targets folder: found by its file's name, so it must bear that name
+    (a bundle and an inventory name the profile by it)."""
+    profile = load_file(path)
+    if profile.name != path.stem:
+        raise ConfigError(f"{path}: field 'name': '{profile.name}' is not the file's name '{path.stem}'; a profile "
+                          "is found by its file name, and bundles and inventories name it by its 'name'",
+                          hint=f"rename the file {profile.name}.toml, or set name = \"{path.stem}\"")
+    return profile

@@ -11,6 +11,7 @@ from edgekit.calibrate import calibrate, sweep_recipes
 from edgekit.datasets import load_dataset
 from edgekit.errors import QuantizeError
 from edgekit.targets import load_file, load_profile
+from edgekit.recipes import Recipe
 
 FAST = ["--runs", "5"]
 
@@ -141,3 +142,34 @@ def test_bad_input_is_one_line(edgekit, tmp_path):
     result = edgekit("calibrate", EXAMPLE_ONNX, "--target", "host-cpu", "--calibration", tmp_path / "wrong.npz",
                      "--eval", EVAL, "-o", tmp_path / "o")
     assert_clean_error(result, "lacks input 'input'")
+
+
+def test_the_table_shows_a_tiny_models_sizes_and_times_to_three_significant_digits():
+    # with 3 decimals, an iris MLP's 0.00150 and 0.00144 MiB (4% apart) read 0.002 and 0.001 (2x apart)
+    from edgekit.calibration_record import CandidateRecord
+    from edgekit.cli.calibrate import _row
+
+    sizes = {"fp32": 0.00150, "fp16": 0.00144}
+    rows = {k: _row(CandidateRecord(id=k, recipe=Recipe(precision=k), status="ok", passed=True,
+                                    metrics={"accuracy": 0.97, "drop": 0.0, "model_mb": mb, "peak_rss_mb": 72.0,
+                                             "latency_ms": {"p50": 0.0200, "p95": 0.000412}}), "fp16", "accuracy")
+            for k, mb in sizes.items()}
+    assert rows["fp32"][3:6] == ["0.00150", "0.0200", "0.000412"] and rows["fp16"][3] == "0.00144"
+
+
+def test_recipes_not_applicable_for_one_reason_are_said_in_one_line():
+    # a CNN's sweep said the same 5 lines for int8-token, int8-token-rr and int8-block, one after another
+    from edgekit.calibration_record import CandidateRecord
+    from edgekit.cli.calibrate import _shared_reasons
+
+    def na(precision, error, **recipe):
+        r = Recipe(precision=precision, **recipe)
+        return CandidateRecord(id=r.id, recipe=r, status="not-applicable", error=error.format(r.id))
+
+    candidates = [na("int8-token", "{} quantizes no weight of this model: none"),
+                  na("int8-token", "{} quantizes no weight of this model: none", reduce_range=True),
+                  na("int8-dynamic", "{} quantized 2 of 2 weights but its model (2916 bytes) is not smaller")]
+    shared = _shared_reasons(candidates)
+    assert shared == {"int8-token": (["int8-token", "int8-token-rr"], "quantizes no weight of this model: none"),
+                      "int8-dynamic": (["int8-dynamic"], "quantized 2 of 2 weights but its model (2916 bytes) is "
+                                                         "not smaller")}

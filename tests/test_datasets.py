@@ -81,6 +81,9 @@ def test_image_folder(tmp_path):
     ({"input": np.full((3, 1, 8, 8), np.nan, np.float32)}, "NaN"),
     ({"input": np.zeros((0, 1, 8, 8), np.float32)}, "empty"),
     ({"input": np.zeros((3, 1, 8, 8), np.float32), "labels": np.zeros(2, np.int64)}, "axis 0"),
+    # a column of labels failed only in the evaluation: "labels have shape (64, 1), the model's predictions (64,)"
+    ({"input": np.zeros((3, 1, 8, 8), np.float32), "labels": np.zeros((3, 1), np.int64)},
+     "must hold one class id per sample"),
 ])
 def test_bad_data_is_named(tmp_path, arrays, needle):
     np.savez(tmp_path / "bad.npz", **arrays)
@@ -95,6 +98,9 @@ def test_missing_and_corrupt_files(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(DataError, match="not a readable .npz"):
         load_dataset(tmp_path / "junk.npz")
+    (tmp_path / "iris.csv").write_text("sepal_length,label\n5.1,0\n")  # said "not a readable .npz file"
+    with pytest.raises(DataError, match=r"iris.csv: edgekit does not read .csv files: give a .npz file"):
+        load_dataset(tmp_path / "iris.csv")
     (tmp_path / "d").mkdir()
     with pytest.raises(DataError, match="dataset.toml"):
         load_dataset(tmp_path / "d")

@@ -356,3 +356,30 @@ def test_fidelity_reads_the_first_float_output_not_an_integer_pass_through(tmp_p
     assert r["fidelity"]["cosine"] < 0.5  # y = -x + 1 against x + 1; the ids agree exactly
     same = evaluate_model(reference, tmp_path / "d.npz", reference=reference, runs=2, min_seconds=0.0)
     assert same["fidelity"]["cosine"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_failed_run_is_one_line_without_the_runtimes_coloured_log(edgekit, tmp_path):
+    # token ids past an embedding table: ONNX Runtime's error came twice, the second time as its
+    # log line in terminal colours ("(stderr: \x1b[1;31m2026-... [E:onnxruntime:...] ...\x1b[m)")
+    table = helper.make_tensor("table", TensorProto.FLOAT, [4, 2], np.arange(8, dtype=np.float32))
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["logits"], axis=0)], "embed",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 2])], [table])
+    model = tmp_path / "embed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    np.savez(tmp_path / "ids.npz", ids=np.full(8, 99, np.int64))
+    result = edgekit("evaluate", model, "--data", tmp_path / "ids.npz")
+    assert result.code == 1 and "Traceback" not in result.stderr
+    assert "idx=99" in result.stderr and "\x1b" not in result.stderr and "stderr:" not in result.stderr
+    assert result.stderr.count("out of data bounds") == 1
+
+
+def test_without_labels_or_reference_it_says_why_there_is_no_quality(edgekit, tmp_path):
+    # the table's accuracy read '-' with no word of why
+    with np.load(EVAL) as npz:
+        np.savez(tmp_path / "unlabelled.npz", input=npz["input"][:50])
+    result = edgekit("evaluate", EXAMPLE_ONNX, "--data", tmp_path / "unlabelled.npz", *FAST)
+    assert result.code == 0, result.stderr
+    assert "no accuracy or fidelity: the data has no labels and no --reference was given" in result.stdout
+    labelled = edgekit("evaluate", EXAMPLE_ONNX, "--data", EVAL, *FAST)
+    assert "no accuracy or fidelity" not in labelled.stdout

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,6 +135,24 @@ def test_a_truncated_state_file_does_not_lock_the_device_out(tmp_path, bundles):
     assert rolled.code == 0, rolled.stderr
     store_agrees_with_devices(store, inventory)
 
+
+
+def test_repairing_a_link_to_a_removed_bundle_leaves_a_version_to_roll_back_to(tmp_path, bundles):
+    # repair made the missing version the previous one ('digits - (prev 1.0.1)'), and rollback then
+    # failed: 'digits 1.0.1 is not installed'
+    inventory = local_fleet(tmp_path, {"dev-1": sys.executable})
+    root, store = tmp_path / "dev-1", tmp_path / "store.db"
+    first_version(inventory, bundles["1.0.0"].path, store)
+    first_version(inventory, bundles["1.0.1"].path, store)
+    shutil.rmtree(root / "bundles" / "digits" / "1.0.1")  # a careless hand, or a disk that lost it
+    repaired = run_edgekit("fleet", "repair", "-i", inventory, "--store", store, "--json")
+    assert repaired.code == 0, repaired.stderr
+    assert "pointed at 1.0.1, which is not installed" in json.dumps(repaired.json()["devices"][0]["fixed"])
+    state = json.loads((root / "state" / "digits.json").read_text())
+    assert (state["current"], state["previous"]) == (None, "1.0.0")
+    rolled = run_edgekit("rollback", "digits", "-i", inventory, "--store", store)
+    assert rolled.code == 0, rolled.stdout + rolled.stderr
+    assert runs({"d": root}) == {"d": "1.0.0"}
 
 @needs_mount
 def test_an_activation_whose_state_cannot_be_written_changes_nothing(tmp_path, bundles):

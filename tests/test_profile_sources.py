@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from helpers.cli import run_edgekit
+from helpers.cli import assert_clean_error, run_edgekit
 from helpers.paths import REPO
 
 
@@ -46,3 +46,12 @@ def test_the_repositorys_folders_are_the_packages_own_files():
     shipped = Path(edgekit.__file__).parent / "resources"
     for folder in ("targets", "examples", "calibration"):
         assert (REPO / folder).resolve() == (shipped / folder).resolve(), folder
+
+
+def test_a_profile_whose_name_is_not_its_files_is_refused(edgekit, tmp_path):
+    # found as 'misnamed', it packaged bundles for 'other', which no inventory could name
+    (tmp_path / "misnamed.toml").write_text((REPO / "targets" / "host-cpu.toml").read_text()
+                                            .replace('name = "host-cpu"', 'name = "other"'))
+    for args in (("targets", "show", "misnamed"), ("targets", "list")):
+        assert_clean_error(edgekit(*args, "--targets-dir", tmp_path),
+                           "misnamed.toml: field 'name': 'other' is not the file's name 'misnamed'")

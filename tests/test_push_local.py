@@ -11,6 +11,7 @@ import pytest
 
 from helpers.cli import assert_clean_error, run_edgekit
 from helpers.devices import REPORT_FIELDS, local_device, runner
+from helpers.fleet import write_inventory
 from helpers.paths import EVAL, EXAMPLE_ONNX, REPO
 
 
@@ -157,3 +158,83 @@ def test_keys_trust_makes_devices_refuse_unsigned_bundles(tmp_path, fleet, bundl
 ])
 def test_fleet_commands_report_bad_input_in_one_line(args, needle):
     assert_clean_error(run_edgekit(*args), needle)
+
+
+def test_status_names_a_bundle_installed_but_not_active(tmp_path, fleet, bundles):
+    # a push without --activate (or a first rollout put back) leaves no version active: the
+    # status said 'digits - (prev -)'
+    inventory, devices = fleet
+    env = {"EDGEKIT_STORE": str(tmp_path / "store.db")}
+    pushed = run_edgekit("push", bundles["1.0.0"].path, "--inventory", inventory, "--device", devices[0].name, env=env)
+    assert pushed.code == 0, pushed.stderr
+    status = run_edgekit("fleet", "status", "--inventory", inventory, "--device", devices[0].name, env=env)
+    assert status.code == 0, status.stderr
+    assert "digits: nothing active (1.0.0 installed)" in status.stdout and "(prev -)" not in status.stdout
+
+
+def test_status_names_an_active_version_whose_folder_is_gone(tmp_path, fleet, bundles):
+    # the link current/digits led nowhere and the status said 'digits 1.0.0 (prev -)', all well
+    inventory, devices = fleet
+    env = {"EDGEKIT_STORE": str(tmp_path / "store.db")}
+    one = ("--inventory", inventory, "--device", devices[0].name)
+    pushed = run_edgekit("push", bundles["1.0.0"].path, *one, "--activate", env=env)
+    assert pushed.code == 0, pushed.stderr
+    shutil.rmtree(Path(devices[0].root) / "bundles" / "digits" / "1.0.0")
+    status = run_edgekit("fleet", "status", *one, env=env)
+    assert status.code == 0, status.stderr
+    assert "digits 1.0.0 (not installed: its folder is gone; run edgekit fleet repair)" in status.stdout, status.stdout
+
+
+def test_keys_trust_refuses_a_file_that_is_no_public_key(tmp_path, fleet):
+    # it copied it to every device ('ok'); a device whose trust/ holds no key it can read takes
+    # unsigned bundles, so the fleet was as open as before while the table said it was locked
+    inventory, devices = fleet
+    junk = tmp_path / "typo.pub"
+    junk.write_text("ssh-ed25519 this-is-not-base64 me@host\n")
+    assert_clean_error(run_edgekit("keys", "trust", junk, "--inventory", inventory),
+                       "typo.pub: not an OpenSSH public key", "edgekit keys init")
+    assert not any((Path(d.root) / "trust").exists() for d in devices)
+
+
+def test_a_bad_report_file_removed_from_the_device_needs_no_look_after_the_next_collect(tmp_path, fleet):
+    # it stayed under "needs a look" for good: only `fleet forget` (which drops every report) removed it
+    inventory, devices = fleet
+    env = {"EDGEKIT_STORE": str(tmp_path / "store.db")}
+    one = ("--inventory", inventory, "--device", devices[0].name)
+    folder = Path(devices[0].root) / "reports" / "digits" / "1.0.0"
+    folder.mkdir(parents=True)
+    (folder / "20260101T000000Z-abcdef.json").write_text('{"schema": 1,')
+
+    def bad_reports() -> list:
+        return run_edgekit("report", "--format", "json", env=env).json()["health"]["bad_reports"]
+
+    assert run_edgekit("collect", *one, env=env).code == 1
+    assert [b["source"] for b in bad_reports()] == ["reports/digits/1.0.0/20260101T000000Z-abcdef.json"]
+    (folder / "20260101T000000Z-abcdef.json").unlink()
+    collected = run_edgekit("collect", *one, env=env)
+    assert collected.code == 0, collected.stdout + collected.stderr
+    assert bad_reports() == []
+
+
+def test_a_device_whose_trust_holds_no_readable_key_refuses_bundles(tmp_path, fleet, bundles):
+    # it trusted no key, so it took unsigned bundles: a device someone meant to lock stayed open
+    inventory, devices = fleet
+    trust = Path(devices[0].root) / "trust"
+    trust.mkdir(parents=True)
+    (trust / "ops.pub").write_text("-----BEGIN PUBLIC KEY-----\nMIIB...\n")  # a PEM key, not OpenSSH's format
+    pushed = run_edgekit("push", bundles["1.0.0"].path, "--inventory", inventory, "--device", devices[0].name,
+                         "--json", env={"EDGEKIT_STORE": str(tmp_path / "store.db")})
+    assert pushed.code == 1, pushed.stdout + pushed.stderr
+    assert "trust/ops.pub holds no public key this device can read" in pushed.json()["devices"][0]["error"]
+    assert not (Path(devices[0].root) / "current" / "digits").exists()
+
+
+def test_status_of_a_new_device_without_its_python_says_so(tmp_path):
+    # a device never pushed to was 'ok, reachable, nothing installed' whatever its `python`; the
+    # first push then failed on it
+    inventory = write_inventory(tmp_path / "fleet.toml", [{"name": "new", "transport": "local", "target": "host-cpu",
+                                                            "root": str(tmp_path / "new"),
+                                                            "python": "/nonexistent/python3"}])
+    status = run_edgekit("fleet", "status", "--inventory", inventory, env={"EDGEKIT_STORE": str(tmp_path / "s.db")})
+    assert status.code == 1 and "Traceback" not in status.stderr
+    assert "/nonexistent/python3: command not found on the device" in status.stdout, status.stdout

@@ -102,6 +102,28 @@ def test_pt2_quantizes_with_the_data_sets_input_names(edgekit, tmp_path):
     assert _accuracy(out) > 0.9
 
 
+
+def _fixed_batch_copy(path, rows: int):
+    """The example model as an export without a dynamic batch axis (torch.onnx.export's default)."""
+    model = onnx.load(str(EXAMPLE_ONNX))
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = rows
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_int8_static_calibrates_a_model_with_a_fixed_batch(edgekit, tmp_path, fp32_accuracy, rows):
+    # calibration batches of 16 were refused by such a model ("Got invalid dimensions for input"), exit 1;
+    # 3 rows: 512 calibration samples leave a short last batch, padded
+    model, out = _fixed_batch_copy(tmp_path / "fixed.onnx", rows), tmp_path / "q.onnx"
+    result = edgekit("quantize", model, "--precision", "int8-static", "--calibration", CALIB, "-o", out)
+    assert result.code == 0, result.stderr
+    session = _session(out)
+    outputs = [session.run(None, {"input": EVAL_X[i:i + rows]})[0] for i in range(0, len(EVAL_X) - rows + 1, rows)]
+    predicted = np.concatenate(outputs).argmax(1)
+    assert (predicted == EVAL_Y[:len(predicted)]).mean() >= fp32_accuracy - 0.02
+
 # -- every method and option, through the library ---------------------------------------
 
 @pytest.mark.parametrize("method", METHODS)
@@ -287,3 +309,26 @@ def test_relative_output_path_keeps_pre_processing(edgekit, tmp_path):
     assert result.code == 0, result.stderr
     assert "pre-processing" not in result.stderr and (tmp_path / "rel.onnx").is_file()
     assert not list(tmp_path.glob(".edgekit-quantize-*"))
+
+
+def test_per_channel_static_int8_of_an_older_opset_is_refused_before_writing(edgekit, tmp_path):
+    # onnxruntime wrote a DequantizeLinear with an axis (opset 13 on) into an opset-11 model:
+    # exit 0, and a file that no runtime loads ("Unrecognized attribute: axis")
+    model = onnx.load(str(EXAMPLE_ONNX))
+    model.opset_import[0].version = 11  # its Conv, MaxPool, Flatten, Relu and Gemm are the same there
+    onnx.save(model, str(tmp_path / "op11.onnx"))
+    out = tmp_path / "q.onnx"
+    refused = edgekit("quantize", tmp_path / "op11.onnx", "-p", "int8-static", "--per-channel", "--calibration", CALIB,
+                      "-o", out)
+    assert_clean_error(refused, "needs ai.onnx opset 13 or newer, and op11.onnx imports opset 11")
+    assert not out.exists()
+    per_tensor = edgekit("quantize", tmp_path / "op11.onnx", "-p", "int8-static", "--calibration", CALIB, "-o", out)
+    assert per_tensor.code == 0, per_tensor.stderr
+    assert _accuracy(out) > 0.9
+
+
+def test_a_transformer_recipe_on_a_cnn_says_what_it_looks_for(edgekit, tmp_path):
+    # it said 'the model keeps its weights elsewhere', also of a model with a (small) embedding table
+    result = edgekit("quantize", EXAMPLE_ONNX, "-p", "int8-token", "-o", tmp_path / "q.onnx")
+    assert_clean_error(result, "int8-token quantizes no weight of this model", "Gather", "exports as Gemm",
+                       "int8-dynamic and int8-static")

@@ -55,3 +55,26 @@ def test_readme_walkthrough_rolls_out_to_an_ssh_device(tmp_path, sshd_fleet):  #
     assert (home / ".config" / "edgekit" / "known_hosts").read_text().count(str(server.port)) == 1
     assert (server.root / "current" / "digits").resolve().name == "1.0.0"
     assert list((server.root / "trust").glob("*.pub"))
+
+
+def test_readme_bundles_and_devices_block_runs_as_written(tmp_path):
+    # its rollback came straight after the first push: every device failed ('no previous version')
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("<!-- walkthrough:local"):text.index("<!-- /walkthrough:local -->")]
+    commands = re.search(r"```\n(edgekit .*?)```", block, re.S).group(1).replace("\\\n", " ")
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    (work / "fleet").mkdir(parents=True)
+    for folder in ("examples", "calibration"):
+        (work / folder).symlink_to(REPO / folder)
+    shutil.copy(REPO / "fleet" / "local.toml", work / "fleet" / "local.toml")  # its devices land in work/.sim
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEKIT_", "XDG_"))}
+    env.update(HOME=str(home), COLUMNS="160", EDGEKIT_STORE=str(tmp_path / "store.db"))
+    for line in filter(str.strip, commands.splitlines()):
+        argv = [str(home) + a[1:] if a.startswith("~/") else a for a in shlex.split(line, comments=True)]
+        assert argv[0] == "edgekit", line
+        proc = subprocess.run([sys.executable, "-m", "edgekit.cli.main", *argv[1:]], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"{line}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    assert all((work / ".sim" / "local" / d / "current" / "digits").resolve().name == "1.0.0"
+               for d in ("sim-01", "sim-02", "sim-03"))

@@ -127,6 +127,7 @@ def test_compare_gives_each_metric_change_per_target(report_fleet, whole):
         assert r["change"] == pytest.approx(after["median"] - before["median"])
     table = _report(report_fleet, "--compare", "1.0.0", "1.0.1", "--section", "compare").stdout
     assert "1.0.0 -> 1.0.1" in table and "p95 ms" in table  # latency_p95, labelled with its unit
+    assert "drop_fp32" not in table and "FP32 drop %" in table  # shown as its field name, in fractions, before
 
 
 def test_filters_select_and_a_wrong_filter_names_what_is_there(report_fleet):
@@ -150,6 +151,9 @@ def test_an_empty_store_says_how_to_fill_it(tmp_path):
     assert not (tmp_path / "x.html").exists()
     assert_clean_error(run_edgekit("report", "--store", tmp_path / "none.db"), "none.db: no store there", "edgekit collect")
     assert not (tmp_path / "none.db").exists()  # a report does not create a store
+    # --json gives its object all the same (it printed nothing on stdout, exit 0, a script's parse failed)
+    as_json = run_edgekit("report", "--store", tmp_path / "empty.db", "--json")
+    assert as_json.code == 0 and as_json.json()["rows"] == [] and as_json.json()["health"]["devices"] == 0
 
 
 def test_an_older_or_foreign_store_is_one_clear_line(tmp_path):

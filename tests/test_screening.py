@@ -32,6 +32,16 @@ def test_a_near_tie_on_the_objective_goes_to_the_smaller_model():
     assert chosen is close and "within 5% of the smallest model, and this the most accurate" in why
 
 
+
+def test_when_none_passes_the_reason_counts_each_status_by_its_name():
+    """A recipe that quantizes nothing is 'not applicable', not a failure: the reason said
+    '1 measured, 6 failed' for a tiny model whose INT8 files were no smaller than FP32."""
+    fp32 = _measured("fp32", 0.002, 0.01, 1.0, passed=False)
+    tried = [Candidate("", Recipe(precision="int8-static", method=m)) for m in ("minmax", "entropy")]
+    tried[0].status, tried[1].status = "not-applicable", "failed"
+    chosen, why = choose([fp32, *tried], load_profile("host-cpu"))
+    assert chosen is None and why.endswith("(1 measured, 1 not applicable, 1 failed)")
+
 def test_what_a_passing_candidate_beats_on_size_and_objective_cannot_win():
     screen = Screen("latency")
     fast = _measured("int8-token", 21.9, 30.0, 0.9965)
@@ -100,3 +110,13 @@ def test_the_fastest_passing_candidates_are_timed_again_in_rounds(tmp_path):
     fastest_before = min(c.metrics["latency_ms"]["p50_rounds"][0] for c in retimed)
     assert all(c.metrics["latency_ms"]["p50"] > RETIME_BAND * fastest_before
                for c in result.candidates if c.passed and c not in retimed)
+
+
+def test_a_tie_on_accuracy_says_the_size_decided():
+    # fp32 and fp16 of an iris MLP, both 0.9733 and within 5% in size: 'and this the most accurate'
+    # read as if fp16 were more accurate
+    profile = load_profile("host-cpu")
+    fp32, fp16 = _measured("fp32", 0.00150, 0.020, 0.9733), _measured("fp16", 0.00144, 0.020, 0.9733)
+    chosen, why = choose([fp32, fp16], profile)
+    assert chosen is fp16 and why.endswith("and this the most accurate (tied with 1 other to 4 decimals) and the "
+                                           "smallest")

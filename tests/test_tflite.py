@@ -269,3 +269,25 @@ def test_calibrate_tflite_reports_each_candidate_and_says_it_measured_on_the_hos
     place = result.record.measured_on
     assert place["kind"] == "host" and not place["matches_target"]
     assert place["note"].endswith("not on raspberry-pi-zero-2w (aarch64, Cortex-A53 x4 @ 1 GHz, NEON)")
+
+
+def test_a_recipe_whose_model_is_no_smaller_than_fp32_is_not_applicable(tmp_path):
+    # as ONNX recipes are: a tiny model's INT8 file (quantization parameters outweighing 8-bit
+    # weights) was measured and could be chosen, larger than FP32
+    import torch
+
+    from edgekit.datasets import load_dataset
+    from edgekit.errors import NotApplicable
+    from edgekit.recipes import Recipe
+    from edgekit.toolchains.tflite.convert import load_tflite_model
+    from edgekit.toolchains.tflite.quantize import quantize_tflite
+
+    torch.manual_seed(0)
+    torch.export.save(torch.export.export(torch.nn.Linear(2, 3).eval(), (torch.zeros(1, 2),)), tmp_path / "tiny.pt2")
+    np.savez(tmp_path / "calib.npz", input=np.random.default_rng(0).random((64, 2), dtype=np.float32))
+    calib = load_dataset(tmp_path / "calib.npz")
+    model = load_tflite_model(tmp_path / "tiny.pt2", workdir=tmp_path, example_data=calib)
+    with pytest.raises(NotApplicable, match="is not smaller than FP32"):
+        quantize_tflite(model, Recipe(precision="int8-static", method="minmax"), tmp_path / "s.tflite",
+                        calibration=calib)
+    assert not (tmp_path / "s.tflite").exists()

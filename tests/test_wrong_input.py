@@ -291,3 +291,65 @@ def test_a_result_already_printed_is_the_one_json_object(edgekit, tmp_path):
     assert result.code == 3, result.stderr
     record = json.loads(result.stdout)
     assert record["chosen"] is None and record["schema"].startswith("edgekit.calibration/")
+
+
+def test_a_name_that_looks_like_an_emoji_code_is_printed_as_written(edgekit, tmp_path):
+    # rich turned 'nomod:x: cannot import' into 'nomod❌ cannot import', and a device 'cam:fire:' into 'cam🔥'
+    result = edgekit("evaluate", EXAMPLE_ONNX, "--data", tmp_path / "set:x:1.npz", *FAST)
+    assert_clean_error(result, "set:x:1.npz: not found")
+    inventory = write_inventory(tmp_path / "fleet.toml", [{"name": "cam:fire:", "transport": "local",
+                                                            "root": str(tmp_path / "cam"), "target": "host-cpu"}])
+    status = edgekit("fleet", "status", "--inventory", inventory)
+    assert status.code == 0 and "cam:fire:" in status.stdout, status.stdout
+
+
+def test_rollout_check_refuses_what_the_rollout_refuses(edgekit, tmp_path):
+    # --check planned a rollout with --max-failures -1 (exit 0) that the rollout itself refuses
+    bundle = build(tmp_path / "dist", "1.0.0")
+    inventory = write_inventory(tmp_path / "fleet.toml", [{"name": "dev", "transport": "local",
+                                                            "root": str(tmp_path / "dev"), "target": "host-cpu"}])
+    result = edgekit("rollout", "--check", bundle.path, "-i", inventory, "--max-failures", "-1")
+    assert result.code == 2 and "--max-failures" in result.stderr and "Traceback" not in result.stderr
+
+
+def _one_score_model(path, shape: list, dtype=TensorProto.FLOAT):
+    """The digits input (N, 1, 8, 8) reduced to one value per sample: a binary classifier's sigmoid
+    (N, 1), or one value (N,) as class ids after an ArgMax are."""
+    nodes = [helper.make_node("ReduceMean", ["input"], ["m"], axes=[1, 2, 3], keepdims=0),
+             helper.make_node("Unsqueeze", ["m", "one"], ["p"]) if len(shape) == 2 else
+             helper.make_node("Cast", ["m"], ["p"], to=dtype)]
+    axes = [helper.make_tensor("one", TensorProto.INT64, [1], [1])] if len(shape) == 2 else []
+    graph = helper.make_graph(nodes, "one-score", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                                  ["N", 1, 8, 8])],
+                              [helper.make_tensor_value_info("p", dtype, shape)], axes)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("shape, dtype, needles", [
+    (["N", 1], TensorProto.FLOAT, ("'p' (N, 1) holds one score per sample", "export both classes' scores")),
+    (["N"], TensorProto.INT64, ("'p' (N) holds one value per sample", "the logits before an ArgMax")),
+])
+def test_labels_on_a_model_with_one_value_per_sample_say_what_accuracy_needs(edgekit, tmp_path, shape, dtype,
+                                                                             needles):
+    # a sigmoid output was refused as '1 classes ... labels must be class indices 0..0', and class ids
+    # as "labels have shape (64,), the model's predictions ()"
+    model = _one_score_model(tmp_path / "one.onnx", shape, dtype)
+    assert_clean_error(edgekit("evaluate", model, "--data", EVAL, *FAST), "labels need a score per class", *needles)
+
+
+def test_an_output_path_that_cannot_be_written_is_one_line(edgekit, tmp_path):
+    # each was a traceback (IsADirectoryError, FileExistsError, FileNotFoundError), exit 1, or (the
+    # model itself) wrote the quantized model over its FP32 source
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a-file").write_text("")
+    model = tmp_path / "model.onnx"
+    model.write_bytes(EXAMPLE_ONNX.read_bytes())
+    assert_clean_error(edgekit("quantize", EXAMPLE_ONNX, "-p", "fp16", "-o", tmp_path / "folder"),
+                       "folder: a folder; give the file to write")
+    assert_clean_error(edgekit("quantize", model, "-p", "fp16", "-o", model), "the model itself")
+    assert model.read_bytes() == EXAMPLE_ONNX.read_bytes()
+    assert_clean_error(edgekit("quantize", EXAMPLE_ONNX, "-p", "fp16", "-o", tmp_path / "a-file" / "q.onnx"),
+                       "a-file")
+    assert_clean_error(edgekit("package", EXAMPLE_ONNX, "--target", "host-cpu", "--eval", EVAL, "--name", "d",
+                               "--version", "1", "-o", tmp_path / "a-file"), "a-file: File exists")

@@ -18,8 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 # The commands of the model side take their table and number helpers from here still.
 from edgekit.terminal import compact_table, fmt_mib, fmt_ms, fmt_pct, fmt_pp, fmt_sig, print_notes, titled  # noqa: F401
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(emoji=False)  # a name such as "cam:fire:" is printed as written
+err_console = Console(stderr=True, emoji=False)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 TargetsDir = Annotated[

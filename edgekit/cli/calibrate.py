@@ -11,7 +11,7 @@ from rich import box
 from rich.table import Table
 
 from edgekit.cli._common import (JsonFlag, TargetsDir, compact_table, console, err_console, interrupts,
-                                 print_json, print_notes, titled)
+                                 fmt_ms, fmt_sig, print_json, print_notes, titled)
 from edgekit.cli._progress import showing_steps
 from edgekit.cli.fleet import TrustNewOpt
 
@@ -127,7 +127,7 @@ def print_search(search: Optional[dict]) -> None:
             quality = s["accuracy"] if s["accuracy"] is not None else s["cosine"]
             float_count = "-" if s["kind"] == "op-types" else str(len(s["float_nodes"]))
             table.add_row(str(s["step"]), _KINDS.get(s["kind"], s["kind"]), s["candidate"], float_count,
-                          _fmt(quality, ".4f"), _fmt(s["model_mb"], ".3f"), _mark(s))
+                          _fmt(quality, ".4f"), fmt_sig(s["model_mb"]), _mark(s))
         console.print(titled(f"mixed-precision search from {search['base']} (MiB)", table))
         floor = (search.get("pruning") or {}).get("quality_floor")
         print_notes(console, [(f"{s['step']}.", _step_note(s, metric, floor)) for s in steps])
@@ -175,6 +175,17 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _shared_reasons(candidates) -> dict:
+    """{first id: (ids, reason)} of the not-applicable candidates, one entry per reason: recipes
+    that cannot take the model for the same reason are said in one line, not one each."""
+    by_reason: dict[str, list[str]] = {}
+    for c in candidates:
+        if c.status == "not-applicable":
+            reason = (c.error or "").removeprefix(f"{c.id}: ").removeprefix(f"{c.id} ")
+            by_reason.setdefault(reason, []).append(c.id)
+    return {ids[0]: (ids, reason) for reason, ids in by_reason.items()}
+
+
 def print_table(record: CalibrationRecord) -> None:
     metric = record.metric
     headers = ["candidate", "acc" if metric == "accuracy" else "cosine", "drop" if metric == "accuracy" else "top1",
@@ -189,11 +200,15 @@ def print_table(record: CalibrationRecord) -> None:
     for c in record.candidates:
         table.add_row(*_row(c, record.chosen, metric))
     console.print(table)
+    shared = _shared_reasons(record.candidates)
     for c in record.candidates:  # the reasons, below the table so that it fits 80 columns
         if c.status == "failed":
             console.print(f"  {c.id}: {c.error}", style="red", highlight=False, markup=False)
+        elif c.status == "not-applicable" and c.id in shared:
+            ids, reason = shared[c.id]
+            console.print(f"  {', '.join(ids)}: not applicable: {reason}", style="dim", highlight=False, markup=False)
         elif c.status == "not-applicable":
-            console.print(f"  {c.id}: not applicable: {c.error}", style="dim", highlight=False, markup=False)
+            pass  # said with the first candidate of its reason
         elif c.status == "skipped":
             console.print(f"  {c.id}: skipped, {c.error}", style="dim", highlight=False, markup=False)
         elif c.collapsed:
@@ -231,10 +246,11 @@ def _row(c: CandidateRecord, chosen: Optional[str], metric: str) -> list[str]:
     if metric == "perplexity":
         increase = m.get("ppl_increase")
         return [name, _fmt(None if increase is None else 100 * increase, "+.2f"), _fmt(m.get("kl_divergence"), ".4f"),
-                _fmt(m.get("model_mb"), ".3f"), _fmt(m.get("decode_tokens_per_s"), ".1f"), _fmt(m.get("ttft_ms"), ".0f"),
+                fmt_sig(m.get("model_mb")), _fmt(m.get("decode_tokens_per_s"), ".1f"), _fmt(m.get("ttft_ms"), ".0f"),
                 _fmt(m.get("peak_rss_mb"), ".0f"), verdict]
-    return [name, _fmt(first, ".4f"), _fmt(second, ".4f"), _fmt(m.get("model_mb"), ".3f"),
-            _fmt(lat.get("p50"), ".3f"), _fmt(lat.get("p95"), ".3f"), _fmt(m.get("peak_rss_mb"), ".0f"), verdict]
+    # sizes and times to 3 significant digits: a tiny model's 0.00150 and 0.00144 MiB are not 0.002 and 0.001
+    return [name, _fmt(first, ".4f"), _fmt(second, ".4f"), fmt_sig(m.get("model_mb")),
+            fmt_ms(lat.get("p50")), fmt_ms(lat.get("p95")), _fmt(m.get("peak_rss_mb"), ".0f"), verdict]
 
 
 def register(app: typer.Typer) -> None:

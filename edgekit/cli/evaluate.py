@@ -118,6 +118,9 @@ def print_table(r: dict) -> None:
     rt = r["runtime"]
     console.print(f"runtime: {escape(rt['name'])} {escape(rt['version'])} ({escape(', '.join(rt['providers']))})",
                   highlight=False)
+    if r.get("perplexity") is None and r.get("accuracy") is None and not r.get("fidelity"):
+        console.print("no accuracy or fidelity: the data has no labels and no --reference was given "
+                      "(--reference FP32_MODEL measures fidelity to it)", highlight=False, markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -48,10 +48,16 @@ def trust_cmd(
     from edgekit.cli.fleet import _devices, _finish
     from edgekit.errors import ConfigError
     from edgekit.fleet.push import trust_key
+    from edgekit.keys import fingerprint
 
     public_key = public_key.expanduser()
     if not public_key.is_file() or public_key.suffix != ".pub":
         raise ConfigError(f"{public_key}: give an existing public key file ending in .pub")
+    try:  # a device that trusts a line it cannot read refuses every bundle, signed or not
+        fingerprint(public_key)
+    except ConfigError as exc:
+        raise ConfigError(f"{public_key}: not an OpenSSH public key ({str(exc).rsplit(': ', 1)[-1]})",
+                          hint="give the .pub file that `edgekit keys init` wrote") from exc
     devices = _devices(inventory, device, group, targets_dir)
     result = trust_key(devices, public_key, trust_new_hosts=trust_new_hosts)
     _finish(result, json, ("key",))

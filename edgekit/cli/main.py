@@ -10,6 +10,7 @@ candidate passes); so do usage errors (a missing or wrong flag), which typer pri
 from __future__ import annotations
 
 import atexit
+import errno
 import gc
 import importlib
 import os
@@ -104,6 +105,11 @@ def main() -> None:
         rich_utils.rich_format_error(exc)
         _json_error(exc.format_message(), exc.exit_code, _usage_hint(exc))
         sys.exit(exc.exit_code)
+    except OSError as exc:  # a path this run could not create or write (an -o on a read-only disk, a file in the way)
+        line, code = _os_error(exc)
+        err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True, markup=True)
+        _json_error(line, code, None)
+        sys.exit(code)
     except typer.Abort as exc:
         if isinstance(exc.__cause__, KeyboardInterrupt):  # click turns Ctrl-C into Abort
             err_console.print("interrupted")
@@ -153,6 +159,17 @@ class _CtrlC:
                 signal.default_int_handler(signum, frame)
             signal.signal(signal.SIGINT, handler)
         return noted
+
+
+_PATH_ERRNOS = (errno.ENOENT, errno.EEXIST, errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _os_error(exc: OSError) -> tuple[str, int]:
+    """One line naming the path (the destination of a move), and exit 2 when the path given
+    was wrong (missing folder, a file in the way, no permission), else 1 (a full disk...)."""
+    path = exc.filename2 if exc.filename2 is not None else exc.filename
+    line = f"{path}: {exc.strerror or exc}" if path is not None else str(exc)
+    return line, 2 if exc.errno in _PATH_ERRNOS else 1
 
 
 def _json_error(message: str, exit_code: int, hint: str | None) -> None:

@@ -89,6 +89,10 @@ def _toolchain(model: str, out: Path, profile, recipe):
     from edgekit.toolchains import check_output, toolchain_for, toolchain_for_model
 
     toolchain = toolchain_for(profile) if profile else toolchain_for_model(model, out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out}: a folder; give the file to write, such as {out / ('model' + toolchain.suffix)}")
+    if Path(model).is_file() and out.resolve() == Path(model).resolve():
+        raise ConfigError(f"--out {out}: the model itself; write the quantized model to another file")
     check_output(toolchain, out, profile)
     toolchain.check_recipe(recipe)
     refusal = toolchain.recipe_refusal(recipe, profile) if profile else None

@@ -96,7 +96,7 @@ def _fleet_report(path: Path, fmt: Format, output: Optional[Path], section: Sect
     from edgekit.report.fleetdata import is_empty, load_fleet
 
     data = load_fleet(path, inventory=inventory, targets_dirs=targets_dirs)
-    if is_empty(data):
+    if is_empty(data) and fmt != Format.json:  # --json still gives its object (empty lists), as every command does
         err_console.print(f"no reports yet in {escape(str(path))}: run `edgekit collect --inventory FILE "
                           f"--store {escape(str(path))}` (or `edgekit rollout`) first", highlight=False, soft_wrap=True)
         return
@@ -156,7 +156,7 @@ def _emit(render, fmt: Format, output: Optional[Path]) -> None:
         output.parent.mkdir(parents=True, exist_ok=True)
         with open(output, "w", encoding="utf-8") as fh:
             if callable(render):
-                render(Console(file=fh, width=200, no_color=True))
+                render(Console(file=fh, width=200, no_color=True, emoji=False))
             else:
                 fh.write(render)
     except OSError as exc:

@@ -98,7 +98,7 @@ def rollout_cmd(
     canary: Annotated[int, typer.Option("--canary", help="Devices in the first wave.")] = 1,
     batch: Annotated[str, typer.Option("--batch", help="Devices per later wave: a count (5) or a share (25%).")] = "25%",
     max_failures: Annotated[int, typer.Option(
-        "--max-failures", help="Device failures (unreachable, install refused, bad report) tolerated in all.")] = 0,
+        "--max-failures", min=0, help="Device failures (unreachable, install refused, bad report) tolerated in all.")] = 0,
     eval_samples: Annotated[Optional[int], typer.Option(
         "--eval-samples", min=1, help="Evaluate on the first N samples of the bundled eval set (default: all).",
         show_default=False)] = None,

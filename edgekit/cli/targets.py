@@ -36,9 +36,9 @@ def list_cmd(targets_dir: TargetsDir = None, json: JsonFlag = False) -> None:
     """List the target profiles: from --targets-dir, $EDGEKIT_TARGETS_DIR, the project's
     ./targets, the user's ~/.config/edgekit/targets and those shipped with edgekit, the first
     of each name (the `from` column says where it was found)."""
-    from edgekit.targets import load_file, sourced_files
+    from edgekit.targets import load_found, sourced_files
 
-    found = [(path, source, load_file(path)) for path, source in sourced_files(targets_dir or ())]
+    found = [(path, source, load_found(path)) for path, source in sourced_files(targets_dir or ())]
     if json:
         print_json([dict(profile.snapshot(), path=str(path), source=source) for path, source, profile in found])
         return

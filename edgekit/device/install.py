@@ -20,7 +20,7 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .state import META, Layout, RunnerError, check_name, read_json, utc_now, write_json_atomic
-from .trust import sha256_file, trusted_keys, verify_signature
+from .trust import sha256_file, trusted_keys, unreadable_trust, verify_signature
 from .untar import PLAIN_PART, extract
 
 __all__ = ["install", "clean_leftovers", "clean_parts", "checked", "place_checked", "upload_path", "META",
@@ -132,6 +132,10 @@ def check_manifest(staging: str, files: Dict[str, dict]) -> dict:
 
 def _check_signature(layout: Layout, staging: str, files: Dict[str, dict]) -> Optional[str]:
     keys = trusted_keys(layout.trust)
+    unreadable = unreadable_trust(layout.trust)
+    if not keys and unreadable:  # someone meant to lock the device: fail closed, not open
+        raise RunnerError(f"trust/{unreadable[0]} holds no public key this device can read, and no other key is "
+                          "trusted; fix or remove it (edgekit keys trust KEY.pub writes a good one)", "integrity", 2)
     if not keys:
         return None  # a device that trusts no key takes unsigned bundles (hashes still checked)
     sig = os.path.join(staging, SIGNATURE) if SIGNATURE in files else None

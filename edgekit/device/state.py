@@ -183,7 +183,7 @@ class Layout:
             problem = None if stored is not None or not self.versions(name) else "is missing"
         except RunnerError as exc:
             stored, problem = None, f"could not be read ({exc})"
-        state, note = reconciled(name, stored or {}, self.current_version(name))
+        state, note = reconciled(name, stored or {}, self.current_version(name), self.versions(name))
         if problem:
             note = f"{self.state_path(name)} {problem}: rebuilt from current/{name} (previous version unknown)"
             state["history"] = state["history"] + [{"action": "rebuilt", "version": state["current"], "at": utc_now()}]
@@ -225,8 +225,9 @@ class Layout:
         write_json_atomic(self.state_path(name), {k: v for k, v in state.items() if v is not None or k != "pending"})
 
 
-def reconciled(name: str, stored: dict, live: Optional[str]) -> tuple:
-    """(state, repair note or None): a stored state made to agree with the live link."""
+def reconciled(name: str, stored: dict, live: Optional[str], installed: Optional[List[str]] = None) -> tuple:
+    """(state, repair note or None): a stored state made to agree with the live link. Given the
+    installed versions, the previous one is one of them (rollback goes there), else none."""
     history = stored.get("history") if isinstance(stored.get("history"), list) else []
     current, previous = stored.get("current"), stored.get("previous")
     pending, note = stored.get("pending"), None
@@ -241,6 +242,8 @@ def reconciled(name: str, stored: dict, live: Optional[str]) -> tuple:
         note = note or f"{name}: state said {current or 'nothing'} runs, current/{name} says {live or 'nothing'}; " \
                        "the link wins"
         current, previous = live, current if current != live else previous
+    if installed is not None and previous not in installed:  # a link repair dropped: not back to it
+        previous = stored.get("previous") if stored.get("previous") in installed else None
     if previous == current:
         previous = None
     state = {"name": name, "current": current, "previous": previous, "history": history[-HISTORY_KEPT:],

@@ -17,7 +17,8 @@ from typing import Dict, List, Optional, Tuple
 
 from .state import RunnerError
 
-__all__ = ["NAMESPACE", "sha256_file", "tree_hash", "digests_hash", "trusted_keys", "verify_signature"]
+__all__ = ["NAMESPACE", "sha256_file", "tree_hash", "digests_hash", "trusted_keys", "unreadable_trust",
+           "verify_signature"]
 
 NAMESPACE = "edgekit-bundle"
 _KEY_LINE = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+|sk-ssh-ed25519@openssh\.com)\s+([A-Za-z0-9+/=]+)")
@@ -61,6 +62,19 @@ def trusted_keys(trust_dir: str) -> List[Tuple[str, str]]:
                 if match:
                     keys.append((principal, f"{match.group(1)} {match.group(2)}"))
     return keys
+
+
+def unreadable_trust(trust_dir: str) -> List[str]:
+    """The trust/*.pub files that hold no key line this device reads."""
+    if not os.path.isdir(trust_dir):
+        return []
+    found = []
+    for entry in sorted(os.listdir(trust_dir)):
+        if entry.endswith(".pub"):
+            with open(os.path.join(trust_dir, entry), errors="replace") as fh:
+                if not any(_KEY_LINE.match(line.strip()) for line in fh):
+                    found.append(entry)
+    return found
 
 
 def verify_signature(message_path: str, signature_path: Optional[str], keys: List[Tuple[str, str]]) -> str:

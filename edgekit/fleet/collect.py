@@ -24,7 +24,8 @@ from edgekit.words import PLAIN
 
 __all__ = ["Pulled", "pull_reports", "collect", "store_pulled"]
 
-Pulled = dict  # {"reports": [(DeviceReport, source)], "bad": [(source, error)], "error": str | None}
+Pulled = dict  # {"reports": [(DeviceReport, source)], "bad": [(source, error)], "error": str | None,
+#                  "scope": the folder listed whole (reports/...), or None}
 
 
 def _files(transport: Transport, paths: DevicePaths, name: Optional[str], version: Optional[str],
@@ -82,12 +83,23 @@ def pull_reports(transport: Transport, device: Device, known: set[str], *, name:
                 pulled["reports"].append((report, source))
     except EdgekitError as exc:  # the connection went: keep what we have
         pulled["error"] = str(exc)
+    pulled["scope"] = None if pulled["error"] else _scope(paths, name, version)
     return pulled
+
+
+def _scope(paths: DevicePaths, name: Optional[str], version: Optional[str]) -> Optional[str]:
+    """The report folder a pull listed whole ('reports/', 'reports/NAME/'...); None when it
+    listed one version of every name (no one folder)."""
+    if version and not name:
+        return None
+    return paths.relative("/".join([paths.reports, *(p for p in (name, version) if p)])) + "/"
 
 
 def store_pulled(store: Store, device: Device, pulled: Pulled) -> dict:
     """Write one device's pulled reports and bad files to the store; a summary for output."""
     new = store.add_reports(device.name, pulled["reports"])
+    if pulled.get("scope"):  # a bad file removed or replaced on the device needs no look any more
+        store.clear_collect_errors(device.name, pulled["scope"], keep={source for source, _ in pulled["bad"]})
     for source, error in pulled["bad"]:
         store.add_collect_error(device.name, source, error)
     return {"new": new, "fetched": len(pulled["reports"]), "bad": [f"{s}: {e}" for s, e in pulled["bad"]],

@@ -68,6 +68,9 @@ class DevicePaths:
         return f"{self.bundles}/{check_name(name, 'name')}/{check_name(version, 'version')}/{META}"
 
 
+COMMAND_NOT_FOUND = 127  # a shell's exit code (and the local transport's) for a program that is not there
+
+
 def runner_argv(device: Device, *args: str) -> list[str]:
     paths = DevicePaths(device.root)
     return [device.interpreter, "-S", paths.launcher, "--root", paths.root, *args]
@@ -128,7 +131,7 @@ def exit_cause(code: int, stderr: str, interpreter: str) -> str:
         return f"killed by signal {signal_no} ({name}){oom}" + said
     if any(marker in stderr.lower() for marker in OUT_OF_MEMORY):
         return "out of memory" + said
-    if code == 127:
+    if code == COMMAND_NOT_FOUND:
         return f"{interpreter}: command not found on the device" + said
     return f"the runner ({interpreter}) exited {code}" + (said or " with no output")
 
@@ -212,8 +215,9 @@ def device_status(transport: Transport, device: Device, timeout: float = SHORT_S
     asked = time.time()
     try:
         reply = payload(run_runner(transport, device, "status", timeout=timeout))
-    except RemoteCommandError:
-        if not has_runner(transport, device):
+    except RemoteCommandError as exc:
+        # its Python missing (exit 127) is the device's fault whether or not a runner is there yet
+        if exc.remote_exit_code != COMMAND_NOT_FOUND and not has_runner(transport, device):
             return {"models": {}, "runner_sha256": None, "note": "no edgekit runner installed yet"}
         raise
     answered = time.time()

@@ -18,9 +18,20 @@ __all__ = ["fleet_status", "running_summary", "skew_text", "SKEW_SHOWN_S"]
 
 
 def running_summary(models: dict) -> str:
-    """'digits 1.0.1 (prev 1.0.0), kws 2.0 (prev -)' or 'nothing installed'."""
-    return ", ".join(f"{n} {m.get('current') or '-'} (prev {m.get('previous') or '-'})"
-                     for n, m in sorted(models.items())) or "nothing installed"
+    """'digits 1.0.1 (prev 1.0.0), kws 2.0 (prev -)' or 'nothing installed'; a name with no
+    version active and none before (a first rollout put back) is 'kws: nothing active (2.0 installed)';
+    a link to a version whose folder is gone says so."""
+    return ", ".join(_one(n, m) for n, m in sorted(models.items())) or "nothing installed"
+
+
+def _one(name: str, model: dict) -> str:
+    installed = model.get("installed")
+    if model.get("current") and isinstance(installed, list) and model["current"] not in installed:
+        return f"{name} {model['current']} (not installed: its folder is gone; run edgekit fleet repair)"
+    if model.get("current") or model.get("previous"):
+        return f"{name} {model.get('current') or '-'} (prev {model.get('previous') or '-'})"
+    installed = ", ".join(model.get("installed") or [])
+    return f"{name}: nothing active" + (f" ({installed} installed)" if installed else "")
 
 
 SKEW_SHOWN_S = 60

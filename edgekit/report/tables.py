@@ -192,6 +192,7 @@ def _signed(v) -> str:
 
 # metric -> (label, value format, change format); a fraction shows in %, its change in pp
 COMPARED = {"accuracy": ("acc %", _percent, fmt_pp), "drop": ("drop %", _percent, fmt_pp),
+            "drop_fp32": ("FP32 drop %", _percent, fmt_pp),
             "top1_agreement": ("top-1 %", _percent, fmt_pp), "cosine": ("cosine", lambda v: fmt_sig(v, 4), _signed),
             "latency_p50": ("p50 ms", fmt_ms, _signed), "latency_p95": ("p95 ms", fmt_ms, _signed),
             "peak_rss_mb": ("RSS MiB", fmt_mib, lambda v: "-" if v is None else f"{v:+.1f}"),

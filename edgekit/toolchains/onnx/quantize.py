@@ -45,7 +45,7 @@ from edgekit.datasets import Dataset
 from edgekit.errors import ConfigError, EdgekitError, NotApplicable, QuantizeError
 from edgekit.progress import OnStep, notify
 from edgekit.recipes import Recipe
-from edgekit.toolchains.onnx.models import check_onnx, external_data_files, model_inputs
+from edgekit.toolchains.onnx.models import check_onnx, external_data_files, model_inputs, onnx_requirements
 from edgekit.toolchains.onnx.prepare import first_report, prepare, quiet_ort
 from edgekit.toolchains.onnx.static import CHUNK_BATCHES, Reader
 
@@ -68,6 +68,7 @@ def quantize(model: Path, recipe: Recipe, out: Path, *, calibration: Optional[Da
                             "export): give the model's FP32 export")
     if recipe.precision == "int8-static":
         calibration.check(model_inputs(model), role="calibration data")
+        _check_per_channel_opset(model, recipe)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".edgekit-quantize-", dir=out.parent) as tmp:
         staged = Path(tmp) / out.name
@@ -115,6 +116,19 @@ def _check_recipe(recipe: Recipe, calibration: Optional[Dataset], max_samples: i
     check_recipe(recipe)
     if recipe.precision == "int8-static" and calibration is None:
         raise ConfigError(f"recipe {recipe.id}: int8-static needs calibration data: pass --calibration DATA")
+
+
+PER_CHANNEL_OPSET = 13  # DequantizeLinear takes its `axis` from opset 13 on
+
+
+def _check_per_channel_opset(model: Path, recipe: Recipe) -> None:
+    """NotApplicable for per-channel static INT8 of an older export: onnxruntime writes a
+    DequantizeLinear with an axis its opset lacks, a model no runtime loads."""
+    opset = onnx_requirements(model)["opsets"].get("ai.onnx")
+    if recipe.per_channel and opset is not None and opset < PER_CHANNEL_OPSET:
+        raise NotApplicable(f"{recipe.id}: per-channel static INT8 needs ai.onnx opset {PER_CHANNEL_OPSET} or newer, "
+                            f"and {model.name} imports opset {opset}: export it with opset_version="
+                            f"{PER_CHANNEL_OPSET} or newer, or leave out --per-channel")
 
 
 def _copy(model: Path, dest: Path) -> None:
@@ -285,7 +299,9 @@ def _half_weights(model: Path) -> bool:
 
 def _why_none(recipe: Recipe) -> str:
     if recipe.precision in _TRANSFORMER:
-        return "the recipe takes MatMul weights and embedding tables, and the model keeps its weights elsewhere"
+        return ("the recipe takes the constant weights of MatMul nodes and embedding tables (Gather), large enough "
+                "to pay, and this model has none (a Linear layer on 2-D input exports as Gemm, and a Conv is no "
+                "MatMul: int8-dynamic and int8-static quantize those)")
     return "it has no node with a constant float weight of an op type the recipe quantizes"
 
 

@@ -109,12 +109,16 @@ class Reader:
     for each (its CalibStridedMinMax loop); ORT's CalibrationDataReader recognises any class
     with get_next(), so this needs no ORT import. Chunks are taken in order from one stream of
     batches; the short last batch gets a chunk of its own because the histogram collector
-    stacks a chunk's batches into one array.
+    stacks a chunk's batches into one array. A model whose first axis is fixed (an export
+    without a dynamic batch axis) gets batches of exactly that size, the last one padded by
+    repeating its last sample, as the evaluation pads them.
     """
 
     def __init__(self, data: Dataset, specs: list[InputSpec], batch_size: int, max_samples: int,
                  on_step: Optional[OnStep] = None):
         n = min(len(data), max_samples)
+        self._fixed = _fixed_batch(specs)
+        batch_size = self._fixed or batch_size
         full = n // batch_size
         self._chunks = [min(CHUNK_BATCHES, full - i) for i in range(0, full, CHUNK_BATCHES)]
         if n % batch_size:
@@ -145,4 +149,17 @@ class Reader:
         self._given += 1
         notify(self._on_step, "quantize", f"calibration {self._given}/{self._total}")
         inputs, _ = next(self._stream)
+        if self._fixed:
+            inputs = {name: _pad(arr, self._fixed) for name, arr in inputs.items()}
         return {name: np.ascontiguousarray(inputs[name], dtype=dtype) for name, dtype in self._dtypes.items()}
+
+
+def _fixed_batch(specs: list[InputSpec]) -> Optional[int]:
+    """The batch size the model insists on (its first input's fixed first axis), if any."""
+    first = specs[0].shape[0] if specs and specs[0].shape else None
+    return first if isinstance(first, int) and first > 0 else None
+
+
+def _pad(arr: np.ndarray, rows: int) -> np.ndarray:
+    short = rows - len(arr)
+    return np.concatenate([arr, np.repeat(arr[-1:], short, axis=0)]) if short > 0 else arr

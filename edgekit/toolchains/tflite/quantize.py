@@ -37,7 +37,7 @@ from typing import Optional
 import numpy as np
 
 from edgekit.datasets import Dataset
-from edgekit.errors import ConfigError, EdgekitError, QuantizeError
+from edgekit.errors import ConfigError, EdgekitError, NotApplicable, QuantizeError
 from edgekit.progress import OnStep, notify
 from edgekit.recipes import Recipe
 from edgekit.toolchains.tflite.convert import check_tflite, open_tflite, silenced, tflite_inputs
@@ -104,9 +104,18 @@ def quantize_tflite(model: Path, recipe: Recipe, out: Path, *, calibration: Opti
             shutil.copyfile(model, staged)
         else:
             _run(model, recipe, staged, calibration, max_samples, on_step)
+            _check_smaller(recipe, model, staged)
         check_tflite(staged)
         os.replace(staged, out)
     return out
+
+
+def _check_smaller(recipe: Recipe, model: Path, staged: Path) -> None:
+    """NotApplicable for a model no smaller than FP32, as the ONNX recipes say (a tiny model's
+    quantization parameters can outweigh what its 8-bit weights save)."""
+    fp32_bytes, out_bytes = model.stat().st_size, staged.stat().st_size
+    if out_bytes >= fp32_bytes:
+        raise NotApplicable(f"{recipe.id}: its model ({out_bytes} bytes) is not smaller than FP32 ({fp32_bytes} bytes)")
 
 
 def _run(model: Path, recipe: Recipe, staged: Path, calibration: Optional[Dataset], max_samples: int,
