@@ -229,6 +229,17 @@ def test_a_device_whose_trust_holds_no_readable_key_refuses_bundles(tmp_path, fl
     assert not (Path(devices[0].root) / "current" / "digits").exists()
 
 
+def test_a_trust_file_that_cannot_be_read_is_named_and_the_good_keys_still_count(tmp_path):
+    from edgekit.device.trust import trusted_keys, unreadable_trust
+
+    trust = tmp_path / "trust"
+    (trust / "folder.pub").mkdir(parents=True)  # open() fails on it: it was a traceback
+    (trust / "latin.pub").write_bytes(b"\xff\xfe not utf-8\n")
+    (trust / "ops.pub").write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheTestOnly ops@host\n")
+    assert trusted_keys(str(trust)) == [("ops", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheTestOnly")]
+    assert unreadable_trust(str(trust)) == ["folder.pub", "latin.pub"]
+
+
 def test_status_of_a_new_device_without_its_python_says_so(tmp_path):
     # a device never pushed to was 'ok, reachable, nothing installed' whatever its `python`; the
     # first push then failed on it

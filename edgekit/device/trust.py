@@ -48,33 +48,32 @@ def digests_hash(digests: Dict[str, str]) -> str:
 
 
 def trusted_keys(trust_dir: str) -> List[Tuple[str, str]]:
-    """(signer name, "type base64") for every key in trust/*.pub."""
+    """(signer name, "type base64") for every key in trust/*.pub (a file that cannot be read
+    gives none: unreadable_trust names it)."""
     keys = []
-    if not os.path.isdir(trust_dir):
-        return keys
-    for entry in sorted(os.listdir(trust_dir)):
-        if not entry.endswith(".pub"):
-            continue
+    for entry in _pub_files(trust_dir):
         principal = _PRINCIPAL.sub("_", entry[:-4]) or "key"
-        with open(os.path.join(trust_dir, entry)) as fh:
-            for line in fh:
-                match = _KEY_LINE.match(line.strip())
-                if match:
-                    keys.append((principal, f"{match.group(1)} {match.group(2)}"))
+        for match in _key_lines(os.path.join(trust_dir, entry)):
+            keys.append((principal, f"{match.group(1)} {match.group(2)}"))
     return keys
 
 
 def unreadable_trust(trust_dir: str) -> List[str]:
-    """The trust/*.pub files that hold no key line this device reads."""
-    if not os.path.isdir(trust_dir):
+    """The trust/*.pub files that hold no key line this device reads (or cannot be read)."""
+    return [entry for entry in _pub_files(trust_dir) if not _key_lines(os.path.join(trust_dir, entry))]
+
+
+def _pub_files(trust_dir: str) -> List[str]:
+    return sorted(e for e in os.listdir(trust_dir) if e.endswith(".pub")) if os.path.isdir(trust_dir) else []
+
+
+def _key_lines(path: str) -> list:
+    """The key lines of one .pub file; none when it cannot be read (a folder, no permission)."""
+    try:
+        with open(path, errors="replace") as fh:
+            return [m for m in (_KEY_LINE.match(line.strip()) for line in fh) if m]
+    except OSError:
         return []
-    found = []
-    for entry in sorted(os.listdir(trust_dir)):
-        if entry.endswith(".pub"):
-            with open(os.path.join(trust_dir, entry), errors="replace") as fh:
-                if not any(_KEY_LINE.match(line.strip()) for line in fh):
-                    found.append(entry)
-    return found
 
 
 def verify_signature(message_path: str, signature_path: Optional[str], keys: List[Tuple[str, str]]) -> str:
