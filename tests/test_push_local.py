@@ -240,6 +240,21 @@ def test_a_trust_file_that_cannot_be_read_is_named_and_the_good_keys_still_count
     assert unreadable_trust(str(trust)) == ["folder.pub", "latin.pub"]
 
 
+def test_asking_a_local_device_makes_nothing_and_the_first_push_makes_its_root(tmp_path, bundles):
+    # a mistyped root (or an Ansible host without edgekit_root) became an empty folder on status
+    root = tmp_path / "not" / "there"
+    inventory = write_inventory(tmp_path / "fleet.toml", [{"name": "new", "transport": "local", "target": "host-cpu",
+                                                            "root": str(root)}])
+    env = {"EDGEKIT_STORE": str(tmp_path / "s.db")}
+    status = run_edgekit("fleet", "status", "--inventory", inventory, "--json", env=env)
+    assert status.code == 0, status.stdout + status.stderr
+    assert "no edgekit runner installed yet" in status.stdout
+    assert not (tmp_path / "not").exists()
+    pushed = run_edgekit("push", bundles["1.0.0"].path, "--inventory", inventory, "--json", env=env)
+    assert pushed.code == 0, pushed.stdout + pushed.stderr
+    assert (root / "bundles" / "digits" / "1.0.0").is_dir()
+
+
 def test_status_of_a_new_device_without_its_python_says_so(tmp_path):
     # a device never pushed to was 'ok, reachable, nothing installed' whatever its `python`; the
     # first push then failed on it

@@ -98,7 +98,7 @@ def rollout_cmd(
     canary: Annotated[int, typer.Option("--canary", help="Devices in the first wave.")] = 1,
     batch: Annotated[str, typer.Option("--batch", help="Devices per later wave: a count (5) or a share (25%).")] = "25%",
     max_failures: Annotated[int, typer.Option(
-        "--max-failures", min=0, help="Device failures (unreachable, install refused, bad report) tolerated in all.")] = 0,
+        "--max-failures", help="Device failures (unreachable, install refused, bad report) tolerated in all.")] = 0,
     eval_samples: Annotated[Optional[int], typer.Option(
         "--eval-samples", min=1, help="Evaluate on the first N samples of the bundled eval set (default: all).",
         show_default=False)] = None,
@@ -144,7 +144,7 @@ def rollout_cmd(
     devices = _devices(inventory, device, group, targets_dir)
     opts = {"engine": carrier}
     if check:
-        _check(read_bundle(bundle), devices, store, canary, batch, opts, json)
+        _check(read_bundle(bundle), devices, store, canary, batch, max_failures, opts, json)
         return
     with open_store(store) as db:
         if abort is not None:
@@ -216,16 +216,16 @@ def _print_interrupted(result, out) -> None:
                       highlight=False, soft_wrap=True)
 
 
-def _check(found, devices, store, canary: int, batch: str, opts: dict, json: bool) -> None:
+def _check(found, devices, store, canary: int, batch: str, max_failures: int, opts: dict, json: bool) -> None:
     from edgekit.fleet.rollout_ctl import check
     from edgekit.store import default_store_path, open_store
 
     path = Path(store) if store is not None else default_store_path()
     if path.is_file():
         with open_store(path) as db:
-            plan = check(found, devices, db, canary=canary, batch=batch, **opts)
+            plan = check(found, devices, db, canary=canary, batch=batch, max_failures=max_failures, **opts)
     else:
-        plan = check(found, devices, None, canary=canary, batch=batch, **opts)
+        plan = check(found, devices, None, canary=canary, batch=batch, max_failures=max_failures, **opts)
     if json:
         print_json(plan)
         return

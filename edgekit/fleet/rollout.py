@@ -47,7 +47,7 @@ from edgekit.fleet.push import for_target, step_timeout_for
 from edgekit.store import Store
 from edgekit.transport.base import Cancel
 
-__all__ = ["RolloutResult", "parse_batch", "plan_waves", "rollout", "resume", "restore", "stored_rollout",
+__all__ = ["RolloutResult", "check_max_failures", "parse_batch", "plan_waves", "rollout", "resume", "restore", "stored_rollout",
            "stored_devices", "halt_reason", "FAILED"]
 
 _BATCH = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
@@ -67,6 +67,12 @@ def parse_batch(text: str) -> tuple[Optional[int], Optional[float]]:
     if value < 1:
         raise ConfigError(f"--batch {text}: a wave needs at least 1 device")
     return int(value), None
+
+
+def check_max_failures(max_failures: int) -> None:
+    """--max-failures counts devices: 0 or more (a plan and a rollout refuse alike)."""
+    if max_failures < 0:
+        raise ConfigError(f"--max-failures {max_failures}: must be 0 or more")
 
 
 def plan_waves(devices: Sequence[Device], canary: int, batch: str) -> list[tuple[str, list[Device]]]:
@@ -216,8 +222,7 @@ def rollout(bundle: Bundle, devices: Sequence[Device], store: Store, *, canary: 
     step that takes longer than `step_timeout` (default: step_timeout_for(bundle)) is a
     failure of that device. `engine` carries out the waves (default: edgekit's own, with
     `workers` and `connect_opts`)."""
-    if max_failures < 0:
-        raise ConfigError(f"--max-failures {max_failures}: must be 0 or more")
+    check_max_failures(max_failures)
     chosen, skipped = for_target(devices, bundle.target)
     waves = plan_waves(chosen, canary, batch)
     step_timeout = step_timeout or step_timeout_for(bundle)

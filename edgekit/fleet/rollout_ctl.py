@@ -18,7 +18,7 @@ from edgekit.fleet.fanout import WORKERS
 from edgekit.fleet.inventory import Device
 from edgekit.fleet.protocol import model_state
 from edgekit.fleet.push import for_target
-from edgekit.fleet.rollout import plan_waves, stored_devices, stored_rollout
+from edgekit.fleet.rollout import check_max_failures, plan_waves, stored_devices, stored_rollout
 from edgekit.store import Store
 
 __all__ = ["check", "abort", "ABORTABLE"]
@@ -27,8 +27,10 @@ ABORTABLE = ("interrupted", "halted", "completed", "completed-with-failures", "f
 
 
 def check(bundle: Bundle, devices: Sequence[Device], store: Optional[Store], *, canary: int = 1,
-          batch: str = "25%", workers: int = WORKERS, engine: Optional[Engine] = None, **connect_opts) -> dict:
+          batch: str = "25%", max_failures: int = 0, workers: int = WORKERS, engine: Optional[Engine] = None,
+          **connect_opts) -> dict:
     """{bundle, waves: [{wave, kind, devices: [{device, reachable, from, to, back_to, note}]}], skipped}."""
+    check_max_failures(max_failures)
     chosen, skipped = for_target(devices, bundle.target)
     waves = plan_waves(chosen, canary, batch)
     engine = engine or NativeEngine(workers, **connect_opts)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from edgekit.errors import ConnectError, Interrupted, TransportError
+from edgekit.errors import Interrupted, TransportError
 from edgekit.transport.base import Cancel, Endpoint, Progress, RunResult, Transport, chunks_from, offset_of
 
 __all__ = ["LocalTransport"]
@@ -26,12 +26,11 @@ POLL_S = 0.2
 class LocalTransport(Transport):
     def __init__(self, endpoint: Endpoint):
         self.name = endpoint.name
-        self.root = endpoint.root
-        try:
-            os.makedirs(endpoint.root, exist_ok=True)
-        except OSError as exc:
-            raise ConnectError(f"device {self.name}: cannot use root {endpoint.root}: {exc.strerror}",
-                               device=self.name) from exc
+        self.root = endpoint.root  # made by the first push, as on an SSH device: asking makes nothing
+
+    def _cwd(self) -> Optional[str]:
+        """Commands run in the device's root once it exists (a missing folder is no missing command)."""
+        return self.root if os.path.isdir(self.root) else None
 
     def _fail(self, what: str, exc: OSError) -> TransportError:
         return TransportError(f"device {self.name}: {what}: {exc.strerror or exc}", device=self.name)
@@ -67,7 +66,7 @@ class LocalTransport(Transport):
         # to stop, not the device's runner in the middle of an install.
         try:
             proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    stdin=subprocess.DEVNULL, cwd=self.root, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, cwd=self._cwd(), start_new_session=True)
         except FileNotFoundError:  # like a shell's "command not found" on a remote device
             return RunResult(127, "", f"{argv[0]}: command not found")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -89,7 +88,7 @@ class LocalTransport(Transport):
              timeout: Optional[float] = None) -> RunResult:
         try:
             proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    cwd=self.root, start_new_session=True)
+                                    cwd=self._cwd(), start_new_session=True)
         except FileNotFoundError:
             return RunResult(127, "", f"{argv[0]}: command not found")
         try:
