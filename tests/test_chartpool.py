@@ -86,7 +86,7 @@ def test_a_worker_draws_the_chart_this_process_draws():
     with ChartPool(1) as charts:
         page = charts.fill(charts.draw(_fleet_chart) + "|" + charts.draw(_property_docs))
     drawn, docs = page.rsplit("|", 1)
-    assert (docs, _property_docs()) == ("False", "True")
+    assert docs == "False"  # (this process may have imported the server's module too: another test's)
     assert _unsalted(drawn) == _unsalted(_fleet_chart())
 
 
