@@ -69,9 +69,13 @@ def test_targets_dir_adds_profiles(edgekit, tmp_path):
     assert "my-board" in {p["name"] for p in result.json()}
 
 
-def test_broken_profile_in_targets_dir_fails_list(edgekit, tmp_path):
+def test_broken_profile_in_targets_dir_fails_list_and_hides_no_other(edgekit, tmp_path):
     (tmp_path / "bad.toml").write_text('name = "bad"\narch = "mips"\n')
-    assert_clean_error(edgekit("targets", "list", "--targets-dir", tmp_path), "bad.toml", "arch")
+    listed = edgekit("targets", "list", "--targets-dir", tmp_path)
+    assert_clean_error(listed, "bad.toml", "arch")
+    assert "host-cpu" in listed.stdout  # the good profiles are still listed
+    as_json = edgekit("targets", "list", "--json", "--targets-dir", tmp_path)
+    assert as_json.code == 2 and "host-cpu" in {p["name"] for p in as_json.json()}
 
 
 def test_help_imports_no_heavy_library():

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from edgekit.cli._common import JsonFlag, TargetsDir, console, print_json
+from edgekit.cli._common import JsonFlag, TargetsDir, console, err_console, exit_now, print_json
+from edgekit.errors import ConfigError
 from edgekit.terminal import Col, compact_table, fit_table, titled
 
 targets_app = typer.Typer(help="Target-device profiles: what each device class runs and its budgets.",
@@ -35,13 +36,27 @@ def _budget(value) -> str:
 def list_cmd(targets_dir: TargetsDir = None, json: JsonFlag = False) -> None:
     """List the target profiles: from --targets-dir, $EDGEKIT_TARGETS_DIR, the project's
     ./targets, the user's ~/.config/edgekit/targets and those shipped with edgekit, the first
-    of each name (the `from` column says where it was found)."""
+    of each name (the `from` column says where it was found). A file that is not a valid
+    profile is named with what is wrong after the others are listed, and the exit code is 2."""
     from edgekit.targets import load_found, sourced_files
 
-    found = [(path, source, load_found(path)) for path, source in sourced_files(targets_dir or ())]
+    found, broken = [], []
+    for path, source in sourced_files(targets_dir or ()):
+        try:
+            found.append((path, source, load_found(path)))
+        except ConfigError as exc:  # one bad file hides no other profile
+            broken.append(exc)
     if json:
         print_json([dict(profile.snapshot(), path=str(path), source=source) for path, source, profile in found])
-        return
+    else:
+        _print_table(found)
+    for exc in broken:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True, markup=True)
+    if broken:
+        exit_now(2)
+
+
+def _print_table(found) -> None:
     rows = [[escape(p.name), escape(p.arch), escape(p.runtime), _precisions(p.precisions), str(p.memory_mb),
              escape(p.objective), *(_budget(getattr(p.budgets, key)) for key in BUDGETS)] for _, _, p in found]
     console.print(fit_table(console, "target profiles (budgets: model and peak RSS in MiB, p95 latency in ms, "
