@@ -255,6 +255,22 @@ def test_asking_a_local_device_makes_nothing_and_the_first_push_makes_its_root(t
     assert (root / "bundles" / "digits" / "1.0.0").is_dir()
 
 
+def test_a_bundle_installed_and_then_activated_leaves_no_repair_behind(tmp_path, fleet, bundles):
+    # no state file before the first activation is no damage: it was reported as one ('is
+    # missing: rebuilt') and the history began with a 'rebuilt' entry of version None
+    import json as jsonlib
+
+    inventory, devices = fleet
+    one = ["--inventory", inventory, "--device", devices[0].name, "--json"]
+    env = {"EDGEKIT_STORE": str(tmp_path / "store.db")}
+    assert run_edgekit("push", bundles["1.0.0"].path, *one, env=env).code == 0
+    status = run_edgekit("fleet", "status", *one, env=env)
+    assert status.code == 0 and not status.json()["devices"][0].get("warnings"), status.stdout
+    assert run_edgekit("push", bundles["1.0.0"].path, "--activate", *one, env=env).code == 0
+    history = jsonlib.loads((Path(devices[0].root) / "state" / "digits.json").read_text())["history"]
+    assert [h["action"] for h in history] == ["activate"], history
+
+
 def test_status_of_a_new_device_without_its_python_says_so(tmp_path):
     # a device never pushed to was 'ok, reachable, nothing installed' whatever its `python`; the
     # first push then failed on it

@@ -180,7 +180,8 @@ class Layout:
         state file that disagreed with the link is rewritten; either way it is a warning."""
         try:
             stored = read_json(self.state_path(name))
-            problem = None if stored is not None or not self.versions(name) else "is missing"
+            # missing is a problem only where a version runs: installed, never activated, there is none
+            problem = None if stored is not None or self.current_version(name) is None else "is missing"
         except RunnerError as exc:
             stored, problem = None, f"could not be read ({exc})"
         state, note = reconciled(name, stored or {}, self.current_version(name), self.versions(name))
