@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -269,6 +271,26 @@ def test_a_bundle_installed_and_then_activated_leaves_no_repair_behind(tmp_path,
     assert run_edgekit("push", bundles["1.0.0"].path, "--activate", *one, env=env).code == 0
     history = jsonlib.loads((Path(devices[0].root) / "state" / "digits.json").read_text())["history"]
     assert [h["action"] for h in history] == ["activate"], history
+
+
+def test_status_says_when_a_devices_python_cannot_evaluate(tmp_path, bundles):
+    # a python without numpy was 'ok' in fleet status, and the canary then failed on it
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    inventory = write_inventory(tmp_path / "fleet.toml", [
+        {"name": "bare", "transport": "local", "target": "host-cpu", "root": str(tmp_path / "b"),
+         "python": str(bare / "bin" / "python")},
+        {"name": "full", "transport": "local", "target": "host-cpu", "root": str(tmp_path / "f"),
+         "python": sys.executable}])
+    env = {"EDGEKIT_STORE": str(tmp_path / "s.db")}
+    assert run_edgekit("push", bundles["1.0.0"].path, "--inventory", inventory, env=env).code == 0
+    table = run_edgekit("fleet", "status", "--inventory", inventory, env=env)
+    assert table.code == 0, table.stdout + table.stderr
+    assert "bare: its python cannot import numpy and a runtime" in " ".join(table.stdout.split()), table.stdout
+    assert "full:" not in table.stdout
+    lacks = {d["device"]: d["cannot_evaluate"] for d in
+             run_edgekit("fleet", "status", "--inventory", inventory, "--json", env=env).json()["devices"]}
+    assert lacks["full"] is None and lacks["bare"].startswith("numpy and a runtime")
 
 
 def test_status_of_a_new_device_without_its_python_says_so(tmp_path):

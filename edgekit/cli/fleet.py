@@ -6,7 +6,7 @@ Each prints one row per device; the exit code is 1 when any device failed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, Sequence
 
 import typer
 from rich.markup import escape
@@ -56,12 +56,14 @@ FIELDS = {
 STATUS_STYLE = {"ok": "green", "failed": "red"}
 
 
-def _finish(result, json: bool, columns: tuple[str, ...]) -> None:
-    """Print the per-device results; exit 1 when any device failed."""
+def _finish(result, json: bool, columns: tuple[str, ...], notes: Sequence[tuple[str, str]] = ()) -> None:
+    """Print the per-device results (and `notes` in yellow below the table); exit 1 when any
+    device failed."""
     if json:
         print_json(result.record())
     else:
         _print_results(result, columns)
+        print_notes(console, notes, style="yellow")
     if result.failed:
         raise typer.Exit(1)
 
@@ -299,7 +301,9 @@ def status_cmd(
     else:
         with open_store(store) as db:
             result = fleet_status(devices, db, workers=workers, trust_new_hosts=trust_new_hosts)
-    _finish(result, json, ("reachable", "running", "last_report_at", "clock", "python", "runner"))
+    lacking = [(f"{r.device}:", f"its python cannot import {r.detail['cannot_evaluate']}: evaluations and "
+                "rollouts fail there until it is installed") for r in result.results if r.detail.get("cannot_evaluate")]
+    _finish(result, json, ("reachable", "running", "last_report_at", "clock", "python", "runner"), notes=lacking)
 
 
 @fleet_app.command("export-inventory")

@@ -38,8 +38,29 @@ def cmd_status(layout: Layout, args) -> dict:
                         "bundles": {v: _installed_meta(layout, name, v) for v in installed}}
     incoming = sorted(os.listdir(layout.incoming)) if os.path.isdir(layout.incoming) else []
     return {"root": layout.root, "runner_sha256": tree_hash(runner_files()), "python": sys.version.split()[0],
-            "models": models, "incoming": incoming, "trusted_keys": [p for p, _ in trusted_keys(layout.trust)],
+            "importable": importable(), "models": models, "incoming": incoming, "trusted_keys": [p for p, _ in trusted_keys(layout.trust)],
             "disk_free_bytes": disk_free(layout.root), "now": time.time()}
+
+
+MODULES = ("numpy", "onnxruntime", "ai_edge_litert", "tflite_runtime")  # evaluate's: numpy and one runtime
+
+
+def importable() -> Dict[str, bool]:
+    """Which of evaluate's modules this Python finds, found where evaluate looks (the runner
+    starts without site, -S: status turns it on as evaluate does), none imported."""
+    import importlib.util
+
+    if sys.flags.no_site:
+        import site
+
+        site.main()
+    found = {}
+    for module in MODULES:
+        try:
+            found[module] = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found[module] = False
+    return found
 
 
 def _installed_meta(layout: Layout, name: str, version: str) -> Optional[dict]:

@@ -14,7 +14,7 @@ from edgekit.fleet.inventory import Device
 from edgekit.fleet.push import status
 from edgekit.store import Store
 
-__all__ = ["fleet_status", "running_summary", "skew_text", "SKEW_SHOWN_S"]
+__all__ = ["fleet_status", "cannot_evaluate", "running_summary", "skew_text", "SKEW_SHOWN_S"]
 
 
 def running_summary(models: dict) -> str:
@@ -32,6 +32,17 @@ def _one(name: str, model: dict) -> str:
         return f"{name} {model.get('current') or '-'} (prev {model.get('previous') or '-'})"
     installed = ", ".join(model.get("installed") or [])
     return f"{name}: nothing active" + (f" ({installed} installed)" if installed else "")
+
+
+def cannot_evaluate(importable) -> Optional[str]:
+    """What the device's Python lacks to evaluate a bundle ('numpy', 'a runtime: ...'), from
+    its runner's status, or None (also when an older runner did not say)."""
+    if not isinstance(importable, dict):
+        return None
+    lacks = [] if importable.get("numpy") else ["numpy"]
+    if not any(importable.get(m) for m in ("onnxruntime", "ai_edge_litert", "tflite_runtime")):
+        lacks.append("a runtime (onnxruntime, ai-edge-litert or tflite-runtime)")
+    return " and ".join(lacks) or None
 
 
 SKEW_SHOWN_S = 60
@@ -68,6 +79,7 @@ def fleet_status(devices: Sequence[Device], store: Optional[Store] = None, **opt
         r.detail["runner"] = (r.detail.get("runner_sha256") or "")[:12] or None
         r.detail["last_report_at"] = last_report.get(device.name)
         r.detail["clock"] = skew_text(r.detail.get("clock_skew_s"))
+        r.detail["cannot_evaluate"] = cannot_evaluate(r.detail.get("importable"))
     if store:
         seen = {d["name"]: d for d in store.devices()}
         for r in result.results:
