@@ -38,11 +38,13 @@ def cmd_status(layout: Layout, args) -> dict:
                         "bundles": {v: _installed_meta(layout, name, v) for v in installed}}
     incoming = sorted(os.listdir(layout.incoming)) if os.path.isdir(layout.incoming) else []
     return {"root": layout.root, "runner_sha256": tree_hash(runner_files()), "python": sys.version.split()[0],
-            "importable": importable(), "models": models, "incoming": incoming, "trusted_keys": [p for p, _ in trusted_keys(layout.trust)],
-            "disk_free_bytes": disk_free(layout.root), "now": time.time()}
+            "importable": importable(), "models": models, "incoming": incoming,
+            "trusted_keys": [p for p, _ in trusted_keys(layout.trust)], "disk_free_bytes": disk_free(layout.root),
+            "now": time.time()}
 
 
-MODULES = ("numpy", "onnxruntime", "ai_edge_litert", "tflite_runtime")  # evaluate's: numpy and one runtime
+RUNTIMES = ("onnxruntime", "ai_edge_litert", "tflite_runtime")  # evaluate needs numpy and one of these
+MODULES = ("numpy", *RUNTIMES)
 
 
 def importable() -> Dict[str, bool]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from edgekit.device.upkeep import RUNTIMES
 from edgekit.fleet.fanout import FleetResult
 from edgekit.fleet.inventory import Device
 from edgekit.fleet.push import status
@@ -40,7 +41,7 @@ def cannot_evaluate(importable) -> Optional[str]:
     if not isinstance(importable, dict):
         return None
     lacks = [] if importable.get("numpy") else ["numpy"]
-    if not any(importable.get(m) for m in ("onnxruntime", "ai_edge_litert", "tflite_runtime")):
+    if not any(importable.get(m) for m in RUNTIMES):
         lacks.append("a runtime (onnxruntime, ai-edge-litert or tflite-runtime)")
     return " and ".join(lacks) or None
 
