@@ -211,7 +211,7 @@ def main() -> None:
             for k in sorted({len(choice.plain), *map(int, args.k.split(","))}):
                 build = onnx.ModelProto()
                 build.CopyFrom(proto)
-                model = q._offset_head(build, head, emb, tied, BITS, BLOCK, order[:k], float_offsets=True,
+                model = q._offset_head(build, head, emb, tied, BITS, BLOCK, order[:k],
                                        importance=importance)
                 path = save(model, args.out / f"{name}-{k}" / "model.onnx", meta)
                 results[name][k] = score(path, evalw)

@@ -120,8 +120,9 @@ def test_each_recipe_shrinks_the_model_and_keeps_head_and_embedding_at_8_bits(ti
 
 def test_offset_blocks_are_exact_on_their_own_grid(tiny_lm, tmp_path):
     """Weights already on an asymmetric 4-bit grid (what a GGUF Q4_1 file holds) come back
-    exactly up to the kernels' int8 activations and the offsets' 8 bits, whatever the offsets:
-    the recipe's accuracy claim, on weights where integer zero points would round."""
+    up to the kernels' int8 activations and the residuals' 4 bits (a few percent of a step),
+    whatever the offsets: the recipe's accuracy claim, on weights where integer zero points
+    would round."""
     import onnx
     from onnx import numpy_helper
 
@@ -137,7 +138,8 @@ def test_offset_blocks_are_exact_on_their_own_grid(tiny_lm, tmp_path):
         if w.ndim == 2 and w.shape[0] % 32 == 0 and "lm_head" not in init.name and "embed" not in init.name:
             k, n = w.shape
             step = rng.uniform(0.01, 0.03, (k // 32, 1, n)).astype(np.float32)
-            low = rng.uniform(-0.3, 0.0, (k // 32, 1, n)).astype(np.float32)  # not a multiple of the step
+            # not a multiple of the step; the block holds 0, as a trained model's blocks do
+            low = (-rng.uniform(0.5, 14.5, (k // 32, 1, n)) * step).astype(np.float32)
             codes = rng.integers(0, 16, (k // 32, 32, n))
             codes[:, 0], codes[:, 1] = 0, 15  # a Q4_1 block's minimum and maximum are its own (codes 0 and 15)
             grid = low + codes * step
@@ -152,13 +154,13 @@ def test_offset_blocks_are_exact_on_their_own_grid(tiny_lm, tmp_path):
         got = open_lm(str(models[method])).window_logits(window)
         kl[method] = float((np.exp(log_softmax(ref)) * (log_softmax(ref) - log_softmax(got))).sum(-1).mean())
     assert kl["minmax-offset"] < kl["rtn"] / 5, kl
-    # the weights themselves, read back from the model's tables: the grid's up to the offsets' 8 bits
+    # the weights themselves, read back from the model's tables: the grid's up to the residuals' 4 bits
     # (the logits' KL also holds the int8 activations' error, which depends on the tiny model)
     grid = _grid_weights(onnx.load(str(gridded)))
     read = offset_weights_of(models["minmax-offset"])
     assert read.keys() == grid.keys() and len(read) == 8, (read.keys(), grid.keys())
     for name, w in read.items():
-        assert np.abs(w - grid[name]).max() < 0.003, name
+        assert np.abs(w - grid[name]).max() < 0.0015, name  # steps of 0.01-0.03: residuals within 1/30 of one
 
 
 def _grid_weights(proto) -> dict:

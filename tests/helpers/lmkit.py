@@ -109,30 +109,42 @@ def tiny_lm_target(folder: Path, name: str = "tiny-lm", kv_cache: str = "auto", 
 
 
 def offset_weights_of(model: Path) -> dict:
-    """Projection name -> the weights [K, N] a minmax-offset model computes with: its 4-bit codes
-    and scales plus the offsets added back per block (its offset product reads block means, so
-    its table holds the block size times the offsets: 8-bit MatMulNBits, or float MatMul)."""
+    """Projection name -> the weights [K, N] a minmax-offset model computes with, read back from
+    its tables: a body projection's one MatMulNBits over [x, blockmean(x)] (codes with integer
+    zero points, then K/block rows of the block size times the offsets' residuals), and the
+    head's 4-bit codes plus its 8-bit offset product (over the block means: the block size times
+    the offsets), added per block. Projections without offsets (plain zero points) are left out."""
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
 
     graph = onnx.load(str(model)).graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
     offsets = {n.name[:-len("_offset")]: n for n in graph.node if n.name.endswith("_offset")}
     out = {}
     for node in graph.node:
-        name = node.name[:-len("_Q")]
-        if node.op_type != "MatMulNBits" or not node.name.endswith("_Q") or name not in offsets:
+        if node.op_type != "MatMulNBits" or not node.name.endswith("_Q"):
             continue
+        name = node.name[:-len("_Q")]
+        widened = node.input[0] in producer and producer[node.input[0]].op_type == "Concat"
+        if not (widened or name in offsets):
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        block, n, k = attrs["block_size"], attrs["N"], attrs["K"]
         codes = inits[node.input[1]]  # [N, blocks, 16]: two 4-bit codes a byte, the low nibble first
-        q = np.stack([codes & 15, codes >> 4], -1).reshape(codes.shape[0], codes.shape[1], -1).astype(np.float32)
-        n, blocks, block = q.shape
-        product = offsets[name]
-        if product.op_type == "MatMul":
-            o = inits[product.input[1]].T  # float [blocks, N]
+        q = np.stack([codes & 15, codes >> 4], -1).reshape(n, codes.shape[1], -1).astype(np.float32)
+        blocks = q.shape[1]
+        scales = inits[node.input[2]].reshape(n, blocks, 1)
+        if widened:
+            zp = inits[node.input[3]]
+            zero = np.stack([zp & 15, zp >> 4], -1).reshape(n, -1)[:, :blocks, None].astype(np.float32)
+            deq = ((q - zero) * scales).reshape(n, -1)
+            k = k * block // (block + 1)  # K + K/block inputs
+            o = deq[:, k:k + k // block]
         else:
-            oq, oscale = (inits[i] for i in product.input[1:3])  # 8-bit [N, oblocks, 32], symmetric about 128
+            oq, oscale = (inits[i] for i in offsets[name].input[1:3])  # 8-bit [N, oblocks, 32], symmetric about 128
             o = ((oq.astype(np.float32) - 128) * oscale.reshape(n, -1, 1)).reshape(n, -1)[:, :blocks]
-        assert {a.name: helper.get_attribute_value(a) for a in node.attribute}["block_size"] == block
-        out[name] = ((q - 8) * inits[node.input[2]].reshape(n, blocks, 1) + o[..., None] / block).reshape(n, -1).T
+            deq = ((q - 8) * scales).reshape(n, -1)
+        out[name] = (deq[:, :k].reshape(n, k // block, block) + o[:, :k // block, None] / block).reshape(n, k).T
     return out

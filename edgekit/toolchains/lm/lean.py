@@ -1,13 +1,13 @@
 """minmax-offset-lean: which projections keep their offsets, measured on the calibration text.
 
 Each offset group (one fused projection: a layer's q/k/v, its attention output, its gate/up,
-its down projection) costs a block mean (shared by the groups that read one input), an offset
-product and an Add per decode step: 36-53 us each on SmolLM2-135M with 8-bit offset products
-(steps of ~26 ms), less with the float ones the recipe now writes. Without its offsets a group is onnxruntime's
-asymmetric 4-bit blocks (integer zero points; one MatMulNBits), which rounds the grid's offset
-and loses accuracy, more in some groups than in others. So the lean recipe measures:
+its down projection) costs a block mean and a Concat (shared by the groups that read one
+input) and K/block more input rows in its MatMulNBits (edgekit.toolchains.lm.offsets): about
+20 us a decode step each on SmolLM2-135M (steps of ~15 ms). Without its offsets a group is
+onnxruntime's asymmetric 4-bit blocks (integer zero points, no residual rows), which rounds the
+grid's offset and loses accuracy, more in some groups than in others. So the lean recipe measures:
 
-1. a float copy of the model holds, per group, its offset weights and, gated by one input, the
+1. a float copy of the model holds, per group, the weights its offsets give and, gated by one input, the
    difference its zero-point weights make (the head and a tied embedding as the offset recipe
    makes them); gate 0 everywhere is minmax-offset-head4, gate 1 on a group drops its offsets;
 2. cost of a group = mean KL(FP32 || model) per token on the calibration windows with that
@@ -137,7 +137,9 @@ def _gated_copy(proto, head: str, tied: bool, emb: str, bits: int, block: int, i
 def _gate(g, node, x: str, w: np.ndarray, bits: int, block: int, index: int, importance=None) -> None:
     from onnx import helper, numpy_helper
 
-    off = _offset_weights(w, bits, block, importance)
+    from edgekit.toolchains.lm.offsets import residual_blocks
+
+    off = residual_blocks(w, bits, block, importance)[3]  # the weights a kept group computes with
     base, y = node.name, node.output[0]
     g.initializer.extend([numpy_helper.from_array(off, base + "_lean_off"),
                           numpy_helper.from_array(_zero_point_weights(w, bits, block, importance) - off, base + "_lean_delta"),

@@ -1,28 +1,28 @@
-"""Asymmetric 4-bit blocks with an unrounded per-block offset, on MatMulNBits' fast path.
+"""Asymmetric 4-bit blocks with their offsets kept, on MatMulNBits' fast path.
 
 A block of weights on the grid w = m + q*d (q = 0..15; GGUF Q4_1's grid, and min/max RTN's)
-goes into MatMulNBits with no zero points (implicitly 8), and the offset o = m + 8*d comes
-back through the input's block means:
+has the offset o = m + 8*d. onnxruntime's integer zero points z round it: w = (q - z)*d + r,
+r = o - (8 - z)*d the residual (|r| <= d/2 where the block holds 0), which is what integer zero
+points lose (22-26% of perplexity on SmolLM2-135M) and float zero points run ~15x slower in
+onnxruntime 1.32's kernels. So the residual comes back through the input's block sums, inside the
+same MatMulNBits: it reads [x, blockmean(x)] (K + K/block inputs) and its extra rows hold
+block * r, themselves in 4-bit blocks (integer zero points), a few percent of a step off:
 
-    y = MatMulNBits4(x) + blockmean(x) @ (block * O) ,   O [K/block, N]: the offsets
+    y = MatMulNBits4([x, blockmean(x)]),  weights [[(q - z) * d], [block * r]]
 
-blockmean is one AveragePool over each block of the input's last axis (a Reshape and a
-ReduceSum took two nodes, and every node costs a few microseconds however small). The
-product is either an 8-bit MatMulNBits (symmetric, blocks of 32 along its K/block rows: a
-quarter of a float table's bytes, < 0.1% perplexity on SmolLM2-135M) or, with
-`float_offsets`, a float MatMul (exact; 4x the offsets' bytes, but the 8-bit kernel's fixed
-cost per call is higher at K = 18: 3% faster decode on SmolLM2-135M). Integer zero points
-(what onnxruntime's asymmetric quantizer writes) round the offset to the grid and lost 22-26%
-of perplexity on that model; float zero points run ~15x slower in onnxruntime 1.32's kernels.
+blockmean is one AveragePool over each block of the input's last axis, and the Concat is shared
+by the projections that read one input. One node per projection, as a plain one: a separate
+offset product (a MatMul over the block means) and its Add were 36-53 us a decode step each on
+SmolLM2-135M, whatever their size.
 
 The projections that read one input (an MLP's gate and up) are first made one MatMul over
-their concatenated weights, split after: one block mean, one 4-bit MatMulNBits, one offset
-product and one Add for the group.
+their concatenated weights, split after: one block mean and one MatMulNBits for the group.
 
-The head may take the same recipe (`with_head`), its offsets always at 8 bits (its table is
-49152 wide on SmolLM2); the embedding then reads both of its tables (`embed_offsets`): the
-4-bit codes through GatherBlockQuantized and the offsets through an 8-bit one, added per
-block. Alone the head stays float here (quantize.py makes it 8-bit).
+The head may take the offsets too (`with_head`), as a product of its own: its offsets are an
+8-bit MatMulNBits over the block means, added after (its table is 49152 wide on SmolLM2 and the
+embedding reads it: `embed_offsets`, the 4-bit codes through GatherBlockQuantized and the offsets
+through an 8-bit one, added per block). Alone the head stays float here (quantize.py makes it
+8-bit).
 """
 
 from __future__ import annotations
@@ -31,21 +31,21 @@ import numpy as np
 
 from edgekit.toolchains.lm.importance import refine_offset, refine_zero_point
 
-__all__ = ["minmax_offset", "embed_offsets", "offset_blocks", "offset_grid", "zero_point_grid", "fuse_shared_inputs",
-           "projections", "OFFSET_BLOCK"]
+__all__ = ["minmax_offset", "embed_offsets", "offset_blocks", "offset_grid", "residual_blocks", "zero_point_grid",
+           "fuse_shared_inputs", "projections", "OFFSET_BLOCK"]
 
 OFFSET_BLOCK = 32  # the offsets' own MatMulNBits blocks (8 bits), along K/block
 
 
-def minmax_offset(proto, head: str, bits: int, block: int, with_head: bool = False, plain=(),
-                  float_offsets: bool = False, importance=None):
+def minmax_offset(proto, head: str, bits: int, block: int, with_head: bool = False, plain=(), importance=None):
     """Every constant-weight MatMul whose K is a multiple of `block` (and the head if `with_head`)
-    in asymmetric `bits`-bit blocks with 8-bit offsets (float ones but the head's with
-    `float_offsets`); the projections named in `plain` (after fusion: `projections`) in
-    onnxruntime's asymmetric blocks instead, integer zero points and no offsets (fewer nodes,
-    less accurate: edgekit.toolchains.lm.lean chooses them). `importance`: input tensor name ->
-    its channels' weights (edgekit.toolchains.lm.importance), to search each block's parameters
-    against instead of taking its min/max. Returns `proto`, changed in place."""
+    in asymmetric `bits`-bit blocks with their offsets kept (what integer zero points leave, the
+    residual, read through the block means); the projections named in `plain` (after fusion:
+    `projections`) in onnxruntime's asymmetric blocks instead, integer zero points and no residual
+    (a narrower input, less accurate: edgekit.toolchains.lm.lean chooses them). `importance`:
+    input tensor name -> its channels' weights (edgekit.toolchains.lm.importance), to search
+    each block's parameters against instead of taking its min/max. Returns `proto`, changed in
+    place."""
     from onnx import helper
 
     from edgekit.toolchains.lm.graph import drop_dead
@@ -54,20 +54,25 @@ def minmax_offset(proto, head: str, bits: int, block: int, with_head: bool = Fal
     fuse_shared_inputs(proto, skip | {head}, block)
     g = proto.graph
     inits = {i.name: i for i in g.initializer}
-    nodes, means, new = [], {}, []
+    nodes, means, widened, new = [], {}, {}, []
     for node in g.node:
         weight = _weight(node, inits, block)
         if weight is None or node.name in skip:
             nodes.append(node)
             continue
-        imp = (importance or {}).get(node.input[0])
+        x = node.input[0]
+        imp = (importance or {}).get(x)
         if node.name in plain:
             nodes.append(_zero_point_matmul(node, weight, bits, block, new, imp))
             continue
-        x = node.input[0]
         if x not in means:
             means[x] = _blockmean(nodes, x, block, weight.name)
-        nodes += _offset_matmul(node, weight, means[x], bits, block, new, float_offsets and node.name != head, imp)
+        if node.name == head:
+            nodes += _offset_matmul(node, weight, means[x], bits, block, new, imp)
+            continue
+        if x not in widened:
+            widened[x] = _widen(nodes, x, means[x], weight.name)
+        nodes.append(_residual_matmul(node, weight, widened[x], bits, block, new, imp))
     g.ClearField("node")
     g.node.extend(nodes)
     g.initializer.extend(new)
@@ -126,28 +131,68 @@ def _blockmean(nodes, x, block, base) -> str:
     return base + "_x_blockmean"
 
 
-def _offset_matmul(node, weight, means, bits, block, new, float_offsets, importance=None) -> list:
-    """The 4-bit MatMulNBits, the offsets' product with the block means (block * offsets, so that
-    it adds the block sums times the offsets: 8-bit MatMulNBits or float MatMul), and their Add."""
+def _widen(nodes, x, means, base) -> str:
+    """[x, blockmean(x)] along the last axis: what a projection with its offsets' residuals reads."""
+    from onnx import helper
+
+    nodes.append(helper.make_node("Concat", [x, means], [base + "_x_widened"], name=base + "_widen", axis=-1))
+    return base + "_x_widened"
+
+
+def _residual_matmul(node, weight, widened, bits, block, new, importance=None):
+    """One MatMulNBits over [x, blockmean(x)]: the codes with integer zero points, then the rows
+    of the residuals (`residual_blocks`)."""
+    from onnx import helper, numpy_helper
+
+    codes, scales, zeros, _ = residual_blocks(numpy_helper.to_array(weight).astype(np.float32), bits, block, importance)
+    k, n = weight.dims
+    base = weight.name
+    new += [numpy_helper.from_array(codes, base + "_Qr"), numpy_helper.from_array(scales, base + "_scales_r"),
+            numpy_helper.from_array(zeros, base + "_zr")]
+    return helper.make_node("MatMulNBits", [widened, base + "_Qr", base + "_scales_r", base + "_zr"],
+                            list(node.output), name=node.name + "_Q", domain="com.microsoft", K=k + k // block, N=n,
+                            bits=bits, block_size=block)
+
+
+def residual_blocks(w: np.ndarray, bits: int, block: int, importance=None):
+    """w [K,N] -> the tables of a MatMulNBits over [x, blockmean(x)] (K + K/block inputs): packed
+    codes [N, blocks, blob], scales [N*blocks], packed zero points, and the weights [K, N] they
+    compute with. The first K/block blocks are the offset grid with each offset split into the
+    nearest integer zero point and its residual r; then K/block rows of block * r (the block means
+    read them: block sums times r), in blocks of their own with integer zero points (their
+    range holds 0; padded with zeros to a whole block)."""
+    mid, qmax = 2 ** (bits - 1), 2 ** bits - 1
+    q, scale, offset = offset_grid(w, bits, block, importance)  # w = (q - mid) * scale + offset
+    zero = np.clip(np.rint(mid - offset / scale), 0, qmax)
+    residual = (offset - (mid - zero) * scale)[..., 0]  # [N, K/block]
+    n, blocks = residual.shape
+    rows = np.zeros((-(-blocks // block) * block, n), np.float32)
+    rows[:blocks] = residual.T * np.float32(block)
+    rq, rscale, rzero = zero_point_grid(rows, bits, block)
+    read = ((rq.astype(np.float32) - rzero) * rscale).reshape(n, -1)[:, :blocks] / np.float32(block)
+    weights = ((q.astype(np.float32) - zero) * scale + read[..., None]).reshape(n, -1).T
+    return (_pack(np.concatenate([q, rq], 1), bits), np.concatenate([scale, rscale], 1).reshape(-1).astype(np.float32),
+            _pack(np.concatenate([zero.astype(np.uint8), rzero], 1)[..., 0], bits).reshape(-1),
+            np.ascontiguousarray(weights.astype(np.float32)))
+
+
+def _offset_matmul(node, weight, means, bits, block, new, importance=None) -> list:
+    """The head's: the 4-bit MatMulNBits, the offsets' product with the block means (block *
+    offsets, so that it adds the block sums times the offsets: an 8-bit MatMulNBits, which the
+    embedding reads too), and their Add."""
     from onnx import helper, numpy_helper
 
     packed, scales, offsets = offset_blocks(numpy_helper.to_array(weight).astype(np.float32), bits, block, importance)
     k, n = weight.dims
     base = weight.name
-    new += [numpy_helper.from_array(packed, base + "_Qo"), numpy_helper.from_array(scales, base + "_scales_o")]
+    oq, os = _sym8(offsets * np.float32(block))
+    new += [numpy_helper.from_array(packed, base + "_Qo"), numpy_helper.from_array(scales, base + "_scales_o"),
+            numpy_helper.from_array(oq, base + "_offQ"), numpy_helper.from_array(os, base + "_offS")]
     ms = "com.microsoft"
-    if float_offsets:
-        new.append(numpy_helper.from_array(offsets * np.float32(block), base + "_offF"))
-        product = helper.make_node("MatMul", [means, base + "_offF"], [base + "_yo"], name=node.name + "_offset")
-    else:
-        oq, os = _sym8(offsets * np.float32(block))
-        new += [numpy_helper.from_array(oq, base + "_offQ"), numpy_helper.from_array(os, base + "_offS")]
-        product = helper.make_node("MatMulNBits", [means, base + "_offQ", base + "_offS"], [base + "_yo"],
-                                   name=node.name + "_offset", domain=ms, K=k // block, N=n, bits=8,
-                                   block_size=OFFSET_BLOCK)
     return [helper.make_node("MatMulNBits", [node.input[0], base + "_Qo", base + "_scales_o"], [base + "_yq"],
                              name=node.name + "_Q", domain=ms, K=k, N=n, bits=bits, block_size=block),
-            product,
+            helper.make_node("MatMulNBits", [means, base + "_offQ", base + "_offS"], [base + "_yo"],
+                             name=node.name + "_offset", domain=ms, K=k // block, N=n, bits=8, block_size=OFFSET_BLOCK),
             helper.make_node("Add", [base + "_yq", base + "_yo"], list(node.output), name=node.name + "_add")]
 
 

@@ -110,7 +110,7 @@ def _blocks(proto, bits: int, method: str, block: int, calibration: tuple):
         return _offset_head(proto, head, emb, tied, bits, block, importance=importance)
     if method == "minmax-offset-lean":
         plain = _lean(proto, head, emb, tied, bits, block, *calibration, importance)
-        return _offset_head(proto, head, emb, tied, bits, block, plain, float_offsets=True, importance=importance)
+        return _offset_head(proto, head, emb, tied, bits, block, plain, importance=importance)
     if method == "minmax-offset":
         proto = minmax_offset(proto, head, bits, block, importance=importance)
     else:  # edgekit's rtn is onnxruntime's default symmetric blocks (weightonly's algorithm None)
@@ -156,12 +156,12 @@ def _unaligned(proto, block: int, method: str) -> list[str]:
 def _rest(proto, bits: int, block: int, head: str):
     """The projections the method left float (minmax-offset and k-quant block only K a multiple of
     the block: a hidden size of 80 or an MLP of 200) in onnxruntime's default symmetric blocks,
-    which pad K: no projection stays FP32. An offset product (`*_offset`) is no projection."""
+    which pad K: no projection stays FP32."""
     from edgekit.toolchains.onnx.weightonly import nbits
 
     inits = {i.name: i for i in proto.graph.initializer}
     rest = [n.name for n in proto.graph.node if n.op_type == "MatMul" and n.name != head
-            and not n.name.endswith("_offset") and n.input[1] in inits and len(inits[n.input[1]].dims) == 2]
+            and n.input[1] in inits and len(inits[n.input[1]].dims) == 2]
     if not rest:
         return proto
     return nbits(proto, bits=bits, block_size=block, accuracy_level=ACCURACY_LEVEL, nodes=rest)
@@ -189,12 +189,10 @@ def _lean(proto, head: str, emb: str, tied: bool, bits: int, block: int, fp32: P
     return choose_plain(proto, fp32, head, tied, emb, bits, block, windows, importance=importance).plain
 
 
-def _offset_head(proto, head: str, emb: str, tied: bool, bits: int, block: int, plain=(), float_offsets=False,
-                 importance=None):
+def _offset_head(proto, head: str, emb: str, tied: bool, bits: int, block: int, plain=(), importance=None):
     """Head and body alike in offset blocks (but the `plain` projections); a tied embedding
     reads the head's two tables."""
-    proto = minmax_offset(proto, head, bits, block, with_head=True, plain=plain, float_offsets=float_offsets,
-                          importance=importance)
+    proto = minmax_offset(proto, head, bits, block, with_head=True, plain=plain, importance=importance)
     proto = _rest(proto, bits, block, head)
     if tied:
         embed_offsets(proto, emb, HEAD, block)
