@@ -8,8 +8,8 @@ process on the eval set exactly as a device measures it, by a Measurer: this hos
 (edgekit.evaluate.measure), or a device of the target (edgekit.fleet.measure); one that
 cannot win (bigger and slower than a passing one, told by its size or a quick probe) is
 skipped, with the reason (edgekit.screening). A
-recipe the target's runtime cannot run is recorded as failed ("not offered: ..."), never
-measured; a recipe that fails is recorded as failed, never fatal. For a toolchain that
+recipe the target's runtime cannot run is recorded as not applicable ("not offered: ..."),
+never measured; a recipe that fails is recorded as failed, never fatal. For a toolchain that
 searches, the mixed-precision search (edgekit.search) may add candidates. Among the
 candidates that meet every budget of the target, the objective (latency, size or memory)
 chooses; when none meets them the run still writes its record (calibration.json,
@@ -101,7 +101,7 @@ class _Run:
         A candidate that cannot win (edgekit.screening) is skipped as soon as that is known."""
         refusal = self.toolchain.recipe_refusal(c.recipe, self.profile)
         if refusal:
-            c.status, c.error = "failed", f"not offered: {refusal}"
+            c.status, c.error = "not-applicable", f"not offered: {refusal}"
             return
         self.screen.measured.append(c)
         with attempt(c):
@@ -114,7 +114,7 @@ class _Run:
                 c.weights = self.toolchain.quantized_weights(self.fp32, c.path)
             refusal = self.toolchain.model_refusal(c.path, self.profile)
             if refusal:  # the device's runtime cannot load it: never measured, never chosen
-                c.status, c.error = "failed", f"not offered: {refusal}"
+                c.status, c.error = "not-applicable", f"not offered: {refusal}"
                 return
             if self._skip(c, self._probe(c, on_step)):
                 return

@@ -180,3 +180,24 @@ def test_a_model_shorter_than_the_window_or_the_target_is_measured_within_it_or_
     old = onnx.load(str(short), load_external_data=False)
     set_lm_meta(old, {k: v for k, v in lm_meta_of(old).items() if k != "context"})
     assert "context" not in old.metadata_props[-1].value and lm_meta_of(old)["context"] == 96
+
+
+def test_token_windows_the_model_has_no_rows_for_are_refused_in_one_line(tiny_lm, tmp_path):
+    """Token ids from another tokenizer (one past the vocabulary, or negative) fail inside
+    onnxruntime's Gather; they are bad data: exit 2, one line naming the file and the vocabulary."""
+    vocab = _vocab(tiny_lm.fp32)
+    good = np.arange(64, dtype=np.int64).reshape(2, 32) % vocab
+    for name, ids in (("past.npz", good + np.eye(2, 32, dtype=np.int64) * vocab), ("negative.npz", good - 1)):
+        np.savez(tmp_path / name, input_ids=ids)
+        result = run_edgekit("evaluate", tiny_lm.fp32, "--data", tmp_path / name)
+        assert_clean_error(result, name, f"a vocabulary of {vocab}", "tokenized for this model")
+    np.savez(tmp_path / "good.npz", input_ids=good)
+    assert run_edgekit("evaluate", tiny_lm.fp32, "--data", tmp_path / "good.npz", "--json").code == 0
+
+
+def _vocab(model) -> int:
+    import onnx
+
+    from edgekit.toolchains.lm.graph import lm_meta_of
+
+    return lm_meta_of(onnx.load(str(model), load_external_data=False))["vocab"]

@@ -131,7 +131,7 @@ def test_calibrate_offers_only_what_1_19_runs(edgekit, tmp_path, device_python):
     dynamic = [c for c in record["candidates"] if c["recipe"]["precision"] == "int8-dynamic"]
     assert dynamic
     for c in dynamic:
-        assert c["status"] == "failed" and not c["passed"] and not c["metrics"], c
+        assert c["status"] == "not-applicable" and not c["passed"] and not c["metrics"], c  # n/a, not an error
         assert c["error"].startswith("not offered: onnxruntime 1.19 cannot run it: ") and "ConvInteger" in c["error"]
     assert record["chosen"] not in {c["id"] for c in dynamic}
     measured = sum(c["status"] in ("ok", "skipped") for c in record["candidates"])  # skipped: cannot win

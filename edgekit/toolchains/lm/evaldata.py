@@ -43,6 +43,13 @@ def token_windows(model: Path, data: Dataset, role: str, length: int) -> Dataset
     return Dataset(data.path, arrays={INPUT: windows}, _sha256=data.sha256)
 
 
+def check_vocabulary(ids: np.ndarray, vocab: Optional[int], what: str, model: Path) -> None:
+    """Token ids the model has rows for (0 .. vocab - 1): others would fail inside the runtime."""
+    if vocab and ids.size and (ids.min() < 0 or ids.max() >= vocab):
+        raise DataError(f"{what}: token ids span {ids.min()}..{ids.max()}, and model {model} has a vocabulary "
+                        f"of {vocab}: give windows tokenized for this model (or its text)")
+
+
 def write_eval(data: Dataset, model: Path, dest: Path, reference: Optional[Path], samples: Optional[int],
                vocab: int) -> Path:
     """dest (.npz): the first `samples` windows and, with a reference model, its top-k next
@@ -50,9 +57,7 @@ def write_eval(data: Dataset, model: Path, dest: Path, reference: Optional[Path]
     from edgekit.device.lm import open_lm
 
     windows = np.asarray(data.arrays[INPUT][:samples], dtype=np.int64)
-    if windows.max() >= vocab or windows.min() < 0:
-        raise DataError(f"eval data {data.path}: token ids span {windows.min()}..{windows.max()}, "
-                        f"the model's vocabulary has {vocab}")
+    check_vocabulary(windows, vocab, f"eval data {data.path}", model)
     arrays = {INPUT: windows}
     if reference is not None:
         lm = open_lm(str(reference))

@@ -138,7 +138,7 @@ class LMToolchain(Toolchain):
     def model_data(self, model: Path, data: Dataset, role: str, profile=None) -> Dataset:
         """`data` as token windows for `model`: at most the profile's context long, and at most
         the model's (a target whose context the model cannot run at is refused here first)."""
-        from edgekit.toolchains.lm.evaldata import token_windows, window_length
+        from edgekit.toolchains.lm.evaldata import check_vocabulary, token_windows, window_length
 
         refusal = self.model_refusal(Path(model), profile, what=f"model {model}")
         if refusal:
@@ -149,6 +149,7 @@ class LMToolchain(Toolchain):
         if context and length > context:  # windows given as token arrays
             raise DataError(f"{role} {data.path}: windows of {length} tokens, and model {model} runs at {context} "
                             "at most: give shorter windows")
+        check_vocabulary(windows.arrays["input_ids"], self._meta(Path(model)).get("vocab"), f"{role} {data.path}", model)
         return windows
 
     def model_refusal(self, model: Path, profile, what: str = "it") -> Optional[str]:
