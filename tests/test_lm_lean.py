@@ -170,7 +170,8 @@ def _kept_groups_read_their_block_means(model, nodes: dict, kept: list, fused) -
     from edgekit.toolchains.lm.offsets import projections
 
     producer = {o: n for n in nodes.values() for o in n.output}
-    grid = {name: (x, numpy_helper.to_array(w)) for name, (x, w) in projections(fused[0], BLOCK, skip={fused[1]}).items()}
+    grid = {name: (x, numpy_helper.to_array(w))
+            for name, (x, w) in projections(fused[0], BLOCK, skip={fused[1]}).items()}
     for group in kept:
         widened = producer[nodes[group + "_Q"].input[0]]
         pool = producer[widened.input[1]]

@@ -66,6 +66,9 @@ def test_push_activate_upgrade_rollback_and_status(tmp_path, fleet):
 
     table = run_edgekit("fleet", "status", "--inventory", inventory)
     assert table.code == 0 and table.stdout.count("digits 1.0.0 (prev 1.0.1)") == len(devices), table.stdout
+    twice = run_edgekit("rollback", "digits", "--inventory", inventory, "--device", names[0])
+    assert twice.code != 0 and "rolled back to 1.0.0 already" in twice.stdout, (twice.stdout, twice.stderr)
+    assert "Traceback" not in twice.stderr
     again = run_edgekit("push", v100, "--inventory", inventory, "--device", names[0], "--json")
     assert again.json()["devices"][0]["already_installed"] is True
 

@@ -246,6 +246,22 @@ def test_rollback_without_a_previous_version_fails_and_changes_nothing(device):
     assert snapshot(device) == before
 
 
+def test_a_second_rollback_does_not_run_the_version_the_first_left(device, bundles):
+    """1.0.1 rolled back to 1.0.0: 1.0.1 is now the previous version, and a second rollback
+    would quietly run it again. Refused, nothing changed; after an activation rollback works."""
+    _active(device, bundles["1.0.1"])
+    code, reply = runner(device, "rollback", "digits")
+    assert code == 0 and (reply["current"], reply["previous"]) == ("1.0.0", "1.0.1"), reply
+    before = snapshot(device)
+    code, reply = runner(device, "rollback", "digits")
+    assert code == 1 and "rolled back to 1.0.0 already" in reply["error"] and "push 1.0.1's bundle" in reply["error"]
+    assert snapshot(device) == before
+    code, reply = runner(device, "activate", "digits", "1.0.1")
+    assert code == 0 and reply["current"] == "1.0.1", reply
+    code, reply = runner(device, "rollback", "digits")
+    assert code == 0 and reply["current"] == "1.0.0", reply
+
+
 def test_install_takes_only_files_in_incoming(device, tmp_path, bundles):
     outside = tmp_path / "elsewhere.edgekit"
     shutil.copy(bundles["1.0.1"].path, outside)

@@ -91,6 +91,11 @@ def cmd_rollback(layout: Layout, args) -> dict:
         if not back:
             raise RunnerError(f"{args.name} has no previous version on this device to roll back to "
                               f"(it runs {now or 'nothing'}); nothing was changed", "state", 1)
+        last = state["history"][-1] if state["history"] else {}
+        if last.get("action") == "rollback" and last.get("version") == now:  # its previous is the version it left
+            raise RunnerError(f"{args.name} was rolled back to {now} already: a second rollback would run "
+                              f"{back} again, the version it left; push {back}'s bundle (activating it) to run it "
+                              "again; nothing was changed", "state", 1)
         state = layout.transition(args.name, "rollback", back, now)
     return {"name": args.name, "current": state["current"], "previous": state["previous"], "changed": True}
 

@@ -149,7 +149,8 @@ class LMToolchain(Toolchain):
         if context and length > context:  # windows given as token arrays
             raise DataError(f"{role} {data.path}: windows of {length} tokens, and model {model} runs at {context} "
                             "at most: give shorter windows")
-        check_vocabulary(windows.arrays["input_ids"], self._meta(Path(model)).get("vocab"), f"{role} {data.path}", model)
+        vocab = self._meta(Path(model)).get("vocab")
+        check_vocabulary(windows.arrays["input_ids"], vocab, f"{role} {data.path}", model)
         return windows
 
     def model_refusal(self, model: Path, profile, what: str = "it") -> Optional[str]:
