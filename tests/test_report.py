@@ -271,3 +271,34 @@ def test_a_restore_after_the_last_report_decides_what_runs(template):
          "detail": {"to": {"current": older["report"].bundle.version, "previous": None}}}]}
     assert running_versions([older, newer]) == {("d1", "digits"): "2.0.0"}
     assert running_versions([older, newer], [rollout]) == {("d1", "digits"): older["report"].bundle.version}
+
+
+def test_a_version_far_worse_than_the_one_before_it_needs_a_look(template):
+    """2.0.0 replaced the template's version and measures 12 pp lower on every device: its own
+    expectation may be as low (no drift), so only the version before it tells. A fall within the
+    target's max_accuracy_drop, or a version no device runs now, is not flagged."""
+    from edgekit.report.analysis import analyse
+    from edgekit.report.views import health_items
+
+    old, acc = template["bundle"]["version"], template["metrics"]["accuracy"]
+    before = [_as_device(template, f"d{i}", f"a{i}") for i in range(3)]
+    for item in before:
+        item["collected_at"] = "2026-01-01T00:00:00Z"
+    worse = [_as_device(template, f"d{i}", f"b{i}", version="2.0.0", accuracy=round(acc - 0.12, 6)) for i in range(3)]
+    slightly = [_as_device(template, f"d{i}", f"c{i}", version="2.0.0", accuracy=round(acc - 0.004, 6))
+                for i in range(3)]
+    for item in worse + slightly:
+        item["collected_at"] = "2026-02-01T00:00:00Z"
+    budgets = {template["bundle"]["target"]: {"max_accuracy_drop": 0.05}}
+    health = analyse(before + worse, budgets=budgets)["health"]
+    (found,) = health["regressions"]
+    assert (found["version"], found["previous"], found["devices"]) == ("2.0.0", old, ["d0", "d1", "d2"])
+    assert abs(found["change"] - 0.12) < 1e-6 and found["allowed"] == 0.05
+    (item,) = [i for i in health_items(health) if i["category"] == "regression"]
+    assert "-12.00 pp" in item["detail"] and f"for {old}" in item["detail"] and "max_accuracy_drop" in item["detail"]
+    assert analyse(before + slightly, budgets=budgets)["health"]["regressions"] == []
+    assert analyse(before + slightly)["health"]["regressions"] == []  # 0.4 pp: within the 1 pp default
+    back = [_as_device(template, f"d{i}", f"z{i}") for i in range(3)]  # all back on the old version, reported last
+    for item in back:
+        item["collected_at"] = "2026-03-01T00:00:00Z"
+    assert analyse(before + worse + back, budgets=budgets)["health"]["regressions"] == []

@@ -249,6 +249,7 @@ def analyse(reports: list[dict], devices: list[dict] = (), rollouts: list[dict] 
     reports of bundle `name`, `version` and `target` when given. What runs where is worked out
     from all reports and rollouts, so that a filter does not make an old version look current."""
     from edgekit.report.health import rollout_health
+    from edgekit.report.regressions import version_regressions
 
     reports = _prepared(reports)
     running = running_versions(reports, rollouts, models)
@@ -262,6 +263,7 @@ def analyse(reports: list[dict], devices: list[dict] = (), rollouts: list[dict] 
                             [e for e in collect_errors if target is None or e["device"] in scope_names],
                             reported={r["device"] for r in _select(every, name=name)},
                             running=_running_rows(running, every, devices, name=name, target=target))
+    health["regressions"] = version_regressions(_select(every, name=name, target=target), budgets)
     result = {"rows": rows, "cohorts": cohorts, "drift": drift, "health": health,
               "known": {key: sorted({r[key] or "" for r in every}) for key in ("name", "version", "target")}}
     if compare:

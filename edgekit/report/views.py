@@ -89,6 +89,8 @@ def health_items(health: dict) -> list[dict]:
             for e in health["bad_reports"]]
     out += [_item("failed gate", g["device"], g["name"], g["target"], g["version"],
                   f"rollout {g['rollout']} wave {g['wave']}: {g['message']}", g["at"]) for g in health["failed_gates"]]
+    out += [_item("regression", ", ".join(r["devices"]), r["name"], r["target"], r["version"], r["detail"], r["at"])
+            for r in health.get("regressions", ())]
     return out
 
 
