@@ -296,6 +296,7 @@ def test_a_version_far_worse_than_the_one_before_it_needs_a_look(template):
     assert abs(found["change"] - 0.12) < 1e-6 and found["allowed"] == 0.05
     (item,) = [i for i in health_items(health) if i["category"] == "regression"]
     assert "-12.00 pp" in item["detail"] and f"for {old}" in item["detail"] and "max_accuracy_drop" in item["detail"]
+    assert item["device"] == "d0, d1, d2"  # past three: "and N more"
     assert analyse(before + slightly, budgets=budgets)["health"]["regressions"] == []
     assert analyse(before + slightly)["health"]["regressions"] == []  # 0.4 pp: within the 1 pp default
     back = [_as_device(template, f"d{i}", f"z{i}") for i in range(3)]  # all back on the old version, reported last

@@ -89,9 +89,15 @@ def health_items(health: dict) -> list[dict]:
             for e in health["bad_reports"]]
     out += [_item("failed gate", g["device"], g["name"], g["target"], g["version"],
                   f"rollout {g['rollout']} wave {g['wave']}: {g['message']}", g["at"]) for g in health["failed_gates"]]
-    out += [_item("regression", ", ".join(r["devices"]), r["name"], r["target"], r["version"], r["detail"], r["at"])
+    out += [_item("regression", _few(r["devices"]), r["name"], r["target"], r["version"], r["detail"], r["at"])
             for r in health.get("regressions", ())]
     return out
+
+
+def _few(devices: list[str], shown: int = 3) -> str:
+    """A version's devices, named up to `shown` (a fleet's version runs on thousands)."""
+    more = len(devices) - shown
+    return ", ".join(devices[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def _rollout_flat(r: dict) -> dict:
