@@ -118,7 +118,7 @@ def test_each_recipe_shrinks_the_model_and_keeps_head_and_embedding_at_8_bits(ti
         assert [a["bits"] for a in gathers] == [8]  # the embedding reads the head's 8-bit table
 
 
-def test_offset_blocks_are_exact_on_their_own_grid(tiny_lm, tmp_path):
+def test_offset_blocks_come_back_on_their_own_grid(tiny_lm, tmp_path):
     """Weights already on an asymmetric 4-bit grid (what a GGUF Q4_1 file holds) come back
     up to the kernels' int8 activations and the residuals' 4 bits (a few percent of a step),
     whatever the offsets: the recipe's accuracy claim, on weights where integer zero points
