@@ -297,6 +297,8 @@ def test_a_version_far_worse_than_the_one_before_it_needs_a_look(template):
     (item,) = [i for i in health_items(health) if i["category"] == "regression"]
     assert "-12.00 pp" in item["detail"] and f"for {old}" in item["detail"] and "max_accuracy_drop" in item["detail"]
     assert item["device"] == "d0, d1, d2"  # past three: "and N more"
+    narrowed = analyse(before + worse, budgets=budgets, version="2.0.0")["health"]["regressions"]
+    assert [r["previous"] for r in narrowed] == [old]  # --version narrows the rows, not what 2.0.0 is held against
     assert analyse(before + slightly, budgets=budgets)["health"]["regressions"] == []
     assert analyse(before + slightly)["health"]["regressions"] == []  # 0.4 pp: within the 1 pp default
     back = [_as_device(template, f"d{i}", f"z{i}") for i in range(3)]  # all back on the old version, reported last

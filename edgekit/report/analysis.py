@@ -263,7 +263,9 @@ def analyse(reports: list[dict], devices: list[dict] = (), rollouts: list[dict] 
                             [e for e in collect_errors if target is None or e["device"] in scope_names],
                             reported={r["device"] for r in _select(every, name=name)},
                             running=_running_rows(running, every, devices, name=name, target=target))
-    health["regressions"] = version_regressions(_select(every, name=name, target=target), budgets)
+    scope = _select(every, name=name, target=target)  # every version: each against the one before it
+    health["regressions"] = version_regressions(scope, cohorts if len(scope) == len(rows) else cohort_summaries(scope),
+                                                budgets)
     result = {"rows": rows, "cohorts": cohorts, "drift": drift, "health": health,
               "known": {key: sorted({r[key] or "" for r in every}) for key in ("name", "version", "target")}}
     if compare:

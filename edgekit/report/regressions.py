@@ -13,48 +13,51 @@ regression; a target without that budget allows DEFAULT_ALLOWANCE.
 from __future__ import annotations
 
 from collections import defaultdict
-from statistics import median
 from typing import Iterable, Optional
 
-from edgekit.report.drift import MEASURED
+from edgekit.report.drift import cohort_key
 
 __all__ = ["version_regressions", "DEFAULT_ALLOWANCE"]
 
 DEFAULT_ALLOWANCE = 0.01  # 1 pp of accuracy, or 1% more perplexity, where the target sets no budget
 
 
-def version_regressions(rows: Iterable[dict], budgets: Optional[dict] = None) -> list[dict]:
+def version_regressions(rows: Iterable[dict], cohorts: Iterable[dict], budgets: Optional[dict] = None) -> list[dict]:
     """The versions running now (a row with `current`) that measure worse than the version
-    before them on the same target by more than its budget allows."""
-    cohorts: dict[tuple, list[dict]] = defaultdict(list)
+    before them on the same target by more than its budget allows. `cohorts`: the rows'
+    (edgekit.report.analysis.cohort_summaries), whose medians are compared."""
+    members: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
-        cohorts[(row["name"], row["target"] or "", row["version"])].append(row)
+        members[cohort_key(row)].append(row)
+    medians = {(c["name"], c["target"], c["version"]): c["metrics"] for c in cohorts}
+    first = {key: min(r["measured_at"] or "" for r in group) for key, group in members.items()}
     versions: dict[tuple, list[tuple[str, str]]] = defaultdict(list)
-    for (name, target, version), members in cohorts.items():
-        versions[(name, target)].append((min(r["measured_at"] or "" for r in members), version))
+    for (name, target, version), at in first.items():
+        versions[(name, target)].append((at, version))
     out = []
     for (name, target), seen in versions.items():
         order = [version for _, version in sorted(seen)]
         budget = (budgets or {}).get(target) or {}
         for before, version in zip(order, order[1:]):
-            members = cohorts[(name, target, version)]
-            if any(r["current"] for r in members):
-                found = _compare(members, cohorts[(name, target, before)], before, budget)
-                if found:
-                    out.append({"name": name, "target": target or None, "version": version, "previous": before,
-                                "devices": sorted(r["device"] for r in members if r["current"]),
-                                "at": min(r["measured_at"] or "" for r in members) or None, **found})
+            running = sorted(r["device"] for r in members[(name, target, version)] if r["current"])
+            found = running and _compare(medians.get((name, target, version), {}),
+                                         medians.get((name, target, before), {}), before, budget)
+            if found:
+                out.append({"name": name, "target": target or None, "version": version, "previous": before,
+                            "devices": running, "at": first[(name, target, version)] or None, **found})
     return sorted(out, key=lambda r: (r["name"], r["target"] or "", r["version"]))
 
 
-def _compare(now: list[dict], before: list[dict], previous_version: str, budget: dict) -> Optional[dict]:
-    lm = any(r.get("perplexity") is not None for r in now)
+def _compare(now: dict, before: dict, previous_version: str, budget: dict) -> Optional[dict]:
+    """`now`, `before`: two cohorts' metrics (metric -> median, min, max)."""
+    lm = "perplexity" in now
     metric = "perplexity" if lm else "accuracy"
-    value, previous = _median(now, metric), _median(before, metric)
-    if value is None or previous is None or previous <= 0:
+    if metric not in now or metric not in before or before[metric]["median"] <= 0:
         return None
+    value, previous = now[metric]["median"], before[metric]["median"]
     limit = budget.get("max_ppl_increase" if lm else "max_accuracy_drop")
-    allowed = float(limit) if isinstance(limit, (int, float)) and not isinstance(limit, bool) else DEFAULT_ALLOWANCE
+    given = isinstance(limit, (int, float)) and not isinstance(limit, bool)
+    allowed = float(limit) if given else DEFAULT_ALLOWANCE
     change = value / previous - 1 if lm else previous - value  # worse is positive
     if change <= allowed:
         return None
@@ -64,11 +67,7 @@ def _compare(now: list[dict], before: list[dict], previous_version: str, budget:
              f"{-change * 100:+.2f} pp")
     unit = "%" if lm else " pp"
     allowance = (f"the {allowed * 100:g}{unit} the target's {'max_ppl_increase' if lm else 'max_accuracy_drop'} allows"
-                 if limit is not None else f"the {allowed * 100:g}{unit} allowed where the target sets no budget")
+                 if given else f"the {allowed * 100:g}{unit} allowed where the target sets no budget")
     return {"metric": metric, "value": value, "previous_value": previous, "change": change, "allowed": allowed,
             "detail": f"{worse}, more than {allowance}"}
 
-
-def _median(rows: list[dict], metric: str) -> Optional[float]:
-    values = [v for r in rows if r["status"] in MEASURED and (v := r.get(metric)) is not None]
-    return median(values) if values else None

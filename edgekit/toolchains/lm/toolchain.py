@@ -143,14 +143,14 @@ class LMToolchain(Toolchain):
         refusal = self.model_refusal(Path(model), profile, what=f"model {model}")
         if refusal:
             raise ConfigError(f"target {profile.name}: {refusal}")
-        context = self.model_context(model)
+        meta = self._meta(Path(model))
+        context = meta.get("context")
         windows = token_windows(Path(model), data, role, window_length(profile, context))
         length = windows.arrays["input_ids"].shape[1]
         if context and length > context:  # windows given as token arrays
             raise DataError(f"{role} {data.path}: windows of {length} tokens, and model {model} runs at {context} "
                             "at most: give shorter windows")
-        vocab = self._meta(Path(model)).get("vocab")
-        check_vocabulary(windows.arrays["input_ids"], vocab, f"{role} {data.path}", model)
+        check_vocabulary(windows.arrays["input_ids"], meta.get("vocab"), f"{role} {data.path}", model)
         return windows
 
     def model_refusal(self, model: Path, profile, what: str = "it") -> Optional[str]:
